@@ -1,0 +1,178 @@
+"""Seed ingest: a CSV/JSONL file or an existing table -> `seed_questions`.
+
+Validation is all-or-nothing: any problem raises a SeedError naming the file and the rows,
+and the table is left as it was. `seed_id` hashes the content, so re-ingesting adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakesynth import tables
+from lakesynth.config import Config
+from lakesynth.errors import SeedError
+from lakesynth.report import StageResult
+
+REQUIRED = ("topic", "question", "in_scope")
+OPTIONAL = ("category", "metadata")
+TRUE_WORDS = ("true", "t", "yes", "y", "1", "in", "in_scope")
+FALSE_WORDS = ("false", "f", "no", "n", "0", "out", "out_of_scope")
+RAW_SCHEMA = T.StructType(
+    [T.StructField("_row", T.LongType())] + [T.StructField(c, T.StringType()) for c in REQUIRED + OPTIONAL]
+)
+MAX_LISTED = 20
+
+
+def read_seed_file(path: str) -> pd.DataFrame:
+    """One row per seed record, every field a string, `_row` the 1-based record number."""
+    file = Path(path)
+    if not file.is_file():
+        raise SeedError(f"{path}: seed file not found")
+    kind = file.suffix.lower()
+    if kind not in (".csv", ".jsonl", ".ndjson"):
+        raise SeedError(f"{path}: unsupported seed file type '{kind}'; use .csv or .jsonl")
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SeedError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded); is it really {kind}?")
+    if "\x00" in text:
+        raise SeedError(f"{path}: contains NUL bytes; it is a binary file, not {kind}")
+    if not text.strip():
+        raise SeedError(f"{path}: the file is empty")
+    records = _parse_jsonl(path, text) if kind != ".csv" else _parse_csv(path, text)
+    if records.empty:
+        raise SeedError(f"{path}: the file has no seed rows")
+    missing = [c for c in REQUIRED if c not in records.columns]
+    if missing:
+        found = ", ".join(map(str, records.columns)) or "none"
+        raise SeedError(f"{path}: missing required column(s) {', '.join(missing)} (found: {found})")
+    unknown = [c for c in records.columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise SeedError(
+            f"{path}: unknown column(s) {', '.join(map(str, unknown))}; allowed: {', '.join(REQUIRED + OPTIONAL)} "
+            "(put extra fields inside 'metadata')"
+        )
+    for col in OPTIONAL:
+        if col not in records.columns:
+            records[col] = None
+    records.insert(0, "_row", range(1, len(records) + 1))
+    return records[["_row", *REQUIRED, *OPTIONAL]]
+
+
+def _parse_csv(path: str, text: str) -> pd.DataFrame:
+    if text.lstrip()[:1] in ("{", "["):
+        raise SeedError(f"{path}: looks like JSON, not CSV; name it .jsonl or convert it")
+    import io
+
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SeedError(f"{path}: not a valid CSV file: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.replace({"": None}).astype(object).where(frame.notna(), None)
+
+
+def _parse_jsonl(path: str, text: str) -> pd.DataFrame:
+    rows, bad = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if not isinstance(value, dict):
+            bad.append(number)
+            continue
+        rows.append({k: _as_text(v) for k, v in value.items()})
+    if bad:
+        raise SeedError(f"{path}: not JSON Lines: line(s) {_listing(bad)} are not JSON objects")
+    return pd.DataFrame(rows, dtype=object)
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+def _listing(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:MAX_LISTED]))
+    return shown + (f" and {len(numbers) - MAX_LISTED} more" if len(numbers) > MAX_LISTED else "")
+
+
+def find_problems(raw: DataFrame) -> DataFrame:
+    """One row per (problem, `_row`) in the raw seeds; empty when they are all valid."""
+    scope = F.lower(F.trim(F.col("in_scope")))
+    dup = F.count(F.lit(1)).over(Window.partitionBy("topic", "question"))
+    checks = [
+        (F.col("topic").isNull() | (F.trim("topic") == ""), "empty topic"),
+        (F.col("question").isNull() | (F.trim("question") == ""), "empty question"),
+        (~scope.isin(*TRUE_WORDS, *FALSE_WORDS) | scope.isNull(), "in_scope is not true/false/yes/no/1/0"),
+        (F.col("question").isNotNull() & (dup > 1), "duplicate rows (same topic and question)"),
+    ]
+    flagged = raw.select("_row", F.array(*[F.when(c, F.lit(m)) for c, m in checks]).alias("_problems"))
+    return flagged.select("_row", F.explode("_problems").alias("problem")).where(F.col("problem").isNotNull())
+
+
+def normalize(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
+    """One `seed_questions` row per valid raw seed; text kept literally, `seed_id` hashes the content."""
+    scope = F.lower(F.trim(F.col("in_scope")))
+    return raw.select(
+        F.substring(F.sha2(F.concat_ws("\u001f", "topic", "question"), 256), 1, 16).alias("seed_id"),
+        "topic",
+        "question",
+        scope.isin(*TRUE_WORDS).alias("in_scope"),
+        "category",
+        "metadata",
+        F.concat(F.lit(f"{source}#"), F.col("_row").cast("string")).alias("source"),
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("created_at"),
+    )
+
+
+def _raw_seeds(spark: SparkSession, cfg: Config) -> tuple[DataFrame, str]:
+    path = cfg.seeds.path
+    if path.startswith("table:"):
+        name = path.removeprefix("table:")
+        if not spark.catalog.tableExists(name):
+            raise SeedError(f"{path}: seed table not found")
+        table = spark.table(name)
+        missing = [c for c in REQUIRED if c not in table.columns]
+        if missing:
+            raise SeedError(f"{path}: missing required column(s) {', '.join(missing)}")
+        cols = [F.col(c).cast("string").alias(c) if c in table.columns else F.lit(None).cast("string").alias(c)
+                for c in REQUIRED + OPTIONAL]
+        return table.select((F.monotonically_increasing_id() + 1).alias("_row"), *cols), name
+    frame = read_seed_file(path)
+    return spark.createDataFrame(frame, schema=RAW_SCHEMA), path
+
+
+def run(spark: SparkSession, cfg: Config, ctx: object = None) -> StageResult:
+    raw, source = _raw_seeds(spark, cfg)
+    problems = find_problems(raw)
+    listed = problems.orderBy("_row").limit(200).collect()
+    if listed:
+        by_problem: dict[str, list[int]] = {}
+        for row in listed:
+            by_problem.setdefault(row.problem, []).append(row._row)
+        detail = "\n".join(f"  {problem}: row(s) {_listing(rows)}" for problem, rows in by_problem.items())
+        raise SeedError(f"{source}: invalid seeds, nothing was written (rows are 1-based data records):\n{detail}")
+    rows_in = raw.count()
+    seeds = normalize(raw, run_id=cfg.run_id, source=source if cfg.seeds.path.startswith("table:") else Path(source).name)
+    before = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    changed = "NOT (t.in_scope <=> s.in_scope AND t.category <=> s.category AND t.metadata <=> s.metadata)"
+    tables.upsert(spark, cfg, tables.SEED_QUESTIONS, seeds, update_when=changed)
+    after = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    return StageResult(rows_in=rows_in, rows_out=after - before, errors=0, tables=[tables.SEED_QUESTIONS])

@@ -1,0 +1,168 @@
+"""Table contracts and Delta I/O; the only place that creates, reads or writes a table.
+
+Every table is created with explicit DDL (all columns nullable) before its first write, and
+written with one SQL MERGE by key, so a rerun never duplicates a row (see DESIGN.md, engine rules).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakesynth.config import Config
+from lakesynth.engine import on_databricks
+from lakesynth.errors import TableSchemaError
+
+S, B, L, I, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.TimestampType()
+
+# Every row says which run wrote it and when; each contract also names its parent row's id.
+LINEAGE = [("run_id", S), ("created_at", TS)]
+# What an LLM call costs and how it went; the fingerprint lets a rerun skip paid calls.
+LLM_ACCOUNTING = [
+    ("model", S),
+    ("prompt_version", S),
+    ("fingerprint", S),
+    ("prompt_tokens", L),
+    ("completion_tokens", L),
+    ("latency_ms", L),
+    ("attempts", I),
+    ("error", S),
+    ("raw_output", S),
+]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[tuple[str, T.DataType], ...]
+    key: str
+    parent: str
+
+    @property
+    def schema(self) -> T.StructType:
+        return T.StructType([T.StructField(n, t, True) for n, t in self.columns])
+
+    @property
+    def ddl(self) -> str:
+        return ", ".join(f"`{n}` {t.simpleString().upper()}" for n, t in self.columns)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.columns]
+
+
+def _table(name: str, columns: list, key: str, parent: str) -> Table:
+    return Table(name, tuple(columns + LINEAGE), key, parent)
+
+
+SEED_QUESTIONS = _table(
+    "seed_questions",
+    [("seed_id", S), ("topic", S), ("question", S), ("in_scope", B), ("category", S), ("metadata", S),
+     ("source", S)],
+    key="seed_id",
+    parent="source",
+)
+SYNTHETIC_QUESTIONS = _table(
+    "synthetic_questions",
+    [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("question", S), ("reasoning", S)]
+    + LLM_ACCOUNTING,
+    key="question_id",
+    parent="seed_id",
+)
+SYNTHETIC_RESPONSES = _table(
+    "synthetic_responses",
+    [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("question", S), ("answer", S),
+     ("reasoning", S)] + LLM_ACCOUNTING,
+    key="question_id",
+    parent="question_id",
+)
+
+TABLES = {t.name: t for t in (SEED_QUESTIONS, SYNTHETIC_QUESTIONS, SYNTHETIC_RESPONSES)}
+
+
+def location(cfg: Config, table: Table) -> str:
+    """Where the table's files live locally (Unity Catalog manages them on Databricks)."""
+    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / table.name)
+
+
+def ensure(spark: SparkSession, cfg: Config, table: Table) -> str:
+    """Create the table from its contract if missing, check it if present; returns its full name."""
+    fqn = cfg.fqn(table.name)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{cfg.catalog}`.`{cfg.schema_}`")
+    where = "" if on_databricks() else f" LOCATION '{location(cfg, table)}'"
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {fqn} ({table.ddl}) USING DELTA{where}")
+    actual = {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
+    for name, dtype in table.columns:
+        if actual.get(name) != dtype.simpleString():
+            got = actual.get(name, "missing")
+            raise TableSchemaError(
+                f"{fqn}: column '{name}' expected {dtype.simpleString()}, got {got}. "
+                f"The table predates this version of lakesynth: drop it or use another schema."
+            )
+    return fqn
+
+
+def read(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
+    return spark.table(ensure(spark, cfg, table))
+
+
+def conform(df: DataFrame, table: Table) -> DataFrame:
+    """The contract's columns, in order and cast to its types; a missing column is a bug, not a null."""
+    missing = [n for n in table.names if n not in df.columns]
+    if missing:
+        raise TableSchemaError(f"{table.name}: rows to write lack column(s) {', '.join(missing)}")
+    return df.select([F.col(n).cast(t).alias(n) for n, t in table.columns])
+
+
+def upsert(
+    spark: SparkSession,
+    cfg: Config,
+    table: Table,
+    rows: DataFrame,
+    *,
+    update_when: str | None = None,
+    replace_by: str | None = None,
+) -> None:
+    """MERGE rows into the table by key.
+
+    Args:
+        update_when: SQL condition on `t` (target) and `s` (source) under which a matched row is
+            updated; None updates every match.
+        replace_by: a column; the table's other rows with the same value of it are deleted in
+            the same MERGE (a seed's questions are replaced as a whole when it is regenerated).
+    """
+    fqn = ensure(spark, cfg, table)
+    source = conform(rows, table).withColumn("_op", F.lit("upsert"))
+    if replace_by:
+        stale = (
+            spark.table(fqn)
+            .join(source.select(replace_by).distinct(), replace_by, "left_semi")
+            .join(source.select(table.key), table.key, "left_anti")
+            .select(*table.names)
+            .withColumn("_op", F.lit("delete"))
+        )
+        source = source.unionByName(stale)
+    view = f"lakesynth_src_{uuid.uuid4().hex}"
+    source.createOrReplaceTempView(view)
+    cols = ", ".join(f"`{n}`" for n in table.names)
+    sets = ", ".join(f"t.`{n}` = s.`{n}`" for n in table.names)
+    values = ", ".join(f"s.`{n}`" for n in table.names)
+    matched = f"s._op = 'upsert'" + (f" AND ({update_when})" if update_when else "")
+    try:
+        spark.sql(
+            f"MERGE INTO {fqn} t USING {view} s ON t.`{table.key}` = s.`{table.key}` "
+            f"WHEN MATCHED AND s._op = 'delete' THEN DELETE "
+            f"WHEN MATCHED AND {matched} THEN UPDATE SET {sets} "
+            f"WHEN NOT MATCHED AND s._op = 'upsert' THEN INSERT ({cols}) VALUES ({values})"
+        ).collect()
+    finally:
+        spark.catalog.dropTempView(view)
+
+
+def count(spark: SparkSession, cfg: Config, table: Table) -> int:
+    return spark.table(ensure(spark, cfg, table)).count()
