@@ -98,6 +98,7 @@ class TeacherConfig(_Model):
     embedded_slots: int = Field(4, ge=1, description="Parallel slots (continuous batching) of the embedded teacher.")
     embedded_context: int = Field(4096, ge=512, description="Context tokens per slot of the embedded teacher.")
     embedded_threads: int = Field(0, ge=0, description="CPU threads of the embedded teacher (0 = all cores).")
+    model_cache: str = Field("~/.cache/lakesynth", description="Where the packaged model is joined and verified.")
 
     @field_validator("api_key_env")
     @classmethod

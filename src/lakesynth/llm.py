@@ -1,0 +1,335 @@
+"""The LLM layer: every call to a teacher goes through here.
+
+Order of work for one request (after curator): fingerprint -> journal hit? -> call -> parse into
+the response model -> retry -> record. Schema-invalid or truncated output, 429s, 5xx and
+timeouts are retried with exponential backoff and jitter (honouring Retry-After); when retries
+run out the failure becomes data (the row's `error`, with the raw text kept), never an exception.
+Only endpoint-level failures (bad key, unknown model, rejected schema, unreachable host) raise
+EndpointError, because no row could succeed.
+
+Each finished request is appended to a journal (JSON lines, one file per worker) keyed by its
+fingerprint, before the stage writes its table. A stage killed halfway and rerun finds the
+journal and pays again only for the requests that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import openai
+from pydantic import BaseModel, SecretStr, ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tqdm import tqdm
+
+from lakesynth.config import TeacherConfig
+from lakesynth.errors import ConfigError, EndpointError
+
+
+class InvalidOutput(Exception):
+    """The reply was not valid JSON, broke the schema, or was cut short; retried like a 5xx."""
+
+    def __init__(self, reason: str, raw: str | None) -> None:
+        super().__init__(reason)
+        self.raw = raw
+
+
+# What is worth another attempt. APITimeoutError is an APIConnectionError.
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, InvalidOutput)
+# What no retry can fix, and that would fail every row alike.
+FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go; picklable, so it travels to Spark executors. The key never prints."""
+
+    base_url: str
+    model: str
+    api_key: SecretStr = SecretStr("unused")
+
+    def redact(self, text: str | None) -> str | None:
+        key = self.api_key.get_secret_value()
+        return text.replace(key, "[REDACTED]") if text and len(key) >= 4 else text
+
+
+@contextlib.contextmanager
+def open_endpoint(teacher: TeacherConfig) -> Iterator[Endpoint]:
+    """The configured endpoint; starts (and finally stops) the embedded teacher when none is set."""
+    if teacher.embedded:
+        from lakesynth import embedded
+
+        with embedded.serve(teacher) as url:
+            yield Endpoint(url, teacher.model)
+        return
+    if teacher.base_url == "databricks":
+        yield _databricks_endpoint(teacher)
+        return
+    key = teacher.api_key()
+    if teacher.api_key_env and not key:
+        raise ConfigError(f"teacher.api_key_env: environment variable {teacher.api_key_env} is not set")
+    yield Endpoint(teacher.base_url.rstrip("/"), teacher.model, SecretStr(key or "unused"))
+
+
+def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
+    """Model Serving through databricks-sdk's unified auth (env vars, profile, notebook or job identity)."""
+    from databricks.sdk import WorkspaceClient
+
+    try:
+        client = WorkspaceClient()
+        header = client.config.authenticate().get("Authorization", "")
+    except Exception as exc:  # the SDK raises several types; all mean "no usable credentials"
+        raise EndpointError(f"teacher.base_url=databricks: cannot authenticate to Databricks: {exc}") from None
+    token = header.removeprefix("Bearer ")
+    return Endpoint(f"{client.config.host.rstrip('/')}/serving-endpoints", teacher.model, SecretStr(token))
+
+
+def fingerprint(model: str, messages: list[dict], schema: dict, params: dict) -> str:
+    """Hash of everything that decides the answer: change any of it and the row is regenerated."""
+    blob = json.dumps({"model": model, "messages": messages, "schema": schema, "params": params}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Result:
+    key: str
+    fingerprint: str
+    model: str
+    output: dict | None = None
+    raw_output: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int = 0
+    attempts: int = 0
+    from_journal: bool = False
+
+
+@dataclass
+class Totals:
+    """What a stage's calls cost; `cost` only where prices are configured."""
+
+    requests: int = 0
+    ok: int = 0
+    failed: int = 0
+    journal_hits: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: Result) -> None:
+        self.requests += 1
+        self.ok += result.error is None
+        self.failed += result.error is not None
+        self.journal_hits += result.from_journal
+        if not result.from_journal:
+            self.attempts += result.attempts
+            self.prompt_tokens += result.prompt_tokens
+            self.completion_tokens += result.completion_tokens
+        if result.error:
+            kind = result.error.split(":", 1)[0]
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def cost(self, teacher: TeacherConfig) -> float | None:
+        if teacher.price_per_million_prompt_tokens is None or teacher.price_per_million_completion_tokens is None:
+            return None
+        return (self.prompt_tokens * teacher.price_per_million_prompt_tokens
+                + self.completion_tokens * teacher.price_per_million_completion_tokens) / 1e6
+
+
+class Journal:
+    """Append-only JSON lines of finished requests; one file per writer, so workers never contend."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = Path(folder) if folder else None
+        self._file = None
+
+    def load(self) -> dict[str, Result]:
+        """Successful results by fingerprint (a torn last line from a killed process is skipped)."""
+        found: dict[str, Result] = {}
+        if not self.folder or not self.folder.is_dir():
+            return found
+        for path in sorted(self.folder.glob("*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError, TypeError):
+                    result = Result(**json.loads(line))
+                    if result.error is None:
+                        found[result.fingerprint] = result
+        return found
+
+    def append(self, result: Result) -> None:
+        if not self.folder:
+            return
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = (self.folder / f"{uuid.uuid4().hex}.jsonl").open("a", encoding="utf-8", buffering=1)
+        self._file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+def clear_journal(folder: str) -> None:
+    """Called once the stage's table holds the journal's results."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Call:
+    """How one stage calls the teacher: the endpoint, the output model, generation parameters, limits."""
+
+    endpoint: Endpoint
+    teacher: TeacherConfig
+    output: type[BaseModel]
+    temperature: float
+    max_tokens: int
+    journal_dir: str | None = None
+    label: str = "llm"
+
+    @property
+    def schema(self) -> dict:
+        return self.output.model_json_schema()
+
+    @property
+    def params(self) -> dict:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def fingerprint(self, messages: list[dict]) -> str:
+        return fingerprint(self.endpoint.model, messages, self.schema, self.params)
+
+    def run(self, keyed_messages: Sequence[tuple[str, list[dict]]], *, workers: int = 1) -> list[Result]:
+        """One Result per (key, messages), in order; this worker's share of the stage's concurrency."""
+        return asyncio.run(self._run(keyed_messages, workers))
+
+    async def _run(self, keyed_messages: Sequence[tuple[str, list[dict]]], workers: int) -> list[Result]:
+        teacher = self.teacher
+        journal = Journal(self.journal_dir)
+        done = journal.load()
+        limit = asyncio.Semaphore(max(1, -(-teacher.max_concurrency // workers)))
+        rpm = _limiter(teacher.requests_per_minute, workers)
+        tpm = _limiter(teacher.tokens_per_minute, workers)
+        schema = {"type": "json_schema",
+                  "json_schema": {"name": self.output.__name__, "schema": self.schema, "strict": True}}
+        client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key.get_secret_value(),
+                                    max_retries=0, timeout=teacher.timeout_s)
+        bar = tqdm(total=len(keyed_messages), desc=self.label, unit="req", mininterval=1.0, file=sys.stderr,
+                   disable=None)
+
+        async def one(key: str, messages: list[dict]) -> Result:
+            fp = self.fingerprint(messages)
+            if fp in done:
+                hit = done[fp]
+                return Result(**{**asdict(hit), "key": key, "from_journal": True})
+            result = Result(key=key, fingerprint=fp, model=self.endpoint.model)
+            started = time.monotonic()
+            try:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(teacher.max_retries + 1), wait=_backoff,
+                    retry=retry_if_exception_type(RETRYABLE), reraise=True,
+                ):
+                    with attempt:
+                        result.attempts += 1
+                        async with limit:
+                            if rpm:
+                                await rpm.acquire()
+                            if tpm:
+                                await tpm.acquire(min(tpm.max_rate, self.max_tokens + _estimate_tokens(messages)))
+                            reply = await client.chat.completions.create(
+                                model=self.endpoint.model, messages=messages, response_format=schema,
+                                temperature=self.temperature, max_tokens=self.max_tokens,
+                            )
+                        if reply.usage:
+                            result.prompt_tokens += reply.usage.prompt_tokens or 0
+                            result.completion_tokens += reply.usage.completion_tokens or 0
+                        result.output, result.raw_output = self._parse(reply), None
+            except FATAL as exc:
+                raise EndpointError(self._describe_fatal(exc)) from None
+            except openai.BadRequestError as exc:
+                if "context" not in str(exc).lower() and "token" not in str(exc).lower():
+                    raise EndpointError(self._describe_fatal(exc)) from None
+                result.error = self.endpoint.redact(f"BadRequestError: {exc}")
+            except openai.APIConnectionError as exc:
+                if not isinstance(exc, openai.APITimeoutError):
+                    raise EndpointError(
+                        f"{self.label}: cannot reach the teacher at {self.endpoint.base_url} after "
+                        f"{result.attempts} attempt(s): {exc}. Is the endpoint up and the URL right (teacher.base_url)?"
+                    ) from None
+                result.error = f"APITimeoutError: no reply within {teacher.timeout_s} s ({result.attempts} attempts)"
+            except RETRYABLE as exc:
+                result.error = self.endpoint.redact(f"{type(exc).__name__}: {exc} (after {result.attempts} attempts)")
+                result.raw_output = self.endpoint.redact(getattr(exc, "raw", None))
+            result.latency_ms = int((time.monotonic() - started) * 1000)
+            journal.append(result)
+            bar.update()
+            return result
+
+        try:
+            return await asyncio.gather(*(one(k, m) for k, m in keyed_messages))
+        finally:
+            bar.close()
+            journal.close()
+            await client.close()
+
+    def _parse(self, reply) -> dict:
+        choice = reply.choices[0]
+        raw = choice.message.content
+        if choice.finish_reason == "length":
+            raise InvalidOutput(f"reply cut at max_tokens={self.max_tokens}", raw)
+        if choice.finish_reason == "content_filter":
+            raise InvalidOutput("reply blocked by the endpoint's content filter", raw)
+        try:
+            return self.output.model_validate_json(raw or "").model_dump()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "reply"
+            raise InvalidOutput(f"output did not match {self.output.__name__}: {where}: {first['msg']}", raw) from None
+
+    def _describe_fatal(self, exc: openai.APIStatusError) -> str:
+        hint = {
+            401: "the token or API key is missing, wrong or expired (teacher.api_key_env, or Databricks auth)",
+            403: "the credentials may not query this endpoint",
+            404: f"no model or endpoint named '{self.endpoint.model}' at {self.endpoint.base_url} (teacher.model)",
+            400: "the endpoint rejected the request; does it support response_format json_schema?",
+        }.get(exc.status_code, "")
+        return self.endpoint.redact(f"{self.label}: the teacher endpoint answered {exc.status_code}: {hint}. "
+                                    f"Server said: {exc.message}")
+
+
+def _limiter(per_minute: int | None, workers: int):
+    if not per_minute:
+        return None
+    from aiolimiter import AsyncLimiter
+
+    return AsyncLimiter(max(1, per_minute // workers), 60)
+
+
+def _estimate_tokens(messages: list[dict]) -> int:
+    return sum(len(str(m.get("content", ""))) for m in messages) // 4 + 1
+
+
+def _backoff(state) -> float:
+    """Exponential backoff with full jitter, or the server's Retry-After when it sends one."""
+    exc = state.outcome.exception() if state.outcome else None
+    response = getattr(exc, "response", None)
+    if response is not None:
+        headers = response.headers
+        with contextlib.suppress(TypeError, ValueError):
+            if "retry-after-ms" in headers:
+                return float(headers["retry-after-ms"]) / 1000
+            if "retry-after" in headers:
+                return float(headers["retry-after"])
+    return random.uniform(0, min(30.0, 0.5 * 2 ** (state.attempt_number - 1)))

@@ -1,0 +1,211 @@
+"""A stand-in OpenAI-compatible chat server on 127.0.0.1, for tests and benchmarks.
+
+Answers are deterministic and valid against the requested JSON schema, derived from a hash of
+the request. Latency, a hard concurrency cap (requests beyond it queue) and seeded fault
+injection make it a known, repeatable endpoint. `GET /stats` reports what it served.
+
+    python -m lakesynth.standin --latency-ms 100 --max-concurrency 64 --fault-rate 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+FAULTS = ("429", "500", "timeout", "malformed", "schema", "truncated")
+
+
+@dataclass
+class StandInOptions:
+    latency_ms: float = 0.0
+    max_concurrency: int = 1024
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FAULTS
+    seed: int = 0
+    timeout_sleep_s: float = 30.0
+    api_key: str | None = None
+    models: tuple[str, ...] = ()
+    reject_schema: bool = False
+    items: int = 3
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    completions: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "completions": self.completions, "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight, "faults": dict(self.faults)}
+
+
+def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None = None, items: int = 3):
+    """A value valid against `schema`, derived from `seed` so equal requests get equal answers."""
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return fake_value(defs[schema["$ref"].rsplit("/", 1)[-1]], seed, name, defs, items)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return fake_value(schema[key][0], seed, name, defs, items)
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object":
+        return {k: fake_value(v, f"{seed}/{k}", k, defs, items) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        count = max(schema.get("minItems", items), min(items, schema.get("maxItems", items)))
+        return [fake_value(schema.get("items", {"type": "string"}), f"{seed}/{i}", name, defs, items) for i in range(count)]
+    if kind == "integer":
+        return int(hashlib.sha256(seed.encode()).hexdigest()[:6], 16) % 100
+    if kind == "number":
+        return (int(hashlib.sha256(seed.encode()).hexdigest()[:6], 16) % 1000) / 10
+    if kind == "boolean":
+        return hashlib.sha256(seed.encode()).digest()[0] % 2 == 0
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:10]
+    return f"Stand-in {name} {digest}: what would a customer ask about item {digest[:4]}?"
+
+
+class StandIn:
+    """The server; start() runs it on its own event loop in a daemon thread."""
+
+    def __init__(self, options: StandInOptions | None = None, port: int = 0) -> None:
+        self.options = options or StandInOptions()
+        self.stats = Stats()
+        self._rng = random.Random(self.options.seed)
+        self._port = port
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "StandIn":
+        threading.Thread(target=self._thread, daemon=True, name="standin").start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def reset(self, **changes) -> None:
+        """New options (fields of StandInOptions) and fresh counters; the seed restarts."""
+        for key, value in changes.items():
+            setattr(self.options, key, value)
+        self.stats = Stats()
+        self._rng = random.Random(self.options.seed)
+
+    def _thread(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self.serve())
+        self._loop.run_forever()
+
+    async def serve(self) -> asyncio.AbstractServer:
+        self._slots = asyncio.Semaphore(self.options.max_concurrency)
+        server = await asyncio.start_server(self._connection, "127.0.0.1", self._port, backlog=1024)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        return server
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                status, extra, payload = await self._handle(method, path, headers, body)
+                data = json.dumps(payload).encode()
+                head_out = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(data)}"]
+                head_out += [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(head_out) + "\r\n\r\n").encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, dict]:
+        opts = self.options
+        if method == "GET" and path.endswith("/stats"):
+            return 200, {}, self.stats.as_dict()
+        if method == "GET" and path.endswith("/models"):
+            return 200, {}, {"object": "list", "data": [{"id": m, "object": "model"} for m in opts.models or ["standin"]]}
+        if not path.endswith("/chat/completions"):
+            return 404, {}, {"error": {"message": f"no route {path}"}}
+        self.stats.requests += 1
+        if opts.api_key is not None and headers.get("authorization") != f"Bearer {opts.api_key}":
+            return 401, {}, {"error": {"message": "Invalid or expired access token", "type": "authentication_error"}}
+        request = json.loads(body)
+        if opts.models and request.get("model") not in opts.models:
+            return 404, {}, {"error": {"message": f"The model `{request.get('model')}` does not exist"}}
+        fmt = request.get("response_format") or {}
+        if opts.reject_schema and fmt:
+            return 400, {}, {"error": {"message": "response_format json_schema is not supported by this endpoint"}}
+        fault = self._rng.choice(opts.faults) if opts.fault_rate and self._rng.random() < opts.fault_rate else None
+        async with self._slots:
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            try:
+                await asyncio.sleep(opts.timeout_sleep_s if fault == "timeout" else opts.latency_ms / 1000)
+            finally:
+                self.stats.in_flight -= 1
+        if fault:
+            self.stats.faults[fault] += 1
+        if fault == "429":
+            return 429, {"retry-after-ms": "20", "retry-after": "0"}, {"error": {"message": "rate limited"}}
+        if fault in ("500", "timeout"):
+            return 500, {}, {"error": {"message": "internal error"}}
+        seed = hashlib.sha256(json.dumps(request.get("messages"), sort_keys=True).encode()).hexdigest()
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
+        finish = "stop"
+        if fault == "malformed":
+            answer = answer[: len(answer) // 2] + "}}oops"
+        elif fault == "schema":
+            answer = json.dumps({"unexpected": seed[:8]})
+        elif fault == "truncated":
+            answer, finish = answer[: len(answer) // 2], "length"
+        self.stats.completions += 1
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4 + 1
+        return 200, {}, {
+            "id": f"chatcmpl-{seed[:16]}", "object": "chat.completion", "created": 0, "model": request.get("model"),
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4 + 1,
+                      "total_tokens": prompt_tokens + len(answer) // 4 + 1},
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lakesynth.standin", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--max-concurrency", type=int, default=1024)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    server = StandIn(StandInOptions(latency_ms=args.latency_ms, max_concurrency=args.max_concurrency,
+                                    fault_rate=args.fault_rate, seed=args.seed), port=args.port)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(server.serve())
+    print(server.base_url, flush=True)
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()
