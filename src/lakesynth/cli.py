@@ -19,6 +19,8 @@ from lakesynth.errors import LakesynthError
 
 STAGE_HELP = {
     "seed": "ingest seed questions into seed_questions",
+    "questions": "generate new questions from the seeds into synthetic_questions",
+    "responses": "answer the questions with ai_query into synthetic_responses",
 }
 
 

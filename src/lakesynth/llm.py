@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import openai
-from pydantic import BaseModel, SecretStr, ValidationError
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, create_model
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tqdm import tqdm
 
@@ -309,6 +310,12 @@ class Call:
                                     f"Server said: {exc.message}")
 
 
+def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:
+    """Send a stage's first request from the driver, so a bad key, model or URL fails cleanly before
+    any Spark job starts. Its result goes to the journal: the workers do not pay for it again."""
+    call.run(first)
+
+
 def _limiter(per_minute: int | None, workers: int):
     if not per_minute:
         return None
@@ -333,3 +340,99 @@ def _backoff(state) -> float:
             if "retry-after" in headers:
                 return float(headers["retry-after"])
     return random.uniform(0, min(30.0, 0.5 * 2 ** (state.attempt_number - 1)))
+
+
+# --- ai_query for the embedded engine ------------------------------------------------------------
+# Databricks has a built-in ai_query; locally the same SQL text calls this pandas UDF, registered
+# under that name. It takes the same arguments and returns the same struct of result + error.
+
+_DDL_TYPES = {"STRING": str, "INT": int, "BIGINT": int, "DOUBLE": float, "FLOAT": float, "BOOLEAN": bool}
+
+
+def model_from_ddl(ddl: str, name: str = "Response") -> type[BaseModel]:
+    """A pydantic model from a responseFormat DDL; its one top-level field is dropped, as ai_query does."""
+    fields = _ddl_fields(ddl)
+    if len(fields) != 1 or not isinstance(fields[0][1], list):
+        raise ConfigError(f"responseFormat {ddl!r}: expected STRUCT<name: STRUCT<...>> with one top-level field")
+    inner = {n: (_py_type(t), ...) for n, t in fields[0][1]}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **inner)
+
+
+def _py_type(t):
+    if isinstance(t, list):
+        raise ConfigError("nested STRUCT fields are not supported in responseFormat")
+    if isinstance(t, tuple):
+        return list[_py_type(t[1])]
+    return _DDL_TYPES[t]
+
+
+def _ddl_fields(ddl: str) -> list:
+    """Parse `STRUCT<a: STRING, b: ARRAY<STRING>, c: STRUCT<...>>` into [(name, type)]."""
+    import re
+
+    tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|[<>:,]", ddl)
+    pos = 0
+
+    def take(expected=None):
+        nonlocal pos
+        token = tokens[pos]
+        if expected and token.upper() != expected:
+            raise ConfigError(f"responseFormat {ddl!r}: expected {expected!r}, found {token!r}")
+        pos += 1
+        return token
+
+    def parse_type():
+        word = take().upper()
+        if word == "STRUCT":
+            take("<")
+            fields = []
+            while True:
+                name = take()
+                take(":")
+                fields.append((name, parse_type()))
+                if take() == ">":
+                    return fields
+        if word == "ARRAY":
+            take("<")
+            inner = parse_type()
+            take(">")
+            return ("ARRAY", inner)
+        if word not in _DDL_TYPES:
+            raise ConfigError(f"responseFormat {ddl!r}: unsupported type {word}")
+        return word
+
+    try:
+        return parse_type()
+    except IndexError:
+        raise ConfigError(f"responseFormat {ddl!r}: unexpected end") from None
+
+
+def ai_query_udf(endpoint: Endpoint, teacher: TeacherConfig, *, journal_dir: str | None, workers: int):
+    """The local `ai_query(endpoint, request, modelParameters => …, responseFormat => …, failOnError => …)`."""
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import pandas_udf
+
+    result_type = T.StructType([T.StructField("result", T.StringType()), T.StructField("errorMessage", T.StringType())])
+
+    @pandas_udf(result_type)
+    def ai_query(endpoint_name: pd.Series, request: pd.Series, modelParameters: pd.DataFrame,  # noqa: N803
+                 responseFormat: pd.Series, failOnError: pd.Series) -> pd.DataFrame:  # noqa: N803
+        # All five arguments are required locally: lakesynth's SQL always passes them by name.
+        params = modelParameters.iloc[0].to_dict() if len(request) else {}
+        output = model_from_ddl(responseFormat.iloc[0]) if len(request) else BaseModel
+        call = Call(Endpoint(endpoint.base_url, str(endpoint_name.iloc[0]) if len(request) else endpoint.model,
+                             endpoint.api_key),
+                    teacher, output, temperature=float(params.get("temperature", 0.0)),
+                    max_tokens=int(params.get("max_tokens", 1024)), journal_dir=journal_dir, label="responses")
+        results = call.run([(str(i), [{"role": "user", "content": r}]) for i, r in enumerate(request)],
+                           workers=workers)
+        if len(request) and bool(failOnError.iloc[0]):
+            failed = [r.error for r in results if r.error]
+            if failed:
+                raise RuntimeError(f"ai_query failed: {failed[0]}")
+        return pd.DataFrame({
+            "result": [json.dumps(r.output, ensure_ascii=False) if r.error is None else None for r in results],
+            "errorMessage": [r.error for r in results],
+        })
+
+    return ai_query

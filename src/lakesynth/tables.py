@@ -6,6 +6,7 @@ written with one SQL MERGE by key, so a rerun never duplicates a row (see DESIGN
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class Table:
 
     @property
     def ddl(self) -> str:
-        return ", ".join(f"`{n}` {t.simpleString().upper()}" for n, t in self.columns)
+        return ", ".join(f"`{n}` {t.simpleString()}" for n, t in self.columns)
 
     @property
     def names(self) -> list[str]:
@@ -162,6 +163,33 @@ def upsert(
         ).collect()
     finally:
         spark.catalog.dropTempView(view)
+
+
+def materialize(spark: SparkSession, cfg: Config, name: str, rows: DataFrame) -> DataFrame:
+    """Write rows once to a fresh staging table `_staging_<name>` and read them back.
+
+    An LLM-calling plan must run exactly once: a plan that uses it twice (a union, a MERGE source)
+    would call the endpoint again, and serverless has no cache(). So its output is staged first.
+    """
+    fqn = cfg.fqn(f"_staging_{name}")
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{cfg.catalog}`.`{cfg.schema_}`")
+    spark.sql(f"DROP TABLE IF EXISTS {fqn}")
+    where = ""
+    if not on_databricks():
+        path = Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / f"_staging_{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        where = f" LOCATION '{path}'"
+    ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in rows.schema.fields)
+    spark.sql(f"CREATE TABLE {fqn} ({ddl}) USING DELTA{where}")
+    rows.write.mode("append").insertInto(fqn)
+    return spark.table(fqn)
+
+
+def journal_dir(cfg: Config, stage: str) -> str:
+    """Where a stage's LLM journal lives: beside the tables locally, in the Volume on Databricks."""
+    if on_databricks():
+        return f"/Volumes/{cfg.catalog}/{cfg.schema_}/{cfg.volume}/_journal/{stage}"
+    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_journal" / stage)
 
 
 def count(spark: SparkSession, cfg: Config, table: Table) -> int:
