@@ -13,6 +13,7 @@ import pytest
 
 from lakesynth.config import Config, load_config
 from lakesynth.engine import get_spark
+from lakesynth.standin import StandIn, StandInOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,42 @@ def cfg(warehouse, tmp_path) -> Config:
         ROOT / "conf" / "lakesynth.yml",
         [f"warehouse={warehouse}", f"schema=t_{uuid.uuid4().hex[:10]}", "run_id=test-run"],
     )
+
+
+@pytest.fixture(scope="session")
+def teacher_server():
+    """The stand-in OpenAI-compatible server on 127.0.0.1 for the whole session.
+
+    def test_x(teacher_server):
+        teacher_server.reset(fault_rate=0.2)  # new options, fresh counters
+    """
+    server = StandIn(StandInOptions()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm_cfg(cfg, teacher_server) -> Config:
+    """`cfg` with the teacher pointed at the stand-in, which starts each test with no faults and zero counts."""
+    teacher_server.reset(**vars(StandInOptions()))
+    teacher = cfg.teacher.model_copy(update={"base_url": teacher_server.base_url, "model": "standin",
+                                             "max_concurrency": 16, "timeout_s": 5})
+    return cfg.model_copy(update={"teacher": teacher})
+
+
+class Ctx:
+    """The slice of pipeline.RunContext a stage uses, for calling one stage directly."""
+
+    def __init__(self, cfg: Config) -> None:
+        from lakesynth import llm
+
+        self._cm = llm.open_endpoint(cfg.teacher)
+        self._endpoint = None
+
+    def endpoint(self):
+        if self._endpoint is None:
+            self._endpoint = self._cm.__enter__()
+        return self._endpoint
 
 
 @pytest.fixture(autouse=True)

@@ -90,26 +90,33 @@ def serve(teacher: TeacherConfig) -> Iterator[str]:
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     started = time.monotonic()
-    with _stderr_to(Path(teacher.model_cache).expanduser() / "teacher.log"):
+    log_file = Path(teacher.model_cache).expanduser() / "teacher.log"
+    with _native_stderr_to(log_file):
         server = xlc.Server(params)
-    print(f"teacher: embedded {path.name} on {server.listening_address} "
-          f"({teacher.embedded_slots} slots, loaded in {time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
-    try:
-        yield server.listening_address.rstrip("/") + "/v1"
-    finally:
-        del server  # the destructor stops the HTTP server and frees the model
+        print(f"teacher: embedded {path.name} on {server.listening_address} ({teacher.embedded_slots} slots, "
+              f"loaded in {time.monotonic() - started:.1f} s, log {log_file})", file=sys.stderr, flush=True)
+        try:
+            yield server.listening_address.rstrip("/") + "/v1"
+        finally:
+            del server  # the destructor stops the HTTP server and frees the model
 
 
 @contextlib.contextmanager
-def _stderr_to(log_file: Path) -> Iterator[None]:
-    """llama.cpp writes its load log straight to fd 2; send it to a file instead of the terminal."""
+def _native_stderr_to(log_file: Path) -> Iterator[None]:
+    """llama.cpp logs every request straight to fd 2: point fd 2 at a file while the server runs,
+    and give Python's own sys.stderr (progress bars, errors) a copy of the real terminal."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=saved_stream.encoding or "utf-8",
+                           errors="backslashreplace")
     try:
         with log_file.open("ab") as sink:
             os.dup2(sink.fileno(), 2)
             yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        sys.stderr.close()
+        sys.stderr = saved_stream

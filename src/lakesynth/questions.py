@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pandas as pd
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -33,6 +33,14 @@ class GeneratedQuestions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reasoning: str = Field(description="Analysis of the seed's topic and intent, and the subtopics to cover")
     questions: list[str] = Field(description="The new customer questions")
+
+
+def output_model(per_seed: int) -> type[GeneratedQuestions]:
+    """GeneratedQuestions with exactly `per_seed` questions, enforced by the schema the endpoint decodes with."""
+    return create_model(
+        "GeneratedQuestions", __base__=GeneratedQuestions,
+        questions=(list[str], Field(min_length=per_seed, max_length=per_seed, description="The new customer questions")),
+    )
 
 
 REQUEST_SCHEMA = T.StructType([T.StructField(n, t) for n, t in [
@@ -150,7 +158,7 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     seeds = tables.read(spark, cfg, tables.SEED_QUESTIONS)
     endpoint = ctx.endpoint()
     journal = tables.journal_dir(cfg, "questions")
-    call = llm.Call(endpoint, cfg.teacher, GeneratedQuestions, cfg.questions.temperature, cfg.questions.max_tokens,
+    call = llm.Call(endpoint, cfg.teacher, output_model(cfg.questions.per_seed), cfg.questions.temperature, cfg.questions.max_tokens,
                     journal_dir=journal, label="questions")
     done = (tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS).where("error IS NULL")
             .select("seed_id", "fingerprint").distinct())

@@ -1,0 +1,79 @@
+"""`lakesynth run`: the job's tasks in order, the summary, reruns, and the real embedded teacher end to end."""
+
+from __future__ import annotations
+
+import json
+
+import deltalake
+import pytest
+
+from lakesynth import pipeline
+
+from conftest import ROOT, write
+from test_cli import lakesynth
+
+
+def _summary(path):
+    return json.loads(path.read_text())
+
+
+def test_job_graph_is_read_from_the_bundle():
+    graph = pipeline.job_graph(ROOT)
+    order = pipeline.order(graph)
+    assert order.index("seed") < order.index("questions") < order.index("responses")
+    assert set(graph) <= set(pipeline.stage_functions())
+
+
+def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_server):
+    teacher_server.reset(fault_rate=0.0, latency_ms=5)
+    args = ["run", "--warehouse", str(tmp_path / "wh"), "--set", f"teacher.base_url={teacher_server.base_url}",
+            "--set", "teacher.model=standin", "--summary", str(tmp_path / "s.json")]
+    proc = lakesynth(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = _summary(tmp_path / "s.json")
+    assert list(report["stages"]) == ["seed", "questions", "responses"]
+    assert all(s["status"] == "ok" for s in report["stages"].values())
+    questions = report["tables"]["synthetic_questions"]["rows"]
+    assert report["tables"]["synthetic_responses"]["rows"] == questions == 3 * 24
+    paid = teacher_server.stats.completions
+    assert paid == 24 + questions
+    again = lakesynth(*args)
+    assert again.returncode == 0 and teacher_server.stats.completions == paid
+    assert "questions: ok, 24 in, 0 out" in again.stdout
+
+
+def test_stages_subset_and_unknown_stage(tmp_path):
+    proc = lakesynth("run", "--stages", "seed", "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json"))
+    assert proc.returncode == 0 and list(_summary(tmp_path / "s.json")["stages"]) == ["seed"]
+    bad = lakesynth("run", "--stages", "seed,polish", "--warehouse", str(tmp_path / "wh"))
+    assert bad.returncode == 2 and "unknown stage(s) polish" in bad.stderr
+
+
+def test_failed_stage_skips_its_dependents(tmp_path):
+    bad = write(tmp_path / "bad.jsonl", "not json\n")
+    proc = lakesynth("run", "--seeds", bad, "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json"))
+    stages = _summary(tmp_path / "s.json")["stages"]
+    assert proc.returncode == 1
+    assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
+    assert stages["questions"]["status"] == stages["responses"]["status"] == "skipped"
+
+
+def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
+    """No endpoint configured: the packaged model writes questions and answers (a tiny sample)."""
+    seeds_file = write(tmp_path / "tiny.csv", "topic,question,in_scope\n"
+                       "cards,How do I block my debit card?,yes\n"
+                       "investment advice,Should I buy gold with my savings?,no\n")
+    proc = lakesynth("run", "--seeds", seeds_file, "--warehouse", str(tmp_path / "wh"),
+                     "--set", "questions.per_seed=2", "--set", "responses.max_tokens=400",
+                     "--set", "teacher.embedded_slots=4", "--summary", str(tmp_path / "s.json"))
+    report = _summary(tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    q = deltalake.DeltaTable(report["tables"]["synthetic_questions"]["location"]).to_pandas()
+    r = deltalake.DeltaTable(report["tables"]["synthetic_responses"]["location"]).to_pandas()
+    ok = q[q.error.isna()]
+    assert len(ok) > 0
+    per_seed = ok.groupby("seed_id").size()
+    assert (per_seed >= 2).all(), per_seed  # >= 2 questions per successful seed
+    assert set(r.question_id) == set(ok.question_id)  # an answer or an error for every question
+    assert r.apply(lambda x: (x.error is None) == bool(x.answer), axis=1).all()
+    assert (q.model == "qwen2.5-coder-0.5b-instruct").all()

@@ -1,0 +1,120 @@
+"""Questions stage: one row per generated question, errors kept, reruns free, text literal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from chispa import assert_df_equality
+
+from lakesynth import questions, seeds, tables
+from lakesynth.errors import StageError
+
+from conftest import Ctx, write
+
+
+def _with(cfg, **sections):
+    return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
+
+
+def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cfg, teacher_server):
+    cfg = _with(llm_cfg, questions={"per_seed": 2})
+    seeds.run(spark, cfg)
+    result = questions.run(spark, cfg, Ctx(cfg))
+    rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+    n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    assert result.rows_in == n_seeds and result.errors == 0
+    assert rows.count() == result.rows_out == 2 * n_seeds
+    per_seed = {r.seed_id: r["count"] for r in rows.groupBy("seed_id").count().collect()}
+    assert set(per_seed.values()) == {2} and len(per_seed) == n_seeds
+    joined = rows.join(tables.read(spark, cfg, tables.SEED_QUESTIONS).select("seed_id", "topic", "in_scope"),
+                       ["seed_id", "topic", "in_scope"])
+    assert joined.count() == rows.count()  # topic and scope inherited from the seed
+    assert rows.where("error IS NULL AND reasoning IS NOT NULL AND model = 'standin' AND run_id = 'test-run'").count() \
+        == rows.count()
+    # A request's tokens sit on one row: the column sums to what the endpoint reported.
+    assert rows.where("prompt_tokens > 0").count() == n_seeds
+    assert result.metrics["prompt_tokens"] > 0 and teacher_server.stats.completions == n_seeds
+
+
+def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, teacher_server):
+    seeds.run(spark, llm_cfg)
+    questions.run(spark, llm_cfg, Ctx(llm_cfg))
+    before = sorted(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS).select("question_id", "question").collect())
+    teacher_server.reset()
+    again = questions.run(spark, llm_cfg, Ctx(llm_cfg))
+    assert teacher_server.stats.requests == 0 and again.rows_out == 0
+    assert sorted(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS).select("question_id", "question")
+                  .collect()) == before
+    changed = _with(llm_cfg, questions={"template": llm_cfg.questions.template + "\nBe brief."})
+    questions.run(spark, changed, Ctx(changed))
+    n_seeds = tables.count(spark, llm_cfg, tables.SEED_QUESTIONS)
+    assert teacher_server.stats.completions == n_seeds
+    rows = tables.read(spark, changed, tables.SYNTHETIC_QUESTIONS)
+    assert rows.select("prompt_version").distinct().count() == 1  # old rows replaced, not kept beside
+    assert rows.count() == 3 * n_seeds
+
+
+def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, teacher_server):
+    cfg = _with(llm_cfg, teacher={"max_retries": 0})
+    seeds.run(spark, cfg)
+    teacher_server.reset(fault_rate=0.5, faults=("schema",), seed=11)
+    try:
+        result = questions.run(spark, cfg, Ctx(cfg))
+    except StageError as exc:  # more than half failed: the stage says so, rows are still written
+        assert "max_failure_rate" in str(exc)
+        result = None
+    rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+    failed = rows.where("error IS NOT NULL")
+    n_failed = failed.count()
+    assert n_failed > 0 and failed.where("question IS NULL AND error LIKE 'InvalidOutput%' AND raw_output LIKE "
+                                         "'%unexpected%'").count() == n_failed
+    n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    assert rows.select("seed_id").distinct().count() == n_seeds  # no seed silently missing
+    if result is not None:
+        assert result.errors == n_failed
+    teacher_server.reset(fault_rate=0.0)
+    questions.run(spark, cfg, Ctx(cfg))
+    assert teacher_server.stats.completions == n_failed  # only the failed seeds again
+    rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+    assert rows.where("error IS NOT NULL").count() == 0 and rows.count() == 3 * n_seeds
+
+
+def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
+    generated = spark.createDataFrame(
+        [("s1", "cards", True, "How do I block my card?", "v", "fp1", "m", "r",
+          ["How do I block my card?!", " ", "New card?", "new card", "PIN reset?"], 10, 5, 7, 1, None, None),
+         ("s2", "tax", False, "Tax?", "v", "fp2", "m", "r", ["tax?", ""], 3, 2, 1, 1, None, None),
+         ("s3", "tax", False, "VAT?", "v", "fp3", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad")],
+        questions.GENERATED_SCHEMA,
+    )
+    rows = questions.to_question_rows(generated, run_id="r1")
+    got = sorted((r.seed_id, r.question, r.error is not None, r.prompt_tokens) for r in rows.collect())
+    assert got == [
+        ("s1", "New card?", False, 10),
+        ("s1", "PIN reset?", False, 0),
+        ("s2", None, True, 3),
+        ("s3", None, True, 3),
+    ]
+    errors = {r.seed_id: r.error for r in rows.where("error IS NOT NULL").collect()}
+    assert errors["s2"].startswith("NoUsableQuestions: the teacher returned 2 question(s)")
+    assert errors["s3"] == "InvalidOutput: x"
+    assert rows.select("question_id").distinct().count() == 4
+
+
+def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
+    tricky = "What is {{ rules }} and {% if x %}this{% endif %}?"
+    path = write(tmp_path / "t.jsonl", json.dumps({"topic": "odd {{ topic }}", "question": tricky, "in_scope": 1}) + "\n")
+    cfg = llm_cfg.model_copy(update={"seeds": llm_cfg.seeds.model_copy(update={"path": path})})
+    seeds.run(spark, cfg)
+    ctx = Ctx(cfg)
+    call = questions.llm.Call(ctx.endpoint(), cfg.teacher, questions.output_model(3), 0.5, 64)
+    (req,) = questions.build_requests(tables.read(spark, cfg, tables.SEED_QUESTIONS), cfg=cfg, call=call).collect()
+    prompt = json.loads(req.messages)[0]["content"]
+    assert tricky in prompt and "odd {{ topic }}" in prompt and "investment advice" in prompt
+
+
+def test_output_schema_bounds_the_number_of_questions():
+    schema = questions.output_model(4).model_json_schema()
+    assert schema["properties"]["questions"]["maxItems"] == 4 and schema["additionalProperties"] is False
+    assert schema["required"] == ["reasoning", "questions"]

@@ -1,0 +1,81 @@
+"""Responses stage: the ai_query SQL, answers or errors for every question, reruns fill only the gaps."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+from lakesynth import questions, responses, seeds, tables
+
+from conftest import Ctx
+
+
+def _prepare(spark, cfg):
+    seeds.run(spark, cfg)
+    questions.run(spark, cfg, Ctx(cfg))
+    return tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS).where("error IS NULL").count()
+
+
+def test_sql_has_the_batch_inference_shape():
+    sql = responses.ai_query_sql("pending", endpoint="my-endpoint", max_tokens=300, temperature=0.2)
+    assert "ai_query(\n    'my-endpoint',\n    request," in sql
+    assert "modelParameters => named_struct('max_tokens', 300, 'temperature', 0.2)" in sql
+    assert f"responseFormat => '{responses.RESPONSE_FORMAT}'" in sql and "failOnError => false" in sql
+
+
+def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg, teacher_server):
+    n_questions = _prepare(spark, llm_cfg)
+    teacher_server.reset()
+    result = responses.run(spark, llm_cfg, Ctx(llm_cfg))
+    rows = tables.read(spark, llm_cfg, tables.SYNTHETIC_RESPONSES)
+    assert result.rows_in == result.rows_out == rows.count() == n_questions
+    assert rows.where("error IS NULL AND answer <> '' AND reasoning <> '' AND answer <> reasoning").count() == n_questions
+    assert teacher_server.stats.completions == n_questions  # preflight answer reused, nothing paid twice
+    assert rows.where("prompt_tokens > 0 AND completion_tokens > 0 AND attempts = 1").count() == n_questions
+    joined = rows.join(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), ["question_id", "seed_id", "question"])
+    assert joined.count() == n_questions
+
+
+def test_requests_carry_rules_scope_and_question(spark, llm_cfg):
+    _prepare(spark, llm_cfg)
+    call = responses.llm.Call(Ctx(llm_cfg).endpoint(), llm_cfg.teacher,
+                              responses.llm.model_from_ddl(responses.RESPONSE_FORMAT), 0.3, 100)
+    reqs = responses.build_requests(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), cfg=llm_cfg, call=call)
+    out = reqs.where("NOT in_scope").limit(1).collect()[0]
+    inside = reqs.where("in_scope").limit(1).collect()[0]
+    assert "never give investment advice" in out.request.lower() and out.question in out.request
+    assert "OUT OF SCOPE" in out.request and "IN SCOPE" in inside.request
+
+
+def test_failed_answers_keep_their_error_and_a_rerun_fills_only_them(spark, llm_cfg, teacher_server):
+    cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"max_retries": 0})})
+    n_questions = _prepare(spark, cfg)
+    teacher_server.reset(fault_rate=0.3, faults=("malformed", "500"), seed=5)
+    responses.run(spark, cfg, Ctx(cfg))
+    rows = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+    failed = rows.where("error IS NOT NULL").count()
+    assert rows.count() == n_questions and failed > 0
+    assert rows.where("error IS NOT NULL AND answer IS NULL").count() == failed
+    teacher_server.reset(fault_rate=0.0)
+    again = responses.run(spark, cfg, Ctx(cfg))
+    assert again.rows_out == failed and teacher_server.stats.completions == failed
+    assert tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NULL").count() == n_questions
+    teacher_server.reset()
+    responses.run(spark, cfg, Ctx(cfg))
+    assert teacher_server.stats.requests == 0
+
+
+def test_parse_reads_struct_field_names_from_the_schema(spark):
+    struct = T.StructType([T.StructField("response", T.StringType()), T.StructField("error", T.StringType())])
+    schema = T.StructType([T.StructField(n, t) for n, t in [
+        ("question_id", T.StringType()), ("seed_id", T.StringType()), ("topic", T.StringType()),
+        ("in_scope", T.BooleanType()), ("question", T.StringType()), ("prompt_version", T.StringType()),
+        ("fingerprint", T.StringType()), ("response", struct)]])
+    answered = spark.createDataFrame([
+        ("q1", "s", "t", True, "Q?", "v", "f1", ('{"reasoning": "r", "answer": "A."}', None)),
+        ("q2", "s", "t", True, "Q?", "v", "f2", (None, "RateLimitError: slow down")),
+        ("q3", "s", "t", True, "Q?", "v", "f3", ('{"reasoning": "r", "answer": "  "}', None)),
+    ], schema)
+    got = {r.question_id: (r.answer, r.error) for r in responses.parse_responses(answered, model="m", run_id="r")
+           .collect()}
+    assert got == {"q1": ("A.", None), "q2": (None, "RateLimitError: slow down"),
+                   "q3": (None, "EmptyAnswer: the reply had no answer")}
