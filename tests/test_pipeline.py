@@ -20,7 +20,7 @@ def _summary(path):
 def test_job_graph_is_read_from_the_bundle():
     graph = pipeline.job_graph(ROOT)
     order = pipeline.order(graph)
-    assert order.index("seed") < order.index("questions") < order.index("responses")
+    assert order.index("seed") < order.index("questions") < order.index("responses") < order.index("format")
     assert set(graph) <= set(pipeline.stage_functions())
 
 
@@ -31,7 +31,8 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     proc = lakesynth(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = _summary(tmp_path / "s.json")
-    assert list(report["stages"]) == ["seed", "questions", "responses"]
+    assert list(report["stages"]) == ["seed", "questions", "responses", "format"]
+    assert set(report["files"]) == {"train_jsonl", "val_jsonl"}
     assert all(s["status"] == "ok" for s in report["stages"].values())
     questions = report["tables"]["synthetic_questions"]["rows"]
     assert report["tables"]["synthetic_responses"]["rows"] == questions == 3 * 24
@@ -55,7 +56,7 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     stages = _summary(tmp_path / "s.json")["stages"]
     assert proc.returncode == 1
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
-    assert stages["questions"]["status"] == stages["responses"]["status"] == "skipped"
+    assert stages["questions"]["status"] == stages["responses"]["status"] == stages["format"]["status"] == "skipped"
 
 
 def test_end_to_end_with_the_real_embedded_teacher(tmp_path):

@@ -21,6 +21,7 @@ STAGE_HELP = {
     "seed": "ingest seed questions into seed_questions",
     "questions": "generate new questions from the seeds into synthetic_questions",
     "responses": "answer the questions with ai_query into synthetic_responses",
+    "format": "turn answered questions into training_chat and one chat JSONL file per split",
 }
 
 

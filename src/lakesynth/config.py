@@ -152,6 +152,19 @@ class ResponsesConfig(_StageLLMConfig):
     temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
 
 
+class FormatConfig(_Model):
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of each topic's examples in the validation split.")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none).")
+    seed: int = Field(42, description="Seed of the split; the same seed and data always split the same way.")
+    max_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "FormatConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave examples for training")
+        return self
+
+
 class Config(_Model):
     catalog: str = Field("main", description="Unity Catalog catalog (locally: the first warehouse folder level).")
     schema_: str = Field("lakesynth_dev", alias="schema", description="Schema that holds the pipeline's tables.")
@@ -167,6 +180,7 @@ class Config(_Model):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    format: FormatConfig = Field(default_factory=FormatConfig)
 
     @field_validator("catalog", "schema_", "volume")
     @classmethod

@@ -28,9 +28,9 @@ JOB_FILE = "resources/lakesynth.job.yml"
 
 def stage_functions() -> dict[str, Callable[..., StageResult]]:
     """Stage name -> its `run(spark, cfg, ctx)`; the one registry of stages, built on demand."""
-    from lakesynth import questions, responses, seeds
+    from lakesynth import chat_jsonl, questions, responses, seeds
 
-    return {"seed": seeds.run, "questions": questions.run, "responses": responses.run}
+    return {"seed": seeds.run, "questions": questions.run, "responses": responses.run, "format": chat_jsonl.run}
 
 
 def find_project_root(start: Path) -> Path:

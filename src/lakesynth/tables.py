@@ -83,7 +83,16 @@ SYNTHETIC_RESPONSES = _table(
     parent="question_id",
 )
 
-TABLES = {t.name: t for t in (SEED_QUESTIONS, SYNTHETIC_QUESTIONS, SYNTHETIC_RESPONSES)}
+TRAINING_CHAT = _table(
+    "training_chat",
+    [("example_id", S), ("question_id", S), ("seed_id", S), ("topic", S),
+     ("messages", T.ArrayType(T.StructType([T.StructField("role", S), T.StructField("content", S)]))),
+     ("split", S), ("n_tokens", L)],
+    key="example_id",
+    parent="question_id",
+)
+
+TABLES = {t.name: t for t in (SEED_QUESTIONS, SYNTHETIC_QUESTIONS, SYNTHETIC_RESPONSES, TRAINING_CHAT)}
 
 
 def location(cfg: Config, table: Table) -> str:

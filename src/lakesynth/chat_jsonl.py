@@ -1,0 +1,160 @@
+"""Format stage: `synthetic_responses` -> `training_chat` + one chat JSONL file per split.
+
+Only answered rows become examples, each checked against the Databricks chat-completion data
+rules and a length limit; rejects are counted, never written. The split is stratified by topic
+and decided by a seeded hash, so the same data always splits the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakesynth import engine, tables
+from lakesynth.config import Config
+from lakesynth.report import StageResult
+
+ROLES = ("system", "user", "assistant")
+# Chat-template control tokens must not appear in content: the trainer adds them itself.
+TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "[INST]", "<s>")
+CHARS_PER_TOKEN = 4  # documented estimate where no tokenizer is at hand (about 4 characters per token in English)
+
+
+def estimate_tokens(messages: list[dict]) -> int:
+    """Tokens of an example by the ~4 characters per token estimate, plus 4 per message for the template."""
+    return sum(len(m.get("content") or "") // CHARS_PER_TOKEN + 4 for m in messages)
+
+
+def chat_violation(messages: list[dict], max_tokens: int) -> str | None:
+    """Why an example breaks the chat-completion data rules, or None when it is valid."""
+    if not messages:
+        return "no messages"
+    roles = [m.get("role") for m in messages]
+    if any(r not in ROLES for r in roles):
+        return f"unknown role in {roles}"
+    if "system" in roles[1:]:
+        return "system message not first"
+    turns = roles[1:] if roles[0] == "system" else roles
+    if not turns or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns)):
+        return f"roles do not alternate user/assistant: {roles}"
+    if turns[-1] != "assistant":
+        return "does not end with an assistant message"
+    if any(not (m.get("content") or "").strip() for m in messages):
+        return "empty content"
+    if any(tok in (m.get("content") or "") for m in messages for tok in TEMPLATE_TOKENS):
+        return "contains chat-template tokens"
+    if estimate_tokens(messages) > max_tokens:
+        return f"longer than {max_tokens} tokens (estimated)"
+    return None
+
+
+MESSAGES = T.ArrayType(T.StructType([T.StructField("role", T.StringType()), T.StructField("content", T.StringType())]))
+
+
+def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
+    """One row per answered response, with `messages` as array<struct<role, content>>."""
+    def message(role: str, content) -> F.Column:
+        return F.struct(F.lit(role).alias("role"), content.alias("content"))
+
+    turns = [message("user", F.col("question")), message("assistant", F.col("answer"))]
+    if system_prompt:
+        turns.insert(0, message("system", F.lit(system_prompt)))
+    answered = responses.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
+    return answered.select(
+        F.col("question_id").alias("example_id"), "question_id", "seed_id", "topic",
+        F.array(*turns).cast(MESSAGES).alias("messages"),
+    )
+
+
+def check_examples(chat: DataFrame, *, max_tokens: int) -> DataFrame:
+    """Adds `violation` (None when valid) and `n_tokens` to each example."""
+    schema = T.StructType(chat.schema.fields + [T.StructField("violation", T.StringType()),
+                                                T.StructField("n_tokens", T.LongType())])
+    return chat.mapInPandas(functools.partial(_check_batches, max_tokens=max_tokens), schema)
+
+
+def _check_batches(batches: Iterator[pd.DataFrame], *, max_tokens: int) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        messages = [[dict(m) for m in ms] for ms in batch["messages"]]
+        yield batch.assign(violation=[chat_violation(m, max_tokens) for m in messages],
+                           n_tokens=[estimate_tokens(m) for m in messages])
+
+
+def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
+    """Adds `split`: per topic, the examples are ordered by a seeded hash and the first
+    round(n * fraction) go to validation (then test), so each topic keeps its share in every split."""
+    by_topic = Window.partitionBy("topic")
+    rank = F.row_number().over(by_topic.orderBy(F.sha2(F.concat_ws("|", F.lit(str(seed)), "example_id"), 256)))
+    n = F.count(F.lit(1)).over(by_topic)
+    n_val = F.round(n * val_fraction)
+    n_test = F.round(n * test_fraction)
+    split = F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test").otherwise("train")
+    return chat.withColumn("split", split)
+
+
+def files_dir(cfg: Config) -> str:
+    """Where the JSONL files go: a Volume on Databricks (the FM API wants one .jsonl there), else the warehouse."""
+    if engine.on_databricks():
+        return f"/Volumes/{cfg.catalog}/{cfg.schema_}/{cfg.volume}/training_chat"
+    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_files" / "training_chat")
+
+
+def write_jsonl(rows: DataFrame, target: Path) -> None:
+    """One `{"messages": [...]}` per line, UTF-8, as ONE file: Spark writes the lines in parallel,
+    then the part files are streamed into the target (coalesce(1) is only a hint on some engines)."""
+    scratch = target.with_name(f".{target.stem}.tmp")
+    lines = rows.select(F.to_json(F.struct("messages")).alias("value"), "example_id")
+    lines.coalesce(1).sortWithinPartitions("example_id").select("value").write.mode("overwrite").text(str(scratch))
+    # An engine may write no file at all for an empty split; the target is then an empty file.
+    found = scratch.iterdir() if scratch.is_dir() else []
+    parts = sorted(p for p in found if p.is_file() and not p.name.startswith((".", "_")))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with partial.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out)
+    partial.replace(target)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
+    responses = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+    fmt = cfg.format
+    checked = tables.materialize(spark, cfg, "training_chat", check_examples(
+        to_chat_rows(responses, system_prompt=cfg.use_case.system_prompt), max_tokens=fmt.max_tokens))
+    rows_in = responses.count()
+    valid = assign_split(checked.where(F.col("violation").isNull()), val_fraction=fmt.val_fraction,
+                         test_fraction=fmt.test_fraction, seed=fmt.seed)
+    out = valid.select(*[c for c in tables.TRAINING_CHAT.names if c not in ("run_id", "created_at")],
+                       F.lit(cfg.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+    fqn = tables.ensure(spark, cfg, tables.TRAINING_CHAT)
+    # The table is derived whole from the responses: an atomic overwrite keeps it exact.
+    tables.conform(out, tables.TRAINING_CHAT).write.mode("overwrite").insertInto(fqn)
+    written = tables.read(spark, cfg, tables.TRAINING_CHAT)
+    violations = {r.violation: r["count"] for r in
+                  checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()}
+    folder = Path(files_dir(cfg))
+    files = {}
+    for split in ("train", "val", "test"):
+        if split == "test" and not fmt.test_fraction:
+            continue
+        target = folder / f"{split}.jsonl"
+        write_jsonl(written.where(F.col("split") == split), target)
+        files[f"{split}_jsonl"] = str(target)
+    counts = {r.split: r["count"] for r in written.groupBy("split").count().collect()}
+    excluded = rows_in - checked.count()
+    return StageResult(
+        rows_in=rows_in, rows_out=sum(counts.values()), errors=sum(violations.values()),
+        tables=[tables.TRAINING_CHAT], files=files,
+        metrics={"excluded_unanswered": excluded, "violations": violations,
+                 **{f"{k}_examples": v for k, v in sorted(counts.items())}},
+    )
