@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The CLI's parsing alone (exits 2 on bad flags), for checking the bundle's task parameters."""
+    return _parser().parse_args(argv)
+
+
 def build_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.seeds:
@@ -62,7 +67,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lakesynth import engine, tables
+from lakesynth import bundle, engine, tables
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError
 from lakesynth.report import StageResult
@@ -41,18 +39,13 @@ def find_project_root(start: Path) -> Path:
 
 
 def job_graph(root: Path) -> dict[str, tuple[str, list[str]]]:
-    """task_key -> (stage, [task_keys it depends on]) from the bundle's job file."""
-    file = root / JOB_FILE
-    try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
-        (job,) = doc["resources"]["jobs"].values()
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{file}: cannot read the job's tasks: {exc}") from exc
+    """task_key -> (stage, [task_keys it depends on]) from the bundle's one job."""
+    _, job = bundle.job(bundle.load(root))
     graph = {}
-    for task in job["tasks"]:
+    for task in job.get("tasks", []):
         params = (task.get("python_wheel_task") or {}).get("parameters") or []
         if not params:
-            raise ConfigError(f"{file}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage")
+            raise ConfigError(f"{JOB_FILE}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage")
         graph[task["task_key"]] = (params[0], [d["task_key"] for d in task.get("depends_on", [])])
     return graph
 

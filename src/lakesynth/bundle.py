@@ -1,0 +1,94 @@
+"""The Databricks bundle as data: databricks.yml merged with its included resource files, and the
+checks that keep it deployable (schema, job model, entry points, task graph) without a workspace.
+"""
+
+from __future__ import annotations
+
+import glob
+import graphlib
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lakesynth.errors import ConfigError
+
+
+def _merge(into: dict, other: dict) -> dict:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def load(root: Path) -> dict[str, Any]:
+    """databricks.yml with every file its `include` globs name merged in, as the CLI merges them."""
+    main_file = root / "databricks.yml"
+    try:
+        merged = yaml.safe_load(main_file.read_text(encoding="utf-8")) or {}
+        for pattern in merged.get("include", []):
+            for path in sorted(glob.glob(str(root / pattern))):
+                _merge(merged, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{root}: cannot read the bundle: {exc}") from exc
+    return merged
+
+
+def job(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The bundle's one job: (resource key, job dict)."""
+    jobs = (bundle.get("resources") or {}).get("jobs") or {}
+    if len(jobs) != 1:
+        raise ConfigError(f"the bundle must define exactly one job, found {len(jobs)}: {', '.join(jobs) or 'none'}")
+    return next(iter(jobs.items()))
+
+
+def schema_problems(bundle: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Violations of the official bundle JSON schema, each as 'path: message'."""
+    import json
+
+    import jsonschema
+
+    # Python's re lacks \p{..}; the schema uses them only in identifier patterns.
+    text = json.dumps(schema).replace("\\\\p{L}", "[^\\\\W\\\\d_]").replace("\\\\p{N}", "\\\\d")
+    validator = jsonschema.Draft202012Validator(json.loads(text))
+    problems = []
+    for error in validator.iter_errors(bundle):
+        # oneOf/anyOf (a value, or a ${var} string) hide the real cause: follow the deepest sub-error down.
+        while error.context:
+            error = max(error.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
+        where = "/".join(map(str, error.absolute_path)) or "(top)"
+        problems.append(f"{where}: {error.message}")
+    return problems
+
+
+def task_problems(bundle: dict[str, Any], scripts: dict[str, str], parse_args) -> list[str]:
+    """Entry points that do not exist or reject their parameters, dangling depends_on, cycles."""
+    _, spec = job(bundle)
+    tasks = {t["task_key"]: t for t in spec.get("tasks", [])}
+    problems = []
+    for key, task in tasks.items():
+        for dep in task.get("depends_on", []):
+            if dep.get("task_key") not in tasks:
+                problems.append(f"task '{key}': depends_on names no task '{dep.get('task_key')}'")
+        wheel = task.get("python_wheel_task")
+        if not wheel:
+            continue
+        if wheel.get("entry_point") not in scripts:
+            problems.append(f"task '{key}': entry_point '{wheel.get('entry_point')}' is not in [project.scripts] "
+                            f"(has: {', '.join(scripts)})")
+            continue
+        params = [re.sub(r"\{\{[^}]+\}\}|\$\{[^}]+\}", "x", p) for p in wheel.get("parameters", [])]
+        try:
+            parse_args(params)
+        except SystemExit:
+            problems.append(f"task '{key}': `{wheel['entry_point']} {shlex.join(params)}` is rejected by the CLI")
+    try:
+        graphlib.TopologicalSorter({k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
+                                   ).prepare()
+    except graphlib.CycleError as exc:
+        problems.append(f"the tasks' depends_on form a cycle: {' -> '.join(exc.args[1])}")
+    return problems

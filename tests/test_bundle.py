@@ -1,0 +1,81 @@
+"""The bundle deploys as written: official schema, job model, entry points, task graph.
+
+The schema is the official one of the Databricks CLI v1.13.0 (tests/fixtures/databricks-bundle-schema.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+
+import pytest
+from databricks.bundles.jobs import Job
+
+from lakesynth import bundle, cli, pipeline
+
+from conftest import ROOT
+
+SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "databricks-bundle-schema.json").read_text())
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.fixture
+def merged():
+    return bundle.load(ROOT)
+
+
+def test_merged_bundle_matches_the_official_schema(merged):
+    assert bundle.schema_problems(merged, SCHEMA) == []
+    assert set(merged["targets"]) == {"dev", "prod"} and merged["targets"]["dev"]["default"] is True
+    assert merged["targets"]["dev"]["mode"] == "development" and merged["targets"]["prod"]["mode"] == "production"
+    assert {"catalog", "schema", "volume", "teacher_endpoint", "questions_per_seed"} <= set(merged["variables"])
+
+
+def test_the_job_builds_with_databricks_bundles(merged):
+    key, spec = bundle.job(merged)
+    job = Job.from_dict(spec)
+    assert [t.task_key for t in job.tasks] == list(pipeline.job_graph(ROOT))
+    assert spec["max_concurrent_runs"] == 1 and spec["schedule"]["quartz_cron_expression"]
+
+
+def test_tasks_name_real_entry_points_and_a_dag(merged):
+    assert bundle.task_problems(merged, SCRIPTS, cli.parse_args) == []
+    _, spec = bundle.job(merged)
+    for task in spec["tasks"]:
+        assert task["python_wheel_task"]["parameters"][0] in pipeline.stage_functions()
+        assert "{{job.parameters.catalog}}" in task["python_wheel_task"]["parameters"]
+
+
+def _broken(merged, change):
+    broken = copy.deepcopy(merged)
+    change(bundle.job(broken)[1])
+    return broken
+
+
+def test_an_unknown_key_fails_the_schema_readably(merged):
+    broken = _broken(merged, lambda job: job["tasks"][0].update({"retry_forever": True}))
+    problems = bundle.schema_problems(broken, SCHEMA)
+    assert any("resources/jobs/lakesynth/tasks/0" in p and "retry_forever" in p for p in problems), problems
+    with pytest.raises(ValueError, match="retry_forever"):
+        Job.from_dict(bundle.job(broken)[1])
+
+
+def test_a_missing_entry_point_and_a_dangling_dependency_are_named(merged):
+    def change(job):
+        job["tasks"][1]["python_wheel_task"]["entry_point"] = "lakesynth-questions"
+        job["tasks"][2]["depends_on"] = [{"task_key": "questionz"}]
+
+    problems = bundle.task_problems(_broken(merged, change), SCRIPTS, cli.parse_args)
+    assert "task 'questions': entry_point 'lakesynth-questions' is not in [project.scripts] (has: lakesynth)" in problems
+    assert "task 'responses': depends_on names no task 'questionz'" in problems
+
+
+def test_bad_parameters_and_cycles_are_named(merged):
+    def change(job):
+        job["tasks"][0]["python_wheel_task"]["parameters"].append("--colour")
+        job["tasks"][0]["depends_on"] = [{"task_key": "format"}]
+
+    problems = bundle.task_problems(_broken(merged, change), SCRIPTS, cli.parse_args)
+    assert any(p.startswith("task 'seed': `lakesynth seed") and "rejected by the CLI" in p for p in problems)
+    assert any("cycle" in p for p in problems)
