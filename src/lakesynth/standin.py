@@ -101,9 +101,9 @@ class StandIn:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
     def reset(self, **changes) -> None:
-        """New options (fields of StandInOptions) and fresh counters; the seed restarts."""
-        for key, value in changes.items():
-            setattr(self.options, key, value)
+        """Default options but for `changes` (fields of StandInOptions), fresh counters, the seed restarted."""
+        self.options = StandInOptions(**changes)
+        self._slots = asyncio.Semaphore(self.options.max_concurrency)
         self.stats = Stats()
         self._rng = random.Random(self.options.seed)
 
