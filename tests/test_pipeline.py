@@ -20,19 +20,21 @@ def _summary(path):
 def test_job_graph_is_read_from_the_bundle():
     graph = pipeline.job_graph(ROOT)
     order = pipeline.order(graph)
-    assert order.index("seed") < order.index("questions") < order.index("responses") < order.index("format")
+    assert order == ["seed", "questions", "responses", "format", "finetune"]
     assert set(graph) <= set(pipeline.stage_functions())
 
 
 def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_server):
     teacher_server.reset(fault_rate=0.0, latency_ms=5)
     args = ["run", "--warehouse", str(tmp_path / "wh"), "--set", f"teacher.base_url={teacher_server.base_url}",
-            "--set", "teacher.model=standin", "--summary", str(tmp_path / "s.json")]
+            "--set", "teacher.model=standin", "--set", "finetune.max_steps=2", "--set", "finetune.max_length=64",
+            "--summary", str(tmp_path / "s.json")]
     proc = lakesynth(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = _summary(tmp_path / "s.json")
-    assert list(report["stages"]) == ["seed", "questions", "responses", "format"]
-    assert set(report["files"]) == {"train_jsonl", "val_jsonl"}
+    assert list(report["stages"]) == ["seed", "questions", "responses", "format", "finetune"]
+    assert set(report["files"]) == {"train_jsonl", "val_jsonl", "adapter"}
+    assert report["stages"]["finetune"]["val_loss_before"] > 0
     assert all(s["status"] == "ok" for s in report["stages"].values())
     questions = report["tables"]["synthetic_questions"]["rows"]
     assert report["tables"]["synthetic_responses"]["rows"] == questions == 3 * 24
@@ -56,7 +58,7 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     stages = _summary(tmp_path / "s.json")["stages"]
     assert proc.returncode == 1
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
-    assert stages["questions"]["status"] == stages["responses"]["status"] == stages["format"]["status"] == "skipped"
+    assert all(stages[s]["status"] == "skipped" for s in ("questions", "responses", "format", "finetune"))
 
 
 def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
@@ -66,7 +68,8 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
                        "investment advice,Should I buy gold with my savings?,no\n")
     proc = lakesynth("run", "--seeds", seeds_file, "--warehouse", str(tmp_path / "wh"),
                      "--set", "questions.per_seed=2", "--set", "responses.max_tokens=400",
-                     "--set", "teacher.embedded_slots=4", "--summary", str(tmp_path / "s.json"))
+                     "--set", "teacher.embedded_slots=4", "--set", "finetune.max_steps=2",
+                     "--set", "finetune.max_length=128", "--summary", str(tmp_path / "s.json"))
     report = _summary(tmp_path / "s.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     q = deltalake.DeltaTable(report["tables"]["synthetic_questions"]["location"]).to_pandas()
@@ -78,3 +81,4 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
     assert set(r.question_id) == set(ok.question_id)  # an answer or an error for every question
     assert r.apply(lambda x: (x.error is None) == bool(x.answer), axis=1).all()
     assert (q.model == "qwen2.5-coder-0.5b-instruct").all()
+    assert report["stages"]["finetune"]["status"] == "ok" and report["files"]["adapter"]  # a fine-tuned student

@@ -90,11 +90,14 @@ def _check_batches(batches: Iterator[pd.DataFrame], *, max_tokens: int) -> Itera
 
 def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
     """Adds `split`: per topic, the examples are ordered by a seeded hash and the first
-    round(n * fraction) go to validation (then test), so each topic keeps its share in every split."""
+    round(n * fraction) go to validation (then test), so each topic keeps its share in every split.
+    A topic with two or more examples always gives validation at least one."""
     by_topic = Window.partitionBy("topic")
     rank = F.row_number().over(by_topic.orderBy(F.sha2(F.concat_ws("|", F.lit(str(seed)), "example_id"), 256)))
     n = F.count(F.lit(1)).over(by_topic)
     n_val = F.round(n * val_fraction)
+    if val_fraction > 0:
+        n_val = F.when(n >= 2, F.greatest(n_val, F.lit(1))).otherwise(n_val)
     n_test = F.round(n * test_fraction)
     split = F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test").otherwise("train")
     return chat.withColumn("split", split)

@@ -22,6 +22,7 @@ STAGE_HELP = {
     "questions": "generate new questions from the seeds into synthetic_questions",
     "responses": "answer the questions with ai_query into synthetic_responses",
     "format": "turn answered questions into training_chat and one chat JSONL file per split",
+    "finetune": "fine-tune a student on the JSONL (backend local, ai_runtime or foundation_model)",
 }
 
 

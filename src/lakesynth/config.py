@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -165,6 +165,26 @@ class FormatConfig(_Model):
         return self
 
 
+class FinetuneConfig(_Model):
+    backend: Literal["local", "ai_runtime", "foundation_model", "none"] = Field(
+        "local", description="local: LoRA SFT here; ai_runtime: serverless GPU task; foundation_model: FM API.")
+    base_model: str = Field("", description="Student: a Hugging Face model (folder or name); empty = the packaged "
+                            "SmolLM2-135M-Instruct locally, Llama-3.2-1B-Instruct for foundation_model.")
+    max_steps: int = Field(20, ge=1, description="Training steps (local and ai_runtime).")
+    learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    batch_size: int = Field(2, ge=1, description="Examples per step.")
+    max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
+    training_duration: str = Field("1ep", description="foundation_model: how long to train, e.g. 1ep.")
+    context_length: int = Field(4096, ge=512, description="foundation_model: context length.")
+    experiment: str = Field("/Shared/lakesynth", description="ai_runtime: MLflow experiment of the training run.")
+    accelerator_type: Literal["GPU_1xA10", "GPU_1xH100", "GPU_8xH100"] = Field("GPU_1xA10", description="ai_runtime GPU.")
+    accelerator_count: int = Field(1, ge=1, description="ai_runtime: total GPUs.")
+    script_dir: str = Field("", description="ai_runtime: workspace folder for the training script (default: yours).")
+    poll_seconds: int = Field(30, ge=1, description="How often a Databricks run is polled.")
+    timeout_minutes: int = Field(240, ge=1, description="How long to wait for a Databricks run.")
+
+
 class Config(_Model):
     catalog: str = Field("main", description="Unity Catalog catalog (locally: the first warehouse folder level).")
     schema_: str = Field("lakesynth_dev", alias="schema", description="Schema that holds the pipeline's tables.")
@@ -181,6 +201,7 @@ class Config(_Model):
     questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     format: FormatConfig = Field(default_factory=FormatConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @field_validator("catalog", "schema_", "volume")
     @classmethod

@@ -5,7 +5,8 @@ LakesynthError
  ├── SeedError          a seed file or table is malformed (names the file and rows)
  ├── TableSchemaError   a table on disk does not match its contract
  ├── EndpointError      the LLM endpoint cannot serve this stage at all (auth, model, unreachable)
- └── StageError         a stage finished but broke its contract (e.g. too many failed rows)
+ ├── StageError         a stage finished but broke its contract (e.g. too many failed rows)
+ └── StageSkipped       a stage could not run here and says why (e.g. the training extra is missing)
 """
 
 
@@ -30,4 +31,8 @@ class EndpointError(LakesynthError):
 
 
 class StageError(LakesynthError):
+    pass
+
+
+class StageSkipped(LakesynthError):
     pass

@@ -17,7 +17,7 @@ from typing import Any
 
 from lakesynth import bundle, engine, tables
 from lakesynth.config import Config
-from lakesynth.errors import ConfigError, LakesynthError
+from lakesynth.errors import ConfigError, LakesynthError, StageSkipped
 from lakesynth.report import StageResult
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,10 @@ JOB_FILE = "resources/lakesynth.job.yml"
 
 def stage_functions() -> dict[str, Callable[..., StageResult]]:
     """Stage name -> its `run(spark, cfg, ctx)`; the one registry of stages, built on demand."""
-    from lakesynth import chat_jsonl, questions, responses, seeds
+    from lakesynth import chat_jsonl, finetune, questions, responses, seeds
 
-    return {"seed": seeds.run, "questions": questions.run, "responses": responses.run, "format": chat_jsonl.run}
+    return {"seed": seeds.run, "questions": questions.run, "responses": responses.run, "format": chat_jsonl.run,
+            "finetune": finetune.run}
 
 
 def find_project_root(start: Path) -> Path:
@@ -105,6 +106,10 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
             started = time.monotonic()
             try:
                 result = functions[stage](ctx.spark, cfg, ctx)
+            except StageSkipped as exc:  # never claims success: the summary says skipped, and why
+                summary["stages"][key] = {"status": "skipped", "reason": str(exc)}
+                print(f"{key}: skipped: {exc}", flush=True)
+                continue
             except LakesynthError as exc:
                 summary["stages"][key] = _failed(started, str(exc))
                 print(f"{key}: failed after {time.monotonic() - started:.1f} s\n{exc}", flush=True)

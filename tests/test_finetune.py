@@ -1,0 +1,99 @@
+"""Fine-tune stage: a real tiny local LoRA run, the exact Databricks requests, and an honest skip."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from databricks.bundles.jobs import Job
+
+from lakesynth import chat_jsonl, finetune, pipeline, questions, responses, seeds
+from lakesynth.errors import StageSkipped
+
+from conftest import Ctx
+
+
+@pytest.fixture
+def jsonl_cfg(spark, llm_cfg):
+    """A config whose train/val JSONL exist (stand-in teacher)."""
+    seeds.run(spark, llm_cfg)
+    questions.run(spark, llm_cfg, Ctx(llm_cfg))
+    responses.run(spark, llm_cfg, Ctx(llm_cfg))
+    chat_jsonl.run(spark, llm_cfg)
+    return llm_cfg
+
+
+def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_cfg):
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    files = finetune.split_files(jsonl_cfg)
+    data = load_dataset("json", data_files=files, split=None)
+    assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
+    tokenizer = AutoTokenizer.from_pretrained(
+        finetune.importlib.import_module("lakesynth.train_sft").packaged_student(
+            finetune.Path(jsonl_cfg.teacher.model_cache).expanduser()))
+    text = tokenizer.apply_chat_template(data["train"][0]["messages"], tokenize=False)
+    assert "<|im_start|>assistant" in text and data["train"][0]["messages"][-1]["content"] in text
+
+
+def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_cfg):
+    cfg = jsonl_cfg.model_copy(update={"finetune": jsonl_cfg.finetune.model_copy(
+        update={"max_steps": 3, "max_length": 96, "learning_rate": 1e-3})})
+    result = finetune.run(spark, cfg)
+    m = result.metrics
+    assert m["steps"] == 3 and m["device"] == "cpu"
+    assert m["val_loss_before"] > 0 and m["val_loss_after"] < m["val_loss_before"]
+    assert os.path.isfile(os.path.join(result.files["adapter"], "adapter_config.json"))
+    saved = json.loads(open(os.path.join(os.path.dirname(result.files["adapter"]), "metrics.json")).read())
+    assert saved["val_loss_after"] == m["val_loss_after"]
+
+
+def test_missing_training_extra_is_a_skip_that_says_how_to_install(spark, jsonl_cfg, monkeypatch):
+    monkeypatch.setattr(finetune, "TRAINING_LIBS", ("torch", "no_such_training_lib"))
+    with pytest.raises(StageSkipped, match=r"missing no_such_training_lib.*pip install"):
+        finetune.run(spark, jsonl_cfg)
+
+
+def test_foundation_model_request_is_exact(cfg):
+    os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
+    files = finetune.split_files(cfg)
+    assert files == {"train": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/train.jsonl",
+                     "val": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/val.jsonl"}
+    assert finetune.foundation_model_request(cfg, files) == {
+        "model": "meta-llama/Llama-3.2-1B-Instruct",
+        "train_data_path": files["train"],
+        "eval_data_path": files["val"],
+        "register_to": f"main.{cfg.schema_}",
+        "task_type": "CHAT_COMPLETION",
+        "training_duration": "1ep",
+        "learning_rate": 0.0002,
+        "context_length": 4096,
+    }
+
+
+def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
+    os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
+    cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"base_model": "org/student"})})
+    files = finetune.split_files(cfg)
+    script = finetune.ai_runtime_command(cfg, files, "/Workspace/Users/me/.lakesynth/test-run")
+    assert script.splitlines()[2].startswith("pip install --quiet transformers==5.23.0 peft==0.21.2 trl==1.16.0")
+    assert script.splitlines()[3] == (
+        f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --train {files['train']} --val {files['val']} "
+        f"--out /Volumes/main/{cfg.schema_}/lakesynth/finetune/test-run --max-steps 20 --learning-rate 0.0002 "
+        "--lora-r 16 --batch-size 2 --max-length 256 --mlflow --model org/student")
+    submission = finetune.ai_runtime_submission(cfg, "/Workspace/Users/me/.lakesynth/test-run/run.sh")
+    assert submission == {
+        "run_name": "lakesynth-sft-test-run",
+        "tasks": [{"task_key": "sft", "ai_runtime_task": {
+            "experiment": "/Shared/lakesynth", "mlflow_run": "lakesynth-sft-test-run",
+            "deployments": [{"name": "trainer", "command_path": "/Workspace/Users/me/.lakesynth/test-run/run.sh",
+                             "compute": {"accelerator_type": "GPU_1xA10", "accelerator_count": 1}}]}}],
+    }
+    Job.from_dict({"name": "sft", "tasks": submission["tasks"]})  # the Jobs API model accepts the task
+
+
+def test_finetune_is_the_last_task_of_the_job():
+    order = pipeline.order(pipeline.job_graph(finetune.Path(__file__).resolve().parents[1]))
+    assert order[-1] == "finetune"
