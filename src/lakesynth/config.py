@@ -185,6 +185,13 @@ class FinetuneConfig(_Model):
     timeout_minutes: int = Field(240, ge=1, description="How long to wait for a Databricks run.")
 
 
+class MlflowConfig(_Model):
+    enabled: bool = Field(True, description="Track each pipeline run as one MLflow run.")
+    tracking_uri: str = Field("", description="Empty: `databricks` on Databricks, else sqlite beside the warehouse.")
+    experiment: str = Field("lakesynth", description="Experiment name (a workspace path on Databricks, e.g. "
+                            "/Shared/lakesynth).")
+
+
 class Config(_Model):
     catalog: str = Field("main", description="Unity Catalog catalog (locally: the first warehouse folder level).")
     schema_: str = Field("lakesynth_dev", alias="schema", description="Schema that holds the pipeline's tables.")
@@ -202,6 +209,7 @@ class Config(_Model):
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     format: FormatConfig = Field(default_factory=FormatConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @field_validator("catalog", "schema_", "volume")
     @classmethod

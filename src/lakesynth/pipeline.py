@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lakesynth import bundle, engine, tables
+from lakesynth import bundle, engine, tables, tracking
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, StageSkipped
 from lakesynth.report import StageResult
@@ -90,6 +90,7 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the job defines: {', '.join(graph)}")
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
     ctx = RunContext(cfg)
+    tracker = tracking.Tracker(cfg).start()
     touched: dict[str, tables.Table] = {}
     try:
         for key in order(graph):
@@ -100,6 +101,7 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
             if blocked:
                 summary["stages"][key] = {"status": "skipped", "reason": f"{', '.join(blocked)} did not succeed"}
                 print(f"{key}: skipped ({', '.join(blocked)} did not succeed)", flush=True)
+                tracker.stage(key, summary["stages"][key])
                 continue
             if stage not in functions:
                 raise ConfigError(f"{JOB_FILE}: task '{key}' runs unknown stage '{stage}'")
@@ -109,15 +111,18 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why
                 summary["stages"][key] = {"status": "skipped", "reason": str(exc)}
                 print(f"{key}: skipped: {exc}", flush=True)
+                tracker.stage(key, summary["stages"][key])
                 continue
             except LakesynthError as exc:
                 summary["stages"][key] = _failed(started, str(exc))
                 print(f"{key}: failed after {time.monotonic() - started:.1f} s\n{exc}", flush=True)
+                tracker.stage(key, summary["stages"][key])
                 continue
             except Exception as exc:  # a bug or an engine failure: keep the trace, stop the dependents
                 log.debug("stage %s crashed", key, exc_info=True)
                 summary["stages"][key] = _failed(started, f"{type(exc).__name__}: {exc}")
                 print(f"{key}: crashed after {time.monotonic() - started:.1f} s\n{traceback.format_exc()}", flush=True)
+                tracker.stage(key, summary["stages"][key])
                 continue
             seconds = time.monotonic() - started
             summary["stages"][key] = {
@@ -127,12 +132,14 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
             summary["files"].update(result.files)
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
+            tracker.stage(key, summary["stages"][key])
         for name, table in touched.items():
             summary["tables"][name] = {
                 "table": cfg.fqn(name),
                 "location": tables.location(cfg, table),
                 "rows": tables.count(ctx.spark, cfg, table),
             }
+        tracker.finish(summary, ctx.spark, cfg)
     finally:
         ctx.close()
     return summary

@@ -1,0 +1,122 @@
+"""MLflow tracking: one MLflow run per pipeline run, shared by every task of the job.
+
+Tasks of a Databricks job run in separate processes; each finds the run by its `lakesynth.run_id`
+tag (the job's run id) and logs into it. Parameters are the config with long texts replaced by
+their hashes; no secret is ever in the config, so none can reach MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lakesynth.config import Config
+from lakesynth.engine import on_databricks
+
+log = logging.getLogger(__name__)
+RUN_TAG = "lakesynth.run_id"
+LONG_TEXT = ("template", "rules", "system_prompt")
+
+
+def tracking_uri(cfg: Config) -> str:
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    if on_databricks():
+        return "databricks"
+    return f"sqlite:///{Path(cfg.warehouse).parent / 'mlflow.db'}"
+
+
+def params(cfg: Config) -> dict[str, str]:
+    """The config flattened to dotted keys; long texts (prompts, rules) as short hashes."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, child)
+        elif prefix.rsplit(".", 1)[-1] in LONG_TEXT and value:
+            flat[f"{prefix}_sha"] = hashlib.sha256(str(value).encode()).hexdigest()[:12]
+        else:
+            flat[prefix] = str(value)[:500]
+
+    walk("", cfg.model_dump(by_alias=True))
+    return flat
+
+
+class Tracker:
+    """Logs a run's parameters, per-stage metrics and artifacts; a no-op when disabled or unavailable."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.mlflow = None
+        self.run_id: str | None = None
+
+    def start(self) -> "Tracker":
+        if not self.cfg.mlflow.enabled:
+            return self
+        try:
+            import mlflow
+        except ImportError:
+            log.warning("mlflow is not installed: this run is not tracked (pip install 'lakesynth[local]')")
+            return self
+        for name in ("mlflow", "alembic"):  # their INFO lines would drown the one line per stage
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+        uri = tracking_uri(self.cfg)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
+        experiment = mlflow.get_experiment_by_name(self.cfg.mlflow.experiment)
+        if experiment is None:
+            location = None if on_databricks() else str(Path(self.cfg.warehouse).parent / "mlartifacts")
+            experiment_id = mlflow.create_experiment(self.cfg.mlflow.experiment, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{self.cfg.run_id}'",
+                                   output_format="list", max_results=1)
+        client = mlflow.MlflowClient()
+        if found:
+            self.run_id = found[0].info.run_id
+        else:
+            run = client.create_run(experiment_id, run_name=self.cfg.run_id, tags={RUN_TAG: self.cfg.run_id})
+            self.run_id = run.info.run_id
+            for key, value in params(self.cfg).items():
+                client.log_param(self.run_id, key, value)
+        self.mlflow = mlflow
+        return self
+
+    def stage(self, key: str, entry: dict[str, Any]) -> None:
+        """Metrics of one finished stage: rows in/out, errors, tokens, seconds (numbers only)."""
+        if not self.mlflow:
+            return
+        client = self.mlflow.MlflowClient()
+        client.set_tag(self.run_id, f"stage.{key}", entry["status"])
+        for name, value in entry.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                client.log_metric(self.run_id, f"{key}.{name}", float(value))
+
+    def finish(self, summary: dict[str, Any], spark, cfg: Config) -> None:
+        """The run summary, sample rows of each table and the report's plots, as artifacts."""
+        if not self.mlflow:
+            return
+        client = self.mlflow.MlflowClient()
+        client.log_dict(self.run_id, summary, f"summary-{_safe(cfg.run_id)}.json")
+        from lakesynth import insights, tables
+
+        for name in summary.get("tables", {}):
+            sample = tables.read(spark, cfg, tables.TABLES[name]).limit(20).toPandas()
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name}.json"
+                sample.to_json(path, orient="records", force_ascii=False, indent=1, date_format="iso")
+                client.log_artifact(self.run_id, str(path), "samples")
+        if "training_chat" in summary.get("tables", {}):
+            import matplotlib.pyplot as plt
+
+            for fig_name, figure in insights.dataset_figures(spark, cfg).items():
+                client.log_figure(self.run_id, figure, f"report/{fig_name}.png")
+                plt.close(figure)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
