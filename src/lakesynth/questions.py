@@ -35,12 +35,18 @@ class GeneratedQuestions(BaseModel):
     questions: list[str] = Field(description="The new customer questions")
 
 
-def output_model(per_seed: int) -> type[GeneratedQuestions]:
-    """GeneratedQuestions with exactly `per_seed` questions, enforced by the schema the endpoint decodes with."""
+def output_model(count: int) -> type[GeneratedQuestions]:
+    """GeneratedQuestions with exactly `count` questions, enforced by the schema the endpoint decodes with."""
     return create_model(
         "GeneratedQuestions", __base__=GeneratedQuestions,
-        questions=(list[str], Field(min_length=per_seed, max_length=per_seed, description="The new customer questions")),
+        questions=(list[str], Field(min_length=count, max_length=count, description="The new customer questions")),
     )
+
+
+def asked(per_seed: int) -> int:
+    """Questions asked of the teacher per seed: one spare, so dropping a duplicate or a copy of the seed
+    still leaves `per_seed`."""
+    return per_seed + 1
 
 
 REQUEST_SCHEMA = T.StructType([T.StructField(n, t) for n, t in [
@@ -65,7 +71,7 @@ def build_requests(seeds: DataFrame, *, cfg: Config, call: llm.Call) -> DataFram
     """One row per seed with its chat `messages` (JSON text) and the request's fingerprint."""
     return seeds.select("seed_id", "topic", "in_scope", F.col("question").alias("seed_question")).mapInPandas(
         functools.partial(_render_batches, template=cfg.questions.template, rules=cfg.use_case.rules,
-                          n=cfg.questions.per_seed, call=call),
+                          n=asked(cfg.questions.per_seed), call=call),
         REQUEST_SCHEMA,
     )
 
@@ -110,8 +116,9 @@ def _normalized(col) -> F.Column:
     return F.trim(F.regexp_replace(F.lower(col), r"[^\p{L}\p{N}]+", " "))
 
 
-def to_question_rows(generated: DataFrame, *, run_id: str) -> DataFrame:
-    """One row per usable generated question, or one error row for a seed that yielded none.
+def to_question_rows(generated: DataFrame, *, run_id: str, keep: int) -> DataFrame:
+    """One row per usable generated question (at most `keep` per seed), or one error row for a seed
+    that yielded none.
 
     Empty strings, near-copies of the seed (same words, any case or punctuation) and duplicates
     within a seed are dropped. A request's tokens and latency sit on its first row only, so
@@ -119,17 +126,19 @@ def to_question_rows(generated: DataFrame, *, run_id: str) -> DataFrame:
     """
     exploded = generated.select("*", F.posexplode_outer("questions").alias("pos", "candidate"))
     norm = _normalized(F.col("candidate"))
-    keep = (
+    acceptable = (
         F.col("error").isNull() & F.col("candidate").isNotNull() & (norm != "")
         & (norm != _normalized(F.col("seed_question")))
     )
     seed_cols = [c for c in generated.columns if c not in ("questions",)]
     questions = (
-        exploded.where(keep).withColumn("_norm", norm)
+        exploded.where(acceptable).withColumn("_norm", norm)
         .groupBy(*seed_cols, "_norm").agg(F.min(F.struct("pos", "candidate")).alias("_first"))
         .select(*seed_cols, "_norm", F.col("_first.pos").alias("pos"), F.trim("_first.candidate").alias("question"))
         .withColumn("question_id", F.substring(F.sha2(F.concat_ws("\u001f", "seed_id", "_norm"), 256), 1, 16))
     )
+    rank = F.row_number().over(Window.partitionBy("seed_id").orderBy("pos"))
+    questions = questions.withColumn("_rank", rank).where(F.col("_rank") <= keep).drop("_rank")
     usable = questions.select("seed_id").distinct().withColumn("_has", F.lit(True))
     failed = (
         generated.join(usable, "seed_id", "left_anti")
@@ -158,7 +167,7 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     seeds = tables.read(spark, cfg, tables.SEED_QUESTIONS)
     endpoint = ctx.endpoint()
     journal = tables.journal_dir(cfg, "questions")
-    call = llm.Call(endpoint, cfg.teacher, output_model(cfg.questions.per_seed), cfg.questions.temperature, cfg.questions.max_tokens,
+    call = llm.Call(endpoint, cfg.teacher, output_model(asked(cfg.questions.per_seed)), cfg.questions.temperature, cfg.questions.max_tokens,
                     journal_dir=journal, label="questions")
     done = (tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS).where("error IS NULL")
             .select("seed_id", "fingerprint").distinct())
@@ -170,7 +179,8 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     llm.preflight(call, [(r.seed_id, json.loads(r.messages)) for r in pending.limit(1).collect()])
     generated = pending.repartition(cfg.teacher.workers).mapInPandas(
         functools.partial(_generate, call=call, workers=cfg.teacher.workers), GENERATED_SCHEMA)
-    staged = to_question_rows(tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id)
+    staged = to_question_rows(tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id,
+                              keep=cfg.questions.per_seed)
     tables.upsert(spark, cfg, tables.SYNTHETIC_QUESTIONS, staged, replace_by="seed_id")
     llm.clear_journal(journal)
     totals = llm_totals(staged, cfg, group="seed_id")

@@ -1,0 +1,230 @@
+"""lakesynth benchmarks: every figure is a ratio of two things measured side by side in this one run.
+
+    .venv/bin/python benchmarks/run.py [--quick]
+
+1. Endpoint utilisation: the stand-in with 100 ms latency and a hard cap of 64 concurrent requests can
+   serve at most 640 req/s. The questions and responses stages run on 1k and 10k rows against it; beside
+   them a bare async OpenAI client (the best a client can do here) and the naive driver-side thread pool
+   of 2. Goal: stage throughput >= 0.90 of the bare client.
+2. Embedded teacher efficiency: the raw xllamacpp server's aggregate generated tokens/s (its own parallel
+   slots, a bare client) against the questions stage's on the same model. Goal >= 0.90.
+3. Driver memory: peak RSS of the driver process (in-process Sail runs the UDFs there too) for 1k vs
+   100k rows through seed -> questions -> responses -> format on the stand-in. Goal <= 1.2x.
+4. Engine overhead: embedded engine start, and a whole `lakesynth seed` command on 1k rows, in seconds.
+
+Prints a table and writes benchmarks/RESULTS.md (date, machine, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LATENCY_MS, CAP = 100, 64
+LIMIT = CAP / (LATENCY_MS / 1000)
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reasoning", "questions"],
+          "properties": {"reasoning": {"type": "string"},
+                         "questions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}}}
+
+
+def seeds_file(folder: Path, n: int) -> Path:
+    path = folder / f"seeds_{n}.csv"
+    topics = ["cards", "transfers", "accounts", "fraud", "investment advice", "tax advice"]
+    with path.open("w", encoding="utf-8") as out:
+        out.write("topic,question,in_scope\n")
+        for i in range(n):
+            topic = topics[i % len(topics)]
+            out.write(f"{topic},Customer question number {i} about {topic}?,{'no' if 'advice' in topic else 'yes'}\n")
+    return path
+
+
+def start_standin(latency_ms: float, cap: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "lakesynth.standin", "--latency-ms", str(latency_ms),
+                             "--max-concurrency", str(cap)], stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def lakesynth(args: list[str]) -> tuple[dict, float, int]:
+    """Run the CLI; returns (summary, wall seconds, peak RSS in MiB of that process)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+        summary_path = tmp.name
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "lakesynth.cli", *args, "--summary", summary_path],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    if status != 0:
+        raise SystemExit(f"lakesynth {' '.join(args)} failed:\n{output}")
+    return json.loads(Path(summary_path).read_text()), wall, usage.ru_maxrss // 1024
+
+
+def bare_client(base_url: str, n: int, concurrency: int) -> float:
+    """Requests/s of a bare async OpenAI client sending json_schema requests: the ceiling for a client here."""
+    import openai
+
+    async def main() -> float:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await client.chat.completions.create(
+                    model="standin", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=64,
+                    response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}})
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.monotonic() - started)
+
+    return asyncio.run(main())
+
+
+def naive_thread_pool(base_url: str, n: int) -> float:
+    """The approach this product grew from: a driver-side thread pool of 2 over a sync client."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+
+    def one(i: int) -> None:
+        client.chat.completions.create(model="standin", messages=[{"role": "user", "content": f"q {i}"}],
+                                       max_tokens=64)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, range(n)))
+    return n / (time.monotonic() - started)
+
+
+def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
+    proc, url = start_standin(LATENCY_MS, CAP)
+    rows = []
+    try:
+        bare = bare_client(url, 4000, CAP)
+        rows.append(("bare async client, 4000 req", f"{bare:.0f} req/s", f"{bare / LIMIT:.2f} of limit", "reference"))
+        naive = naive_thread_pool(url, 100)
+        rows.append(("naive thread pool of 2, 100 req", f"{naive:.1f} req/s", f"{naive / LIMIT:.3f} of limit",
+                     f"{naive / bare:.3f} of bare"))
+        for n in sizes:
+            wh = folder / f"wh_util_{n}"
+            summary, wall, _ = lakesynth(["run", "--stages", "seed,questions,responses", "--seeds",
+                                          str(seeds_file(folder, n)), "--warehouse", str(wh),
+                                          "--set", f"teacher.base_url={url}", "--set", "teacher.model=standin",
+                                          "--set", f"teacher.max_concurrency={CAP}", "--set", "teacher.workers=2",
+                                          "--set", "questions.per_seed=1", "--set", "mlflow.enabled=false"])
+            for stage in ("questions", "responses"):
+                s = summary["stages"][stage]
+                rate = s["rows_in"] / s["seconds"]
+                rows.append((f"{stage} stage, {n} rows", f"{rate:.0f} req/s", f"{rate / LIMIT:.2f} of limit",
+                             f"{rate / bare:.2f} of bare (goal >= 0.90)"))
+            requests = summary["stages"]["questions"]["rows_in"] + summary["stages"]["responses"]["rows_in"]
+            rows.append((f"whole command, {n} rows", f"{requests / wall:.0f} req/s", f"{requests / wall / LIMIT:.2f} "
+                         "of limit", "imports, engine start, seeds and writes included"))
+    finally:
+        proc.terminate()
+    return rows
+
+
+def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
+    from lakesynth import embedded
+    from lakesynth.config import TeacherConfig
+
+    teacher = TeacherConfig()
+    prompts = [f"Write one short question a bank customer could ask about topic number {i}." for i in range(n_seeds)]
+    with embedded.serve(teacher) as url:
+        import openai
+
+        async def main() -> float:
+            client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=600)
+            gate = asyncio.Semaphore(teacher.embedded_slots)
+
+            async def one(p: str) -> int:
+                async with gate:
+                    reply = await client.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": p}], max_tokens=160, temperature=0.9,
+                        response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}})
+                    return reply.usage.completion_tokens
+
+            started = time.monotonic()
+            tokens = sum(await asyncio.gather(*(one(p) for p in prompts)))
+            return tokens / (time.monotonic() - started)
+
+        raw = asyncio.run(main())
+    summary, _, _ = lakesynth(["run", "--stages", "seed,questions", "--seeds", str(seeds_file(folder, n_seeds)),
+                               "--warehouse", str(folder / "wh_embedded"), "--set", "questions.per_seed=2",
+                               "--set", "questions.max_tokens=400", "--set", "mlflow.enabled=false"])
+    q = summary["stages"]["questions"]
+    pipeline = q["completion_tokens"] / q["seconds"]
+    return [("raw xllamacpp server, bare client", f"{raw:.1f} gen tok/s", f"{teacher.embedded_slots} slots", "reference"),
+            (f"questions stage, {n_seeds} seeds", f"{pipeline:.1f} gen tok/s", f"{pipeline / raw:.2f} of raw",
+             "goal >= 0.90")]
+
+
+def driver_memory(folder: Path, small: int, large: int) -> list[tuple]:
+    proc, url = start_standin(0, 1024)
+    rss = {}
+    try:
+        for n in (small, large):
+            _, wall, rss[n] = lakesynth(["run", "--stages", "seed,questions,responses,format", "--seeds",
+                                         str(seeds_file(folder, n)), "--warehouse", str(folder / f"wh_mem_{n}"),
+                                         "--set", f"teacher.base_url={url}", "--set", "teacher.model=standin",
+                                         "--set", "teacher.max_concurrency=256", "--set", "questions.per_seed=1",
+                                         "--set", "mlflow.enabled=false"])
+    finally:
+        proc.terminate()
+    return [(f"peak driver RSS, {small} rows", f"{rss[small]} MiB", "", "reference"),
+            (f"peak driver RSS, {large} rows", f"{rss[large]} MiB", f"{rss[large] / rss[small]:.2f}x",
+             "goal <= 1.2x")]
+
+
+def engine_overhead(folder: Path) -> list[tuple]:
+    code = ("import time; t=time.monotonic(); from lakesynth.engine import get_spark; "
+            f"s=get_spark({str(folder / 'wh_engine')!r}); s.range(1).count(); print(time.monotonic()-t)")
+    start = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout)
+    summary, wall, _ = lakesynth(["seed", "--seeds", str(seeds_file(folder, 1000)), "--warehouse",
+                                  str(folder / "wh_engine"), "--set", "mlflow.enabled=false"])
+    return [("embedded engine start (import + server + first query)", f"{start:.2f} s", "", ""),
+            ("`lakesynth seed`, 1k rows, whole command", f"{wall:.2f} s",
+             f"stage itself {summary['stages']['seed']['seconds']:.2f} s", "")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory)")
+    args = parser.parse_args()
+    sizes = [1000, 2000] if args.quick else [1000, 10000]
+    mem = (1000, 10000) if args.quick else (1000, 100000)
+    sections = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sections["1. Endpoint utilisation (stand-in: 100 ms, cap 64 = 640 req/s)"] = utilisation(folder, sizes)
+        sections["2. Embedded teacher efficiency (Qwen2.5-Coder-0.5B Q4_K_M)"] = embedded_efficiency(folder, 12)
+        sections["3. Driver memory (seed -> questions -> responses -> format, stand-in)"] = driver_memory(folder, *mem)
+        sections["4. Engine overhead"] = engine_overhead(folder)
+    lines = []
+    for title, rows in sections.items():
+        lines += [f"\n### {title}\n", "| measurement | value | ratio | note |", "|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in rows]
+    table = "\n".join(lines)
+    print(table)
+    header = (f"# Benchmark results\n\nDate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
+              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"{platform.platform()}  \nCommand: `.venv/bin/python benchmarks/run.py{' --quick' if args.quick else ''}`\n")
+    notes = (ROOT / "benchmarks" / "NOTES.md").read_text(encoding="utf-8") if (ROOT / "benchmarks" / "NOTES.md").exists() else ""
+    (ROOT / "benchmarks" / "RESULTS.md").write_text(header + table + "\n\n" + notes, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
