@@ -29,7 +29,13 @@ def test_merged_bundle_matches_the_official_schema(merged):
     assert bundle.schema_problems(merged, SCHEMA) == []
     assert set(merged["targets"]) == {"dev", "prod"} and merged["targets"]["dev"]["default"] is True
     assert merged["targets"]["dev"]["mode"] == "development" and merged["targets"]["prod"]["mode"] == "production"
-    assert {"catalog", "schema", "volume", "teacher_endpoint", "questions_per_seed"} <= set(merged["variables"])
+    assert {"catalog", "schema", "volume", "teacher_endpoint", "questions_per_seed", "finetune_backend",
+            "base_model"} <= set(merged["variables"])
+    resources = merged["resources"]
+    assert resources["schemas"]["lakesynth"]["name"] == "${var.schema}"
+    assert resources["volumes"]["lakesynth"]["schema_name"] == "${resources.schemas.lakesynth.name}"
+    params = {p["name"]: p["default"] for p in bundle.job(merged)[1]["parameters"]}
+    assert params["schema"] == "${resources.schemas.lakesynth.name}" and params["catalog"] == "${var.catalog}"
 
 
 def test_the_job_builds_with_databricks_bundles(merged):

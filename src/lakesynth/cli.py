@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except LakesynthError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the teacher and engine are already stopped; finished calls are journaled
+        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -115,37 +115,12 @@ class Result:
     from_journal: bool = False
 
 
-@dataclass
-class Totals:
-    """What a stage's calls cost; `cost` only where prices are configured."""
-
-    requests: int = 0
-    ok: int = 0
-    failed: int = 0
-    journal_hits: int = 0
-    attempts: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def add(self, result: Result) -> None:
-        self.requests += 1
-        self.ok += result.error is None
-        self.failed += result.error is not None
-        self.journal_hits += result.from_journal
-        if not result.from_journal:
-            self.attempts += result.attempts
-            self.prompt_tokens += result.prompt_tokens
-            self.completion_tokens += result.completion_tokens
-        if result.error:
-            kind = result.error.split(":", 1)[0]
-            self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def cost(self, teacher: TeacherConfig) -> float | None:
-        if teacher.price_per_million_prompt_tokens is None or teacher.price_per_million_completion_tokens is None:
-            return None
-        return (self.prompt_tokens * teacher.price_per_million_prompt_tokens
-                + self.completion_tokens * teacher.price_per_million_completion_tokens) / 1e6
+def cost(prompt_tokens: int, completion_tokens: int, teacher: TeacherConfig) -> float | None:
+    """Estimated cost in the configured currency; None where no price per token is configured."""
+    if teacher.price_per_million_prompt_tokens is None or teacher.price_per_million_completion_tokens is None:
+        return None
+    return (prompt_tokens * teacher.price_per_million_prompt_tokens
+            + completion_tokens * teacher.price_per_million_completion_tokens) / 1e6
 
 
 class Journal:

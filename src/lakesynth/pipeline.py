@@ -136,7 +136,7 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
         for name, table in touched.items():
             summary["tables"][name] = {
                 "table": cfg.fqn(name),
-                "location": tables.location(cfg, table),
+                "location": tables.location(cfg, table, ctx.spark),
                 "rows": tables.count(ctx.spark, cfg, table),
             }
         tracker.finish(summary, ctx.spark, cfg)

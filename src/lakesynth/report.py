@@ -37,9 +37,8 @@ def llm_totals(rows: DataFrame, cfg: Config, *, group: str) -> dict:
         F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
         F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
     ).collect()[0]
-    totals = llm.Totals(prompt_tokens=agg.prompt_tokens, completion_tokens=agg.completion_tokens)
     metrics = {"prompt_tokens": int(agg.prompt_tokens), "completion_tokens": int(agg.completion_tokens)}
-    cost = totals.cost(cfg.teacher)
+    cost = llm.cost(agg.prompt_tokens, agg.completion_tokens, cfg.teacher)
     if cost is not None:
         metrics["cost_usd"] = round(cost, 4)
     return {"rows": agg.rows, "failed": agg.failed, "metrics": metrics}

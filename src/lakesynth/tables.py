@@ -95,8 +95,10 @@ TRAINING_CHAT = _table(
 TABLES = {t.name: t for t in (SEED_QUESTIONS, SYNTHETIC_QUESTIONS, SYNTHETIC_RESPONSES, TRAINING_CHAT)}
 
 
-def location(cfg: Config, table: Table) -> str:
-    """Where the table's files live locally (Unity Catalog manages them on Databricks)."""
+def location(cfg: Config, table: Table, spark: SparkSession | None = None) -> str:
+    """Where the table's files live: under the warehouse locally, as Unity Catalog says on Databricks."""
+    if on_databricks() and spark is not None:
+        return spark.sql(f"DESCRIBE DETAIL {cfg.fqn(table.name)}").first()["location"]
     return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / table.name)
 
 

@@ -67,10 +67,13 @@ class Tracker:
         uri = tracking_uri(self.cfg)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
-        experiment = mlflow.get_experiment_by_name(self.cfg.mlflow.experiment)
+        name = self.cfg.mlflow.experiment
+        if on_databricks() and not name.startswith("/"):
+            name = f"/Shared/{name}"  # workspace experiments are named by path
+        experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             location = None if on_databricks() else str(Path(self.cfg.warehouse).parent / "mlartifacts")
-            experiment_id = mlflow.create_experiment(self.cfg.mlflow.experiment, artifact_location=location)
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
         found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{self.cfg.run_id}'",
