@@ -33,9 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LATENCY_MS, CAP = 100, 64
 LIMIT = CAP / (LATENCY_MS / 1000)
-SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reasoning", "questions"],
-          "properties": {"reasoning": {"type": "string"},
-                         "questions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}}}
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["reasoning", "questions"],
+    "properties": {
+        "reasoning": {"type": "string"},
+        "questions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+    },
+}
 
 
 def seeds_file(folder: Path, n: int) -> Path:
@@ -50,8 +56,11 @@ def seeds_file(folder: Path, n: int) -> Path:
 
 
 def start_standin(latency_ms: float, cap: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "lakesynth.standin", "--latency-ms", str(latency_ms),
-                             "--max-concurrency", str(cap)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakesynth.standin", "--latency-ms", str(latency_ms), "--max-concurrency", str(cap)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return proc, proc.stdout.readline().strip()
 
 
@@ -60,9 +69,14 @@ def lakesynth(args: list[str]) -> tuple[dict, float, int]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         summary_path = tmp.name
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "lakesynth.cli", *args, "--summary", summary_path],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakesynth.cli", *args, "--summary", summary_path],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
@@ -82,8 +96,11 @@ def bare_client(base_url: str, n: int, concurrency: int) -> float:
         async def one(i: int) -> None:
             async with gate:
                 await client.chat.completions.create(
-                    model="standin", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=64,
-                    response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}})
+                    model="standin",
+                    messages=[{"role": "user", "content": f"question {i}"}],
+                    max_tokens=64,
+                    response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}},
+                )
 
         started = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -99,8 +116,7 @@ def naive_thread_pool(base_url: str, n: int) -> float:
     client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
 
     def one(i: int) -> None:
-        client.chat.completions.create(model="standin", messages=[{"role": "user", "content": f"q {i}"}],
-                                       max_tokens=64)
+        client.chat.completions.create(model="standin", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=64)
 
     started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
@@ -115,23 +131,59 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
         bare = bare_client(url, 4000, CAP)
         rows.append(("bare async client, 4000 req", f"{bare:.0f} req/s", f"{bare / LIMIT:.2f} of limit", "reference"))
         naive = naive_thread_pool(url, 100)
-        rows.append(("naive thread pool of 2, 100 req", f"{naive:.1f} req/s", f"{naive / LIMIT:.3f} of limit",
-                     f"{naive / bare:.3f} of bare"))
+        rows.append(
+            (
+                "naive thread pool of 2, 100 req",
+                f"{naive:.1f} req/s",
+                f"{naive / LIMIT:.3f} of limit",
+                f"{naive / bare:.3f} of bare",
+            )
+        )
         for n in sizes:
             wh = folder / f"wh_util_{n}"
-            summary, wall, _ = lakesynth(["run", "--stages", "seed,questions,responses", "--seeds",
-                                          str(seeds_file(folder, n)), "--warehouse", str(wh),
-                                          "--set", f"teacher.base_url={url}", "--set", "teacher.model=standin",
-                                          "--set", f"teacher.max_concurrency={CAP}", "--set", "teacher.workers=2",
-                                          "--set", "questions.per_seed=1", "--set", "mlflow.enabled=false"])
+            summary, wall, _ = lakesynth(
+                [
+                    "run",
+                    "--stages",
+                    "seed,questions,responses",
+                    "--seeds",
+                    str(seeds_file(folder, n)),
+                    "--warehouse",
+                    str(wh),
+                    "--set",
+                    f"teacher.base_url={url}",
+                    "--set",
+                    "teacher.model=standin",
+                    "--set",
+                    f"teacher.max_concurrency={CAP}",
+                    "--set",
+                    "teacher.workers=2",
+                    "--set",
+                    "questions.per_seed=1",
+                    "--set",
+                    "mlflow.enabled=false",
+                ]
+            )
             for stage in ("questions", "responses"):
                 s = summary["stages"][stage]
                 rate = s["rows_in"] / s["seconds"]
-                rows.append((f"{stage} stage, {n} rows", f"{rate:.0f} req/s", f"{rate / LIMIT:.2f} of limit",
-                             f"{rate / bare:.2f} of bare (goal >= 0.90)"))
+                rows.append(
+                    (
+                        f"{stage} stage, {n} rows",
+                        f"{rate:.0f} req/s",
+                        f"{rate / LIMIT:.2f} of limit",
+                        f"{rate / bare:.2f} of bare (goal >= 0.90)",
+                    )
+                )
             requests = summary["stages"]["questions"]["rows_in"] + summary["stages"]["responses"]["rows_in"]
-            rows.append((f"whole command, {n} rows", f"{requests / wall:.0f} req/s", f"{requests / wall / LIMIT:.2f} "
-                         "of limit", "imports, engine start, seeds and writes included"))
+            rows.append(
+                (
+                    f"whole command, {n} rows",
+                    f"{requests / wall:.0f} req/s",
+                    f"{requests / wall / LIMIT:.2f} of limit",
+                    "imports, engine start, seeds and writes included",
+                )
+            )
     finally:
         proc.terminate()
     return rows
@@ -153,8 +205,12 @@ def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
             async def one(p: str) -> int:
                 async with gate:
                     reply = await client.chat.completions.create(
-                        model="m", messages=[{"role": "user", "content": p}], max_tokens=160, temperature=0.9,
-                        response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}})
+                        model="m",
+                        messages=[{"role": "user", "content": p}],
+                        max_tokens=160,
+                        temperature=0.9,
+                        response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}},
+                    )
                     return reply.usage.completion_tokens
 
             started = time.monotonic()
@@ -162,14 +218,34 @@ def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
             return tokens / (time.monotonic() - started)
 
         raw = asyncio.run(main())
-    summary, _, _ = lakesynth(["run", "--stages", "seed,questions", "--seeds", str(seeds_file(folder, n_seeds)),
-                               "--warehouse", str(folder / "wh_embedded"), "--set", "questions.per_seed=2",
-                               "--set", "questions.max_tokens=400", "--set", "mlflow.enabled=false"])
+    summary, _, _ = lakesynth(
+        [
+            "run",
+            "--stages",
+            "seed,questions",
+            "--seeds",
+            str(seeds_file(folder, n_seeds)),
+            "--warehouse",
+            str(folder / "wh_embedded"),
+            "--set",
+            "questions.per_seed=2",
+            "--set",
+            "questions.max_tokens=400",
+            "--set",
+            "mlflow.enabled=false",
+        ]
+    )
     q = summary["stages"]["questions"]
     pipeline = q["completion_tokens"] / q["seconds"]
-    return [("raw xllamacpp server, bare client", f"{raw:.1f} gen tok/s", f"{teacher.embedded_slots} slots", "reference"),
-            (f"questions stage, {n_seeds} seeds", f"{pipeline:.1f} gen tok/s", f"{pipeline / raw:.2f} of raw",
-             "goal >= 0.90")]
+    return [
+        ("raw xllamacpp server, bare client", f"{raw:.1f} gen tok/s", f"{teacher.embedded_slots} slots", "reference"),
+        (
+            f"questions stage, {n_seeds} seeds",
+            f"{pipeline:.1f} gen tok/s",
+            f"{pipeline / raw:.2f} of raw",
+            "goal >= 0.90",
+        ),
+    ]
 
 
 def driver_memory(folder: Path, small: int, large: int) -> list[tuple]:
@@ -177,27 +253,61 @@ def driver_memory(folder: Path, small: int, large: int) -> list[tuple]:
     rss = {}
     try:
         for n in (small, large):
-            _, wall, rss[n] = lakesynth(["run", "--stages", "seed,questions,responses,format", "--seeds",
-                                         str(seeds_file(folder, n)), "--warehouse", str(folder / f"wh_mem_{n}"),
-                                         "--set", f"teacher.base_url={url}", "--set", "teacher.model=standin",
-                                         "--set", "teacher.max_concurrency=256", "--set", "questions.per_seed=1",
-                                         "--set", "mlflow.enabled=false"])
+            _, wall, rss[n] = lakesynth(
+                [
+                    "run",
+                    "--stages",
+                    "seed,questions,responses,format",
+                    "--seeds",
+                    str(seeds_file(folder, n)),
+                    "--warehouse",
+                    str(folder / f"wh_mem_{n}"),
+                    "--set",
+                    f"teacher.base_url={url}",
+                    "--set",
+                    "teacher.model=standin",
+                    "--set",
+                    "teacher.max_concurrency=256",
+                    "--set",
+                    "questions.per_seed=1",
+                    "--set",
+                    "mlflow.enabled=false",
+                ]
+            )
     finally:
         proc.terminate()
-    return [(f"peak driver RSS, {small} rows", f"{rss[small]} MiB", "", "reference"),
-            (f"peak driver RSS, {large} rows", f"{rss[large]} MiB", f"{rss[large] / rss[small]:.2f}x",
-             "goal <= 1.2x")]
+    return [
+        (f"peak driver RSS, {small} rows", f"{rss[small]} MiB", "", "reference"),
+        (f"peak driver RSS, {large} rows", f"{rss[large]} MiB", f"{rss[large] / rss[small]:.2f}x", "goal <= 1.2x"),
+    ]
 
 
 def engine_overhead(folder: Path) -> list[tuple]:
-    code = ("import time; t=time.monotonic(); from lakesynth.engine import get_spark; "
-            f"s=get_spark({str(folder / 'wh_engine')!r}); s.range(1).count(); print(time.monotonic()-t)")
+    code = (
+        "import time; t=time.monotonic(); from lakesynth.engine import get_spark; "
+        f"s=get_spark({str(folder / 'wh_engine')!r}); s.range(1).count(); print(time.monotonic()-t)"
+    )
     start = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout)
-    summary, wall, _ = lakesynth(["seed", "--seeds", str(seeds_file(folder, 1000)), "--warehouse",
-                                  str(folder / "wh_engine"), "--set", "mlflow.enabled=false"])
-    return [("embedded engine start (import + server + first query)", f"{start:.2f} s", "", ""),
-            ("`lakesynth seed`, 1k rows, whole command", f"{wall:.2f} s",
-             f"stage itself {summary['stages']['seed']['seconds']:.2f} s", "")]
+    summary, wall, _ = lakesynth(
+        [
+            "seed",
+            "--seeds",
+            str(seeds_file(folder, 1000)),
+            "--warehouse",
+            str(folder / "wh_engine"),
+            "--set",
+            "mlflow.enabled=false",
+        ]
+    )
+    return [
+        ("embedded engine start (import + server + first query)", f"{start:.2f} s", "", ""),
+        (
+            "`lakesynth seed`, 1k rows, whole command",
+            f"{wall:.2f} s",
+            f"stage itself {summary['stages']['seed']['seconds']:.2f} s",
+            "",
+        ),
+    ]
 
 
 def main() -> None:
@@ -219,10 +329,16 @@ def main() -> None:
         lines += [f"| {' | '.join(row)} |" for row in rows]
     table = "\n".join(lines)
     print(table)
-    header = (f"# Benchmark results\n\nDate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
-              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"{platform.platform()}  \nCommand: `.venv/bin/python benchmarks/run.py{' --quick' if args.quick else ''}`\n")
-    notes = (ROOT / "benchmarks" / "NOTES.md").read_text(encoding="utf-8") if (ROOT / "benchmarks" / "NOTES.md").exists() else ""
+    header = (
+        f"# Benchmark results\n\nDate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}  \nCommand: `.venv/bin/python benchmarks/run.py{' --quick' if args.quick else ''}`\n"
+    )
+    notes = (
+        (ROOT / "benchmarks" / "NOTES.md").read_text(encoding="utf-8")
+        if (ROOT / "benchmarks" / "NOTES.md").exists()
+        else ""
+    )
     (ROOT / "benchmarks" / "RESULTS.md").write_text(header + table + "\n\n" + notes, encoding="utf-8")
 
 

@@ -62,8 +62,9 @@ def teacher_server():
 def llm_cfg(cfg, teacher_server) -> Config:
     """`cfg` with the teacher pointed at the stand-in, which starts each test with no faults and zero counts."""
     teacher_server.reset()
-    teacher = cfg.teacher.model_copy(update={"base_url": teacher_server.base_url, "model": "standin",
-                                             "max_concurrency": 16, "timeout_s": 5})
+    teacher = cfg.teacher.model_copy(
+        update={"base_url": teacher_server.base_url, "model": "standin", "max_concurrency": 16, "timeout_s": 5}
+    )
     return cfg.model_copy(update={"teacher": teacher})
 
 

@@ -29,8 +29,15 @@ def test_merged_bundle_matches_the_official_schema(merged):
     assert bundle.schema_problems(merged, SCHEMA) == []
     assert set(merged["targets"]) == {"dev", "prod"} and merged["targets"]["dev"]["default"] is True
     assert merged["targets"]["dev"]["mode"] == "development" and merged["targets"]["prod"]["mode"] == "production"
-    assert {"catalog", "schema", "volume", "teacher_endpoint", "questions_per_seed", "finetune_backend",
-            "base_model"} <= set(merged["variables"])
+    assert {
+        "catalog",
+        "schema",
+        "volume",
+        "teacher_endpoint",
+        "questions_per_seed",
+        "finetune_backend",
+        "base_model",
+    } <= set(merged["variables"])
     resources = merged["resources"]
     assert resources["schemas"]["lakesynth"]["name"] == "${var.schema}"
     assert resources["volumes"]["lakesynth"]["schema_name"] == "${resources.schemas.lakesynth.name}"
@@ -73,7 +80,9 @@ def test_a_missing_entry_point_and_a_dangling_dependency_are_named(merged):
         job["tasks"][2]["depends_on"] = [{"task_key": "questionz"}]
 
     problems = bundle.task_problems(_broken(merged, change), SCRIPTS, cli.parse_args)
-    assert "task 'questions': entry_point 'lakesynth-questions' is not in [project.scripts] (has: lakesynth)" in problems
+    assert (
+        "task 'questions': entry_point 'lakesynth-questions' is not in [project.scripts] (has: lakesynth)" in problems
+    )
     assert "task 'responses': depends_on names no task 'questionz'" in problems
 
 

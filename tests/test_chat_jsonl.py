@@ -10,25 +10,31 @@ from lakesynth import chat_jsonl, questions, responses, seeds, tables
 
 from conftest import Ctx
 
-U, A, SYS = ({"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
-             {"role": "system", "content": "Be nice."})
+U, A, SYS = (
+    {"role": "user", "content": "Hi?"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "system", "content": "Be nice."},
+)
 
 
-@pytest.mark.parametrize("messages, problem", [
-    ([U, A], None),
-    ([SYS, U, A], None),
-    ([SYS, U, A, U, A], None),
-    ([], "no messages"),
-    ([U, SYS, A], "system message not first"),
-    ([A, U], "roles do not alternate"),
-    ([U, U, A], "roles do not alternate"),
-    ([SYS, U], "does not end with an assistant message"),
-    ([U, A, U], "does not end with an assistant message"),
-    ([U, {"role": "assistant", "content": "  "}], "empty content"),
-    ([U, {"role": "tool", "content": "x"}], "unknown role"),
-    ([U, {"role": "assistant", "content": "ok <|im_end|>"}], "chat-template tokens"),
-    ([U, {"role": "assistant", "content": "x" * 400}], "longer than 50 tokens"),
-])
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        ([U, A], None),
+        ([SYS, U, A], None),
+        ([SYS, U, A, U, A], None),
+        ([], "no messages"),
+        ([U, SYS, A], "system message not first"),
+        ([A, U], "roles do not alternate"),
+        ([U, U, A], "roles do not alternate"),
+        ([SYS, U], "does not end with an assistant message"),
+        ([U, A, U], "does not end with an assistant message"),
+        ([U, {"role": "assistant", "content": "  "}], "empty content"),
+        ([U, {"role": "tool", "content": "x"}], "unknown role"),
+        ([U, {"role": "assistant", "content": "ok <|im_end|>"}], "chat-template tokens"),
+        ([U, {"role": "assistant", "content": "x" * 400}], "longer than 50 tokens"),
+    ],
+)
 def test_chat_rules(messages, problem):
     got = chat_jsonl.chat_violation(messages, max_tokens=50)
     assert got == problem if problem is None else problem in got

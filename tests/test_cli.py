@@ -15,8 +15,9 @@ from conftest import ROOT, write
 
 
 def lakesynth(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "lakesynth.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lakesynth.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_seed_stage_writes_delta_readable_by_another_reader_and_session(tmp_path, spark):
@@ -47,8 +48,10 @@ def test_bad_seed_file_exits_nonzero_with_named_error(tmp_path):
     assert "bad.csv" in proc.stdout and "empty question: row(s) 1" in proc.stdout
     report = json.loads(summary.read_text())
     assert report["stages"]["seed"]["status"] == "failed"
-    assert not (tmp_path / "wh" / "main" / "lakesynth_dev" / tables.SEED_QUESTIONS.name / "_delta_log").exists() or \
-        len(deltalake.DeltaTable(str(tmp_path / "wh/main/lakesynth_dev/seed_questions")).to_pandas()) == 0
+    assert (
+        not (tmp_path / "wh" / "main" / "lakesynth_dev" / tables.SEED_QUESTIONS.name / "_delta_log").exists()
+        or len(deltalake.DeltaTable(str(tmp_path / "wh/main/lakesynth_dev/seed_questions")).to_pandas()) == 0
+    )
 
 
 def test_bad_config_exits_2_naming_key(tmp_path):

@@ -21,7 +21,9 @@ def test_sample_config_loads_rules_and_templates():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(SAMPLE, ["teacher.max_concurrency=32", "teacher.base_url=", "schema=other", "questions.per_seed=5"])
+    cfg = load_config(
+        SAMPLE, ["teacher.max_concurrency=32", "teacher.base_url=", "schema=other", "questions.per_seed=5"]
+    )
     assert cfg.teacher.max_concurrency == 32 and cfg.teacher.base_url == "" and cfg.teacher.embedded
     assert cfg.schema_ == "other" and cfg.questions.per_seed == 5
 

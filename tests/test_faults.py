@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import deltalake
 import pytest
@@ -20,8 +19,15 @@ SECRET = "sk-lakesynth-PLANTED-7f3a9c"
 
 
 def _args(tmp_path, server, *extra):
-    return ["--warehouse", str(tmp_path / "wh"), "--set", f"teacher.base_url={server.base_url}",
-            "--set", "teacher.model=standin", *extra]
+    return [
+        "--warehouse",
+        str(tmp_path / "wh"),
+        "--set",
+        f"teacher.base_url={server.base_url}",
+        "--set",
+        "teacher.model=standin",
+        *extra,
+    ]
 
 
 def _table(tmp_path, name):
@@ -36,9 +42,19 @@ def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_
     concurrency = 4
     teacher_server.reset(latency_ms=40)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakesynth.cli", "responses", *_args(tmp_path, teacher_server),
-         "--set", f"teacher.max_concurrency={concurrency}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "lakesynth.cli",
+            "responses",
+            *_args(tmp_path, teacher_server),
+            "--set",
+            f"teacher.max_concurrency={concurrency}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while teacher_server.stats.completions < n_questions // 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -60,16 +76,28 @@ def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_
     assert not list((tmp_path / "wh").rglob("_journal/*/*.jsonl"))  # journal cleared once written
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"api_key": "the-right-key"}, "answered 401: the token or API key is missing, wrong or expired"),
-    ({"models": ("something-else",)}, "answered 404: no model or endpoint named 'standin'"),
-    ({"reject_schema": True}, "answered 400"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"api_key": "the-right-key"}, "answered 401: the token or API key is missing, wrong or expired"),
+        ({"models": ("something-else",)}, "answered 404: no model or endpoint named 'standin'"),
+        ({"reject_schema": True}, "answered 400"),
+    ],
+)
 def test_endpoint_failures_stop_the_stage_before_any_row(tmp_path, teacher_server, options, message):
     teacher_server.reset(**options)
     os.environ["LAKESYNTH_TEST_KEY"] = SECRET
-    proc = lakesynth("run", *_args(tmp_path, teacher_server, "--set", "teacher.api_key_env=LAKESYNTH_TEST_KEY",
-                                   "--summary", str(tmp_path / "s.json")))
+    proc = lakesynth(
+        "run",
+        *_args(
+            tmp_path,
+            teacher_server,
+            "--set",
+            "teacher.api_key_env=LAKESYNTH_TEST_KEY",
+            "--summary",
+            str(tmp_path / "s.json"),
+        ),
+    )
     assert proc.returncode == 1
     assert message in proc.stdout and SECRET not in proc.stdout + proc.stderr
     stages = json.loads((tmp_path / "s.json").read_text())["stages"]
@@ -80,8 +108,15 @@ def test_endpoint_failures_stop_the_stage_before_any_row(tmp_path, teacher_serve
 
 
 def test_unreachable_endpoint_is_named(tmp_path):
-    proc = lakesynth("run", "--warehouse", str(tmp_path / "wh"), "--set", "teacher.base_url=http://127.0.0.1:9/v1",
-                     "--set", "teacher.max_retries=0")
+    proc = lakesynth(
+        "run",
+        "--warehouse",
+        str(tmp_path / "wh"),
+        "--set",
+        "teacher.base_url=http://127.0.0.1:9/v1",
+        "--set",
+        "teacher.max_retries=0",
+    )
     assert proc.returncode == 1 and "cannot reach the teacher at http://127.0.0.1:9/v1" in proc.stdout
     assert _table(tmp_path, "synthetic_questions") is None or len(_table(tmp_path, "synthetic_questions")) == 0
 
@@ -89,15 +124,33 @@ def test_unreachable_endpoint_is_named(tmp_path):
 def test_planted_secret_never_leaks(tmp_path, teacher_server):
     teacher_server.reset(api_key=SECRET, fault_rate=0.3, faults=("500", "schema", "429"), seed=9)
     os.environ["LAKESYNTH_TEST_KEY"] = SECRET
-    proc = lakesynth("run", "-v", *_args(tmp_path, teacher_server, "--set", "teacher.api_key_env=LAKESYNTH_TEST_KEY",
-                                         "--set", "teacher.max_retries=0", "--set", "questions.max_failure_rate=1",
-                                         "--set", "responses.max_failure_rate=1", "--summary", str(tmp_path / "s.json")))
+    proc = lakesynth(
+        "run",
+        "-v",
+        *_args(
+            tmp_path,
+            teacher_server,
+            "--set",
+            "teacher.api_key_env=LAKESYNTH_TEST_KEY",
+            "--set",
+            "teacher.max_retries=0",
+            "--set",
+            "questions.max_failure_rate=1",
+            "--set",
+            "responses.max_failure_rate=1",
+            "--summary",
+            str(tmp_path / "s.json"),
+        ),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert teacher_server.stats.completions > 0  # the key worked, so it really was sent
     haystacks = [proc.stdout, proc.stderr, (tmp_path / "s.json").read_text()]
     for name in ("seed_questions", "synthetic_questions", "synthetic_responses", "training_chat"):
         haystacks.append(_table(tmp_path, name).to_json())
-    haystacks += [p.read_text(errors="replace") for p in (tmp_path / "wh").rglob("*") if p.is_file()
-                  and p.suffix in (".json", ".jsonl", ".txt", ".log")]
+    haystacks += [
+        p.read_text(errors="replace")
+        for p in (tmp_path / "wh").rglob("*")
+        if p.is_file() and p.suffix in (".json", ".jsonl", ".txt", ".log")
+    ]
     assert all(SECRET not in h for h in haystacks)
     assert any("error" in h for h in haystacks[3:])  # failed rows were recorded, without the key

@@ -33,14 +33,19 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
     tokenizer = AutoTokenizer.from_pretrained(
         finetune.importlib.import_module("lakesynth.train_sft").packaged_student(
-            finetune.Path(jsonl_cfg.teacher.model_cache).expanduser()))
+            finetune.Path(jsonl_cfg.teacher.model_cache).expanduser()
+        )
+    )
     text = tokenizer.apply_chat_template(data["train"][0]["messages"], tokenize=False)
     assert "<|im_start|>assistant" in text and data["train"][0]["messages"][-1]["content"] in text
 
 
 def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_cfg):
-    cfg = jsonl_cfg.model_copy(update={"finetune": jsonl_cfg.finetune.model_copy(
-        update={"max_steps": 3, "max_length": 96, "learning_rate": 1e-3})})
+    cfg = jsonl_cfg.model_copy(
+        update={
+            "finetune": jsonl_cfg.finetune.model_copy(update={"max_steps": 3, "max_length": 96, "learning_rate": 1e-3})
+        }
+    )
     result = finetune.run(spark, cfg)
     m = result.metrics
     assert m["steps"] == 3 and m["device"] == "cpu"
@@ -59,8 +64,10 @@ def test_missing_training_extra_is_a_skip_that_says_how_to_install(spark, jsonl_
 def test_foundation_model_request_is_exact(cfg):
     os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
     files = finetune.split_files(cfg)
-    assert files == {"train": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/train.jsonl",
-                     "val": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/val.jsonl"}
+    assert files == {
+        "train": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/train.jsonl",
+        "val": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/val.jsonl",
+    }
     assert finetune.foundation_model_request(cfg, files) == {
         "model": "meta-llama/Llama-3.2-1B-Instruct",
         "train_data_path": files["train"],
@@ -82,14 +89,27 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     assert script.splitlines()[3] == (
         f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --train {files['train']} --val {files['val']} "
         f"--out /Volumes/main/{cfg.schema_}/lakesynth/finetune/test-run --max-steps 20 --learning-rate 0.0002 "
-        "--lora-r 16 --batch-size 2 --max-length 256 --mlflow --model org/student")
+        "--lora-r 16 --batch-size 2 --max-length 256 --mlflow --model org/student"
+    )
     submission = finetune.ai_runtime_submission(cfg, "/Workspace/Users/me/.lakesynth/test-run/run.sh")
     assert submission == {
         "run_name": "lakesynth-sft-test-run",
-        "tasks": [{"task_key": "sft", "ai_runtime_task": {
-            "experiment": "/Shared/lakesynth", "mlflow_run": "lakesynth-sft-test-run",
-            "deployments": [{"name": "trainer", "command_path": "/Workspace/Users/me/.lakesynth/test-run/run.sh",
-                             "compute": {"accelerator_type": "GPU_1xA10", "accelerator_count": 1}}]}}],
+        "tasks": [
+            {
+                "task_key": "sft",
+                "ai_runtime_task": {
+                    "experiment": "/Shared/lakesynth",
+                    "mlflow_run": "lakesynth-sft-test-run",
+                    "deployments": [
+                        {
+                            "name": "trainer",
+                            "command_path": "/Workspace/Users/me/.lakesynth/test-run/run.sh",
+                            "compute": {"accelerator_type": "GPU_1xA10", "accelerator_count": 1},
+                        }
+                    ],
+                },
+            }
+        ],
     }
     Job.from_dict({"name": "sft", "tasks": submission["tasks"]})  # the Jobs API model accepts the task
 

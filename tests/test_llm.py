@@ -23,8 +23,14 @@ class Questions(BaseModel):
 
 def _call(server: StandIn, tmp_path=None, **teacher) -> llm.Call:
     cfg = TeacherConfig(base_url=server.base_url, model="standin", **{"max_retries": 3, "timeout_s": 5, **teacher})
-    return llm.Call(llm.Endpoint(server.base_url, "standin"), cfg, Questions, temperature=0.5, max_tokens=256,
-                    journal_dir=str(tmp_path / "journal") if tmp_path else None)
+    return llm.Call(
+        llm.Endpoint(server.base_url, "standin"),
+        cfg,
+        Questions,
+        temperature=0.5,
+        max_tokens=256,
+        journal_dir=str(tmp_path / "journal") if tmp_path else None,
+    )
 
 
 def _requests(n: int) -> list[tuple[str, list[dict]]]:
@@ -59,7 +65,12 @@ def test_every_row_done_or_erred_under_20_percent_faults_of_every_kind(server, t
     assert retried and all(r.error is None or r.attempts == 4 for r in results)
     for r in results:
         if r.error:
-            assert r.error.split(":")[0] in {"RateLimitError", "InternalServerError", "APITimeoutError", "InvalidOutput"}
+            assert r.error.split(":")[0] in {
+                "RateLimitError",
+                "InternalServerError",
+                "APITimeoutError",
+                "InvalidOutput",
+            }
 
 
 def test_invalid_output_is_kept_raw_after_retries(server):
@@ -89,8 +100,9 @@ def test_journal_makes_a_rerun_free(server, tmp_path):
     again = call.run(_requests(20))
     assert server.stats.requests == 0
     assert [r.output for r in again] == [r.output for r in first] and all(r.from_journal for r in again)
-    changed = llm.Call(call.endpoint, call.teacher, Questions, temperature=0.9, max_tokens=256,
-                       journal_dir=call.journal_dir)
+    changed = llm.Call(
+        call.endpoint, call.teacher, Questions, temperature=0.9, max_tokens=256, journal_dir=call.journal_dir
+    )
     changed.run(_requests(20))
     assert server.stats.requests == 20  # a changed parameter regenerates
 
@@ -101,16 +113,24 @@ def test_concurrency_is_bounded(server):
     assert 1 < server.stats.max_in_flight <= 5
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"api_key": "the-right-key"}, "answered 401: the token or API key is missing, wrong or expired"),
-    ({"models": ("other-model",)}, "answered 404: no model or endpoint named 'standin'"),
-    ({"reject_schema": True}, "answered 400: .*response_format json_schema"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"api_key": "the-right-key"}, "answered 401: the token or API key is missing, wrong or expired"),
+        ({"models": ("other-model",)}, "answered 404: no model or endpoint named 'standin'"),
+        ({"reject_schema": True}, "answered 400: .*response_format json_schema"),
+    ],
+)
 def test_endpoint_level_failures_raise_clearly(server, options, match):
     server.reset(**options)
     call = _call(server)
-    call = llm.Call(llm.Endpoint(server.base_url, "standin", llm.SecretStr(SECRET)), call.teacher, Questions,
-                    temperature=0.5, max_tokens=256)
+    call = llm.Call(
+        llm.Endpoint(server.base_url, "standin", llm.SecretStr(SECRET)),
+        call.teacher,
+        Questions,
+        temperature=0.5,
+        max_tokens=256,
+    )
     with pytest.raises(EndpointError, match=match) as info:
         call.run(_requests(3))
     assert SECRET not in str(info.value)
@@ -150,9 +170,20 @@ def test_embedded_teacher_answers_a_structured_request(tmp_path):
     with llm.open_endpoint(teacher) as endpoint:
         assert endpoint.base_url.startswith("http://127.0.0.1:")
         call = llm.Call(endpoint, teacher, Questions, temperature=0.2, max_tokens=400)
-        (result,) = call.run([("seed", [{"role": "user", "content":
-            "Topic: bank cards. Seed: How do I block my card? Briefly reason, then write 2 new short customer "
-            "questions on the same topic. Reply as JSON with keys reasoning and questions."}])])
+        (result,) = call.run(
+            [
+                (
+                    "seed",
+                    [
+                        {
+                            "role": "user",
+                            "content": "Topic: bank cards. Seed: How do I block my card? Briefly reason, then write 2 new short customer "
+                            "questions on the same topic. Reply as JSON with keys reasoning and questions.",
+                        }
+                    ],
+                )
+            ]
+        )
     assert result.error is None, (result.error, result.raw_output)
     parsed = Questions.model_validate(result.output)
     assert parsed.questions and all(q.strip() for q in parsed.questions)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,10 +24,23 @@ def small_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("small_run")
     os.environ["LAKESYNTH_NB_KEY"] = SECRET
     try:
-        proc = lakesynth("run", "--warehouse", str(tmp / "wh"), "--run-id", "nb-run",
-                         "--set", f"teacher.base_url={server.base_url}", "--set", "teacher.model=standin",
-                         "--set", "teacher.api_key_env=LAKESYNTH_NB_KEY", "--set", "finetune.backend=none",
-                         "--summary", str(tmp / "s.json"))
+        proc = lakesynth(
+            "run",
+            "--warehouse",
+            str(tmp / "wh"),
+            "--run-id",
+            "nb-run",
+            "--set",
+            f"teacher.base_url={server.base_url}",
+            "--set",
+            "teacher.model=standin",
+            "--set",
+            "teacher.api_key_env=LAKESYNTH_NB_KEY",
+            "--set",
+            "finetune.backend=none",
+            "--summary",
+            str(tmp / "s.json"),
+        )
     finally:
         del os.environ["LAKESYNTH_NB_KEY"]
         server.stop()
@@ -40,10 +52,13 @@ def small_run(tmp_path_factory):
 def test_notebook_runs_headless(small_run, name):
     book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     (params,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
-    params.source = (f"config_path = {str(ROOT / 'conf' / 'lakesynth.yml')!r}\n"
-                     f"overrides = ['warehouse={small_run / 'wh'}', 'mlflow.enabled=false']")
-    NotebookClient(book, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    params.source = (
+        f"config_path = {str(ROOT / 'conf' / 'lakesynth.yml')!r}\n"
+        f"overrides = ['warehouse={small_run / 'wh'}', 'mlflow.enabled=false']"
+    )
+    NotebookClient(
+        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(o.output_type == "execute_result" for o in outputs)
@@ -79,7 +94,10 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     assert again.returncode == 0
     assert len(client.search_runs([experiment.experiment_id])) == 1
     # The planted key is nowhere in the tracking store or its artifacts.
-    stored = [p.read_bytes() for p in small_run.rglob("*") if p.is_file() and ("mlartifacts" in str(p)
-                                                                                or p.name == "mlflow.db")]
+    stored = [
+        p.read_bytes()
+        for p in small_run.rglob("*")
+        if p.is_file() and ("mlartifacts" in str(p) or p.name == "mlflow.db")
+    ]
     assert stored and all(SECRET.encode() not in blob for blob in stored)
     assert SECRET not in json.dumps(params)

@@ -33,11 +33,28 @@ def results(tmp_path_factory, teacher_server):
     out = {}
     # The Spark Connect client marks the environment (SPARK_CONNECT_MODE_ENABLED, SPARK_REMOTE); classic
     # pyspark would then try to be a Connect client too.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_CONNECT", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SPARK_CONNECT", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE"))
+    }
     for engine, python in (("sail", sys.executable), ("classic", str(CLASSIC_PYTHON))):
-        proc = subprocess.run([python, str(SCRIPT), "--engine", engine, "--standin", teacher_server.base_url,
-                               "--warehouse", str(tmp / "wh"), "--out", str(tmp / f"{engine}.json")],
-                              capture_output=True, text=True, timeout=600, env=env)
+        proc = subprocess.run(
+            [
+                python,
+                str(SCRIPT),
+                "--engine",
+                engine,
+                "--standin",
+                teacher_server.base_url,
+                "--warehouse",
+                str(tmp / "wh"),
+                "--out",
+                str(tmp / f"{engine}.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[engine] = json.loads((tmp / f"{engine}.json").read_text())
     return out
@@ -48,17 +65,27 @@ def _rows(spark, case: dict):
     return spark.createDataFrame([(json.dumps(r, sort_keys=True),) for r in case["rows"]], "row string")
 
 
-CASES = ["seeds.find_problems", "seeds.normalize", "questions.build_requests", "questions.generate (stand-in)",
-         "questions.to_question_rows", "responses.build_requests", "responses.parse_responses",
-         "chat_jsonl.to_chat_rows", "chat_jsonl.check_examples", "chat_jsonl.assign_split"]
+CASES = [
+    "seeds.find_problems",
+    "seeds.normalize",
+    "questions.build_requests",
+    "questions.generate (stand-in)",
+    "questions.to_question_rows",
+    "responses.build_requests",
+    "responses.parse_responses",
+    "chat_jsonl.to_chat_rows",
+    "chat_jsonl.check_examples",
+    "chat_jsonl.assign_split",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_transform_is_the_same_on_both_engines(results, spark, case):
     sail, classic = results["sail"][case], results["classic"][case]
     assert sail["rows"], f"{case} produced no rows to compare"
-    assert_schema_equality(T.StructType.fromJson(sail["schema"]), T.StructType.fromJson(classic["schema"]),
-                           ignore_nullable=False)
+    assert_schema_equality(
+        T.StructType.fromJson(sail["schema"]), T.StructType.fromJson(classic["schema"]), ignore_nullable=False
+    )
     assert_df_equality(_rows(spark, sail), _rows(spark, classic), ignore_row_order=True)
 
 
@@ -69,5 +96,8 @@ def test_every_case_is_compared(results):
 def test_an_engine_specific_construct_is_caught(results):
     """An all-literal CASE WHEN is NOT NULL on classic Spark, nullable on Sail: the comparison must fail."""
     with pytest.raises(SchemasNotEqualError):
-        assert_schema_equality(T.StructType.fromJson(results["sail"][DEMO]["schema"]),
-                               T.StructType.fromJson(results["classic"][DEMO]["schema"]), ignore_nullable=False)
+        assert_schema_equality(
+            T.StructType.fromJson(results["sail"][DEMO]["schema"]),
+            T.StructType.fromJson(results["classic"][DEMO]["schema"]),
+            ignore_nullable=False,
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import deltalake
-import pytest
 
 from lakesynth import pipeline
 
@@ -26,9 +25,21 @@ def test_job_graph_is_read_from_the_bundle():
 
 def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_server):
     teacher_server.reset(fault_rate=0.0, latency_ms=5)
-    args = ["run", "--warehouse", str(tmp_path / "wh"), "--set", f"teacher.base_url={teacher_server.base_url}",
-            "--set", "teacher.model=standin", "--set", "finetune.max_steps=2", "--set", "finetune.max_length=64",
-            "--summary", str(tmp_path / "s.json")]
+    args = [
+        "run",
+        "--warehouse",
+        str(tmp_path / "wh"),
+        "--set",
+        f"teacher.base_url={teacher_server.base_url}",
+        "--set",
+        "teacher.model=standin",
+        "--set",
+        "finetune.max_steps=2",
+        "--set",
+        "finetune.max_length=64",
+        "--summary",
+        str(tmp_path / "s.json"),
+    ]
     proc = lakesynth(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = _summary(tmp_path / "s.json")
@@ -46,7 +57,9 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
 
 
 def test_stages_subset_and_unknown_stage(tmp_path):
-    proc = lakesynth("run", "--stages", "seed", "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json"))
+    proc = lakesynth(
+        "run", "--stages", "seed", "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json")
+    )
     assert proc.returncode == 0 and list(_summary(tmp_path / "s.json")["stages"]) == ["seed"]
     bad = lakesynth("run", "--stages", "seed,polish", "--warehouse", str(tmp_path / "wh"))
     assert bad.returncode == 2 and "unknown stage(s) polish" in bad.stderr
@@ -63,13 +76,31 @@ def test_failed_stage_skips_its_dependents(tmp_path):
 
 def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
     """No endpoint configured: the packaged model writes questions and answers (a tiny sample)."""
-    seeds_file = write(tmp_path / "tiny.csv", "topic,question,in_scope\n"
-                       "cards,How do I block my debit card?,yes\n"
-                       "investment advice,Should I buy gold with my savings?,no\n")
-    proc = lakesynth("run", "--seeds", seeds_file, "--warehouse", str(tmp_path / "wh"),
-                     "--set", "questions.per_seed=2", "--set", "responses.max_tokens=400",
-                     "--set", "teacher.embedded_slots=4", "--set", "finetune.max_steps=2",
-                     "--set", "finetune.max_length=128", "--summary", str(tmp_path / "s.json"))
+    seeds_file = write(
+        tmp_path / "tiny.csv",
+        "topic,question,in_scope\n"
+        "cards,How do I block my debit card?,yes\n"
+        "investment advice,Should I buy gold with my savings?,no\n",
+    )
+    proc = lakesynth(
+        "run",
+        "--seeds",
+        seeds_file,
+        "--warehouse",
+        str(tmp_path / "wh"),
+        "--set",
+        "questions.per_seed=2",
+        "--set",
+        "responses.max_tokens=400",
+        "--set",
+        "teacher.embedded_slots=4",
+        "--set",
+        "finetune.max_steps=2",
+        "--set",
+        "finetune.max_length=128",
+        "--summary",
+        str(tmp_path / "s.json"),
+    )
     report = _summary(tmp_path / "s.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     q = deltalake.DeltaTable(report["tables"]["synthetic_questions"]["location"]).to_pandas()

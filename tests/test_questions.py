@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from chispa import assert_df_equality
 
 from lakesynth import questions, seeds, tables
 from lakesynth.errors import StageError
@@ -27,11 +25,15 @@ def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cf
     assert rows.count() == result.rows_out == 2 * n_seeds
     per_seed = {r.seed_id: r["count"] for r in rows.groupBy("seed_id").count().collect()}
     assert set(per_seed.values()) == {2} and len(per_seed) == n_seeds
-    joined = rows.join(tables.read(spark, cfg, tables.SEED_QUESTIONS).select("seed_id", "topic", "in_scope"),
-                       ["seed_id", "topic", "in_scope"])
+    joined = rows.join(
+        tables.read(spark, cfg, tables.SEED_QUESTIONS).select("seed_id", "topic", "in_scope"),
+        ["seed_id", "topic", "in_scope"],
+    )
     assert joined.count() == rows.count()  # topic and scope inherited from the seed
-    assert rows.where("error IS NULL AND reasoning IS NOT NULL AND model = 'standin' AND run_id = 'test-run'").count() \
+    assert (
+        rows.where("error IS NULL AND reasoning IS NOT NULL AND model = 'standin' AND run_id = 'test-run'").count()
         == rows.count()
+    )
     # A request's tokens sit on one row: the column sums to what the endpoint reported.
     assert rows.where("prompt_tokens > 0").count() == n_seeds
     assert result.metrics["prompt_tokens"] > 0 and teacher_server.stats.completions == n_seeds
@@ -44,8 +46,10 @@ def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, t
     teacher_server.reset()
     again = questions.run(spark, llm_cfg, Ctx(llm_cfg))
     assert teacher_server.stats.requests == 0 and again.rows_out == 0
-    assert sorted(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS).select("question_id", "question")
-                  .collect()) == before
+    assert (
+        sorted(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS).select("question_id", "question").collect())
+        == before
+    )
     changed = _with(llm_cfg, questions={"template": llm_cfg.questions.template + "\nBe brief."})
     questions.run(spark, changed, Ctx(changed))
     n_seeds = tables.count(spark, llm_cfg, tables.SEED_QUESTIONS)
@@ -67,8 +71,11 @@ def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, 
     rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
     failed = rows.where("error IS NOT NULL")
     n_failed = failed.count()
-    assert n_failed > 0 and failed.where("question IS NULL AND error LIKE 'InvalidOutput%' AND raw_output LIKE "
-                                         "'%unexpected%'").count() == n_failed
+    assert (
+        n_failed > 0
+        and failed.where("question IS NULL AND error LIKE 'InvalidOutput%' AND raw_output LIKE '%unexpected%'").count()
+        == n_failed
+    )
     n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
     assert rows.select("seed_id").distinct().count() == n_seeds  # no seed silently missing
     if result is not None:
@@ -82,10 +89,27 @@ def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, 
 
 def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
     generated = spark.createDataFrame(
-        [("s1", "cards", True, "How do I block my card?", "v", "fp1", "m", "r",
-          ["How do I block my card?!", " ", "New card?", "new card", "PIN reset?"], 10, 5, 7, 1, None, None),
-         ("s2", "tax", False, "Tax?", "v", "fp2", "m", "r", ["tax?", ""], 3, 2, 1, 1, None, None),
-         ("s3", "tax", False, "VAT?", "v", "fp3", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad")],
+        [
+            (
+                "s1",
+                "cards",
+                True,
+                "How do I block my card?",
+                "v",
+                "fp1",
+                "m",
+                "r",
+                ["How do I block my card?!", " ", "New card?", "new card", "PIN reset?"],
+                10,
+                5,
+                7,
+                1,
+                None,
+                None,
+            ),
+            ("s2", "tax", False, "Tax?", "v", "fp2", "m", "r", ["tax?", ""], 3, 2, 1, 1, None, None),
+            ("s3", "tax", False, "VAT?", "v", "fp3", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad"),
+        ],
         questions.GENERATED_SCHEMA,
     )
     rows = questions.to_question_rows(generated, run_id="r1", keep=5)
@@ -104,7 +128,9 @@ def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
 
 def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
     tricky = "What is {{ rules }} and {% if x %}this{% endif %}?"
-    path = write(tmp_path / "t.jsonl", json.dumps({"topic": "odd {{ topic }}", "question": tricky, "in_scope": 1}) + "\n")
+    path = write(
+        tmp_path / "t.jsonl", json.dumps({"topic": "odd {{ topic }}", "question": tricky, "in_scope": 1}) + "\n"
+    )
     cfg = llm_cfg.model_copy(update={"seeds": llm_cfg.seeds.model_copy(update={"path": path})})
     seeds.run(spark, cfg)
     ctx = Ctx(cfg)

@@ -28,7 +28,9 @@ def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg,
     result = responses.run(spark, llm_cfg, Ctx(llm_cfg))
     rows = tables.read(spark, llm_cfg, tables.SYNTHETIC_RESPONSES)
     assert result.rows_in == result.rows_out == rows.count() == n_questions
-    assert rows.where("error IS NULL AND answer <> '' AND reasoning <> '' AND answer <> reasoning").count() == n_questions
+    assert (
+        rows.where("error IS NULL AND answer <> '' AND reasoning <> '' AND answer <> reasoning").count() == n_questions
+    )
     assert teacher_server.stats.completions == n_questions  # preflight answer reused, nothing paid twice
     assert rows.where("prompt_tokens > 0 AND completion_tokens > 0 AND attempts = 1").count() == n_questions
     joined = rows.join(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), ["question_id", "seed_id", "question"])
@@ -37,8 +39,9 @@ def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg,
 
 def test_requests_carry_rules_scope_and_question(spark, llm_cfg):
     _prepare(spark, llm_cfg)
-    call = responses.llm.Call(Ctx(llm_cfg).endpoint(), llm_cfg.teacher,
-                              responses.llm.model_from_ddl(responses.RESPONSE_FORMAT), 0.3, 100)
+    call = responses.llm.Call(
+        Ctx(llm_cfg).endpoint(), llm_cfg.teacher, responses.llm.model_from_ddl(responses.RESPONSE_FORMAT), 0.3, 100
+    )
     reqs = responses.build_requests(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), cfg=llm_cfg, call=call)
     out = reqs.where("NOT in_scope").limit(1).collect()[0]
     inside = reqs.where("in_scope").limit(1).collect()[0]
@@ -66,16 +69,34 @@ def test_failed_answers_keep_their_error_and_a_rerun_fills_only_them(spark, llm_
 
 def test_parse_reads_struct_field_names_from_the_schema(spark):
     struct = T.StructType([T.StructField("response", T.StringType()), T.StructField("error", T.StringType())])
-    schema = T.StructType([T.StructField(n, t) for n, t in [
-        ("question_id", T.StringType()), ("seed_id", T.StringType()), ("topic", T.StringType()),
-        ("in_scope", T.BooleanType()), ("question", T.StringType()), ("prompt_version", T.StringType()),
-        ("fingerprint", T.StringType()), ("response", struct)]])
-    answered = spark.createDataFrame([
-        ("q1", "s", "t", True, "Q?", "v", "f1", ('{"reasoning": "r", "answer": "A."}', None)),
-        ("q2", "s", "t", True, "Q?", "v", "f2", (None, "RateLimitError: slow down")),
-        ("q3", "s", "t", True, "Q?", "v", "f3", ('{"reasoning": "r", "answer": "  "}', None)),
-    ], schema)
-    got = {r.question_id: (r.answer, r.error) for r in responses.parse_responses(answered, model="m", run_id="r")
-           .collect()}
-    assert got == {"q1": ("A.", None), "q2": (None, "RateLimitError: slow down"),
-                   "q3": (None, "EmptyAnswer: the reply had no answer")}
+    schema = T.StructType(
+        [
+            T.StructField(n, t)
+            for n, t in [
+                ("question_id", T.StringType()),
+                ("seed_id", T.StringType()),
+                ("topic", T.StringType()),
+                ("in_scope", T.BooleanType()),
+                ("question", T.StringType()),
+                ("prompt_version", T.StringType()),
+                ("fingerprint", T.StringType()),
+                ("response", struct),
+            ]
+        ]
+    )
+    answered = spark.createDataFrame(
+        [
+            ("q1", "s", "t", True, "Q?", "v", "f1", ('{"reasoning": "r", "answer": "A."}', None)),
+            ("q2", "s", "t", True, "Q?", "v", "f2", (None, "RateLimitError: slow down")),
+            ("q3", "s", "t", True, "Q?", "v", "f3", ('{"reasoning": "r", "answer": "  "}', None)),
+        ],
+        schema,
+    )
+    got = {
+        r.question_id: (r.answer, r.error) for r in responses.parse_responses(answered, model="m", run_id="r").collect()
+    }
+    assert got == {
+        "q1": ("A.", None),
+        "q2": (None, "RateLimitError: slow down"),
+        "q3": (None, "EmptyAnswer: the reply had no answer"),
+    }

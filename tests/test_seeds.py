@@ -26,7 +26,9 @@ def test_sample_seeds_land_in_delta(spark, cfg):
     assert {"cards", "fraud", "investment advice", "tax advice", "legal advice"} <= topics
     scope = {r.topic: r.in_scope for r in df.select("topic", "in_scope").distinct().collect()}
     assert scope["cards"] is True and scope["investment advice"] is False
-    assert df.where("run_id = 'test-run' AND created_at IS NOT NULL AND source LIKE 'seeds.csv#%'").count() == df.count()
+    assert (
+        df.where("run_id = 'test-run' AND created_at IS NOT NULL AND source LIKE 'seeds.csv#%'").count() == df.count()
+    )
 
 
 def test_reingest_adds_nothing(spark, cfg):
@@ -67,18 +69,24 @@ def test_csv_quotes_and_newlines(spark, cfg, tmp_path):
 
 BAD_FILES = {
     "missing_column.csv": ("topic,question\ncards,Lost card?\n", r"missing required column\(s\) in_scope"),
-    "empty_question.csv": ("topic,question,in_scope\ncards,Lost?,yes\ncards,,yes\ncards,  ,no\n",
-                           r"empty question: row\(s\) 2, 3"),
-    "bad_scope.csv": ("topic,question,in_scope\ncards,A?,yes\ncards,B?,maybe\n",
-                      r"in_scope is not true/false.*row\(s\) 2"),
+    "empty_question.csv": (
+        "topic,question,in_scope\ncards,Lost?,yes\ncards,,yes\ncards,  ,no\n",
+        r"empty question: row\(s\) 2, 3",
+    ),
+    "bad_scope.csv": (
+        "topic,question,in_scope\ncards,A?,yes\ncards,B?,maybe\n",
+        r"in_scope is not true/false.*row\(s\) 2",
+    ),
     "empty.csv": ("", r"the file is empty"),
     "blank.jsonl": ("\n  \n", r"the file is empty"),
     "header_only.csv": ("topic,question,in_scope\n", r"no seed rows"),
     "json_named_csv.csv": ('{"topic": "cards"}\n', r"looks like JSON, not CSV"),
     "csv_named_jsonl.jsonl": ("topic,question,in_scope\ncards,A?,yes\n", r"not JSON Lines: line\(s\) 1, 2"),
     "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", r"not a UTF-8 text file|binary"),
-    "duplicates.csv": ("topic,question,in_scope\ncards,A?,yes\ncards,B?,yes\ncards,A?,yes\n",
-                       r"duplicate rows.*row\(s\) 1, 3"),
+    "duplicates.csv": (
+        "topic,question,in_scope\ncards,A?,yes\ncards,B?,yes\ncards,A?,yes\n",
+        r"duplicate rows.*row\(s\) 1, 3",
+    ),
     "unknown_column.csv": ("topic,question,in_scope,colour\ncards,A?,yes,red\n", r"unknown column\(s\) colour"),
     "seeds.parquet": ("x", r"unsupported seed file type '.parquet'"),
 }

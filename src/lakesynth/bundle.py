@@ -78,8 +78,10 @@ def task_problems(bundle: dict[str, Any], scripts: dict[str, str], parse_args) -
         if not wheel:
             continue
         if wheel.get("entry_point") not in scripts:
-            problems.append(f"task '{key}': entry_point '{wheel.get('entry_point')}' is not in [project.scripts] "
-                            f"(has: {', '.join(scripts)})")
+            problems.append(
+                f"task '{key}': entry_point '{wheel.get('entry_point')}' is not in [project.scripts] "
+                f"(has: {', '.join(scripts)})"
+            )
             continue
         params = [re.sub(r"\{\{[^}]+\}\}|\$\{[^}]+\}", "x", p) for p in wheel.get("parameters", [])]
         try:
@@ -87,8 +89,9 @@ def task_problems(bundle: dict[str, Any], scripts: dict[str, str], parse_args) -
         except SystemExit:
             problems.append(f"task '{key}': `{wheel['entry_point']} {shlex.join(params)}` is rejected by the CLI")
     try:
-        graphlib.TopologicalSorter({k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
-                                   ).prepare()
+        graphlib.TopologicalSorter(
+            {k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
+        ).prepare()
     except graphlib.CycleError as exc:
         problems.append(f"the tasks' depends_on form a cycle: {' -> '.join(exc.args[1])}")
     return problems

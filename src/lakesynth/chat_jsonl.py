@@ -8,7 +8,6 @@ and decided by a seeded hash, so the same data always splits the same way.
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +60,7 @@ MESSAGES = T.ArrayType(T.StructType([T.StructField("role", T.StringType()), T.St
 
 def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
     """One row per answered response, with `messages` as array<struct<role, content>>."""
+
     def message(role: str, content) -> F.Column:
         return F.struct(F.lit(role).alias("role"), content.alias("content"))
 
@@ -69,23 +69,28 @@ def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFram
         turns.insert(0, message("system", F.lit(system_prompt)))
     answered = responses.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
     return answered.select(
-        F.col("question_id").alias("example_id"), "question_id", "seed_id", "topic",
+        F.col("question_id").alias("example_id"),
+        "question_id",
+        "seed_id",
+        "topic",
         F.array(*turns).cast(MESSAGES).alias("messages"),
     )
 
 
 def check_examples(chat: DataFrame, *, max_tokens: int) -> DataFrame:
     """Adds `violation` (None when valid) and `n_tokens` to each example."""
-    schema = T.StructType(chat.schema.fields + [T.StructField("violation", T.StringType()),
-                                                T.StructField("n_tokens", T.LongType())])
+    schema = T.StructType(
+        chat.schema.fields + [T.StructField("violation", T.StringType()), T.StructField("n_tokens", T.LongType())]
+    )
     return chat.mapInPandas(functools.partial(_check_batches, max_tokens=max_tokens), schema)
 
 
 def _check_batches(batches: Iterator[pd.DataFrame], *, max_tokens: int) -> Iterator[pd.DataFrame]:
     for batch in batches:
         messages = [[dict(m) for m in ms] for ms in batch["messages"]]
-        yield batch.assign(violation=[chat_violation(m, max_tokens) for m in messages],
-                           n_tokens=[estimate_tokens(m) for m in messages])
+        yield batch.assign(
+            violation=[chat_violation(m, max_tokens) for m in messages], n_tokens=[estimate_tokens(m) for m in messages]
+        )
 
 
 def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
@@ -100,8 +105,9 @@ def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, 
         n_val = F.when(n >= 2, F.greatest(n_val, F.lit(1))).otherwise(n_val)
     n_test = F.round(n * test_fraction)
     # No otherwise(): an all-literal CASE is NOT NULL on classic Spark but nullable on Sail (parity suite).
-    split = (F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test")
-             .when(F.col("example_id").isNotNull(), "train"))
+    split = (
+        F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test").when(F.col("example_id").isNotNull(), "train")
+    )
     return chat.withColumn("split", split)
 
 
@@ -134,19 +140,32 @@ def write_jsonl(rows: DataFrame, target: Path) -> None:
 def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
     responses = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
     fmt = cfg.format
-    checked = tables.materialize(spark, cfg, "training_chat", check_examples(
-        to_chat_rows(responses, system_prompt=cfg.use_case.system_prompt), max_tokens=fmt.max_tokens))
+    checked = tables.materialize(
+        spark,
+        cfg,
+        "training_chat",
+        check_examples(to_chat_rows(responses, system_prompt=cfg.use_case.system_prompt), max_tokens=fmt.max_tokens),
+    )
     rows_in = responses.count()
-    valid = assign_split(checked.where(F.col("violation").isNull()), val_fraction=fmt.val_fraction,
-                         test_fraction=fmt.test_fraction, seed=fmt.seed)
-    out = valid.select(*[c for c in tables.TRAINING_CHAT.names if c not in ("run_id", "created_at")],
-                       F.lit(cfg.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+    valid = assign_split(
+        checked.where(F.col("violation").isNull()),
+        val_fraction=fmt.val_fraction,
+        test_fraction=fmt.test_fraction,
+        seed=fmt.seed,
+    )
+    out = valid.select(
+        *[c for c in tables.TRAINING_CHAT.names if c not in ("run_id", "created_at")],
+        F.lit(cfg.run_id).alias("run_id"),
+        F.current_timestamp().alias("created_at"),
+    )
     fqn = tables.ensure(spark, cfg, tables.TRAINING_CHAT)
     # The table is derived whole from the responses: an atomic overwrite keeps it exact.
     tables.conform(out, tables.TRAINING_CHAT).write.mode("overwrite").insertInto(fqn)
     written = tables.read(spark, cfg, tables.TRAINING_CHAT)
-    violations = {r.violation: r["count"] for r in
-                  checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()}
+    violations = {
+        r.violation: r["count"]
+        for r in checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()
+    }
     folder = Path(files_dir(cfg))
     files = {}
     for split in ("train", "val", "test"):
@@ -158,8 +177,14 @@ def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
     counts = {r.split: r["count"] for r in written.groupBy("split").count().collect()}
     excluded = rows_in - checked.count()
     return StageResult(
-        rows_in=rows_in, rows_out=sum(counts.values()), errors=sum(violations.values()),
-        tables=[tables.TRAINING_CHAT], files=files,
-        metrics={"excluded_unanswered": excluded, "violations": violations,
-                 **{f"{k}_examples": v for k, v in sorted(counts.items())}},
+        rows_in=rows_in,
+        rows_out=sum(counts.values()),
+        errors=sum(violations.values()),
+        tables=[tables.TRAINING_CHAT],
+        files=files,
+        metrics={
+            "excluded_unanswered": excluded,
+            "violations": violations,
+            **{f"{k}_examples": v for k, v in sorted(counts.items())},
+        },
     )

@@ -34,8 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
     common.add_argument("--schema", help="schema of the pipeline's tables (job parameter)")
     common.add_argument("--run-id", help="id stamped on every row (default: a new one)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set teacher.max_concurrency=32 (repeatable)")
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set teacher.max_concurrency=32 (repeatable)",
+    )
     common.add_argument("--summary", help="write the run summary JSON to this file")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser = argparse.ArgumentParser(prog="lakesynth", description="Synthetic fine-tuning data on the lakehouse.")
@@ -69,8 +75,10 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         cfg = build_config(args)
         if args.command == "run":

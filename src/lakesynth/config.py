@@ -154,7 +154,9 @@ class ResponsesConfig(_StageLLMConfig):
 
 class FormatConfig(_Model):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of each topic's examples in the validation split.")
-    test_fraction: float = Field(0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none).")
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none)."
+    )
     seed: int = Field(42, description="Seed of the split; the same seed and data always split the same way.")
     max_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
 
@@ -167,9 +169,13 @@ class FormatConfig(_Model):
 
 class FinetuneConfig(_Model):
     backend: Literal["local", "ai_runtime", "foundation_model", "none"] = Field(
-        "local", description="local: LoRA SFT here; ai_runtime: serverless GPU task; foundation_model: FM API.")
-    base_model: str = Field("", description="Student: a Hugging Face model (folder or name); empty = the packaged "
-                            "SmolLM2-135M-Instruct locally, Llama-3.2-1B-Instruct for foundation_model.")
+        "local", description="local: LoRA SFT here; ai_runtime: serverless GPU task; foundation_model: FM API."
+    )
+    base_model: str = Field(
+        "",
+        description="Student: a Hugging Face model (folder or name); empty = the packaged "
+        "SmolLM2-135M-Instruct locally, Llama-3.2-1B-Instruct for foundation_model.",
+    )
     max_steps: int = Field(20, ge=1, description="Training steps (local and ai_runtime).")
     learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
@@ -178,7 +184,9 @@ class FinetuneConfig(_Model):
     training_duration: str = Field("1ep", description="foundation_model: how long to train, e.g. 1ep.")
     context_length: int = Field(4096, ge=512, description="foundation_model: context length.")
     experiment: str = Field("/Shared/lakesynth", description="ai_runtime: MLflow experiment of the training run.")
-    accelerator_type: Literal["GPU_1xA10", "GPU_1xH100", "GPU_8xH100"] = Field("GPU_1xA10", description="ai_runtime GPU.")
+    accelerator_type: Literal["GPU_1xA10", "GPU_1xH100", "GPU_8xH100"] = Field(
+        "GPU_1xA10", description="ai_runtime GPU."
+    )
     accelerator_count: int = Field(1, ge=1, description="ai_runtime: total GPUs.")
     script_dir: str = Field("", description="ai_runtime: workspace folder for the training script (default: yours).")
     poll_seconds: int = Field(30, ge=1, description="How often a Databricks run is polled.")
@@ -188,8 +196,9 @@ class FinetuneConfig(_Model):
 class MlflowConfig(_Model):
     enabled: bool = Field(True, description="Track each pipeline run as one MLflow run.")
     tracking_uri: str = Field("", description="Empty: `databricks` on Databricks, else sqlite beside the warehouse.")
-    experiment: str = Field("lakesynth", description="Experiment name (a workspace path on Databricks, e.g. "
-                            "/Shared/lakesynth).")
+    experiment: str = Field(
+        "lakesynth", description="Experiment name (a workspace path on Databricks, e.g. /Shared/lakesynth)."
+    )
 
 
 class Config(_Model):

@@ -93,8 +93,12 @@ def serve(teacher: TeacherConfig) -> Iterator[str]:
     log_file = Path(teacher.model_cache).expanduser() / "teacher.log"
     with _native_stderr_to(log_file):
         server = xlc.Server(params)
-        print(f"teacher: embedded {path.name} on {server.listening_address} ({teacher.embedded_slots} slots, "
-              f"loaded in {time.monotonic() - started:.1f} s, log {log_file})", file=sys.stderr, flush=True)
+        print(
+            f"teacher: embedded {path.name} on {server.listening_address} ({teacher.embedded_slots} slots, "
+            f"loaded in {time.monotonic() - started:.1f} s, log {log_file})",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             yield server.listening_address.rstrip("/") + "/v1"
         finally:
@@ -108,8 +112,9 @@ def _native_stderr_to(log_file: Path) -> Iterator[None]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved_fd, saved_stream = os.dup(2), sys.stderr
-    sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=saved_stream.encoding or "utf-8",
-                           errors="backslashreplace")
+    sys.stderr = os.fdopen(
+        os.dup(saved_fd), "w", buffering=1, encoding=saved_stream.encoding or "utf-8", errors="backslashreplace"
+    )
     try:
         with log_file.open("ab") as sink:
             os.dup2(sink.fileno(), 2)

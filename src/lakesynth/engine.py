@@ -36,8 +36,7 @@ def _embedded(warehouse: str) -> SparkSession:
         from pysail.spark import SparkConnectServer
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(
-            "The embedded engine needs the 'local' extra: pip install 'lakesynth[local]' "
-            "(or run on Databricks)."
+            "The embedded engine needs the 'local' extra: pip install 'lakesynth[local]' (or run on Databricks)."
         ) from exc
     server = SparkConnectServer(ip="127.0.0.1", port=0)
     server.start(background=True)

@@ -54,15 +54,34 @@ def foundation_model_request(cfg: Config, files: dict[str, str]) -> dict:
 def ai_runtime_command(cfg: Config, files: dict[str, str], script_dir: str) -> str:
     """The shell script every GPU node runs: install the training stack, run train_sft.py, log to MLflow."""
     ft = cfg.finetune
-    args = ["python", f"{script_dir}/train_sft.py", "--train", files["train"], "--val", files["val"],
-            "--out", output_dir(cfg), "--max-steps", str(ft.max_steps), "--learning-rate", str(ft.learning_rate),
-            "--lora-r", str(ft.lora_r), "--batch-size", str(ft.batch_size), "--max-length", str(ft.max_length),
-            "--mlflow"]
+    args = [
+        "python",
+        f"{script_dir}/train_sft.py",
+        "--train",
+        files["train"],
+        "--val",
+        files["val"],
+        "--out",
+        output_dir(cfg),
+        "--max-steps",
+        str(ft.max_steps),
+        "--learning-rate",
+        str(ft.learning_rate),
+        "--lora-r",
+        str(ft.lora_r),
+        "--batch-size",
+        str(ft.batch_size),
+        "--max-length",
+        str(ft.max_length),
+        "--mlflow",
+    ]
     if ft.base_model:
         args += ["--model", ft.base_model]
-    return ("#!/bin/bash\nset -euo pipefail\n"
-            f"pip install --quiet {' '.join(shlex.quote(r) for r in AI_RUNTIME_REQUIREMENTS)}\n"
-            f"{shlex.join(args)}\n")
+    return (
+        "#!/bin/bash\nset -euo pipefail\n"
+        f"pip install --quiet {' '.join(shlex.quote(r) for r in AI_RUNTIME_REQUIREMENTS)}\n"
+        f"{shlex.join(args)}\n"
+    )
 
 
 def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
@@ -71,18 +90,25 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
     name = f"lakesynth-sft-{cfg.run_id}"
     return {
         "run_name": name,
-        "tasks": [{
-            "task_key": "sft",
-            "ai_runtime_task": {
-                "experiment": ft.experiment,
-                "mlflow_run": name,
-                "deployments": [{
-                    "name": "trainer",
-                    "command_path": command_path,
-                    "compute": {"accelerator_type": ft.accelerator_type, "accelerator_count": ft.accelerator_count},
-                }],
-            },
-        }],
+        "tasks": [
+            {
+                "task_key": "sft",
+                "ai_runtime_task": {
+                    "experiment": ft.experiment,
+                    "mlflow_run": name,
+                    "deployments": [
+                        {
+                            "name": "trainer",
+                            "command_path": command_path,
+                            "compute": {
+                                "accelerator_type": ft.accelerator_type,
+                                "accelerator_count": ft.accelerator_count,
+                            },
+                        }
+                    ],
+                },
+            }
+        ],
     }
 
 
@@ -112,15 +138,30 @@ def _local(cfg: Config, files: dict[str, str]) -> StageResult:
 
     for split, path in files.items():
         if not Path(path).read_text(encoding="utf-8").strip():
-            raise StageError(f"finetune: the {split} split is empty ({path}); generate more data or "
-                             "change format.val_fraction")
+            raise StageError(
+                f"finetune: the {split} split is empty ({path}); generate more data or change format.val_fraction"
+            )
     ft = cfg.finetune
     out = output_dir(cfg)
-    metrics = train_sft.train(files["train"], files["val"], out, model=ft.base_model or None, max_steps=ft.max_steps,
-                              learning_rate=ft.learning_rate, lora_r=ft.lora_r, batch_size=ft.batch_size,
-                              max_length=ft.max_length, seed=cfg.format.seed, cache_dir=cfg.teacher.model_cache)
-    return StageResult(rows_in=metrics["train_examples"], rows_out=1, files={"adapter": metrics["adapter"]},
-                       metrics={k: metrics[k] for k in ("val_loss_before", "val_loss_after", "steps", "device")})
+    metrics = train_sft.train(
+        files["train"],
+        files["val"],
+        out,
+        model=ft.base_model or None,
+        max_steps=ft.max_steps,
+        learning_rate=ft.learning_rate,
+        lora_r=ft.lora_r,
+        batch_size=ft.batch_size,
+        max_length=ft.max_length,
+        seed=cfg.format.seed,
+        cache_dir=cfg.teacher.model_cache,
+    )
+    return StageResult(
+        rows_in=metrics["train_examples"],
+        rows_out=1,
+        files={"adapter": metrics["adapter"]},
+        metrics={k: metrics[k] for k in ("val_loss_before", "val_loss_after", "steps", "device")},
+    )
 
 
 def _workspace():
@@ -140,20 +181,31 @@ def _ai_runtime(cfg: Config, files: dict[str, str]) -> StageResult:
     me = client.current_user.me().user_name
     script_dir = cfg.finetune.script_dir or f"/Workspace/Users/{me}/.lakesynth/{cfg.run_id}"
     client.workspace.mkdirs(script_dir)
-    sources = {"train_sft.py": Path(train_sft.__file__).read_text(encoding="utf-8"),
-               "run.sh": ai_runtime_command(cfg, files, script_dir)}
+    sources = {
+        "train_sft.py": Path(train_sft.__file__).read_text(encoding="utf-8"),
+        "run.sh": ai_runtime_command(cfg, files, script_dir),
+    }
     for name, text in sources.items():
-        client.workspace.import_(f"{script_dir}/{name}", content=base64.b64encode(text.encode()).decode(),
-                                 format=ImportFormat.AUTO, overwrite=True)
-    submitted = client.api_client.do("POST", "/api/2.2/jobs/runs/submit",
-                                     body=ai_runtime_submission(cfg, f"{script_dir}/run.sh"))
+        client.workspace.import_(
+            f"{script_dir}/{name}",
+            content=base64.b64encode(text.encode()).decode(),
+            format=ImportFormat.AUTO,
+            overwrite=True,
+        )
+    submitted = client.api_client.do(
+        "POST", "/api/2.2/jobs/runs/submit", body=ai_runtime_submission(cfg, f"{script_dir}/run.sh")
+    )
     run_id = submitted["run_id"]
-    state = _wait(lambda: client.api_client.do("GET", "/api/2.2/jobs/runs/get", query={"run_id": run_id})["state"],
-                  lambda s: s.get("life_cycle_state") in ("TERMINATED", "SKIPPED", "INTERNAL_ERROR"),
-                  cfg.finetune.poll_seconds, cfg.finetune.timeout_minutes)
+    state = _wait(
+        lambda: client.api_client.do("GET", "/api/2.2/jobs/runs/get", query={"run_id": run_id})["state"],
+        lambda s: s.get("life_cycle_state") in ("TERMINATED", "SKIPPED", "INTERNAL_ERROR"),
+        cfg.finetune.poll_seconds,
+        cfg.finetune.timeout_minutes,
+    )
     if state.get("result_state") != "SUCCESS":
-        raise StageError(f"finetune: ai_runtime run {run_id} ended {state.get('result_state')}: "
-                         f"{state.get('state_message', '')}")
+        raise StageError(
+            f"finetune: ai_runtime run {run_id} ended {state.get('result_state')}: {state.get('state_message', '')}"
+        )
     return StageResult(rows_out=1, files={"adapter": f"{output_dir(cfg)}/adapter"}, metrics={"databricks_run": run_id})
 
 
@@ -161,11 +213,17 @@ def _foundation_model(cfg: Config, files: dict[str, str]) -> StageResult:
     try:
         from databricks.model_training import foundation_model as fm
     except ImportError as exc:
-        raise StageSkipped("the foundation_model backend needs databricks-genai (the job's `finetune` "
-                           "environment installs it); Databricks has deprecated this API") from exc
+        raise StageSkipped(
+            "the foundation_model backend needs databricks-genai (the job's `finetune` "
+            "environment installs it); Databricks has deprecated this API"
+        ) from exc
     run = fm.create(**foundation_model_request(cfg, files))
-    run = _wait(lambda: fm.get(run), lambda r: str(getattr(r.status, "value", r.status)).upper() in FM_TERMINAL,
-                cfg.finetune.poll_seconds, cfg.finetune.timeout_minutes)
+    run = _wait(
+        lambda: fm.get(run),
+        lambda r: str(getattr(r.status, "value", r.status)).upper() in FM_TERMINAL,
+        cfg.finetune.poll_seconds,
+        cfg.finetune.timeout_minutes,
+    )
     status = str(getattr(run.status, "value", run.status)).upper()
     if status != "COMPLETED":
         events = "; ".join(str(getattr(e, "message", e)) for e in (fm.get_events(run) or [])[-3:])

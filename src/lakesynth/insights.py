@@ -22,17 +22,21 @@ def _counts(df, col: str) -> dict:
 
 def topic_counts(spark: SparkSession, cfg: Config) -> dict[str, dict[str, int]]:
     """Rows per topic in each table, from seeds to training examples."""
-    return {t.name: _counts(tables.read(spark, cfg, t), "topic")
-            for t in (tables.SEED_QUESTIONS, tables.SYNTHETIC_QUESTIONS, tables.SYNTHETIC_RESPONSES,
-                      tables.TRAINING_CHAT)}
+    return {
+        t.name: _counts(tables.read(spark, cfg, t), "topic")
+        for t in (tables.SEED_QUESTIONS, tables.SYNTHETIC_QUESTIONS, tables.SYNTHETIC_RESPONSES, tables.TRAINING_CHAT)
+    }
 
 
 def error_rates(spark: SparkSession, cfg: Config) -> dict[str, float]:
     """Share of rows with an error, per LLM stage."""
     rates = {}
     for stage, table in (("questions", tables.SYNTHETIC_QUESTIONS), ("responses", tables.SYNTHETIC_RESPONSES)):
-        row = tables.read(spark, cfg, table).agg(
-            F.count(F.lit(1)).alias("n"), F.count("error").alias("errors")).collect()[0]
+        row = (
+            tables.read(spark, cfg, table)
+            .agg(F.count(F.lit(1)).alias("n"), F.count("error").alias("errors"))
+            .collect()[0]
+        )
         rates[stage] = row.errors / row.n if row.n else 0.0
     return rates
 

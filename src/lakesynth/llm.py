@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import openai
@@ -119,8 +119,10 @@ def cost(prompt_tokens: int, completion_tokens: int, teacher: TeacherConfig) -> 
     """Estimated cost in the configured currency; None where no price per token is configured."""
     if teacher.price_per_million_prompt_tokens is None or teacher.price_per_million_completion_tokens is None:
         return None
-    return (prompt_tokens * teacher.price_per_million_prompt_tokens
-            + completion_tokens * teacher.price_per_million_completion_tokens) / 1e6
+    return (
+        prompt_tokens * teacher.price_per_million_prompt_tokens
+        + completion_tokens * teacher.price_per_million_completion_tokens
+    ) / 1e6
 
 
 class Journal:
@@ -198,12 +200,19 @@ class Call:
         limit = asyncio.Semaphore(max(1, -(-teacher.max_concurrency // workers)))
         rpm = _limiter(teacher.requests_per_minute, workers)
         tpm = _limiter(teacher.tokens_per_minute, workers)
-        schema = {"type": "json_schema",
-                  "json_schema": {"name": self.output.__name__, "schema": self.schema, "strict": True}}
-        client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key.get_secret_value(),
-                                    max_retries=0, timeout=teacher.timeout_s)
-        bar = tqdm(total=len(keyed_messages), desc=self.label, unit="req", mininterval=1.0, file=sys.stderr,
-                   disable=None)
+        schema = {
+            "type": "json_schema",
+            "json_schema": {"name": self.output.__name__, "schema": self.schema, "strict": True},
+        }
+        client = openai.AsyncOpenAI(
+            base_url=self.endpoint.base_url,
+            api_key=self.endpoint.api_key.get_secret_value(),
+            max_retries=0,
+            timeout=teacher.timeout_s,
+        )
+        bar = tqdm(
+            total=len(keyed_messages), desc=self.label, unit="req", mininterval=1.0, file=sys.stderr, disable=None
+        )
 
         async def one(key: str, messages: list[dict]) -> Result:
             fp = self.fingerprint(messages)
@@ -214,8 +223,10 @@ class Call:
             started = time.monotonic()
             try:
                 async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(teacher.max_retries + 1), wait=_backoff,
-                    retry=retry_if_exception_type(RETRYABLE), reraise=True,
+                    stop=stop_after_attempt(teacher.max_retries + 1),
+                    wait=_backoff,
+                    retry=retry_if_exception_type(RETRYABLE),
+                    reraise=True,
                 ):
                     with attempt:
                         result.attempts += 1
@@ -225,8 +236,11 @@ class Call:
                             if tpm:
                                 await tpm.acquire(min(tpm.max_rate, self.max_tokens + _estimate_tokens(messages)))
                             reply = await client.chat.completions.create(
-                                model=self.endpoint.model, messages=messages, response_format=schema,
-                                temperature=self.temperature, max_tokens=self.max_tokens,
+                                model=self.endpoint.model,
+                                messages=messages,
+                                response_format=schema,
+                                temperature=self.temperature,
+                                max_tokens=self.max_tokens,
                             )
                         if reply.usage:
                             result.prompt_tokens += reply.usage.prompt_tokens or 0
@@ -281,8 +295,9 @@ class Call:
             404: f"no model or endpoint named '{self.endpoint.model}' at {self.endpoint.base_url} (teacher.model)",
             400: "the endpoint rejected the request; does it support response_format json_schema?",
         }.get(exc.status_code, "")
-        return self.endpoint.redact(f"{self.label}: the teacher endpoint answered {exc.status_code}: {hint}. "
-                                    f"Server said: {exc.message}")
+        return self.endpoint.redact(
+            f"{self.label}: the teacher endpoint answered {exc.status_code}: {hint}. Server said: {exc.message}"
+        )
 
 
 def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:
@@ -390,24 +405,37 @@ def ai_query_udf(endpoint: Endpoint, teacher: TeacherConfig, *, journal_dir: str
     result_type = T.StructType([T.StructField("result", T.StringType()), T.StructField("errorMessage", T.StringType())])
 
     @pandas_udf(result_type)
-    def ai_query(endpoint_name: pd.Series, request: pd.Series, modelParameters: pd.DataFrame,  # noqa: N803
-                 responseFormat: pd.Series, failOnError: pd.Series) -> pd.DataFrame:  # noqa: N803
+    def ai_query(
+        endpoint_name: pd.Series,
+        request: pd.Series,
+        modelParameters: pd.DataFrame,  # noqa: N803
+        responseFormat: pd.Series,
+        failOnError: pd.Series,
+    ) -> pd.DataFrame:  # noqa: N803
         # All five arguments are required locally: lakesynth's SQL always passes them by name.
         params = modelParameters.iloc[0].to_dict() if len(request) else {}
         output = model_from_ddl(responseFormat.iloc[0]) if len(request) else BaseModel
-        call = Call(Endpoint(endpoint.base_url, str(endpoint_name.iloc[0]) if len(request) else endpoint.model,
-                             endpoint.api_key),
-                    teacher, output, temperature=float(params.get("temperature", 0.0)),
-                    max_tokens=int(params.get("max_tokens", 1024)), journal_dir=journal_dir, label="responses")
-        results = call.run([(str(i), [{"role": "user", "content": r}]) for i, r in enumerate(request)],
-                           workers=workers)
+        call = Call(
+            Endpoint(
+                endpoint.base_url, str(endpoint_name.iloc[0]) if len(request) else endpoint.model, endpoint.api_key
+            ),
+            teacher,
+            output,
+            temperature=float(params.get("temperature", 0.0)),
+            max_tokens=int(params.get("max_tokens", 1024)),
+            journal_dir=journal_dir,
+            label="responses",
+        )
+        results = call.run([(str(i), [{"role": "user", "content": r}]) for i, r in enumerate(request)], workers=workers)
         if len(request) and bool(failOnError.iloc[0]):
             failed = [r.error for r in results if r.error]
             if failed:
                 raise RuntimeError(f"ai_query failed: {failed[0]}")
-        return pd.DataFrame({
-            "result": [json.dumps(r.output, ensure_ascii=False) if r.error is None else None for r in results],
-            "errorMessage": [r.error for r in results],
-        })
+        return pd.DataFrame(
+            {
+                "result": [json.dumps(r.output, ensure_ascii=False) if r.error is None else None for r in results],
+                "errorMessage": [r.error for r in results],
+            }
+        )
 
     return ai_query

@@ -28,8 +28,13 @@ def stage_functions() -> dict[str, Callable[..., StageResult]]:
     """Stage name -> its `run(spark, cfg, ctx)`; the one registry of stages, built on demand."""
     from lakesynth import chat_jsonl, finetune, questions, responses, seeds
 
-    return {"seed": seeds.run, "questions": questions.run, "responses": responses.run, "format": chat_jsonl.run,
-            "finetune": finetune.run}
+    return {
+        "seed": seeds.run,
+        "questions": questions.run,
+        "responses": responses.run,
+        "format": chat_jsonl.run,
+        "finetune": finetune.run,
+    }
 
 
 def find_project_root(start: Path) -> Path:
@@ -46,7 +51,9 @@ def job_graph(root: Path) -> dict[str, tuple[str, list[str]]]:
     for task in job.get("tasks", []):
         params = (task.get("python_wheel_task") or {}).get("parameters") or []
         if not params:
-            raise ConfigError(f"{JOB_FILE}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage")
+            raise ConfigError(
+                f"{JOB_FILE}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage"
+            )
         graph[task["task_key"]] = (params[0], [d["task_key"] for d in task.get("depends_on", [])])
     return graph
 
@@ -126,8 +133,12 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
                 continue
             seconds = time.monotonic() - started
             summary["stages"][key] = {
-                "status": "ok", "seconds": round(seconds, 3), "rows_in": result.rows_in,
-                "rows_out": result.rows_out, "errors": result.errors, **result.metrics,
+                "status": "ok",
+                "seconds": round(seconds, 3),
+                "rows_in": result.rows_in,
+                "rows_out": result.rows_out,
+                "errors": result.errors,
+                **result.metrics,
             }
             summary["files"].update(result.files)
             touched.update({t.name: t for t in result.tables})

@@ -24,7 +24,7 @@ from lakesynth import llm, tables
 from lakesynth.config import Config
 from lakesynth.report import StageResult, check_failure_rate, llm_totals
 
-S, B, L, I = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType()
+S, B, L, INT = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType()
 
 
 class GeneratedQuestions(BaseModel):
@@ -38,7 +38,8 @@ class GeneratedQuestions(BaseModel):
 def output_model(count: int) -> type[GeneratedQuestions]:
     """GeneratedQuestions with exactly `count` questions, enforced by the schema the endpoint decodes with."""
     return create_model(
-        "GeneratedQuestions", __base__=GeneratedQuestions,
+        "GeneratedQuestions",
+        __base__=GeneratedQuestions,
         questions=(list[str], Field(min_length=count, max_length=count, description="The new customer questions")),
     )
 
@@ -49,13 +50,42 @@ def asked(per_seed: int) -> int:
     return per_seed + 1
 
 
-REQUEST_SCHEMA = T.StructType([T.StructField(n, t) for n, t in [
-    ("seed_id", S), ("topic", S), ("in_scope", B), ("seed_question", S), ("messages", S), ("prompt_version", S),
-    ("fingerprint", S)]])
-GENERATED_SCHEMA = T.StructType([T.StructField(n, t) for n, t in [
-    ("seed_id", S), ("topic", S), ("in_scope", B), ("seed_question", S), ("prompt_version", S),
-    ("fingerprint", S), ("model", S), ("reasoning", S), ("questions", T.ArrayType(S)), ("prompt_tokens", L),
-    ("completion_tokens", L), ("latency_ms", L), ("attempts", I), ("error", S), ("raw_output", S)]])
+REQUEST_SCHEMA = T.StructType(
+    [
+        T.StructField(n, t)
+        for n, t in [
+            ("seed_id", S),
+            ("topic", S),
+            ("in_scope", B),
+            ("seed_question", S),
+            ("messages", S),
+            ("prompt_version", S),
+            ("fingerprint", S),
+        ]
+    ]
+)
+GENERATED_SCHEMA = T.StructType(
+    [
+        T.StructField(n, t)
+        for n, t in [
+            ("seed_id", S),
+            ("topic", S),
+            ("in_scope", B),
+            ("seed_question", S),
+            ("prompt_version", S),
+            ("fingerprint", S),
+            ("model", S),
+            ("reasoning", S),
+            ("questions", T.ArrayType(S)),
+            ("prompt_tokens", L),
+            ("completion_tokens", L),
+            ("latency_ms", L),
+            ("attempts", INT),
+            ("error", S),
+            ("raw_output", S),
+        ]
+    ]
+)
 
 
 def render(template: str, **values) -> str:
@@ -70,14 +100,20 @@ def prompt_version(template: str) -> str:
 def build_requests(seeds: DataFrame, *, cfg: Config, call: llm.Call) -> DataFrame:
     """One row per seed with its chat `messages` (JSON text) and the request's fingerprint."""
     return seeds.select("seed_id", "topic", "in_scope", F.col("question").alias("seed_question")).mapInPandas(
-        functools.partial(_render_batches, template=cfg.questions.template, rules=cfg.use_case.rules,
-                          n=asked(cfg.questions.per_seed), call=call),
+        functools.partial(
+            _render_batches,
+            template=cfg.questions.template,
+            rules=cfg.use_case.rules,
+            n=asked(cfg.questions.per_seed),
+            call=call,
+        ),
         REQUEST_SCHEMA,
     )
 
 
-def _render_batches(batches: Iterator[pd.DataFrame], *, template: str, rules: str, n: int,
-                    call: llm.Call) -> Iterator[pd.DataFrame]:
+def _render_batches(
+    batches: Iterator[pd.DataFrame], *, template: str, rules: str, n: int, call: llm.Call
+) -> Iterator[pd.DataFrame]:
     version = prompt_version(template)
     for batch in batches:
         messages = [
@@ -94,22 +130,32 @@ def _render_batches(batches: Iterator[pd.DataFrame], *, template: str, rules: st
 def _generate(batches: Iterator[pd.DataFrame], *, call: llm.Call, workers: int) -> Iterator[pd.DataFrame]:
     """Executor side: call the teacher for a partition's seeds with bounded async concurrency."""
     for batch in batches:
-        results = call.run([(sid, json.loads(m)) for sid, m in zip(batch["seed_id"], batch["messages"])],
-                           workers=workers)
+        results = call.run(
+            [(sid, json.loads(m)) for sid, m in zip(batch["seed_id"], batch["messages"])], workers=workers
+        )
         yield _generated_frame(batch, results)
 
 
 def _generated_frame(batch: pd.DataFrame, results: list[llm.Result]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "seed_id": batch["seed_id"].values, "topic": batch["topic"].values, "in_scope": batch["in_scope"].values,
-        "seed_question": batch["seed_question"].values, "prompt_version": batch["prompt_version"].values,
-        "fingerprint": [r.fingerprint for r in results], "model": [r.model for r in results],
-        "reasoning": [(r.output or {}).get("reasoning") for r in results],
-        "questions": [(r.output or {}).get("questions") for r in results],
-        "prompt_tokens": [r.prompt_tokens for r in results], "completion_tokens": [r.completion_tokens for r in results],
-        "latency_ms": [r.latency_ms for r in results], "attempts": [r.attempts for r in results],
-        "error": [r.error for r in results], "raw_output": [r.raw_output for r in results],
-    })
+    return pd.DataFrame(
+        {
+            "seed_id": batch["seed_id"].values,
+            "topic": batch["topic"].values,
+            "in_scope": batch["in_scope"].values,
+            "seed_question": batch["seed_question"].values,
+            "prompt_version": batch["prompt_version"].values,
+            "fingerprint": [r.fingerprint for r in results],
+            "model": [r.model for r in results],
+            "reasoning": [(r.output or {}).get("reasoning") for r in results],
+            "questions": [(r.output or {}).get("questions") for r in results],
+            "prompt_tokens": [r.prompt_tokens for r in results],
+            "completion_tokens": [r.completion_tokens for r in results],
+            "latency_ms": [r.latency_ms for r in results],
+            "attempts": [r.attempts for r in results],
+            "error": [r.error for r in results],
+            "raw_output": [r.raw_output for r in results],
+        }
+    )
 
 
 def _normalized(col) -> F.Column:
@@ -127,13 +173,17 @@ def to_question_rows(generated: DataFrame, *, run_id: str, keep: int) -> DataFra
     exploded = generated.select("*", F.posexplode_outer("questions").alias("pos", "candidate"))
     norm = _normalized(F.col("candidate"))
     acceptable = (
-        F.col("error").isNull() & F.col("candidate").isNotNull() & (norm != "")
+        F.col("error").isNull()
+        & F.col("candidate").isNotNull()
+        & (norm != "")
         & (norm != _normalized(F.col("seed_question")))
     )
     seed_cols = [c for c in generated.columns if c not in ("questions",)]
     questions = (
-        exploded.where(acceptable).withColumn("_norm", norm)
-        .groupBy(*seed_cols, "_norm").agg(F.min(F.struct("pos", "candidate")).alias("_first"))
+        exploded.where(acceptable)
+        .withColumn("_norm", norm)
+        .groupBy(*seed_cols, "_norm")
+        .agg(F.min(F.struct("pos", "candidate")).alias("_first"))
         .select(*seed_cols, "_norm", F.col("_first.pos").alias("pos"), F.trim("_first.candidate").alias("question"))
         .withColumn("question_id", F.substring(F.sha2(F.concat_ws("\u001f", "seed_id", "_norm"), 256), 1, 16))
     )
@@ -143,21 +193,47 @@ def to_question_rows(generated: DataFrame, *, run_id: str, keep: int) -> DataFra
     failed = (
         generated.join(usable, "seed_id", "left_anti")
         .withColumn("question", F.lit(None).cast("string"))
-        .withColumn("error", F.coalesce(F.col("error"), F.concat(
-            F.lit("NoUsableQuestions: the teacher returned "), F.coalesce(F.size("questions"), F.lit(0)).cast("string"),
-            F.lit(" question(s), all empty, duplicates or copies of the seed"))))
+        .withColumn(
+            "error",
+            F.coalesce(
+                F.col("error"),
+                F.concat(
+                    F.lit("NoUsableQuestions: the teacher returned "),
+                    F.coalesce(F.size("questions"), F.lit(0)).cast("string"),
+                    F.lit(" question(s), all empty, duplicates or copies of the seed"),
+                ),
+            ),
+        )
         .withColumn("raw_output", F.coalesce("raw_output", F.to_json(F.struct("reasoning", "questions"))))
         .withColumn("question_id", F.substring(F.sha2(F.concat_ws("\u001f", "seed_id", F.lit("<error>")), 256), 1, 16))
         .withColumn("pos", F.lit(0))
     )
-    cols = ["question_id", "seed_id", "topic", "in_scope", "question", "reasoning", "model", "prompt_version",
-            "fingerprint", "prompt_tokens", "completion_tokens", "latency_ms", "attempts", "error", "raw_output", "pos"]
+    cols = [
+        "question_id",
+        "seed_id",
+        "topic",
+        "in_scope",
+        "question",
+        "reasoning",
+        "model",
+        "prompt_version",
+        "fingerprint",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "attempts",
+        "error",
+        "raw_output",
+        "pos",
+    ]
     both = questions.select(cols).unionByName(failed.select(cols))
     first = F.col("pos") == F.min("pos").over(Window.partitionBy("seed_id"))
     return both.select(
         *[c for c in cols if c not in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts", "pos")],
-        *[F.when(first, F.col(c)).otherwise(F.lit(0)).alias(c)
-          for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")],
+        *[
+            F.when(first, F.col(c)).otherwise(F.lit(0)).alias(c)
+            for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")
+        ],
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("created_at"),
     )
@@ -167,10 +243,21 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     seeds = tables.read(spark, cfg, tables.SEED_QUESTIONS)
     endpoint = ctx.endpoint()
     journal = tables.journal_dir(cfg, "questions")
-    call = llm.Call(endpoint, cfg.teacher, output_model(asked(cfg.questions.per_seed)), cfg.questions.temperature, cfg.questions.max_tokens,
-                    journal_dir=journal, label="questions")
-    done = (tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS).where("error IS NULL")
-            .select("seed_id", "fingerprint").distinct())
+    call = llm.Call(
+        endpoint,
+        cfg.teacher,
+        output_model(asked(cfg.questions.per_seed)),
+        cfg.questions.temperature,
+        cfg.questions.max_tokens,
+        journal_dir=journal,
+        label="questions",
+    )
+    done = (
+        tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+        .where("error IS NULL")
+        .select("seed_id", "fingerprint")
+        .distinct()
+    )
     pending = build_requests(seeds, cfg=cfg, call=call).join(done, ["seed_id", "fingerprint"], "left_anti")
     rows_in, attempted = seeds.count(), pending.count()
     result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_QUESTIONS], metrics={"skipped": rows_in - attempted})
@@ -178,9 +265,11 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
         return result
     llm.preflight(call, [(r.seed_id, json.loads(r.messages)) for r in pending.limit(1).collect()])
     generated = pending.repartition(cfg.teacher.workers).mapInPandas(
-        functools.partial(_generate, call=call, workers=cfg.teacher.workers), GENERATED_SCHEMA)
-    staged = to_question_rows(tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id,
-                              keep=cfg.questions.per_seed)
+        functools.partial(_generate, call=call, workers=cfg.teacher.workers), GENERATED_SCHEMA
+    )
+    staged = to_question_rows(
+        tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id, keep=cfg.questions.per_seed
+    )
     tables.upsert(spark, cfg, tables.SYNTHETIC_QUESTIONS, staged, replace_by="seed_id")
     llm.clear_journal(journal)
     totals = llm_totals(staged, cfg, group="seed_id")

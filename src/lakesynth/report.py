@@ -24,9 +24,7 @@ class StageResult:
 
     def line(self, stage: str, seconds: float) -> str:
         extra = "".join(f", {k} {v}" for k, v in self.metrics.items())
-        return (
-            f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
-        )
+        return f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
 
 
 def llm_totals(rows: DataFrame, cfg: Config, *, group: str) -> dict:

@@ -9,7 +9,6 @@ the reasoning apart from the answer, and only the answer becomes training data.
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Iterator
 
@@ -38,9 +37,21 @@ AI_QUERY_SQL = """SELECT question_id, seed_id, topic, in_scope, question, prompt
 FROM {source}"""
 
 S, B = T.StringType(), T.BooleanType()
-REQUEST_SCHEMA = T.StructType([T.StructField(n, t) for n, t in [
-    ("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("question", S), ("request", S),
-    ("prompt_version", S), ("fingerprint", S)]])
+REQUEST_SCHEMA = T.StructType(
+    [
+        T.StructField(n, t)
+        for n, t in [
+            ("question_id", S),
+            ("seed_id", S),
+            ("topic", S),
+            ("in_scope", B),
+            ("question", S),
+            ("request", S),
+            ("prompt_version", S),
+            ("fingerprint", S),
+        ]
+    ]
+)
 
 
 def build_requests(questions: DataFrame, *, cfg: Config, call: llm.Call) -> DataFrame:
@@ -52,12 +63,15 @@ def build_requests(questions: DataFrame, *, cfg: Config, call: llm.Call) -> Data
     )
 
 
-def _render_batches(batches: Iterator[pd.DataFrame], *, template: str, rules: str,
-                    call: llm.Call) -> Iterator[pd.DataFrame]:
+def _render_batches(
+    batches: Iterator[pd.DataFrame], *, template: str, rules: str, call: llm.Call
+) -> Iterator[pd.DataFrame]:
     version = prompt_version(template)
     for batch in batches:
-        requests = [render(template, rules=rules, question=q, topic=t, in_scope=bool(s))
-                    for q, t, s in zip(batch["question"], batch["topic"], batch["in_scope"])]
+        requests = [
+            render(template, rules=rules, question=q, topic=t, in_scope=bool(s))
+            for q, t, s in zip(batch["question"], batch["topic"], batch["in_scope"])
+        ]
         yield batch.assign(
             request=requests,
             prompt_version=version,
@@ -67,8 +81,13 @@ def _render_batches(batches: Iterator[pd.DataFrame], *, template: str, rules: st
 
 def ai_query_sql(source: str, *, endpoint: str, max_tokens: int, temperature: float) -> str:
     """The batch-inference statement over a view of pending requests."""
-    return AI_QUERY_SQL.format(endpoint=endpoint.replace("'", "\\'"), max_tokens=int(max_tokens),
-                               temperature=float(temperature), response_format=RESPONSE_FORMAT, source=source)
+    return AI_QUERY_SQL.format(
+        endpoint=endpoint.replace("'", "\\'"),
+        max_tokens=int(max_tokens),
+        temperature=float(temperature),
+        response_format=RESPONSE_FORMAT,
+        source=source,
+    )
 
 
 def parse_responses(answered: DataFrame, *, model: str, run_id: str) -> DataFrame:
@@ -82,19 +101,29 @@ def parse_responses(answered: DataFrame, *, model: str, run_id: str) -> DataFram
     answer = parsed.getField("answer")
     error = F.coalesce(
         F.col("response").getField(error_field),
-        F.when(result.isNull() | answer.isNull() | (F.trim(answer) == ""),
-               F.lit("EmptyAnswer: the reply had no answer")),
+        F.when(
+            result.isNull() | answer.isNull() | (F.trim(answer) == ""), F.lit("EmptyAnswer: the reply had no answer")
+        ),
     )
     return answered.select(
-        "question_id", "seed_id", "topic", "in_scope", "question",
+        "question_id",
+        "seed_id",
+        "topic",
+        "in_scope",
+        "question",
         F.when(error.isNull(), answer).alias("answer"),
         parsed.getField("reasoning").alias("reasoning"),
-        F.lit(model).alias("model"), "prompt_version", "fingerprint",
-        F.lit(None).cast("bigint").alias("prompt_tokens"), F.lit(None).cast("bigint").alias("completion_tokens"),
-        F.lit(None).cast("bigint").alias("latency_ms"), F.lit(None).cast("int").alias("attempts"),
+        F.lit(model).alias("model"),
+        "prompt_version",
+        "fingerprint",
+        F.lit(None).cast("bigint").alias("prompt_tokens"),
+        F.lit(None).cast("bigint").alias("completion_tokens"),
+        F.lit(None).cast("bigint").alias("latency_ms"),
+        F.lit(None).cast("int").alias("attempts"),
         error.alias("error"),
         F.when(error.isNotNull(), result).alias("raw_output"),
-        F.lit(run_id).alias("run_id"), F.current_timestamp().alias("created_at"),
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("created_at"),
     )
 
 
@@ -107,8 +136,12 @@ def with_journal_accounting(spark: SparkSession, rows: DataFrame, journal: str) 
 
     if not list(Path(journal).glob("*.jsonl")):
         return rows
-    usage = (spark.read.schema(JOURNAL_SCHEMA).json(journal).groupBy("fingerprint")
-             .agg(*[F.max(c).alias(f"_{c}") for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")]))
+    usage = (
+        spark.read.schema(JOURNAL_SCHEMA)
+        .json(journal)
+        .groupBy("fingerprint")
+        .agg(*[F.max(c).alias(f"_{c}") for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")])
+    )
     joined = rows.join(usage, "fingerprint", "left")
     for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts"):
         joined = joined.withColumn(c, F.coalesce(F.col(c), F.col(f"_{c}")))
@@ -120,27 +153,42 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     journal = tables.journal_dir(cfg, "responses")
     local = not engine.on_databricks()
     endpoint = ctx.endpoint() if local else llm.Endpoint("databricks", cfg.teacher.model)
-    call = llm.Call(endpoint, cfg.teacher, llm.model_from_ddl(RESPONSE_FORMAT), cfg.responses.temperature,
-                    cfg.responses.max_tokens, journal_dir=journal, label="responses")
-    done = (tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NULL")
-            .select("question_id", "fingerprint").distinct())
+    call = llm.Call(
+        endpoint,
+        cfg.teacher,
+        llm.model_from_ddl(RESPONSE_FORMAT),
+        cfg.responses.temperature,
+        cfg.responses.max_tokens,
+        journal_dir=journal,
+        label="responses",
+    )
+    done = (
+        tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+        .where("error IS NULL")
+        .select("question_id", "fingerprint")
+        .distinct()
+    )
     pending = build_requests(questions, cfg=cfg, call=call).join(done, ["question_id", "fingerprint"], "left_anti")
     rows_in, attempted = questions.where("error IS NULL").count(), pending.count()
-    result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_RESPONSES],
-                         metrics={"skipped": rows_in - attempted})
+    result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_RESPONSES], metrics={"skipped": rows_in - attempted})
     if attempted == 0:
         return result
     view = f"lakesynth_pending_{uuid.uuid4().hex}"
     pending.repartition(cfg.teacher.workers).createOrReplaceTempView(view)
     if local:
-        spark.udf.register("ai_query", llm.ai_query_udf(endpoint, cfg.teacher, journal_dir=journal,
-                                                        workers=cfg.teacher.workers))
+        spark.udf.register(
+            "ai_query", llm.ai_query_udf(endpoint, cfg.teacher, journal_dir=journal, workers=cfg.teacher.workers)
+        )
         first = pending.limit(1).collect()
         llm.preflight(call, [(r.question_id, [{"role": "user", "content": r.request}]) for r in first])
-    answered = spark.sql(ai_query_sql(view, endpoint=cfg.teacher.model, max_tokens=cfg.responses.max_tokens,
-                                      temperature=cfg.responses.temperature))
-    staged = parse_responses(tables.materialize(spark, cfg, "responses", answered),
-                             model=cfg.teacher.model, run_id=cfg.run_id)
+    answered = spark.sql(
+        ai_query_sql(
+            view, endpoint=cfg.teacher.model, max_tokens=cfg.responses.max_tokens, temperature=cfg.responses.temperature
+        )
+    )
+    staged = parse_responses(
+        tables.materialize(spark, cfg, "responses", answered), model=cfg.teacher.model, run_id=cfg.run_id
+    )
     if local:
         staged = with_journal_accounting(spark, staged, journal)
     tables.upsert(spark, cfg, tables.SYNTHETIC_RESPONSES, staged)

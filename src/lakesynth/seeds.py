@@ -152,8 +152,10 @@ def _raw_seeds(spark: SparkSession, cfg: Config) -> tuple[DataFrame, str]:
         missing = [c for c in REQUIRED if c not in table.columns]
         if missing:
             raise SeedError(f"{path}: missing required column(s) {', '.join(missing)}")
-        cols = [F.col(c).cast("string").alias(c) if c in table.columns else F.lit(None).cast("string").alias(c)
-                for c in REQUIRED + OPTIONAL]
+        cols = [
+            F.col(c).cast("string").alias(c) if c in table.columns else F.lit(None).cast("string").alias(c)
+            for c in REQUIRED + OPTIONAL
+        ]
         return table.select((F.monotonically_increasing_id() + 1).alias("_row"), *cols), name
     frame = read_seed_file(path)
     return spark.createDataFrame(frame, schema=RAW_SCHEMA), path
@@ -170,7 +172,9 @@ def run(spark: SparkSession, cfg: Config, ctx: object = None) -> StageResult:
         detail = "\n".join(f"  {problem}: row(s) {_listing(rows)}" for problem, rows in by_problem.items())
         raise SeedError(f"{source}: invalid seeds, nothing was written (rows are 1-based data records):\n{detail}")
     rows_in = raw.count()
-    seeds = normalize(raw, run_id=cfg.run_id, source=source if cfg.seeds.path.startswith("table:") else Path(source).name)
+    seeds = normalize(
+        raw, run_id=cfg.run_id, source=source if cfg.seeds.path.startswith("table:") else Path(source).name
+    )
     before = tables.count(spark, cfg, tables.SEED_QUESTIONS)
     changed = "NOT (t.in_scope <=> s.in_scope AND t.category <=> s.category AND t.metadata <=> s.metadata)"
     tables.upsert(spark, cfg, tables.SEED_QUESTIONS, seeds, update_when=changed)

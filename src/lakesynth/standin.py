@@ -44,8 +44,13 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "completions": self.completions, "in_flight": self.in_flight,
-                "max_in_flight": self.max_in_flight, "faults": dict(self.faults)}
+        return {
+            "requests": self.requests,
+            "completions": self.completions,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "faults": dict(self.faults),
+        }
 
 
 def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None = None, items: int = 3):
@@ -64,7 +69,9 @@ def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None =
         return {k: fake_value(v, f"{seed}/{k}", k, defs, items) for k, v in schema.get("properties", {}).items()}
     if kind == "array":
         count = max(schema.get("minItems", items), min(items, schema.get("maxItems", items)))
-        return [fake_value(schema.get("items", {"type": "string"}), f"{seed}/{i}", name, defs, items) for i in range(count)]
+        return [
+            fake_value(schema.get("items", {"type": "string"}), f"{seed}/{i}", name, defs, items) for i in range(count)
+        ]
     if kind == "integer":
         return int(hashlib.sha256(seed.encode()).hexdigest()[:6], 16) % 100
     if kind == "number":
@@ -144,7 +151,11 @@ class StandIn:
         if method == "GET" and path.endswith("/stats"):
             return 200, {}, self.stats.as_dict()
         if method == "GET" and path.endswith("/models"):
-            return 200, {}, {"object": "list", "data": [{"id": m, "object": "model"} for m in opts.models or ["standin"]]}
+            return (
+                200,
+                {},
+                {"object": "list", "data": [{"id": m, "object": "model"} for m in opts.models or ["standin"]]},
+            )
         if not path.endswith("/chat/completions"):
             return 404, {}, {"error": {"message": f"no route {path}"}}
         self.stats.requests += 1
@@ -182,13 +193,22 @@ class StandIn:
             answer, finish = answer[: len(answer) // 2], "length"
         self.stats.completions += 1
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4 + 1
-        return 200, {}, {
-            "id": f"chatcmpl-{seed[:16]}", "object": "chat.completion", "created": 0, "model": request.get("model"),
-            "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4 + 1,
-                      "total_tokens": prompt_tokens + len(answer) // 4 + 1},
-        }
+        return (
+            200,
+            {},
+            {
+                "id": f"chatcmpl-{seed[:16]}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": request.get("model"),
+                "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": answer}}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(answer) // 4 + 1,
+                    "total_tokens": prompt_tokens + len(answer) // 4 + 1,
+                },
+            },
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,8 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    server = StandIn(StandInOptions(latency_ms=args.latency_ms, max_concurrency=args.max_concurrency,
-                                    fault_rate=args.fault_rate, seed=args.seed), port=args.port)
+    server = StandIn(
+        StandInOptions(
+            latency_ms=args.latency_ms, max_concurrency=args.max_concurrency, fault_rate=args.fault_rate, seed=args.seed
+        ),
+        port=args.port,
+    )
     loop = asyncio.new_event_loop()
     loop.run_until_complete(server.serve())
     print(server.base_url, flush=True)

@@ -19,7 +19,7 @@ from lakesynth.config import Config
 from lakesynth.engine import on_databricks
 from lakesynth.errors import TableSchemaError
 
-S, B, L, I, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.TimestampType()
+S, B, L, INT, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.TimestampType()
 
 # Every row says which run wrote it and when; each contract also names its parent row's id.
 LINEAGE = [("run_id", S), ("created_at", TS)]
@@ -31,7 +31,7 @@ LLM_ACCOUNTING = [
     ("prompt_tokens", L),
     ("completion_tokens", L),
     ("latency_ms", L),
-    ("attempts", I),
+    ("attempts", INT),
     ("error", S),
     ("raw_output", S),
 ]
@@ -63,8 +63,7 @@ def _table(name: str, columns: list, key: str, parent: str) -> Table:
 
 SEED_QUESTIONS = _table(
     "seed_questions",
-    [("seed_id", S), ("topic", S), ("question", S), ("in_scope", B), ("category", S), ("metadata", S),
-     ("source", S)],
+    [("seed_id", S), ("topic", S), ("question", S), ("in_scope", B), ("category", S), ("metadata", S), ("source", S)],
     key="seed_id",
     parent="source",
 )
@@ -77,17 +76,31 @@ SYNTHETIC_QUESTIONS = _table(
 )
 SYNTHETIC_RESPONSES = _table(
     "synthetic_responses",
-    [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("question", S), ("answer", S),
-     ("reasoning", S)] + LLM_ACCOUNTING,
+    [
+        ("question_id", S),
+        ("seed_id", S),
+        ("topic", S),
+        ("in_scope", B),
+        ("question", S),
+        ("answer", S),
+        ("reasoning", S),
+    ]
+    + LLM_ACCOUNTING,
     key="question_id",
     parent="question_id",
 )
 
 TRAINING_CHAT = _table(
     "training_chat",
-    [("example_id", S), ("question_id", S), ("seed_id", S), ("topic", S),
-     ("messages", T.ArrayType(T.StructType([T.StructField("role", S), T.StructField("content", S)]))),
-     ("split", S), ("n_tokens", L)],
+    [
+        ("example_id", S),
+        ("question_id", S),
+        ("seed_id", S),
+        ("topic", S),
+        ("messages", T.ArrayType(T.StructType([T.StructField("role", S), T.StructField("content", S)]))),
+        ("split", S),
+        ("n_tokens", L),
+    ],
     key="example_id",
     parent="question_id",
 )
@@ -164,7 +177,7 @@ def upsert(
     cols = ", ".join(f"`{n}`" for n in table.names)
     sets = ", ".join(f"t.`{n}` = s.`{n}`" for n in table.names)
     values = ", ".join(f"s.`{n}`" for n in table.names)
-    matched = f"s._op = 'upsert'" + (f" AND ({update_when})" if update_when else "")
+    matched = "s._op = 'upsert'" + (f" AND ({update_when})" if update_when else "")
     try:
         spark.sql(
             f"MERGE INTO {fqn} t USING {view} s ON t.`{table.key}` = s.`{table.key}` "

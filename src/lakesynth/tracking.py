@@ -76,8 +76,12 @@ class Tracker:
             experiment_id = mlflow.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
-        found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{self.cfg.run_id}'",
-                                   output_format="list", max_results=1)
+        found = mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{RUN_TAG}` = '{self.cfg.run_id}'",
+            output_format="list",
+            max_results=1,
+        )
         client = mlflow.MlflowClient()
         if found:
             self.run_id = found[0].info.run_id

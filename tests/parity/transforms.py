@@ -36,53 +36,102 @@ def session(engine: str, warehouse: str):
 
         os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must use this venv, where lakesynth is
 
-        return (SparkSession.builder.master("local[2]").appName("lakesynth-parity")
-                .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false").getOrCreate())
+        return (
+            SparkSession.builder.master("local[2]")
+            .appName("lakesynth-parity")
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.ui.enabled", "false")
+            .getOrCreate()
+        )
     from lakesynth.engine import get_spark
 
     return get_spark(warehouse)
 
 
 def cases(spark, standin: str) -> dict:
-    cfg = load_config(ROOT / "conf" / "lakesynth.yml", [f"teacher.base_url={standin}", "teacher.model=standin",
-                                                        "run_id=parity", "questions.per_seed=2"])
+    cfg = load_config(
+        ROOT / "conf" / "lakesynth.yml",
+        [f"teacher.base_url={standin}", "teacher.model=standin", "run_id=parity", "questions.per_seed=2"],
+    )
     endpoint = llm.Endpoint(standin, "standin")
     qcall = llm.Call(endpoint, cfg.teacher, questions.output_model(2), 0.5, 128, label="parity")
     rcall = llm.Call(endpoint, cfg.teacher, llm.model_from_ddl(responses.RESPONSE_FORMAT), 0.3, 128)
-    raw = spark.createDataFrame([
-        (1, "cards", "Lost my card {{ x }}?", "yes", None, '{"k": 1}'),
-        (2, "cards", "", "no", "c", None),
-        (3, "tax", "Tax on interest?", "maybe", None, None),
-        (4, "cards", "Lost my card {{ x }}?", "Y", None, None),
-        (5, "fraud", "Odd payment\nwhat now?", "1", "sec", None),
-    ], seeds.RAW_SCHEMA)
+    raw = spark.createDataFrame(
+        [
+            (1, "cards", "Lost my card {{ x }}?", "yes", None, '{"k": 1}'),
+            (2, "cards", "", "no", "c", None),
+            (3, "tax", "Tax on interest?", "maybe", None, None),
+            (4, "cards", "Lost my card {{ x }}?", "Y", None, None),
+            (5, "fraud", "Odd payment\nwhat now?", "1", "sec", None),
+        ],
+        seeds.RAW_SCHEMA,
+    )
     valid = raw.where(F.col("_row").isin(1, 5))
     normalized = seeds.normalize(valid, run_id="parity", source="seeds.csv")
     seed_rows = normalized.select("seed_id", "topic", "question", "in_scope")
     requests = questions.build_requests(seed_rows, cfg=cfg, call=qcall)
-    generated = requests.mapInPandas(lambda it: questions._generate(it, call=qcall, workers=1),
-                                     questions.GENERATED_SCHEMA)
-    fixed_generated = spark.createDataFrame([
-        ("s1", "cards", True, "Block my card?", "v", "fp1", "m", "r", ["block my card", "New PIN?", "new pin?", " "],
-         10, 5, 7, 1, None, None),
-        ("s2", "tax", False, "VAT?", "v", "fp2", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad"),
-    ], questions.GENERATED_SCHEMA)
+    generated = requests.mapInPandas(
+        lambda it: questions._generate(it, call=qcall, workers=1), questions.GENERATED_SCHEMA
+    )
+    fixed_generated = spark.createDataFrame(
+        [
+            (
+                "s1",
+                "cards",
+                True,
+                "Block my card?",
+                "v",
+                "fp1",
+                "m",
+                "r",
+                ["block my card", "New PIN?", "new pin?", " "],
+                10,
+                5,
+                7,
+                1,
+                None,
+                None,
+            ),
+            ("s2", "tax", False, "VAT?", "v", "fp2", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad"),
+        ],
+        questions.GENERATED_SCHEMA,
+    )
     question_rows = questions.to_question_rows(fixed_generated, run_id="parity", keep=2)
-    answered_schema = T.StructType([T.StructField(n, t) for n, t in [
-        ("question_id", T.StringType()), ("seed_id", T.StringType()), ("topic", T.StringType()),
-        ("in_scope", T.BooleanType()), ("question", T.StringType()), ("prompt_version", T.StringType()),
-        ("fingerprint", T.StringType()), ("response", T.StructType([T.StructField("result", T.StringType()),
-                                                                     T.StructField("errorMessage", T.StringType())]))]])
-    answered = spark.createDataFrame([
-        ("q1", "s1", "cards", True, "New PIN?", "v", "f1", ('{"reasoning": "r", "answer": "Use the app."}', None)),
-        ("q2", "s1", "cards", True, "Block?", "v", "f2", (None, "RateLimitError: slow")),
-        ("q3", "s2", "tax", False, "VAT?", "v", "f3", ('{"reasoning": "r", "answer": ""}', None)),
-        ("q4", "s2", "tax", False, "Tax?", "v", "f4", ('{"reasoning": "r", "answer": "Ask an adviser."}', None)),
-    ], answered_schema)
+    answered_schema = T.StructType(
+        [
+            T.StructField(n, t)
+            for n, t in [
+                ("question_id", T.StringType()),
+                ("seed_id", T.StringType()),
+                ("topic", T.StringType()),
+                ("in_scope", T.BooleanType()),
+                ("question", T.StringType()),
+                ("prompt_version", T.StringType()),
+                ("fingerprint", T.StringType()),
+                (
+                    "response",
+                    T.StructType(
+                        [T.StructField("result", T.StringType()), T.StructField("errorMessage", T.StringType())]
+                    ),
+                ),
+            ]
+        ]
+    )
+    answered = spark.createDataFrame(
+        [
+            ("q1", "s1", "cards", True, "New PIN?", "v", "f1", ('{"reasoning": "r", "answer": "Use the app."}', None)),
+            ("q2", "s1", "cards", True, "Block?", "v", "f2", (None, "RateLimitError: slow")),
+            ("q3", "s2", "tax", False, "VAT?", "v", "f3", ('{"reasoning": "r", "answer": ""}', None)),
+            ("q4", "s2", "tax", False, "Tax?", "v", "f4", ('{"reasoning": "r", "answer": "Ask an adviser."}', None)),
+        ],
+        answered_schema,
+    )
     parsed = responses.parse_responses(answered, model="standin", run_id="parity")
     chat = chat_jsonl.to_chat_rows(parsed, system_prompt="Be kind.")
-    many = spark.createDataFrame([(f"e{i}", f"q{i}", "s", ["cards", "tax", "fraud"][i % 3]) for i in range(30)],
-                                 "example_id string, question_id string, seed_id string, topic string")
+    many = spark.createDataFrame(
+        [(f"e{i}", f"q{i}", "s", ["cards", "tax", "fraud"][i % 3]) for i in range(30)],
+        "example_id string, question_id string, seed_id string, topic string",
+    )
     return {
         "seeds.find_problems": seeds.find_problems(raw),
         "seeds.normalize": normalized,
@@ -124,8 +173,10 @@ def main() -> None:
     for name, df in cases(spark, args.standin).items():
         df = df.drop(*[c for c in VOLATILE if c in df.columns])
         rows = [_plain(r.asDict(recursive=True)) for r in df.collect()]
-        results[name] = {"schema": df.schema.jsonValue(),
-                         "rows": sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))}
+        results[name] = {
+            "schema": df.schema.jsonValue(),
+            "rows": sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str)),
+        }
     Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True, default=str), encoding="utf-8")
 
 
