@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -188,3 +189,12 @@ def test_embedded_teacher_answers_a_structured_request(tmp_path):
     parsed = Questions.model_validate(result.output)
     assert parsed.questions and all(q.strip() for q in parsed.questions)
     assert result.completion_tokens > 0
+
+
+def test_databricks_endpoint_uses_unified_auth_and_hides_the_token():
+    os.environ.update({"DATABRICKS_HOST": "https://dbc-0123.cloud.databricks.com", "DATABRICKS_TOKEN": SECRET})
+    teacher = TeacherConfig(base_url="databricks", model="databricks-meta-llama-3-3-70b-instruct", timeout_s=1)
+    with llm.open_endpoint(teacher) as endpoint:
+        assert endpoint.base_url == "https://dbc-0123.cloud.databricks.com/serving-endpoints"
+        assert endpoint.model == "databricks-meta-llama-3-3-70b-instruct"
+        assert endpoint.api_key.get_secret_value() == SECRET and SECRET not in repr(endpoint)

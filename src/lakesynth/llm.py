@@ -84,9 +84,12 @@ def open_endpoint(teacher: TeacherConfig) -> Iterator[Endpoint]:
 def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
     """Model Serving through databricks-sdk's unified auth (env vars, profile, notebook or job identity)."""
     from databricks.sdk import WorkspaceClient
+    from databricks.sdk.config import Config
 
     try:
-        client = WorkspaceClient()
+        # The teacher's timeout also bounds the SDK's start-up probing of the host (300 s by default).
+        wait = max(1, int(teacher.timeout_s))
+        client = WorkspaceClient(config=Config(retry_timeout_seconds=wait, http_timeout_seconds=wait))
         header = client.config.authenticate().get("Authorization", "")
     except Exception as exc:  # the SDK raises several types; all mean "no usable credentials"
         raise EndpointError(f"teacher.base_url=databricks: cannot authenticate to Databricks: {exc}") from None
