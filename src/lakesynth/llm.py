@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -97,12 +99,6 @@ def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
     return Endpoint(f"{client.config.host.rstrip('/')}/serving-endpoints", teacher.model, SecretStr(token))
 
 
-def fingerprint(model: str, messages: list[dict], schema: dict, params: dict) -> str:
-    """Hash of everything that decides the answer: change any of it and the row is regenerated."""
-    blob = json.dumps({"model": model, "messages": messages, "schema": schema, "params": params}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 @dataclass
 class Result:
     key: str
@@ -181,16 +177,23 @@ class Call:
     journal_dir: str | None = None
     label: str = "llm"
 
-    @property
+    @functools.cached_property
     def schema(self) -> dict:
-        return self.output.model_json_schema()
+        return self.output.model_json_schema()  # slow (pydantic walks the model): once per Call
 
     @property
     def params(self) -> dict:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens}
 
+    @functools.cached_property
+    def _fingerprint_prefix(self) -> bytes:
+        fixed = {"model": self.endpoint.model, "schema": self.schema, "params": self.params}
+        return json.dumps(fixed, sort_keys=True).encode() + b"\x1f"
+
     def fingerprint(self, messages: list[dict]) -> str:
-        return fingerprint(self.endpoint.model, messages, self.schema, self.params)
+        """Hash of everything that decides the answer (model, schema, parameters, messages): change any
+        of it and the row is regenerated."""
+        return hashlib.sha256(self._fingerprint_prefix + json.dumps(messages, sort_keys=True).encode()).hexdigest()
 
     def run(self, keyed_messages: Sequence[tuple[str, list[dict]]], *, workers: int = 1) -> list[Result]:
         """One Result per (key, messages), in order; this worker's share of the stage's concurrency."""
@@ -304,9 +307,11 @@ class Call:
 
 
 def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:
-    """Send a stage's first request from the driver, so a bad key, model or URL fails cleanly before
-    any Spark job starts. Its result goes to the journal: the workers do not pay for it again."""
-    call.run(first)
+    """Send a stage's first request once from the driver, cut to one token and unjournaled, so a bad
+    key, model, schema or URL fails cleanly (EndpointError) before any Spark job starts. It costs one
+    prompt, and unlike a full first call it does not hold up the whole batch behind it."""
+    teacher = call.teacher.model_copy(update={"max_retries": 0})
+    dataclasses.replace(call, teacher=teacher, max_tokens=1, journal_dir=None, label=f"{call.label} check").run(first)
 
 
 def _limiter(per_minute: int | None, workers: int):

@@ -90,7 +90,13 @@ GENERATED_SCHEMA = T.StructType(
 
 def render(template: str, **values) -> str:
     """Render in a sandbox: seed text is data, so braces or template syntax inside it stay literal."""
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False).from_string(template).render(**values)
+    return _compiled(template).render(**values)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    # Compiling costs far more than rendering: once per template and process, not once per row.
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False).from_string(template)
 
 
 def prompt_version(template: str) -> str:
