@@ -67,8 +67,9 @@ def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_
     rerun = lakesynth("responses", *_args(tmp_path, teacher_server))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     new_requests = teacher_server.stats.requests
-    # Only what the killed run had in flight (sent, not yet journaled) is requested again: at most its concurrency.
-    repaid = new_requests - (n_questions - paid_before_kill)
+    # Only what the killed run had in flight (sent, not yet journaled) is requested again: at most its
+    # concurrency. Each run also sent one one-token preflight, which is never journaled.
+    repaid = new_requests - 1 - (n_questions - (paid_before_kill - 1))
     assert 0 <= repaid <= concurrency
     rows = _table(tmp_path, "synthetic_responses")
     assert len(rows) == n_questions and rows.question_id.is_unique  # none lost, none duplicated

@@ -50,7 +50,7 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     questions = report["tables"]["synthetic_questions"]["rows"]
     assert report["tables"]["synthetic_responses"]["rows"] == questions == 3 * 24
     paid = teacher_server.stats.completions
-    assert paid == 24 + questions
+    assert paid == 24 + questions + 2  # every request once, plus one preflight per LLM stage
     again = lakesynth(*args)
     assert again.returncode == 0 and teacher_server.stats.completions == paid
     assert "questions: ok, 24 in, 0 out" in again.stdout

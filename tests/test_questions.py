@@ -36,7 +36,8 @@ def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cf
     )
     # A request's tokens sit on one row: the column sums to what the endpoint reported.
     assert rows.where("prompt_tokens > 0").count() == n_seeds
-    assert result.metrics["prompt_tokens"] > 0 and teacher_server.stats.completions == n_seeds
+    assert result.metrics["prompt_tokens"] > 0
+    assert teacher_server.stats.completions == n_seeds + 1  # and the one-token preflight
 
 
 def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, teacher_server):
@@ -53,7 +54,7 @@ def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, t
     changed = _with(llm_cfg, questions={"template": llm_cfg.questions.template + "\nBe brief."})
     questions.run(spark, changed, Ctx(changed))
     n_seeds = tables.count(spark, llm_cfg, tables.SEED_QUESTIONS)
-    assert teacher_server.stats.completions == n_seeds
+    assert teacher_server.stats.completions == n_seeds + 1
     rows = tables.read(spark, changed, tables.SYNTHETIC_QUESTIONS)
     assert rows.select("prompt_version").distinct().count() == 1  # old rows replaced, not kept beside
     assert rows.count() == 3 * n_seeds
@@ -82,7 +83,7 @@ def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, 
         assert result.errors == n_failed
     teacher_server.reset(fault_rate=0.0)
     questions.run(spark, cfg, Ctx(cfg))
-    assert teacher_server.stats.completions == n_failed  # only the failed seeds again
+    assert teacher_server.stats.completions == n_failed + 1  # only the failed seeds again (+ preflight)
     rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
     assert rows.where("error IS NOT NULL").count() == 0 and rows.count() == 3 * n_seeds
 

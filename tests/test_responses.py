@@ -31,7 +31,7 @@ def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg,
     assert (
         rows.where("error IS NULL AND answer <> '' AND reasoning <> '' AND answer <> reasoning").count() == n_questions
     )
-    assert teacher_server.stats.completions == n_questions  # preflight answer reused, nothing paid twice
+    assert teacher_server.stats.completions == n_questions + 1  # each once, plus the one-token preflight
     assert rows.where("prompt_tokens > 0 AND completion_tokens > 0 AND attempts = 1").count() == n_questions
     joined = rows.join(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), ["question_id", "seed_id", "question"])
     assert joined.count() == n_questions
@@ -60,7 +60,7 @@ def test_failed_answers_keep_their_error_and_a_rerun_fills_only_them(spark, llm_
     assert rows.where("error IS NOT NULL AND answer IS NULL").count() == failed
     teacher_server.reset(fault_rate=0.0)
     again = responses.run(spark, cfg, Ctx(cfg))
-    assert again.rows_out == failed and teacher_server.stats.completions == failed
+    assert again.rows_out == failed and teacher_server.stats.completions == failed + 1
     assert tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NULL").count() == n_questions
     teacher_server.reset()
     responses.run(spark, cfg, Ctx(cfg))
