@@ -273,9 +273,12 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     generated = pending.repartition(cfg.teacher.workers).mapInPandas(
         functools.partial(_generate, call=call, workers=cfg.teacher.workers), GENERATED_SCHEMA
     )
-    staged = to_question_rows(
+    # Staged twice: the raw LLM output (so no plan calls the endpoint again), then the exploded rows (so the
+    # MERGE, which reads its source more than once, and the totals do not redo the dedup aggregates).
+    rows = to_question_rows(
         tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id, keep=cfg.questions.per_seed
     )
+    staged = tables.materialize(spark, cfg, "question_rows", rows)
     tables.upsert(spark, cfg, tables.SYNTHETIC_QUESTIONS, staged, replace_by="seed_id")
     llm.clear_journal(journal)
     totals = llm_totals(staged, cfg, group="seed_id")
