@@ -198,14 +198,21 @@ def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
     teacher, per_seed = cfg.teacher, cfg.questions.per_seed
     topics = ["cards", "transfers", "accounts", "fraud", "investment advice", "tax advice"]
     prompts = [
-        questions.render(cfg.questions.template, rules=cfg.use_case.rules, topic=topics[i % 6],
-                         question=f"Customer question number {i} about {topics[i % 6]}?",
-                         in_scope="advice" not in topics[i % 6], n=questions.asked(per_seed))
+        questions.render(
+            cfg.questions.template,
+            rules=cfg.use_case.rules,
+            topic=topics[i % 6],
+            question=f"Customer question number {i} about {topics[i % 6]}?",
+            in_scope="advice" not in topics[i % 6],
+            n=questions.asked(per_seed),
+        )
         for i in range(n_seeds)
     ]
     model = questions.output_model(questions.asked(per_seed))
-    fmt = {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema(),
-                                                  "strict": True}}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": model.__name__, "schema": model.model_json_schema(), "strict": True},
+    }
     with embedded.serve(teacher) as url:
         import openai
 
@@ -216,8 +223,12 @@ def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
             async def one(p: str) -> int:
                 async with gate:
                     reply = await client.chat.completions.create(
-                        model="m", messages=[{"role": "user", "content": p}], max_tokens=cfg.questions.max_tokens,
-                        temperature=cfg.questions.temperature, response_format=fmt)
+                        model="m",
+                        messages=[{"role": "user", "content": p}],
+                        max_tokens=cfg.questions.max_tokens,
+                        temperature=cfg.questions.temperature,
+                        response_format=fmt,
+                    )
                     return reply.usage.completion_tokens
 
             started = time.monotonic()
@@ -225,15 +236,39 @@ def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
             return tokens / (time.monotonic() - started)
 
         raw = asyncio.run(main())
-    summary, _, _ = lakesynth(["run", "--stages", "seed,questions", "--seeds", str(seeds_file(folder, n_seeds)),
-                               "--warehouse", str(folder / "wh_embedded"), "--set", "questions.per_seed=2",
-                               "--set", "questions.max_tokens=400", "--set", "mlflow.enabled=false"])
+    summary, _, _ = lakesynth(
+        [
+            "run",
+            "--stages",
+            "seed,questions",
+            "--seeds",
+            str(seeds_file(folder, n_seeds)),
+            "--warehouse",
+            str(folder / "wh_embedded"),
+            "--set",
+            "questions.per_seed=2",
+            "--set",
+            "questions.max_tokens=400",
+            "--set",
+            "mlflow.enabled=false",
+        ]
+    )
     q = summary["stages"]["questions"]
     pipeline = q["completion_tokens"] / q["seconds"]
-    return [("raw xllamacpp server, bare client, same prompts", f"{raw:.1f} gen tok/s",
-             f"{teacher.embedded_slots} slots", "reference"),
-            (f"questions stage, {n_seeds} seeds", f"{pipeline:.1f} gen tok/s", f"{pipeline / raw:.2f} of raw",
-             "goal >= 0.90")]
+    return [
+        (
+            "raw xllamacpp server, bare client, same prompts",
+            f"{raw:.1f} gen tok/s",
+            f"{teacher.embedded_slots} slots",
+            "reference",
+        ),
+        (
+            f"questions stage, {n_seeds} seeds",
+            f"{pipeline:.1f} gen tok/s",
+            f"{pipeline / raw:.2f} of raw",
+            "goal >= 0.90",
+        ),
+    ]
 
 
 def driver_memory(folder: Path, small: int, large: int) -> list[tuple]:
@@ -302,19 +337,29 @@ def engine_overhead(folder: Path) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory)")
+    parser.add_argument("--only", default="1,2,3,4", help="comma-separated sections to run, e.g. 3,4")
+    parser.add_argument("--memory-rows", type=int, help="the large size of the driver-memory comparison")
     args = parser.parse_args()
     sizes = [1000, 2000] if args.quick else [1000, 10000]
-    mem = (1000, 10000) if args.quick else (1000, 100000)
+    mem = (1000, args.memory_rows or (10000 if args.quick else 100000))
+    only = {int(x) for x in args.only.split(",")}
     sections = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for title, measure in (
-            ("1. Endpoint utilisation (stand-in: 100 ms, cap 64 = 640 req/s)", lambda: utilisation(folder, sizes)),
-            ("2. Embedded teacher efficiency (Qwen2.5-Coder-0.5B Q4_K_M)", lambda: embedded_efficiency(folder, 12)),
-            ("3. Driver memory (seed -> questions -> responses -> format, stand-in)",
-             lambda: driver_memory(folder, *mem)),
-            ("4. Engine overhead", lambda: engine_overhead(folder)),
+        for number, (title, measure) in enumerate(
+            (
+                ("1. Endpoint utilisation (stand-in: 100 ms, cap 64 = 640 req/s)", lambda: utilisation(folder, sizes)),
+                ("2. Embedded teacher efficiency (Qwen2.5-Coder-0.5B Q4_K_M)", lambda: embedded_efficiency(folder, 12)),
+                (
+                    "3. Driver memory (seed -> questions -> responses -> format, stand-in)",
+                    lambda: driver_memory(folder, *mem),
+                ),
+                ("4. Engine overhead", lambda: engine_overhead(folder)),
+            ),
+            start=1,
         ):
+            if number not in only:
+                continue
             sections[title] = measure()
             print(title, *sections[title], sep="\n  ", flush=True)
     lines = []
@@ -326,7 +371,7 @@ def main() -> None:
     header = (
         f"# Benchmark results\n\nDate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.platform()}  \nCommand: `.venv/bin/python benchmarks/run.py{' --quick' if args.quick else ''}`\n"
+        f"{platform.platform()}  \nCommand: `.venv/bin/python {' '.join(sys.argv)}`\n"
     )
     notes = (
         (ROOT / "benchmarks" / "NOTES.md").read_text(encoding="utf-8")
