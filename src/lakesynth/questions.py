@@ -258,13 +258,9 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
         journal_dir=journal,
         label="questions",
     )
-    done = (
-        tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
-        .where("error IS NULL")
-        .select("seed_id", "fingerprint")
-        .distinct()
+    pending = tables.pending(
+        spark, cfg, tables.SYNTHETIC_QUESTIONS, build_requests(seeds, cfg=cfg, call=call), "seed_id"
     )
-    pending = build_requests(seeds, cfg=cfg, call=call).join(done, ["seed_id", "fingerprint"], "left_anti")
     rows_in, attempted = seeds.count(), pending.count()
     result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_QUESTIONS], metrics={"skipped": rows_in - attempted})
     if attempted == 0:

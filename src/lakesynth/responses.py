@@ -162,13 +162,8 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
         journal_dir=journal,
         label="responses",
     )
-    done = (
-        tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
-        .where("error IS NULL")
-        .select("question_id", "fingerprint")
-        .distinct()
-    )
-    pending = build_requests(questions, cfg=cfg, call=call).join(done, ["question_id", "fingerprint"], "left_anti")
+    requests = build_requests(questions, cfg=cfg, call=call)
+    pending = tables.pending(spark, cfg, tables.SYNTHETIC_RESPONSES, requests, "question_id")
     rows_in, attempted = questions.where("error IS NULL").count(), pending.count()
     result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_RESPONSES], metrics={"skipped": rows_in - attempted})
     if attempted == 0:

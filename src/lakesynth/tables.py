@@ -216,5 +216,12 @@ def journal_dir(cfg: Config, stage: str) -> str:
     return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_journal" / stage)
 
 
+def pending(spark: SparkSession, cfg: Config, table: Table, requests: DataFrame, key: str) -> DataFrame:
+    """The requests without a successful row for the same key and request fingerprint: what a run must
+    still pay for (a changed prompt or parameter changes the fingerprint, so it is pending again)."""
+    done = read(spark, cfg, table).where("error IS NULL").select(key, "fingerprint").distinct()
+    return requests.join(done, [key, "fingerprint"], "left_anti")
+
+
 def count(spark: SparkSession, cfg: Config, table: Table) -> int:
     return spark.table(ensure(spark, cfg, table)).count()
