@@ -137,7 +137,7 @@ def _local(cfg: Config, files: dict[str, str]) -> StageResult:
     from lakesynth import train_sft
 
     for split, path in files.items():
-        if not Path(path).read_text(encoding="utf-8").strip():
+        if Path(path).stat().st_size == 0:  # the format stage writes an empty file for an empty split
             raise StageError(
                 f"finetune: the {split} split is empty ({path}); generate more data or change format.val_fraction"
             )

@@ -23,8 +23,7 @@ from pyspark.sql import types as T
 from lakesynth import llm, tables
 from lakesynth.config import Config
 from lakesynth.report import StageResult, check_failure_rate, llm_totals
-
-S, B, L, INT = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType()
+from lakesynth.tables import INT, B, L, S
 
 
 class GeneratedQuestions(BaseModel):

@@ -21,6 +21,7 @@ from lakesynth import engine, llm, tables
 from lakesynth.config import Config
 from lakesynth.questions import prompt_version, render
 from lakesynth.report import StageResult, check_failure_rate, llm_totals
+from lakesynth.tables import B, S
 
 # The top-level field is dropped by ai_query: the answer is {"reasoning": …, "answer": …}.
 RESPONSE_FORMAT = "STRUCT<response: STRUCT<reasoning: STRING, answer: STRING>>"
@@ -36,7 +37,6 @@ AI_QUERY_SQL = """SELECT question_id, seed_id, topic, in_scope, question, prompt
   ) AS response
 FROM {source}"""
 
-S, B = T.StringType(), T.BooleanType()
 REQUEST_SCHEMA = T.StructType(
     [
         T.StructField(n, t)

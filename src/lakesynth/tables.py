@@ -195,16 +195,16 @@ def materialize(spark: SparkSession, cfg: Config, name: str, rows: DataFrame) ->
     An LLM-calling plan must run exactly once: a plan that uses it twice (a union, a MERGE source)
     would call the endpoint again, and serverless has no cache(). So its output is staged first.
     """
-    fqn = cfg.fqn(f"_staging_{name}")
+    twin = Table(f"_staging_{name}", tuple((f.name, f.dataType) for f in rows.schema.fields), rows.columns[0], "")
+    fqn = cfg.fqn(twin.name)
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{cfg.catalog}`.`{cfg.schema_}`")
     spark.sql(f"DROP TABLE IF EXISTS {fqn}")
     where = ""
     if not on_databricks():
-        path = Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / f"_staging_{name}"
+        path = location(cfg, twin)
         shutil.rmtree(path, ignore_errors=True)
         where = f" LOCATION '{path}'"
-    ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in rows.schema.fields)
-    spark.sql(f"CREATE TABLE {fqn} ({ddl}) USING DELTA{where}")
+    spark.sql(f"CREATE TABLE {fqn} ({twin.ddl}) USING DELTA{where}")
     rows.write.mode("append").insertInto(fqn)
     return spark.table(fqn)
 
