@@ -107,8 +107,12 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
     r = deltalake.DeltaTable(report["tables"]["synthetic_responses"]["location"]).to_pandas()
     ok = q[q.error.isna()]
     assert len(ok) > 0
+    # Every seed has questions or its error row; a real model may repeat itself, and fewer than
+    # per_seed usable questions is then reported, not hidden.
+    assert set(q.seed_id) == set(ok.seed_id) | set(q[q.error.notna()].seed_id)
     per_seed = ok.groupby("seed_id").size()
-    assert (per_seed >= 2).all(), per_seed  # >= 2 questions per successful seed
+    assert (per_seed <= 2).all(), per_seed
+    assert report["stages"]["questions"]["seeds_short"] == int((per_seed < 2).sum())
     assert set(r.question_id) == set(ok.question_id)  # an answer or an error for every question
     assert r.apply(lambda x: (x.error is None) == bool(x.answer), axis=1).all()
     assert (q.model == "qwen2.5-coder-0.5b-instruct").all()

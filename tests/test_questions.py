@@ -36,7 +36,7 @@ def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cf
     )
     # A request's tokens sit on one row: the column sums to what the endpoint reported.
     assert rows.where("prompt_tokens > 0").count() == n_seeds
-    assert result.metrics["prompt_tokens"] > 0
+    assert result.metrics["prompt_tokens"] > 0 and result.metrics["seeds_short"] == 0
     assert teacher_server.stats.completions == n_seeds + 1  # and the one-token preflight
 
 

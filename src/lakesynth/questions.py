@@ -279,5 +279,8 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
     totals = llm_totals(staged, cfg, group="seed_id")
     result.rows_out, result.errors = totals["rows"], totals["failed"]
     result.metrics.update(totals["metrics"])
+    # A seed whose teacher reply held duplicates or copies of the seed keeps fewer than `per_seed`: say so.
+    per_seed = staged.where("error IS NULL").groupBy("seed_id").count()
+    result.metrics["seeds_short"] = per_seed.where(F.col("count") < cfg.questions.per_seed).count()
     check_failure_rate("questions", totals["failed"], attempted, cfg.questions.max_failure_rate, staged)
     return result
