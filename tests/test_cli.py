@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,9 +15,14 @@ from lakesynth.engine import register_tables
 from conftest import ROOT, write
 
 
-def lakesynth(*args, cwd=ROOT):
+def lakesynth(*args, cwd=ROOT, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "lakesynth.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "lakesynth.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -56,6 +56,55 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     assert "questions: ok, 24 in, 0 out" in again.stdout
 
 
+def test_a_running_spark_connect_server_replaces_the_embedded_engine(tmp_path, teacher_server):
+    """LAKESYNTH_SPARK_REMOTE: the stages run on a separate Sail server (UDFs included), tables land on disk."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sail = Path(sys.executable).with_name("sail")
+    server = subprocess.Popen([str(sail), "spark", "server", "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as conn:
+                if conn.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        proc = lakesynth(
+            "run",
+            "--stages",
+            "seed,questions",
+            "--warehouse",
+            str(tmp_path / "wh"),
+            "--set",
+            f"teacher.base_url={teacher_server.base_url}",
+            "--set",
+            "teacher.model=standin",
+            "--summary",
+            str(tmp_path / "s.json"),
+            env={"LAKESYNTH_SPARK_REMOTE": f"sc://127.0.0.1:{port}"},
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        location = _summary(tmp_path / "s.json")["tables"]["synthetic_questions"]["location"]
+        assert len(deltalake.DeltaTable(location).to_pandas()) == 3 * 24
+        assert server.poll() is None  # the server outlives the command: it was not lakesynth's to stop
+        server.terminate()
+        server.wait(10)
+        gone = lakesynth(
+            "seed", "--warehouse", str(tmp_path / "wh"), env={"LAKESYNTH_SPARK_REMOTE": f"sc://127.0.0.1:{port}"}
+        )
+        assert gone.returncode == 2 and "no Spark Connect server answers there" in gone.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def test_stages_subset_and_unknown_stage(tmp_path):
     proc = lakesynth(
         "run", "--stages", "seed", "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json")

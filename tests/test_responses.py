@@ -100,3 +100,20 @@ def test_parse_reads_struct_field_names_from_the_schema(spark):
         "q2": (None, "RateLimitError: slow down"),
         "q3": (None, "EmptyAnswer: the reply had no answer"),
     }
+
+
+def test_small_chunks_write_the_same_rows_and_pay_each_request_once(spark, llm_cfg, teacher_server):
+    """teacher.chunk_rows bounds memory: many chunks, each merged before the next, same result."""
+    cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"chunk_rows": 7})})
+    seeds.run(spark, cfg)
+    teacher_server.reset()
+    q = questions.run(spark, cfg, Ctx(cfg))
+    r = responses.run(spark, cfg, Ctx(cfg))
+    n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    n_questions = tables.count(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+    rows = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+    assert n_questions == q.rows_out == 3 * n_seeds  # 7 rows a chunk = 2 seeds of 3: 12 chunks
+    assert rows.count() == rows.select("question_id").distinct().count() == r.rows_out == n_questions
+    assert rows.where("error IS NULL AND prompt_tokens > 0").count() == n_questions
+    assert r.metrics["prompt_tokens"] == rows.agg({"prompt_tokens": "sum"}).collect()[0][0]
+    assert teacher_server.stats.completions == n_seeds + n_questions + 2  # once each, plus two preflights

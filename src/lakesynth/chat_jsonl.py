@@ -97,6 +97,7 @@ def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, 
     """Adds `split`: per topic, the examples are ordered by a seeded hash and the first
     round(n * fraction) go to validation (then test), so each topic keeps its share in every split.
     A topic with two or more examples always gives validation at least one."""
+    # Ranked on the keys alone and joined back: a window holds its whole partition, and a topic can be large.
     by_topic = Window.partitionBy("topic")
     rank = F.row_number().over(by_topic.orderBy(F.sha2(F.concat_ws("|", F.lit(str(seed)), "example_id"), 256)))
     n = F.count(F.lit(1)).over(by_topic)
@@ -108,7 +109,8 @@ def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, 
     split = (
         F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test").when(F.col("example_id").isNotNull(), "train")
     )
-    return chat.withColumn("split", split)
+    splits = chat.select("example_id", "topic").select("example_id", split.alias("split"))
+    return splits.join(chat, "example_id").select(*chat.columns, "split")
 
 
 def files_dir(cfg: Config) -> str:

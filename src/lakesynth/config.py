@@ -88,6 +88,12 @@ class TeacherConfig(_Model):
     )
     max_concurrency: int = Field(8, ge=1, description="Total requests in flight for a stage (workers x per worker).")
     workers: int = Field(1, ge=1, description="Spark partitions a stage spreads its LLM calls over.")
+    chunk_rows: int = Field(
+        5000,
+        ge=1,
+        description="Pending rows an LLM stage calls, stages and merges at a time: bounds memory and what a crash "
+        "can cost.",
+    )
     timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request, in seconds.")
     max_retries: int = Field(3, ge=0, description="Retries of one request after 429/5xx/timeouts/invalid output.")
     requests_per_minute: int | None = Field(None, ge=1, description="Client-side request rate limit per stage.")

@@ -10,11 +10,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyspark.sql import SparkSession
 
+from lakesynth.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+# sc://host:port of a Spark Connect server to use instead of starting the embedded one.
+REMOTE_ENV = "LAKESYNTH_SPARK_REMOTE"
 
 
 def on_databricks() -> bool:
@@ -25,13 +32,35 @@ def get_spark(warehouse: str) -> SparkSession:
     """The session every stage uses; one embedded server per process and warehouse."""
     if on_databricks():
         return SparkSession.builder.getOrCreate()
+    if os.environ.get(REMOTE_ENV):
+        return _remote(os.environ[REMOTE_ENV], str(Path(warehouse).resolve()))
     return _embedded(str(Path(warehouse).resolve()))
+
+
+@functools.cache
+def _remote(url: str, warehouse: str) -> SparkSession:
+    """A Spark Connect server already running on this machine (`sail spark server` from the same environment,
+    so it can import lakesynth's UDFs): the engine's memory then lives in its own process, as executors do on a
+    cluster. Not pyspark's SPARK_REMOTE: the Connect client sets that itself, and child processes inherit it."""
+    address = urlsplit(url.split(";")[0])
+    if address.scheme != "sc" or not address.hostname:
+        raise ConfigError(f"{REMOTE_ENV}={url!r}: expected sc://host:port")
+    try:  # the Connect client retries a dead address for minutes; say so at once
+        socket.create_connection((address.hostname, address.port or 15002), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"{REMOTE_ENV}={url}: no Spark Connect server answers there ({exc})") from None
+    spark = SparkSession.builder.remote(url).getOrCreate()
+    register_tables(spark, warehouse)
+    return spark
 
 
 @functools.cache
 def _embedded(warehouse: str) -> SparkSession:
     # Sail logs every session at INFO to stderr; keep the CLI's output readable unless asked.
     os.environ.setdefault("RUST_LOG", "error")
+    # Rows per batch handed to operators and pandas UDFs (Sail ignores spark.sql.execution.arrow.*). Sail's
+    # 8192 made a UDF batch of rendered prompts hold tens of MB at once; 1024 keeps memory flat as tables grow.
+    os.environ.setdefault("SAIL_EXECUTION__BATCH_SIZE", "1024")
     try:
         from pysail.spark import SparkConnectServer
     except ImportError as exc:  # pragma: no cover - depends on the install

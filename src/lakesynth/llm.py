@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import random
+import re
 import sys
 import time
 import uuid
@@ -124,6 +125,9 @@ def cost(prompt_tokens: int, completion_tokens: int, teacher: TeacherConfig) -> 
     ) / 1e6
 
 
+_JOURNAL_FINGERPRINT = re.compile(r'"fingerprint": "([0-9a-f]{64})"')
+
+
 class Journal:
     """Append-only JSON lines of finished requests; one file per writer, so workers never contend."""
 
@@ -131,17 +135,23 @@ class Journal:
         self.folder = Path(folder) if folder else None
         self._file = None
 
-    def load(self) -> dict[str, Result]:
-        """Successful results by fingerprint (a torn last line from a killed process is skipped)."""
+    def load(self, wanted: set[str]) -> dict[str, Result]:
+        """Successful results for the `wanted` fingerprints (a torn last line from a killed process is
+        skipped). Lines are streamed and only hits are parsed: the journal grows with the stage, a
+        batch's share of it does not."""
         found: dict[str, Result] = {}
         if not self.folder or not self.folder.is_dir():
             return found
         for path in sorted(self.folder.glob("*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError, TypeError):
-                    result = Result(**json.loads(line))
-                    if result.error is None:
-                        found[result.fingerprint] = result
+            with path.open(encoding="utf-8") as lines:
+                for line in lines:
+                    hit = _JOURNAL_FINGERPRINT.search(line)
+                    if not hit or hit.group(1) not in wanted:
+                        continue
+                    with contextlib.suppress(json.JSONDecodeError, TypeError):
+                        result = Result(**json.loads(line))
+                        if result.error is None:
+                            found[result.fingerprint] = result
         return found
 
     def append(self, result: Result) -> None:
@@ -202,8 +212,10 @@ class Call:
     async def _run(self, keyed_messages: Sequence[tuple[str, list[dict]]], workers: int) -> list[Result]:
         teacher = self.teacher
         journal = Journal(self.journal_dir)
-        done = journal.load()
-        limit = asyncio.Semaphore(max(1, -(-teacher.max_concurrency // workers)))
+        fingerprints = [self.fingerprint(m) for _, m in keyed_messages]
+        done = journal.load(set(fingerprints))
+        in_flight = max(1, -(-teacher.max_concurrency // workers))
+        limit = asyncio.Semaphore(in_flight)
         rpm = _limiter(teacher.requests_per_minute, workers)
         tpm = _limiter(teacher.tokens_per_minute, workers)
         schema = {
@@ -220,8 +232,7 @@ class Call:
             total=len(keyed_messages), desc=self.label, unit="req", mininterval=1.0, file=sys.stderr, disable=None
         )
 
-        async def one(key: str, messages: list[dict]) -> Result:
-            fp = self.fingerprint(messages)
+        async def one(key: str, messages: list[dict], fp: str) -> Result:
             if fp in done:
                 hit = done[fp]
                 return Result(**{**asdict(hit), "key": key, "from_journal": True})
@@ -273,8 +284,18 @@ class Call:
             bar.update()
             return result
 
+        # A fixed pool of tasks pulls the requests in order: memory follows the requests in flight, not the
+        # batch. Twice the limit, so a request waiting out a backoff does not leave a slot idle.
+        results: list[Result] = [None] * len(keyed_messages)  # type: ignore[list-item]
+        todo = iter(enumerate(zip(keyed_messages, fingerprints)))
+
+        async def worker() -> None:
+            for i, ((key, messages), fp) in todo:
+                results[i] = await one(key, messages, fp)
+
         try:
-            return await asyncio.gather(*(one(k, m) for k, m in keyed_messages))
+            await asyncio.gather(*(worker() for _ in range(min(2 * in_flight, len(keyed_messages)))))
+            return results
         finally:
             bar.close()
             journal.close()
@@ -405,7 +426,9 @@ def _ddl_fields(ddl: str) -> list:
         raise ConfigError(f"responseFormat {ddl!r}: unexpected end") from None
 
 
-def ai_query_udf(endpoint: Endpoint, teacher: TeacherConfig, *, journal_dir: str | None, workers: int):
+def ai_query_udf(
+    endpoint: Endpoint, teacher: TeacherConfig, *, journal_dir: str | None, workers: int, label: str = "responses"
+):
     """The local `ai_query(endpoint, request, modelParameters => …, responseFormat => …, failOnError => …)`."""
     from pyspark.sql import types as T
     from pyspark.sql.functions import pandas_udf
@@ -432,7 +455,7 @@ def ai_query_udf(endpoint: Endpoint, teacher: TeacherConfig, *, journal_dir: str
             temperature=float(params.get("temperature", 0.0)),
             max_tokens=int(params.get("max_tokens", 1024)),
             journal_dir=journal_dir,
-            label="responses",
+            label=label,
         )
         results = call.run([(str(i), [{"role": "user", "content": r}]) for i, r in enumerate(request)], workers=workers)
         if len(request) and bool(failOnError.iloc[0]):

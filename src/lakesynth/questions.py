@@ -7,6 +7,7 @@ fingerprint is skipped; a regenerated seed replaces all of its old rows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -22,7 +23,7 @@ from pyspark.sql import types as T
 
 from lakesynth import llm, tables
 from lakesynth.config import Config
-from lakesynth.report import StageResult, check_failure_rate, llm_totals
+from lakesynth.report import LLMTotals, StageResult, check_failure_rate
 from lakesynth.tables import INT, B, L, S
 
 
@@ -257,30 +258,43 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
         journal_dir=journal,
         label="questions",
     )
-    pending = tables.pending(
-        spark, cfg, tables.SYNTHETIC_QUESTIONS, build_requests(seeds, cfg=cfg, call=call), "seed_id"
-    )
-    rows_in, attempted = seeds.count(), pending.count()
+
+    def pending(part: DataFrame, *columns: str) -> DataFrame:
+        requests = build_requests(part, cfg=cfg, call=call)
+        requests = requests.select(*columns) if columns else requests
+        return tables.pending(spark, cfg, tables.SYNTHETIC_QUESTIONS, requests, "seed_id")
+
+    # Counted on keys alone, so the rendered prompts of the whole table are never held at once.
+    rows_in, attempted = seeds.count(), pending(seeds, "seed_id", "fingerprint").count()
     result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_QUESTIONS], metrics={"skipped": rows_in - attempted})
     if attempted == 0:
         return result
-    llm.preflight(call, [(r.seed_id, json.loads(r.messages)) for r in pending.limit(1).collect()])
-    generated = pending.repartition(cfg.teacher.workers).mapInPandas(
-        functools.partial(_generate, call=call, workers=cfg.teacher.workers), GENERATED_SCHEMA
-    )
-    # Staged twice: the raw LLM output (so no plan calls the endpoint again), then the exploded rows (so the
-    # MERGE, which reads its source more than once, and the totals do not redo the dedup aggregates).
-    rows = to_question_rows(
-        tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id, keep=cfg.questions.per_seed
-    )
-    staged = tables.materialize(spark, cfg, "question_rows", rows)
-    tables.upsert(spark, cfg, tables.SYNTHETIC_QUESTIONS, staged, replace_by="seed_id")
+    llm.preflight(call, [(r.seed_id, json.loads(r.messages)) for r in pending(seeds).limit(1).collect()])
+    totals, short = LLMTotals(), 0
+    # A chunk is counted in rows written: each seed asks for per_seed questions.
+    seeds_per_chunk = max(1, cfg.teacher.chunk_rows // cfg.questions.per_seed)
+    parts = tables.chunks(seeds, "seed_id", attempted, seeds_per_chunk)
+    for number, part in enumerate(parts, start=1):
+        label = "questions" if len(parts) == 1 else f"questions {number}/{len(parts)}"
+        chunk_call = dataclasses.replace(call, label=label)
+        generated = (
+            pending(part)
+            .repartition(cfg.teacher.workers)
+            .mapInPandas(functools.partial(_generate, call=chunk_call, workers=cfg.teacher.workers), GENERATED_SCHEMA)
+        )
+        # Staged twice: the raw LLM output (so no plan calls the endpoint again), then the exploded rows (so the
+        # MERGE, which reads its source more than once, and the totals do not redo the dedup aggregates).
+        rows = to_question_rows(
+            tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id, keep=cfg.questions.per_seed
+        )
+        staged = tables.materialize(spark, cfg, "question_rows", rows)
+        tables.upsert(spark, cfg, tables.SYNTHETIC_QUESTIONS, staged, replace_by="seed_id")
+        totals.add(staged, group="seed_id")
+        # A seed whose teacher reply held duplicates or copies of the seed keeps fewer than `per_seed`: say so.
+        kept = staged.where("error IS NULL").groupBy("seed_id").count()
+        short += kept.where(F.col("count") < cfg.questions.per_seed).count()
     llm.clear_journal(journal)
-    totals = llm_totals(staged, cfg, group="seed_id")
-    result.rows_out, result.errors = totals["rows"], totals["failed"]
-    result.metrics.update(totals["metrics"])
-    # A seed whose teacher reply held duplicates or copies of the seed keeps fewer than `per_seed`: say so.
-    per_seed = staged.where("error IS NULL").groupBy("seed_id").count()
-    result.metrics["seeds_short"] = per_seed.where(F.col("count") < cfg.questions.per_seed).count()
-    check_failure_rate("questions", totals["failed"], attempted, cfg.questions.max_failure_rate, staged)
+    result.rows_out, result.errors = totals.rows, totals.failed
+    result.metrics.update(totals.metrics(cfg), seeds_short=short)
+    check_failure_rate("questions", totals, attempted, cfg.questions.max_failure_rate)
     return result

@@ -27,27 +27,43 @@ class StageResult:
         return f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
 
 
-def llm_totals(rows: DataFrame, cfg: Config, *, group: str) -> dict:
-    """Tokens, failed rows and estimated cost of the rows a stage wrote in this run."""
-    agg = rows.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.countDistinct(F.when(F.col("error").isNotNull(), F.col(group))).alias("failed"),
-        F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
-        F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
-    ).collect()[0]
-    metrics = {"prompt_tokens": int(agg.prompt_tokens), "completion_tokens": int(agg.completion_tokens)}
-    cost = llm.cost(agg.prompt_tokens, agg.completion_tokens, cfg.teacher)
-    if cost is not None:
-        metrics["cost_usd"] = round(cost, 4)
-    return {"rows": agg.rows, "failed": agg.failed, "metrics": metrics}
+@dataclass
+class LLMTotals:
+    """Rows, failed requests and tokens of what an LLM stage wrote in this invocation, summed over chunks."""
+
+    rows: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, rows: DataFrame, *, group: str) -> None:
+        agg = rows.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.countDistinct(F.when(F.col("error").isNotNull(), F.col(group))).alias("failed"),
+            F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
+            F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
+        ).collect()[0]
+        self.rows += agg.rows
+        self.failed += agg.failed
+        self.prompt_tokens += int(agg.prompt_tokens)
+        self.completion_tokens += int(agg.completion_tokens)
+        if agg.failed and len(self.errors) < 3:
+            self.errors += [r.error for r in rows.where("error IS NOT NULL").select("error").limit(3).collect()]
+
+    def metrics(self, cfg: Config) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        cost = llm.cost(self.prompt_tokens, self.completion_tokens, cfg.teacher)
+        if cost is not None:
+            metrics["cost_usd"] = round(cost, 4)
+        return metrics
 
 
-def check_failure_rate(stage: str, failed: int, attempted: int, limit: float, rows: DataFrame) -> None:
+def check_failure_rate(stage: str, totals: LLMTotals, attempted: int, limit: float) -> None:
     """Fail the stage (its rows are already written, errors included) when too many rows failed."""
-    if attempted and failed / attempted > limit:
-        sample = [r.error for r in rows.where("error IS NOT NULL").select("error").limit(3).collect()]
+    if attempted and totals.failed / attempted > limit:
         raise StageError(
-            f"{stage}: {failed} of {attempted} requests failed (max_failure_rate {limit:.0%}); "
+            f"{stage}: {totals.failed} of {attempted} requests failed (max_failure_rate {limit:.0%}); "
             f"rows and errors are written, a rerun retries only the failed ones. First errors:\n  "
-            + "\n  ".join(sample)
+            + "\n  ".join(totals.errors[:3])
         )

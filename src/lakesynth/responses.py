@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 from lakesynth import engine, llm, tables
 from lakesynth.config import Config
 from lakesynth.questions import prompt_version, render
-from lakesynth.report import StageResult, check_failure_rate, llm_totals
+from lakesynth.report import LLMTotals, StageResult, check_failure_rate
 from lakesynth.tables import B, S
 
 # The top-level field is dropped by ai_query: the answer is {"reasoning": …, "answer": …}.
@@ -162,36 +162,51 @@ def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
         journal_dir=journal,
         label="responses",
     )
-    requests = build_requests(questions, cfg=cfg, call=call)
-    pending = tables.pending(spark, cfg, tables.SYNTHETIC_RESPONSES, requests, "question_id")
-    rows_in, attempted = questions.where("error IS NULL").count(), pending.count()
+
+    def pending(part: DataFrame, *columns: str) -> DataFrame:
+        requests = build_requests(part, cfg=cfg, call=call)
+        requests = requests.select(*columns) if columns else requests
+        return tables.pending(spark, cfg, tables.SYNTHETIC_RESPONSES, requests, "question_id")
+
+    # Counted on keys alone, so the rendered requests of the whole table are never held at once.
+    rows_in = questions.where("error IS NULL").count()
+    attempted = pending(questions, "question_id", "fingerprint").count()
     result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_RESPONSES], metrics={"skipped": rows_in - attempted})
     if attempted == 0:
         return result
-    view = f"lakesynth_pending_{uuid.uuid4().hex}"
-    pending.repartition(cfg.teacher.workers).createOrReplaceTempView(view)
     if local:
-        spark.udf.register(
-            "ai_query", llm.ai_query_udf(endpoint, cfg.teacher, journal_dir=journal, workers=cfg.teacher.workers)
-        )
-        first = pending.limit(1).collect()
+        first = pending(questions).limit(1).collect()
         llm.preflight(call, [(r.question_id, [{"role": "user", "content": r.request}]) for r in first])
-    answered = spark.sql(
-        ai_query_sql(
-            view, endpoint=cfg.teacher.model, max_tokens=cfg.responses.max_tokens, temperature=cfg.responses.temperature
-        )
-    )
-    staged = parse_responses(
-        tables.materialize(spark, cfg, "responses", answered), model=cfg.teacher.model, run_id=cfg.run_id
-    )
-    if local:
-        staged = with_journal_accounting(spark, staged, journal)
-    tables.upsert(spark, cfg, tables.SYNTHETIC_RESPONSES, staged)
+    totals = LLMTotals()
+    parts = tables.chunks(questions, "question_id", attempted, cfg.teacher.chunk_rows)
+    for number, part in enumerate(parts, start=1):
+        if local:  # the UDF carries its progress label; registering it again per chunk replaces it
+            label = "responses" if len(parts) == 1 else f"responses {number}/{len(parts)}"
+            udf = llm.ai_query_udf(endpoint, cfg.teacher, journal_dir=journal, workers=cfg.teacher.workers, label=label)
+            spark.udf.register("ai_query", udf)
+        view = f"lakesynth_pending_{uuid.uuid4().hex}"
+        pending(part).repartition(cfg.teacher.workers).createOrReplaceTempView(view)
+        try:
+            answered = spark.sql(
+                ai_query_sql(
+                    view,
+                    endpoint=cfg.teacher.model,
+                    max_tokens=cfg.responses.max_tokens,
+                    temperature=cfg.responses.temperature,
+                )
+            )
+            staged = parse_responses(
+                tables.materialize(spark, cfg, "responses", answered), model=cfg.teacher.model, run_id=cfg.run_id
+            )
+        finally:
+            spark.catalog.dropTempView(view)
+        if local:
+            staged = with_journal_accounting(spark, staged, journal)
+        staged = tables.materialize(spark, cfg, "response_rows", staged)
+        tables.upsert(spark, cfg, tables.SYNTHETIC_RESPONSES, staged)
+        totals.add(staged, group="question_id")
     llm.clear_journal(journal)
-    spark.catalog.dropTempView(view)
-    written = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where(F.col("run_id") == cfg.run_id)
-    totals = llm_totals(written, cfg, group="question_id")
-    result.rows_out, result.errors = attempted, totals["failed"]
-    result.metrics.update(totals["metrics"])
-    check_failure_rate("responses", totals["failed"], attempted, cfg.responses.max_failure_rate, written)
+    result.rows_out, result.errors = totals.rows, totals.failed
+    result.metrics.update(totals.metrics(cfg))
+    check_failure_rate("responses", totals, attempted, cfg.responses.max_failure_rate)
     return result

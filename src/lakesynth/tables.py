@@ -223,5 +223,15 @@ def pending(spark: SparkSession, cfg: Config, table: Table, requests: DataFrame,
     return requests.join(done, [key, "fingerprint"], "left_anti")
 
 
+def chunks(rows: DataFrame, key: str, total: int, size: int) -> list[DataFrame]:
+    """`rows` split by a hash of `key` into about total/size parts, each processed (called, staged and
+    merged) before the next, so memory and the work a crash can lose are bounded by `size`, not by the table."""
+    n = max(1, -(-total // size))
+    if n == 1:
+        return [rows]
+    bucket = F.pmod(F.xxhash64(key), F.lit(n))
+    return [rows.where(bucket == i) for i in range(n)]
+
+
 def count(spark: SparkSession, cfg: Config, table: Table) -> int:
     return spark.table(ensure(spark, cfg, table)).count()
