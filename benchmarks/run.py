@@ -27,6 +27,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -66,6 +67,35 @@ def start_standin(latency_ms: float, cap: int) -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
+class PeakRss:
+    """A process's peak resident memory, read from /proc/<pid>/status (VmHWM) until it exits.
+
+    Not rusage's ru_maxrss: a child started by fork/vfork + exec inherits its parent's peak there, so
+    every child of a big benchmark process would report at least the parent's size.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.mib, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.mib = max(self.mib, int(line.split()[1]) // 1024)
+            self._stop.wait(0.1)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.mib
+
+
 def lakesynth(args: list[str]) -> tuple[dict, float, int]:
     """Run the CLI; returns (summary, wall seconds, peak RSS in MiB of that process)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
@@ -79,36 +109,82 @@ def lakesynth(args: list[str]) -> tuple[dict, float, int]:
         text=True,
         env={**os.environ, "TQDM_DISABLE": "1"},
     )
+    peak = PeakRss(proc.pid)
     output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    status = proc.wait()
     wall = time.monotonic() - started
     if status != 0:
         raise SystemExit(f"lakesynth {' '.join(args)} failed:\n{output}")
-    return json.loads(Path(summary_path).read_text()), wall, usage.ru_maxrss // 1024
+    return json.loads(Path(summary_path).read_text()), wall, peak.stop()
 
 
-def bare_client(base_url: str, n: int, concurrency: int) -> float:
-    """Requests/s of a bare async OpenAI client sending json_schema requests: the ceiling for a client here."""
+def bare_client(base_url: str, prompts: list[str], schema: dict, max_tokens: int, concurrency: int) -> float:
+    """Requests/s of a bare async OpenAI client sending the stage's own requests (same prompts, schema and
+    max_tokens): the ceiling for a client on this machine, where the stand-in shares the cores."""
     import openai
 
     async def main() -> float:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
         gate = asyncio.Semaphore(concurrency)
+        response_format = {"type": "json_schema", "json_schema": {"name": "R", "schema": schema, "strict": True}}
 
-        async def one(i: int) -> None:
+        async def one(prompt: str) -> None:
             async with gate:
                 await client.chat.completions.create(
                     model="standin",
-                    messages=[{"role": "user", "content": f"question {i}"}],
-                    max_tokens=64,
-                    response_format={"type": "json_schema", "json_schema": {"name": "Q", "schema": SCHEMA}},
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=max_tokens,
+                    response_format=response_format,
                 )
 
         started = time.monotonic()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        return n / (time.monotonic() - started)
+        await asyncio.gather(*(one(p) for p in prompts))
+        await client.close()
+        return len(prompts) / (time.monotonic() - started)
 
     return asyncio.run(main())
+
+
+def stage_prompts(seeds: Path) -> dict[str, tuple[list[str], dict, int]]:
+    """What the questions and responses stages send for these seeds (a seed's text stands in for the
+    generated question it would answer): prompts, output schema, max_tokens."""
+    import csv
+
+    from lakesynth import llm, questions, responses
+    from lakesynth.config import load_config
+
+    cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=1"])
+    rows = list(csv.DictReader(seeds.open(encoding="utf-8")))
+    rules = cfg.use_case.rules
+    q_prompts = [
+        questions.render(
+            cfg.questions.template,
+            rules=rules,
+            topic=r["topic"],
+            question=r["question"],
+            in_scope=r["in_scope"] == "yes",
+            n=2,
+        )
+        for r in rows
+    ]
+    r_prompts = [
+        questions.render(
+            cfg.responses.template,
+            rules=rules,
+            topic=r["topic"],
+            question=r["question"],
+            in_scope=r["in_scope"] == "yes",
+        )
+        for r in rows
+    ]
+    return {
+        "questions": (q_prompts, questions.output_model(2).model_json_schema(), cfg.questions.max_tokens),
+        "responses": (
+            r_prompts,
+            llm.model_from_ddl(responses.RESPONSE_FORMAT).model_json_schema(),
+            cfg.responses.max_tokens,
+        ),
+    }
 
 
 def naive_thread_pool(base_url: str, n: int) -> float:
@@ -130,36 +206,26 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
     proc, url = start_standin(LATENCY_MS, CAP)
     rows = []
     try:
-        bare = bare_client(url, 4000, CAP)
-        rows.append(("bare async client, 4000 req", f"{bare:.0f} req/s", f"{bare / LIMIT:.2f} of limit", "reference"))
         naive = naive_thread_pool(url, 100)
-        rows.append(
-            (
-                "naive thread pool of 2, 100 req",
-                f"{naive:.1f} req/s",
-                f"{naive / LIMIT:.3f} of limit",
-                f"{naive / bare:.3f} of bare",
-            )
-        )
+        rows.append(("naive thread pool of 2, 100 req", f"{naive:.1f} req/s", f"{naive / LIMIT:.3f} of limit", ""))
         for n in sizes:
-            wh = folder / f"wh_util_{n}"
+            seeds = seeds_file(folder, n)
+            bare = {stage: bare_client(url, *spec, CAP) for stage, spec in stage_prompts(seeds).items()}
             summary, wall, _ = lakesynth(
                 [
                     "run",
                     "--stages",
                     "seed,questions,responses",
                     "--seeds",
-                    str(seeds_file(folder, n)),
+                    str(seeds),
                     "--warehouse",
-                    str(wh),
+                    str(folder / f"wh_util_{n}"),
                     "--set",
                     f"teacher.base_url={url}",
                     "--set",
                     "teacher.model=standin",
                     "--set",
                     f"teacher.max_concurrency={CAP}",
-                    "--set",
-                    "teacher.workers=2",
                     "--set",
                     "questions.per_seed=1",
                     "--set",
@@ -171,10 +237,18 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
                 rate = s["rows_in"] / s["seconds"]
                 rows.append(
                     (
+                        f"bare async client, {stage} requests, {n}",
+                        f"{bare[stage]:.0f} req/s",
+                        f"{bare[stage] / LIMIT:.2f} of limit",
+                        "reference: same prompts, schema, max_tokens",
+                    )
+                )
+                rows.append(
+                    (
                         f"{stage} stage, {n} rows",
                         f"{rate:.0f} req/s",
                         f"{rate / LIMIT:.2f} of limit",
-                        f"{rate / bare:.2f} of bare (goal >= 0.90)",
+                        f"{rate / bare[stage]:.2f} of bare (goal >= 0.90)",
                     )
                 )
             requests = summary["stages"]["questions"]["rows_in"] + summary["stages"]["responses"]["rows_in"]
@@ -300,6 +374,7 @@ def memory_run(folder: Path, url: str, rows: int, remote: str | None) -> tuple[i
     server = None
     if remote:
         server, address = start_engine_server()
+        server_peak = PeakRss(server.pid)
     tag = "remote" if remote else "embedded"
     args = [
         "run",
@@ -328,9 +403,9 @@ def memory_run(folder: Path, url: str, rows: int, remote: str | None) -> tuple[i
         os.environ.pop("LAKESYNTH_SPARK_REMOTE", None)
         engine = None
         if server:
+            engine = server_peak.stop()
             server.terminate()
-            _, _, usage = os.wait4(server.pid, 0)
-            engine = usage.ru_maxrss // 1024
+            server.wait()
     written = summary["tables"]["training_chat"]["rows"]
     if written < rows * 0.99:
         raise SystemExit(f"memory run wrote {written} chat rows for {rows} asked")
@@ -383,7 +458,9 @@ def engine_overhead(folder: Path) -> list[tuple]:
         "import time\nt = time.monotonic()\nfrom lakesynth.engine import get_spark\n"
         f"get_spark({str(folder / 'wh_engine')!r}).range(1).count()\nprint(time.monotonic() - t)\n"
     )
-    start = float(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT).stdout)
+    start = float(
+        subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    )
     summary, wall, _ = lakesynth(
         [
             "seed",

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 
 import pytest
+import tomllib
+from conftest import ROOT
 from databricks.bundles.jobs import Job
 
 from lakesynth import bundle, cli, pipeline
-
-from conftest import ROOT
 
 SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "databricks-bundle-schema.json").read_text())
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -46,7 +45,7 @@ def test_merged_bundle_matches_the_official_schema(merged):
 
 
 def test_the_job_builds_with_databricks_bundles(merged):
-    key, spec = bundle.job(merged)
+    _, spec = bundle.job(merged)
     job = Job.from_dict(spec)
     assert [t.task_key for t in job.tasks] == list(pipeline.job_graph(ROOT))
     assert spec["max_concurrent_runs"] == 1 and spec["schedule"]["quartz_cron_expression"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import Ctx
 
 from lakesynth import chat_jsonl, questions, responses, seeds, tables
-
-from conftest import Ctx
 
 U, A, SYS = (
     {"role": "user", "content": "Hi?"},

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import deltalake
+from conftest import ROOT, write
 
 from lakesynth import tables
 from lakesynth.engine import register_tables
-
-from conftest import ROOT, write
 
 
 def lakesynth(*args, cwd=ROOT, env=None):
@@ -22,6 +21,7 @@ def lakesynth(*args, cwd=ROOT, env=None):
         capture_output=True,
         text=True,
         timeout=600,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT, write
 
 from lakesynth.config import load_config
 from lakesynth.errors import ConfigError
-
-from conftest import ROOT, write
 
 SAMPLE = ROOT / "conf" / "lakesynth.yml"
 

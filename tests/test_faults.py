@@ -11,7 +11,6 @@ import time
 
 import deltalake
 import pytest
-
 from conftest import ROOT
 from test_cli import lakesynth
 
@@ -159,13 +158,26 @@ def test_planted_secret_never_leaks(tmp_path, teacher_server):
 
 def test_twenty_percent_faults_of_every_kind_through_both_llm_stages(tmp_path, teacher_server):
     teacher_server.reset(fault_rate=0.2, seed=21, timeout_sleep_s=1.0)
-    proc = lakesynth("run", "--stages", "seed,questions,responses",
-                     *_args(tmp_path, teacher_server, "--set", "teacher.max_retries=1", "--set", "teacher.timeout_s=0.5",
-                            "--summary", str(tmp_path / "s.json")))
+    proc = lakesynth(
+        "run",
+        "--stages",
+        "seed,questions,responses",
+        *_args(
+            tmp_path,
+            teacher_server,
+            "--set",
+            "teacher.max_retries=1",
+            "--set",
+            "teacher.timeout_s=0.5",
+            "--summary",
+            str(tmp_path / "s.json"),
+        ),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert set(teacher_server.stats.faults) == {"429", "500", "timeout", "malformed", "schema", "truncated"}
-    seeds, questions, answers = (_table(tmp_path, n) for n in ("seed_questions", "synthetic_questions",
-                                                                "synthetic_responses"))
+    seeds, questions, answers = (
+        _table(tmp_path, n) for n in ("seed_questions", "synthetic_questions", "synthetic_responses")
+    )
     assert set(questions.seed_id) == set(seeds.seed_id)  # every seed has its questions or its error row
     assert questions.question_id.is_unique and answers.question_id.is_unique
     ok_questions = questions[questions.error.isna()]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
+from conftest import Ctx
 from databricks.bundles.jobs import Job
 
 from lakesynth import chat_jsonl, finetune, pipeline, questions, responses, seeds
 from lakesynth.errors import StageSkipped
-
-from conftest import Ctx
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_c
     assert m["steps"] == 3 and m["device"] == "cpu"
     assert m["val_loss_before"] > 0 and m["val_loss_after"] < m["val_loss_before"]
     assert os.path.isfile(os.path.join(result.files["adapter"], "adapter_config.json"))
-    saved = json.loads(open(os.path.join(os.path.dirname(result.files["adapter"]), "metrics.json")).read())
+    saved = json.loads(Path(result.files["adapter"]).parent.joinpath("metrics.json").read_text())
     assert saved["val_loss_after"] == m["val_loss_after"]
 
 

@@ -154,9 +154,8 @@ def test_key_comes_from_named_env_var_and_never_prints(monkeypatch):
         assert endpoint.api_key.get_secret_value() == SECRET
         assert SECRET not in repr(endpoint) and SECRET not in str(endpoint)
     monkeypatch.delenv("LAKESYNTH_TEST_KEY")
-    with pytest.raises(ConfigError, match="LAKESYNTH_TEST_KEY is not set"):
-        with llm.open_endpoint(teacher):
-            pass
+    with pytest.raises(ConfigError, match="LAKESYNTH_TEST_KEY is not set"), llm.open_endpoint(teacher):
+        pass
 
 
 def test_cost_estimate_only_where_prices_are_configured():

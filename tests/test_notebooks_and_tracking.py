@@ -7,12 +7,11 @@ import os
 
 import nbformat
 import pytest
+from conftest import ROOT
 from nbclient import NotebookClient
+from test_cli import lakesynth
 
 from lakesynth.standin import StandIn, StandInOptions
-
-from conftest import ROOT
-from test_cli import lakesynth
 
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
 

@@ -15,9 +15,8 @@ import sys
 import pytest
 from chispa import assert_df_equality
 from chispa.schema_comparer import SchemasNotEqualError, assert_schema_equality
-from pyspark.sql import types as T
-
 from conftest import ROOT
+from pyspark.sql import types as T
 
 CLASSIC_PYTHON = ROOT / ".venv-classic" / "bin" / "python"
 SCRIPT = ROOT / "tests" / "parity" / "transforms.py"
@@ -37,7 +36,7 @@ def results(tmp_path_factory, teacher_server):
         k: v for k, v in os.environ.items() if not k.startswith(("SPARK_CONNECT", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE"))
     }
     for engine, python in (("sail", sys.executable), ("classic", str(CLASSIC_PYTHON))):
-        proc = subprocess.run(
+        proc = subprocess.run(  # noqa: PLW1510 - the return code is asserted below, with the output
             [
                 python,
                 str(SCRIPT),

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import deltalake
-
-from lakesynth import pipeline
-
 from conftest import ROOT, write
 from test_cli import lakesynth
+
+from lakesynth import pipeline
 
 
 def _summary(path):

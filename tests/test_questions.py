@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+from conftest import Ctx, write
 
 from lakesynth import questions, seeds, tables
 from lakesynth.errors import StageError
-
-from conftest import Ctx, write
 
 
 def _with(cfg, **sections):

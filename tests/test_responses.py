@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import Ctx
 from pyspark.sql import types as T
 
 from lakesynth import questions, responses, seeds, tables
-
-from conftest import Ctx
 
 
 def _prepare(spark, cfg):

@@ -6,11 +6,10 @@ import json
 
 import pytest
 from chispa import assert_df_equality
+from conftest import write
 
 from lakesynth import seeds, tables
 from lakesynth.errors import SeedError
-
-from conftest import write
 
 
 def _ingest(spark, cfg, path):

@@ -167,7 +167,7 @@ class FormatConfig(_Model):
     max_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
 
     @model_validator(mode="after")
-    def _fractions(self) -> "FormatConfig":
+    def _fractions(self) -> FormatConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave examples for training")
         return self

@@ -59,7 +59,7 @@ class Endpoint:
 
     base_url: str
     model: str
-    api_key: SecretStr = SecretStr("unused")
+    api_key: SecretStr = dataclasses.field(default_factory=lambda: SecretStr("unused"))
 
     def redact(self, text: str | None) -> str | None:
         key = self.api_key.get_secret_value()
@@ -94,7 +94,7 @@ def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
         wait = max(1, int(teacher.timeout_s))
         client = WorkspaceClient(config=Config(retry_timeout_seconds=wait, http_timeout_seconds=wait))
         header = client.config.authenticate().get("Authorization", "")
-    except Exception as exc:  # the SDK raises several types; all mean "no usable credentials"
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "no usable credentials"
         raise EndpointError(f"teacher.base_url=databricks: cannot authenticate to Databricks: {exc}") from None
     token = header.removeprefix("Bearer ")
     return Endpoint(f"{client.config.host.rstrip('/')}/serving-endpoints", teacher.model, SecretStr(token))
@@ -439,10 +439,10 @@ def ai_query_udf(
     def ai_query(
         endpoint_name: pd.Series,
         request: pd.Series,
-        modelParameters: pd.DataFrame,  # noqa: N803
+        modelParameters: pd.DataFrame,
         responseFormat: pd.Series,
         failOnError: pd.Series,
-    ) -> pd.DataFrame:  # noqa: N803
+    ) -> pd.DataFrame:
         # All five arguments are required locally: lakesynth's SQL always passes them by name.
         params = modelParameters.iloc[0].to_dict() if len(request) else {}
         output = model_from_ddl(responseFormat.iloc[0]) if len(request) else BaseModel

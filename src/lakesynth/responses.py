@@ -139,6 +139,7 @@ def with_journal_accounting(spark: SparkSession, rows: DataFrame, journal: str) 
     usage = (
         spark.read.schema(JOURNAL_SCHEMA)
         .json(journal)
+        .join(rows.select("fingerprint").distinct(), "fingerprint", "left_semi")  # this chunk's, not the journal's
         .groupBy("fingerprint")
         .agg(*[F.max(c).alias(f"_{c}") for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")])
     )

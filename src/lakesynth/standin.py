@@ -98,7 +98,7 @@ class StandIn:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         threading.Thread(target=self._thread, daemon=True, name="standin").start()
         self._ready.wait(10)
         return self

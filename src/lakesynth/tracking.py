@@ -54,7 +54,7 @@ class Tracker:
         self.mlflow = None
         self.run_id: str | None = None
 
-    def start(self) -> "Tracker":
+    def start(self) -> Tracker:
         if not self.cfg.mlflow.enabled:
             return self
         try:

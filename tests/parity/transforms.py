@@ -19,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pyspark.sql import functions as F  # noqa: E402
-from pyspark.sql import types as T  # noqa: E402
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from lakesynth import chat_jsonl, llm, questions, responses, seeds  # noqa: E402
-from lakesynth.config import load_config  # noqa: E402
+from lakesynth import chat_jsonl, llm, questions, responses, seeds
+from lakesynth.config import load_config
 
 VOLATILE = ("created_at", "latency_ms")  # clock-dependent, not engine-dependent
 
