@@ -153,7 +153,7 @@ def upsert(
     update_when: str | None = None,
     replace_by: str | None = None,
 ) -> None:
-    """MERGE rows into the table by key.
+    """MERGE rows into the table by key (an append when the table has none of their keys).
 
     Args:
         update_when: SQL condition on `t` (target) and `s` (source) under which a matched row is
@@ -162,7 +162,14 @@ def upsert(
             the same MERGE (a seed's questions are replaced as a whole when it is regenerated).
     """
     fqn = ensure(spark, cfg, table)
-    source = conform(rows, table).withColumn("_op", F.lit("upsert"))
+    source = conform(rows, table)
+    # Rows whose key (and replace_by value) the table has never seen need no MERGE: an append writes the same
+    # rows, cheaper, and Sail retains memory for every MERGE (benchmarks/NOTES.md). A first run only appends.
+    probes = {table.key, replace_by} - {None}
+    if not any(spark.table(fqn).join(source.select(c), c, "left_semi").limit(1).collect() for c in probes):
+        source.write.mode("append").insertInto(fqn)
+        return
+    source = source.withColumn("_op", F.lit("upsert"))
     if replace_by:
         stale = (
             spark.table(fqn)
