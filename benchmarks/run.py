@@ -4,8 +4,9 @@
 
 1. Endpoint utilisation: the stand-in with 100 ms latency and a hard cap of 64 concurrent requests can
    serve at most 640 req/s. The questions and responses stages run on 1k and 10k rows against it; beside
-   them a bare async OpenAI client (the best a client can do here) and the naive driver-side thread pool
-   of 2. Goal: stage throughput >= 0.90 of the bare client.
+   each, a bare async OpenAI client sending the same requests (the best a client can do on this machine,
+   where the stand-in shares the cores), and the naive driver-side thread pool of 2. Goal: stage
+   throughput >= 0.90 of the bare client.
 2. Embedded teacher efficiency: the raw xllamacpp server's aggregate generated tokens/s (its own parallel
    slots, a bare client) against the questions stage's on the same model. Goal >= 0.90.
 3. Driver memory: peak RSS for 1k vs 100k rows (seeds x 10 questions each) through seed -> questions ->
