@@ -114,6 +114,41 @@ def test_concurrency_is_bounded(server):
     assert 1 < server.stats.max_in_flight <= 5
 
 
+def test_batches_share_one_pool_and_keep_it_busy_while_the_caller_works(server):
+    """The engine's batches: results per batch, in order, under one concurrency cap; while the caller
+    is busy (the engine preparing the next batch), requests of the batch already taken keep going."""
+    import time
+
+    server.reset(latency_ms=50)
+    sizes = [7, 30, 1, 12]
+    sent_while_caller_slept = []
+
+    def batches():
+        offset = 0
+        for size in sizes:
+            yield _requests(offset + size)[offset:]
+            offset += size
+            before = server.stats.requests
+            time.sleep(0.3)  # the caller is slow to hand over the next batch
+            sent_while_caller_slept.append(server.stats.requests - before)
+
+    out = list(_call(server, max_concurrency=8).run_batches(batches()))
+    assert [len(r) for r in out] == sizes
+    assert [r.key for batch in out for r in batch] == [f"row-{i}" for i in range(sum(sizes))]
+    assert all(r.error is None for batch in out for r in batch)
+    assert 1 < server.stats.max_in_flight <= 8
+    # Batch 2 (30 requests, 8 at a time, 50 ms each) went on while the caller slept before batch 3.
+    assert sent_while_caller_slept[1] >= 8
+    assert server.stats.requests == sum(sizes)
+
+
+def test_a_fatal_error_in_one_batch_stops_the_stream_cleanly(server):
+    server.reset(api_key="the-right-key")
+    stream = _call(server).run_batches([_requests(3), _requests(3)])
+    with pytest.raises(EndpointError, match="401"):
+        list(stream)
+
+
 @pytest.mark.parametrize(
     "options, match",
     [

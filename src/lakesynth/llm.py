@@ -15,6 +15,7 @@ journal and pays again only for the requests that were in flight.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -23,9 +24,10 @@ import json
 import random
 import re
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -207,99 +209,42 @@ class Call:
 
     def run(self, keyed_messages: Sequence[tuple[str, list[dict]]], *, workers: int = 1) -> list[Result]:
         """One Result per (key, messages), in order; this worker's share of the stage's concurrency."""
-        return asyncio.run(self._run(keyed_messages, workers))
+        (results,) = self.run_batches([keyed_messages], workers=workers)
+        return results
 
-    async def _run(self, keyed_messages: Sequence[tuple[str, list[dict]]], workers: int) -> list[Result]:
-        teacher = self.teacher
-        journal = Journal(self.journal_dir)
-        fingerprints = [self.fingerprint(m) for _, m in keyed_messages]
-        done = journal.load(set(fingerprints))
-        in_flight = max(1, -(-teacher.max_concurrency // workers))
-        limit = asyncio.Semaphore(in_flight)
-        rpm = _limiter(teacher.requests_per_minute, workers)
-        tpm = _limiter(teacher.tokens_per_minute, workers)
-        schema = {
-            "type": "json_schema",
-            "json_schema": {"name": self.output.__name__, "schema": self.schema, "strict": True},
-        }
-        client = openai.AsyncOpenAI(
-            base_url=self.endpoint.base_url,
-            api_key=self.endpoint.api_key.get_secret_value(),
-            max_retries=0,
-            timeout=teacher.timeout_s,
-        )
-        bar = tqdm(
-            total=len(keyed_messages), desc=self.label, unit="req", mininterval=1.0, file=sys.stderr, disable=None
-        )
+    def run_batches(
+        self, batches: Iterable[Sequence[tuple[str, list[dict]]]], *, workers: int = 1
+    ) -> Iterator[list[Result]]:
+        """One list of Results per batch, in order, through one pool of requests.
 
-        async def one(key: str, messages: list[dict], fp: str) -> Result:
-            if fp in done:
-                hit = done[fp]
-                return Result(**{**asdict(hit), "key": key, "from_journal": True})
-            result = Result(key=key, fingerprint=fp, model=self.endpoint.model)
-            started = time.monotonic()
-            try:
-                async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(teacher.max_retries + 1),
-                    wait=_backoff,
-                    retry=retry_if_exception_type(RETRYABLE),
-                    reraise=True,
-                ):
-                    with attempt:
-                        result.attempts += 1
-                        async with limit:
-                            if rpm:
-                                await rpm.acquire()
-                            if tpm:
-                                await tpm.acquire(min(tpm.max_rate, self.max_tokens + _estimate_tokens(messages)))
-                            reply = await client.chat.completions.create(
-                                model=self.endpoint.model,
-                                messages=messages,
-                                response_format=schema,
-                                temperature=self.temperature,
-                                max_tokens=self.max_tokens,
-                            )
-                        if reply.usage:
-                            result.prompt_tokens += reply.usage.prompt_tokens or 0
-                            result.completion_tokens += reply.usage.completion_tokens or 0
-                        result.output, result.raw_output = self._parse(reply), None
-            except FATAL as exc:
-                raise EndpointError(self._describe_fatal(exc)) from None
-            except openai.BadRequestError as exc:
-                if "context" not in str(exc).lower() and "token" not in str(exc).lower():
-                    raise EndpointError(self._describe_fatal(exc)) from None
-                result.error = self.endpoint.redact(f"BadRequestError: {exc}")
-            except openai.APIConnectionError as exc:
-                if not isinstance(exc, openai.APITimeoutError):
-                    raise EndpointError(
-                        f"{self.label}: cannot reach the teacher at {self.endpoint.base_url} after "
-                        f"{result.attempts} attempt(s): {exc}. Is the endpoint up and the URL right (teacher.base_url)?"
-                    ) from None
-                result.error = f"APITimeoutError: no reply within {teacher.timeout_s} s ({result.attempts} attempts)"
-            except RETRYABLE as exc:
-                result.error = self.endpoint.redact(f"{type(exc).__name__}: {exc} (after {result.attempts} attempts)")
-                result.raw_output = self.endpoint.redact(getattr(exc, "raw", None))
-            result.latency_ms = int((time.monotonic() - started) * 1000)
-            journal.append(result)
-            bar.update()
-            return result
+        The engine hands a partition over in batches of about a thousand rows. Called one batch at a time,
+        the pool would empty at the end of every batch and stay idle while the engine prepares the next;
+        here the next batch is taken while the previous one is still out (at most two batches held), and
+        the requests run on an event loop in a thread of their own, so they keep going meanwhile.
+        """
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=f"lakesynth-{self.label}", daemon=True)
+        thread.start()
 
-        # A fixed pool of tasks pulls the requests in order: memory follows the requests in flight, not the
-        # batch. Twice the limit, so a request waiting out a backoff does not leave a slot idle.
-        results: list[Result] = [None] * len(keyed_messages)  # type: ignore[list-item]
-        todo = iter(enumerate(zip(keyed_messages, fingerprints)))
+        def on_loop(coro):
+            return asyncio.run_coroutine_threadsafe(coro, loop)
 
-        async def worker() -> None:
-            for i, ((key, messages), fp) in todo:
-                results[i] = await one(key, messages, fp)
-
+        pool = on_loop(_Pool.open(self, workers)).result()
+        running: collections.deque = collections.deque()
         try:
-            await asyncio.gather(*(worker() for _ in range(min(2 * in_flight, len(keyed_messages)))))
-            return results
+            for batch in batches:
+                running.append(on_loop(pool.run(batch)))
+                if len(running) > 1:
+                    yield running.popleft().result()
+            while running:
+                yield running.popleft().result()
         finally:
-            bar.close()
-            journal.close()
-            await client.close()
+            for future in running:
+                future.cancel()
+            on_loop(pool.close()).result()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
 
     def _parse(self, reply) -> dict:
         choice = reply.choices[0]
@@ -325,6 +270,116 @@ class Call:
         return self.endpoint.redact(
             f"{self.label}: the teacher endpoint answered {exc.status_code}: {hint}. Server said: {exc.message}"
         )
+
+
+class _Pool:
+    """The requests of one `Call.run_batches`: one client, one concurrency limit, one journal file, one
+    progress bar, shared by every batch it is given."""
+
+    def __init__(self, call: Call, workers: int) -> None:
+        teacher = call.teacher
+        self.call = call
+        self.journal = Journal(call.journal_dir)
+        self.in_flight = max(1, -(-teacher.max_concurrency // workers))
+        self.limit = asyncio.Semaphore(self.in_flight)
+        self.rpm = _limiter(teacher.requests_per_minute, workers)
+        self.tpm = _limiter(teacher.tokens_per_minute, workers)
+        self.response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": call.output.__name__, "schema": call.schema, "strict": True},
+        }
+        self.client = openai.AsyncOpenAI(
+            base_url=call.endpoint.base_url,
+            api_key=call.endpoint.api_key.get_secret_value(),
+            max_retries=0,
+            timeout=teacher.timeout_s,
+        )
+        self.bar = tqdm(total=0, desc=call.label, unit="req", mininterval=1.0, file=sys.stderr, disable=None)
+
+    @classmethod
+    async def open(cls, call: Call, workers: int) -> _Pool:
+        return cls(call, workers)  # built on the loop that will use it
+
+    async def run(self, keyed_messages: Sequence[tuple[str, list[dict]]]) -> list[Result]:
+        fingerprints = [self.call.fingerprint(m) for _, m in keyed_messages]
+        done = self.journal.load(set(fingerprints))
+        self.bar.total += len(keyed_messages)
+        self.bar.refresh()
+        # A fixed set of tasks pulls the requests in order: memory follows the requests in flight, not the
+        # batch. Twice the limit, so a request waiting out a backoff does not leave a slot idle.
+        results: list[Result] = [None] * len(keyed_messages)  # type: ignore[list-item]
+        todo = iter(enumerate(zip(keyed_messages, fingerprints)))
+
+        async def worker() -> None:
+            for i, ((key, messages), fp) in todo:
+                hit = done.get(fp)
+                if hit:
+                    results[i] = Result(**{**asdict(hit), "key": key, "from_journal": True})
+                else:
+                    results[i] = await self.one(key, messages, fp)
+                self.bar.update()
+
+        await asyncio.gather(*(worker() for _ in range(min(2 * self.in_flight, len(keyed_messages)))))
+        return results
+
+    async def one(self, key: str, messages: list[dict], fp: str) -> Result:
+        call, teacher = self.call, self.call.teacher
+        result = Result(key=key, fingerprint=fp, model=call.endpoint.model)
+        started = time.monotonic()
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(teacher.max_retries + 1),
+                wait=_backoff,
+                retry=retry_if_exception_type(RETRYABLE),
+                reraise=True,
+            ):
+                with attempt:
+                    result.attempts += 1
+                    async with self.limit:
+                        if self.rpm:
+                            await self.rpm.acquire()
+                        if self.tpm:
+                            await self.tpm.acquire(min(self.tpm.max_rate, call.max_tokens + _estimate_tokens(messages)))
+                        reply = await self.client.chat.completions.create(
+                            model=call.endpoint.model,
+                            messages=messages,
+                            response_format=self.response_format,
+                            temperature=call.temperature,
+                            max_tokens=call.max_tokens,
+                        )
+                    if reply.usage:
+                        result.prompt_tokens += reply.usage.prompt_tokens or 0
+                        result.completion_tokens += reply.usage.completion_tokens or 0
+                    result.output, result.raw_output = call._parse(reply), None
+        except FATAL as exc:
+            raise EndpointError(call._describe_fatal(exc)) from None
+        except openai.BadRequestError as exc:
+            if "context" not in str(exc).lower() and "token" not in str(exc).lower():
+                raise EndpointError(call._describe_fatal(exc)) from None
+            result.error = call.endpoint.redact(f"BadRequestError: {exc}")
+        except openai.APIConnectionError as exc:
+            if not isinstance(exc, openai.APITimeoutError):
+                raise EndpointError(
+                    f"{call.label}: cannot reach the teacher at {call.endpoint.base_url} after "
+                    f"{result.attempts} attempt(s): {exc}. Is the endpoint up and the URL right (teacher.base_url)?"
+                ) from None
+            result.error = f"APITimeoutError: no reply within {teacher.timeout_s} s ({result.attempts} attempts)"
+        except RETRYABLE as exc:
+            result.error = call.endpoint.redact(f"{type(exc).__name__}: {exc} (after {result.attempts} attempts)")
+            result.raw_output = call.endpoint.redact(getattr(exc, "raw", None))
+        result.latency_ms = int((time.monotonic() - started) * 1000)
+        self.journal.append(result)
+        return result
+
+    async def close(self) -> None:
+        """Cancel what is still out (a failed batch stops the rest), then release the client."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        self.bar.close()
+        self.journal.close()
+        await self.client.close()
 
 
 def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:

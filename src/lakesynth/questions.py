@@ -7,6 +7,7 @@ fingerprint is skipped; a regenerated seed replaces all of its old rows.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -134,12 +135,17 @@ def _render_batches(
 
 
 def _generate(batches: Iterator[pd.DataFrame], *, call: llm.Call, workers: int) -> Iterator[pd.DataFrame]:
-    """Executor side: call the teacher for a partition's seeds with bounded async concurrency."""
-    for batch in batches:
-        results = call.run(
-            [(sid, json.loads(m)) for sid, m in zip(batch["seed_id"], batch["messages"])], workers=workers
-        )
-        yield _generated_frame(batch, results)
+    """Executor side: call the teacher for a partition's seeds with bounded async concurrency, one pool
+    of requests across the partition's batches."""
+    taken: collections.deque[pd.DataFrame] = collections.deque()
+
+    def requests() -> Iterator[list[tuple[str, list[dict]]]]:
+        for batch in batches:
+            taken.append(batch)
+            yield [(sid, json.loads(m)) for sid, m in zip(batch["seed_id"], batch["messages"])]
+
+    for results in call.run_batches(requests(), workers=workers):
+        yield _generated_frame(taken.popleft(), results)
 
 
 def _generated_frame(batch: pd.DataFrame, results: list[llm.Result]) -> pd.DataFrame:
