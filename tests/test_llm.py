@@ -142,11 +142,39 @@ def test_batches_share_one_pool_and_keep_it_busy_while_the_caller_works(server):
     assert server.stats.requests == sum(sizes)
 
 
-def test_a_fatal_error_in_one_batch_stops_the_stream_cleanly(server):
+def test_overlapping_batches_stay_under_one_cap_and_one_journal_file(server, tmp_path):
+    server.reset(latency_ms=30)
+    batches = [_requests(60)[i : i + 20] for i in range(0, 60, 20)]
+    out = list(_call(server, tmp_path, max_concurrency=8).run_batches(batches))
+    assert [r.key for batch in out for r in batch] == [f"row-{i}" for i in range(60)]
+    assert 1 < server.stats.max_in_flight <= 8
+    assert len(list((tmp_path / "journal").glob("*.jsonl"))) == 1
+
+
+def _pool_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("lakesynth-")]
+
+
+def test_a_fatal_error_or_an_early_stop_leaves_no_thread_behind(server):
+    stream = _call(server).run_batches([_requests(3), _requests(3), _requests(3)])
+    assert len(next(stream)) == 3 and _pool_threads()
+    stream.close()  # the consumer stops early: what is still out is cancelled
+    assert not _pool_threads()
+
+    def failing_input():
+        yield _requests(3)
+        raise ValueError("the engine's input broke")
+
+    with pytest.raises(ValueError, match="input broke"):
+        list(_call(server).run_batches(failing_input()))
+    assert not _pool_threads()
+
     server.reset(api_key="the-right-key")
-    stream = _call(server).run_batches([_requests(3), _requests(3)])
     with pytest.raises(EndpointError, match="401"):
-        list(stream)
+        list(_call(server).run_batches([_requests(3), _requests(3)]))
+    assert not _pool_threads()
 
 
 @pytest.mark.parametrize(

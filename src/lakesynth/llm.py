@@ -229,22 +229,30 @@ class Call:
         def on_loop(coro):
             return asyncio.run_coroutine_threadsafe(coro, loop)
 
-        pool = on_loop(_Pool.open(self, workers)).result()
+        pool: _Pool | None = None
         running: collections.deque = collections.deque()
         try:
+            pool = on_loop(_Pool.open(self, workers)).result()
             for batch in batches:
-                running.append(on_loop(pool.run(batch)))
+                # Fingerprints and the journal scan on this thread, so they never stall the requests in flight.
+                fingerprints = [self.fingerprint(m) for _, m in batch]
+                done = pool.journal.load(set(fingerprints))
+                running.append(on_loop(pool.run(batch, fingerprints, done)))
                 if len(running) > 1:
                     yield running.popleft().result()
             while running:
                 yield running.popleft().result()
         finally:
-            for future in running:
-                future.cancel()
-            on_loop(pool.close()).result()
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
+            try:
+                for future in running:
+                    future.cancel()
+                if pool is not None:
+                    on_loop(pool.close()).result()
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join()
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
 
     def _parse(self, reply) -> dict:
         choice = reply.choices[0]
@@ -300,9 +308,10 @@ class _Pool:
     async def open(cls, call: Call, workers: int) -> _Pool:
         return cls(call, workers)  # built on the loop that will use it
 
-    async def run(self, keyed_messages: Sequence[tuple[str, list[dict]]]) -> list[Result]:
-        fingerprints = [self.call.fingerprint(m) for _, m in keyed_messages]
-        done = self.journal.load(set(fingerprints))
+    async def run(
+        self, keyed_messages: Sequence[tuple[str, list[dict]]], fingerprints: list[str], done: dict[str, Result]
+    ) -> list[Result]:
+        """Results for one batch; `done` holds the journal's successes for its fingerprints."""
         self.bar.total += len(keyed_messages)
         self.bar.refresh()
         # A fixed set of tasks pulls the requests in order: memory follows the requests in flight, not the
