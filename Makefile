@@ -34,8 +34,8 @@ classic: $(CLASSIC)/.installed
 $(CLASSIC)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(CLASSIC)
 	$(CLASSIC)/bin/pip install --quiet --upgrade pip
-	$(CLASSIC)/bin/pip install --quiet "pyspark==4.2.0" "pandas<3" pyarrow pydantic pyyaml jinja2 openai tenacity \
-		aiolimiter tqdm databricks-sdk
+	$(CLASSIC)/bin/pip install --quiet "pyspark==4.2.0" "pandas<3" pyarrow pydantic pyyaml jinja2 httpx2 \
+		tqdm databricks-sdk
 	$(CLASSIC)/bin/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -22,6 +22,7 @@ PROBE = """
 import os, sys
 from pyspark.sql import functions as F
 from lakesynth.engine import get_spark
+from lakesynth.runtime import Runtime
 
 def rss():
     for line in open(f"/proc/{os.getpid()}/status"):
@@ -29,7 +30,7 @@ def rss():
             return int(line.split()[1]) / 1024
 
 kind, repeat, wh = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-spark = get_spark(wh)
+spark = get_spark(Runtime(False, "main", "bench", "v", str(wh)))
 spark.sql("CREATE SCHEMA IF NOT EXISTS main.probe")
 spark.sql(f"CREATE TABLE main.probe.t (k string, v string) USING DELTA LOCATION '{wh}/t'")
 rows = spark.range(200).select(F.col("id").cast("string").alias("k"), F.repeat(F.lit("x"), 500).alias("v"))

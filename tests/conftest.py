@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lakesynth.config import Config, load_config
+from lakesynth import registry
+from lakesynth.config import Config
 from lakesynth.engine import get_spark
+from lakesynth.runtime import Runtime
+from lakesynth.stage import RunContext
 from lakesynth.standin import StandIn, StandInOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +33,7 @@ def spark(warehouse):
     def test_x(spark):
         spark.range(3).count()
     """
-    return get_spark(str(warehouse))
+    return get_spark(Runtime(False, "main", "unused", "lakesynth", str(warehouse)))
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def cfg(warehouse, tmp_path) -> Config:
     def test_x(cfg):
         assert cfg.schema_.startswith("t_")
     """
-    return load_config(
+    return registry.load_config(
         ROOT / "conf" / "lakesynth.yml",
         [f"warehouse={warehouse}", f"schema=t_{uuid.uuid4().hex[:10]}", "run_id=test-run"],
     )
@@ -68,19 +71,14 @@ def llm_cfg(cfg, teacher_server) -> Config:
     return cfg.model_copy(update={"teacher": teacher})
 
 
-class Ctx:
-    """The slice of pipeline.RunContext a stage uses, for calling one stage directly."""
+def context(cfg: Config) -> RunContext:
+    """A run context for calling one stage directly, as the local runner would: `questions.run(context(cfg))`."""
+    return RunContext(cfg, registry.contracts(registry.default_stages()))
 
-    def __init__(self, cfg: Config) -> None:
-        from lakesynth import llm
 
-        self._cm = llm.open_endpoint(cfg.teacher)
-        self._endpoint = None
-
-    def endpoint(self):
-        if self._endpoint is None:
-            self._endpoint = self._cm.__enter__()
-        return self._endpoint
+def where(cfg: Config) -> Runtime:
+    """The runtime of `cfg`, for the table layer: `tables.read(spark, where(cfg), questions.TABLE)`."""
+    return Runtime.resolve(cfg)
 
 
 @pytest.fixture(autouse=True)

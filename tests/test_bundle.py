@@ -13,7 +13,7 @@ import tomllib
 from conftest import ROOT
 from databricks.bundles.jobs import Job
 
-from lakesynth import bundle, cli, pipeline
+from lakesynth import bundle, cli, pipeline, registry
 
 SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "databricks-bundle-schema.json").read_text())
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -55,7 +55,7 @@ def test_tasks_name_real_entry_points_and_a_dag(merged):
     assert bundle.task_problems(merged, SCRIPTS, cli.parse_args) == []
     _, spec = bundle.job(merged)
     for task in spec["tasks"]:
-        assert task["python_wheel_task"]["parameters"][0] in pipeline.stage_functions()
+        assert task["python_wheel_task"]["parameters"][0] in registry.default_stages()
         assert "{{job.parameters.catalog}}" in task["python_wheel_task"]["parameters"]
 
 
@@ -80,9 +80,10 @@ def test_a_missing_entry_point_and_a_dangling_dependency_are_named(merged):
 
     problems = bundle.task_problems(_broken(merged, change), SCRIPTS, cli.parse_args)
     assert (
-        "task 'questions': entry_point 'lakesynth-questions' is not in [project.scripts] (has: lakesynth)" in problems
+        "job 'lakesynth': task 'questions': entry_point 'lakesynth-questions' is not in [project.scripts] "
+        "(has: lakesynth)" in problems
     )
-    assert "task 'responses': depends_on names no task 'questionz'" in problems
+    assert "job 'lakesynth': task 'responses': depends_on names no task 'questionz'" in problems
 
 
 def test_bad_parameters_and_cycles_are_named(merged):
@@ -91,5 +92,7 @@ def test_bad_parameters_and_cycles_are_named(merged):
         job["tasks"][0]["depends_on"] = [{"task_key": "format"}]
 
     problems = bundle.task_problems(_broken(merged, change), SCRIPTS, cli.parse_args)
-    assert any(p.startswith("task 'seed': `lakesynth seed") and "rejected by the CLI" in p for p in problems)
+    assert any(
+        p.startswith("job 'lakesynth': task 'seed': `lakesynth seed") and "rejected by the CLI" in p for p in problems
+    )
     assert any("cycle" in p for p in problems)

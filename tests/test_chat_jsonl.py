@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Ctx
+from conftest import context, where
 
 from lakesynth import chat_jsonl, questions, responses, seeds, tables
 
@@ -40,22 +40,22 @@ def test_chat_rules(messages, problem):
 
 
 def _pipeline(spark, cfg):
-    seeds.run(spark, cfg)
-    questions.run(spark, cfg, Ctx(cfg))
-    responses.run(spark, cfg, Ctx(cfg))
+    seeds.run(context(cfg))
+    questions.run(context(cfg))
+    responses.run(context(cfg))
 
 
 def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
     cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"max_retries": 0})})
-    seeds.run(spark, cfg)
-    questions.run(spark, cfg, Ctx(cfg))
+    seeds.run(context(cfg))
+    questions.run(context(cfg))
     teacher_server.reset(fault_rate=0.1, faults=("500",), seed=2)
-    responses.run(spark, cfg, Ctx(cfg))
-    answered = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NULL").count()
-    failed = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NOT NULL").count()
+    responses.run(context(cfg))
+    answered = tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").count()
+    failed = tables.read(spark, where(cfg), responses.TABLE).where("error IS NOT NULL").count()
     assert failed > 0
-    result = chat_jsonl.run(spark, cfg)
-    chat = tables.read(spark, cfg, tables.TRAINING_CHAT)
+    result = chat_jsonl.run(context(cfg))
+    chat = tables.read(spark, where(cfg), chat_jsonl.TABLE)
     assert chat.count() == result.rows_out == answered and result.metrics["excluded_unanswered"] == failed
     assert set(result.files) == {"train_jsonl", "val_jsonl"}
     lines = {}
@@ -72,13 +72,13 @@ def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
         n = (row.train or 0) + (row.val or 0)
         assert abs((row.val or 0) - n * cfg.format.val_fraction) <= 1
     before = {r.example_id: r.split for r in chat.collect()}
-    chat_jsonl.run(spark, cfg)
-    assert {r.example_id: r.split for r in tables.read(spark, cfg, tables.TRAINING_CHAT).collect()} == before
+    chat_jsonl.run(context(cfg))
+    assert {r.example_id: r.split for r in tables.read(spark, where(cfg), chat_jsonl.TABLE).collect()} == before
 
 
 def test_too_long_examples_are_counted_not_written(spark, llm_cfg):
     _pipeline(spark, llm_cfg)
     cfg = llm_cfg.model_copy(update={"format": llm_cfg.format.model_copy(update={"max_tokens": 16})})
-    result = chat_jsonl.run(spark, cfg)
-    assert result.rows_out == 0 and result.errors == tables.count(spark, cfg, tables.SYNTHETIC_RESPONSES)
+    result = chat_jsonl.run(context(cfg))
+    assert result.rows_out == 0 and result.errors == tables.count(spark, where(cfg), responses.TABLE)
     assert list(result.metrics["violations"]) == ["longer than 16 tokens (estimated)"]

@@ -10,7 +10,7 @@ import sys
 import deltalake
 from conftest import ROOT, write
 
-from lakesynth import tables
+from lakesynth import seeds
 from lakesynth.engine import register_tables
 
 
@@ -55,7 +55,7 @@ def test_bad_seed_file_exits_nonzero_with_named_error(tmp_path):
     report = json.loads(summary.read_text())
     assert report["stages"]["seed"]["status"] == "failed"
     assert (
-        not (tmp_path / "wh" / "main" / "lakesynth_dev" / tables.SEED_QUESTIONS.name / "_delta_log").exists()
+        not (tmp_path / "wh" / "main" / "lakesynth_dev" / seeds.TABLE.name / "_delta_log").exists()
         or len(deltalake.DeltaTable(str(tmp_path / "wh/main/lakesynth_dev/seed_questions")).to_pandas()) == 0
     )
 

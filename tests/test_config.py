@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, write
 
-from lakesynth.config import load_config
 from lakesynth.errors import ConfigError
+from lakesynth.registry import load_config
 
 SAMPLE = ROOT / "conf" / "lakesynth.yml"
 

@@ -184,3 +184,30 @@ def test_twenty_percent_faults_of_every_kind_through_both_llm_stages(tmp_path, t
     assert set(answers.question_id) == set(ok_questions.question_id)  # every question answered or erred
     failed = answers[answers.error.notna()]
     assert len(failed) > 0 and failed.answer.isna().all()
+
+
+def test_row_failures_of_every_kind_stay_in_their_rows_through_both_llm_stages(tmp_path, teacher_server):
+    """409s, 5xx and dropped connections are retried; a prompt over the context length (400), a 413 and a 422
+    fail their row at once. Either way the row is written with its error, and nothing stops the stage."""
+    teacher_server.reset(fault_rate=0.25, faults=("409", "413", "422", "400_context", "reset", "500"), seed=33)
+    proc = lakesynth(
+        "run",
+        "--stages",
+        "seed,questions,responses",
+        *_args(tmp_path, teacher_server, "--set", "teacher.max_retries=2", "--summary", str(tmp_path / "s.json")),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert set(teacher_server.stats.faults) == {"409", "413", "422", "400_context", "reset", "500"}
+    seeds, questions, answers = (
+        _table(tmp_path, n) for n in ("seed_questions", "synthetic_questions", "synthetic_responses")
+    )
+    assert set(questions.seed_id) == set(seeds.seed_id)  # every seed has its questions or its error row
+    assert questions.question_id.is_unique and answers.question_id.is_unique
+    ok_questions = questions[questions.error.isna()]
+    assert set(answers.question_id) == set(ok_questions.question_id)  # every question answered or erred
+    assert answers.answer.notna().sum() > 0 and answers[answers.error.notna()].answer.isna().all()
+    errors = list(questions.error.dropna()) + list(answers.error.dropna())
+    kinds = {e.split(":")[0] for e in errors}
+    assert {"BadRequestError", "RequestTooLargeError", "UnprocessableEntityError"} <= kinds
+    assert any("context_length_exceeded" in e for e in errors)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Ctx
+from conftest import context, where
 from databricks.bundles.jobs import Job
 
 from lakesynth import chat_jsonl, finetune, pipeline, questions, responses, seeds
@@ -17,10 +17,10 @@ from lakesynth.errors import StageSkipped
 @pytest.fixture
 def jsonl_cfg(spark, llm_cfg):
     """A config whose train/val JSONL exist (stand-in teacher)."""
-    seeds.run(spark, llm_cfg)
-    questions.run(spark, llm_cfg, Ctx(llm_cfg))
-    responses.run(spark, llm_cfg, Ctx(llm_cfg))
-    chat_jsonl.run(spark, llm_cfg)
+    seeds.run(context(llm_cfg))
+    questions.run(context(llm_cfg))
+    responses.run(context(llm_cfg))
+    chat_jsonl.run(context(llm_cfg))
     return llm_cfg
 
 
@@ -28,7 +28,7 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
-    files = finetune.split_files(jsonl_cfg)
+    files = finetune.split_files(where(jsonl_cfg))
     data = load_dataset("json", data_files=files, split=None)
     assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
     tokenizer = AutoTokenizer.from_pretrained(
@@ -46,7 +46,7 @@ def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_c
             "finetune": jsonl_cfg.finetune.model_copy(update={"max_steps": 3, "max_length": 96, "learning_rate": 1e-3})
         }
     )
-    result = finetune.run(spark, cfg)
+    result = finetune.run(context(cfg))
     m = result.metrics
     assert m["steps"] == 3 and m["device"] == "cpu"
     assert m["val_loss_before"] > 0 and m["val_loss_after"] < m["val_loss_before"]
@@ -58,12 +58,12 @@ def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_c
 def test_missing_training_extra_is_a_skip_that_says_how_to_install(spark, jsonl_cfg, monkeypatch):
     monkeypatch.setattr(finetune, "TRAINING_LIBS", ("torch", "no_such_training_lib"))
     with pytest.raises(StageSkipped, match=r"missing no_such_training_lib.*pip install"):
-        finetune.run(spark, jsonl_cfg)
+        finetune.run(context(jsonl_cfg))
 
 
 def test_foundation_model_request_is_exact(cfg):
     os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
-    files = finetune.split_files(cfg)
+    files = finetune.split_files(where(cfg))
     assert files == {
         "train": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/train.jsonl",
         "val": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/val.jsonl",
@@ -83,8 +83,8 @@ def test_foundation_model_request_is_exact(cfg):
 def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
     cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"base_model": "org/student"})})
-    files = finetune.split_files(cfg)
-    script = finetune.ai_runtime_command(cfg, files, "/Workspace/Users/me/.lakesynth/test-run")
+    files = finetune.split_files(where(cfg))
+    script = finetune.ai_runtime_command(cfg, where(cfg), files, "/Workspace/Users/me/.lakesynth/test-run")
     assert script.splitlines()[2].startswith("pip install --quiet transformers==5.23.0 peft==0.21.2 trl==1.16.0")
     assert script.splitlines()[3] == (
         f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --train {files['train']} --val {files['val']} "

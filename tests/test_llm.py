@@ -6,7 +6,7 @@ import os
 import socket
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from lakesynth import llm
 from lakesynth.config import TeacherConfig
@@ -189,15 +189,19 @@ def test_endpoint_level_failures_raise_clearly(server, options, match):
     server.reset(**options)
     call = _call(server)
     call = llm.Call(
-        llm.Endpoint(server.base_url, "standin", llm.SecretStr(SECRET)),
+        llm.Endpoint(server.base_url, "standin", SecretStr(SECRET)),
         call.teacher,
         Questions,
         temperature=0.5,
         max_tokens=256,
     )
     with pytest.raises(EndpointError, match=match) as info:
-        call.run(_requests(3))
+        llm.preflight(call, _requests(1))
     assert SECRET not in str(info.value)
+    if "reject_schema" not in options:  # 401 and 404 stop the main run too; a 400 there is its row's (see below)
+        with pytest.raises(EndpointError, match=match) as info:
+            call.run(_requests(3))
+        assert SECRET not in str(info.value)
 
 
 def test_unreachable_endpoint_raises_clearly():
@@ -223,8 +227,8 @@ def test_key_comes_from_named_env_var_and_never_prints(monkeypatch):
 
 def test_cost_estimate_only_where_prices_are_configured():
     priced = TeacherConfig(price_per_million_prompt_tokens=1.0, price_per_million_completion_tokens=4.0)
-    assert llm.cost(1000, 500, priced) == pytest.approx(0.003)
-    assert llm.cost(1000, 500, TeacherConfig()) is None
+    assert priced.cost(1000, 500) == pytest.approx(0.003)
+    assert TeacherConfig().cost(1000, 500) is None
 
 
 def test_embedded_teacher_answers_a_structured_request(tmp_path):
@@ -260,3 +264,247 @@ def test_databricks_endpoint_uses_unified_auth_and_hides_the_token():
         assert endpoint.base_url == "https://dbc-0123.cloud.databricks.com/serving-endpoints"
         assert endpoint.model == "databricks-meta-llama-3-3-70b-instruct"
         assert endpoint.api_key.get_secret_value() == SECRET and SECRET not in repr(endpoint)
+
+
+# --- Output model -> Spark DDL --------------------------------------------------------------------
+
+
+class Answer(BaseModel):
+    reasoning: str
+    answer: str
+
+
+class Scored(BaseModel):
+    label: str | None
+    score: float
+    votes: int
+    kept: bool
+    tags: list[str]
+    parts: list[Answer]
+    best: Answer | None = None
+
+
+def test_spark_ddl_and_response_format_come_from_the_model():
+    assert llm.spark_ddl(Answer) == "reasoning STRING, answer STRING"
+    assert llm.response_format(Answer) == "STRUCT<response: STRUCT<reasoning: STRING, answer: STRING>>"
+    assert llm.spark_ddl(Scored) == (
+        "label STRING, score DOUBLE, votes BIGINT, kept BOOLEAN, tags ARRAY<STRING>, "
+        "parts ARRAY<STRUCT<reasoning: STRING, answer: STRING>>, best STRUCT<reasoning: STRING, answer: STRING>"
+    )
+
+
+def test_a_field_with_no_spark_type_is_named():
+    class Loose(BaseModel):
+        answer: str
+        extra: dict[str, int]
+
+    with pytest.raises(ConfigError, match="Loose.extra: type dict"):
+        llm.spark_ddl(Loose)
+    with pytest.raises(ConfigError, match="Loose.extra"):
+        llm.response_format(Loose)
+
+
+def test_local_ai_query_checks_its_response_format_against_the_model(spark, server):
+    import pandas as pd
+
+    udf = llm.ai_query_udf(
+        llm.Endpoint(server.base_url, "standin"), TeacherConfig(), output=Answer, journal_dir=None, workers=1
+    )
+    params = pd.DataFrame({"max_tokens": [64], "temperature": [0.1]})
+    args = (pd.Series(["standin"]), pd.Series(["What is a card?"]), params)
+    out = udf.func(*args, pd.Series([llm.response_format(Answer)]), pd.Series([False]))
+    assert out.errorMessage.isna().all() and Answer.model_validate_json(out.result[0]).answer
+    with pytest.raises(ConfigError, match="does not describe the output model Answer"):
+        udf.func(*args, pd.Series(["STRUCT<response: STRUCT<answer: STRING>>"]), pd.Series([False]))
+
+
+# --- Every failure of one request stays in its row ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault, error, attempts",
+    [
+        ("422", 'UnprocessableEntityError: HTTP 422: [{"loc"', 1),
+        ("413", "RequestTooLargeError: HTTP 413 invalid_request_error: Request entity too large", 1),
+        ("400_context", "BadRequestError: HTTP 400 context_length_exceeded: This model's maximum context length", 1),
+        ("409", "ConflictError: HTTP 409 conflict: Conflict", 3),
+        ("429", "RateLimitError: HTTP 429: rate limited", 3),
+        ("500", "InternalServerError: HTTP 500: internal error", 3),
+        ("reset", "APIConnectionError: ", 3),
+        ("malformed", "InvalidOutput: output did not match Questions", 3),
+    ],
+)
+def test_each_kind_of_failure_is_its_rows_error_retried_or_not(server, fault, error, attempts):
+    server.reset(fault_rate=1.0, faults=(fault,))
+    results = _call(server, max_retries=2).run(_requests(4))
+    assert [r.key for r in results] == [f"row-{i}" for i in range(4)]
+    for r in results:
+        assert r.output is None and r.error.startswith(error), r.error
+        assert r.attempts == attempts and r.error.endswith(f"(after {attempts} attempt{'s' if attempts > 1 else ''})")
+    assert server.stats.requests == 4 * attempts
+
+
+def test_a_mix_of_row_failures_leaves_every_other_row_answered(server, tmp_path):
+    server.reset(fault_rate=0.3, faults=("422", "409", "400_context", "413", "reset"), seed=5)
+    results = _call(server, tmp_path, max_concurrency=16, max_retries=5).run(_requests(300))
+    assert len({r.key for r in results}) == 300
+    assert all((r.error is None) == (r.output is not None) for r in results)
+    failed = [r for r in results if r.error]
+    # The retried kinds (409, reset) recovered; the others are final at their first sight.
+    assert {r.error.split(":")[0] for r in failed} == {
+        "UnprocessableEntityError",
+        "BadRequestError",
+        "RequestTooLargeError",
+    }
+    assert any(r.attempts > 1 and r.error is None for r in results)  # 409s and resets were retried
+
+
+def test_a_400_is_the_rows_in_the_main_run_and_the_endpoints_only_on_the_preflight(server):
+    server.reset(reject_schema=True)
+    results = _call(server, max_retries=3).run(_requests(2))
+    assert all(r.error.startswith("BadRequestError: HTTP 400: response_format") and r.attempts == 1 for r in results)
+    server.reset(fault_rate=1.0, faults=("400_context",))
+    llm.preflight(_call(server), _requests(1))  # this row's prompt is too long: no reason to stop the stage
+
+
+def test_server_messages_in_row_errors_are_redacted(server):
+    server.reset(fault_rate=1.0, faults=("422",))
+    call = _call(server)
+    endpoint = llm.Endpoint(server.base_url, "standin", SecretStr("unprocessable"))
+    call = llm.Call(endpoint, call.teacher, Questions, 0, 64)
+    (result,) = call.run(_requests(1))
+    assert "unprocessable" not in result.error and "[REDACTED]" in result.error
+
+
+def test_a_huge_retry_after_is_capped(server, monkeypatch):
+    import time
+
+    from lakesynth.llm import pool
+
+    monkeypatch.setattr(pool, "MAX_RETRY_AFTER_S", 0.2)
+    server.reset(fault_rate=1.0, faults=("huge_retry_after",))
+    started = time.monotonic()
+    (result,) = _call(server, max_retries=2).run(_requests(1))
+    elapsed = time.monotonic() - started
+    assert result.error.startswith("RateLimitError: HTTP 429") and result.attempts == 3
+    assert 0.4 <= elapsed < 5.0
+
+
+def test_backoff_honours_retry_after_up_to_the_cap_and_jitters():
+    from lakesynth.llm import pool
+
+    asked = pool.RetryableStatus(429, "slow down", (), retry_after=86400.0)
+    waits = {pool._backoff(1, asked) for _ in range(20)}
+    assert all(pool.MAX_RETRY_AFTER_S <= w <= 1.25 * pool.MAX_RETRY_AFTER_S for w in waits) and len(waits) > 1
+    short = pool.RetryableStatus(429, "slow down", (), retry_after=0.5)
+    assert all(0.5 <= pool._backoff(1, short) <= 0.625 for _ in range(20))
+    plain = pool.RetryableStatus(503, "busy", ())
+    assert all(0 <= pool._backoff(3, plain) <= 2.0 for _ in range(20))
+
+
+def test_retry_after_and_error_bodies_are_read_in_every_common_shape():
+    import email.utils
+    import time
+
+    import httpx2
+
+    from lakesynth.llm import pool
+
+    assert pool._retry_after(httpx2.Headers({"retry-after-ms": "20", "retry-after": "9"})) == pytest.approx(0.02)
+    assert pool._retry_after(httpx2.Headers({"Retry-After": "7"})) == 7.0
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < pool._retry_after(httpx2.Headers({"retry-after": later})) <= 31
+    assert pool._retry_after(httpx2.Headers({"retry-after": "soon"})) is None
+    assert pool._retry_after(httpx2.Headers({})) is None
+
+    openai_body = (
+        b'{"error": {"message": "too long", "type": "invalid_request_error", "code": "context_length_exceeded"}}'
+    )
+    assert pool._error_detail(openai_body) == ("too long", ("context_length_exceeded", "invalid_request_error"))
+    vllm_body = b'{"error": {"message": "bad", "type": "BadRequestError", "code": 400}}'
+    assert pool._error_detail(vllm_body) == ("bad", ("BadRequestError",))
+    databricks_body = b'{"error_code": "BAD_REQUEST", "message": "Input is too long."}'
+    assert pool._error_detail(databricks_body) == ("Input is too long.", ("BAD_REQUEST",))
+    assert pool._error_detail(b'{"detail": "Not Found"}') == ("Not Found", ())
+    assert pool._error_detail(b"<html>bad gateway</html>") == ("<html>bad gateway</html>", ())
+
+
+def test_connections_refused_mid_run_become_row_errors(server):
+    """The endpoint answered, then went away: the rest of the rows carry the error, nothing raises."""
+    import time
+
+    def batches():
+        yield _requests(5)
+        deadline = time.monotonic() + 10
+        while server.stats.completions < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.stop()
+        yield _requests(10)[5:]
+
+    first, second = _call(server, max_retries=1).run_batches(batches())
+    assert all(r.error is None for r in first)
+    assert all(r.error.startswith("APIConnectionError: ") and r.attempts == 2 for r in second)
+
+
+# --- One rate limit per endpoint, shared by every pool ----------------------------------------------
+
+
+def test_rate_limit_reservations_hold_the_rate_across_threads():
+    import threading
+
+    from lakesynth.llm.pool import BURST_S, RateLimit
+
+    limit = RateLimit(per_minute=6000, workers=1)  # 100 a second, one second's worth at once
+    waits: list[float] = []
+
+    def take() -> None:
+        for _ in range(50):
+            waits.append(limit.reserve())
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    waits.sort()
+    assert sum(w == 0 for w in waits) == pytest.approx(100 * BURST_S, abs=3)
+    assert waits[-1] == pytest.approx(200 / 100 - BURST_S, abs=0.05)  # the 200th goes after 2 s less the burst
+    assert limit.reserve(amount=300) == pytest.approx(3.0 + 2.0 - BURST_S, abs=0.05)  # tokens: an amount each
+
+
+def test_rate_limit_gives_each_pool_its_workers_share_up_to_the_whole():
+    from lakesynth.llm.pool import BURST_S, RateLimit
+
+    limit = RateLimit(per_minute=600, workers=2)
+    limit.hold()  # one worker's pool in this process: half the stage's rate
+    waits = [limit.reserve() for _ in range(11)]
+    assert waits[-1] == pytest.approx(11 * 0.2 - BURST_S, abs=0.05)
+    limit.hold()
+    limit.hold()  # more pools than workers: still no more than the whole
+    limit._paid_until = 0.0
+    waits = [limit.reserve() for _ in range(21)]
+    assert waits[-1] == pytest.approx(21 * 0.1 - BURST_S, abs=0.05)
+
+
+def test_requests_per_minute_holds_across_batches_and_calls(server):
+    """Two Calls on two threads, one of them over two batches, share the endpoint's one limit: at 600 a
+    minute (10 a second, one second's worth at once) 30 requests take about two seconds, where pools with a
+    limiter each would have sent them all at once."""
+    import threading
+    import time
+
+    server.reset()
+    first, second = _call(server, requests_per_minute=600), _call(server, requests_per_minute=600)
+    out: dict[str, list] = {}
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=lambda: out.update(a=list(first.run_batches([_requests(10), _requests(20)[10:]])))),
+        threading.Thread(target=lambda: out.update(b=second.run(_requests(30)[20:]))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    assert server.stats.requests == 30 and all(r.error is None for batch in out["a"] for r in batch)
+    assert 1.8 <= elapsed < 6.0

@@ -8,7 +8,7 @@ import deltalake
 from conftest import ROOT, write
 from test_cli import lakesynth
 
-from lakesynth import pipeline
+from lakesynth import pipeline, registry
 
 
 def _summary(path):
@@ -19,7 +19,7 @@ def test_job_graph_is_read_from_the_bundle():
     graph = pipeline.job_graph(ROOT)
     order = pipeline.order(graph)
     assert order == ["seed", "questions", "responses", "format", "finetune"]
-    assert set(graph) <= set(pipeline.stage_functions())
+    assert set(graph) <= set(registry.default_stages())
 
 
 def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_server):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 
-from conftest import Ctx, write
+from conftest import context, where, write
 
-from lakesynth import questions, seeds, tables
+from lakesynth import llm, llm_stage, questions, seeds, tables
 from lakesynth.errors import StageError
+
+# What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.
+GENERATED = (
+    "seed_id string, topic string, in_scope boolean, seed_question string, prompt_version string, "
+    "fingerprint string, model string, reasoning string, questions array<string>, prompt_tokens bigint, "
+    "completion_tokens bigint, latency_ms bigint, attempts int, error string, raw_output string"
+)
 
 
 def _with(cfg, **sections):
@@ -16,16 +23,16 @@ def _with(cfg, **sections):
 
 def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cfg, teacher_server):
     cfg = _with(llm_cfg, questions={"per_seed": 2})
-    seeds.run(spark, cfg)
-    result = questions.run(spark, cfg, Ctx(cfg))
-    rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
-    n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    seeds.run(context(cfg))
+    result = questions.run(context(cfg))
+    rows = tables.read(spark, where(cfg), questions.TABLE)
+    n_seeds = tables.count(spark, where(cfg), seeds.TABLE)
     assert result.rows_in == n_seeds and result.errors == 0
     assert rows.count() == result.rows_out == 2 * n_seeds
     per_seed = {r.seed_id: r["count"] for r in rows.groupBy("seed_id").count().collect()}
     assert set(per_seed.values()) == {2} and len(per_seed) == n_seeds
     joined = rows.join(
-        tables.read(spark, cfg, tables.SEED_QUESTIONS).select("seed_id", "topic", "in_scope"),
+        tables.read(spark, where(cfg), seeds.TABLE).select("seed_id", "topic", "in_scope"),
         ["seed_id", "topic", "in_scope"],
     )
     assert joined.count() == rows.count()  # topic and scope inherited from the seed
@@ -40,35 +47,35 @@ def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cf
 
 
 def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, teacher_server):
-    seeds.run(spark, llm_cfg)
-    questions.run(spark, llm_cfg, Ctx(llm_cfg))
-    before = sorted(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS).select("question_id", "question").collect())
+    seeds.run(context(llm_cfg))
+    questions.run(context(llm_cfg))
+    before = sorted(tables.read(spark, where(llm_cfg), questions.TABLE).select("question_id", "question").collect())
     teacher_server.reset()
-    again = questions.run(spark, llm_cfg, Ctx(llm_cfg))
+    again = questions.run(context(llm_cfg))
     assert teacher_server.stats.requests == 0 and again.rows_out == 0
     assert (
-        sorted(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS).select("question_id", "question").collect())
+        sorted(tables.read(spark, where(llm_cfg), questions.TABLE).select("question_id", "question").collect())
         == before
     )
     changed = _with(llm_cfg, questions={"template": llm_cfg.questions.template + "\nBe brief."})
-    questions.run(spark, changed, Ctx(changed))
-    n_seeds = tables.count(spark, llm_cfg, tables.SEED_QUESTIONS)
+    questions.run(context(changed))
+    n_seeds = tables.count(spark, where(llm_cfg), seeds.TABLE)
     assert teacher_server.stats.completions == n_seeds + 1
-    rows = tables.read(spark, changed, tables.SYNTHETIC_QUESTIONS)
+    rows = tables.read(spark, where(changed), questions.TABLE)
     assert rows.select("prompt_version").distinct().count() == 1  # old rows replaced, not kept beside
     assert rows.count() == 3 * n_seeds
 
 
 def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, teacher_server):
     cfg = _with(llm_cfg, teacher={"max_retries": 0})
-    seeds.run(spark, cfg)
+    seeds.run(context(cfg))
     teacher_server.reset(fault_rate=0.5, faults=("schema",), seed=11)
     try:
-        result = questions.run(spark, cfg, Ctx(cfg))
+        result = questions.run(context(cfg))
     except StageError as exc:  # more than half failed: the stage says so, rows are still written
         assert "max_failure_rate" in str(exc)
         result = None
-    rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+    rows = tables.read(spark, where(cfg), questions.TABLE)
     failed = rows.where("error IS NOT NULL")
     n_failed = failed.count()
     assert (
@@ -76,14 +83,14 @@ def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, 
         and failed.where("question IS NULL AND error LIKE 'InvalidOutput%' AND raw_output LIKE '%unexpected%'").count()
         == n_failed
     )
-    n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    n_seeds = tables.count(spark, where(cfg), seeds.TABLE)
     assert rows.select("seed_id").distinct().count() == n_seeds  # no seed silently missing
     if result is not None:
         assert result.errors == n_failed
     teacher_server.reset(fault_rate=0.0)
-    questions.run(spark, cfg, Ctx(cfg))
+    questions.run(context(cfg))
     assert teacher_server.stats.completions == n_failed + 1  # only the failed seeds again (+ preflight)
-    rows = tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS)
+    rows = tables.read(spark, where(cfg), questions.TABLE)
     assert rows.where("error IS NOT NULL").count() == 0 and rows.count() == 3 * n_seeds
 
 
@@ -110,7 +117,7 @@ def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
             ("s2", "tax", False, "Tax?", "v", "fp2", "m", "r", ["tax?", ""], 3, 2, 1, 1, None, None),
             ("s3", "tax", False, "VAT?", "v", "fp3", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad"),
         ],
-        questions.GENERATED_SCHEMA,
+        GENERATED,
     )
     rows = questions.to_question_rows(generated, run_id="r1", keep=5)
     got = sorted((r.seed_id, r.question, r.error is not None, r.prompt_tokens) for r in rows.collect())
@@ -132,10 +139,10 @@ def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
         tmp_path / "t.jsonl", json.dumps({"topic": "odd {{ topic }}", "question": tricky, "in_scope": 1}) + "\n"
     )
     cfg = llm_cfg.model_copy(update={"seeds": llm_cfg.seeds.model_copy(update={"path": path})})
-    seeds.run(spark, cfg)
-    ctx = Ctx(cfg)
-    call = questions.llm.Call(ctx.endpoint(), cfg.teacher, questions.output_model(3), 0.5, 64)
-    (req,) = questions.build_requests(tables.read(spark, cfg, tables.SEED_QUESTIONS), cfg=cfg, call=call).collect()
+    seeds.run(context(cfg))
+    call = llm.Call(context(cfg).endpoint(), cfg.teacher, questions.output_model(3), 0.5, 64)
+    source = tables.read(spark, where(cfg), seeds.TABLE).withColumnRenamed("question", "seed_question")
+    (req,) = llm_stage.requests(source, questions.step(cfg), call).collect()
     prompt = json.loads(req.messages)[0]["content"]
     assert tricky in prompt and "odd {{ topic }}" in prompt and "investment advice" in prompt
 
@@ -150,7 +157,7 @@ def test_output_schema_bounds_the_number_of_questions():
 def test_at_most_per_seed_questions_are_kept(spark):
     generated = spark.createDataFrame(
         [("s1", "cards", True, "Seed?", "v", "fp1", "m", "r", ["A?", "B?", "C?", "D?"], 10, 5, 7, 1, None, None)],
-        questions.GENERATED_SCHEMA,
+        GENERATED,
     )
     got = [r.question for r in questions.to_question_rows(generated, run_id="r", keep=2).orderBy("question").collect()]
     assert got == ["A?", "B?"]

@@ -2,46 +2,47 @@
 
 from __future__ import annotations
 
-from conftest import Ctx
+from conftest import context, where
 from pyspark.sql import types as T
 
-from lakesynth import questions, responses, seeds, tables
+from lakesynth import llm, llm_stage, questions, responses, seeds, tables
 
 
 def _prepare(spark, cfg):
-    seeds.run(spark, cfg)
-    questions.run(spark, cfg, Ctx(cfg))
-    return tables.read(spark, cfg, tables.SYNTHETIC_QUESTIONS).where("error IS NULL").count()
+    seeds.run(context(cfg))
+    questions.run(context(cfg))
+    return tables.read(spark, where(cfg), questions.TABLE).where("error IS NULL").count()
 
 
-def test_sql_has_the_batch_inference_shape():
-    sql = responses.ai_query_sql("pending", endpoint="my-endpoint", max_tokens=300, temperature=0.2)
+def test_sql_has_the_batch_inference_shape(cfg):
+    cfg = cfg.model_copy(update={"responses": cfg.responses.model_copy(update={"max_tokens": 300, "temperature": 0.2})})
+    sql = llm_stage.ai_query_sql("pending", ["question_id"], endpoint="my-endpoint", step=responses.step(cfg))
     assert "ai_query(\n    'my-endpoint',\n    request," in sql
     assert "modelParameters => named_struct('max_tokens', 300, 'temperature', 0.2)" in sql
-    assert f"responseFormat => '{responses.RESPONSE_FORMAT}'" in sql and "failOnError => false" in sql
+    response_format = "STRUCT<response: STRUCT<reasoning: STRING, answer: STRING>>"
+    assert llm.response_format(responses.Answer) == response_format
+    assert f"responseFormat => '{response_format}'" in sql and "failOnError => false" in sql
 
 
 def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg, teacher_server):
     n_questions = _prepare(spark, llm_cfg)
     teacher_server.reset()
-    result = responses.run(spark, llm_cfg, Ctx(llm_cfg))
-    rows = tables.read(spark, llm_cfg, tables.SYNTHETIC_RESPONSES)
+    result = responses.run(context(llm_cfg))
+    rows = tables.read(spark, where(llm_cfg), responses.TABLE)
     assert result.rows_in == result.rows_out == rows.count() == n_questions
     assert (
         rows.where("error IS NULL AND answer <> '' AND reasoning <> '' AND answer <> reasoning").count() == n_questions
     )
     assert teacher_server.stats.completions == n_questions + 1  # each once, plus the one-token preflight
     assert rows.where("prompt_tokens > 0 AND completion_tokens > 0 AND attempts = 1").count() == n_questions
-    joined = rows.join(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), ["question_id", "seed_id", "question"])
+    joined = rows.join(tables.read(spark, where(llm_cfg), questions.TABLE), ["question_id", "seed_id", "question"])
     assert joined.count() == n_questions
 
 
 def test_requests_carry_rules_scope_and_question(spark, llm_cfg):
     _prepare(spark, llm_cfg)
-    call = responses.llm.Call(
-        Ctx(llm_cfg).endpoint(), llm_cfg.teacher, responses.llm.model_from_ddl(responses.RESPONSE_FORMAT), 0.3, 100
-    )
-    reqs = responses.build_requests(tables.read(spark, llm_cfg, tables.SYNTHETIC_QUESTIONS), cfg=llm_cfg, call=call)
+    call = llm.Call(context(llm_cfg).endpoint(), llm_cfg.teacher, responses.Answer, 0.3, 100)
+    reqs = llm_stage.requests(tables.read(spark, where(llm_cfg), questions.TABLE), responses.step(llm_cfg), call)
     out = reqs.where("NOT in_scope").limit(1).collect()[0]
     inside = reqs.where("in_scope").limit(1).collect()[0]
     assert "never give investment advice" in out.request.lower() and out.question in out.request
@@ -52,17 +53,17 @@ def test_failed_answers_keep_their_error_and_a_rerun_fills_only_them(spark, llm_
     cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"max_retries": 0})})
     n_questions = _prepare(spark, cfg)
     teacher_server.reset(fault_rate=0.3, faults=("malformed", "500"), seed=5)
-    responses.run(spark, cfg, Ctx(cfg))
-    rows = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+    responses.run(context(cfg))
+    rows = tables.read(spark, where(cfg), responses.TABLE)
     failed = rows.where("error IS NOT NULL").count()
     assert rows.count() == n_questions and failed > 0
     assert rows.where("error IS NOT NULL AND answer IS NULL").count() == failed
     teacher_server.reset(fault_rate=0.0)
-    again = responses.run(spark, cfg, Ctx(cfg))
+    again = responses.run(context(cfg))
     assert again.rows_out == failed and teacher_server.stats.completions == failed + 1
-    assert tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NULL").count() == n_questions
+    assert tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").count() == n_questions
     teacher_server.reset()
-    responses.run(spark, cfg, Ctx(cfg))
+    responses.run(context(cfg))
     assert teacher_server.stats.requests == 0
 
 
@@ -92,7 +93,8 @@ def test_parse_reads_struct_field_names_from_the_schema(spark):
         schema,
     )
     got = {
-        r.question_id: (r.answer, r.error) for r in responses.parse_responses(answered, model="m", run_id="r").collect()
+        r.question_id: (r.answer, r.error)
+        for r in responses.to_response_rows(llm_stage.ai_query_replies(answered, model="m")).collect()
     }
     assert got == {
         "q1": ("A.", None),
@@ -104,13 +106,13 @@ def test_parse_reads_struct_field_names_from_the_schema(spark):
 def test_small_chunks_write_the_same_rows_and_pay_each_request_once(spark, llm_cfg, teacher_server):
     """teacher.chunk_rows bounds memory: many chunks, each merged before the next, same result."""
     cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"chunk_rows": 7})})
-    seeds.run(spark, cfg)
+    seeds.run(context(cfg))
     teacher_server.reset()
-    q = questions.run(spark, cfg, Ctx(cfg))
-    r = responses.run(spark, cfg, Ctx(cfg))
-    n_seeds = tables.count(spark, cfg, tables.SEED_QUESTIONS)
-    n_questions = tables.count(spark, cfg, tables.SYNTHETIC_QUESTIONS)
-    rows = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+    q = questions.run(context(cfg))
+    r = responses.run(context(cfg))
+    n_seeds = tables.count(spark, where(cfg), seeds.TABLE)
+    n_questions = tables.count(spark, where(cfg), questions.TABLE)
+    rows = tables.read(spark, where(cfg), responses.TABLE)
     assert n_questions == q.rows_out == 3 * n_seeds  # 7 rows a chunk = 2 seeds of 3: 12 chunks
     assert rows.count() == rows.select("question_id").distinct().count() == r.rows_out == n_questions
     assert rows.where("error IS NULL AND prompt_tokens > 0").count() == n_questions

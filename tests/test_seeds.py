@@ -6,7 +6,7 @@ import json
 
 import pytest
 from chispa import assert_df_equality
-from conftest import write
+from conftest import context, where, write
 
 from lakesynth import seeds, tables
 from lakesynth.errors import SeedError
@@ -14,12 +14,12 @@ from lakesynth.errors import SeedError
 
 def _ingest(spark, cfg, path):
     cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"path": path})})
-    return seeds.run(spark, cfg), cfg
+    return seeds.run(context(cfg)), cfg
 
 
 def test_sample_seeds_land_in_delta(spark, cfg):
-    result = seeds.run(spark, cfg)
-    df = tables.read(spark, cfg, tables.SEED_QUESTIONS)
+    result = seeds.run(context(cfg))
+    df = tables.read(spark, where(cfg), seeds.TABLE)
     assert result.rows_in == result.rows_out == df.count() >= 20
     topics = {r.topic for r in df.select("topic").distinct().collect()}
     assert {"cards", "fraud", "investment advice", "tax advice", "legal advice"} <= topics
@@ -31,10 +31,10 @@ def test_sample_seeds_land_in_delta(spark, cfg):
 
 
 def test_reingest_adds_nothing(spark, cfg):
-    first = seeds.run(spark, cfg)
-    again = seeds.run(spark, cfg)
+    first = seeds.run(context(cfg))
+    again = seeds.run(context(cfg))
     assert first.rows_out > 0 and again.rows_out == 0
-    assert tables.count(spark, cfg, tables.SEED_QUESTIONS) == first.rows_out
+    assert tables.count(spark, where(cfg), seeds.TABLE) == first.rows_out
 
 
 def test_seed_id_is_stable_content_hash(spark, cfg, tmp_path):
@@ -55,14 +55,14 @@ def test_text_survives_literally(spark, cfg, tmp_path):
     lines = [json.dumps({"topic": "odd", "question": q, "in_scope": "yes", "metadata": {"k": "{x}"}}) for q in tricky]
     path = write(tmp_path / "odd.jsonl", "\n".join(lines) + "\n")
     _, cfg = _ingest(spark, cfg, path)
-    got = {r.question for r in tables.read(spark, cfg, tables.SEED_QUESTIONS).collect()}
+    got = {r.question for r in tables.read(spark, where(cfg), seeds.TABLE).collect()}
     assert got == set(tricky)
 
 
 def test_csv_quotes_and_newlines(spark, cfg, tmp_path):
     path = write(tmp_path / "q.csv", 'topic,question,in_scope\ncards,"Two\nlines, ""quoted"" {{x}}",no\n')
     _, cfg = _ingest(spark, cfg, path)
-    (row,) = tables.read(spark, cfg, tables.SEED_QUESTIONS).collect()
+    (row,) = tables.read(spark, where(cfg), seeds.TABLE).collect()
     assert row.question == 'Two\nlines, "quoted" {{x}}' and row.in_scope is False
 
 
@@ -93,15 +93,15 @@ BAD_FILES = {
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_bad_seed_file_names_file_and_rows_and_writes_nothing(spark, cfg, tmp_path, name):
-    seeds.run(spark, cfg)  # a table with the sample already in it must stay unchanged
-    before = tables.read(spark, cfg, tables.SEED_QUESTIONS)
+    seeds.run(context(cfg))  # a table with the sample already in it must stay unchanged
+    before = tables.read(spark, where(cfg), seeds.TABLE)
     before_rows = sorted(before.collect())
     content, pattern = BAD_FILES[name]
     path = write(tmp_path / name, content)
     with pytest.raises(SeedError, match=pattern) as info:
         _ingest(spark, cfg, path)
     assert name in str(info.value)
-    assert sorted(tables.read(spark, cfg, tables.SEED_QUESTIONS).collect()) == before_rows
+    assert sorted(tables.read(spark, where(cfg), seeds.TABLE).collect()) == before_rows
 
 
 def test_missing_file(spark, cfg, tmp_path):
@@ -110,15 +110,15 @@ def test_missing_file(spark, cfg, tmp_path):
 
 
 def test_seeds_from_table(spark, cfg):
-    seeds.run(spark, cfg)
-    source = cfg.fqn(tables.SEED_QUESTIONS.name)
+    seeds.run(context(cfg))
+    source = cfg.fqn(seeds.TABLE.name)
     other = cfg.model_copy(update={"schema_": cfg.schema_ + "_copy"})
     result, other = _ingest(spark, other, f"table:{source}")
-    assert result.rows_out == tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    assert result.rows_out == tables.count(spark, where(cfg), seeds.TABLE)
     cols = ["seed_id", "topic", "question", "in_scope"]
     assert_df_equality(
-        tables.read(spark, other, tables.SEED_QUESTIONS).select(cols),
-        tables.read(spark, cfg, tables.SEED_QUESTIONS).select(cols),
+        tables.read(spark, where(other), seeds.TABLE).select(cols),
+        tables.read(spark, where(cfg), seeds.TABLE).select(cols),
         ignore_row_order=True,
     )
 

@@ -38,12 +38,32 @@ def load(root: Path) -> dict[str, Any]:
     return merged
 
 
-def job(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The bundle's one job: (resource key, job dict)."""
-    jobs = (bundle.get("resources") or {}).get("jobs") or {}
-    if len(jobs) != 1:
-        raise ConfigError(f"the bundle must define exactly one job, found {len(jobs)}: {', '.join(jobs) or 'none'}")
-    return next(iter(jobs.items()))
+def jobs(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bundle's jobs: resource key -> job dict (the first is the default job)."""
+    found = (bundle.get("resources") or {}).get("jobs") or {}
+    if not found:
+        raise ConfigError("the bundle defines no job under resources.jobs")
+    return found
+
+
+def job(bundle: dict[str, Any], name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """One job of the bundle, by resource key (default: the first): (key, job dict)."""
+    found = jobs(bundle)
+    key = name or next(iter(found))
+    if key not in found:
+        raise ConfigError(f"the bundle has no job '{key}'; it defines: {', '.join(found)}")
+    return key, found[key]
+
+
+def tasks(spec: dict[str, Any], where: str) -> dict[str, tuple[str, list[str]]]:
+    """task_key -> (stage, [task_keys it depends on]); a wheel task's first parameter names its stage."""
+    graph = {}
+    for task in spec.get("tasks", []):
+        params = (task.get("python_wheel_task") or {}).get("parameters") or []
+        if not params:
+            raise ConfigError(f"{where}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage")
+        graph[task["task_key"]] = (params[0], [d["task_key"] for d in task.get("depends_on", [])])
+    return graph
 
 
 def schema_problems(bundle: dict[str, Any], schema: dict[str, Any]) -> list[str]:
@@ -67,19 +87,25 @@ def schema_problems(bundle: dict[str, Any], schema: dict[str, Any]) -> list[str]
 
 def task_problems(bundle: dict[str, Any], scripts: dict[str, str], parse_args) -> list[str]:
     """Entry points that do not exist or reject their parameters, dangling depends_on, cycles."""
-    _, spec = job(bundle)
+    problems = []
+    for name, spec in jobs(bundle).items():
+        problems += _job_task_problems(name, spec, scripts, parse_args)
+    return problems
+
+
+def _job_task_problems(name: str, spec: dict[str, Any], scripts: dict[str, str], parse_args) -> list[str]:
     tasks = {t["task_key"]: t for t in spec.get("tasks", [])}
     problems = []
     for key, task in tasks.items():
         for dep in task.get("depends_on", []):
             if dep.get("task_key") not in tasks:
-                problems.append(f"task '{key}': depends_on names no task '{dep.get('task_key')}'")
+                problems.append(f"job '{name}': task '{key}': depends_on names no task '{dep.get('task_key')}'")
         wheel = task.get("python_wheel_task")
         if not wheel:
             continue
         if wheel.get("entry_point") not in scripts:
             problems.append(
-                f"task '{key}': entry_point '{wheel.get('entry_point')}' is not in [project.scripts] "
+                f"job '{name}': task '{key}': entry_point '{wheel.get('entry_point')}' is not in [project.scripts] "
                 f"(has: {', '.join(scripts)})"
             )
             continue
@@ -87,11 +113,13 @@ def task_problems(bundle: dict[str, Any], scripts: dict[str, str], parse_args) -
         try:
             parse_args(params)
         except SystemExit:
-            problems.append(f"task '{key}': `{wheel['entry_point']} {shlex.join(params)}` is rejected by the CLI")
+            problems.append(
+                f"job '{name}': task '{key}': `{wheel['entry_point']} {shlex.join(params)}` is rejected by the CLI"
+            )
     try:
         graphlib.TopologicalSorter(
             {k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
         ).prepare()
     except graphlib.CycleError as exc:
-        problems.append(f"the tasks' depends_on form a cycle: {' -> '.join(exc.args[1])}")
+        problems.append(f"job '{name}': the tasks' depends_on form a cycle: {' -> '.join(exc.args[1])}")
     return problems

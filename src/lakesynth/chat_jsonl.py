@@ -13,13 +13,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pydantic import Field, model_validator
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth import engine, tables
-from lakesynth.config import Config
-from lakesynth.report import StageResult
+from lakesynth import examples, tables
+from lakesynth.config import Section
+from lakesynth.runtime import Runtime
+from lakesynth.stage import RunContext, Stage, StageResult
+from lakesynth.tables import L, S
+
+
+class FormatConfig(Section):
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of each topic's examples in the validation split.")
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none)."
+    )
+    seed: int = Field(42, description="Seed of the split; the same seed and data always split the same way.")
+    max_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> FormatConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave examples for training")
+        return self
+
 
 ROLES = ("system", "user", "assistant")
 # Chat-template control tokens must not appear in content: the trainer adds them itself.
@@ -55,14 +74,28 @@ def chat_violation(messages: list[dict], max_tokens: int) -> str | None:
     return None
 
 
-MESSAGES = T.ArrayType(T.StructType([T.StructField("role", T.StringType()), T.StructField("content", T.StringType())]))
+TABLE = tables.contract(
+    "training_chat",
+    [("example_id", S), ("question_id", S), ("seed_id", S), ("topic", S)]
+    + examples.COLUMNS
+    + [("split", S), ("n_tokens", L)],
+    key="example_id",
+    parent="question_id",
+)
+# How the JSONL files are written: Databricks fine-tuning's chat shape, which any chat trainer reads.
+EXPORT_FORMAT = "databricks"
 
 
 def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
-    """One row per answered response, with `messages` as array<struct<role, content>>."""
+    """One `chat` example per answered response, with `messages` as examples.MESSAGES."""
 
     def message(role: str, content) -> F.Column:
-        return F.struct(F.lit(role).alias("role"), content.alias("content"))
+        return F.struct(
+            F.lit(role).alias("role"),
+            content.alias("content"),
+            F.lit(None).cast(T.ArrayType(examples.TOOL_CALL)).alias("tool_calls"),
+            F.lit(None).cast("string").alias("tool_call_id"),
+        )
 
     turns = [message("user", F.col("question")), message("assistant", F.col("answer"))]
     if system_prompt:
@@ -73,7 +106,11 @@ def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFram
         "question_id",
         "seed_id",
         "topic",
-        F.array(*turns).cast(MESSAGES).alias("messages"),
+        F.lit("chat").alias("shape"),
+        F.array(*turns).cast(examples.MESSAGES).alias("messages"),
+        F.lit(None).cast("string").alias("tools"),
+        F.lit(None).cast(examples.MESSAGES).alias("chosen"),
+        F.lit(None).cast(examples.MESSAGES).alias("rejected"),
     )
 
 
@@ -113,18 +150,19 @@ def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, 
     return splits.join(chat, "example_id").select(*chat.columns, "split")
 
 
-def files_dir(cfg: Config) -> str:
+def files_dir(rt: Runtime) -> str:
     """Where the JSONL files go: a Volume on Databricks (the FM API wants one .jsonl there), else the warehouse."""
-    if engine.on_databricks():
-        return f"/Volumes/{cfg.catalog}/{cfg.schema_}/{cfg.volume}/training_chat"
-    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_files" / "training_chat")
+    return rt.files_dir("training_chat")
 
 
-def write_jsonl(rows: DataFrame, target: Path) -> None:
-    """One `{"messages": [...]}` per line, UTF-8, as ONE file: Spark writes the lines in parallel,
-    then the part files are streamed into the target (coalesce(1) is only a hint on some engines)."""
+def write_jsonl(rows: DataFrame, target: Path, fmt: str = EXPORT_FORMAT) -> None:
+    """Each example's line(s) in export format `fmt` (examples.to_lines), UTF-8, as ONE file: Spark writes the
+    lines in parallel, then the part files are streamed into the target (coalesce(1) is only a hint on some
+    engines)."""
     scratch = target.with_name(f".{target.stem}.tmp")
-    lines = rows.select(F.to_json(F.struct("messages")).alias("value"), "example_id")
+    lines = rows.select("example_id", *[n for n, _ in examples.COLUMNS]).mapInPandas(
+        functools.partial(examples.json_lines, fmt=fmt), "value string, example_id string"
+    )
     lines.coalesce(1).sortWithinPartitions("example_id").select("value").write.mode("overwrite").text(str(scratch))
     # An engine may write no file at all for an empty split; the target is then an empty file.
     found = scratch.iterdir() if scratch.is_dir() else []
@@ -139,12 +177,13 @@ def write_jsonl(rows: DataFrame, target: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
-    responses = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES)
+def run(ctx: RunContext) -> StageResult:
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    responses = ctx.read("synthetic_responses")
     fmt = cfg.format
     checked = tables.materialize(
         spark,
-        cfg,
+        rt,
         "training_chat",
         check_examples(to_chat_rows(responses, system_prompt=cfg.use_case.system_prompt), max_tokens=fmt.max_tokens),
     )
@@ -156,19 +195,19 @@ def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
         seed=fmt.seed,
     )
     out = valid.select(
-        *[c for c in tables.TRAINING_CHAT.names if c not in ("run_id", "created_at")],
+        *[c for c in TABLE.names if c not in ("run_id", "created_at")],
         F.lit(cfg.run_id).alias("run_id"),
         F.current_timestamp().alias("created_at"),
     )
-    fqn = tables.ensure(spark, cfg, tables.TRAINING_CHAT)
+    fqn = tables.ensure(spark, rt, TABLE)
     # The table is derived whole from the responses: an atomic overwrite keeps it exact.
-    tables.conform(out, tables.TRAINING_CHAT).write.mode("overwrite").insertInto(fqn)
-    written = tables.read(spark, cfg, tables.TRAINING_CHAT)
+    tables.conform(out, TABLE).write.mode("overwrite").insertInto(fqn)
+    written = tables.read(spark, rt, TABLE)
     violations = {
         r.violation: r["count"]
         for r in checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()
     }
-    folder = Path(files_dir(cfg))
+    folder = Path(files_dir(rt))
     files = {}
     for split in ("train", "val", "test"):
         if split == "test" and not fmt.test_fraction:
@@ -182,7 +221,7 @@ def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
         rows_in=rows_in,
         rows_out=sum(counts.values()),
         errors=sum(violations.values()),
-        tables=[tables.TRAINING_CHAT],
+        tables=[TABLE],
         files=files,
         metrics={
             "excluded_unanswered": excluded,
@@ -190,3 +229,13 @@ def run(spark: SparkSession, cfg: Config, ctx=None) -> StageResult:
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },
     )
+
+
+STAGE = Stage(
+    name="format",
+    help="turn answered questions into training_chat and one chat JSONL file per split",
+    run=run,
+    reads=("synthetic_responses",),
+    writes=(TABLE,),
+    config=FormatConfig,
+)

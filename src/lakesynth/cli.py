@@ -1,6 +1,8 @@
-"""The `lakesynth` command: `run` for the whole job, or one stage by name; also the wheel's entry point.
+"""The `lakesynth` command: `run` for a whole job, one stage by name, or `stages` for the map of the jobs;
+also the wheel's entry point. The stage subcommands are the registered stages (registry.py).
 
 Exit codes: 0 success (stages ok or skipped on purpose), 1 a stage failed, 2 bad command line or config.
+The entry point raises SystemExit with that code: a Databricks wheel task ignores a returned value.
 """
 
 from __future__ import annotations
@@ -13,17 +15,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lakesynth import pipeline
-from lakesynth.config import Config, load_config
+from lakesynth import pipeline, registry
+from lakesynth.config import Config
 from lakesynth.errors import LakesynthError
-
-STAGE_HELP = {
-    "seed": "ingest seed questions into seed_questions",
-    "questions": "generate new questions from the seeds into synthetic_questions",
-    "responses": "answer the questions with ai_query into synthetic_responses",
-    "format": "turn answered questions into training_chat and one chat JSONL file per split",
-    "finetune": "fine-tune a student on the JSONL (backend local, ai_runtime or foundation_model)",
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,10 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser = argparse.ArgumentParser(prog="lakesynth", description="Synthetic fine-tuning data on the lakehouse.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", parents=[common], help="run every task of the bundle job, in order")
+    run = sub.add_parser("run", parents=[common], help="run every task of a bundle job, in order")
     run.add_argument("--stages", help="comma-separated subset of the job's tasks to run")
-    for name, text in STAGE_HELP.items():
-        sub.add_parser(name, parents=[common], help=text)
+    run.add_argument("--job", default=pipeline.DEFAULT_JOB, help="the bundle job to run (default: %(default)s)")
+    stages = sub.add_parser("stages", help="list each job's stages in order, with the tables they read and write")
+    stages.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
+    for name, stage in registry.default_stages().items():
+        sub.add_parser(name, parents=[common], help=stage.help)
     return parser
 
 
@@ -66,26 +63,84 @@ def build_config(args: argparse.Namespace) -> Config:
     for flag, key in (("warehouse", "warehouse"), ("catalog", "catalog"), ("schema", "schema"), ("run_id", "run_id")):
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
-    cfg = load_config(args.config, overrides)
+    cfg = registry.load_config(args.config, overrides)
     if not cfg.run_id:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         cfg = cfg.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:8]}"})
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def stage_map(root: Path) -> list[dict]:
+    """Each job's tasks in run order: task, stage, what it reads and what it writes."""
+    stages = registry.default_stages()
+    rows = []
+    for job, graph in pipeline.job_graphs(root).items():
+        for key in pipeline.order(graph):
+            name, deps = graph[key]
+            stage = stages.get(name)
+            rows.append(
+                {
+                    "job": job,
+                    "task": key,
+                    "stage": name,
+                    "depends_on": deps,
+                    "reads": list(stage.reads) if stage else [],
+                    "writes": [t.name for t in stage.writes] if stage else [],
+                    "help": stage.help if stage else "unknown stage",
+                }
+            )
+    return rows
+
+
+def print_stage_map(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for job in dict.fromkeys(r["job"] for r in rows):
+        print(f"job {job}")
+        entries = [r for r in rows if r["job"] == job]
+        header = ("task", "stage", "reads", "writes")
+        cells = [[r["task"], r["stage"], ", ".join(r["reads"]) or "-", ", ".join(r["writes"]) or "-"] for r in entries]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+        print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        for c in cells:
+            print("  " + "  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The entry point: exits with the run's code (SystemExit), never returns one."""
+    code = _main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == "stages":
+            root = pipeline.find_project_root(Path.cwd())
+            rows = stage_map(root)
+            print_stage_map(rows, args.json)
+            problems = [
+                p
+                for job, graph in pipeline.job_graphs(root).items()
+                for p in registry.graph_problems(graph, registry.default_stages(), f"job '{job}'")
+            ]
+            if problems:
+                print("\n".join(problems), file=sys.stderr)
+                return 2
+            return 0
         cfg = build_config(args)
+        job = getattr(args, "job", pipeline.DEFAULT_JOB)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
         else:
             stages = [args.command]
-        summary = pipeline.run(cfg, stages)
+        summary = pipeline.run(cfg, stages, job=job)
     except LakesynthError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -100,4 +155,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -22,16 +22,19 @@ DEFAULT_CONFIG = Path("conf/lakesynth.yml")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class _Model(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values never change after loading."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _base_dir(info: ValidationInfo) -> Path:
+def base_dir(info: ValidationInfo) -> Path:
+    """The folder of the config file being validated: relative paths in it are relative to it."""
     return Path((info.context or {}).get("base_dir", "."))
 
 
-def _read_text(path: str, info: ValidationInfo, key: str) -> str:
-    file = Path(path) if Path(path).is_absolute() else _base_dir(info) / path
+def read_text(path: str, info: ValidationInfo, key: str) -> str:
+    file = Path(path) if Path(path).is_absolute() else base_dir(info) / path
     try:
         return file.read_text(encoding="utf-8")
     except OSError as exc:
@@ -42,22 +45,7 @@ def _packaged_prompt(name: str) -> str:
     return resources.files("lakesynth").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
-class SeedsConfig(_Model):
-    path: str = Field(
-        "bank/seeds.csv",
-        validate_default=True,
-        description="CSV or JSONL seed file (relative to the config file), or `table:<catalog.schema.table>`.",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _resolve(cls, value: str, info: ValidationInfo) -> str:
-        if value.startswith("table:") or "://" in value or Path(value).is_absolute():
-            return value
-        return str((_base_dir(info) / value).resolve())
-
-
-class UseCaseConfig(_Model):
+class UseCaseConfig(Section):
     name: str = Field("bank", description="Short name of the use case, recorded with every run.")
     rules_file: str | None = Field(None, description="Markdown file with the domain rules and tone of voice.")
     rules: str = Field("", description="The domain rules text; read from rules_file when that is set.")
@@ -69,11 +57,11 @@ class UseCaseConfig(_Model):
     @classmethod
     def _load_rules(cls, data: Any, info: ValidationInfo) -> Any:
         if isinstance(data, dict) and data.get("rules_file") and not data.get("rules"):
-            data = {**data, "rules": _read_text(data["rules_file"], info, "use_case.rules_file")}
+            data = {**data, "rules": read_text(data["rules_file"], info, "use_case.rules_file")}
         return data
 
 
-class TeacherConfig(_Model):
+class TeacherConfig(Section):
     base_url: str = Field(
         "",
         description="OpenAI-compatible base URL; empty = the embedded teacher; "
@@ -116,18 +104,31 @@ class TeacherConfig(_Model):
     @field_validator("gguf_path")
     @classmethod
     def _resolve_gguf(cls, value: str, info: ValidationInfo) -> str:
-        return str((_base_dir(info) / value).resolve()) if value and not Path(value).is_absolute() else value
+        return str((base_dir(info) / value).resolve()) if value and not Path(value).is_absolute() else value
 
     @property
     def embedded(self) -> bool:
         return not self.base_url
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Estimated cost in the configured currency; None where no price per token is configured."""
+        if self.price_per_million_prompt_tokens is None or self.price_per_million_completion_tokens is None:
+            return None
+        return (
+            prompt_tokens * self.price_per_million_prompt_tokens
+            + completion_tokens * self.price_per_million_completion_tokens
+        ) / 1e6
 
     def api_key(self) -> str | None:
         """The key from the named variable; read late so it never sits in a config dump."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-class _StageLLMConfig(_Model):
+class LLMStageConfig(Section):
+    """The settings every LLM stage shares; a stage subclasses it and names its packaged template."""
+
+    DEFAULT_TEMPLATE: ClassVar[str] = ""
+
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(768, ge=16, description="Completion token limit (a structured reply cut by it is invalid).")
     template_file: str | None = Field(None, description="Jinja prompt template replacing the packaged one.")
@@ -141,65 +142,13 @@ class _StageLLMConfig(_Model):
     def _load_template(cls, data: Any, info: ValidationInfo) -> Any:
         data = dict(data or {})
         if data.get("template_file") and not data.get("template"):
-            data["template"] = _read_text(data["template_file"], info, "template_file")
-        elif not data.get("template"):
+            data["template"] = read_text(data["template_file"], info, "template_file")
+        elif not data.get("template") and cls.DEFAULT_TEMPLATE:
             data["template"] = _packaged_prompt(cls.DEFAULT_TEMPLATE)
         return data
 
 
-class QuestionsConfig(_StageLLMConfig):
-    DEFAULT_TEMPLATE: ClassVar[str] = "questions.j2"
-    per_seed: int = Field(3, ge=1, le=50, description="New questions the teacher writes per seed.")
-    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature.")
-
-
-class ResponsesConfig(_StageLLMConfig):
-    DEFAULT_TEMPLATE: ClassVar[str] = "responses.j2"
-    temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
-
-
-class FormatConfig(_Model):
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of each topic's examples in the validation split.")
-    test_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none)."
-    )
-    seed: int = Field(42, description="Seed of the split; the same seed and data always split the same way.")
-    max_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
-
-    @model_validator(mode="after")
-    def _fractions(self) -> FormatConfig:
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave examples for training")
-        return self
-
-
-class FinetuneConfig(_Model):
-    backend: Literal["local", "ai_runtime", "foundation_model", "none"] = Field(
-        "local", description="local: LoRA SFT here; ai_runtime: serverless GPU task; foundation_model: FM API."
-    )
-    base_model: str = Field(
-        "",
-        description="Student: a Hugging Face model (folder or name); empty = the packaged "
-        "SmolLM2-135M-Instruct locally, Llama-3.2-1B-Instruct for foundation_model.",
-    )
-    max_steps: int = Field(20, ge=1, description="Training steps (local and ai_runtime).")
-    learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    batch_size: int = Field(2, ge=1, description="Examples per step.")
-    max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
-    training_duration: str = Field("1ep", description="foundation_model: how long to train, e.g. 1ep.")
-    context_length: int = Field(4096, ge=512, description="foundation_model: context length.")
-    experiment: str = Field("/Shared/lakesynth", description="ai_runtime: MLflow experiment of the training run.")
-    accelerator_type: Literal["GPU_1xA10", "GPU_1xH100", "GPU_8xH100"] = Field(
-        "GPU_1xA10", description="ai_runtime GPU."
-    )
-    accelerator_count: int = Field(1, ge=1, description="ai_runtime: total GPUs.")
-    script_dir: str = Field("", description="ai_runtime: workspace folder for the training script (default: yours).")
-    poll_seconds: int = Field(30, ge=1, description="How often a Databricks run is polled.")
-    timeout_minutes: int = Field(240, ge=1, description="How long to wait for a Databricks run.")
-
-
-class MlflowConfig(_Model):
+class MlflowConfig(Section):
     enabled: bool = Field(True, description="Track each pipeline run as one MLflow run.")
     tracking_uri: str = Field("", description="Empty: `databricks` on Databricks, else sqlite beside the warehouse.")
     experiment: str = Field(
@@ -207,7 +156,9 @@ class MlflowConfig(_Model):
     )
 
 
-class Config(_Model):
+class Config(Section):
+    """The sections every run has; `registry.config_model()` adds one section per registered stage."""
+
     catalog: str = Field("main", description="Unity Catalog catalog (locally: the first warehouse folder level).")
     schema_: str = Field("lakesynth_dev", alias="schema", description="Schema that holds the pipeline's tables.")
     volume: str = Field("lakesynth", description="Unity Catalog volume for JSONL files and LLM journals.")
@@ -218,12 +169,7 @@ class Config(_Model):
     )
     run_id: str = Field("", description="Run id stamped on every row; set per pipeline run (job run id on Databricks).")
     use_case: UseCaseConfig = Field(default_factory=UseCaseConfig)
-    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
-    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
-    format: FormatConfig = Field(default_factory=FormatConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @field_validator("catalog", "schema_", "volume")
@@ -265,8 +211,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read the YAML file (default conf/lakesynth.yml if present), apply overrides, validate."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, model: type[Config] = Config
+) -> Config:
+    """Read the YAML file (default conf/lakesynth.yml if present), apply overrides, validate as `model`
+    (the full model with every stage's section comes from `registry.config_model()`)."""
     file = Path(path) if path else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     data: dict[str, Any] = {}
     if file is not None:
@@ -286,7 +235,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         overridden.add(key)
     base_dir = file.resolve().parent if file else Path.cwd()
     try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
+        return model.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, file, overridden)) from None
 

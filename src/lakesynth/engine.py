@@ -17,24 +17,18 @@ from urllib.parse import urlsplit
 from pyspark.sql import SparkSession
 
 from lakesynth.errors import ConfigError
+from lakesynth.runtime import REMOTE_ENV, Runtime
 
 log = logging.getLogger(__name__)
 
-# sc://host:port of a Spark Connect server to use instead of starting the embedded one.
-REMOTE_ENV = "LAKESYNTH_SPARK_REMOTE"
 
-
-def on_databricks() -> bool:
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
-
-
-def get_spark(warehouse: str) -> SparkSession:
+def get_spark(rt: Runtime) -> SparkSession:
     """The session every stage uses; one embedded server per process and warehouse."""
-    if on_databricks():
+    if rt.databricks:
         return SparkSession.builder.getOrCreate()
-    if os.environ.get(REMOTE_ENV):
-        return _remote(os.environ[REMOTE_ENV], str(Path(warehouse).resolve()))
-    return _embedded(str(Path(warehouse).resolve()))
+    if rt.spark_remote:
+        return _remote(rt.spark_remote, rt.warehouse)
+    return _embedded(rt.warehouse)
 
 
 @functools.cache

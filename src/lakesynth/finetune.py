@@ -13,11 +13,41 @@ import importlib.util
 import shlex
 import time
 from pathlib import Path
+from typing import Literal
 
-from lakesynth import chat_jsonl, engine
-from lakesynth.config import Config
+from pydantic import Field
+
+from lakesynth.config import Config, Section
 from lakesynth.errors import StageError, StageSkipped
-from lakesynth.report import StageResult
+from lakesynth.runtime import Runtime
+from lakesynth.stage import RunContext, Stage, StageResult
+
+
+class FinetuneConfig(Section):
+    backend: Literal["local", "ai_runtime", "foundation_model", "none"] = Field(
+        "local", description="local: LoRA SFT here; ai_runtime: serverless GPU task; foundation_model: FM API."
+    )
+    base_model: str = Field(
+        "",
+        description="Student: a Hugging Face model (folder or name); empty = the packaged "
+        "SmolLM2-135M-Instruct locally, Llama-3.2-1B-Instruct for foundation_model.",
+    )
+    max_steps: int = Field(20, ge=1, description="Training steps (local and ai_runtime).")
+    learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    batch_size: int = Field(2, ge=1, description="Examples per step.")
+    max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
+    training_duration: str = Field("1ep", description="foundation_model: how long to train, e.g. 1ep.")
+    context_length: int = Field(4096, ge=512, description="foundation_model: context length.")
+    experiment: str = Field("/Shared/lakesynth", description="ai_runtime: MLflow experiment of the training run.")
+    accelerator_type: Literal["GPU_1xA10", "GPU_1xH100", "GPU_8xH100"] = Field(
+        "GPU_1xA10", description="ai_runtime GPU."
+    )
+    accelerator_count: int = Field(1, ge=1, description="ai_runtime: total GPUs.")
+    script_dir: str = Field("", description="ai_runtime: workspace folder for the training script (default: yours).")
+    poll_seconds: int = Field(30, ge=1, description="How often a Databricks run is polled.")
+    timeout_minutes: int = Field(240, ge=1, description="How long to wait for a Databricks run.")
+
 
 TRAINING_LIBS = ("torch", "transformers", "peft", "trl", "datasets")
 # What the GPU node installs before running train_sft.py (the versions this project is tested with).
@@ -25,15 +55,14 @@ AI_RUNTIME_REQUIREMENTS = ("transformers==5.23.0", "peft==0.21.2", "trl==1.16.0"
 FM_TERMINAL = {"COMPLETED", "FAILED", "STOPPED", "CANCELED", "CANCELLED", "ERROR"}
 
 
-def split_files(cfg: Config) -> dict[str, str]:
-    folder = Path(chat_jsonl.files_dir(cfg))
-    return {"train": str(folder / "train.jsonl"), "val": str(folder / "val.jsonl")}
+def split_files(rt: Runtime) -> dict[str, str]:
+    """The train and val JSONL the format stage wrote."""
+    folder = rt.files_dir("training_chat")
+    return {"train": f"{folder}/train.jsonl", "val": f"{folder}/val.jsonl"}
 
 
-def output_dir(cfg: Config) -> str:
-    if engine.on_databricks():
-        return f"/Volumes/{cfg.catalog}/{cfg.schema_}/{cfg.volume}/finetune/{cfg.run_id}"
-    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_files" / "finetune" / cfg.run_id)
+def output_dir(cfg: Config, rt: Runtime) -> str:
+    return rt.files_dir(f"finetune/{cfg.run_id}")
 
 
 def foundation_model_request(cfg: Config, files: dict[str, str]) -> dict:
@@ -51,7 +80,7 @@ def foundation_model_request(cfg: Config, files: dict[str, str]) -> dict:
     }
 
 
-def ai_runtime_command(cfg: Config, files: dict[str, str], script_dir: str) -> str:
+def ai_runtime_command(cfg: Config, rt: Runtime, files: dict[str, str], script_dir: str) -> str:
     """The shell script every GPU node runs: install the training stack, run train_sft.py, log to MLflow."""
     ft = cfg.finetune
     args = [
@@ -62,7 +91,7 @@ def ai_runtime_command(cfg: Config, files: dict[str, str], script_dir: str) -> s
         "--val",
         files["val"],
         "--out",
-        output_dir(cfg),
+        output_dir(cfg, rt),
         "--max-steps",
         str(ft.max_steps),
         "--learning-rate",
@@ -112,22 +141,23 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
     }
 
 
-def run(spark, cfg: Config, ctx=None) -> StageResult:
+def run(ctx: RunContext) -> StageResult:
+    cfg, rt = ctx.cfg, ctx.rt
     ft = cfg.finetune
-    files = split_files(cfg)
+    files = split_files(rt)
     for split, path in files.items():
-        if not Path(path).is_file() and not engine.on_databricks():
+        if not Path(path).is_file() and not rt.databricks:
             raise StageError(f"finetune: no {split} file at {path}; run the format stage first")
     if ft.backend == "none":
         raise StageSkipped("finetune.backend is none")
     if ft.backend == "local":
-        return _local(cfg, files)
+        return _local(cfg, rt, files)
     if ft.backend == "ai_runtime":
-        return _ai_runtime(cfg, files)
+        return _ai_runtime(cfg, rt, files)
     return _foundation_model(cfg, files)
 
 
-def _local(cfg: Config, files: dict[str, str]) -> StageResult:
+def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     missing = [lib for lib in TRAINING_LIBS if importlib.util.find_spec(lib) is None]
     if missing:
         raise StageSkipped(
@@ -142,7 +172,7 @@ def _local(cfg: Config, files: dict[str, str]) -> StageResult:
                 f"finetune: the {split} split is empty ({path}); generate more data or change format.val_fraction"
             )
     ft = cfg.finetune
-    out = output_dir(cfg)
+    out = output_dir(cfg, rt)
     metrics = train_sft.train(
         files["train"],
         files["val"],
@@ -170,7 +200,7 @@ def _workspace():
     return WorkspaceClient()
 
 
-def _ai_runtime(cfg: Config, files: dict[str, str]) -> StageResult:
+def _ai_runtime(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     import base64
 
     from databricks.sdk.service.workspace import ImportFormat
@@ -183,7 +213,7 @@ def _ai_runtime(cfg: Config, files: dict[str, str]) -> StageResult:
     client.workspace.mkdirs(script_dir)
     sources = {
         "train_sft.py": Path(train_sft.__file__).read_text(encoding="utf-8"),
-        "run.sh": ai_runtime_command(cfg, files, script_dir),
+        "run.sh": ai_runtime_command(cfg, rt, files, script_dir),
     }
     for name, text in sources.items():
         client.workspace.import_(
@@ -206,7 +236,9 @@ def _ai_runtime(cfg: Config, files: dict[str, str]) -> StageResult:
         raise StageError(
             f"finetune: ai_runtime run {run_id} ended {state.get('result_state')}: {state.get('state_message', '')}"
         )
-    return StageResult(rows_out=1, files={"adapter": f"{output_dir(cfg)}/adapter"}, metrics={"databricks_run": run_id})
+    return StageResult(
+        rows_out=1, files={"adapter": f"{output_dir(cfg, rt)}/adapter"}, metrics={"databricks_run": run_id}
+    )
 
 
 def _foundation_model(cfg: Config, files: dict[str, str]) -> StageResult:
@@ -240,3 +272,12 @@ def _wait(poll, done, every_s: int, timeout_min: int):
         if time.monotonic() > deadline:
             raise StageError(f"finetune: the run did not finish within {timeout_min} minutes")
         time.sleep(every_s)
+
+
+STAGE = Stage(
+    name="finetune",
+    help="fine-tune a student on the JSONL (backend local, ai_runtime or foundation_model)",
+    run=run,
+    reads=("training_chat",),
+    config=FinetuneConfig,
+)

@@ -10,40 +10,39 @@ from __future__ import annotations
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakesynth import tables
-from lakesynth.config import Config
+from lakesynth.runtime import Runtime
 
 BUCKET = 40  # characters per bar of the length histograms
+# The Q&A job's tables, from seeds to training examples, and its LLM stages' tables.
+FLOW = ("seed_questions", "synthetic_questions", "synthetic_responses", "training_chat")
+LLM_TABLES = {"questions": "synthetic_questions", "responses": "synthetic_responses"}
+
+
+def _table(spark: SparkSession, rt: Runtime, name: str):
+    return spark.table(rt.fqn(name))
 
 
 def _counts(df, col: str) -> dict:
     return {r[col]: r["count"] for r in df.groupBy(col).count().collect()}
 
 
-def topic_counts(spark: SparkSession, cfg: Config) -> dict[str, dict[str, int]]:
+def topic_counts(spark: SparkSession, rt: Runtime) -> dict[str, dict[str, int]]:
     """Rows per topic in each table, from seeds to training examples."""
-    return {
-        t.name: _counts(tables.read(spark, cfg, t), "topic")
-        for t in (tables.SEED_QUESTIONS, tables.SYNTHETIC_QUESTIONS, tables.SYNTHETIC_RESPONSES, tables.TRAINING_CHAT)
-    }
+    return {name: _counts(_table(spark, rt, name), "topic") for name in FLOW}
 
 
-def error_rates(spark: SparkSession, cfg: Config) -> dict[str, float]:
+def error_rates(spark: SparkSession, rt: Runtime) -> dict[str, float]:
     """Share of rows with an error, per LLM stage."""
     rates = {}
-    for stage, table in (("questions", tables.SYNTHETIC_QUESTIONS), ("responses", tables.SYNTHETIC_RESPONSES)):
-        row = (
-            tables.read(spark, cfg, table)
-            .agg(F.count(F.lit(1)).alias("n"), F.count("error").alias("errors"))
-            .collect()[0]
-        )
+    for stage, table in LLM_TABLES.items():
+        row = _table(spark, rt, table).agg(F.count(F.lit(1)).alias("n"), F.count("error").alias("errors")).collect()[0]
         rates[stage] = row.errors / row.n if row.n else 0.0
     return rates
 
 
-def length_histograms(spark: SparkSession, cfg: Config) -> dict[str, dict[int, int]]:
+def length_histograms(spark: SparkSession, rt: Runtime) -> dict[str, dict[int, int]]:
     """Question and answer lengths (characters), bucketed by BUCKET."""
-    responses = tables.read(spark, cfg, tables.SYNTHETIC_RESPONSES).where("error IS NULL")
+    responses = _table(spark, rt, "synthetic_responses").where("error IS NULL")
     out = {}
     for col in ("question", "answer"):
         buckets = responses.select((F.floor(F.length(col) / BUCKET) * BUCKET).cast("int").alias("bucket"))
@@ -51,20 +50,20 @@ def length_histograms(spark: SparkSession, cfg: Config) -> dict[str, dict[int, i
     return out
 
 
-def split_balance(spark: SparkSession, cfg: Config) -> dict[str, dict[str, int]]:
-    chat = tables.read(spark, cfg, tables.TRAINING_CHAT)
+def split_balance(spark: SparkSession, rt: Runtime) -> dict[str, dict[str, int]]:
+    chat = _table(spark, rt, "training_chat")
     balance: dict[str, dict[str, int]] = {}
     for r in chat.groupBy("topic", "split").count().collect():
         balance.setdefault(r.topic, {})[r.split] = r["count"]
     return balance
 
 
-def dataset_figures(spark: SparkSession, cfg: Config) -> dict:
+def dataset_figures(spark: SparkSession, rt: Runtime) -> dict:
     """name -> matplotlib Figure for the four views of the report."""
     import matplotlib.pyplot as plt  # headless machines get the Agg backend by default
 
     figures = {}
-    topics = topic_counts(spark, cfg)
+    topics = topic_counts(spark, rt)
     names = sorted(set().union(*[set(c) for c in topics.values()]) - {None})
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(topics)
@@ -78,7 +77,7 @@ def dataset_figures(spark: SparkSession, cfg: Config) -> dict:
     figures["topics"] = fig
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, (col, hist) in zip(axes, length_histograms(spark, cfg).items()):
+    for ax, (col, hist) in zip(axes, length_histograms(spark, rt).items()):
         ax.bar(list(hist), list(hist.values()), width=BUCKET * 0.9, align="edge")
         ax.set_title(f"{col} length (characters)")
         ax.set_ylabel("rows")
@@ -86,7 +85,7 @@ def dataset_figures(spark: SparkSession, cfg: Config) -> dict:
     figures["lengths"] = fig
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    rates = error_rates(spark, cfg)
+    rates = error_rates(spark, rt)
     ax.bar(list(rates), [100 * r for r in rates.values()], color="tab:red")
     ax.set_ylabel("% rows with an error")
     ax.set_title("Error rate per stage")
@@ -94,7 +93,7 @@ def dataset_figures(spark: SparkSession, cfg: Config) -> dict:
     figures["errors"] = fig
 
     fig, ax = plt.subplots(figsize=(9, 4))
-    balance = split_balance(spark, cfg)
+    balance = split_balance(spark, rt)
     topics_sorted = sorted(balance)
     bottom = [0] * len(topics_sorted)
     for split in ("train", "val", "test"):

@@ -1,40 +1,25 @@
-"""The local runner: runs the bundle job's tasks in dependency order, in one process.
+"""The local runner: runs a bundle job's tasks in dependency order, in one process.
 
-The task graph is read from `resources/*.job.yml`, so the bundle stays the one list of stages:
-each task's first wheel parameter names the stage it runs.
+The task graph is read from `resources/*.job.yml`, so the bundle stays the one list of what runs in which
+order: each task's first wheel parameter names the registered stage it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import graphlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lakesynth import bundle, engine, tables, tracking
+from lakesynth import bundle, registry, tables, tracking
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, StageSkipped
-from lakesynth.report import StageResult
+from lakesynth.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
-JOB_FILE = "resources/lakesynth.job.yml"
-
-
-def stage_functions() -> dict[str, Callable[..., StageResult]]:
-    """Stage name -> its `run(spark, cfg, ctx)`; the one registry of stages, built on demand."""
-    from lakesynth import chat_jsonl, finetune, questions, responses, seeds
-
-    return {
-        "seed": seeds.run,
-        "questions": questions.run,
-        "responses": responses.run,
-        "format": chat_jsonl.run,
-        "finetune": finetune.run,
-    }
+DEFAULT_JOB = "lakesynth"
 
 
 def find_project_root(start: Path) -> Path:
@@ -44,60 +29,48 @@ def find_project_root(start: Path) -> Path:
     raise ConfigError(f"no databricks.yml found in {start} or its parents: run lakesynth from the project folder")
 
 
-def job_graph(root: Path) -> dict[str, tuple[str, list[str]]]:
-    """task_key -> (stage, [task_keys it depends on]) from the bundle's one job."""
-    _, job = bundle.job(bundle.load(root))
-    graph = {}
-    for task in job.get("tasks", []):
-        params = (task.get("python_wheel_task") or {}).get("parameters") or []
-        if not params:
-            raise ConfigError(
-                f"{JOB_FILE}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage"
-            )
-        graph[task["task_key"]] = (params[0], [d["task_key"] for d in task.get("depends_on", [])])
-    return graph
+def job_graph(root: Path, job: str = DEFAULT_JOB) -> dict[str, tuple[str, list[str]]]:
+    """task_key -> (stage, [task_keys it depends on]) of one job of the bundle."""
+    name, spec = bundle.job(bundle.load(root), job)
+    return bundle.tasks(spec, f"resources/{name}.job.yml")
+
+
+def job_graphs(root: Path) -> dict[str, dict[str, tuple[str, list[str]]]]:
+    """Every job of the bundle: job -> its task graph."""
+    return {
+        name: bundle.tasks(spec, f"resources/{name}.job.yml") for name, spec in bundle.jobs(bundle.load(root)).items()
+    }
 
 
 def order(graph: dict[str, tuple[str, list[str]]]) -> list[str]:
     try:
         return list(graphlib.TopologicalSorter({k: deps for k, (_, deps) in graph.items()}).static_order())
     except graphlib.CycleError as exc:
-        raise ConfigError(f"{JOB_FILE}: the tasks' depends_on form a cycle: {exc.args[1]}") from exc
+        raise ConfigError(f"the tasks' depends_on form a cycle: {exc.args[1]}") from exc
 
 
-class RunContext:
-    """What stages share within one run: the Spark session and the teacher endpoint, started lazily."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self._stack = contextlib.ExitStack()
-        self._endpoint = None
-
-    @property
-    def spark(self):
-        return engine.get_spark(self.cfg.warehouse)
-
-    def endpoint(self):
-        from lakesynth import llm
-
-        if self._endpoint is None:
-            self._endpoint = self._stack.enter_context(llm.open_endpoint(self.cfg.teacher))
-        return self._endpoint
-
-    def close(self) -> None:
-        self._stack.close()
+def check(graph: dict[str, tuple[str, list[str]]], stages: dict[str, Stage], job: str) -> None:
+    """Stop before anything runs when the job names an unknown stage or reads what nothing upstream writes."""
+    problems = registry.graph_problems(graph, stages, f"job '{job}'")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
-def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = None) -> dict[str, Any]:
+def run(
+    cfg: Config, stages: list[str] | None = None, *, root: Path | None = None, job: str = DEFAULT_JOB
+) -> dict[str, Any]:
     """Run the job's tasks (or the named subset) and return the run summary."""
-    graph = job_graph(root or find_project_root(Path.cwd()))
-    functions = stage_functions()
+    graph = job_graph(root or find_project_root(Path.cwd()), job)
+    registered = registry.default_stages()
+    check(graph, registered, job)
+    contracts = registry.contracts(registered)
     unknown = [s for s in stages or [] if s not in graph]
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the job defines: {', '.join(graph)}")
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
-    ctx = RunContext(cfg)
-    tracker = tracking.Tracker(cfg).start()
+    ctx = RunContext(cfg, contracts)
+    ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
+    tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
     try:
         for key in order(graph):
@@ -110,11 +83,9 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
                 print(f"{key}: skipped ({', '.join(blocked)} did not succeed)", flush=True)
                 tracker.stage(key, summary["stages"][key])
                 continue
-            if stage not in functions:
-                raise ConfigError(f"{JOB_FILE}: task '{key}' runs unknown stage '{stage}'")
             started = time.monotonic()
             try:
-                result = functions[stage](ctx.spark, cfg, ctx)
+                result = registered[stage].run(ctx)
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why
                 summary["stages"][key] = {"status": "skipped", "reason": str(exc)}
                 print(f"{key}: skipped: {exc}", flush=True)
@@ -146,11 +117,11 @@ def run(cfg: Config, stages: list[str] | None = None, *, root: Path | None = Non
             tracker.stage(key, summary["stages"][key])
         for name, table in touched.items():
             summary["tables"][name] = {
-                "table": cfg.fqn(name),
-                "location": tables.location(cfg, table, ctx.spark),
-                "rows": tables.count(ctx.spark, cfg, table),
+                "table": ctx.rt.fqn(name),
+                "location": tables.location(ctx.rt, table, ctx.spark),
+                "rows": tables.count(ctx.spark, ctx.rt, table),
             }
-        tracker.finish(summary, ctx.spark, cfg)
+        tracker.finish(summary, ctx)
     finally:
         ctx.close()
     return summary

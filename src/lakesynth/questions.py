@@ -1,31 +1,40 @@
 """Questions stage: `seed_questions` -> `synthetic_questions`, N new questions per seed from the teacher.
 
-The LLM calls run in `mapInPandas` over seed partitions (executors on Databricks, Sail's workers
-locally), never in a loop on the driver. A seed already answered with the same request
-fingerprint is skipped; a regenerated seed replaces all of its old rows.
+Two hooks on the shared LLM loop (llm_stage.py): a seed becomes one request, a reply becomes up to
+`per_seed` question rows. A regenerated seed replaces all of its old rows.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
-import hashlib
-import json
-from collections.abc import Iterator
+from typing import ClassVar
 
 import pandas as pd
-from jinja2 import StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from lakesynth import llm, tables
-from lakesynth.config import Config
-from lakesynth.report import LLMTotals, StageResult, check_failure_rate
-from lakesynth.tables import INT, B, L, S
+from lakesynth import llm_stage, tables
+from lakesynth.config import LLMStageConfig
+from lakesynth.llm_stage import LLMStep
+from lakesynth.stage import RunContext, Stage, StageResult
+from lakesynth.tables import B, S
+from lakesynth.templates import render
+
+
+class QuestionsConfig(LLMStageConfig):
+    DEFAULT_TEMPLATE: ClassVar[str] = "questions.j2"
+    per_seed: int = Field(3, ge=1, le=50, description="New questions the teacher writes per seed.")
+    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature.")
+
+
+TABLE = tables.contract(
+    "synthetic_questions",
+    [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("question", S), ("reasoning", S)]
+    + tables.LLM_ACCOUNTING,
+    key="question_id",
+    parent="seed_id",
+)
 
 
 class GeneratedQuestions(BaseModel):
@@ -51,123 +60,27 @@ def asked(per_seed: int) -> int:
     return per_seed + 1
 
 
-REQUEST_SCHEMA = T.StructType(
-    [
-        T.StructField(n, t)
-        for n, t in [
-            ("seed_id", S),
-            ("topic", S),
-            ("in_scope", B),
-            ("seed_question", S),
-            ("messages", S),
-            ("prompt_version", S),
-            ("fingerprint", S),
-        ]
+def prompts(batch: pd.DataFrame, *, template: str, rules: str, n: int) -> list[list[dict]]:
+    """Rows -> requests: one user message per seed, asking for `n` new questions."""
+    return [
+        [{"role": "user", "content": render(template, rules=rules, topic=t, question=q, in_scope=bool(s), n=n)}]
+        for t, q, s in zip(batch["topic"], batch["seed_question"], batch["in_scope"])
     ]
-)
-GENERATED_SCHEMA = T.StructType(
-    [
-        T.StructField(n, t)
-        for n, t in [
-            ("seed_id", S),
-            ("topic", S),
-            ("in_scope", B),
-            ("seed_question", S),
-            ("prompt_version", S),
-            ("fingerprint", S),
-            ("model", S),
-            ("reasoning", S),
-            ("questions", T.ArrayType(S)),
-            ("prompt_tokens", L),
-            ("completion_tokens", L),
-            ("latency_ms", L),
-            ("attempts", INT),
-            ("error", S),
-            ("raw_output", S),
-        ]
-    ]
-)
 
 
-def render(template: str, **values) -> str:
-    """Render in a sandbox: seed text is data, so braces or template syntax inside it stay literal."""
-    return _compiled(template).render(**values)
+def replies_to_rows(replies: DataFrame, *, keep: int) -> DataFrame:
+    """Replies -> rows: the reply's fields as columns, then `to_question_rows`."""
+    reply = llm_stage.parsed(replies, GeneratedQuestions)
+    generated = replies.select(
+        "*", reply.getField("reasoning").alias("reasoning"), reply.getField("questions").alias("questions")
+    ).drop("output")
+    return to_question_rows(generated, run_id="", keep=keep)
 
 
-@functools.lru_cache(maxsize=8)
-def _compiled(template: str):
-    # Compiling costs far more than rendering: once per template and process, not once per row.
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False).from_string(template)
-
-
-def prompt_version(template: str) -> str:
-    return hashlib.sha256(template.encode()).hexdigest()[:12]
-
-
-def build_requests(seeds: DataFrame, *, cfg: Config, call: llm.Call) -> DataFrame:
-    """One row per seed with its chat `messages` (JSON text) and the request's fingerprint."""
-    return seeds.select("seed_id", "topic", "in_scope", F.col("question").alias("seed_question")).mapInPandas(
-        functools.partial(
-            _render_batches,
-            template=cfg.questions.template,
-            rules=cfg.use_case.rules,
-            n=asked(cfg.questions.per_seed),
-            call=call,
-        ),
-        REQUEST_SCHEMA,
-    )
-
-
-def _render_batches(
-    batches: Iterator[pd.DataFrame], *, template: str, rules: str, n: int, call: llm.Call
-) -> Iterator[pd.DataFrame]:
-    version = prompt_version(template)
-    for batch in batches:
-        messages = [
-            [{"role": "user", "content": render(template, rules=rules, topic=t, question=q, in_scope=bool(s), n=n)}]
-            for t, q, s in zip(batch["topic"], batch["seed_question"], batch["in_scope"])
-        ]
-        yield batch.assign(
-            messages=[json.dumps(m, ensure_ascii=False) for m in messages],
-            prompt_version=version,
-            fingerprint=[call.fingerprint(m) for m in messages],
-        )
-
-
-def _generate(batches: Iterator[pd.DataFrame], *, call: llm.Call, workers: int) -> Iterator[pd.DataFrame]:
-    """Executor side: call the teacher for a partition's seeds with bounded async concurrency, one pool
-    of requests across the partition's batches."""
-    taken: collections.deque[pd.DataFrame] = collections.deque()
-
-    def requests() -> Iterator[list[tuple[str, list[dict]]]]:
-        for batch in batches:
-            taken.append(batch)
-            yield [(sid, json.loads(m)) for sid, m in zip(batch["seed_id"], batch["messages"])]
-
-    for results in call.run_batches(requests(), workers=workers):
-        yield _generated_frame(taken.popleft(), results)
-
-
-def _generated_frame(batch: pd.DataFrame, results: list[llm.Result]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "seed_id": batch["seed_id"].values,
-            "topic": batch["topic"].values,
-            "in_scope": batch["in_scope"].values,
-            "seed_question": batch["seed_question"].values,
-            "prompt_version": batch["prompt_version"].values,
-            "fingerprint": [r.fingerprint for r in results],
-            "model": [r.model for r in results],
-            "reasoning": [(r.output or {}).get("reasoning") for r in results],
-            "questions": [(r.output or {}).get("questions") for r in results],
-            "prompt_tokens": [r.prompt_tokens for r in results],
-            "completion_tokens": [r.completion_tokens for r in results],
-            "latency_ms": [r.latency_ms for r in results],
-            "attempts": [r.attempts for r in results],
-            "error": [r.error for r in results],
-            "raw_output": [r.raw_output for r in results],
-        }
-    )
+def _seeds_short(staged: DataFrame, *, per_seed: int) -> dict[str, int]:
+    # A seed whose teacher reply held duplicates or copies of the seed keeps fewer than `per_seed`: say so.
+    kept = staged.where("error IS NULL").groupBy("seed_id").count()
+    return {"seeds_short": kept.where(F.col("count") < per_seed).count()}
 
 
 def _normalized(col) -> F.Column:
@@ -251,56 +164,34 @@ def to_question_rows(generated: DataFrame, *, run_id: str, keep: int) -> DataFra
     )
 
 
-def run(spark: SparkSession, cfg: Config, ctx) -> StageResult:
-    seeds = tables.read(spark, cfg, tables.SEED_QUESTIONS)
-    endpoint = ctx.endpoint()
-    journal = tables.journal_dir(cfg, "questions")
-    call = llm.Call(
-        endpoint,
-        cfg.teacher,
-        output_model(asked(cfg.questions.per_seed)),
-        cfg.questions.temperature,
-        cfg.questions.max_tokens,
-        journal_dir=journal,
-        label="questions",
+def step(cfg) -> LLMStep:
+    q = cfg.questions
+    return LLMStep(
+        name="questions",
+        table=TABLE,
+        key="seed_id",
+        columns=("seed_id", "topic", "in_scope", "seed_question"),
+        output=output_model(asked(q.per_seed)),
+        settings=q,
+        template=q.template,
+        prompts=functools.partial(prompts, template=q.template, rules=cfg.use_case.rules, n=asked(q.per_seed)),
+        rows=functools.partial(replies_to_rows, keep=q.per_seed),
+        rows_per_request=q.per_seed,
+        replace_by="seed_id",
+        metrics=functools.partial(_seeds_short, per_seed=q.per_seed),
     )
 
-    def pending(part: DataFrame, *columns: str) -> DataFrame:
-        requests = build_requests(part, cfg=cfg, call=call)
-        requests = requests.select(*columns) if columns else requests
-        return tables.pending(spark, cfg, tables.SYNTHETIC_QUESTIONS, requests, "seed_id")
 
-    # Counted on keys alone, so the rendered prompts of the whole table are never held at once.
-    rows_in, attempted = seeds.count(), pending(seeds, "seed_id", "fingerprint").count()
-    result = StageResult(rows_in=rows_in, tables=[tables.SYNTHETIC_QUESTIONS], metrics={"skipped": rows_in - attempted})
-    if attempted == 0:
-        return result
-    llm.preflight(call, [(r.seed_id, json.loads(r.messages)) for r in pending(seeds).limit(1).collect()])
-    totals, short = LLMTotals(), 0
-    # A chunk is counted in rows written: each seed asks for per_seed questions.
-    seeds_per_chunk = max(1, cfg.teacher.chunk_rows // cfg.questions.per_seed)
-    parts = tables.chunks(seeds, "seed_id", attempted, seeds_per_chunk)
-    for number, part in enumerate(parts, start=1):
-        label = "questions" if len(parts) == 1 else f"questions {number}/{len(parts)}"
-        chunk_call = dataclasses.replace(call, label=label)
-        generated = (
-            pending(part)
-            .repartition(cfg.teacher.workers)
-            .mapInPandas(functools.partial(_generate, call=chunk_call, workers=cfg.teacher.workers), GENERATED_SCHEMA)
-        )
-        # Staged twice: the raw LLM output (so no plan calls the endpoint again), then the exploded rows (so the
-        # MERGE, which reads its source more than once, and the totals do not redo the dedup aggregates).
-        rows = to_question_rows(
-            tables.materialize(spark, cfg, "questions", generated), run_id=cfg.run_id, keep=cfg.questions.per_seed
-        )
-        staged = tables.materialize(spark, cfg, "question_rows", rows)
-        tables.upsert(spark, cfg, tables.SYNTHETIC_QUESTIONS, staged, replace_by="seed_id")
-        totals.add(staged, group="seed_id")
-        # A seed whose teacher reply held duplicates or copies of the seed keeps fewer than `per_seed`: say so.
-        kept = staged.where("error IS NULL").groupBy("seed_id").count()
-        short += kept.where(F.col("count") < cfg.questions.per_seed).count()
-    llm.clear_journal(journal)
-    result.rows_out, result.errors = totals.rows, totals.failed
-    result.metrics.update(totals.metrics(cfg), seeds_short=short)
-    check_failure_rate("questions", totals, attempted, cfg.questions.max_failure_rate)
-    return result
+def run(ctx: RunContext) -> StageResult:
+    seeds = ctx.read("seed_questions").withColumnRenamed("question", "seed_question")
+    return llm_stage.run(ctx, step(ctx.cfg), seeds)
+
+
+STAGE = Stage(
+    name="questions",
+    help="generate new questions from the seeds into synthetic_questions",
+    run=run,
+    reads=("seed_questions",),
+    writes=(TABLE,),
+    config=QuestionsConfig,
+)

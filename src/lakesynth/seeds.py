@@ -10,14 +10,39 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from pydantic import Field, ValidationInfo, field_validator
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth import tables
-from lakesynth.config import Config
+from lakesynth.config import Section, base_dir
 from lakesynth.errors import SeedError
-from lakesynth.report import StageResult
+from lakesynth.stage import RunContext, Stage, StageResult
+from lakesynth.tables import B, S
+
+
+class SeedsConfig(Section):
+    path: str = Field(
+        "bank/seeds.csv",
+        validate_default=True,
+        description="CSV or JSONL seed file (relative to the config file), or `table:<catalog.schema.table>`.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("table:") or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base_dir(info) / value).resolve())
+
+
+TABLE = tables.contract(
+    "seed_questions",
+    [("seed_id", S), ("topic", S), ("question", S), ("in_scope", B), ("category", S), ("metadata", S), ("source", S)],
+    key="seed_id",
+    parent="source",
+)
 
 REQUIRED = ("topic", "question", "in_scope")
 OPTIONAL = ("category", "metadata")
@@ -142,8 +167,7 @@ def normalize(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
     )
 
 
-def _raw_seeds(spark: SparkSession, cfg: Config) -> tuple[DataFrame, str]:
-    path = cfg.seeds.path
+def _raw_seeds(spark: SparkSession, path: str) -> tuple[DataFrame, str]:
     if path.startswith("table:"):
         name = path.removeprefix("table:")
         if not spark.catalog.tableExists(name):
@@ -161,8 +185,9 @@ def _raw_seeds(spark: SparkSession, cfg: Config) -> tuple[DataFrame, str]:
     return spark.createDataFrame(frame, schema=RAW_SCHEMA), path
 
 
-def run(spark: SparkSession, cfg: Config, ctx: object = None) -> StageResult:
-    raw, source = _raw_seeds(spark, cfg)
+def run(ctx: RunContext) -> StageResult:
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    raw, source = _raw_seeds(spark, cfg.seeds.path)
     problems = find_problems(raw)
     listed = problems.orderBy("_row").limit(200).collect()
     if listed:
@@ -175,8 +200,18 @@ def run(spark: SparkSession, cfg: Config, ctx: object = None) -> StageResult:
     seeds = normalize(
         raw, run_id=cfg.run_id, source=source if cfg.seeds.path.startswith("table:") else Path(source).name
     )
-    before = tables.count(spark, cfg, tables.SEED_QUESTIONS)
+    before = tables.count(spark, rt, TABLE)
     changed = "NOT (t.in_scope <=> s.in_scope AND t.category <=> s.category AND t.metadata <=> s.metadata)"
-    tables.upsert(spark, cfg, tables.SEED_QUESTIONS, seeds, update_when=changed)
-    after = tables.count(spark, cfg, tables.SEED_QUESTIONS)
-    return StageResult(rows_in=rows_in, rows_out=after - before, errors=0, tables=[tables.SEED_QUESTIONS])
+    tables.upsert(spark, rt, TABLE, seeds, update_when=changed)
+    after = tables.count(spark, rt, TABLE)
+    return StageResult(rows_in=rows_in, rows_out=after - before, errors=0, tables=[TABLE])
+
+
+STAGE = Stage(
+    name="seed",
+    help="ingest seed questions into seed_questions",
+    run=run,
+    writes=(TABLE,),
+    config=SeedsConfig,
+    section="seeds",
+)

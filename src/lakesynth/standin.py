@@ -5,6 +5,8 @@ the request. Latency, a hard concurrency cap (requests beyond it queue) and seed
 injection make it a known, repeatable endpoint. `GET /stats` reports what it served.
 
     python -m lakesynth.standin --latency-ms 100 --max-concurrency 64 --fault-rate 0.2
+
+Faults: FAULTS are the default mix; OPT_IN_FAULTS are drawn only when named in `faults`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,28 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 FAULTS = ("429", "500", "timeout", "malformed", "schema", "truncated")
+# Replies a real endpoint sends now and then, each answered as OpenAI-compatible servers do; "reset" drops
+# the connection without a reply, "huge_retry_after" is a 429 asking for a day's wait.
+OPT_IN_FAULTS = ("409", "413", "422", "400_context", "reset", "huge_retry_after")
+_FAULT_REPLIES = {
+    "409": (409, {}, {"error": {"message": "Conflict: a request with this id is in progress", "type": "conflict"}}),
+    "413": (413, {}, {"error": {"message": "Request entity too large", "type": "invalid_request_error"}}),
+    "422": (422, {}, {"detail": [{"loc": ["body", "messages"], "msg": "unprocessable", "type": "value_error"}]}),
+    "400_context": (
+        400,
+        {},
+        {
+            "error": {
+                "message": "This model's maximum context length is 4096 tokens. However, your messages resulted "
+                "in 5120 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        },
+    ),
+    "huge_retry_after": (429, {"retry-after": "86400"}, {"error": {"message": "rate limited; come back tomorrow"}}),
+}
 
 
 @dataclass
@@ -33,6 +57,11 @@ class StandInOptions:
     models: tuple[str, ...] = ()
     reject_schema: bool = False
     items: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown stand-in faults {sorted(unknown)}; known: {FAULTS + OPT_IN_FAULTS}")
 
 
 @dataclass
@@ -92,6 +121,8 @@ class StandIn:
         self._port = port
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     @property
@@ -104,8 +135,20 @@ class StandIn:
         return self
 
     def stop(self) -> None:
-        if self._loop:
+        """Stop listening, drop every open connection (a client then sees them refused or reset), stop the loop."""
+        if self._loop and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _shutdown(self) -> None:
+        if self._server:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def reset(self, **changes) -> None:
         """Default options but for `changes` (fields of StandInOptions), fresh counters, the seed restarted."""
@@ -124,10 +167,12 @@ class StandIn:
         self._slots = asyncio.Semaphore(self.options.max_concurrency)
         server = await asyncio.start_server(self._connection, "127.0.0.1", self._port, backlog=1024)
         self.port = server.sockets[0].getsockname()[1]
+        self._server = server
         self._ready.set()
         return server
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -136,6 +181,9 @@ class StandIn:
                 headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
                 status, extra, payload = await self._handle(method, path, headers, body)
+                if status is None:  # the "reset" fault: no reply at all
+                    writer.transport.abort()
+                    return
                 data = json.dumps(payload).encode()
                 head_out = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(data)}"]
                 head_out += [f"{k}: {v}" for k, v in extra.items()]
@@ -144,9 +192,10 @@ class StandIn:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
-    async def _handle(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, dict]:
+    async def _handle(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int | None, dict, dict]:
         opts = self.options
         if method == "GET" and path.endswith("/stats"):
             return 200, {}, self.stats.as_dict()
@@ -181,6 +230,10 @@ class StandIn:
             return 429, {"retry-after-ms": "20", "retry-after": "0"}, {"error": {"message": "rate limited"}}
         if fault in ("500", "timeout"):
             return 500, {}, {"error": {"message": "internal error"}}
+        if fault == "reset":
+            return None, {}, {}
+        if fault in _FAULT_REPLIES:
+            return _FAULT_REPLIES[fault]
         seed = hashlib.sha256(json.dumps(request.get("messages"), sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
         answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
@@ -217,11 +270,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--max-concurrency", type=int, default=1024)
     parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {FAULTS + OPT_IN_FAULTS}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     server = StandIn(
         StandInOptions(
-            latency_ms=args.latency_ms, max_concurrency=args.max_concurrency, fault_rate=args.fault_rate, seed=args.seed
+            latency_ms=args.latency_ms,
+            max_concurrency=args.max_concurrency,
+            fault_rate=args.fault_rate,
+            faults=tuple(args.faults.split(",")),
+            seed=args.seed,
         ),
         port=args.port,
     )

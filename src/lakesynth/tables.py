@@ -9,15 +9,13 @@ from __future__ import annotations
 import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.config import Config
-from lakesynth.engine import on_databricks
 from lakesynth.errors import TableSchemaError
+from lakesynth.runtime import Runtime
 
 S, B, L, INT, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.TimestampType()
 
@@ -57,69 +55,23 @@ class Table:
         return [n for n, _ in self.columns]
 
 
-def _table(name: str, columns: list, key: str, parent: str) -> Table:
+def contract(name: str, columns: list, key: str, parent: str) -> Table:
+    """A table's contract: its columns, then the lineage columns every table has."""
     return Table(name, tuple(columns + LINEAGE), key, parent)
 
 
-SEED_QUESTIONS = _table(
-    "seed_questions",
-    [("seed_id", S), ("topic", S), ("question", S), ("in_scope", B), ("category", S), ("metadata", S), ("source", S)],
-    key="seed_id",
-    parent="source",
-)
-SYNTHETIC_QUESTIONS = _table(
-    "synthetic_questions",
-    [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("question", S), ("reasoning", S)]
-    + LLM_ACCOUNTING,
-    key="question_id",
-    parent="seed_id",
-)
-SYNTHETIC_RESPONSES = _table(
-    "synthetic_responses",
-    [
-        ("question_id", S),
-        ("seed_id", S),
-        ("topic", S),
-        ("in_scope", B),
-        ("question", S),
-        ("answer", S),
-        ("reasoning", S),
-    ]
-    + LLM_ACCOUNTING,
-    key="question_id",
-    parent="question_id",
-)
-
-TRAINING_CHAT = _table(
-    "training_chat",
-    [
-        ("example_id", S),
-        ("question_id", S),
-        ("seed_id", S),
-        ("topic", S),
-        ("messages", T.ArrayType(T.StructType([T.StructField("role", S), T.StructField("content", S)]))),
-        ("split", S),
-        ("n_tokens", L),
-    ],
-    key="example_id",
-    parent="question_id",
-)
-
-TABLES = {t.name: t for t in (SEED_QUESTIONS, SYNTHETIC_QUESTIONS, SYNTHETIC_RESPONSES, TRAINING_CHAT)}
-
-
-def location(cfg: Config, table: Table, spark: SparkSession | None = None) -> str:
+def location(rt: Runtime, table: Table, spark: SparkSession | None = None) -> str:
     """Where the table's files live: under the warehouse locally, as Unity Catalog says on Databricks."""
-    if on_databricks() and spark is not None:
-        return spark.sql(f"DESCRIBE DETAIL {cfg.fqn(table.name)}").first()["location"]
-    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / table.name)
+    if rt.databricks and spark is not None:
+        return spark.sql(f"DESCRIBE DETAIL {rt.fqn(table.name)}").first()["location"]
+    return rt.table_location(table.name)
 
 
-def ensure(spark: SparkSession, cfg: Config, table: Table) -> str:
+def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
     """Create the table from its contract if missing, check it if present; returns its full name."""
-    fqn = cfg.fqn(table.name)
-    spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{cfg.catalog}`.`{cfg.schema_}`")
-    where = "" if on_databricks() else f" LOCATION '{location(cfg, table)}'"
+    fqn = rt.fqn(table.name)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{rt.catalog}`.`{rt.schema}`")
+    where = "" if rt.databricks else f" LOCATION '{location(rt, table)}'"
     spark.sql(f"CREATE TABLE IF NOT EXISTS {fqn} ({table.ddl}) USING DELTA{where}")
     actual = {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
     for name, dtype in table.columns:
@@ -132,8 +84,8 @@ def ensure(spark: SparkSession, cfg: Config, table: Table) -> str:
     return fqn
 
 
-def read(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
-    return spark.table(ensure(spark, cfg, table))
+def read(spark: SparkSession, rt: Runtime, table: Table) -> DataFrame:
+    return spark.table(ensure(spark, rt, table))
 
 
 def conform(df: DataFrame, table: Table) -> DataFrame:
@@ -146,7 +98,7 @@ def conform(df: DataFrame, table: Table) -> DataFrame:
 
 def upsert(
     spark: SparkSession,
-    cfg: Config,
+    rt: Runtime,
     table: Table,
     rows: DataFrame,
     *,
@@ -161,7 +113,7 @@ def upsert(
         replace_by: a column; the table's other rows with the same value of it are deleted in
             the same MERGE (a seed's questions are replaced as a whole when it is regenerated).
     """
-    fqn = ensure(spark, cfg, table)
+    fqn = ensure(spark, rt, table)
     source = conform(rows, table)
     # Rows whose key (and replace_by value) the table has never seen need no MERGE: an append writes the same
     # rows, cheaper, and Sail retains memory for every MERGE (benchmarks/NOTES.md). A first run only appends.
@@ -196,19 +148,19 @@ def upsert(
         spark.catalog.dropTempView(view)
 
 
-def materialize(spark: SparkSession, cfg: Config, name: str, rows: DataFrame) -> DataFrame:
+def materialize(spark: SparkSession, rt: Runtime, name: str, rows: DataFrame) -> DataFrame:
     """Write rows once to a fresh staging table `_staging_<name>` and read them back.
 
     An LLM-calling plan must run exactly once: a plan that uses it twice (a union, a MERGE source)
     would call the endpoint again, and serverless has no cache(). So its output is staged first.
     """
     twin = Table(f"_staging_{name}", tuple((f.name, f.dataType) for f in rows.schema.fields), rows.columns[0], "")
-    fqn = cfg.fqn(twin.name)
-    spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{cfg.catalog}`.`{cfg.schema_}`")
+    fqn = rt.fqn(twin.name)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{rt.catalog}`.`{rt.schema}`")
     spark.sql(f"DROP TABLE IF EXISTS {fqn}")
     where = ""
-    if not on_databricks():
-        path = location(cfg, twin)
+    if not rt.databricks:
+        path = location(rt, twin)
         shutil.rmtree(path, ignore_errors=True)
         where = f" LOCATION '{path}'"
     spark.sql(f"CREATE TABLE {fqn} ({twin.ddl}) USING DELTA{where}")
@@ -216,17 +168,10 @@ def materialize(spark: SparkSession, cfg: Config, name: str, rows: DataFrame) ->
     return spark.table(fqn)
 
 
-def journal_dir(cfg: Config, stage: str) -> str:
-    """Where a stage's LLM journal lives: beside the tables locally, in the Volume on Databricks."""
-    if on_databricks():
-        return f"/Volumes/{cfg.catalog}/{cfg.schema_}/{cfg.volume}/_journal/{stage}"
-    return str(Path(cfg.warehouse) / cfg.catalog / cfg.schema_ / "_journal" / stage)
-
-
-def pending(spark: SparkSession, cfg: Config, table: Table, requests: DataFrame, key: str) -> DataFrame:
+def pending(spark: SparkSession, rt: Runtime, table: Table, requests: DataFrame, key: str) -> DataFrame:
     """The requests without a successful row for the same key and request fingerprint: what a run must
     still pay for (a changed prompt or parameter changes the fingerprint, so it is pending again)."""
-    done = read(spark, cfg, table).where("error IS NULL").select(key, "fingerprint").distinct()
+    done = read(spark, rt, table).where("error IS NULL").select(key, "fingerprint").distinct()
     return requests.join(done, [key, "fingerprint"], "left_anti")
 
 
@@ -240,5 +185,5 @@ def chunks(rows: DataFrame, key: str, total: int, size: int) -> list[DataFrame]:
     return [rows.where(bucket == i) for i in range(n)]
 
 
-def count(spark: SparkSession, cfg: Config, table: Table) -> int:
-    return spark.table(ensure(spark, cfg, table)).count()
+def count(spark: SparkSession, rt: Runtime, table: Table) -> int:
+    return spark.table(ensure(spark, rt, table)).count()

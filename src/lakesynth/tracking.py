@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from lakesynth.config import Config
-from lakesynth.engine import on_databricks
+from lakesynth.runtime import Runtime
 
 log = logging.getLogger(__name__)
 RUN_TAG = "lakesynth.run_id"
 LONG_TEXT = ("template", "rules", "system_prompt")
 
 
-def tracking_uri(cfg: Config) -> str:
+def tracking_uri(cfg: Config, rt: Runtime) -> str:
     if cfg.mlflow.tracking_uri:
         return cfg.mlflow.tracking_uri
-    if on_databricks():
+    if rt.databricks:
         return "databricks"
-    return f"sqlite:///{Path(cfg.warehouse).parent / 'mlflow.db'}"
+    return f"sqlite:///{Path(rt.warehouse).parent / 'mlflow.db'}"
 
 
 def params(cfg: Config) -> dict[str, str]:
@@ -49,8 +49,9 @@ def params(cfg: Config) -> dict[str, str]:
 class Tracker:
     """Logs a run's parameters, per-stage metrics and artifacts; a no-op when disabled or unavailable."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, rt: Runtime) -> None:
         self.cfg = cfg
+        self.rt = rt
         self.mlflow = None
         self.run_id: str | None = None
 
@@ -64,15 +65,17 @@ class Tracker:
             return self
         for name in ("mlflow", "alembic"):  # their INFO lines would drown the one line per stage
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
-        uri = tracking_uri(self.cfg)
+        uri = tracking_uri(self.cfg, self.rt)
+        if uri.startswith("sqlite:///"):
+            _new_sqlite_store(Path(uri.removeprefix("sqlite:///")), Path(self.cfg.teacher.model_cache).expanduser())
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
         name = self.cfg.mlflow.experiment
-        if on_databricks() and not name.startswith("/"):
+        if self.rt.databricks and not name.startswith("/"):
             name = f"/Shared/{name}"  # workspace experiments are named by path
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            location = None if on_databricks() else str(Path(self.cfg.warehouse).parent / "mlartifacts")
+            location = None if self.rt.databricks else str(Path(self.rt.warehouse).parent / "mlartifacts")
             experiment_id = mlflow.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
@@ -103,16 +106,16 @@ class Tracker:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 client.log_metric(self.run_id, f"{key}.{name}", float(value))
 
-    def finish(self, summary: dict[str, Any], spark, cfg: Config) -> None:
+    def finish(self, summary: dict[str, Any], ctx) -> None:
         """The run summary, sample rows of each table and the report's plots, as artifacts."""
         if not self.mlflow:
             return
         client = self.mlflow.MlflowClient()
-        client.log_dict(self.run_id, summary, f"summary-{_safe(cfg.run_id)}.json")
-        from lakesynth import insights, tables
+        client.log_dict(self.run_id, summary, f"summary-{_safe(self.cfg.run_id)}.json")
+        from lakesynth import insights
 
         for name in summary.get("tables", {}):
-            sample = tables.read(spark, cfg, tables.TABLES[name]).limit(20).toPandas()
+            sample = ctx.read(name).limit(20).toPandas()
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{name}.json"
                 sample.to_json(path, orient="records", force_ascii=False, indent=1, date_format="iso")
@@ -120,9 +123,31 @@ class Tracker:
         if "training_chat" in summary.get("tables", {}):
             import matplotlib.pyplot as plt
 
-            for fig_name, figure in insights.dataset_figures(spark, cfg).items():
+            for fig_name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items():
                 client.log_figure(self.run_id, figure, f"report/{fig_name}.png")
                 plt.close(figure)
+
+
+def _new_sqlite_store(path: Path, cache_dir: Path) -> None:
+    """A new sqlite tracking store, copied from an empty migrated one kept in the cache: MLflow would otherwise
+    run its ~50 schema migrations on every new store, which takes seconds (once per machine and MLflow version
+    now)."""
+    if path.exists():
+        return
+    import os
+    import shutil
+
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    template = cache_dir / f"mlflow-empty-{mlflow.__version__}.db"
+    if not template.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        scratch = template.with_name(f".{template.name}.{os.getpid()}")
+        SqlAlchemyStore(f"sqlite:///{scratch}", str(cache_dir / "mlartifacts-unused")).engine.dispose()
+        os.replace(scratch, template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
 
 
 def _safe(text: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import decimal
+import functools
 import json
 import sys
 from pathlib import Path
@@ -22,8 +23,15 @@ sys.path.insert(0, str(ROOT / "src"))
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth import chat_jsonl, llm, questions, responses, seeds
-from lakesynth.config import load_config
+from lakesynth import chat_jsonl, llm, llm_stage, questions, responses, seeds
+from lakesynth.registry import load_config
+
+# What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.
+GENERATED = (
+    "seed_id string, topic string, in_scope boolean, seed_question string, prompt_version string, "
+    "fingerprint string, model string, reasoning string, questions array<string>, prompt_tokens bigint, "
+    "completion_tokens bigint, latency_ms bigint, attempts int, error string, raw_output string"
+)
 
 VOLATILE = ("created_at", "latency_ms")  # clock-dependent, not engine-dependent
 
@@ -44,8 +52,9 @@ def session(engine: str, warehouse: str):
             .getOrCreate()
         )
     from lakesynth.engine import get_spark
+    from lakesynth.runtime import Runtime
 
-    return get_spark(warehouse)
+    return get_spark(Runtime(False, "main", "parity", "lakesynth", warehouse))
 
 
 def cases(spark, standin: str) -> dict:
@@ -55,7 +64,7 @@ def cases(spark, standin: str) -> dict:
     )
     endpoint = llm.Endpoint(standin, "standin")
     qcall = llm.Call(endpoint, cfg.teacher, questions.output_model(2), 0.5, 128, label="parity")
-    rcall = llm.Call(endpoint, cfg.teacher, llm.model_from_ddl(responses.RESPONSE_FORMAT), 0.3, 128)
+    rcall = llm.Call(endpoint, cfg.teacher, responses.Answer, 0.3, 128)
     raw = spark.createDataFrame(
         [
             (1, "cards", "Lost my card {{ x }}?", "yes", None, '{"k": 1}'),
@@ -68,10 +77,10 @@ def cases(spark, standin: str) -> dict:
     )
     valid = raw.where(F.col("_row").isin(1, 5))
     normalized = seeds.normalize(valid, run_id="parity", source="seeds.csv")
-    seed_rows = normalized.select("seed_id", "topic", "question", "in_scope")
-    requests = questions.build_requests(seed_rows, cfg=cfg, call=qcall)
+    seed_rows = normalized.select("seed_id", "topic", F.col("question").alias("seed_question"), "in_scope")
+    requests = llm_stage.requests(seed_rows, questions.step(cfg), qcall)
     generated = requests.mapInPandas(
-        lambda it: questions._generate(it, call=qcall, workers=1), questions.GENERATED_SCHEMA
+        functools.partial(llm_stage._call, call=qcall, key="seed_id", workers=1), llm_stage.reply_schema(requests)
     )
     fixed_generated = spark.createDataFrame(
         [
@@ -94,7 +103,7 @@ def cases(spark, standin: str) -> dict:
             ),
             ("s2", "tax", False, "VAT?", "v", "fp2", "m", None, None, 3, 0, 1, 4, "InvalidOutput: x", "{bad"),
         ],
-        questions.GENERATED_SCHEMA,
+        GENERATED,
     )
     question_rows = questions.to_question_rows(fixed_generated, run_id="parity", keep=2)
     answered_schema = T.StructType(
@@ -126,7 +135,7 @@ def cases(spark, standin: str) -> dict:
         ],
         answered_schema,
     )
-    parsed = responses.parse_responses(answered, model="standin", run_id="parity")
+    parsed = responses.to_response_rows(llm_stage.ai_query_replies(answered, model="standin"))
     chat = chat_jsonl.to_chat_rows(parsed, system_prompt="Be kind.")
     many = spark.createDataFrame(
         [(f"e{i}", f"q{i}", "s", ["cards", "tax", "fraud"][i % 3]) for i in range(30)],
@@ -135,11 +144,14 @@ def cases(spark, standin: str) -> dict:
     return {
         "seeds.find_problems": seeds.find_problems(raw),
         "seeds.normalize": normalized,
-        "questions.build_requests": requests,
-        "questions.generate (stand-in)": generated,
+        "llm_stage.requests (questions)": requests,
+        "llm_stage.call (stand-in)": generated,
+        "questions.replies_to_rows (stand-in)": questions.replies_to_rows(generated, keep=2),
         "questions.to_question_rows": question_rows,
-        "responses.build_requests": responses.build_requests(question_rows, cfg=cfg, call=rcall),
-        "responses.parse_responses": parsed,
+        "llm_stage.requests (responses)": llm_stage.requests(
+            question_rows.where("error IS NULL"), responses.step(cfg), rcall
+        ),
+        "responses.to_response_rows": parsed,
         "chat_jsonl.to_chat_rows": chat,
         "chat_jsonl.check_examples": chat_jsonl.check_examples(chat, max_tokens=30),
         "chat_jsonl.assign_split": chat_jsonl.assign_split(many, val_fraction=0.2, test_fraction=0.1, seed=7),

@@ -1,0 +1,41 @@
+"""The LLM layer: every call to a teacher goes through here (the only HTTP call and the only ai_query).
+
+Order of work for one request (after curator): fingerprint -> journal hit? -> call -> parse into the
+output model -> retry -> record. Every failure of one request stays in its row: 408, 409, 429, 5xx,
+timeouts, dropped connections and invalid or truncated output are retried with jittered backoff
+(honouring Retry-After up to a cap), then become the row's `error`, with the raw reply kept; other
+4xx replies (400, 413, 422, ...) become the row's error at once. Only what no row could survive
+raises EndpointError: 401, 403, 404, an endpoint never reached, and a 400 on the preflight unless its
+error code names a fault of that row (see `pool.py` for the one table that decides).
+
+Each finished request is appended to a journal (JSON lines, one file per worker) keyed by its
+fingerprint, before the stage writes its table. A stage killed halfway and rerun finds the
+journal and pays again only for the requests that were in flight.
+
+    auth.py      Endpoint, open_endpoint (the embedded teacher, Databricks Model Serving, any URL)
+    journal.py   Result, Journal, clear_journal
+    pool.py      Call, the pool of requests, retries, shared rate limits, preflight
+    ai_query.py  the local ai_query pandas UDF
+    schema.py    Spark DDL derived from a pydantic output model
+"""
+
+from lakesynth.llm.ai_query import ai_query_udf
+from lakesynth.llm.auth import Endpoint, open_endpoint
+from lakesynth.llm.journal import Journal, Result, clear_journal
+from lakesynth.llm.pool import RETRYABLE, Call, InvalidOutput, preflight
+from lakesynth.llm.schema import response_format, spark_ddl
+
+__all__ = [
+    "RETRYABLE",
+    "Call",
+    "Endpoint",
+    "InvalidOutput",
+    "Journal",
+    "Result",
+    "ai_query_udf",
+    "clear_journal",
+    "open_endpoint",
+    "preflight",
+    "response_format",
+    "spark_ddl",
+]

@@ -1,0 +1,114 @@
+"""The stage registry: every stage, found where it declares itself; everything else about stages is read here.
+
+A stage module declares `STAGE = Stage(...)` at its top level; `default_stages()` finds those modules in the
+package and imports them. The CLI's subcommands, the config's stage sections, the table contracts, the local
+runner's graph check and `lakesynth stages` all come from it, so adding a stage is writing its module and
+adding its task to a job in `resources/`. It is built on demand: no registry lives at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import graphlib
+import importlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field, create_model
+
+from lakesynth import config
+from lakesynth.errors import ConfigError
+from lakesynth.stage import Stage
+from lakesynth.tables import Table
+
+_DECLARES = re.compile(r"^STAGE = Stage\(", re.M)
+PACKAGE = Path(__file__).resolve().parent
+
+
+def stage_modules() -> list[str]:
+    """The modules of the package that declare a stage, found by reading their source (importing every module
+    would load torch, xllamacpp and the rest on every command)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if _DECLARES.search(path.read_text(encoding="utf-8")):
+            found.append(".".join(("lakesynth", *path.relative_to(PACKAGE).with_suffix("").parts)))
+    return found
+
+
+def default_stages() -> dict[str, Stage]:
+    """Stage name -> its declaration, in data-flow order (a stage after the stages whose tables it reads)."""
+    declared: dict[str, Stage] = {}
+    for module in stage_modules():
+        stage = importlib.import_module(module).STAGE
+        if stage.name in declared:
+            raise ConfigError(f"{module}: stage name '{stage.name}' is already declared")
+        declared[stage.name] = stage
+    writers = {t.name: s.name for s in declared.values() for t in s.writes}
+    flow = graphlib.TopologicalSorter()
+    for name in sorted(declared):
+        flow.add(name, *sorted({writers[t] for t in declared[name].reads if t in writers} - {name}))
+    return {name: declared[name] for name in flow.static_order()}
+
+
+def contracts(stages: Mapping[str, Stage]) -> dict[str, Table]:
+    """Table name -> contract, for every table a stage writes (one writer per contract)."""
+    found: dict[str, Table] = {}
+    for stage in stages.values():
+        for table in stage.writes:
+            if table.name in found and found[table.name] != table:
+                raise ConfigError(f"stage '{stage.name}' declares table '{table.name}' with a different contract")
+            found[table.name] = table
+    return found
+
+
+@functools.cache
+def config_model() -> type[config.Config]:
+    """The full config model: the shared sections plus one section per registered stage."""
+    sections = {
+        s.config_key: (s.config, Field(default_factory=s.config, description=s.help))
+        for s in default_stages().values()
+        if s.config is not None
+    }
+    return create_model("Config", __base__=config.Config, __module__=__name__, **sections)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> config.Config:
+    """`config.load_config` with every stage's section."""
+    return config.load_config(path, overrides, model=config_model())
+
+
+def graph_problems(
+    tasks: Mapping[str, tuple[str, list[str]]], stages: Mapping[str, Stage], where: str = "the job"
+) -> list[str]:
+    """What is wrong with a job's task graph (task -> (stage, depends_on)): a task that names an unknown
+    stage, or a stage that reads a table no task upstream of it writes."""
+    problems = []
+    for key, (stage, _) in tasks.items():
+        if stage not in stages:
+            problems.append(f"{where}: task '{key}' runs unknown stage '{stage}' (known: {', '.join(stages)})")
+    try:
+        graphlib.TopologicalSorter({k: deps for k, (_, deps) in tasks.items()}).prepare()
+    except graphlib.CycleError as exc:
+        return [*problems, f"{where}: the tasks' depends_on form a cycle: {' -> '.join(exc.args[1])}"]
+
+    @functools.cache
+    def upstream(key: str) -> frozenset[str]:
+        deps = tasks.get(key, ("", []))[1]
+        return frozenset(deps).union(*(upstream(d) for d in deps if d in tasks))
+
+    for key, (stage, _) in tasks.items():
+        if stage not in stages:
+            continue
+        written = {t.name for up in upstream(key) if tasks[up][0] in stages for t in stages[tasks[up][0]].writes}
+        for table in stages[stage].reads:
+            if table not in written:
+                problems.append(f"{where}: task '{key}' ({stage}) reads '{table}', which no task before it writes")
+    return problems
+
+
+def open_context(path: str | Path | None = None, overrides: list[str] | None = None):
+    """A run context on the config at `path`, with every registered table: what a notebook starts from."""
+    from lakesynth.stage import RunContext
+
+    return RunContext(load_config(path, overrides), contracts(default_stages()))

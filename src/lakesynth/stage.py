@@ -1,0 +1,94 @@
+"""What a stage is: its declaration (`Stage`), what it is handed (`RunContext`) and what it returns (`StageResult`).
+
+A stage module declares itself once, `STAGE = Stage(...)`; the registry (registry.py) lists the modules,
+and the CLI, the local runner's checks, the tracked tables and `lakesynth stages` are read from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from lakesynth import engine, tables
+from lakesynth.config import Config
+from lakesynth.runtime import Runtime
+from lakesynth.tables import Table
+
+
+@dataclass
+class StageResult:
+    rows_in: int = 0
+    rows_out: int = 0
+    errors: int = 0
+    tables: list = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def line(self, stage: str, seconds: float) -> str:
+        extra = "".join(f", {k} {v}" for k, v in self.metrics.items())
+        return f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage, declared once in its module.
+
+    `reads` names the tables it reads (their contracts belong to the stages that write them); `writes` holds
+    the contracts of the tables it writes. `config` is its section of the config file, under `section`
+    (default: the stage's name)."""
+
+    name: str
+    help: str
+    run: Callable[[RunContext], StageResult]
+    reads: tuple[str, ...] = ()
+    writes: tuple[Table, ...] = ()
+    config: type[BaseModel] | None = None
+    section: str = ""
+
+    @property
+    def config_key(self) -> str:
+        return self.section or self.name
+
+
+class RunContext:
+    """What the stages of one run share: config, runtime, the Spark session and the teacher endpoint
+    (both started on first use), and the contracts of every registered table, by name."""
+
+    def __init__(self, cfg: Config, contracts: Mapping[str, Table] | None = None, rt: Runtime | None = None) -> None:
+        self.cfg = cfg
+        self.rt = rt or Runtime.resolve(cfg)
+        self.contracts = dict(contracts or {})
+        self._stack = contextlib.ExitStack()
+        self._endpoint = None
+
+    @property
+    def spark(self):
+        return engine.get_spark(self.rt)
+
+    def endpoint(self):
+        """The teacher endpoint; the embedded teacher starts here once and stops with the run."""
+        from lakesynth import llm
+
+        if self._endpoint is None:
+            self._endpoint = self._stack.enter_context(llm.open_endpoint(self.cfg.teacher))
+        return self._endpoint
+
+    def read(self, table: str | Table):
+        """A table by name (or contract), checked against its contract; created empty if it is missing."""
+        contract = table if isinstance(table, Table) else self.contracts.get(table)
+        if contract is None:
+            raise KeyError(f"no registered stage writes a table named '{table}'")
+        return tables.read(self.spark, self.rt, contract)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

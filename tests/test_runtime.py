@@ -1,0 +1,29 @@
+"""The runtime: where lakesynth runs and where its tables, files and journals go, resolved once."""
+
+from __future__ import annotations
+
+import pickle
+
+from lakesynth.runtime import Runtime
+
+
+def test_local_places_are_under_the_warehouse(cfg):
+    rt = Runtime.resolve(cfg, environ={})
+    assert not rt.databricks and rt.fqn("t") == f"main.{cfg.schema_}.t"
+    base = f"{rt.warehouse}/main/{cfg.schema_}"
+    assert rt.table_location("t") == f"{base}/t"
+    assert rt.files_dir("training_chat") == f"{base}/_files/training_chat"
+    assert rt.journal_dir("questions") == f"{base}/_journal/questions"
+
+
+def test_databricks_places_are_in_the_volume(cfg):
+    rt = Runtime.resolve(cfg, environ={"DATABRICKS_RUNTIME_VERSION": "17.3"})
+    assert rt.databricks and rt.volume_root == f"/Volumes/main/{cfg.schema_}/lakesynth"
+    assert rt.files_dir("training_chat") == f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat"
+    assert rt.journal_dir("responses") == f"/Volumes/main/{cfg.schema_}/lakesynth/_journal/responses"
+    assert pickle.loads(pickle.dumps(rt)) == rt  # it travels to executors
+
+
+def test_a_spark_connect_server_is_part_of_the_runtime(cfg):
+    rt = Runtime.resolve(cfg, environ={"LAKESYNTH_SPARK_REMOTE": "sc://127.0.0.1:50051"})
+    assert rt.spark_remote == "sc://127.0.0.1:50051" and not rt.databricks
