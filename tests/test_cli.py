@@ -10,13 +10,17 @@ import sys
 import deltalake
 from conftest import ROOT, write
 
-from lakesynth import seeds
+from lakesynth import registry, seeds
 from lakesynth.engine import register_tables
 
 
-def lakesynth(*args, cwd=ROOT, env=None):
+def lakesynth(*args, cwd=ROOT, env=None, tracking=False):
+    """`lakesynth ARGS` in a process of its own. MLflow tracking costs ~3 s a process, so it is off unless the
+    test is about tracking (`tracking=True`); tests/test_notebooks_and_tracking.py covers it."""
+    running = args and args[0] in ("run", *registry.default_stages())
+    extra = ["--set", "mlflow.enabled=false"] if running and not tracking else []
     return subprocess.run(
-        [sys.executable, "-m", "lakesynth.cli", *args],
+        [sys.executable, "-m", "lakesynth.cli", *args, *extra],
         cwd=cwd,
         capture_output=True,
         text=True,

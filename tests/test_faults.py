@@ -48,6 +48,8 @@ def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_
             "responses",
             *_args(tmp_path, teacher_server),
             "--set",
+            "mlflow.enabled=false",
+            "--set",
             f"teacher.max_concurrency={concurrency}",
         ],
         cwd=ROOT,
@@ -138,9 +140,14 @@ def test_planted_secret_never_leaks(tmp_path, teacher_server):
             "questions.max_failure_rate=1",
             "--set",
             "responses.max_failure_rate=1",
+            "--set",
+            "finetune.max_steps=1",
+            "--set",
+            "finetune.max_length=64",
             "--summary",
             str(tmp_path / "s.json"),
         ),
+        tracking=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert teacher_server.stats.completions > 0  # the key worked, so it really was sent

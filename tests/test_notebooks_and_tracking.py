@@ -39,6 +39,7 @@ def small_run(tmp_path_factory):
             "finetune.backend=none",
             "--summary",
             str(tmp / "s.json"),
+            tracking=True,
         )
     finally:
         del os.environ["LAKESYNTH_NB_KEY"]
@@ -89,7 +90,9 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert report == {"report/topics.png", "report/lengths.png", "report/errors.png", "report/splits.png"}
     # A later task of the same job run logs into the same MLflow run.
-    again = lakesynth("run", "--stages", "format", "--warehouse", str(small_run / "wh"), "--run-id", "nb-run")
+    again = lakesynth(
+        "run", "--stages", "format", "--warehouse", str(small_run / "wh"), "--run-id", "nb-run", tracking=True
+    )
     assert again.returncode == 0
     assert len(client.search_runs([experiment.experiment_id])) == 1
     # The planted key is nowhere in the tracking store or its artifacts.

@@ -36,25 +36,17 @@ def results(tmp_path_factory, teacher_server):
         k: v for k, v in os.environ.items() if not k.startswith(("SPARK_CONNECT", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE"))
     }
     for engine, python in (("sail", sys.executable), ("classic", str(CLASSIC_PYTHON))):
-        proc = subprocess.run(  # noqa: PLW1510 - the return code is asserted below, with the output
-            [
-                python,
-                str(SCRIPT),
-                "--engine",
-                engine,
-                "--standin",
-                teacher_server.base_url,
-                "--warehouse",
-                str(tmp / "wh"),
-                "--out",
-                str(tmp / f"{engine}.json"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        log = tmp / f"{engine}.log"
+        with log.open("w") as sink:
+            proc = subprocess.run(  # noqa: PLW1510 - the return code is asserted below, with the output
+                [python, str(SCRIPT), "--engine", engine, "--standin", teacher_server.base_url]
+                + ["--warehouse", str(tmp / "wh"), "--out", str(tmp / f"{engine}.json")],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                env=env,
+            )
+        assert proc.returncode == 0, log.read_text()[-3000:]
         out[engine] = json.loads((tmp / f"{engine}.json").read_text())
     return out
 

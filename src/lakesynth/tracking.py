@@ -91,8 +91,9 @@ class Tracker:
         else:
             run = client.create_run(experiment_id, run_name=self.cfg.run_id, tags={RUN_TAG: self.cfg.run_id})
             self.run_id = run.info.run_id
-            for key, value in params(self.cfg).items():
-                client.log_param(self.run_id, key, value)
+            from mlflow.entities import Param
+
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params(self.cfg).items()])
         self.mlflow = mlflow
         return self
 

@@ -49,6 +49,7 @@ def session(engine: str, warehouse: str):
             .appName("lakesynth-parity")
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.ui.enabled", "false")
+            .config("spark.sql.shuffle.partitions", "2")
             .getOrCreate()
         )
     from lakesynth.engine import get_spark
