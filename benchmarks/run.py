@@ -533,6 +533,34 @@ def engine_overhead(folder: Path) -> list[tuple]:
     ]
 
 
+TITLES = (
+    "1. Endpoint utilisation (stand-in: 100 ms, cap 64 = 640 req/s)",
+    "2. Embedded teacher efficiency (Qwen2.5-Coder-0.5B Q4_K_M)",
+    "3. Driver memory (seed -> questions -> responses -> format, stand-in)",
+    "4. Engine overhead",
+)
+
+
+def _previous_sections(results: Path) -> dict[int, tuple[str, str]]:
+    """Section number -> (the date of its figures, its markdown block) from an earlier RESULTS.md, so a run of
+    some sections (`--only`) keeps the others, marked as not rerun."""
+    import re
+
+    if not results.exists():
+        return {}
+    text = results.read_text(encoding="utf-8")
+    dated = re.search(r"^Date: (.+?)\s*$", text, re.M)
+    run_date = dated.group(1) if dated else "an earlier run"
+    found = {}
+    for match in re.finditer(r"(?ms)^### (\d)\..*?(?=^### |^## |\Z)", text):
+        block = match.group(0)
+        prior = re.search(r"\n_Not rerun: figures of (.+?)\._\n", block)
+        if prior:
+            block = block.replace(prior.group(0), "\n", 1)
+        found[int(match.group(1))] = (prior.group(1) if prior else run_date, "\n" + block)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory)")
@@ -547,13 +575,10 @@ def main() -> None:
         folder = Path(tmp)
         for number, (title, measure) in enumerate(
             (
-                ("1. Endpoint utilisation (stand-in: 100 ms, cap 64 = 640 req/s)", lambda: utilisation(folder, sizes)),
-                ("2. Embedded teacher efficiency (Qwen2.5-Coder-0.5B Q4_K_M)", lambda: embedded_efficiency(folder, 12)),
-                (
-                    "3. Driver memory (seed -> questions -> responses -> format, stand-in)",
-                    lambda: driver_memory(folder, *mem),
-                ),
-                ("4. Engine overhead", lambda: engine_overhead(folder)),
+                (TITLES[0], lambda: utilisation(folder, sizes)),
+                (TITLES[1], lambda: embedded_efficiency(folder, 12)),
+                (TITLES[2], lambda: driver_memory(folder, *mem)),
+                (TITLES[3], lambda: engine_overhead(folder)),
             ),
             start=1,
         ):
@@ -562,9 +587,14 @@ def main() -> None:
             sections[title] = measure()
             print(title, *sections[title], sep="\n  ", flush=True)
     lines = []
-    for title, rows in sections.items():
-        lines += [f"\n### {title}\n", "| measurement | value | ratio | note |", "|---|---|---|---|"]
-        lines += [f"| {' | '.join(row)} |" for row in rows]
+    kept = _previous_sections(ROOT / "benchmarks" / "RESULTS.md")
+    for number, title in enumerate(TITLES, start=1):
+        if title in sections:
+            lines += [f"\n### {title}\n", "| measurement | value | ratio | note |", "|---|---|---|---|"]
+            lines += [f"| {' | '.join(row)} |" for row in sections[title]]
+        elif number in kept:  # not rerun this time: the last run's figures, said to be so
+            previous_date, block = kept[number]
+            lines += [block.rstrip("\n").replace("\n\n", f"\n\n_Not rerun: figures of {previous_date}._\n\n", 1)]
     table = "\n".join(lines)
     print(table)
     header = (
