@@ -83,7 +83,7 @@ def test_a_missing_entry_point_and_a_dangling_dependency_are_named(merged):
         "job 'lakesynth': task 'questions': entry_point 'lakesynth-questions' is not in [project.scripts] "
         "(has: lakesynth)" in problems
     )
-    assert "job 'lakesynth': task 'responses': depends_on names no task 'questionz'" in problems
+    assert "job 'lakesynth': task 'critic': depends_on names no task 'questionz'" in problems
 
 
 def test_bad_parameters_and_cycles_are_named(merged):

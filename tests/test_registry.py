@@ -29,7 +29,7 @@ def _lakesynth(*args):
 
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
-    assert list(stages) == ["seed", "questions", "responses", "format", "finetune"]
+    assert list(stages) == ["seed", "questions", "critic", "responses", "format", "finetune"]
     for stage in stages.values():
         assert isinstance(stage, Stage) and stage.help and callable(stage.run)
         assert all(isinstance(t, Table) for t in stage.writes)
@@ -38,7 +38,8 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     assert {t for s in stages.values() for t in s.reads} <= written
     # The config model has one section per stage that declares one, under its key.
     fields = registry.config_model().model_fields
-    assert {"seeds", "questions", "responses", "format", "finetune"} <= set(fields)
+    assert {"seeds", "questions", "responses", "format", "finetune", "quality"} <= set(fields)
+    assert registry.load_config(ROOT / "conf" / "lakesynth.yml").quality.critic.enabled is False
     assert issubclass(registry.config_model(), Config)
 
 

@@ -65,12 +65,26 @@ def contracts(stages: Mapping[str, Stage]) -> dict[str, Table]:
 @functools.cache
 def config_model() -> type[config.Config]:
     """The full config model: the shared sections plus one section per registered stage."""
-    sections = {
-        s.config_key: (s.config, Field(default_factory=s.config, description=s.help))
-        for s in default_stages().values()
-        if s.config is not None
-    }
-    return create_model("Config", __base__=config.Config, __module__=__name__, **sections)
+    tree: dict = {}
+    for stage in default_stages().values():
+        if stage.config is not None:
+            *parents, leaf = stage.config_key.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = (stage.config, stage.help)
+    return _section_model("Config", tree, config.Config)
+
+
+def _section_model(name: str, tree: dict, base: type) -> type:
+    """A config model from {key: (model, help) | subtree}: a dotted section `quality.critic` nests under `quality`."""
+    fields = {}
+    for key, value in tree.items():
+        model, help_text = (
+            value if isinstance(value, tuple) else (_section_model(f"{key.title()}Config", value, config.Section), key)
+        )
+        fields[key] = (model, Field(default_factory=model, description=help_text))
+    return create_model(name, __base__=base, __module__=__name__, **fields)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> config.Config:

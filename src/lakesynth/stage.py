@@ -77,12 +77,17 @@ class RunContext:
             self._endpoint = self._stack.enter_context(llm.open_endpoint(self.cfg.teacher))
         return self._endpoint
 
-    def read(self, table: str | Table):
-        """A table by name (or contract), checked against its contract; created empty if it is missing."""
+    def read(self, table: str | Table, *, kept: bool = True):
+        """A table by name (or contract), checked against its contract; created empty if it is missing. With
+        `kept`, the rows that a check (a verdict table on it) dropped are left out."""
         contract = table if isinstance(table, Table) else self.contracts.get(table)
         if contract is None:
             raise KeyError(f"no registered stage writes a table named '{table}'")
-        return tables.read(self.spark, self.rt, contract)
+        rows = tables.read(self.spark, self.rt, contract)
+        if not kept:
+            return rows
+        verdicts = [t for t in self.contracts.values() if t.verdict_of == contract.name]
+        return tables.kept(self.spark, self.rt, rows, contract.key, verdicts)
 
     def close(self) -> None:
         self._stack.close()

@@ -92,8 +92,8 @@ def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None =
             return fake_value(schema[key][0], seed, name, defs, items)
     kind = schema.get("type", "object")
     kind = kind[0] if isinstance(kind, list) else kind
-    if "enum" in schema:
-        return schema["enum"][0]
+    if "enum" in schema:  # a choice that varies with the request, the same for the same request
+        return schema["enum"][int(hashlib.sha256(seed.encode()).hexdigest()[:6], 16) % len(schema["enum"])]
     if kind == "object":
         return {k: fake_value(v, f"{seed}/{k}", k, defs, items) for k, v in schema.get("properties", {}).items()}
     if kind == "array":

@@ -35,12 +35,17 @@ LLM_ACCOUNTING = [
 ]
 
 
+# What a check decides about each row it judges: kept, or dropped and why (the first check that failed).
+VERDICT = [("keep", B), ("drop_reason", S)]
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
     columns: tuple[tuple[str, T.DataType], ...]
     key: str
     parent: str
+    verdict_of: str | None = None  # a verdict table: rows of that table, by key, with `keep` and `drop_reason`
 
     @property
     def schema(self) -> T.StructType:
@@ -55,9 +60,29 @@ class Table:
         return [n for n, _ in self.columns]
 
 
-def contract(name: str, columns: list, key: str, parent: str) -> Table:
-    """A table's contract: its columns, then the lineage columns every table has."""
-    return Table(name, tuple(columns + LINEAGE), key, parent)
+def contract(name: str, columns: list, key: str, parent: str, verdict_of: str | None = None) -> Table:
+    """A table's contract: its columns, then the lineage columns every table has. A verdict table (`verdict_of`)
+    has VERDICT among its columns and the key of the table it judges."""
+    if verdict_of and not {n for n, _ in VERDICT} <= {n for n, _ in columns}:
+        raise TableSchemaError(f"{name}: a verdict table needs the columns keep and drop_reason")
+    return Table(name, tuple(columns + LINEAGE), key, parent, verdict_of)
+
+
+def kept(spark: SparkSession, rt: Runtime, rows: DataFrame, key: str, verdicts: list[Table]) -> DataFrame:
+    """`rows` without those a verdict table has not kept: filtering is a `WHERE keep` downstream, never a delete
+    upstream, so a dropped row and its reason stay where a user can ask for them. A verdict table that does not
+    exist yet (its check has not run) keeps everything."""
+    for table in verdicts:
+        if spark.catalog.tableExists(rt.fqn(table.name)):
+            dropped = spark.table(rt.fqn(table.name)).where("NOT keep OR keep IS NULL")
+            rows = rows.join(dropped.select(F.col(table.key).alias(key)), key, "left_anti")
+    return rows
+
+
+def verdict_counts(verdicts: DataFrame) -> dict:
+    """`kept` and `dropped` (reason -> count) of a verdict table, for the summary."""
+    counts = {r.drop_reason: r["count"] for r in verdicts.groupBy("drop_reason").count().collect()}
+    return {"kept": counts.pop(None, 0), "dropped": dict(sorted(counts.items()))}
 
 
 def location(rt: Runtime, table: Table, spark: SparkSession | None = None) -> str:

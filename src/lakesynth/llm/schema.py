@@ -38,6 +38,8 @@ def _spark_type(annotation: typing.Any, where: str) -> str:
         return _spark_type(args[0], where)
     if annotation in _SCALARS:
         return _SCALARS[annotation]
+    if origin is typing.Literal and len({type(a) for a in args}) == 1 and type(args[0]) in _SCALARS:
+        return _SCALARS[type(args[0])]
     if origin is list and len(args) == 1:
         return f"ARRAY<{_spark_type(args[0], where)}>"
     if origin in (typing.Union, types.UnionType):
