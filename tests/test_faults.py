@@ -34,6 +34,18 @@ def _table(tmp_path, name):
     return deltalake.DeltaTable(str(path)).to_pandas() if (path / "_delta_log").exists() else None
 
 
+def _every_row_answered_or_erred(tmp_path):
+    """The questions and answers tables, after checking that no seed or question was lost or duplicated."""
+    seeds, questions, answers = (
+        _table(tmp_path, n) for n in ("seed_questions", "synthetic_questions", "synthetic_responses")
+    )
+    assert set(questions.seed_id) == set(seeds.seed_id)  # every seed has its questions or its error row
+    assert questions.question_id.is_unique and answers.question_id.is_unique
+    ok_questions = questions[questions.error.isna()]
+    assert set(answers.question_id) == set(ok_questions.question_id)  # every question answered or erred
+    return questions, answers
+
+
 def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_path, teacher_server):
     teacher_server.reset(latency_ms=40, fault_rate=0.0)
     assert lakesynth("run", "--stages", "seed,questions", *_args(tmp_path, teacher_server)).returncode == 0
@@ -182,13 +194,7 @@ def test_twenty_percent_faults_of_every_kind_through_both_llm_stages(tmp_path, t
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert set(teacher_server.stats.faults) == {"429", "500", "timeout", "malformed", "schema", "truncated"}
-    seeds, questions, answers = (
-        _table(tmp_path, n) for n in ("seed_questions", "synthetic_questions", "synthetic_responses")
-    )
-    assert set(questions.seed_id) == set(seeds.seed_id)  # every seed has its questions or its error row
-    assert questions.question_id.is_unique and answers.question_id.is_unique
-    ok_questions = questions[questions.error.isna()]
-    assert set(answers.question_id) == set(ok_questions.question_id)  # every question answered or erred
+    questions, answers = _every_row_answered_or_erred(tmp_path)
     failed = answers[answers.error.notna()]
     assert len(failed) > 0 and failed.answer.isna().all()
 
@@ -206,13 +212,7 @@ def test_row_failures_of_every_kind_stay_in_their_rows_through_both_llm_stages(t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert set(teacher_server.stats.faults) == {"409", "413", "422", "400_context", "reset", "500"}
-    seeds, questions, answers = (
-        _table(tmp_path, n) for n in ("seed_questions", "synthetic_questions", "synthetic_responses")
-    )
-    assert set(questions.seed_id) == set(seeds.seed_id)  # every seed has its questions or its error row
-    assert questions.question_id.is_unique and answers.question_id.is_unique
-    ok_questions = questions[questions.error.isna()]
-    assert set(answers.question_id) == set(ok_questions.question_id)  # every question answered or erred
+    questions, answers = _every_row_answered_or_erred(tmp_path)
     assert answers.answer.notna().sum() > 0 and answers[answers.error.notna()].answer.isna().all()
     errors = list(questions.error.dropna()) + list(answers.error.dropna())
     kinds = {e.split(":")[0] for e in errors}

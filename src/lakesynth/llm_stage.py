@@ -28,21 +28,12 @@ from lakesynth import llm, tables
 from lakesynth.config import LLMStageConfig, TeacherConfig
 from lakesynth.errors import StageError
 from lakesynth.stage import RunContext, StageResult
-from lakesynth.tables import INT, L, S, Table
+from lakesynth.tables import S, Table
 from lakesynth.templates import prompt_version
 
 # What the loop adds to a request's columns once it is answered; a stage's `rows` hook reads `output`
 # (the reply as JSON text, valid against the stage's output model) or `error`.
-REPLY_FIELDS = [
-    ("model", S),
-    ("output", S),
-    ("prompt_tokens", L),
-    ("completion_tokens", L),
-    ("latency_ms", L),
-    ("attempts", INT),
-    ("error", S),
-    ("raw_output", S),
-]
+REPLY_FIELDS = [("model", S), ("output", S), *tables.LLM_RESULT]
 ACCOUNTING = ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")
 
 AI_QUERY_SQL = """SELECT {columns},

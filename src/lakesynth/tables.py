@@ -22,10 +22,8 @@ S, B, L, INT, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(
 # Every row says which run wrote it and when; each contract also names its parent row's id.
 LINEAGE = [("run_id", S), ("created_at", TS)]
 # What an LLM call costs and how it went; the fingerprint lets a rerun skip paid calls.
-LLM_ACCOUNTING = [
-    ("model", S),
-    ("prompt_version", S),
-    ("fingerprint", S),
+# What one request cost and how it ended (the error, and the raw reply when it was unusable).
+LLM_RESULT = [
     ("prompt_tokens", L),
     ("completion_tokens", L),
     ("latency_ms", L),
@@ -33,6 +31,7 @@ LLM_ACCOUNTING = [
     ("error", S),
     ("raw_output", S),
 ]
+LLM_ACCOUNTING = [("model", S), ("prompt_version", S), ("fingerprint", S), *LLM_RESULT]
 
 
 # What a check decides about each row it judges: kept, or dropped and why (the first check that failed).
