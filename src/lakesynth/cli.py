@@ -16,13 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lakesynth import pipeline, registry
-from lakesynth.config import Config
+from lakesynth.config import Config, default_config_file, packaged_config
 from lakesynth.errors import LakesynthError
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="pipeline config YAML (default: conf/lakesynth.yml)")
+    common.add_argument(
+        "--config", help="pipeline config YAML (default: conf/lakesynth.yml here if it exists, else the packaged one)"
+    )
     common.add_argument("--seeds", help="seed file (.csv/.jsonl) or table:<catalog.schema.table>")
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
@@ -55,6 +57,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return _parser().parse_args(argv)
 
 
+def config_file(args: argparse.Namespace) -> Path | None:
+    """--config, else conf/lakesynth.yml in the working folder, else the config packaged in the wheel."""
+    return Path(args.config) if args.config else default_config_file()
+
+
+def describe_config(file: Path | None) -> str:
+    if file is None:
+        return "config none (built-in defaults)"
+    packaged = " (packaged default)" if file == packaged_config() else ""
+    return f"config {file.absolute()}{packaged}"
+
+
 def build_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.seeds:
@@ -63,18 +77,20 @@ def build_config(args: argparse.Namespace) -> Config:
     for flag, key in (("warehouse", "warehouse"), ("catalog", "catalog"), ("schema", "schema"), ("run_id", "run_id")):
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
-    cfg = registry.load_config(args.config, overrides)
+    cfg = registry.load_config(config_file(args), overrides)
     if not cfg.run_id:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         cfg = cfg.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:8]}"})
     return cfg
 
 
-def stage_map(root: Path) -> list[dict]:
-    """Each job's tasks in run order: task, stage, what it reads and what it writes."""
+def stage_map(root: Path | pipeline.Jobs) -> list[dict]:
+    """Each job's tasks in run order: task, stage, what it reads and what it writes (`root`: a project folder,
+    or jobs already located)."""
     stages = registry.default_stages()
+    jobs = root if isinstance(root, pipeline.Jobs) else pipeline.project_jobs(root)
     rows = []
-    for job, graph in pipeline.job_graphs(root).items():
+    for job, graph in jobs.graphs().items():
         for key in pipeline.order(graph):
             name, deps = graph[key]
             stage = stages.get(name)
@@ -122,12 +138,12 @@ def _main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "stages":
-            root = pipeline.find_project_root(Path.cwd())
-            rows = stage_map(root)
+            jobs = pipeline.locate_jobs(Path.cwd())  # the project's, else the packaged ones
+            rows = stage_map(jobs)
             print_stage_map(rows, args.json)
             problems = [
                 p
-                for job, graph in pipeline.job_graphs(root).items()
+                for job, graph in jobs.graphs().items()
                 for p in registry.graph_problems(graph, registry.default_stages(), f"job '{job}'")
             ]
             if problems:
@@ -140,7 +156,10 @@ def _main(argv: list[str] | None = None) -> int:
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
         else:
             stages = [args.command]
-        summary = pipeline.run(cfg, stages, job=job)
+        jobs = pipeline.locate_jobs(Path.cwd())  # the project's, else the packaged ones
+        # One line on stderr (stdout carries the stages' lines): what this run was read from.
+        print(f"lakesynth: {describe_config(config_file(args))}; {jobs.describe(job)}", file=sys.stderr, flush=True)
+        summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
     except LakesynthError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,21 @@ DEFAULT_CONFIG = Path("conf/lakesynth.yml")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def packaged_config() -> Path:
+    """The default config packaged in the installed wheel, with the files it names beside it (the project's
+    conf/ at build time; pipeline.py's docstring says how it is packaged)."""
+    return Path(str(resources.files("lakesynth") / "bundled" / "conf" / "lakesynth.yml"))
+
+
+def default_config_file() -> Path | None:
+    """The config used without --config: conf/lakesynth.yml in the working folder if it exists (a project
+    checkout), else the packaged default (an installed lakesynth run from any folder), else none."""
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG
+    packaged = packaged_config()
+    return packaged if packaged.is_file() else None
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, values never change after loading."""
 
@@ -214,9 +229,9 @@ def parse_override(item: str) -> tuple[str, Any]:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, *, model: type[Config] = Config
 ) -> Config:
-    """Read the YAML file (default conf/lakesynth.yml if present), apply overrides, validate as `model`
+    """Read the YAML file (default: `default_config_file()`), apply overrides, validate as `model`
     (the full model with every stage's section comes from `registry.config_model()`)."""
-    file = Path(path) if path else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    file = Path(path) if path else default_config_file()
     data: dict[str, Any] = {}
     if file is not None:
         try:

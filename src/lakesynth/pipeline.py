@@ -2,16 +2,35 @@
 
 The task graph is read from `resources/*.job.yml`, so the bundle stays the one list of what runs in which
 order: each task's first wheel parameter names the registered stage it runs.
+
+Where the jobs come from (`locate_jobs`): a `databricks.yml` in the working folder or one of its parents (the
+project, as `databricks bundle` reads it), else the job files packaged in the installed wheel. A Databricks
+`python_wheel_task` calls the `lakesynth` entry point from a folder that is not the bundle root, so the wheel
+must carry the job graph (and the default config: `config.packaged_config()`).
+
+Packaging, with one copy in git: `src/lakesynth/bundled/resources` and `src/lakesynth/bundled/conf` are
+symbolic links to the repository's `resources/` and `conf/`. pyproject's package-data takes
+`bundled/resources/*.job.yml` and `bundled/conf/**/*` through them, and setuptools copies the files the links
+point to into the wheel (`pip wheel .`, `pip install .`, the bundle's artifact build), so the installed package
+holds real files under `lakesynth/bundled/`. An editable install imports from `src/`, where the links lead to
+the live files. No build step, no generated or duplicated YAML. A checkout made without symlink support (git
+on Windows with `core.symlinks=false`) would build a wheel without them: tests/test_installed.py builds the
+wheel, installs it and runs it from an empty folder, and fails then.
 """
 
 from __future__ import annotations
 
+import glob
 import graphlib
 import logging
 import time
 import traceback
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lakesynth import bundle, registry, tables, tracking
 from lakesynth.config import Config
@@ -22,24 +41,107 @@ log = logging.getLogger(__name__)
 DEFAULT_JOB = "lakesynth"
 
 
-def find_project_root(start: Path) -> Path:
+@dataclass(frozen=True)
+class Jobs:
+    """The bundle's jobs and where each was read from."""
+
+    specs: dict[str, dict[str, Any]]  # job key -> job dict, the default job first
+    files: dict[str, Path]  # job key -> the file that defines it
+    packaged: bool  # read from the installed wheel, not from a project folder
+
+    def graph(self, job: str = DEFAULT_JOB) -> dict[str, tuple[str, list[str]]]:
+        """task_key -> (stage, [task_keys it depends on]) of one job."""
+        name, spec = bundle.job({"resources": {"jobs": self.specs}}, job)
+        return bundle.tasks(spec, str(self.files.get(name, name)))
+
+    def graphs(self) -> dict[str, dict[str, tuple[str, list[str]]]]:
+        """Every job: job -> its task graph."""
+        return {name: self.graph(name) for name in self.specs}
+
+    def describe(self, job: str = DEFAULT_JOB) -> str:
+        """`job lakesynth from /…/lakesynth.job.yml (packaged)`, for the line a run starts with."""
+        where = self.files.get(job)
+        return f"job {job} from {where or 'nowhere'}" + (" (packaged)" if self.packaged else "")
+
+
+def project_root(start: Path) -> Path | None:
+    """The nearest folder at or above `start` holding a databricks.yml, or None."""
     for folder in [start, *start.parents]:
         if (folder / "databricks.yml").is_file():
             return folder
-    raise ConfigError(f"no databricks.yml found in {start} or its parents: run lakesynth from the project folder")
+    return None
+
+
+def find_project_root(start: Path) -> Path:
+    root = project_root(start)
+    if root is None:
+        raise ConfigError(f"no databricks.yml found in {start} or its parents: run lakesynth from the project folder")
+    return root
+
+
+def packaged_folder() -> Path:
+    """The folder of job files packaged in the installed lakesynth (see the module docstring)."""
+    return Path(str(resources.files("lakesynth") / "bundled" / "resources"))
+
+
+def project_jobs(root: Path) -> Jobs:
+    """The jobs of the bundle at `root`: databricks.yml with the files it includes."""
+    specs = bundle.jobs(bundle.load(root))
+    files: dict[str, Path] = {}
+    main_file = root / "databricks.yml"
+    for path in [main_file, *_included(root, main_file)]:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):  # bundle.load has read them all already
+            continue
+        for key in ((data.get("resources") or {}).get("jobs") or {}) if isinstance(data, dict) else {}:
+            files[key] = path
+    return Jobs(specs, files, packaged=False)
+
+
+def _included(root: Path, main_file: Path) -> list[Path]:
+    try:
+        patterns = (yaml.safe_load(main_file.read_text(encoding="utf-8")) or {}).get("include", [])
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    return [Path(p) for pattern in patterns for p in sorted(glob.glob(str(root / pattern)))]
+
+
+def packaged_jobs() -> Jobs:
+    """The job files packaged in the installed wheel (`resources/*.job.yml` of the project it was built from)."""
+    folder = packaged_folder()
+    specs: dict[str, dict[str, Any]] = {}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.job.yml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the packaged job file: {exc}") from exc
+        for key, spec in ((data.get("resources") or {}).get("jobs") or {}).items():
+            specs[key] = spec
+            files[key] = path
+    if not specs:
+        raise ConfigError(
+            f"no databricks.yml in the working folder or its parents, and the installed lakesynth carries no job "
+            f"files in {folder}: run lakesynth from the project folder, or reinstall it"
+        )
+    return Jobs(specs, files, packaged=True)
+
+
+def locate_jobs(start: Path | None = None) -> Jobs:
+    """The project's jobs when `start` (default: the working folder) is in a bundle, else the packaged ones."""
+    root = project_root(start or Path.cwd())
+    return project_jobs(root) if root else packaged_jobs()
 
 
 def job_graph(root: Path, job: str = DEFAULT_JOB) -> dict[str, tuple[str, list[str]]]:
-    """task_key -> (stage, [task_keys it depends on]) of one job of the bundle."""
-    name, spec = bundle.job(bundle.load(root), job)
-    return bundle.tasks(spec, f"resources/{name}.job.yml")
+    """task_key -> (stage, [task_keys it depends on]) of one job of the bundle at `root`."""
+    return project_jobs(root).graph(job)
 
 
 def job_graphs(root: Path) -> dict[str, dict[str, tuple[str, list[str]]]]:
-    """Every job of the bundle: job -> its task graph."""
-    return {
-        name: bundle.tasks(spec, f"resources/{name}.job.yml") for name, spec in bundle.jobs(bundle.load(root)).items()
-    }
+    """Every job of the bundle at `root`: job -> its task graph."""
+    return project_jobs(root).graphs()
 
 
 def order(graph: dict[str, tuple[str, list[str]]]) -> list[str]:
@@ -57,10 +159,16 @@ def check(graph: dict[str, tuple[str, list[str]]], stages: dict[str, Stage], job
 
 
 def run(
-    cfg: Config, stages: list[str] | None = None, *, root: Path | None = None, job: str = DEFAULT_JOB
+    cfg: Config,
+    stages: list[str] | None = None,
+    *,
+    root: Path | None = None,
+    job: str = DEFAULT_JOB,
+    jobs: Jobs | None = None,
 ) -> dict[str, Any]:
-    """Run the job's tasks (or the named subset) and return the run summary."""
-    graph = job_graph(root or find_project_root(Path.cwd()), job)
+    """Run the job's tasks (or the named subset) and return the run summary. The jobs are `jobs`, else the
+    bundle at `root`, else `locate_jobs()` (the project around the working folder, or the packaged jobs)."""
+    graph = (jobs or (project_jobs(root) if root else locate_jobs())).graph(job)
     registered = registry.default_stages()
     check(graph, registered, job)
     contracts = registry.contracts(registered)
@@ -69,7 +177,7 @@ def run(
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the job defines: {', '.join(graph)}")
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
     ctx = RunContext(cfg, contracts)
-    ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
+    _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
     tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
     try:

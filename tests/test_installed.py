@@ -1,0 +1,182 @@
+"""The built wheel, run the way a Databricks `python_wheel_task` runs it: from a folder that is not the bundle.
+
+The wheel is built once for the module (from a copy of the project's files, so the checkout gets no build/
+folder) and installed with `pip install --target` into a folder of its own. Every call then runs in a fresh,
+empty working folder, with PYTHONPATH putting that installed copy ahead of the editable checkout, and calls
+the `lakesynth` entry point found in the installed package's metadata with `sys.argv` set to the task's
+parameters — as the platform does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import deltalake
+import pytest
+import yaml
+from conftest import ROOT, write
+
+from lakesynth import pipeline
+
+# Runs in the child: the entry point from the installed distribution's metadata, called like a wheel task.
+# Markers go to stderr so stdout stays the command's own (JSON for `stages --json`). A script file, not
+# `python -c`: pyspark's Connect client takes a __main__ without __file__ for a doctest run and exits.
+CALL = """
+import importlib.metadata as md, json, sys
+dist = md.distribution("lakesynth")
+(ep,) = [e for e in dist.entry_points if e.group == "console_scripts" and e.name == "lakesynth"]
+main = ep.load()
+import lakesynth
+print("LAKESYNTH_FILE=" + lakesynth.__file__, file=sys.stderr, flush=True)
+print("ENTRY_POINT=" + ep.value, file=sys.stderr, flush=True)
+sys.argv = ["lakesynth", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as exc:
+    print("SYSTEM_EXIT=" + repr(exc.code), file=sys.stderr, flush=True)
+    raise
+print("RETURNED", file=sys.stderr, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The wheel built as the bundle's artifact builds it (`pip wheel --no-deps`), installed into its own folder
+    (`<base>/site`), with the caller script beside it (`<base>/runner/call.py`)."""
+    base = tmp_path_factory.mktemp("installed")
+    write(base / "runner" / "call.py", CALL)
+    project = base / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, project / name)
+    for name in ("src", "resources", "conf"):
+        # symlinks=True: src/lakesynth/bundled/* stay links, into the copy's own resources/ and conf/.
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        shutil.copytree(ROOT / name, project / name, symlinks=True, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(base / "dist"), str(project)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (base / "dist").glob("lakesynth-*.whl")
+    target = base / "site"
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return target
+
+
+def lakesynth(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`lakesynth ARGS` from the installed wheel, in `cwd` (made empty here), as a wheel task calls it."""
+    cwd.mkdir(parents=True)
+    assert pipeline.project_root(cwd) is None  # no bundle here or above: nothing to find on disk
+    proc = subprocess.run(
+        [sys.executable, str(site.parent / "runner" / "call.py"), json.dumps(list(args))],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    loaded = next(line for line in proc.stderr.splitlines() if line.startswith("LAKESYNTH_FILE="))
+    assert Path(loaded.partition("=")[2]).is_relative_to(site), "the editable checkout was imported, not the wheel"
+    assert "ENTRY_POINT=lakesynth.cli:main" in proc.stderr
+    return proc
+
+
+def _packaged(site: Path, *parts: str) -> Path:
+    return site / "lakesynth" / "bundled" / Path(*parts)
+
+
+def test_the_wheel_carries_the_job_files_and_the_default_config(site):
+    for name in [p.name for p in (ROOT / "resources").glob("*.job.yml")]:
+        packaged = _packaged(site, "resources", name)
+        assert not packaged.is_symlink() and packaged.read_bytes() == (ROOT / "resources" / name).read_bytes()
+    config = _packaged(site, "conf", "lakesynth.yml")
+    assert config.read_bytes() == (ROOT / "conf" / "lakesynth.yml").read_bytes()
+    # The files the config names, relative to itself.
+    named = yaml.safe_load(config.read_text())
+    for rel in (named["use_case"]["rules_file"], named["seeds"]["path"]):
+        assert (config.parent / rel).read_bytes() == (ROOT / "conf" / rel).read_bytes()
+
+
+def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_path):
+    seeds = write(
+        tmp_path / "in" / "small.csv",
+        "topic,question,in_scope\ncards,How do I block my card?,yes\nstocks,Should I buy stocks?,no\n",
+    )
+    summary = tmp_path / "out" / "summary.json"
+    proc = lakesynth(
+        site,
+        tmp_path / "cwd",
+        *("run", "--seeds", seeds, "--stages", "seed", "--warehouse", str(tmp_path / "wh")),
+        *("--set", "mlflow.enabled=false", "--summary", str(summary)),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RETURNED" in proc.stderr
+    assert "seed: ok, 2 in, 2 out, 0 errors" in proc.stdout
+    config, job = _packaged(site, "conf", "lakesynth.yml"), _packaged(site, "resources", "lakesynth.job.yml")
+    assert f"lakesynth: config {config} (packaged default); job lakesynth from {job} (packaged)" in proc.stderr
+    table = json.loads(summary.read_text())["tables"]["seed_questions"]
+    assert table["rows"] == 2 and len(deltalake.DeltaTable(table["location"]).to_pandas()) == 2
+
+
+def _task_parameters(task_key: str, **values: str) -> list[str]:
+    """A task's parameters from the bundle's job file, with the bundle's and the job's references filled in."""
+    spec = yaml.safe_load((ROOT / "resources" / "lakesynth.job.yml").read_text())["resources"]["jobs"]["lakesynth"]
+    (task,) = [t for t in spec["tasks"] if t["task_key"] == task_key]
+    params = []
+    for param in task["python_wheel_task"]["parameters"]:
+        for ref, value in values.items():
+            param = param.replace(ref, value)
+        assert "{{" not in param and "${" not in param, param
+        params.append(param)
+    return params
+
+
+def test_a_single_stage_task_needs_no_bundle_files(site, tmp_path):
+    # As the job passes it, with the workspace's copy of conf/ standing in for ${workspace.file_path}.
+    workspace = tmp_path / "workspace" / "files"
+    shutil.copytree(ROOT / "conf", workspace / "conf")
+    values = {"${workspace.file_path}": str(workspace), "{{job.parameters.catalog}}": "main"}
+    values |= {"{{job.parameters.schema}}": "s1", "{{job.run_id}}": "7"}
+    params = _task_parameters("seed", **values)
+    assert params[0] == "seed" and "--config" in params
+    tail = ("--warehouse", str(tmp_path / "wh"), "--set", "mlflow.enabled=false")
+    summary = tmp_path / "task.json"
+    proc = lakesynth(site, tmp_path / "task", *params, *tail, "--summary", str(summary))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"config {workspace / 'conf' / 'lakesynth.yml'}; job lakesynth from" in proc.stderr
+    report = json.loads(summary.read_text())
+    assert report["run_id"] == "7" and report["tables"]["seed_questions"]["table"] == "main.s1.seed_questions"
+    # The same stage with no config file at all: the packaged default, and its packaged seed file.
+    proc = lakesynth(site, tmp_path / "bare", "seed", "--catalog", "main", "--schema", "s2", "--run-id", "7", *tail)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(packaged default)" in proc.stderr and "seed: ok" in proc.stdout
+
+
+def test_a_failing_stage_makes_the_entry_point_raise(site, tmp_path):
+    bad = write(tmp_path / "in" / "bad.csv", "topic,question,in_scope\ncards,,yes\n")
+    args = ("seed", "--seeds", bad, "--warehouse", str(tmp_path / "wh"), "--set", "mlflow.enabled=false")
+    proc = lakesynth(site, tmp_path / "cwd", *args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "SYSTEM_EXIT=1" in proc.stderr and "RETURNED" not in proc.stderr
+    assert "seed: failed" in proc.stdout and "empty question: row(s) 1" in proc.stdout
+
+
+def test_stages_lists_the_packaged_job_from_an_empty_folder(site, tmp_path):
+    proc = lakesynth(site, tmp_path / "cwd", "stages", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["task"] for r in rows if r["job"] == "lakesynth"] == pipeline.order(pipeline.job_graph(ROOT))
