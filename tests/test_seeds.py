@@ -72,6 +72,14 @@ BAD_FILES = {
         "topic,question,in_scope\ncards,Lost?,yes\ncards,,yes\ncards,  ,no\n",
         r"empty question: row\(s\) 2, 3",
     ),
+    "whitespace_question.csv": (
+        'topic,question,in_scope\ncards,Lost?,yes\ncards,"\t ",yes\ncards," \n\t",no\n',
+        r"empty question: row\(s\) 2, 3",
+    ),
+    "more_fields_than_header.csv": (
+        "topic,question,in_scope\ncards,Lost?,yes,extra\ncards,Stolen?,no,more\n",
+        r"row\(s\) 1, 2 have more fields than the header's 3 \(topic, question, in_scope\)",
+    ),
     "bad_scope.csv": (
         "topic,question,in_scope\ncards,A?,yes\ncards,B?,maybe\n",
         r"in_scope is not true/false.*row\(s\) 2",

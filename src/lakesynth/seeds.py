@@ -93,8 +93,22 @@ def read_seed_file(path: str) -> pd.DataFrame:
 def _parse_csv(path: str, text: str) -> pd.DataFrame:
     if text.lstrip()[:1] in ("{", "["):
         raise SeedError(f"{path}: looks like JSON, not CSV; name it .jsonl or convert it")
+    import csv
     import io
 
+    # A row with more fields than the header would make pandas take its first column as the index and shift
+    # every field: say so, instead of reporting the shifted values as bad.
+    try:
+        records = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise SeedError(f"{path}: not a valid CSV file: {exc}") from exc
+    width = len(records[0]) if records else 0
+    longer = [n for n, fields in enumerate(records[1:], start=1) if len(fields) > width]
+    if longer:
+        raise SeedError(
+            f"{path}: row(s) {_listing(longer)} have more fields than the header's {width} "
+            f"({', '.join(records[0])}); quote fields that contain commas"
+        )
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -137,13 +151,18 @@ def _listing(numbers: list[int]) -> str:
     return shown + (f" and {len(numbers) - MAX_LISTED} more" if len(numbers) > MAX_LISTED else "")
 
 
+def _blank(column: str) -> F.Column:
+    """Null, or nothing but whitespace (spaces, tabs, newlines): Spark's trim() strips spaces only."""
+    return F.col(column).isNull() | (F.regexp_replace(F.col(column), r"\s+", "") == "")
+
+
 def find_problems(raw: DataFrame) -> DataFrame:
     """One row per (problem, `_row`) in the raw seeds; empty when they are all valid."""
     scope = F.lower(F.trim(F.col("in_scope")))
     dup = F.count(F.lit(1)).over(Window.partitionBy("topic", "question"))
     checks = [
-        (F.col("topic").isNull() | (F.trim("topic") == ""), "empty topic"),
-        (F.col("question").isNull() | (F.trim("question") == ""), "empty question"),
+        (_blank("topic"), "empty topic"),
+        (_blank("question"), "empty question"),
         (~scope.isin(*TRUE_WORDS, *FALSE_WORDS) | scope.isNull(), "in_scope is not true/false/yes/no/1/0"),
         (F.col("question").isNotNull() & (dup > 1), "duplicate rows (same topic and question)"),
     ]
