@@ -42,6 +42,12 @@ def test_merged_bundle_matches_the_official_schema(merged):
     assert resources["volumes"]["lakesynth"]["schema_name"] == "${resources.schemas.lakesynth.name}"
     params = {p["name"]: p["default"] for p in bundle.job(merged)[1]["parameters"]}
     assert params["schema"] == "${resources.schemas.lakesynth.name}" and params["catalog"] == "${var.catalog}"
+    # The volume variable reaches every task: the volume resource is named by it, the job passes its name on.
+    assert resources["volumes"]["lakesynth"]["name"] == "${var.volume}"
+    assert params["volume"] == "${resources.volumes.lakesynth.name}"
+    for task in bundle.job(merged)[1]["tasks"]:
+        argv = task["python_wheel_task"]["parameters"]
+        assert argv[argv.index("--volume") + 1] == "{{job.parameters.volume}}", task["task_key"]
 
 
 def test_the_job_builds_with_databricks_bundles(merged):

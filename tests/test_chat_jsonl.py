@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import context, where
@@ -82,3 +83,12 @@ def test_too_long_examples_are_counted_not_written(spark, llm_cfg):
     result = chat_jsonl.run(context(cfg))
     assert result.rows_out == 0 and result.errors == tables.count(spark, where(cfg), responses.TABLE)
     assert list(result.metrics["violations"]) == ["longer than 16 tokens (estimated)"]
+
+
+def test_the_files_go_to_the_volume_the_job_names(spark, llm_cfg):
+    cfg = llm_cfg.model_copy(update={"volume": "other"})
+    _pipeline(spark, cfg)
+    result = chat_jsonl.run(context(cfg))
+    folder = Path(cfg.warehouse) / "main" / cfg.schema_ / "other" / "training_chat"
+    assert result.files == {"train_jsonl": str(folder / "train.jsonl"), "val_jsonl": str(folder / "val.jsonl")}
+    assert (folder / "train.jsonl").stat().st_size > 0

@@ -150,7 +150,7 @@ def test_a_single_stage_task_needs_no_bundle_files(site, tmp_path):
     workspace = tmp_path / "workspace" / "files"
     shutil.copytree(ROOT / "conf", workspace / "conf")
     values = {"${workspace.file_path}": str(workspace), "{{job.parameters.catalog}}": "main"}
-    values |= {"{{job.parameters.schema}}": "s1", "{{job.run_id}}": "7"}
+    values |= {"{{job.parameters.schema}}": "s1", "{{job.parameters.volume}}": "v1", "{{job.run_id}}": "7"}
     params = _task_parameters("seed", **values)
     assert params[0] == "seed" and "--config" in params
     tail = ("--warehouse", str(tmp_path / "wh"), "--set", "mlflow.enabled=false")

@@ -12,7 +12,8 @@ def test_local_places_are_under_the_warehouse(cfg):
     assert not rt.databricks and rt.fqn("t") == f"main.{cfg.schema_}.t"
     base = f"{rt.warehouse}/main/{cfg.schema_}"
     assert rt.table_location("t") == f"{base}/t"
-    assert rt.files_dir("training_chat") == f"{base}/_files/training_chat"
+    assert rt.volume_root == f"{base}/lakesynth"  # the volume's folder, named for it as on Databricks
+    assert rt.files_dir("training_chat") == f"{base}/lakesynth/training_chat"
     assert rt.journal_dir("questions") == f"{base}/_journal/questions"
 
 
@@ -27,3 +28,14 @@ def test_databricks_places_are_in_the_volume(cfg):
 def test_a_spark_connect_server_is_part_of_the_runtime(cfg):
     rt = Runtime.resolve(cfg, environ={"LAKESYNTH_SPARK_REMOTE": "sc://127.0.0.1:50051"})
     assert rt.spark_remote == "sc://127.0.0.1:50051" and not rt.databricks
+
+
+def test_another_volume_moves_the_files(cfg):
+    other = cfg.model_copy(update={"volume": "other"})
+    assert (
+        Runtime.resolve(other, environ={})
+        .files_dir("training_chat")
+        .endswith(f"/main/{cfg.schema_}/other/training_chat")
+    )
+    on_databricks = Runtime.resolve(other, environ={"DATABRICKS_RUNTIME_VERSION": "17.3"})
+    assert on_databricks.files_dir("training_chat") == f"/Volumes/main/{cfg.schema_}/other/training_chat"

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
     common.add_argument("--schema", help="schema of the pipeline's tables (job parameter)")
+    common.add_argument("--volume", help="volume for files and journals (job parameter; locally a folder)")
     common.add_argument("--run-id", help="id stamped on every row (default: a new one)")
     common.add_argument(
         "--set",
@@ -74,7 +75,13 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.seeds:
         seeds = args.seeds if args.seeds.startswith("table:") else str(Path(args.seeds).resolve())
         overrides.append(f"seeds.path={json.dumps(seeds)}")
-    for flag, key in (("warehouse", "warehouse"), ("catalog", "catalog"), ("schema", "schema"), ("run_id", "run_id")):
+    for flag, key in (
+        ("warehouse", "warehouse"),
+        ("catalog", "catalog"),
+        ("schema", "schema"),
+        ("volume", "volume"),
+        ("run_id", "run_id"),
+    ):
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
     cfg = registry.load_config(config_file(args), overrides)

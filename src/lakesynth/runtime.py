@@ -44,10 +44,10 @@ class Runtime:
 
     @property
     def volume_root(self) -> str:
-        """The Unity Catalog Volume on Databricks; its stand-in folder beside the tables locally."""
+        """The Unity Catalog Volume on Databricks; locally a folder named for the volume beside the tables."""
         if self.databricks:
             return f"/Volumes/{self.catalog}/{self.schema}/{self.volume}"
-        return str(Path(self.warehouse) / self.catalog / self.schema / "_files")
+        return str(Path(self.warehouse) / self.catalog / self.schema / self.volume)
 
     def table_location(self, table: str) -> str:
         """Where a table's files live locally (on Databricks, Unity Catalog decides)."""
