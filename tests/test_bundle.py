@@ -28,6 +28,9 @@ def test_merged_bundle_matches_the_official_schema(merged):
     assert bundle.schema_problems(merged, SCHEMA) == []
     assert set(merged["targets"]) == {"dev", "prod"} and merged["targets"]["dev"]["default"] is True
     assert merged["targets"]["dev"]["mode"] == "development" and merged["targets"]["prod"]["mode"] == "production"
+    # As the default template: catalog and schema per target; prod names no catalog, the deployer must.
+    assert merged["targets"]["dev"]["variables"]["catalog"] == "main"
+    assert "catalog" not in merged["targets"]["prod"]["variables"] and "default" not in merged["variables"]["catalog"]
     assert {
         "catalog",
         "schema",
