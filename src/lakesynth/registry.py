@@ -37,17 +37,24 @@ def stage_modules() -> list[str]:
 
 
 def default_stages() -> dict[str, Stage]:
-    """Stage name -> its declaration, in data-flow order (a stage after the stages whose tables it reads)."""
+    """Stage name -> its declaration, in data-flow order (a stage after the stages whose tables it reads, and after
+    the checks that judge them)."""
     declared: dict[str, Stage] = {}
     for module in stage_modules():
         stage = importlib.import_module(module).STAGE
         if stage.name in declared:
             raise ConfigError(f"{module}: stage name '{stage.name}' is already declared")
         declared[stage.name] = stage
-    writers = {t.name: s.name for s in declared.values() for t in s.writes}
+    # A stage comes after the writers of what it reads, and after the checks that judge what it reads.
+    before: dict[str, set[str]] = {}
+    for stage in declared.values():
+        for table in stage.writes:
+            before.setdefault(table.name, set()).add(stage.name)
+            if table.verdict_of:
+                before.setdefault(table.verdict_of, set()).add(stage.name)
     flow = graphlib.TopologicalSorter()
     for name in sorted(declared):
-        flow.add(name, *sorted({writers[t] for t in declared[name].reads if t in writers} - {name}))
+        flow.add(name, *sorted(set().union(*(before.get(t, set()) for t in declared[name].reads)) - {name}))
     return {name: declared[name] for name in flow.static_order()}
 
 

@@ -1,0 +1,83 @@
+"""Judge stage: every answered pair scored per criterion, those below a criterion's minimum dropped, none lost."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from conftest import context, where
+
+from lakesynth import chat_jsonl, judge, questions, responses, seeds, tables
+
+
+def _on(cfg, **changes):
+    quality = cfg.quality.model_copy(
+        update={"judge": cfg.quality.judge.model_copy(update={"enabled": True, **changes})}
+    )
+    return cfg.model_copy(update={"quality": quality})
+
+
+def _answered(spark, cfg):
+    for stage in (seeds, questions, responses):
+        stage.run(context(cfg))
+    return tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").count()
+
+
+def test_low_scores_are_dropped_with_their_reason_and_nothing_is_lost(spark, llm_cfg, teacher_server):
+    cfg = _on(llm_cfg)
+    pairs = _answered(spark, cfg)
+    teacher_server.reset()
+    result = judge.run(context(cfg))
+    verdicts = tables.read(spark, where(cfg), judge.TABLE).collect()
+    assert len(verdicts) == result.rows_out == pairs  # one verdict per input pair
+    dropped = []
+    for v in verdicts:
+        scores = json.loads(v.scores)
+        assert set(scores) == {"quality", "scope"} and all(s["reasoning"] for s in scores.values())
+        low = [name for name in ("quality", "scope") if scores[name]["score"] < 2]  # the default min_score
+        assert v.min_score == min(s["score"] for s in scores.values())
+        assert v.keep == (not low) and v.drop_reason == (f"judge:{low[0]}" if low else None)
+        if low:
+            dropped.append(v.question_id)
+    assert 0 < len(dropped) < pairs, "the stand-in scores some answers low"
+    assert result.metrics["kept"] == pairs - len(dropped)
+    assert sum(result.metrics["dropped"].values()) == len(dropped)
+    # The training set takes exactly the kept pairs; the dropped ones stay in their tables with the reason.
+    chat_jsonl.run(context(cfg))
+    examples = {r.question_id for r in tables.read(spark, where(cfg), chat_jsonl.TABLE).collect()}
+    assert examples == {v.question_id for v in verdicts if v.keep} and not examples & set(dropped)
+    assert tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").count() == pairs
+
+
+def test_a_stricter_minimum_drops_more_and_a_new_criterion_is_a_new_prompt(spark, llm_cfg, teacher_server):
+    strict = tuple(c.model_copy(update={"min_score": 3}) for c in judge.CRITERIA)
+    cfg = _on(llm_cfg, criteria=strict)
+    pairs = _answered(spark, cfg)
+    result = judge.run(context(cfg))
+    kept = tables.read(spark, where(cfg), judge.TABLE).where("keep").collect()
+    assert all(json.loads(v.scores)["quality"]["score"] == 3 for v in kept) and result.rows_out == pairs
+    assert judge.step(cfg).prompt_version != judge.step(_on(llm_cfg)).prompt_version
+
+
+def test_a_judgement_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, llm_cfg, teacher_server):
+    cfg = _on(llm_cfg, max_failure_rate=1.0)
+    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"max_retries": 0})})
+    pairs = _answered(spark, cfg)
+    teacher_server.reset(fault_rate=0.3, faults=("malformed", "schema"), seed=4)
+    judge.run(context(cfg))
+    failed = tables.read(spark, where(cfg), judge.TABLE).where("error IS NOT NULL")
+    n_failed = failed.count()
+    assert n_failed > 0
+    assert failed.where("NOT keep AND drop_reason = 'judge_error' AND scores IS NULL").count() == n_failed
+    teacher_server.reset()
+    judge.run(context(cfg))
+    assert teacher_server.stats.completions == n_failed + 1
+    assert tables.read(spark, where(cfg), judge.TABLE).count() == pairs
+
+
+def test_the_prompt_carries_scope_rules_and_every_criterion(llm_cfg):
+    batch = pd.DataFrame({"question": ["Should I buy gold?"], "answer": ["Yes."], "in_scope": [False]})
+    (messages,) = judge.step(_on(llm_cfg)).prompts(batch)
+    text = messages[0]["content"]
+    assert "OUT of scope" in text and "never give investment advice" in text.lower()
+    assert "quality:" in text and "scope:" in text and "Should I buy gold?" in text
