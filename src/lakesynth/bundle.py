@@ -27,15 +27,27 @@ def _merge(into: dict, other: dict) -> dict:
 
 def load(root: Path) -> dict[str, Any]:
     """databricks.yml with every file its `include` globs name merged in, as the CLI merges them."""
+    return load_with_sources(root)[0]
+
+
+def load_with_sources(root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The merged bundle (as `load`), and the file that defines each of its jobs."""
     main_file = root / "databricks.yml"
+    sources: dict[str, Path] = {}
+
+    def read(path: Path) -> dict[str, Any]:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        sources.update(dict.fromkeys((data.get("resources") or {}).get("jobs") or {}, path))
+        return data
+
     try:
-        merged = yaml.safe_load(main_file.read_text(encoding="utf-8")) or {}
+        merged = read(main_file)
         for pattern in merged.get("include", []):
             for path in sorted(glob.glob(str(root / pattern))):
-                _merge(merged, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+                _merge(merged, read(Path(path)))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{root}: cannot read the bundle: {exc}") from exc
-    return merged
+    return merged, sources
 
 
 def jobs(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -91,11 +91,8 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def stage_map(root: Path | pipeline.Jobs) -> list[dict]:
-    """Each job's tasks in run order: task, stage, what it reads and what it writes (`root`: a project folder,
-    or jobs already located)."""
-    stages = registry.default_stages()
-    jobs = root if isinstance(root, pipeline.Jobs) else pipeline.project_jobs(root)
+def stage_map(jobs: pipeline.Jobs, stages: dict) -> list[dict]:
+    """Each job's tasks in run order: task, stage, what it reads and what it writes."""
     rows = []
     for job, graph in jobs.graphs().items():
         for key in pipeline.order(graph):
@@ -146,12 +143,12 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "stages":
             jobs = pipeline.locate_jobs(Path.cwd())  # the project's, else the packaged ones
-            rows = stage_map(jobs)
-            print_stage_map(rows, args.json)
+            stages = registry.default_stages()
+            print_stage_map(stage_map(jobs, stages), args.json)
             problems = [
                 p
                 for job, graph in jobs.graphs().items()
-                for p in registry.graph_problems(graph, registry.default_stages(), f"job '{job}'")
+                for p in registry.graph_problems(graph, stages, f"job '{job}'")
             ]
             if problems:
                 print("\n".join(problems), file=sys.stderr)

@@ -123,9 +123,7 @@ def run(ctx: RunContext) -> StageResult:
     questions = ctx.read("synthetic_questions", kept=False).where(
         F.col("error").isNull() & F.col("question").isNotNull()
     )
-    result = llm_stage.run(ctx, step(ctx.cfg), questions)
-    result.metrics.update(tables.verdict_counts(ctx.read(TABLE, kept=False)))
-    return result
+    return llm_stage.run(ctx, step(ctx.cfg), questions)
 
 
 STAGE = Stage(

@@ -148,9 +148,7 @@ def run(ctx: RunContext) -> StageResult:
         return StageResult(metrics={"disabled": "quality.judge.enabled is false"})
     # Unfiltered by its own verdicts: a pair whose judgement failed is judged again.
     answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
-    result = llm_stage.run(ctx, step(ctx.cfg), answered)
-    result.metrics.update(tables.verdict_counts(ctx.read(TABLE, kept=False)))
-    return result
+    return llm_stage.run(ctx, step(ctx.cfg), answered)
 
 
 STAGE = Stage(

@@ -270,7 +270,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     rows_in, attempted = source.count(), pending(source, step.key, "fingerprint").count()
     result = StageResult(rows_in=rows_in, tables=[step.table], metrics={"skipped": rows_in - attempted})
     if attempted == 0:
-        return result
+        return _with_verdict_counts(ctx, step, result)
     if not builtin:
         first = pending(source).limit(1).collect()
         llm.preflight(call, [(str(r[step.key]), json.loads(r.messages)) for r in first])
@@ -278,11 +278,11 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     parts = tables.chunks(source, step.key, attempted, max(1, cfg.teacher.chunk_rows // step.rows_per_request))
     for number, part in enumerate(parts, start=1):
         label = step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
+        chunk_call = dataclasses.replace(call, label=label)
         todo = pending(part).repartition(cfg.teacher.workers)
         if step.via_ai_query:
-            replies = _ai_query(ctx, step, todo, endpoint, dataclasses.replace(call, label=label), builtin)
+            replies = _ai_query(ctx, step, todo, endpoint, chunk_call, builtin)
         else:
-            chunk_call = dataclasses.replace(call, label=label)
             replies = tables.materialize(
                 spark,
                 rt,
@@ -305,6 +305,13 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     result.rows_out, result.errors = totals.rows, totals.failed
     result.metrics.update(totals.metrics(cfg.teacher))
     check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
+    return _with_verdict_counts(ctx, step, result)
+
+
+def _with_verdict_counts(ctx: RunContext, step: LLMStep, result: StageResult) -> StageResult:
+    """A check's result with what its whole verdict table keeps and drops, and why (`kept`, `dropped`)."""
+    if step.table.verdict_of:
+        result.metrics.update(tables.verdict_counts(tables.read(ctx.spark, ctx.rt, step.table)))
     return result
 
 

@@ -20,7 +20,6 @@ wheel, installs it and runs it from an empty folder, and fails then.
 
 from __future__ import annotations
 
-import glob
 import graphlib
 import logging
 import time
@@ -72,13 +71,6 @@ def project_root(start: Path) -> Path | None:
     return None
 
 
-def find_project_root(start: Path) -> Path:
-    root = project_root(start)
-    if root is None:
-        raise ConfigError(f"no databricks.yml found in {start} or its parents: run lakesynth from the project folder")
-    return root
-
-
 def packaged_folder() -> Path:
     """The folder of job files packaged in the installed lakesynth (see the module docstring)."""
     return Path(str(resources.files("lakesynth") / "bundled" / "resources"))
@@ -86,25 +78,8 @@ def packaged_folder() -> Path:
 
 def project_jobs(root: Path) -> Jobs:
     """The jobs of the bundle at `root`: databricks.yml with the files it includes."""
-    specs = bundle.jobs(bundle.load(root))
-    files: dict[str, Path] = {}
-    main_file = root / "databricks.yml"
-    for path in [main_file, *_included(root, main_file)]:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):  # bundle.load has read them all already
-            continue
-        for key in ((data.get("resources") or {}).get("jobs") or {}) if isinstance(data, dict) else {}:
-            files[key] = path
-    return Jobs(specs, files, packaged=False)
-
-
-def _included(root: Path, main_file: Path) -> list[Path]:
-    try:
-        patterns = (yaml.safe_load(main_file.read_text(encoding="utf-8")) or {}).get("include", [])
-    except (OSError, yaml.YAMLError, AttributeError):
-        return []
-    return [Path(p) for pattern in patterns for p in sorted(glob.glob(str(root / pattern)))]
+    merged, files = bundle.load_with_sources(root)
+    return Jobs(bundle.jobs(merged), files, packaged=False)
 
 
 def packaged_jobs() -> Jobs:

@@ -26,14 +26,15 @@ _DECLARES = re.compile(r"^STAGE = Stage\(", re.M)
 PACKAGE = Path(__file__).resolve().parent
 
 
-def stage_modules() -> list[str]:
+@functools.cache
+def stage_modules() -> tuple[str, ...]:
     """The modules of the package that declare a stage, found by reading their source (importing every module
-    would load torch, xllamacpp and the rest on every command)."""
-    found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if _DECLARES.search(path.read_text(encoding="utf-8")):
-            found.append(".".join(("lakesynth", *path.relative_to(PACKAGE).with_suffix("").parts)))
-    return found
+    would load torch, xllamacpp and the rest on every command); read once per process."""
+    return tuple(
+        ".".join(("lakesynth", *path.relative_to(PACKAGE).with_suffix("").parts))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if _DECLARES.search(path.read_text(encoding="utf-8"))
+    )
 
 
 def default_stages() -> dict[str, Stage]:
