@@ -83,3 +83,4 @@ def test_custom_criteria_reach_the_prompt(llm_cfg):
     text = messages[0]["content"]
     assert "It mentions no competitor bank." in text and "It is not harmful." in text
     assert "Is Contoso Bank cheaper?" in text
+    assert critic.step(cfg).prompt_version != critic.step(_on(llm_cfg)).prompt_version

@@ -10,6 +10,7 @@ again on the next run.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Literal
 
 import pandas as pd
@@ -110,7 +111,7 @@ def step(cfg) -> LLMStep:
         columns=("question_id", "seed_id", "topic", "question"),
         output=CriticVerdict,
         settings=c,
-        template=c.template,
+        template=c.template + json.dumps(criteria),  # new criteria, a new prompt version (as the judge's)
         prompts=functools.partial(prompts, template=c.template, rules=cfg.use_case.rules, criteria=criteria),
         rows=to_verdict_rows,
     )
