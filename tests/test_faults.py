@@ -63,6 +63,8 @@ def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_
             "mlflow.enabled=false",
             "--set",
             f"teacher.max_concurrency={concurrency}",
+            "--set",
+            "teacher.journal_flush_s=0",  # a file per request: the kill loses only what was in flight
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -142,13 +143,36 @@ def test_batches_share_one_pool_and_keep_it_busy_while_the_caller_works(server):
     assert server.stats.requests == sum(sizes)
 
 
-def test_overlapping_batches_stay_under_one_cap_and_one_journal_file(server, tmp_path):
+def _journal_files(tmp_path) -> dict:
+    """Each journal file's name and bytes, after checking that it holds only whole JSON lines."""
+    files = {p.name: p.read_bytes() for p in (tmp_path / "journal").glob("*.jsonl")}
+    for data in files.values():
+        assert data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
+    return files
+
+
+def test_overlapping_batches_stay_under_one_cap_and_write_each_journal_file_once(server, tmp_path):
     server.reset(latency_ms=30)
     batches = [_requests(60)[i : i + 20] for i in range(0, 60, 20)]
-    out = list(_call(server, tmp_path, max_concurrency=8).run_batches(batches))
+    call = _call(server, tmp_path, max_concurrency=8, journal_flush_s=60)
+    out = list(call.run_batches(batches))
     assert [r.key for batch in out for r in batch] == [f"row-{i}" for i in range(60)]
     assert 1 < server.stats.max_in_flight <= 8
-    assert len(list((tmp_path / "journal").glob("*.jsonl"))) == 1
+    first = _journal_files(tmp_path)
+    assert 1 <= len(first) <= 3  # a long interval: a file per batch end at most (the batches overlap)
+    assert sum(data.count(b"\n") for data in first.values()) == 60
+    list(call.run_batches([_requests(70)[60:]]))
+    after = _journal_files(tmp_path)
+    assert len(after) == len(first) + 1 and all(after[name] == data for name, data in first.items())
+
+
+def test_journal_flush_0_writes_a_file_per_request_and_a_rerun_pays_nothing(server, tmp_path):
+    call = _call(server, tmp_path, journal_flush_s=0)
+    first = call.run(_requests(5))
+    assert sorted(data.count(b"\n") for data in _journal_files(tmp_path).values()) == [1] * 5
+    server.reset()
+    assert [r.output for r in call.run(_requests(5))] == [r.output for r in first]
+    assert server.stats.requests == 0
 
 
 def _pool_threads() -> list:
@@ -244,8 +268,9 @@ def test_embedded_teacher_answers_a_structured_request(tmp_path):
                     [
                         {
                             "role": "user",
-                            "content": "Topic: bank cards. Seed: How do I block my card? Briefly reason, then write 2 new short customer "
-                            "questions on the same topic. Reply as JSON with keys reasoning and questions.",
+                            "content": "Topic: bank cards. Seed: How do I block my card? Briefly reason, then write 2 "
+                            "new short customer questions on the same topic. Reply as JSON with keys reasoning "
+                            "and questions.",
                         }
                     ],
                 )

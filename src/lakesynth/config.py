@@ -99,6 +99,13 @@ class TeacherConfig(Section):
     )
     timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request, in seconds.")
     max_retries: int = Field(3, ge=0, description="Retries of one request after 429/5xx/timeouts/invalid output.")
+    journal_flush_s: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds a worker buffers finished requests before writing them as a new journal file "
+        "(journal files are written once: Volumes cannot append). A crash loses at most the requests in flight "
+        "and the last interval's results; 0 writes one file per request.",
+    )
     requests_per_minute: int | None = Field(None, ge=1, description="Client-side request rate limit per stage.")
     tokens_per_minute: int | None = Field(None, ge=1, description="Client-side token rate limit per stage.")
     price_per_million_prompt_tokens: float | None = Field(None, ge=0, description="For the cost estimate.")

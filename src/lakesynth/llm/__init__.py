@@ -8,9 +8,10 @@ timeouts, dropped connections and invalid or truncated output are retried with j
 raises EndpointError: 401, 403, 404, an endpoint never reached, and a 400 on the preflight unless its
 error code names a fault of that row (see `pool.py` for the one table that decides).
 
-Each finished request is appended to a journal (JSON lines, one file per worker) keyed by its
-fingerprint, before the stage writes its table. A stage killed halfway and rerun finds the
-journal and pays again only for the requests that were in flight.
+Each finished request goes to a journal (JSON lines keyed by its fingerprint, buffered and written as
+write-once files, as Volumes need) before the stage writes its table. A stage killed halfway and rerun
+finds the journal and pays again only for the requests in flight and the last `teacher.journal_flush_s`
+of results.
 
     auth.py      Endpoint, open_endpoint (the embedded teacher, Databricks Model Serving, any URL)
     journal.py   Result, Journal, clear_journal

@@ -1,4 +1,4 @@
-"""The journal: finished requests as JSON lines, one file per writer, so a rerun pays only for what was lost."""
+"""The journal: finished requests as JSON lines in write-once files, so a rerun pays only for what was lost."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,14 @@ _JOURNAL_FINGERPRINT = re.compile(r'"fingerprint": "([0-9a-f]{64})"')
 
 
 class Journal:
-    """Append-only JSON lines of finished requests; one file per writer, so workers never contend."""
+    """Finished requests, buffered and written as new files that are never reopened: files on a Unity Catalog
+    Volume cannot be appended to. A crash loses the requests in flight and at most `flush_s` of results."""
 
-    def __init__(self, folder: str | None) -> None:
+    def __init__(self, folder: str | None, flush_s: float = 0.0) -> None:
         self.folder = Path(folder) if folder else None
-        self._file = None
+        self.flush_s = flush_s
+        self._lines: list[str] = []
+        self._since = 0.0  # when the oldest buffered line came (time.monotonic)
 
     def load(self, wanted: set[str]) -> dict[str, Result]:
         """Successful results for the `wanted` fingerprints (a torn last line from a killed process is
@@ -58,19 +62,27 @@ class Journal:
         return found
 
     def append(self, result: Result) -> None:
-        """Write one finished request; the file is line-buffered, so a killed process loses at most this line."""
+        """Buffer one finished request; flush once the buffer is `flush_s` old."""
         if not self.folder:
             return
-        if self._file is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = (self.folder / f"{uuid.uuid4().hex}.jsonl").open("a", encoding="utf-8", buffering=1)
+        if not self._lines:
+            self._since = time.monotonic()
         # vars(), not asdict(): the same fields in the same order, without a deep copy of the output.
-        self._file.write(json.dumps(vars(result), ensure_ascii=False) + "\n")
+        self._lines.append(json.dumps(vars(result), ensure_ascii=False) + "\n")
+        if time.monotonic() - self._since >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffer as a new file in one write, no temp file and rename (a rename on a Volume is a copy):
+        a reader, or a crash, that meets the file half written finds a torn last line, which `load` skips."""
+        if not self._lines:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{uuid.uuid4().hex}.jsonl").write_text("".join(self._lines), encoding="utf-8")
+        self._lines = []
 
     def close(self) -> None:
-        if self._file:
-            self._file.close()
-            self._file = None
+        self.flush()
 
 
 def clear_journal(folder: str) -> None:

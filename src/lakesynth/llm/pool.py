@@ -235,7 +235,7 @@ class Call:
 
 
 class _Pool:
-    """The requests of one `Call.run_batches`: one HTTP client, one concurrency limit, one journal file, one
+    """The requests of one `Call.run_batches`: one HTTP client, one concurrency limit, one journal, one
     progress bar, shared by every batch it is given."""
 
     def __init__(self, call: Call, workers: int, preflight: bool) -> None:
@@ -243,7 +243,7 @@ class _Pool:
         self.call = call
         self.preflight = preflight  # a 400 stops the stage (the request's shape is what a preflight checks)
         self.answered = False  # has the endpoint answered any request of this pool yet?
-        self.journal = Journal(call.journal_dir)
+        self.journal = Journal(call.journal_dir, teacher.journal_flush_s)
         self.in_flight = max(1, -(-teacher.max_concurrency // workers))
         self.slots = asyncio.Semaphore(self.in_flight)
         self.url = httpx.URL(f"{endpoint.base_url}/chat/completions")
@@ -288,6 +288,7 @@ class _Pool:
                 self.bar.update()
 
         await asyncio.gather(*(worker() for _ in range(min(2 * self.in_flight, len(keys)))))
+        self.journal.flush()
         return results
 
     async def one(self, key: str, messages: bytes, fp: str) -> Result:
