@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -65,6 +67,34 @@ def test_notebook_runs_headless(small_run, name):
     if name == "03_dataset_report":
         images = [o for o in outputs if "image/png" in o.get("data", {})]
         assert len(images) >= 4  # topics, lengths, errors, splits
+
+
+def test_a_notebook_runs_from_the_workspace_files_the_bundle_syncs(small_run, tmp_path):
+    """As on Databricks: notebooks/ beside src/, conf/ and pyproject.toml, cwd the notebook's folder, and no
+    lakesynth installed (a sitecustomize drops the editable checkout from the kernel's path)."""
+    files = tmp_path / "files"
+    for name in ("notebooks", "src", "conf"):
+        shutil.copytree(ROOT / name, files / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "pyproject.toml", files)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        f"import sys\nsys.path[:] = [p for p in sys.path if p != {str(ROOT / 'src')!r}]\n"
+    )
+    book = nbformat.read(files / "notebooks" / "01_explore_seeds.ipynb", as_version=4)
+    (params,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    params.source = params.source.replace(
+        "overrides = []", f"overrides = ['warehouse={small_run / 'wh'}', 'mlflow.enabled=false']"
+    )
+    assert "warehouse=" in params.source
+    book.cells.append(nbformat.v4.new_code_cell("import lakesynth\n\nprint(lakesynth.__file__)"))
+    NotebookClient(
+        book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(files / "notebooks")}}
+    ).execute(env={**os.environ, "PYTHONPATH": str(shim)})
+    outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    loaded = book.cells[-1].outputs[0].text.strip()
+    assert Path(loaded).is_relative_to(files / "src"), loaded
 
 
 def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
