@@ -163,12 +163,11 @@ def ai_query_sql(source: str, columns: list[str], *, endpoint: str, step: LLMSte
 
 
 def ai_query_replies(answered: DataFrame, *, model: str) -> DataFrame:
-    """The `ai_query` result struct as REPLY_FIELDS. Its field names are read from the schema, because the
-    built-in and its documentation disagree on them."""
-    fields = answered.schema["response"].dataType.names
-    error_field = next(f for f in fields if "error" in f.lower())
-    result = F.col("response").getField(next(f for f in fields if f != error_field))
-    error = F.col("response").getField(error_field)
+    """The `ai_query` result as REPLY_FIELDS, in whichever shape the runtime returns it (the built-in, its
+    documentation and its versions disagree: llm.ai_query.reply_columns reads them all)."""
+    from lakesynth.llm.ai_query import reply_columns
+
+    result, error = reply_columns(answered.schema["response"])
     carried = [c for c in answered.columns if c != "response"]
     return answered.select(
         *carried,
