@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 
 import pytest
@@ -282,8 +281,9 @@ def test_embedded_teacher_answers_a_structured_request(tmp_path):
     assert result.completion_tokens > 0
 
 
-def test_databricks_endpoint_uses_unified_auth_and_hides_the_token():
-    os.environ.update({"DATABRICKS_HOST": "https://dbc-0123.cloud.databricks.com", "DATABRICKS_TOKEN": SECRET})
+def test_databricks_endpoint_uses_unified_auth_and_hides_the_token(monkeypatch):
+    monkeypatch.setenv("DATABRICKS_HOST", "https://dbc-0123.cloud.databricks.com")
+    monkeypatch.setenv("DATABRICKS_TOKEN", SECRET)
     teacher = TeacherConfig(base_url="databricks", model="databricks-meta-llama-3-3-70b-instruct", timeout_s=1)
     with llm.open_endpoint(teacher) as endpoint:
         assert endpoint.base_url == "https://dbc-0123.cloud.databricks.com/serving-endpoints"

@@ -54,6 +54,7 @@ class StandInOptions:
     seed: int = 0
     timeout_sleep_s: float = 30.0
     api_key: str | None = None
+    expire_first: int = 0  # the first N chat requests get a 401, as from an expired token
     models: tuple[str, ...] = ()
     reject_schema: bool = False
     items: int = 3
@@ -208,7 +209,8 @@ class StandIn:
         if not path.endswith("/chat/completions"):
             return 404, {}, {"error": {"message": f"no route {path}"}}
         self.stats.requests += 1
-        if opts.api_key is not None and headers.get("authorization") != f"Bearer {opts.api_key}":
+        wrong_key = opts.api_key is not None and headers.get("authorization") != f"Bearer {opts.api_key}"
+        if wrong_key or self.stats.requests <= opts.expire_first:
             return 401, {}, {"error": {"message": "Invalid or expired access token", "type": "authentication_error"}}
         request = json.loads(body)
         if opts.models and request.get("model") not in opts.models:

@@ -5,15 +5,16 @@ output model -> retry -> record. Every failure of one request stays in its row: 
 timeouts, dropped connections and invalid or truncated output are retried with jittered backoff
 (honouring Retry-After up to a cap), then become the row's `error`, with the raw reply kept; other
 4xx replies (400, 413, 422, ...) become the row's error at once. Only what no row could survive
-raises EndpointError: 401, 403, 404, an endpoint never reached, and a 400 on the preflight unless its
-error code names a fault of that row (see `pool.py` for the one table that decides).
+raises EndpointError: 401 (for Databricks, after renewing the token once), 403, 404, an endpoint never
+reached, and a 400 on the preflight unless its error code names a fault of that row (see `pool.py` for
+the one table that decides).
 
 Each finished request goes to a journal (JSON lines keyed by its fingerprint, buffered and written as
 write-once files, as Volumes need) before the stage writes its table. A stage killed halfway and rerun
 finds the journal and pays again only for the requests in flight and the last `teacher.journal_flush_s`
 of results.
 
-    auth.py      Endpoint, open_endpoint (the embedded teacher, Databricks Model Serving, any URL)
+    auth.py      Endpoint, Auth, open_endpoint (the embedded teacher, Databricks Model Serving, any URL)
     journal.py   Result, Journal, clear_journal
     pool.py      Call, the pool of requests, retries, shared rate limits, preflight
     ai_query.py  the local ai_query pandas UDF

@@ -1,9 +1,11 @@
-"""Where requests go: the Endpoint (URL, model, key) and how a configured teacher becomes one."""
+"""Where requests go: the Endpoint (URL, model, key), how a configured teacher becomes one, and the Auth
+that signs each request."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,18 +14,67 @@ from pydantic import SecretStr
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import ConfigError, EndpointError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where requests go; picklable, so it travels to Spark executors. The key never prints."""
+    """Where requests go; picklable, so it travels to Spark executors. The key never prints. With
+    `databricks_auth` the key is only the driver's token, a fallback: see Auth."""
 
     base_url: str
     model: str
     api_key: SecretStr = dataclasses.field(default_factory=lambda: SecretStr("unused"))
+    databricks_auth: bool = False
 
     def redact(self, text: str | None) -> str | None:
         key = self.api_key.get_secret_value()
         return text.replace(key, "[REDACTED]") if text and len(key) >= 4 else text
+
+
+class Auth:
+    """The auth headers of one pool of requests, built where they are sent (a Spark executor).
+
+    For Databricks they come from a databricks-sdk Config per request: the SDK caches the token and renews
+    the OAuth token of a job's identity, which expires within the hour, where the driver's token copied into
+    the Endpoint would not. Where no Config can be built (no credentials on the executor), the driver's token
+    is used. `redact` hides every token sent, renewed ones included."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float) -> None:
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._fallback = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
+        self._tokens = {endpoint.api_key.get_secret_value()}
+        self._config = self._databricks() if endpoint.databricks_auth else None
+
+    @property
+    def refreshable(self) -> bool:
+        return self.endpoint.databricks_auth
+
+    def header(self) -> dict[str, str]:
+        """Cheap per request: the SDK returns its cached header until the token is due for renewal."""
+        if self._config is None:
+            return self._fallback
+        header = self._config.authenticate()
+        self._tokens.update(value.removeprefix("Bearer ") for value in header.values())
+        return header
+
+    def refresh(self, refused: dict[str, str]) -> None:
+        """After a 401: a fresh Config fetches a new token, unless another request already did."""
+        if self.header() == refused:
+            self._config = self._databricks()
+
+    def redact(self, text: str | None) -> str | None:
+        for token in self._tokens:
+            text = text.replace(token, "[REDACTED]") if text and len(token) >= 4 else text
+        return text
+
+    def _databricks(self):
+        host = self.endpoint.base_url.removesuffix("/serving-endpoints")
+        try:
+            return _databricks_config(self.timeout_s, host=host)
+        except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "no usable credentials"
+            log.warning("No Databricks credentials here (%s); using the driver's token", self.redact(str(exc)))
+            return None
 
 
 @contextlib.contextmanager
@@ -46,15 +97,18 @@ def open_endpoint(teacher: TeacherConfig) -> Iterator[Endpoint]:
 
 def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
     """Model Serving through databricks-sdk's unified auth (env vars, profile, notebook or job identity)."""
-    from databricks.sdk import WorkspaceClient
-    from databricks.sdk.config import Config
-
     try:
-        # The teacher's timeout also bounds the SDK's start-up probing of the host (300 s by default).
-        wait = max(1, int(teacher.timeout_s))
-        client = WorkspaceClient(config=Config(retry_timeout_seconds=wait, http_timeout_seconds=wait))
-        header = client.config.authenticate().get("Authorization", "")
+        config = _databricks_config(teacher.timeout_s)
+        header = config.authenticate().get("Authorization", "")
     except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "no usable credentials"
         raise EndpointError(f"teacher.base_url=databricks: cannot authenticate to Databricks: {exc}") from None
-    token = header.removeprefix("Bearer ")
-    return Endpoint(f"{client.config.host.rstrip('/')}/serving-endpoints", teacher.model, SecretStr(token))
+    token = SecretStr(header.removeprefix("Bearer "))
+    return Endpoint(f"{config.host.rstrip('/')}/serving-endpoints", teacher.model, token, databricks_auth=True)
+
+
+def _databricks_config(timeout_s: float, **settings):
+    from databricks.sdk.config import Config
+
+    # The teacher's timeout also bounds the SDK's start-up probing of the host (300 s by default).
+    wait = max(1, int(timeout_s))
+    return Config(retry_timeout_seconds=wait, http_timeout_seconds=wait, **settings)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import EndpointError
-from lakesynth.llm.auth import Endpoint
+from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
 
 
@@ -63,7 +63,8 @@ class RejectedStatus(StatusError):
 # 1. Retried, then the row's error once attempts run out (honouring Retry-After, up to MAX_RETRY_AFTER_S).
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 RETRYABLE = (RetryableStatus, httpx.RequestError, InvalidOutput)  # RequestError: timeouts, refused, reset, ...
-# 2. The stage stops (EndpointError): no row could succeed.
+# 2. The stage stops (EndpointError): no row could succeed. A Databricks token refused (401) is renewed and
+#    the request sent once more first (see Auth).
 FATAL_STATUS = {
     401: "the token or API key is missing, wrong or expired (teacher.api_key_env, or Databricks auth)",
     403: "the credentials may not query this endpoint",
@@ -229,9 +230,7 @@ class Call:
 
     def _describe_fatal(self, status: int, message: str) -> str:
         hint = FATAL_STATUS.get(status, SHAPE_HINT).format(model=self.endpoint.model, base_url=self.endpoint.base_url)
-        return self.endpoint.redact(
-            f"{self.label}: the teacher endpoint answered {status}: {hint}. Server said: {message}"
-        )
+        return f"{self.label}: the teacher endpoint answered {status}: {hint}. Server said: {message}"
 
 
 class _Pool:
@@ -247,11 +246,9 @@ class _Pool:
         self.in_flight = max(1, -(-teacher.max_concurrency // workers))
         self.slots = asyncio.Semaphore(self.in_flight)
         self.url = httpx.URL(f"{endpoint.base_url}/chat/completions")
+        self.auth = Auth(endpoint, teacher.timeout_s)
         self.client = httpx.AsyncClient(
-            headers={
-                "Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
-                "Content-Type": "application/json",
-            },
+            headers={"Content-Type": "application/json"},
             timeout=teacher.timeout_s,
             # The semaphore caps the requests in flight; the client only keeps their connections alive.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.in_flight),
@@ -319,13 +316,21 @@ class _Pool:
         return result
 
     async def attempt(self, body: bytes, result: Result) -> dict:
-        async with self.slots:
-            await self.pace(body)
-            response = await self.client.post(self.url, content=body)
-        self.answered = True
+        response, header = await self.send(body)
+        if response.status_code == 401 and self.auth.refreshable:  # an expired token: renew it, send once more
+            self.auth.refresh(header)
+            response, _ = await self.send(body)
         if not 200 <= response.status_code < 300:
             raise self.status_error(response)
         return self.call._parse(response.content, result)
+
+    async def send(self, body: bytes) -> tuple[httpx.Response, dict[str, str]]:
+        async with self.slots:
+            await self.pace(body)
+            header = self.auth.header()
+            response = await self.client.post(self.url, content=body, headers=header)
+        self.answered = True
+        return response, header
 
     async def pace(self, body: bytes) -> None:
         """Wait for the shared rate limits, if any; the token cost is the completion limit plus the body's
@@ -341,7 +346,7 @@ class _Pool:
         status = response.status_code
         message, codes = _error_detail(response.content)
         if status in FATAL_STATUS or (self.preflight and status == 400 and not ROW_ERROR_CODES.intersection(codes)):
-            return EndpointError(self.call._describe_fatal(status, message))
+            return EndpointError(self.auth.redact(self.call._describe_fatal(status, message)))
         if status in RETRYABLE_STATUS or status >= 500:
             return RetryableStatus(status, message, codes, _retry_after(response.headers))
         return RejectedStatus(status, message, codes)
@@ -351,7 +356,7 @@ class _Pool:
         call, attempts = self.call, f"after {result.attempts} attempt{'s' if result.attempts > 1 else ''}"
         if isinstance(exc, UNREACHABLE) and not self.answered:
             raise EndpointError(
-                call.endpoint.redact(
+                self.auth.redact(
                     f"{call.label}: cannot reach the teacher at {call.endpoint.base_url} {attempts}: {_name(exc)}. "
                     "Is the endpoint up and the URL right (teacher.base_url)?"
                 )
@@ -363,8 +368,8 @@ class _Pool:
         else:
             error = f"{type(exc).__name__}: {exc}" if isinstance(exc, InvalidOutput) else str(exc)
         result.output = None
-        result.error = call.endpoint.redact(f"{error} ({attempts})")
-        result.raw_output = call.endpoint.redact(getattr(exc, "raw", None))
+        result.error = self.auth.redact(f"{error} ({attempts})")
+        result.raw_output = self.auth.redact(getattr(exc, "raw", None))
 
     async def close(self) -> None:
         """Cancel what is still out (a failed batch stops the rest), then release the client and the limits."""
