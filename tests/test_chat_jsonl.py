@@ -1,7 +1,8 @@
-"""Format stage: chat rules, exclusions, stratified reproducible split, one JSONL file per split."""
+"""Format stage: chat rules, exclusions, a reproducible split per example, one JSONL file per split."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -68,10 +69,7 @@ def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
             assert chat_jsonl.chat_violation(example["messages"], 2048) is None
             assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
     assert len(lines["train"]) + len(lines["val"]) == answered
-    # Each topic keeps its share: validation holds round(n * 0.2) of its n examples, within one.
-    for row in chat.groupBy("topic").pivot("split", ["train", "val"]).count().collect():
-        n = (row.train or 0) + (row.val or 0)
-        assert abs((row.val or 0) - n * cfg.format.val_fraction) <= 1
+    assert lines["train"] and lines["val"]
     before = {r.example_id: r.split for r in chat.collect()}
     chat_jsonl.run(context(cfg))
     assert {r.example_id: r.split for r in tables.read(spark, where(cfg), chat_jsonl.TABLE).collect()} == before
@@ -92,3 +90,25 @@ def test_the_files_go_to_the_volume_the_job_names(spark, llm_cfg):
     folder = Path(cfg.warehouse) / "main" / cfg.schema_ / "other" / "training_chat"
     assert result.files == {"train_jsonl": str(folder / "train.jsonl"), "val_jsonl": str(folder / "val.jsonl")}
     assert (folder / "train.jsonl").stat().st_size > 0
+
+
+def test_the_split_is_drawn_per_example_and_never_moves(spark):
+    def frame(rows):
+        return spark.createDataFrame(rows, "example_id string, topic string, question string")
+
+    rows = [(f"e{i}", ["cards", "tax"][i % 2], f"Question number {i}?") for i in range(2000)]
+    split = functools.partial(chat_jsonl.assign_split, by="question", val_fraction=0.2, test_fraction=0.1, seed=7)
+    first = {r.example_id: r.split for r in split(frame(rows)).collect()}
+    # Each topic gets its share in expectation (binomial, n=1000 per topic: sd 0.013 for val).
+    for topic in ("cards", "tax"):
+        mine = [first[e] for e, t, _ in rows if t == topic]
+        assert abs(mine.count("val") / len(mine) - 0.2) < 0.05 and abs(mine.count("test") / len(mine) - 0.1) < 0.04
+    # Adding half as much again, and removing some, moves no example that stays.
+    more = rows[100:] + [(f"n{i}", "cards", f"Another question {i}") for i in range(1000)]
+    second = {r.example_id: r.split for r in split(frame(more)).collect()}
+    assert all(second[e] == first[e] for e, _, _ in rows[100:])
+    # The same question, written differently, is in one split only.
+    pairs = [(f"How do I block card {i}?", f"  how do I  BLOCK card {i}") for i in range(50)]
+    variants = frame([(f"{i}{side}", "x", q) for i, pair in enumerate(pairs) for side, q in zip("ab", pair)])
+    drawn = {r.example_id: r.split for r in split(variants).collect()}
+    assert all(drawn[f"{i}a"] == drawn[f"{i}b"] for i in range(50)) and len(set(drawn.values())) > 1

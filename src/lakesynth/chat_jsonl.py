@@ -1,8 +1,8 @@
 """Format stage: `synthetic_responses` -> `training_chat` + one chat JSONL file per split.
 
 Only answered rows become examples, each checked against the Databricks chat-completion data
-rules and a length limit; rejects are counted, never written. The split is stratified by topic
-and decided by a seeded hash, so the same data always splits the same way.
+rules and a length limit; rejects are counted, never written. Each example's split is a seeded hash of
+its normalised question, so it never moves when data is added or removed, and a question is in one split.
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ TABLE = tables.contract(
     + [("split", S), ("n_tokens", L)],
     key="example_id",
     parent="question_id",
+    parent_table="synthetic_responses",
 )
+# The text an example is split by (not a column of the table): its question.
+SPLIT_TEXT = "split_text"
 # How the JSONL files are written: Databricks fine-tuning's chat shape, which any chat trainer reads.
 EXPORT_FORMAT = "databricks"
 
@@ -106,6 +109,7 @@ def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFram
         "question_id",
         "seed_id",
         "topic",
+        F.col("question").alias(SPLIT_TEXT),
         F.lit("chat").alias("shape"),
         F.array(*turns).cast(examples.MESSAGES).alias("messages"),
         F.lit(None).cast("string").alias("tools"),
@@ -130,24 +134,19 @@ def _check_batches(batches: Iterator[pd.DataFrame], *, max_tokens: int) -> Itera
         )
 
 
-def assign_split(chat: DataFrame, *, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
-    """Adds `split`: per topic, the examples are ordered by a seeded hash and the first
-    round(n * fraction) go to validation (then test), so each topic keeps its share in every split.
-    A topic with two or more examples always gives validation at least one."""
-    # Ranked on the keys alone and joined back: a window holds its whole partition, and a topic can be large.
-    by_topic = Window.partitionBy("topic")
-    rank = F.row_number().over(by_topic.orderBy(F.sha2(F.concat_ws("|", F.lit(str(seed)), "example_id"), 256)))
-    n = F.count(F.lit(1)).over(by_topic)
-    n_val = F.round(n * val_fraction)
-    if val_fraction > 0:
-        n_val = F.when(n >= 2, F.greatest(n_val, F.lit(1))).otherwise(n_val)
-    n_test = F.round(n * test_fraction)
+def assign_split(chat: DataFrame, *, by: str, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
+    """Adds `split`, drawn per example from a seeded hash of its normalised text `by` (examples.normalized_text):
+    adding or removing data never moves an example, the same question (normalised) is in one split only, and
+    each topic gets its share of every split in expectation."""
+    digest = F.sha2(F.concat_ws("|", F.lit(str(seed)), examples.normalized_text(by)), 256)
+    draw = F.conv(F.substring(digest, 1, 8), 16, 10).cast("double") / float(16**8)  # uniform in [0, 1)
     # No otherwise(): an all-literal CASE is NOT NULL on classic Spark but nullable on Sail (parity suite).
     split = (
-        F.when(rank <= n_val, "val").when(rank <= n_val + n_test, "test").when(F.col("example_id").isNotNull(), "train")
+        F.when(draw < val_fraction, "val")
+        .when(draw < val_fraction + test_fraction, "test")
+        .when(F.col("example_id").isNotNull(), "train")
     )
-    splits = chat.select("example_id", "topic").select("example_id", split.alias("split"))
-    return splits.join(chat, "example_id").select(*chat.columns, "split")
+    return chat.withColumn("split", split)
 
 
 def files_dir(rt: Runtime) -> str:
@@ -190,6 +189,7 @@ def run(ctx: RunContext) -> StageResult:
     rows_in = responses.count()
     valid = assign_split(
         checked.where(F.col("violation").isNull()),
+        by=SPLIT_TEXT,
         val_fraction=fmt.val_fraction,
         test_fraction=fmt.test_fraction,
         seed=fmt.seed,

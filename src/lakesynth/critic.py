@@ -75,6 +75,7 @@ TABLE = tables.contract(
     key="question_id",
     parent="question_id",
     verdict_of="synthetic_questions",
+    parent_table="synthetic_questions",
 )
 
 

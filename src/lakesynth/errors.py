@@ -6,6 +6,7 @@ LakesynthError
  ├── TableSchemaError   a table on disk does not match its contract
  ├── EndpointError      the LLM endpoint cannot serve this stage at all (auth, model, unreachable)
  ├── StageError         a stage finished but broke its contract (e.g. too many failed rows)
+ ├── SchemaBusy         another run is writing the same schema (names it)
  └── StageSkipped       a stage could not run here and says why (e.g. the training extra is missing)
 """
 
@@ -35,4 +36,8 @@ class StageError(LakesynthError):
 
 
 class StageSkipped(LakesynthError):
+    pass
+
+
+class SchemaBusy(LakesynthError):
     pass

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 S = T.StringType()
@@ -37,6 +38,15 @@ MESSAGE = T.StructType(
 )
 MESSAGES = T.ArrayType(MESSAGE)
 SHAPES = ("chat", "tool_chat", "preference")
+
+
+def normalized_text(column: str) -> F.Column:
+    """Text as duplicates are compared: lower case, whitespace runs as one space, no punctuation at the ends.
+    "How do I block my card?" and "how do I  block my card" are the same question."""
+    text = F.regexp_replace(F.lower(F.col(column)), r"\s+", " ")
+    return F.regexp_replace(text, r"^[\s\p{P}\p{S}]+|[\s\p{P}\p{S}]+$", "")
+
+
 FORMATS = ("openai", "databricks", "trl_sft", "trl_dpo", "trl_kto")
 # The columns every training-example table has; `tools` is JSON text (a list of tool specs) or null.
 COLUMNS = [("shape", S), ("messages", MESSAGES), ("tools", S), ("chosen", MESSAGES), ("rejected", MESSAGES)]

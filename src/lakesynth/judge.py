@@ -94,6 +94,7 @@ TABLE = tables.contract(
     key="question_id",
     parent="question_id",
     verdict_of="synthetic_responses",
+    parent_table="synthetic_responses",
 )
 
 

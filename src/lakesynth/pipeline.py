@@ -20,8 +20,13 @@ wheel, installs it and runs it from an empty folder, and fails then.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import graphlib
 import logging
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -33,7 +38,8 @@ import yaml
 
 from lakesynth import bundle, registry, tables, tracking
 from lakesynth.config import Config
-from lakesynth.errors import ConfigError, LakesynthError, StageSkipped
+from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
+from lakesynth.runtime import Runtime
 from lakesynth.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
@@ -152,6 +158,43 @@ def run(
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the job defines: {', '.join(graph)}")
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
     ctx = RunContext(cfg, contracts)
+    with schema_lock(ctx.rt, cfg.run_id):
+        return _run(ctx, graph, registered, stages, summary)
+
+
+@contextlib.contextmanager
+def schema_lock(rt: Runtime, run_id: str):
+    """One local run at a time per schema: a second run stops at once and names the first, instead of both
+    writing the same staging tables and journals. An OS file lock, so a killed run never leaves it behind. On
+    Databricks the job's `max_concurrent_runs: 1` does this (a Volume has no file locks)."""
+    if rt.databricks or "://" in rt.warehouse:
+        yield
+        return
+    path = Path(rt.table_location("_lakesynth.lock"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another lakesynth run"
+            raise SchemaBusy(
+                f"schema {rt.catalog}.{rt.schema} is in use by {holder}; wait for it to finish, "
+                f"or run with another --schema"
+            ) from None
+        try:
+            lock.seek(0)
+            lock.truncate()
+            started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            lock.write(f"run {run_id} (pid {os.getpid()} on {socket.gethostname()}, since {started})")
+            lock.flush()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
+    cfg = ctx.cfg
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
     tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
@@ -168,7 +211,10 @@ def run(
                 continue
             started = time.monotonic()
             try:
+                pruned = ctx.prune(registered[stage])
                 result = registered[stage].run(ctx)
+                if pruned:
+                    result.metrics["pruned"] = pruned
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why
                 summary["stages"][key] = {"status": "skipped", "reason": str(exc)}
                 print(f"{key}: skipped: {exc}", flush=True)

@@ -34,6 +34,7 @@ TABLE = tables.contract(
     + tables.LLM_ACCOUNTING,
     key="question_id",
     parent="seed_id",
+    parent_table="seed_questions",
 )
 
 

@@ -104,7 +104,7 @@ def graph_problems(
     tasks: Mapping[str, tuple[str, list[str]]], stages: Mapping[str, Stage], where: str = "the job"
 ) -> list[str]:
     """What is wrong with a job's task graph (task -> (stage, depends_on)): a task that names an unknown
-    stage, or a stage that reads a table no task upstream of it writes."""
+    stage, or a stage that reads a table (or writes one whose parent table) no task upstream of it writes."""
     problems = []
     for key, (stage, _) in tasks.items():
         if stage not in stages:
@@ -126,6 +126,13 @@ def graph_problems(
         for table in stages[stage].reads:
             if table not in written:
                 problems.append(f"{where}: task '{key}' ({stage}) reads '{table}', which no task before it writes")
+        for table in stages[stage].writes:
+            parent = table.parent_table
+            if parent and parent not in written and parent not in stages[stage].reads:  # reported above
+                problems.append(
+                    f"{where}: task '{key}' ({stage}) writes '{table.name}', whose parent table "
+                    f"'{parent}' no task before it writes"
+                )
     return problems
 
 

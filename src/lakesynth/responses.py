@@ -51,6 +51,7 @@ TABLE = tables.contract(
     + tables.LLM_ACCOUNTING,
     key="question_id",
     parent="question_id",
+    parent_table="synthetic_questions",
 )
 
 

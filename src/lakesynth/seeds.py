@@ -1,13 +1,15 @@
 """Seed ingest: a CSV/JSONL file or an existing table -> `seed_questions`.
 
 Validation is all-or-nothing: any problem raises a SeedError naming the file and the rows,
-and the table is left as it was. `seed_id` hashes the content, so re-ingesting adds nothing.
+and the table is left as it was. `seed_id` hashes the content, so re-ingesting adds nothing. In the
+default `mirror` mode, seeds no longer in the source are deleted (and their derived rows with them).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator
@@ -27,6 +29,12 @@ class SeedsConfig(Section):
         "bank/seeds.csv",
         validate_default=True,
         description="CSV or JSONL seed file (relative to the config file), or `table:<catalog.schema.table>`.",
+    )
+
+    mode: Literal["mirror", "append"] = Field(
+        "mirror",
+        description="mirror: the table becomes exactly the source, and what was derived from a removed seed is "
+        "deleted on the next run; append: seeds are only ever added or updated.",
     )
 
     @field_validator("path")
@@ -222,8 +230,11 @@ def run(ctx: RunContext) -> StageResult:
     before = tables.count(spark, rt, TABLE)
     changed = "NOT (t.in_scope <=> s.in_scope AND t.category <=> s.category AND t.metadata <=> s.metadata)"
     tables.upsert(spark, rt, TABLE, seeds, update_when=changed)
+    removed = tables.delete_absent(spark, rt, TABLE, "seed_id", seeds) if cfg.seeds.mode == "mirror" else 0
     after = tables.count(spark, rt, TABLE)
-    return StageResult(rows_in=rows_in, rows_out=after - before, errors=0, tables=[TABLE])
+    return StageResult(
+        rows_in=rows_in, rows_out=after - before + removed, errors=0, tables=[TABLE], metrics={"removed": removed}
+    )
 
 
 STAGE = Stage(

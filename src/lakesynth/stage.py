@@ -89,6 +89,15 @@ class RunContext:
         verdicts = [t for t in self.contracts.values() if t.verdict_of == contract.name]
         return tables.kept(self.spark, self.rt, rows, contract.key, verdicts)
 
+    def prune(self, stage: Stage) -> int:
+        """Delete the rows of the stage's tables whose parent row is gone; run before the stage, every run, so
+        what a removed seed or a regenerated question left behind never reaches the training set."""
+        return sum(
+            tables.prune(self.spark, self.rt, table, self.contracts[table.parent_table])
+            for table in stage.writes
+            if table.parent_table
+        )
+
     def close(self) -> None:
         self._stack.close()
 

@@ -45,6 +45,7 @@ class Table:
     key: str
     parent: str
     verdict_of: str | None = None  # a verdict table: rows of that table, by key, with `keep` and `drop_reason`
+    parent_table: str | None = None  # the table whose key `parent` is: a row whose parent is gone is deleted
 
     @property
     def schema(self) -> T.StructType:
@@ -59,12 +60,20 @@ class Table:
         return [n for n, _ in self.columns]
 
 
-def contract(name: str, columns: list, key: str, parent: str, verdict_of: str | None = None) -> Table:
+def contract(
+    name: str,
+    columns: list,
+    key: str,
+    parent: str,
+    verdict_of: str | None = None,
+    parent_table: str | None = None,
+) -> Table:
     """A table's contract: its columns, then the lineage columns every table has. A verdict table (`verdict_of`)
-    has VERDICT among its columns and the key of the table it judges."""
+    has VERDICT among its columns and the key of the table it judges. With `parent_table`, `parent` is that
+    table's key, and the rows whose parent row no longer exists are pruned (see `prune`)."""
     if verdict_of and not {n for n, _ in VERDICT} <= {n for n, _ in columns}:
         raise TableSchemaError(f"{name}: a verdict table needs the columns keep and drop_reason")
-    return Table(name, tuple(columns + LINEAGE), key, parent, verdict_of)
+    return Table(name, tuple(columns + LINEAGE), key, parent, verdict_of, parent_table)
 
 
 def kept(spark: SparkSession, rt: Runtime, rows: DataFrame, key: str, verdicts: list[Table]) -> DataFrame:
@@ -170,6 +179,35 @@ def upsert(
         ).collect()
     finally:
         spark.catalog.dropTempView(view)
+
+
+def delete_absent(spark: SparkSession, rt: Runtime, table: Table, column: str, present: DataFrame) -> int:
+    """Delete the rows of `table` whose `column` value is not in `present` (one column of that name); returns
+    how many. Nothing to delete costs one probe and no write; otherwise the keys are staged first, so the MERGE
+    deletes a fixed set however the table changes under it."""
+    fqn = rt.fqn(table.name)
+    if not spark.catalog.tableExists(fqn):
+        return 0
+    gone = spark.table(fqn).join(present.select(column).distinct(), column, "left_anti").select(table.key)
+    if not gone.limit(1).collect():
+        return 0
+    staged = materialize(spark, rt, f"{table.name}_gone", gone)
+    view = f"lakesynth_gone_{uuid.uuid4().hex}"
+    staged.createOrReplaceTempView(view)
+    try:
+        spark.sql(
+            f"MERGE INTO {fqn} t USING {view} s ON t.`{table.key}` = s.`{table.key}` WHEN MATCHED THEN DELETE"
+        ).collect()
+    finally:
+        spark.catalog.dropTempView(view)
+    return staged.count()
+
+
+def prune(spark: SparkSession, rt: Runtime, table: Table, parent: Table) -> int:
+    """Delete the rows of `table` whose parent row is gone from `parent` (a seed removed, a question
+    regenerated): every derived table holds only rows whose source still exists."""
+    keys = read(spark, rt, parent).select(F.col(parent.key).alias(table.parent))
+    return delete_absent(spark, rt, table, table.parent, keys)
 
 
 def materialize(spark: SparkSession, rt: Runtime, name: str, rows: DataFrame) -> DataFrame:
