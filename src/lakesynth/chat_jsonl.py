@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 from pydantic import Field, model_validator
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 

@@ -155,7 +155,9 @@ def cases(spark, standin: str) -> dict:
         "responses.to_response_rows": parsed,
         "chat_jsonl.to_chat_rows": chat,
         "chat_jsonl.check_examples": chat_jsonl.check_examples(chat, max_tokens=30),
-        "chat_jsonl.assign_split": chat_jsonl.assign_split(many, by="question", val_fraction=0.2, test_fraction=0.1, seed=7),
+        "chat_jsonl.assign_split": chat_jsonl.assign_split(
+            many, by="question", val_fraction=0.2, test_fraction=0.1, seed=7
+        ),
         # Deliberately engine-specific: a CASE WHEN whose branches are all literals is NOT NULL on classic
         # Spark but nullable on Sail. The suite must flag it (lakesynth's own transforms avoid it).
         "demo.engine_specific": spark.range(3).select(F.when(F.col("id") > 0, "pos").otherwise("zero").alias("c")),
