@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import context, where
+from conftest import context, where, write
 from databricks.bundles.jobs import Job
 
 from lakesynth import chat_jsonl, finetune, pipeline, questions, responses, seeds
-from lakesynth.errors import StageSkipped
+from lakesynth.errors import StageError, StageSkipped
+from lakesynth.standin import StandIn
 
 
 @pytest.fixture
@@ -117,3 +118,52 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
 def test_finetune_is_the_last_task_of_the_job():
     order = pipeline.order(pipeline.job_graph(finetune.Path(__file__).resolve().parents[1]))
     assert order[-1] == "finetune"
+
+
+@pytest.fixture
+def workspace(monkeypatch, cfg):
+    """The stand-in as a Databricks workspace (Jobs API over real HTTP through databricks-sdk), and the split
+    files the format stage would have written."""
+    server = StandIn().start()
+    monkeypatch.setenv("DATABRICKS_HOST", server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-test-token")
+    for split, path in finetune.split_files(where(cfg)).items():
+        write(Path(path), json.dumps({"messages": [{"role": "user", "content": split}]}) + "\n")
+    yield server
+    server.stop()
+
+
+def _remote(cfg, **settings):
+    update = {"backend": "ai_runtime", "poll_seconds": 0.05, **settings}
+    return cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update=update)})
+
+
+def test_a_remote_fine_tune_on_unchanged_inputs_submits_nothing(cfg, workspace):
+    first = finetune.run(context(_remote(cfg)))
+    assert first.rows_out == 1 and len(workspace.stats.runs) == 1
+    run = workspace.stats.runs[1]["body"]
+    assert run["tasks"][0]["ai_runtime_task"]["deployments"][0]["command_path"].endswith("/run.sh")
+    # A task retry, or next week's scheduled run, on the same files and settings: the finished run is reused.
+    again = finetune.run(context(_remote(cfg.model_copy(update={"run_id": "next-week"}))))
+    assert len(workspace.stats.runs) == 1 and again.rows_out == 0
+    assert again.metrics == {"databricks_run": 1, "reused": "test-run"} and again.files == first.files
+    # Another setting is another fine-tune.
+    finetune.run(context(_remote(cfg, max_steps=40)))
+    assert len(workspace.stats.runs) == 2
+
+
+def test_a_remote_fine_tune_past_its_timeout_is_cancelled_then_resubmitted(cfg, workspace):
+    workspace.options.run_polls = 0  # never finishes on its own
+    with pytest.raises(StageError, match="did not finish within 0.001 minutes and was cancelled"):
+        finetune.run(context(_remote(cfg, timeout_minutes=0.001)))
+    assert workspace.stats.cancelled == [1]
+    # The rerun finds a cancelled run for these inputs: it submits a new one and waits for it.
+    workspace.options.run_polls = 2
+    assert finetune.run(context(_remote(cfg))).rows_out == 1 and len(workspace.stats.runs) == 2
+    # A run that is still going when the task is retried is waited for, not submitted twice.
+    workspace.options.run_polls = 0
+    with pytest.raises(StageError):
+        finetune.run(context(_remote(cfg, max_steps=7, timeout_minutes=0.001)))
+    workspace.stats.runs[3]["state"] = {"life_cycle_state": "RUNNING"}  # as if the cancel had not landed
+    workspace.options.run_polls = workspace.stats.runs[3]["polls"] + 2
+    assert finetune.run(context(_remote(cfg, max_steps=7))).rows_out == 1 and len(workspace.stats.runs) == 3

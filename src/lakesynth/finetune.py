@@ -47,8 +47,10 @@ class FinetuneConfig(Section):
     )
     accelerator_count: int = Field(1, ge=1, description="ai_runtime: total GPUs.")
     script_dir: str = Field("", description="ai_runtime: workspace folder for the training script (default: yours).")
-    poll_seconds: int = Field(30, ge=1, description="How often a Databricks run is polled.")
-    timeout_minutes: int = Field(240, ge=1, description="How long to wait for a Databricks run.")
+    poll_seconds: float = Field(30, gt=0, description="How often a Databricks run is polled.")
+    timeout_minutes: float = Field(
+        240, gt=0, description="How long to wait for a Databricks run; past it the run is cancelled."
+    )
 
 
 TRAINING_LIBS = ("torch", "transformers", "peft", "trl", "datasets")
@@ -154,9 +156,7 @@ def run(ctx: RunContext) -> StageResult:
         raise StageSkipped("finetune.backend is none")
     if ft.backend == "local":
         return _local(cfg, rt, files)
-    if ft.backend == "ai_runtime":
-        return _ai_runtime(cfg, rt, files)
-    return _foundation_model(cfg, files)
+    return _remote(cfg, rt, files)
 
 
 def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
@@ -237,78 +237,146 @@ def _workspace():
     return WorkspaceClient()
 
 
-def _ai_runtime(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
-    import base64
+class _Submitted:
+    """Where a remote fine-tune's submission is recorded (`finetune/_submitted/<inputs>.json` in the Volume), so
+    a task retry or a scheduled run on unchanged data finds the run it already paid for instead of starting one."""
 
-    from databricks.sdk.service.workspace import ImportFormat
+    def __init__(self, rt: Runtime, inputs: str) -> None:
+        self.path = Path(rt.files_dir("finetune")) / "_submitted" / f"{inputs}.json"
 
-    from lakesynth import train_sft
+    def read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
-    client = _workspace()
-    me = client.current_user.me().user_name
-    script_dir = cfg.finetune.script_dir or f"/Workspace/Users/{me}/.lakesynth/{cfg.run_id}"
-    client.workspace.mkdirs(script_dir)
-    sources = {
-        "train_sft.py": Path(train_sft.__file__).read_text(encoding="utf-8"),
-        "run.sh": ai_runtime_command(cfg, rt, files, script_dir),
-    }
-    for name, text in sources.items():
-        client.workspace.import_(
-            f"{script_dir}/{name}",
-            content=base64.b64encode(text.encode()).decode(),
-            format=ImportFormat.AUTO,
-            overwrite=True,
-        )
-    submitted = client.api_client.do(
-        "POST", "/api/2.2/jobs/runs/submit", body=ai_runtime_submission(cfg, f"{script_dir}/run.sh")
-    )
-    run_id = submitted["run_id"]
-    state = _wait(
-        lambda: client.api_client.do("GET", "/api/2.2/jobs/runs/get", query={"run_id": run_id})["state"],
-        lambda s: s.get("life_cycle_state") in ("TERMINATED", "SKIPPED", "INTERNAL_ERROR"),
-        cfg.finetune.poll_seconds,
-        cfg.finetune.timeout_minutes,
-    )
-    if state.get("result_state") != "SUCCESS":
-        raise StageError(
-            f"finetune: ai_runtime run {run_id} ended {state.get('result_state')}: {state.get('state_message', '')}"
-        )
-    return StageResult(
-        rows_out=1, files={"adapter": f"{output_dir(cfg, rt)}/adapter"}, metrics={"databricks_run": run_id}
-    )
+    def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(record) + "\n", encoding="utf-8")  # one write: a Volume cannot append
 
 
-def _foundation_model(cfg: Config, files: dict[str, str]) -> StageResult:
-    try:
-        from databricks.model_training import foundation_model as fm
-    except ImportError as exc:
-        raise StageSkipped(
-            "the foundation_model backend needs databricks-genai (the job's `finetune` "
-            "environment installs it); Databricks has deprecated this API"
-        ) from exc
-    run = fm.create(**foundation_model_request(cfg, files))
-    run = _wait(
-        lambda: fm.get(run),
-        lambda r: str(getattr(r.status, "value", r.status)).upper() in FM_TERMINAL,
-        cfg.finetune.poll_seconds,
-        cfg.finetune.timeout_minutes,
-    )
-    status = str(getattr(run.status, "value", run.status)).upper()
-    if status != "COMPLETED":
-        events = "; ".join(str(getattr(e, "message", e)) for e in (fm.get_events(run) or [])[-3:])
-        raise StageError(f"finetune: Foundation Model run {run.name} ended {status}: {events}")
-    return StageResult(rows_out=1, metrics={"databricks_run": run.name})
+def _remote(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
+    """A Databricks fine-tune, once per distinct input: the same split files and settings reuse the run that
+    finished (or wait for the one still running); a failed or cancelled run is submitted again."""
+    backend = _AiRuntime(cfg, rt, files) if cfg.finetune.backend == "ai_runtime" else _FoundationModel(cfg, files)
+    record = _Submitted(rt, input_fingerprint(cfg, files))
+    earlier = record.read()
+    if earlier and earlier.get("backend") == cfg.finetune.backend:
+        state = backend.state(earlier["run"])
+        if state == "SUCCESS":
+            return backend.result(earlier, reused=True)
+        if state == "RUNNING":
+            return _finish(backend, earlier, cfg)
+    earlier = {"backend": cfg.finetune.backend, "run_id": cfg.run_id, **backend.submit()}
+    record.write(earlier)
+    return _finish(backend, earlier, cfg)
 
 
-def _wait(poll, done, every_s: int, timeout_min: int):
-    deadline = time.monotonic() + timeout_min * 60
-    while True:
-        current = poll()
-        if done(current):
-            return current
+def _finish(backend, submitted: dict, cfg: Config) -> StageResult:
+    """Wait for the run; past the timeout it is cancelled, so no GPU keeps running for a task that gave up."""
+    ft = cfg.finetune
+    deadline = time.monotonic() + ft.timeout_minutes * 60
+    while (state := backend.state(submitted["run"])) == "RUNNING":
         if time.monotonic() > deadline:
-            raise StageError(f"finetune: the run did not finish within {timeout_min} minutes")
-        time.sleep(every_s)
+            backend.cancel(submitted["run"])
+            raise StageError(
+                f"finetune: {ft.backend} run {submitted['run']} did not finish within {ft.timeout_minutes:g} "
+                "minutes and was cancelled; a rerun submits it again"
+            )
+        time.sleep(ft.poll_seconds)
+    if state != "SUCCESS":
+        raise StageError(f"finetune: {ft.backend} run {submitted['run']} ended {backend.detail(submitted['run'])}")
+    return backend.result(submitted, reused=False)
+
+
+class _AiRuntime:
+    """The training script as a one-time `ai_runtime_task` run (Jobs API 2.2) on serverless GPU."""
+
+    def __init__(self, cfg: Config, rt: Runtime, files: dict[str, str]) -> None:
+        self.cfg, self.rt, self.files = cfg, rt, files
+        self.client = _workspace()
+
+    def submit(self) -> dict:
+        import base64
+
+        from databricks.sdk.service.workspace import ImportFormat
+
+        from lakesynth import train_sft
+
+        cfg, client = self.cfg, self.client
+        me = client.current_user.me().user_name
+        script_dir = cfg.finetune.script_dir or f"/Workspace/Users/{me}/.lakesynth/{cfg.run_id}"
+        client.workspace.mkdirs(script_dir)
+        sources = {
+            "train_sft.py": Path(train_sft.__file__).read_text(encoding="utf-8"),
+            "run.sh": ai_runtime_command(cfg, self.rt, self.files, script_dir),
+        }
+        for name, text in sources.items():
+            client.workspace.import_(
+                f"{script_dir}/{name}",
+                content=base64.b64encode(text.encode()).decode(),
+                format=ImportFormat.AUTO,
+                overwrite=True,
+            )
+        body = ai_runtime_submission(cfg, f"{script_dir}/run.sh")
+        submitted = client.api_client.do("POST", "/api/2.2/jobs/runs/submit", body=body)
+        return {"run": submitted["run_id"], "adapter": f"{output_dir(cfg, self.rt)}/adapter"}
+
+    def _get(self, run) -> dict:
+        return self.client.api_client.do("GET", "/api/2.2/jobs/runs/get", query={"run_id": run})["state"]
+
+    def state(self, run) -> str:
+        state = self._get(run)
+        if state.get("life_cycle_state") not in ("TERMINATED", "SKIPPED", "INTERNAL_ERROR"):
+            return "RUNNING"
+        return "SUCCESS" if state.get("result_state") == "SUCCESS" else "FAILED"
+
+    def detail(self, run) -> str:
+        state = self._get(run)
+        return f"{state.get('result_state') or state.get('life_cycle_state')}: {state.get('state_message', '')}"
+
+    def cancel(self, run) -> None:
+        self.client.api_client.do("POST", "/api/2.2/jobs/runs/cancel", body={"run_id": run})
+
+    def result(self, submitted: dict, *, reused: bool) -> StageResult:
+        metrics = {"databricks_run": submitted["run"], **({"reused": submitted["run_id"]} if reused else {})}
+        return StageResult(rows_out=0 if reused else 1, files={"adapter": submitted["adapter"]}, metrics=metrics)
+
+
+class _FoundationModel:
+    """Foundation Model Fine-tuning through databricks-genai (deprecated by Databricks)."""
+
+    def __init__(self, cfg: Config, files: dict[str, str]) -> None:
+        try:
+            from databricks.model_training import foundation_model as fm
+        except ImportError as exc:
+            raise StageSkipped(
+                "the foundation_model backend needs databricks-genai (the job's `finetune` "
+                "environment installs it); Databricks has deprecated this API"
+            ) from exc
+        self.fm, self.cfg, self.files = fm, cfg, files
+
+    def submit(self) -> dict:
+        return {"run": self.fm.create(**foundation_model_request(self.cfg, self.files)).name}
+
+    def _status(self, run) -> str:
+        status = self.fm.get(run).status
+        return str(getattr(status, "value", status)).upper()
+
+    def state(self, run) -> str:
+        status = self._status(run)
+        return "RUNNING" if status not in FM_TERMINAL else "SUCCESS" if status == "COMPLETED" else "FAILED"
+
+    def detail(self, run) -> str:
+        events = "; ".join(str(getattr(e, "message", e)) for e in (self.fm.get_events(run) or [])[-3:])
+        return f"{self._status(run)}: {events}"
+
+    def cancel(self, run) -> None:
+        self.fm.cancel(run)
+
+    def result(self, submitted: dict, *, reused: bool) -> StageResult:
+        metrics = {"databricks_run": submitted["run"], **({"reused": submitted["run_id"]} if reused else {})}
+        return StageResult(rows_out=0 if reused else 1, metrics=metrics)
 
 
 STAGE = Stage(

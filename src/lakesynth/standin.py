@@ -7,6 +7,8 @@ injection make it a known, repeatable endpoint. `GET /stats` reports what it ser
     python -m lakesynth.standin --latency-ms 100 --max-concurrency 64 --fault-rate 0.2
 
 Faults: FAULTS are the default mix; OPT_IN_FAULTS are drawn only when named in `faults`.
+As a Databricks workspace (DATABRICKS_HOST pointed at it) it serves Model Serving's chat completions under
+/serving-endpoints and the few REST calls of a remote fine-tune (one-time job runs), for the tests.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class StandInOptions:
     models: tuple[str, ...] = ()
     reject_schema: bool = False
     items: int = 3
+    run_polls: int = 1  # Jobs API: a submitted run terminates on this poll (0: never, until cancelled)
+    run_result: str = "SUCCESS"  # Jobs API: how a submitted run ends
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -72,6 +76,8 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     faults: Counter = field(default_factory=Counter)
+    runs: dict = field(default_factory=dict)  # Jobs API: run id -> {"polls", "state", "body"}
+    cancelled: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -198,6 +204,8 @@ class StandIn:
 
     async def _handle(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int | None, dict, dict]:
         opts = self.options
+        if path.startswith("/api/"):
+            return self._workspace_api(method, path, body)
         if method == "GET" and path.endswith("/stats"):
             return 200, {}, self.stats.as_dict()
         if method == "GET" and path.endswith("/models"):
@@ -264,6 +272,37 @@ class StandIn:
                 },
             },
         )
+
+    def _workspace_api(self, method: str, path: str, body: bytes) -> tuple[int, dict, dict]:
+        """The few Databricks REST calls the remote fine-tune makes (who am I, workspace files, one-time job
+        runs), so that path runs through databricks-sdk over real HTTP. Runs terminate on the `run_polls`-th
+        poll with `run_result`, or when cancelled."""
+        route, _, query = path.partition("?")
+        request = json.loads(body) if body else {}
+        runs = self.stats.runs
+        if route == "/api/2.0/preview/scim/v2/Me":
+            return 200, {}, {"id": "1", "userName": "standin@example.com"}
+        if route in ("/api/2.0/workspace/mkdirs", "/api/2.0/workspace/import"):
+            return 200, {}, {}
+        if route == "/api/2.2/jobs/runs/submit" and method == "POST":
+            run_id = len(runs) + 1
+            runs[run_id] = {"polls": 0, "state": {"life_cycle_state": "PENDING"}, "body": request}
+            return 200, {}, {"run_id": run_id}
+        if route == "/api/2.2/jobs/runs/cancel" and method == "POST":
+            run = runs[int(request["run_id"])]
+            self.stats.cancelled.append(int(request["run_id"]))
+            run["state"] = {"life_cycle_state": "TERMINATED", "result_state": "CANCELED"}
+            return 200, {}, {}
+        if route == "/api/2.2/jobs/runs/get":
+            run_id = int(dict(p.split("=", 1) for p in query.split("&") if p)["run_id"])
+            run = runs[run_id]
+            run["polls"] += 1
+            if run["state"].get("life_cycle_state") != "TERMINATED":
+                done = self.options.run_polls and run["polls"] >= self.options.run_polls
+                result = {"life_cycle_state": "TERMINATED", "result_state": self.options.run_result}
+                run["state"] = result if done else {"life_cycle_state": "RUNNING"}
+            return 200, {}, {"run_id": run_id, "state": run["state"]}
+        return 404, {}, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no route {method} {route}"}
 
 
 def main(argv: list[str] | None = None) -> None:
