@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import deltalake
@@ -21,7 +23,8 @@ import pytest
 import yaml
 from conftest import ROOT, write
 
-from lakesynth import pipeline
+from lakesynth import bundle, pipeline
+from lakesynth.standin import StandIn
 
 # Runs in the child: the entry point from the installed distribution's metadata, called like a wheel task.
 # Markers go to stderr so stdout stays the command's own (JSON for `stages --json`). A script file, not
@@ -46,8 +49,13 @@ print("RETURNED", file=sys.stderr, flush=True)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """The wheel built as the bundle's artifact builds it (`pip wheel --no-deps`), installed into its own folder
-    (`<base>/site`), with the caller script beside it (`<base>/runner/call.py`)."""
+    """The wheel built as the bundle's artifact builds it (`pip wheel --no-deps`), installed alone into a fresh
+    virtual environment outside the repository (`<base>/venv`), with the caller script beside it
+    (`<base>/runner/call.py`). Returns the venv's site-packages.
+
+    There is no network here, so the venv's other dependencies are the test environment's: a `.pth` file adds
+    that site-packages as a plain path. Its own `.pth` files (the editable install of this checkout) are not
+    processed, so `lakesynth` can only come from the wheel."""
     base = tmp_path_factory.mktemp("installed")
     write(base / "runner" / "call.py", CALL)
     project = base / "project"
@@ -66,28 +74,37 @@ def site(tmp_path_factory) -> Path:
         timeout=300,
     )
     (wheel,) = (base / "dist").glob("lakesynth-*.whl")
-    target = base / "site"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")], check=True, timeout=120)
+    python = base / "venv" / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     subprocess.run(
-        [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    return target
+    (Path(purelib) / "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return Path(purelib)
 
 
-def lakesynth(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """`lakesynth ARGS` from the installed wheel, in `cwd` (made empty here), as a wheel task calls it."""
-    cwd.mkdir(parents=True)
+def lakesynth(site: Path, cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`lakesynth ARGS` from the installed wheel, in `cwd`, as a wheel task calls it."""
+    cwd.mkdir(parents=True, exist_ok=True)
     assert pipeline.project_root(cwd) is None  # no bundle here or above: nothing to find on disk
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run(
-        [sys.executable, str(site.parent / "runner" / "call.py"), json.dumps(list(args))],
+        [str(site.parents[2] / "bin" / "python"), str(site.parents[3] / "runner" / "call.py"), json.dumps(args)],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-        env={**os.environ, "PYTHONPATH": str(site)},
+        env={**clean, **(env or {})},
     )
     loaded = next(line for line in proc.stderr.splitlines() if line.startswith("LAKESYNTH_FILE="))
     assert Path(loaded.partition("=")[2]).is_relative_to(site), "the editable checkout was imported, not the wheel"
@@ -132,26 +149,110 @@ def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_pat
     assert table["rows"] == 2 and len(deltalake.DeltaTable(table["location"]).to_pandas()) == 2
 
 
-def _task_parameters(task_key: str, **values: str) -> list[str]:
-    """A task's parameters from the bundle's job file, with the bundle's and the job's references filled in."""
-    spec = yaml.safe_load((ROOT / "resources" / "lakesynth.job.yml").read_text())["resources"]["jobs"]["lakesynth"]
-    (task,) = [t for t in spec["tasks"] if t["task_key"] == task_key]
-    params = []
-    for param in task["python_wheel_task"]["parameters"]:
-        for ref, value in values.items():
-            param = param.replace(ref, value)
-        assert "{{" not in param and "${" not in param, param
-        params.append(param)
-    return params
+REF = re.compile(r"\$\{([^}]+)\}|\{\{\s*job\.(parameters\.\w+|run_id)\s*\}\}")
 
 
-def test_a_single_stage_task_needs_no_bundle_files(site, tmp_path):
-    # As the job passes it, with the workspace's copy of conf/ standing in for ${workspace.file_path}.
-    workspace = tmp_path / "workspace" / "files"
-    shutil.copytree(ROOT / "conf", workspace / "conf")
-    values = {"${workspace.file_path}": str(workspace), "{{job.parameters.catalog}}": "main"}
-    values |= {"{{job.parameters.schema}}": "s1", "{{job.parameters.volume}}": "v1", "{{job.run_id}}": "7"}
-    params = _task_parameters("seed", **values)
+class Deployed:
+    """The bundle as `databricks bundle deploy -t TARGET --var NAME=VALUE` resolves it from the workspace's copy
+    of its files (`files`, which is ${workspace.file_path}), and each task's parameters as a run of its job
+    passes them: `${var.*}`, `${workspace.*}`, `${resources.*}` and `{{job.parameters.*}}`/`{{job.run_id}}`
+    filled in. In development mode a schema's name gets the `dev_<user>_` prefix, as the CLI gives it."""
+
+    def __init__(self, files: Path, target: str = "dev", run_id: str = "1001", **variables: str) -> None:
+        self.files, self.run_id = files, run_id
+        self.bundle = bundle.load(files)
+        declared = self.bundle["variables"]
+        self.target = self.bundle["targets"][target]
+        self.vars = {k: v.get("default") for k, v in declared.items()} | self.target.get("variables", {}) | variables
+        self.values = {"workspace.file_path": str(files), "bundle.name": self.bundle["bundle"]["name"]}
+
+    def _ref(self, name: str, params: dict) -> str:
+        if name.startswith("var."):
+            value = self.vars[name.removeprefix("var.")]
+            assert value is not None, f"bundle variable {name} has no value for this target"
+        elif name in self.values:
+            value = self.values[name]
+        else:
+            value = self.bundle
+            for part in name.split("."):
+                value = value[part]
+            if name.startswith("resources.schemas.") and self.target.get("mode") == "development":
+                value = f"dev_standin_{self.resolve(value, params)}"
+        return self.resolve(str(value), params)
+
+    def resolve(self, text: str, params: dict | None = None) -> str:
+        def one(match: re.Match) -> str:
+            if match.group(1):
+                return self._ref(match.group(1), params or {})
+            return self.run_id if match.group(2) == "run_id" else params[match.group(2).removeprefix("parameters.")]
+
+        return REF.sub(one, text)
+
+    def jobs(self) -> list[str]:
+        return list(self.bundle["resources"]["jobs"])
+
+    def tasks(self, job: str) -> list[tuple[str, list[str]]]:
+        """Each task of `job` in dependency order, with the parameters its wheel task is called with."""
+        spec = self.bundle["resources"]["jobs"][job]
+        params = {p["name"]: self.resolve(str(p["default"])) for p in spec.get("parameters", [])}
+        by_key = {t["task_key"]: t for t in spec["tasks"]}
+        return [
+            (key, [self.resolve(str(a), params) for a in by_key[key]["python_wheel_task"]["parameters"]])
+            for key in pipeline.order(bundle.tasks(spec, job))
+        ]
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """The bundle's files as `databricks bundle deploy` syncs them to ${workspace.file_path}."""
+    files = tmp_path / "Workspace" / "Users" / "standin@example.com" / ".bundle" / "lakesynth" / "dev" / "files"
+    files.mkdir(parents=True)
+    shutil.copy2(ROOT / "databricks.yml", files / "databricks.yml")
+    for name in ("resources", "conf"):
+        shutil.copytree(ROOT / name, files / name)
+    return files
+
+
+def run_jobs(site: Path, deployed: Deployed, cwd: Path, env: dict) -> list[tuple[str, subprocess.CompletedProcess]]:
+    """Every task of every job, in order, each as its wheel task; as on Databricks, a failed task's dependents
+    are not run (here: nothing after it)."""
+    ran = []
+    for job in deployed.jobs():
+        for key, params in deployed.tasks(job):
+            proc = lakesynth(site, cwd, *params, env=env)
+            ran.append((f"{job}.{key}", proc))
+            if proc.returncode != 0:
+                return ran
+    return ran
+
+
+def test_every_task_of_every_job_runs_from_the_installed_wheel(site, workspace, tmp_path):
+    server = StandIn().start()  # the workspace: Model Serving and the Jobs API the fine-tune task calls
+    env = {"DATABRICKS_HOST": server.base_url.removesuffix("/v1"), "DATABRICKS_TOKEN": "dapi-standin"}
+    cwd = tmp_path / "task-cwd"  # not the bundle, not the repository: where a wheel task starts
+    try:
+        for volume in ("lakesynth", "other"):  # the default, then `--var volume=other`
+            deployed = Deployed(workspace, volume=volume)
+            ran = run_jobs(site, deployed, cwd, env)
+            assert [t for t, _ in ran] == [f"{j}.{k}" for j in deployed.jobs() for k, _ in deployed.tasks(j)]
+            for task, proc in ran:
+                assert proc.returncode == 0 and "RETURNED" in proc.stderr, f"{task}:\n{proc.stdout}{proc.stderr}"
+            folder = cwd / ".lakesynth" / "warehouse" / "main" / "dev_standin_lakesynth_dev" / volume
+            assert (folder / "training_chat" / "train.jsonl").stat().st_size > 0, volume
+        assert server.stats.completions > 0 and len(server.stats.runs) == 2  # one fine-tune per distinct data
+        # A broken seed file: the seed task's call raises, so the platform runs none of the tasks after it.
+        write(workspace / "conf" / "bank" / "seeds.csv", "topic,question,in_scope\ncards,,yes\n")
+        ran = run_jobs(site, Deployed(workspace), cwd, env)
+        assert [t for t, _ in ran] == ["lakesynth.seed"]
+        (_, proc) = ran[0]
+        assert "SYSTEM_EXIT=1" in proc.stderr and "RETURNED" not in proc.stderr
+        assert "empty question: row(s) 1" in proc.stdout
+    finally:
+        server.stop()
+
+
+def test_a_single_stage_task_needs_no_bundle_files(site, workspace, tmp_path):
+    params = dict(Deployed(workspace, run_id="7", catalog="cat1", schema="s1").tasks("lakesynth"))["seed"]
     assert params[0] == "seed" and "--config" in params
     tail = ("--warehouse", str(tmp_path / "wh"), "--set", "mlflow.enabled=false")
     summary = tmp_path / "task.json"
@@ -159,7 +260,9 @@ def test_a_single_stage_task_needs_no_bundle_files(site, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"config {workspace / 'conf' / 'lakesynth.yml'}; job lakesynth from" in proc.stderr
     report = json.loads(summary.read_text())
-    assert report["run_id"] == "7" and report["tables"]["seed_questions"]["table"] == "main.s1.seed_questions"
+    assert (
+        report["run_id"] == "7" and report["tables"]["seed_questions"]["table"] == "cat1.dev_standin_s1.seed_questions"
+    )
     # The same stage with no config file at all: the packaged default, and its packaged seed file.
     proc = lakesynth(site, tmp_path / "bare", "seed", "--catalog", "main", "--schema", "s2", "--run-id", "7", *tail)
     assert proc.returncode == 0, proc.stdout + proc.stderr
