@@ -6,6 +6,7 @@ Run the tests with `make test` (it creates .venv with the `local` and `dev` extr
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -94,3 +95,14 @@ def write(path: Path, text: str | bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
     return str(path)
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """The bundle's files as `databricks bundle deploy` syncs them to ${workspace.file_path}."""
+    files = tmp_path / "Workspace" / "Users" / "standin@example.com" / ".bundle" / "lakesynth" / "dev" / "files"
+    files.mkdir(parents=True)
+    shutil.copy2(ROOT / "databricks.yml", files / "databricks.yml")
+    for name in ("resources", "conf"):
+        shutil.copytree(ROOT / name, files / name)
+    return files

@@ -12,6 +12,7 @@ import pytest
 import tomllib
 from conftest import ROOT
 from databricks.bundles.jobs import Job
+from deployment import Deployed
 
 from lakesynth import bundle, cli, pipeline, registry
 
@@ -105,3 +106,35 @@ def test_bad_parameters_and_cycles_are_named(merged):
         p.startswith("job 'lakesynth': task 'seed': `lakesynth seed") and "rejected by the CLI" in p for p in problems
     )
     assert any("cycle" in p for p in problems)
+
+
+# Each variable a user can set (`--var NAME=VALUE`), the value given, and where it must arrive in the config of
+# every task that uses it. A variable missing here fails the test below: a new one needs its own check.
+VARIABLES = {
+    "catalog": ("cat_x", lambda cfg: cfg.catalog, "all"),
+    "schema": ("schema_x", lambda cfg: cfg.schema_, "all"),
+    "volume": ("vol_x", lambda cfg: cfg.volume, "all"),
+    "teacher_endpoint": ("endpoint-x", lambda cfg: cfg.teacher.model, ("questions", "critic", "responses", "judge")),
+    "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions",)),
+    "finetune_backend": ("none", lambda cfg: cfg.finetune.backend, ("finetune",)),
+    "base_model": ("org/student-x", lambda cfg: cfg.finetune.base_model, ("finetune",)),
+}
+
+
+def test_every_variable_has_a_check(merged):
+    assert set(merged["variables"]) == set(VARIABLES)
+
+
+@pytest.mark.parametrize("name", sorted(VARIABLES))
+def test_every_bundle_variable_reaches_the_code(name, workspace):
+    value, got, tasks = VARIABLES[name]
+    deployed = Deployed(workspace, **{name: value})
+    expected = f"dev_standin_{value}" if name == "schema" else value  # development mode prefixes the schema
+    reached = []
+    for job in deployed.jobs():
+        for key, params in deployed.tasks(job):
+            cfg = cli.build_config(cli.parse_args(params))
+            if tasks == "all" or key in tasks:
+                assert got(cfg) == expected, f"{job}.{key}: {name}={value} arrives as {got(cfg)!r}"
+                reached.append(key)
+    assert reached

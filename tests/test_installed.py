@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +21,9 @@ import deltalake
 import pytest
 import yaml
 from conftest import ROOT, write
+from deployment import Deployed
 
-from lakesynth import bundle, pipeline
+from lakesynth import pipeline
 from lakesynth.standin import StandIn
 
 # Runs in the child: the entry point from the installed distribution's metadata, called like a wheel task.
@@ -147,70 +147,6 @@ def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_pat
     assert f"lakesynth: config {config} (packaged default); job lakesynth from {job} (packaged)" in proc.stderr
     table = json.loads(summary.read_text())["tables"]["seed_questions"]
     assert table["rows"] == 2 and len(deltalake.DeltaTable(table["location"]).to_pandas()) == 2
-
-
-REF = re.compile(r"\$\{([^}]+)\}|\{\{\s*job\.(parameters\.\w+|run_id)\s*\}\}")
-
-
-class Deployed:
-    """The bundle as `databricks bundle deploy -t TARGET --var NAME=VALUE` resolves it from the workspace's copy
-    of its files (`files`, which is ${workspace.file_path}), and each task's parameters as a run of its job
-    passes them: `${var.*}`, `${workspace.*}`, `${resources.*}` and `{{job.parameters.*}}`/`{{job.run_id}}`
-    filled in. In development mode a schema's name gets the `dev_<user>_` prefix, as the CLI gives it."""
-
-    def __init__(self, files: Path, target: str = "dev", run_id: str = "1001", **variables: str) -> None:
-        self.files, self.run_id = files, run_id
-        self.bundle = bundle.load(files)
-        declared = self.bundle["variables"]
-        self.target = self.bundle["targets"][target]
-        self.vars = {k: v.get("default") for k, v in declared.items()} | self.target.get("variables", {}) | variables
-        self.values = {"workspace.file_path": str(files), "bundle.name": self.bundle["bundle"]["name"]}
-
-    def _ref(self, name: str, params: dict) -> str:
-        if name.startswith("var."):
-            value = self.vars[name.removeprefix("var.")]
-            assert value is not None, f"bundle variable {name} has no value for this target"
-        elif name in self.values:
-            value = self.values[name]
-        else:
-            value = self.bundle
-            for part in name.split("."):
-                value = value[part]
-            if name.startswith("resources.schemas.") and self.target.get("mode") == "development":
-                value = f"dev_standin_{self.resolve(value, params)}"
-        return self.resolve(str(value), params)
-
-    def resolve(self, text: str, params: dict | None = None) -> str:
-        def one(match: re.Match) -> str:
-            if match.group(1):
-                return self._ref(match.group(1), params or {})
-            return self.run_id if match.group(2) == "run_id" else params[match.group(2).removeprefix("parameters.")]
-
-        return REF.sub(one, text)
-
-    def jobs(self) -> list[str]:
-        return list(self.bundle["resources"]["jobs"])
-
-    def tasks(self, job: str) -> list[tuple[str, list[str]]]:
-        """Each task of `job` in dependency order, with the parameters its wheel task is called with."""
-        spec = self.bundle["resources"]["jobs"][job]
-        params = {p["name"]: self.resolve(str(p["default"])) for p in spec.get("parameters", [])}
-        by_key = {t["task_key"]: t for t in spec["tasks"]}
-        return [
-            (key, [self.resolve(str(a), params) for a in by_key[key]["python_wheel_task"]["parameters"]])
-            for key in pipeline.order(bundle.tasks(spec, job))
-        ]
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    """The bundle's files as `databricks bundle deploy` syncs them to ${workspace.file_path}."""
-    files = tmp_path / "Workspace" / "Users" / "standin@example.com" / ".bundle" / "lakesynth" / "dev" / "files"
-    files.mkdir(parents=True)
-    shutil.copy2(ROOT / "databricks.yml", files / "databricks.yml")
-    for name in ("resources", "conf"):
-        shutil.copytree(ROOT / name, files / name)
-    return files
 
 
 def run_jobs(site: Path, deployed: Deployed, cwd: Path, env: dict) -> list[tuple[str, subprocess.CompletedProcess]]:
