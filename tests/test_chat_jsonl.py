@@ -112,3 +112,16 @@ def test_the_split_is_drawn_per_example_and_never_moves(spark):
     variants = frame([(f"{i}{side}", "x", q) for i, pair in enumerate(pairs) for side, q in zip("ab", pair)])
     drawn = {r.example_id: r.split for r in split(variants).collect()}
     assert all(drawn[f"{i}a"] == drawn[f"{i}b"] for i in range(50)) and len(set(drawn.values())) > 1
+
+
+def test_a_split_that_drew_nothing_takes_the_nearest_question(spark):
+    rows = [(f"e{i}", "cards", f"Question {i}?") for i in range(3)] + [("e9", "cards", "question 0")]
+    chat = spark.createDataFrame(rows, "example_id string, topic string, question string")
+    split = chat_jsonl.assign_split(chat, by="question", val_fraction=0.01, test_fraction=0.0, seed=7)
+    assert {r.split for r in split.collect()} == {"train"}
+    filled = {
+        r.example_id: r.split
+        for r in chat_jsonl.fill_empty_splits(split, val_fraction=0.01, test_fraction=0.0).collect()
+    }
+    val = {e for e, s in filled.items() if s == "val"}
+    assert val and len(val) < 4 and ({"e0", "e9"} <= val or not {"e0", "e9"} & val)  # a question moves whole

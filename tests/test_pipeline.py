@@ -18,7 +18,7 @@ def _summary(path):
 def test_job_graph_is_read_from_the_bundle():
     graph = pipeline.job_graph(ROOT)
     order = pipeline.order(graph)
-    assert order == ["seed", "questions", "critic", "responses", "judge", "format", "finetune"]
+    assert order == ["seed", "questions", "critic", "responses", "judge", "dedup", "format", "finetune"]
     assert set(graph) <= set(registry.default_stages())
 
 
@@ -42,7 +42,16 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     proc = lakesynth(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = _summary(tmp_path / "s.json")
-    assert list(report["stages"]) == ["seed", "questions", "critic", "responses", "judge", "format", "finetune"]
+    assert list(report["stages"]) == [
+        "seed",
+        "questions",
+        "critic",
+        "responses",
+        "judge",
+        "dedup",
+        "format",
+        "finetune",
+    ]
     assert set(report["files"]) == {"train_jsonl", "val_jsonl", "adapter"}
     assert report["stages"]["finetune"]["val_loss_before"] > 0
     assert all(s["status"] == "ok" for s in report["stages"].values())
@@ -129,7 +138,8 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     assert proc.returncode == 1
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
     assert all(
-        stages[s]["status"] == "skipped" for s in ("questions", "critic", "responses", "judge", "format", "finetune")
+        stages[s]["status"] == "skipped"
+        for s in ("questions", "critic", "responses", "judge", "dedup", "format", "finetune")
     )
 
 

@@ -29,7 +29,7 @@ def _lakesynth(*args):
 
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
-    assert list(stages) == ["seed", "questions", "critic", "responses", "judge", "format", "finetune"]
+    assert list(stages) == ["seed", "questions", "critic", "responses", "judge", "dedup", "format", "finetune"]
     for stage in stages.values():
         assert isinstance(stage, Stage) and stage.help and callable(stage.run)
         assert all(isinstance(t, Table) for t in stage.writes)
@@ -77,10 +77,12 @@ def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():
     assert registry.graph_problems(good, stages) == []
     unknown = {**good, "polish": ("polish", ["format"])}
     assert "the job: task 'polish' runs unknown stage 'polish'" in registry.graph_problems(unknown, stages)[0]
-    # responses no longer depends on questions: what it reads is written by no task before it.
+    # responses no longer depends on questions: what it reads is written by no task before it (nor is the
+    # critic's verdict table, which dedup reads, upstream of dedup any more).
     orphan = {**good, "responses": ("responses", ["seed"])}
     assert registry.graph_problems(orphan, stages) == [
-        "the job: task 'responses' (responses) reads 'synthetic_questions', which no task before it writes"
+        "the job: task 'responses' (responses) reads 'synthetic_questions', which no task before it writes",
+        "the job: task 'dedup' (dedup) reads 'question_verdicts', which no task before it writes",
     ]
     with pytest.raises(ConfigError, match="reads 'synthetic_questions'"):
         pipeline.check(orphan, stages, "lakesynth")

@@ -16,8 +16,15 @@ from lakesynth import examples, pipeline, registry, tables
 from lakesynth.runtime import Runtime
 
 TOPICS = ("cards", "loans", "fraud", "savings")
-DERIVED = ("synthetic_questions", "question_verdicts", "synthetic_responses", "answer_verdicts", "training_chat")
-STAGES = ["seed", "questions", "critic", "responses", "judge", "format"]
+DERIVED = (
+    "synthetic_questions",
+    "question_verdicts",
+    "synthetic_responses",
+    "answer_verdicts",
+    "pair_verdicts",
+    "training_chat",
+)
+STAGES = ["seed", "questions", "critic", "responses", "judge", "dedup", "format"]
 
 
 def _seeds(path: Path, numbers) -> str:
@@ -82,7 +89,7 @@ def _check_follows_sources(spark, rt: Runtime) -> None:
 def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp_path):
     teacher_server.reset()
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    seeds = _seeds(tmp_path / "seeds.csv", range(8))
+    seeds = _seeds(tmp_path / "seeds.csv", range(12))
     cfg = _config(warehouse, schema, teacher_server, seeds, "questions.per_seed=2")
     rt = Runtime.resolve(cfg)
     _run(cfg)
@@ -101,7 +108,8 @@ def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp
     removed = removed[removed.question.str.contains("number 3 |number 6 ")]
     assert len(removed) == 2
     removed_questions = set(_rows(spark, rt, "synthetic_questions").query("seed_id in @removed.seed_id").question)
-    seeds = _seeds(tmp_path / "seeds.csv", [0, 1, 2, 4, 5, 7])
+    kept = [n for n in range(12) if n not in (3, 6)]
+    seeds = _seeds(tmp_path / "seeds.csv", kept)
     summary = _run(cfg)
     assert summary["stages"]["seed"]["removed"] == 2
     for name in ("seed_questions", *DERIVED):
@@ -110,9 +118,19 @@ def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp
     assert removed_questions and not any(json.dumps(q)[1:-1] in files for q in removed_questions)
     _check_follows_sources(spark, rt)
 
-    # Half as many seeds again: every example that existed keeps its split.
+    _check_follows_sources(spark, rt)
+
+
+def test_adding_seeds_moves_no_example_to_another_split(spark, warehouse, teacher_server, tmp_path):
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    cfg = _config(warehouse, schema, teacher_server, _seeds(tmp_path / "seeds.csv", range(10)))
+    cfg = cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"critic": cfg.quality.critic.model_copy(
+        update={"enabled": False}), "judge": cfg.quality.judge.model_copy(update={"enabled": False})})})  # fmt: skip
+    rt = Runtime.resolve(cfg)
+    _run(cfg)
     splits = dict(zip(*_rows(spark, rt, "training_chat")[["example_id", "split"]].T.values))
-    _seeds(tmp_path / "seeds.csv", [0, 1, 2, 4, 5, 7, 8, 9, 10])
+    assert {"train", "val"} <= set(splits.values())  # each drew its own (no split was filled in)
+    _seeds(tmp_path / "seeds.csv", range(15))  # half as many seeds again
     _run(cfg)
     after = dict(zip(*_rows(spark, rt, "training_chat")[["example_id", "split"]].T.values))
     assert set(splits) < set(after) and all(after[e] == s for e, s in splits.items())

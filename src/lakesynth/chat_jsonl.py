@@ -85,6 +85,7 @@ TABLE = tables.contract(
 )
 # The text an example is split by (not a column of the table): its question.
 SPLIT_TEXT = "split_text"
+DRAW = "_split_draw"  # the example's draw in [0, 1) that decides its split
 # How the JSONL files are written: Databricks fine-tuning's chat shape, which any chat trainer reads.
 EXPORT_FORMAT = "databricks"
 
@@ -142,11 +143,24 @@ def assign_split(chat: DataFrame, *, by: str, val_fraction: float, test_fraction
     draw = F.conv(F.substring(digest, 1, 8), 16, 10).cast("double") / float(16**8)  # uniform in [0, 1)
     # No otherwise(): an all-literal CASE is NOT NULL on classic Spark but nullable on Sail (parity suite).
     split = (
-        F.when(draw < val_fraction, "val")
-        .when(draw < val_fraction + test_fraction, "test")
+        F.when(F.col(DRAW) < val_fraction, "val")
+        .when(F.col(DRAW) < val_fraction + test_fraction, "test")
         .when(F.col("example_id").isNotNull(), "train")
     )
-    return chat.withColumn("split", split)
+    return chat.withColumn(DRAW, draw).withColumn("split", split)
+
+
+def fill_empty_splits(split: DataFrame, *, val_fraction: float, test_fraction: float) -> DataFrame:
+    """A split that should get examples but drew none (a small dataset) takes the training question drawn
+    nearest to it, with every example of that question, so a fine-tune always has a validation set. This
+    is the one case in which an example can move: once the split draws examples of its own, it goes back."""
+    counts = {r.split: r["count"] for r in split.groupBy("split").count().collect()}
+    for name, share in (("val", val_fraction), ("test", test_fraction)):
+        if share and not counts.get(name) and counts.get("train", 0) >= 2:
+            nearest = split.where(F.col("split") == "train").agg(F.min(DRAW)).first()[0]
+            split = split.withColumn("split", F.when(F.col(DRAW) == nearest, name).otherwise(F.col("split")))
+            counts = {r.split: r["count"] for r in split.groupBy("split").count().collect()}
+    return split
 
 
 def files_dir(rt: Runtime) -> str:
@@ -194,6 +208,7 @@ def run(ctx: RunContext) -> StageResult:
         test_fraction=fmt.test_fraction,
         seed=fmt.seed,
     )
+    valid = fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
     out = valid.select(
         *[c for c in TABLE.names if c not in ("run_id", "created_at")],
         F.lit(cfg.run_id).alias("run_id"),

@@ -46,16 +46,22 @@ def default_stages() -> dict[str, Stage]:
         if stage.name in declared:
             raise ConfigError(f"{module}: stage name '{stage.name}' is already declared")
         declared[stage.name] = stage
-    # A stage comes after the writers of what it reads, and after the checks that judge what it reads.
-    before: dict[str, set[str]] = {}
+    # A stage comes after the writers of what it reads, and after the checks that judge what it reads; a check
+    # does not wait for the other checks of the table it judges (one that needs another's verdicts reads them).
+    writers: dict[str, set[str]] = {}
+    checks: dict[str, set[str]] = {}
     for stage in declared.values():
         for table in stage.writes:
-            before.setdefault(table.name, set()).add(stage.name)
+            writers.setdefault(table.name, set()).add(stage.name)
             if table.verdict_of:
-                before.setdefault(table.verdict_of, set()).add(stage.name)
+                checks.setdefault(table.verdict_of, set()).add(stage.name)
     flow = graphlib.TopologicalSorter()
-    for name in sorted(declared):
-        flow.add(name, *sorted(set().union(*(before.get(t, set()) for t in declared[name].reads)) - {name}))
+    for name, stage in sorted(declared.items()):
+        judged = {t.verdict_of for t in stage.writes}
+        after = set()
+        for table in stage.reads:
+            after |= writers.get(table, set()) | (checks.get(table, set()) if table not in judged else set())
+        flow.add(name, *sorted(after - {name}))
     return {name: declared[name] for name in flow.static_order()}
 
 

@@ -7,6 +7,7 @@ documented or was seen in, since runtimes and sources disagree on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,7 @@ def ai_query_udf(
             )
         params = modelParameters.iloc[0].to_dict()
         call = Call(
-            Endpoint(endpoint.base_url, str(endpoint_name.iloc[0]), endpoint.api_key),
+            dataclasses.replace(endpoint, model=str(endpoint_name.iloc[0])),
             teacher,
             output,
             temperature=float(params.get("temperature", 0.0)),

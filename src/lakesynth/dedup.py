@@ -1,0 +1,289 @@
+"""Dedup stage: duplicates across the whole dataset, and every check's verdict in one row per answered pair.
+
+`pair_verdicts` has a row for every answered pair: the critic's and the judge's score, reasoning, model and
+prompt version, its exact- and near-duplicate group, `keep` and `drop_reason` (the first check that failed:
+the critic's, the judge's, `exact_duplicate`, `near_duplicate`). Format reads only the pairs it keeps.
+
+- Exact: the same question once normalised (examples.normalized_text).
+- Near: Jaccard similarity of the questions' content words (lower case, no stop words, plural `s` dropped) at
+  least `threshold`, found by MinHash + LSH bands on the executors (Sail has no pyspark.ml) and verified
+  exactly. On content words, a changed or added function word or a reordered phrase is a duplicate, while a
+  changed word that carries meaning ("add" / "remove" a driver) drops the similarity of a short question
+  below the threshold. Synonyms are beyond it.
+Each group keeps one pair: one that passed the earlier checks, the best judged, then the lowest id.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from lakesynth import examples, tables
+from lakesynth.config import Section
+from lakesynth.stage import RunContext, Stage, StageResult
+from lakesynth.tables import INT, B, S
+
+D = tables.T.DoubleType()
+
+
+class ExactDedup(BaseModel):
+    enabled: bool = Field(True, description="Drop a question equal to another once normalised.")
+
+
+class NearDedup(BaseModel):
+    enabled: bool = Field(True, description="Drop a question whose content words nearly equal another's.")
+    threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of content words at which two match.")
+    num_perm: int = Field(64, ge=8, le=512, description="MinHash permutations (bands x rows per band).")
+    bands: int = Field(16, ge=1, description="LSH bands; more bands find more candidates (verified exactly).")
+
+
+class DedupConfig(Section):
+    exact: ExactDedup = Field(default_factory=ExactDedup)
+    near: NearDedup = Field(default_factory=NearDedup)
+
+
+TABLE = tables.contract(
+    "pair_verdicts",
+    [
+        ("question_id", S),
+        ("seed_id", S),
+        ("topic", S),
+        ("question", S),
+        ("critic_score", INT),
+        ("critic_reasoning", S),
+        ("critic_model", S),
+        ("critic_prompt_version", S),
+        ("judge_scores", S),
+        ("judge_min_score", INT),
+        ("judge_model", S),
+        ("judge_prompt_version", S),
+        ("exact_group", S),
+        ("near_group", S),
+        ("near_similarity", D),
+    ]
+    + tables.VERDICT,
+    key="question_id",
+    parent="question_id",
+    verdict_of="synthetic_responses",
+    parent_table="synthetic_responses",
+)
+
+STOP_WORDS = frozenset(
+    "a an the and or but if then so to of in on at by for with from into onto about as is are was were be been "
+    "being am do does did doing have has had having i me my mine we our you your he she it its they them their "
+    "this that these those there here what which who whom whose when where why how can could would should will "
+    "shall may might must please just also too very any some all each every one no not".split()
+)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+_PRIME = np.uint64((1 << 61) - 1)
+
+
+def content_words(text: str | None) -> list[str]:
+    """The words that carry a question's meaning, as a sorted set: lower case, no stop words, plural `s` off."""
+    words = {w.removesuffix("'s") for w in _WORD.findall((text or "").lower())} - STOP_WORDS
+    return sorted({w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words})
+
+
+def jaccard(a, b) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+@functools.cache
+def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)  # fixed: the same question always gets the same signature
+    return rng.integers(1, 1 << 31, num_perm, dtype=np.uint64), rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+
+
+def band_hashes(words: list[str], num_perm: int, bands: int) -> list[int]:
+    """The question's LSH band keys: its MinHash signature (one min per permutation of 32-bit word hashes, mod a
+    Mersenne prime) cut into `bands` bands, each band's values mixed into one int64."""
+    if not words:
+        return []
+    a, b = _permutations(num_perm)
+    hashed = np.array([zlib.crc32(w.encode()) for w in words], dtype=np.uint64)  # the same in every process
+    signature = ((np.outer(hashed, a) + b) % _PRIME).min(axis=0)
+    rows = signature[: bands * (num_perm // bands)].reshape(bands, -1)
+    mixed = np.arange(1, bands + 1, dtype=np.uint64)
+    for column in rows.T:
+        mixed = (mixed * np.uint64(0x100000001B3)) ^ column  # FNV-style, wrapping in 64 bits
+    return mixed.view(np.int64).tolist()
+
+
+def _signatures(batches: Iterator[pd.DataFrame], *, num_perm: int, bands: int) -> Iterator[pd.DataFrame]:
+    with np.errstate(over="ignore"):
+        for batch in batches:
+            words = [content_words(q) for q in batch["question"]]
+            yield pd.DataFrame(
+                {
+                    "question_id": batch["question_id"],
+                    "words": words,
+                    "keys": [band_hashes(w, num_perm, bands) for w in words],
+                }
+            )
+
+
+def _verified(batches: Iterator[pd.DataFrame], *, threshold: float) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        similarity = [jaccard(a, b) for a, b in zip(batch["words_a"], batch["words_b"])]
+        batch = batch.assign(similarity=similarity)
+        yield batch.loc[batch["similarity"] >= threshold, ["a", "b", "similarity"]]
+
+
+def near_pairs(ctx: RunContext, questions: DataFrame, near: NearDedup) -> list[tuple[str, str, float]]:
+    """Pairs of questions at least `near.threshold` alike: candidates from shared LSH bands, then verified."""
+    signed = tables.materialize(
+        ctx.spark,
+        ctx.rt,
+        "pair_signatures",
+        questions.select("question_id", "question").mapInPandas(
+            functools.partial(_signatures, num_perm=near.num_perm, bands=near.bands),
+            "question_id string, words array<string>, keys array<bigint>",
+        ),
+    )
+    keys = signed.select("question_id", F.posexplode("keys").alias("band", "key"))
+    left, right = keys.alias("l"), keys.alias("r")
+    candidates = (
+        left.join(right, (F.col("l.band") == F.col("r.band")) & (F.col("l.key") == F.col("r.key")))
+        .where(F.col("l.question_id") < F.col("r.question_id"))
+        .select(F.col("l.question_id").alias("a"), F.col("r.question_id").alias("b"))
+        .distinct()
+    )
+    words = signed.select("question_id", "words")
+    both = candidates.join(words.toDF("a", "words_a"), "a").join(words.toDF("b", "words_b"), "b")
+    verified = both.mapInPandas(
+        functools.partial(_verified, threshold=near.threshold), "a string, b string, similarity double"
+    )
+    return [(r.a, r.b, r.similarity) for r in verified.collect()]
+
+
+def groups(pairs: list[tuple[str, str, float]]) -> pd.DataFrame:
+    """Connected groups of the matched pairs (union-find over the pairs alone, so the driver holds only the
+    duplicates): each member's group (its smallest id) and its highest similarity to another member."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    best: dict[str, float] = {}
+    for a, b, similarity in pairs:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+        best[a], best[b] = max(best.get(a, 0.0), similarity), max(best.get(b, 0.0), similarity)
+    return pd.DataFrame(
+        {"question_id": list(best), "near_group": [root(x) for x in best], "near_similarity": list(best.values())}
+    )
+
+
+def _keeper(group: str, alive: F.Column) -> F.Column:
+    """True for the one pair of its group that stays: alive (passed the checks before), best judged, lowest id.
+    A pair in no group is its own (partitioned by its id, so the ungrouped never share one big partition)."""
+    order = [F.when(alive, 0).otherwise(1), F.col("judge_min_score").desc_nulls_last(), "question_id"]
+    by = F.coalesce(F.col(group), F.col("question_id"))
+    return F.row_number().over(Window.partitionBy(by).orderBy(*order)) == 1
+
+
+def verdicts(ctx: RunContext) -> DataFrame:
+    """One row per answered pair with the critic's and judge's verdicts beside it, before dedup."""
+    answered = ctx.read("synthetic_responses", kept=False).where(
+        F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != "")
+    )
+    critic = ctx.read("question_verdicts", kept=False).select(
+        "question_id",
+        F.col("score").alias("critic_score"),
+        F.col("reasoning").alias("critic_reasoning"),
+        F.col("model").alias("critic_model"),
+        F.col("prompt_version").alias("critic_prompt_version"),
+        F.col("drop_reason").alias("critic_drop"),
+        F.col("keep").alias("critic_keep"),
+    )
+    judge = ctx.read("answer_verdicts", kept=False).select(
+        "question_id",
+        F.col("scores").alias("judge_scores"),
+        F.col("min_score").alias("judge_min_score"),
+        F.col("model").alias("judge_model"),
+        F.col("prompt_version").alias("judge_prompt_version"),
+        F.col("drop_reason").alias("judge_drop"),
+        F.col("keep").alias("judge_keep"),
+    )
+    pairs = answered.select("question_id", "seed_id", "topic", "question")
+    return pairs.join(critic, "question_id", "left").join(judge, "question_id", "left")
+
+
+def run(ctx: RunContext) -> StageResult:
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    dedup = cfg.quality.dedup
+    rows = tables.materialize(spark, rt, "pair_verdicts", verdicts(ctx))
+    # A verdict row that says "drop" (or a failed check) drops the pair; no verdict row means that check is off.
+    earlier = F.coalesce(
+        F.when(F.col("critic_keep").isNull() | F.col("critic_keep"), None).otherwise(
+            F.coalesce("critic_drop", F.lit("critic"))
+        ),
+        F.when(F.col("judge_keep").isNull() | F.col("judge_keep"), None).otherwise(
+            F.coalesce("judge_drop", F.lit("judge"))
+        ),
+    )
+    rows = rows.withColumn("_earlier", earlier)
+    alive = F.col("_earlier").isNull()
+    if dedup.exact.enabled:
+        key = F.sha2(examples.normalized_text("question"), 256).substr(1, 16)
+        size = F.count(F.lit(1)).over(Window.partitionBy(key))
+        rows = rows.withColumn("exact_group", F.when(size > 1, key))
+        rows = rows.withColumn("_exact", F.col("exact_group").isNotNull() & ~_keeper("exact_group", alive))
+    else:
+        rows = rows.withColumn("exact_group", F.lit(None).cast(S)).withColumn("_exact", F.lit(False))
+    pairs: list = []
+    if dedup.near.enabled:
+        pairs = near_pairs(ctx, rows, dedup.near)
+    found = groups(pairs)
+    near = spark.createDataFrame(found, "question_id string, near_group string, near_similarity double")
+    rows = rows.join(near, "question_id", "left")
+    not_exact = alive & ~F.col("_exact")
+    rows = rows.withColumn("_near", F.col("near_group").isNotNull() & ~_keeper("near_group", not_exact))
+    drop_reason = F.coalesce(
+        "_earlier",
+        F.when(F.col("_exact"), F.lit("exact_duplicate")),
+        F.when(F.col("_near"), F.lit("near_duplicate")),
+    )
+    out = rows.select(
+        *[c for c in TABLE.names if c not in ("keep", "drop_reason", "run_id", "created_at")],
+        drop_reason.isNull().cast(B).alias("keep"),
+        drop_reason.alias("drop_reason"),
+        F.lit(cfg.run_id).alias("run_id"),
+        F.current_timestamp().alias("created_at"),
+    )
+    fqn = tables.ensure(spark, rt, TABLE)
+    # Derived whole from the pairs and their verdicts each run: an atomic overwrite keeps it exact.
+    tables.conform(out, TABLE).write.mode("overwrite").insertInto(fqn)
+    written = tables.read(spark, rt, TABLE)
+    counts = tables.verdict_counts(written)
+    total = written.count()
+    metrics = {
+        **counts,
+        "exact_groups": written.where("exact_group IS NOT NULL").select("exact_group").distinct().count(),
+        "near_groups": int(found["near_group"].nunique()) if len(found) else 0,
+    }
+    return StageResult(rows_in=total, rows_out=counts["kept"], tables=[TABLE], metrics=metrics)
+
+
+STAGE = Stage(
+    name="dedup",
+    help="drop duplicate questions across the dataset (exact, near) and write every check's verdict per "
+    "answered pair into pair_verdicts",
+    run=run,
+    reads=("synthetic_responses", "question_verdicts", "answer_verdicts"),
+    writes=(TABLE,),
+    config=DedupConfig,
+    section="quality.dedup",
+)

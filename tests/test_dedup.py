@@ -1,0 +1,119 @@
+"""Dedup across the dataset, on planted pairs: exact and near duplicates go, controls that differ in a word that
+matters stay, and every answered pair has one row in pair_verdicts saying why it was kept or dropped."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import context, where
+from pyspark.sql import functions as F
+
+from lakesynth import chat_jsonl, dedup, judge, responses, tables
+
+# (id, question): groups of duplicates, each listed best first, and controls.
+EXACT = [("e1", "How do I block my card?"), ("e2", "how do I  block my card"), ("e3", "How do I block my card ?")]
+NEAR = [
+    # a changed function word; a reordered phrase; a changed content word in a longer question; an added word
+    [("n1", "How do I add a second driver to my car insurance policy?"),
+     ("n2", "How can I add a second driver to my car insurance policy?"),
+     ("n3", "To my car insurance policy, how do I add a second driver?")],
+    [("n4", "What documents do I need to open a joint savings account online?"),
+     ("n5", "Which documents do I need to open a joint savings account on the web?")],
+    [("n6", "How do I report a lost credit card abroad?"),
+     ("n7", "How do I report a lost credit card while abroad?")],
+]  # fmt: skip
+CONTROLS = [
+    ("c1", "How do I add a driver to my policy?"),
+    ("c2", "How do I remove a driver from my policy?"),
+    ("c3", "How much does it cost to insure my car?"),
+    ("c4", "How much does it cost to insure my motorbike?"),
+    ("c5", "How do I increase my card limit?"),
+    ("c6", "How do I decrease my card limit?"),
+]
+WORDS = "mortgage pension overdraft cheque isa bond loan salary branch pin app statement fraud tax crypto gold".split()
+OTHERS = [(f"o{i:02d}", f"What should I know about the {w} product?") for i, w in enumerate(WORDS)]
+
+
+def _plant(spark, cfg, pairs, verdicts=()):
+    rt = where(cfg)
+    rows = [
+        {"question_id": qid, "seed_id": f"s{qid[0]}", "topic": "cards", "in_scope": True, "question": q}
+        | {"answer": f"An answer to {q}", "reasoning": "r", "run_id": "planted"}
+        for qid, q in pairs
+    ]
+    frame = spark.createDataFrame(rows).withColumn("created_at", F.current_timestamp())
+    for name, _ in responses.TABLE.columns:
+        if name not in frame.columns:
+            frame = frame.withColumn(name, F.lit(None))
+    tables.upsert(spark, rt, responses.TABLE, frame)
+    if verdicts:
+        judged = spark.createDataFrame(
+            [
+                {"question_id": q, "min_score": score, "keep": keep, "drop_reason": reason, "model": "judge-m"}
+                for q, score, keep, reason in verdicts
+            ]
+        ).withColumn("created_at", F.current_timestamp())
+        for name, _ in judge.TABLE.columns:
+            if name not in judged.columns:
+                judged = judged.withColumn(name, F.lit(None))
+        tables.upsert(spark, rt, judge.TABLE, judged)
+
+
+def _verdicts(spark, cfg) -> dict:
+    return {r.question_id: r for r in tables.read(spark, where(cfg), dedup.TABLE).collect()}
+
+
+def test_planted_duplicates_are_dropped_and_controls_kept(spark, cfg):
+    near = [pair for group in NEAR for pair in group]
+    planted = EXACT + near + CONTROLS + OTHERS
+    _plant(spark, cfg, planted)
+    result = dedup.run(context(cfg))
+    got = _verdicts(spark, cfg)
+    assert set(got) == {q for q, _ in planted}  # every answered pair has its row
+    assert [got[q].drop_reason for q, _ in EXACT] == [None, "exact_duplicate", "exact_duplicate"]
+    assert len({got[q].exact_group for q, _ in EXACT}) == 1 and got["e1"].exact_group is not None
+    for group in NEAR:
+        (best, _), *rest = group
+        assert got[best].keep and got[best].near_group is not None, group
+        assert all(
+            got[q].drop_reason == "near_duplicate" and got[q].near_group == got[best].near_group for q, _ in rest
+        )
+        assert all(got[q].near_similarity >= 0.7 for q, _ in group)
+    assert all(got[q].keep and got[q].near_group is None for q, _ in CONTROLS + OTHERS)
+    assert result.metrics["kept"] == len(planted) - 2 - 4
+    assert result.metrics["dropped"] == {"exact_duplicate": 2, "near_duplicate": 4}
+    # Format takes only the kept pairs.
+    chat_jsonl.run(context(cfg))
+    examples = {r.question_id for r in tables.read(spark, where(cfg), chat_jsonl.TABLE).collect()}
+    assert examples == {q for q, r in got.items() if r.keep}
+
+
+def test_a_group_keeps_its_best_judged_pair_and_earlier_drops_keep_their_reason(spark, cfg):
+    # e1 failed the judge; of e2 and e3, e3 was judged better: e3 stays, although e2 has the lower id.
+    verdicts = [("e1", 1, False, "judge:scope"), ("e2", 2, True, None), ("e3", 3, True, None)]
+    _plant(spark, cfg, EXACT, verdicts)
+    dedup.run(context(cfg))
+    got = _verdicts(spark, cfg)
+    assert {q: got[q].drop_reason for q, _ in EXACT} == {"e1": "judge:scope", "e2": "exact_duplicate", "e3": None}
+    assert got["e3"].judge_min_score == 3 and got["e3"].judge_model == "judge-m"
+
+
+def test_dedup_can_be_turned_off(spark, cfg):
+    cfg = cfg.model_copy(
+        update={"quality": cfg.quality.model_copy(update={"dedup": dedup.DedupConfig.model_validate(
+            {"exact": {"enabled": False}, "near": {"enabled": False}})})}
+    )  # fmt: skip
+    _plant(spark, cfg, EXACT)
+    assert dedup.run(context(cfg)).metrics["dropped"] == {}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("How do I add a driver?", "How can I add a driver?", True),
+        ("How do I add a driver?", "How do I remove a driver?", False),
+        ("Insure my car", "Insure my motorbike", False),
+        ("My cards' limits", "my card limit", True),
+    ],
+)
+def test_content_words(a, b, same):
+    assert (dedup.content_words(a) == dedup.content_words(b)) is same
