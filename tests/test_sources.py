@@ -118,8 +118,6 @@ def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp
     assert removed_questions and not any(json.dumps(q)[1:-1] in files for q in removed_questions)
     _check_follows_sources(spark, rt)
 
-    _check_follows_sources(spark, rt)
-
 
 def test_adding_seeds_moves_no_example_to_another_split(spark, warehouse, teacher_server, tmp_path):
     schema = f"t_{uuid.uuid4().hex[:10]}"
