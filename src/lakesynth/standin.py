@@ -18,10 +18,12 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+EMBEDDING_DIM = 64
 FAULTS = ("429", "500", "timeout", "malformed", "schema", "truncated")
 # Replies a real endpoint sends now and then, each answered as OpenAI-compatible servers do; "reset" drops
 # the connection without a reply, "huge_retry_after" is a 429 asking for a day's wait.
@@ -214,6 +216,8 @@ class StandIn:
                 {},
                 {"object": "list", "data": [{"id": m, "object": "model"} for m in opts.models or ["standin"]]},
             )
+        if method == "POST" and path.endswith("/embeddings"):
+            return self._embeddings(headers, body)
         if not path.endswith("/chat/completions"):
             return 404, {}, {"error": {"message": f"no route {path}"}}
         self.stats.requests += 1
@@ -272,6 +276,25 @@ class StandIn:
                 },
             },
         )
+
+    def _embeddings(self, headers: dict, body: bytes) -> tuple[int, dict, dict]:
+        """OpenAI's /embeddings: each input as a unit bag-of-words vector (words hashed into EMBEDDING_DIM), so
+        texts sharing most of their words are close and the same text always gets the same vector."""
+        self.stats.requests += 1
+        if self.options.api_key is not None and headers.get("authorization") != f"Bearer {self.options.api_key}":
+            return 401, {}, {"error": {"message": "Invalid or expired access token", "type": "authentication_error"}}
+        request = json.loads(body)
+        texts = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        data = []
+        for i, text in enumerate(texts):
+            vector = [0.0] * EMBEDDING_DIM
+            for word in re.findall(r"\w+", str(text).lower()):
+                vector[int(hashlib.sha256(word.encode()).hexdigest()[:8], 16) % EMBEDDING_DIM] += 1.0
+            norm = sum(v * v for v in vector) ** 0.5 or 1.0
+            data.append({"object": "embedding", "index": i, "embedding": [v / norm for v in vector]})
+        tokens = sum(len(str(t)) // 4 + 1 for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return 200, {}, {"object": "list", "data": data, "model": request.get("model"), "usage": usage}
 
     def _workspace_api(self, method: str, path: str, body: bytes) -> tuple[int, dict, dict]:
         """The few Databricks REST calls the remote fine-tune makes (who am I, workspace files, one-time job

@@ -78,12 +78,13 @@ class Auth:
 
 
 @contextlib.contextmanager
-def open_endpoint(teacher: TeacherConfig) -> Iterator[Endpoint]:
-    """The configured endpoint; starts (and finally stops) the embedded teacher when none is set."""
+def open_endpoint(teacher: TeacherConfig, *, embeddings: bool = False) -> Iterator[Endpoint]:
+    """The configured endpoint; starts (and finally stops) the embedded teacher, or with `embeddings` the
+    embedded embedding model, when none is set."""
     if teacher.embedded:
         from lakesynth import embedded
 
-        with embedded.serve(teacher) as url:
+        with (embedded.serve_embeddings if embeddings else embedded.serve)(teacher) as url:
             yield Endpoint(url, teacher.model)
         return
     if teacher.base_url == "databricks":
