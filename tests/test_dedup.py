@@ -148,3 +148,20 @@ def test_the_packaged_embedding_model_serves_real_embeddings(tmp_path):
     assert vectors.shape == (3, 384)
     assert abs(float(vectors[0] @ vectors[0]) - 1) < 1e-4  # unit vectors
     assert float(vectors[0] @ vectors[1]) > 0.6 > float(vectors[0] @ vectors[2])  # a paraphrase is closer
+
+
+def test_a_pair_the_relevance_check_dropped_keeps_that_reason_and_is_no_keeper(spark, cfg):
+    from lakesynth import relevance
+
+    _plant(spark, cfg, EXACT)
+    low = spark.createDataFrame(
+        [{"question_id": "e1", "score": 0.1, "keep": False, "drop_reason": "relevance", "model": "teacher"}]
+    ).withColumn("created_at", F.current_timestamp())
+    for name, _ in relevance.TABLE.columns:
+        if name not in low.columns:
+            low = low.withColumn(name, F.lit(None))
+    tables.upsert(spark, where(cfg), relevance.TABLE, low)
+    dedup.run(context(cfg))
+    got = _verdicts(spark, cfg)
+    assert {q: got[q].drop_reason for q, _ in EXACT} == {"e1": "relevance", "e2": None, "e3": "exact_duplicate"}
+    assert got["e1"].relevance_score == 0.1 and got["e1"].relevance_model == "teacher"

@@ -29,7 +29,17 @@ def _lakesynth(*args):
 
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
-    assert list(stages) == ["seed", "questions", "critic", "responses", "judge", "dedup", "format", "finetune"]
+    assert list(stages) == [
+        "seed",
+        "questions",
+        "critic",
+        "responses",
+        "judge",
+        "relevance",
+        "dedup",
+        "format",
+        "finetune",
+    ]
     for stage in stages.values():
         assert isinstance(stage, Stage) and stage.help and callable(stage.run)
         assert all(isinstance(t, Table) for t in stage.writes)

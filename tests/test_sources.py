@@ -21,10 +21,11 @@ DERIVED = (
     "question_verdicts",
     "synthetic_responses",
     "answer_verdicts",
+    "relevance_verdicts",
     "pair_verdicts",
     "training_chat",
 )
-STAGES = ["seed", "questions", "critic", "responses", "judge", "dedup", "format"]
+STAGES = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "format"]
 
 
 def _seeds(path: Path, numbers) -> str:
@@ -46,6 +47,9 @@ def _config(warehouse, schema, server, seeds: str, *overrides: str):
             "teacher.model=standin",
             "quality.critic.enabled=true",
             "quality.judge.enabled=true",
+            "quality.relevance.enabled=true",
+            f"quality.relevance.embeddings.base_url={server.base_url}",
+            "quality.relevance.threshold=-1",
             "mlflow.enabled=false",
             *overrides,
         ],
@@ -121,9 +125,8 @@ def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp
 
 def test_adding_seeds_moves_no_example_to_another_split(spark, warehouse, teacher_server, tmp_path):
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    cfg = _config(warehouse, schema, teacher_server, _seeds(tmp_path / "seeds.csv", range(10)))
-    cfg = cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"critic": cfg.quality.critic.model_copy(
-        update={"enabled": False}), "judge": cfg.quality.judge.model_copy(update={"enabled": False})})})  # fmt: skip
+    checks_off = ("quality.critic.enabled=false", "quality.judge.enabled=false", "quality.relevance.enabled=false")
+    cfg = _config(warehouse, schema, teacher_server, _seeds(tmp_path / "seeds.csv", range(10)), *checks_off)
     rt = Runtime.resolve(cfg)
     _run(cfg)
     splits = dict(zip(*_rows(spark, rt, "training_chat")[["example_id", "split"]].T.values))

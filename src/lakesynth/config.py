@@ -146,6 +146,23 @@ class TeacherConfig(Section):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class EmbeddingsConfig(Section):
+    """Where a check gets embeddings: any OpenAI-compatible /embeddings endpoint, reached as the teacher is."""
+
+    base_url: str = Field(
+        "", description='Embeddings endpoint: "" = the packaged all-MiniLM-L6-v2 here; "databricks"; or a URL.'
+    )
+    model: str = Field("all-MiniLM-L6-v2", description="Embedding model (e.g. databricks-gte-large-en).")
+    api_key_env: str = Field("", description="Environment variable holding the endpoint's key, if it needs one.")
+    batch_size: int = Field(64, ge=1, le=2048, description="Texts per embeddings request.")
+
+    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
+        """The embeddings endpoint, configured as the teacher is (timeouts, retries, cache) but for its URL."""
+        return teacher.model_copy(
+            update={"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env, "gguf_path": ""}
+        )
+
+
 class LLMStageConfig(Section):
     """The settings every LLM stage shares; a stage subclasses it and names its packaged template."""
 

@@ -1,8 +1,9 @@
 """Dedup stage: duplicates across the whole dataset, and every check's verdict in one row per answered pair.
 
-`pair_verdicts` has a row for every answered pair: the critic's and the judge's score, reasoning, model and
-prompt version, its duplicate groups, `keep` and `drop_reason` (the first check that failed: the critic's,
-the judge's, `exact_duplicate`, `near_duplicate`, `semantic_duplicate`). Format reads only the pairs it keeps.
+`pair_verdicts` has a row for every answered pair: the critic's, the judge's and the relevance check's score,
+reasoning, model and prompt version, its duplicate groups, `keep` and `drop_reason` (the first check that
+failed: the critic's, the judge's, `relevance`, `exact_duplicate`, `near_duplicate`, `semantic_duplicate`).
+Format reads only the pairs it keeps.
 
 - Exact: the same question once normalised (examples.normalized_text).
 - Near: Jaccard similarity of the questions' content words (lower case, no stop words, plural `s` dropped) at
@@ -30,7 +31,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from lakesynth import examples, llm, tables
-from lakesynth.config import Section, TeacherConfig
+from lakesynth.config import EmbeddingsConfig, Section, TeacherConfig
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import INT, B, S
 
@@ -48,22 +49,10 @@ class NearDedup(BaseModel):
     bands: int = Field(16, ge=1, description="LSH bands; more bands find more candidates (verified exactly).")
 
 
-class SemanticDedup(BaseModel):
+class SemanticDedup(EmbeddingsConfig):
     enabled: bool = Field(False, description="Drop a question whose embedding is close to another's (costs calls).")
     threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity at which two questions match.")
     block_by: Literal["topic", "none"] = Field("topic", description="Compare within each topic, or across all.")
-    base_url: str = Field(
-        "", description='Embeddings endpoint: "" = the packaged all-MiniLM-L6-v2 here; "databricks"; or a URL.'
-    )
-    model: str = Field("all-MiniLM-L6-v2", description="Embedding model (e.g. databricks-gte-large-en).")
-    api_key_env: str = Field("", description="Environment variable holding the endpoint's key, if it needs one.")
-    batch_size: int = Field(64, ge=1, le=2048, description="Texts per embeddings request.")
-
-    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
-        """The embeddings endpoint, configured as the teacher is (timeouts, retries, cache) but for its URL."""
-        return teacher.model_copy(
-            update={"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env, "gguf_path": ""}
-        )
 
 
 class DedupConfig(Section):
@@ -87,6 +76,10 @@ TABLE = tables.contract(
         ("judge_min_score", INT),
         ("judge_model", S),
         ("judge_prompt_version", S),
+        ("relevance_score", D),
+        ("relevance_questions", S),
+        ("relevance_model", S),
+        ("relevance_prompt_version", S),
         ("exact_group", S),
         ("near_group", S),
         ("near_similarity", D),
@@ -257,7 +250,7 @@ def _keeper(group: str, alive: F.Column) -> F.Column:
 
 
 def verdicts(ctx: RunContext) -> DataFrame:
-    """One row per answered pair with the critic's and judge's verdicts beside it, before dedup."""
+    """One row per answered pair with the critic's, the judge's and the relevance check's verdicts beside it."""
     answered = ctx.read("synthetic_responses", kept=False).where(
         F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != "")
     )
@@ -279,8 +272,19 @@ def verdicts(ctx: RunContext) -> DataFrame:
         F.col("drop_reason").alias("judge_drop"),
         F.col("keep").alias("judge_keep"),
     )
+    relevance = ctx.read("relevance_verdicts", kept=False).select(
+        "question_id",
+        F.col("score").alias("relevance_score"),
+        F.col("questions").alias("relevance_questions"),
+        F.col("model").alias("relevance_model"),
+        F.col("prompt_version").alias("relevance_prompt_version"),
+        F.col("drop_reason").alias("relevance_drop"),
+        F.col("keep").alias("relevance_keep"),
+    )
     pairs = answered.select("question_id", "seed_id", "topic", "question")
-    return pairs.join(critic, "question_id", "left").join(judge, "question_id", "left")
+    for verdicts in (critic, judge, relevance):
+        pairs = pairs.join(verdicts, "question_id", "left")
+    return pairs
 
 
 def run(ctx: RunContext) -> StageResult:
@@ -294,6 +298,9 @@ def run(ctx: RunContext) -> StageResult:
         ),
         F.when(F.col("judge_keep").isNull() | F.col("judge_keep"), None).otherwise(
             F.coalesce("judge_drop", F.lit("judge"))
+        ),
+        F.when(F.col("relevance_keep").isNull() | F.col("relevance_keep"), None).otherwise(
+            F.coalesce("relevance_drop", F.lit("relevance"))
         ),
     )
     rows = rows.withColumn("_earlier", earlier)
@@ -351,7 +358,7 @@ STAGE = Stage(
     help="drop duplicate questions across the dataset (exact, near) and write every check's verdict per "
     "answered pair into pair_verdicts",
     run=run,
-    reads=("synthetic_responses", "question_verdicts", "answer_verdicts"),
+    reads=("synthetic_responses", "question_verdicts", "answer_verdicts", "relevance_verdicts"),
     writes=(TABLE,),
     config=DedupConfig,
     section="quality.dedup",

@@ -1,0 +1,36 @@
+"""Answer relevance by reverse query: questions written from each answer, scored by embeddings against the
+original question; a pair below the threshold is dropped with its score and reverse questions kept."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import context, where
+
+from lakesynth import questions, relevance, responses, seeds, tables
+
+
+def _cfg(llm_cfg, server, **settings):
+    embeddings = {"base_url": server.base_url, "model": "embed"}
+    section = relevance.RelevanceConfig.model_validate({"enabled": True, "embeddings": embeddings, **settings})
+    return llm_cfg.model_copy(update={"quality": llm_cfg.quality.model_copy(update={"relevance": section})})
+
+
+def test_every_answered_pair_gets_a_score_and_a_verdict(spark, llm_cfg, teacher_server):
+    seeds.run(context(llm_cfg))
+    questions.run(context(llm_cfg))
+    responses.run(context(llm_cfg))
+    answered = tables.read(spark, where(llm_cfg), responses.TABLE).where("error IS NULL").count()
+    # The stand-in's reverse questions share few words with the originals: their scores spread below 1.
+    cfg = _cfg(llm_cfg, teacher_server, threshold=0.2)
+    result = relevance.run(context(cfg))
+    rows = tables.read(spark, where(cfg), relevance.TABLE).toPandas()
+    assert len(rows) == answered and rows.error.isna().all()  # nothing lost
+    assert rows.score.between(-1, 1).all() and len(json.loads(rows.questions[0])["questions"]) == 3
+    assert (rows.keep == (rows.score >= 0.2)).all()
+    assert set(rows.drop_reason.dropna()) <= {"relevance"}
+    assert result.metrics["kept"] == rows.keep.sum()
+    # Another threshold applies to every row without a call paid again.
+    paid = teacher_server.stats.completions
+    again = relevance.run(context(_cfg(llm_cfg, teacher_server, threshold=-1.0)))
+    assert teacher_server.stats.completions == paid and again.metrics["kept"] == answered
