@@ -81,3 +81,12 @@ def test_the_prompt_carries_scope_rules_and_every_criterion(llm_cfg):
     text = messages[0]["content"]
     assert "OUT of scope" in text and "never give investment advice" in text.lower()
     assert "quality:" in text and "scope:" in text and "Should I buy gold?" in text
+
+
+def test_the_judge_can_call_its_own_model(spark, llm_cfg, teacher_server):
+    """quality.judge.model (and base_url) name another model than the teacher's; the verdicts record it."""
+    _answered(spark, llm_cfg)
+    cfg = _on(llm_cfg, model="judge-model")
+    judge.run(context(cfg))
+    models = {r.model for r in tables.read(spark, where(cfg), judge.TABLE).collect()}
+    assert models == {"judge-model"}

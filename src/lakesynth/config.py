@@ -175,6 +175,16 @@ class LLMStageConfig(Section):
     max_failure_rate: float = Field(
         0.5, ge=0, le=1, description="The stage fails (after writing its rows) when more rows than this failed."
     )
+    base_url: str | None = Field(
+        None, description="This stage's own endpoint, as teacher.base_url takes it; unset: the teacher's."
+    )
+    model: str | None = Field(None, description="This stage's own model; unset: the teacher's.")
+    api_key_env: str | None = Field(None, description="The key of this stage's own endpoint; unset: the teacher's.")
+
+    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
+        """The teacher settings this stage calls with: the teacher's, but for the endpoint fields set here."""
+        own = {k: v for k in ("base_url", "model", "api_key_env") if (v := getattr(self, k)) is not None}
+        return teacher.model_copy(update=own) if own else teacher
 
     @model_validator(mode="before")
     @classmethod

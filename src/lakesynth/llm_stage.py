@@ -248,11 +248,12 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     """Call the teacher for every row of `source` that `step.table` lacks a successful row for, chunk by chunk."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     builtin = step.via_ai_query and rt.databricks  # Databricks' own ai_query calls the serving endpoint
-    endpoint = llm.Endpoint("databricks", cfg.teacher.model) if builtin else ctx.endpoint()
+    teacher = step.settings.endpoint(cfg.teacher)  # the teacher's, unless the stage names its own endpoint
+    endpoint = llm.Endpoint("databricks", teacher.model) if builtin else ctx.endpoint(teacher)
     journal = rt.journal_dir(step.name)
     call = llm.Call(
         endpoint,
-        cfg.teacher,
+        teacher,
         step.output,
         step.settings.temperature,
         step.settings.max_tokens,
@@ -302,7 +303,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
             totals.extra.update(step.metrics(staged))
     llm.clear_journal(journal)
     result.rows_out, result.errors = totals.rows, totals.failed
-    result.metrics.update(totals.metrics(cfg.teacher))
+    result.metrics.update(totals.metrics(teacher))
     check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
     return _with_verdict_counts(ctx, step, result)
 
@@ -319,10 +320,11 @@ def _ai_query(
 ) -> DataFrame:
     """The chunk's replies from one ai_query statement, staged once (the statement must run exactly once)."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    teacher = call.teacher  # the stage's endpoint settings
     if not builtin:  # the UDF carries its progress label; registering it again per chunk replaces it
         udf = llm.ai_query_udf(
             endpoint,
-            cfg.teacher,
+            teacher,
             output=step.output,
             journal_dir=call.journal_dir,
             workers=cfg.teacher.workers,
@@ -333,8 +335,8 @@ def _ai_query(
     todo.createOrReplaceTempView(view)
     carried = [c for c in todo.columns if c not in ("messages", "request")]
     try:
-        answered = spark.sql(ai_query_sql(view, carried, endpoint=cfg.teacher.model, step=step))
-        replies = ai_query_replies(tables.materialize(spark, rt, step.name, answered), model=cfg.teacher.model)
+        answered = spark.sql(ai_query_sql(view, carried, endpoint=teacher.model, step=step))
+        replies = ai_query_replies(tables.materialize(spark, rt, step.name, answered), model=teacher.model)
     finally:
         spark.catalog.dropTempView(view)
     return replies if builtin else with_journal_accounting(ctx, replies, call.journal_dir)

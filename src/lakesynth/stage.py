@@ -63,19 +63,22 @@ class RunContext:
         self.rt = rt or Runtime.resolve(cfg)
         self.contracts = dict(contracts or {})
         self._stack = contextlib.ExitStack()
-        self._endpoint = None
+        self._endpoints: dict = {}
 
     @property
     def spark(self):
         return engine.get_spark(self.rt)
 
-    def endpoint(self):
-        """The teacher endpoint; the embedded teacher starts here once and stops with the run."""
+    def endpoint(self, teacher=None):
+        """The endpoint of `teacher` (default: the configured teacher), opened once per run: the embedded teacher
+        starts here on first use and stops with the run, shared by every stage that calls it."""
         from lakesynth import llm
 
-        if self._endpoint is None:
-            self._endpoint = self._stack.enter_context(llm.open_endpoint(self.cfg.teacher))
-        return self._endpoint
+        teacher = teacher or self.cfg.teacher
+        key = (teacher.base_url, teacher.model, teacher.api_key_env)
+        if key not in self._endpoints:
+            self._endpoints[key] = self._stack.enter_context(llm.open_endpoint(teacher))
+        return self._endpoints[key]
 
     def read(self, table: str | Table, *, kept: bool = True):
         """A table by name (or contract), checked against its contract; created empty if it is missing. With
