@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", help="pipeline config YAML (default: conf/lakesynth.yml here if it exists, else the packaged one)"
     )
     common.add_argument("--seeds", help="seed file (.csv/.jsonl) or table:<catalog.schema.table>")
+    common.add_argument(
+        "--pairs", help="your own question/answer pairs (.csv/.jsonl or table:<name>) to run the quality gate on"
+    )
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
     common.add_argument("--schema", help="schema of the pipeline's tables (job parameter)")
@@ -72,9 +75,11 @@ def describe_config(file: Path | None) -> str:
 
 def build_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
-    if args.seeds:
-        seeds = args.seeds if args.seeds.startswith("table:") else str(Path(args.seeds).resolve())
-        overrides.append(f"seeds.path={json.dumps(seeds)}")
+    for flag in ("seeds", "pairs"):
+        given = getattr(args, flag)
+        if given:
+            value = given if given.startswith("table:") else str(Path(given).resolve())
+            overrides.append(f"seeds.{'path' if flag == 'seeds' else 'pairs'}={json.dumps(value)}")
     for flag, key in (
         ("warehouse", "warehouse"),
         ("catalog", "catalog"),

@@ -340,3 +340,20 @@ def _ai_query(
     finally:
         spark.catalog.dropTempView(view)
     return replies if builtin else with_journal_accounting(ctx, replies, call.journal_dir)
+
+
+IMPORTED = "imported"  # the model of a row that came from the user's own pairs (seeds.pairs), not from a call
+
+
+def imported(ctx: RunContext, table: Table, rows: DataFrame) -> StageResult:
+    """Write rows the user brought (`seeds.pairs`) into an LLM stage's table, as if answered by a model named
+    `imported`: no call is made, and the checks downstream see them as any other rows."""
+    filled = rows.select(
+        *rows.columns,
+        *[F.lit(None).cast(t).alias(n) for n, t in table.columns if n not in rows.columns and n != "model"],
+        F.lit(IMPORTED).alias("model"),
+    )
+    filled = filled.withColumn("run_id", F.lit(ctx.cfg.run_id)).withColumn("created_at", F.current_timestamp())
+    tables.upsert(ctx.spark, ctx.rt, table, filled)
+    n = rows.count()
+    return StageResult(rows_in=n, rows_out=n, tables=[table], metrics={"imported": n, "generated": 0})

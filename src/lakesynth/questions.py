@@ -184,8 +184,12 @@ def step(cfg) -> LLMStep:
 
 
 def run(ctx: RunContext) -> StageResult:
-    seeds = ctx.read("seed_questions").withColumnRenamed("question", "seed_question")
-    return llm_stage.run(ctx, step(ctx.cfg), seeds)
+    seeds = ctx.read("seed_questions")
+    if ctx.cfg.seeds.pairs:  # the user's own pairs: each question is its seed's one question, nothing generated
+        return llm_stage.imported(
+            ctx, TABLE, seeds.select(F.col("seed_id").alias("question_id"), "seed_id", "topic", "in_scope", "question")
+        )
+    return llm_stage.run(ctx, step(ctx.cfg), seeds.withColumnRenamed("question", "seed_question"))
 
 
 STAGE = Stage(

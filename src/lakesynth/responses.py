@@ -99,6 +99,12 @@ def step(cfg) -> LLMStep:
 def run(ctx: RunContext) -> StageResult:
     questions = ctx.read("synthetic_questions")
     answerable = questions.where(F.col("error").isNull() & F.col("question").isNotNull())
+    if ctx.cfg.seeds.pairs:  # the user's own pairs: the answer came in with the question (seed metadata)
+        answers = ctx.read("seed_questions").select(
+            "seed_id", F.get_json_object("metadata", "$.answer").alias("answer")
+        )
+        pairs = answerable.select("question_id", "seed_id", "topic", "in_scope", "question").join(answers, "seed_id")
+        return llm_stage.imported(ctx, TABLE, pairs)
     return llm_stage.run(ctx, step(ctx.cfg), answerable)
 
 

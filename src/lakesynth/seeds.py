@@ -31,16 +31,21 @@ class SeedsConfig(Section):
         description="CSV or JSONL seed file (relative to the config file), or `table:<catalog.schema.table>`.",
     )
 
+    pairs: str = Field(
+        "",
+        description="Bring your own pairs (CSV/JSONL with question, answer; optional topic, in_scope, id; or "
+        "`table:<name>`): the quality gate, format and later stages run on them, and nothing is generated.",
+    )
     mode: Literal["mirror", "append"] = Field(
         "mirror",
         description="mirror: the table becomes exactly the source, and what was derived from a removed seed is "
         "deleted on the next run; append: seeds are only ever added or updated.",
     )
 
-    @field_validator("path")
+    @field_validator("path", "pairs")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
-        if value.startswith("table:") or "://" in value or Path(value).is_absolute():
+        if not value or value.startswith("table:") or "://" in value or Path(value).is_absolute():
             return value
         return str((base_dir(info) / value).resolve())
 
@@ -62,7 +67,7 @@ RAW_SCHEMA = T.StructType(
 MAX_LISTED = 20
 
 
-def read_seed_file(path: str) -> pd.DataFrame:
+def read_seed_file(path: str, required=REQUIRED, optional=OPTIONAL, extra_hint: str = "metadata") -> pd.DataFrame:
     """One row per seed record, every field a string, `_row` the 1-based record number."""
     file = Path(path)
     if not file.is_file():
@@ -81,21 +86,21 @@ def read_seed_file(path: str) -> pd.DataFrame:
     records = _parse_jsonl(path, text) if kind != ".csv" else _parse_csv(path, text)
     if records.empty:
         raise SeedError(f"{path}: the file has no seed rows")
-    missing = [c for c in REQUIRED if c not in records.columns]
+    missing = [c for c in required if c not in records.columns]
     if missing:
         found = ", ".join(map(str, records.columns)) or "none"
         raise SeedError(f"{path}: missing required column(s) {', '.join(missing)} (found: {found})")
-    unknown = [c for c in records.columns if c not in REQUIRED + OPTIONAL]
+    unknown = [c for c in records.columns if c not in required + optional]
     if unknown:
         raise SeedError(
-            f"{path}: unknown column(s) {', '.join(map(str, unknown))}; allowed: {', '.join(REQUIRED + OPTIONAL)} "
-            "(put extra fields inside 'metadata')"
+            f"{path}: unknown column(s) {', '.join(map(str, unknown))}; allowed: {', '.join(required + optional)}"
+            + (f" (put extra fields inside '{extra_hint}')" if extra_hint else "")
         )
-    for col in OPTIONAL:
+    for col in optional:
         if col not in records.columns:
             records[col] = None
     records.insert(0, "_row", range(1, len(records) + 1))
-    return records[["_row", *REQUIRED, *OPTIONAL]]
+    return records[["_row", *required, *optional]]
 
 
 def _parse_csv(path: str, text: str) -> pd.DataFrame:
@@ -212,23 +217,82 @@ def _raw_seeds(spark: SparkSession, path: str) -> tuple[DataFrame, str]:
     return spark.createDataFrame(frame, schema=RAW_SCHEMA), path
 
 
+PAIR_REQUIRED = ("question", "answer")
+PAIR_OPTIONAL = ("topic", "in_scope", "id")
+PAIR_SCHEMA = T.StructType(
+    [T.StructField("_row", T.LongType())] + [T.StructField(c, T.StringType()) for c in PAIR_REQUIRED + PAIR_OPTIONAL]
+)
+
+
+def pair_problems(raw: DataFrame) -> DataFrame:
+    """One row per (problem, `_row`) in imported pairs; empty when they are all valid."""
+    scope = F.lower(F.trim(F.col("in_scope")))
+    dup = F.count(F.lit(1)).over(Window.partitionBy("id"))
+    checks = [
+        (_blank("question"), "empty question"),
+        (_blank("answer"), "empty answer"),
+        (F.col("in_scope").isNotNull() & ~scope.isin(*TRUE_WORDS, *FALSE_WORDS), "in_scope is not true/false"),
+        (F.col("id").isNotNull() & (dup > 1), "duplicate id"),
+    ]
+    flagged = raw.select("_row", F.array(*[F.when(c, F.lit(m)) for c, m in checks]).alias("_problems"))
+    return flagged.select("_row", F.explode("_problems").alias("problem")).where(F.col("problem").isNotNull())
+
+
+def normalize_pairs(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
+    """One `seed_questions` row per imported pair: the question as the seed, the answer and the user's id
+    (`source_id`: the `id` field, else the 1-based record number) in `metadata`, `seed_id` a hash of the id."""
+    source_id = F.coalesce(F.col("id"), F.col("_row").cast("string"))
+    scope = F.lower(F.trim(F.col("in_scope")))
+    return raw.select(
+        F.substring(F.sha2(F.concat(F.lit(f"{source}\u001f"), source_id), 256), 1, 16).alias("seed_id"),
+        F.coalesce(F.col("topic"), F.lit("imported")).alias("topic"),
+        "question",
+        (scope.isNull() | scope.isin(*TRUE_WORDS)).alias("in_scope"),
+        F.lit(None).cast("string").alias("category"),
+        F.to_json(F.struct(F.col("answer"), source_id.alias("source_id"))).alias("metadata"),
+        F.concat(F.lit(f"{source}#"), source_id).alias("source"),
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("created_at"),
+    )
+
+
+def _raw_pairs(spark: SparkSession, path: str) -> tuple[DataFrame, str]:
+    if path.startswith("table:"):
+        name = path.removeprefix("table:")
+        if not spark.catalog.tableExists(name):
+            raise SeedError(f"{path}: pairs table not found")
+        table = spark.table(name)
+        missing = [c for c in PAIR_REQUIRED if c not in table.columns]
+        if missing:
+            raise SeedError(f"{path}: missing required column(s) {', '.join(missing)}")
+        cols = [
+            F.col(c).cast("string").alias(c) if c in table.columns else F.lit(None).cast("string").alias(c)
+            for c in PAIR_REQUIRED + PAIR_OPTIONAL
+        ]
+        return table.select((F.monotonically_increasing_id() + 1).alias("_row"), *cols), name
+    frame = read_seed_file(path, PAIR_REQUIRED, PAIR_OPTIONAL, extra_hint="")
+    return spark.createDataFrame(frame, schema=PAIR_SCHEMA), path
+
+
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
-    raw, source = _raw_seeds(spark, cfg.seeds.path)
-    problems = find_problems(raw)
+    pairs = bool(cfg.seeds.pairs)
+    raw, source = _raw_pairs(spark, cfg.seeds.pairs) if pairs else _raw_seeds(spark, cfg.seeds.path)
+    problems = pair_problems(raw) if pairs else find_problems(raw)
     listed = problems.orderBy("_row").limit(200).collect()
     if listed:
         by_problem: dict[str, list[int]] = {}
         for row in listed:
             by_problem.setdefault(row.problem, []).append(row._row)
         detail = "\n".join(f"  {problem}: row(s) {_listing(rows)}" for problem, rows in by_problem.items())
-        raise SeedError(f"{source}: invalid seeds, nothing was written (rows are 1-based data records):\n{detail}")
+        what = "pairs" if pairs else "seeds"
+        raise SeedError(f"{source}: invalid {what}, nothing was written (rows are 1-based data records):\n{detail}")
     rows_in = raw.count()
-    seeds = normalize(
-        raw, run_id=cfg.run_id, source=source if cfg.seeds.path.startswith("table:") else Path(source).name
-    )
+    name = source if (cfg.seeds.pairs or cfg.seeds.path).startswith("table:") else Path(source).name
+    seeds = (normalize_pairs if pairs else normalize)(raw, run_id=cfg.run_id, source=name)
     before = tables.count(spark, rt, TABLE)
-    changed = "NOT (t.in_scope <=> s.in_scope AND t.category <=> s.category AND t.metadata <=> s.metadata)"
+    same = ("question", "topic", "in_scope", "category", "metadata")
+    changed = "NOT (" + " AND ".join(f"t.{c} <=> s.{c}" for c in same) + ")"
     tables.upsert(spark, rt, TABLE, seeds, update_when=changed)
     removed = tables.delete_absent(spark, rt, TABLE, "seed_id", seeds) if cfg.seeds.mode == "mirror" else 0
     after = tables.count(spark, rt, TABLE)
