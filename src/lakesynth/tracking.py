@@ -2,7 +2,10 @@
 
 Tasks of a Databricks job run in separate processes; each finds the run by its `lakesynth.run_id`
 tag (the job's run id) and logs into it. Parameters are the config with long texts replaced by
-their hashes; no secret is ever in the config, so none can reach MLflow.
+their hashes; no secret is ever in the config, so none can reach MLflow. A check (critic, judge,
+relevance, dedup) logs what it kept and dropped per reason as metrics, and under `quality/` its
+drop reasons and a histogram of its scores, each named for its stage or table so that tasks never
+overwrite one another's.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +102,26 @@ class Tracker:
         return self
 
     def stage(self, key: str, entry: dict[str, Any]) -> None:
-        """Metrics of one finished stage: rows in/out, errors, tokens, seconds (numbers only)."""
+        """Metrics of one finished stage: rows in/out, errors, tokens, seconds (numbers only). A check's verdict
+        counts too: `<stage>.kept`, `<stage>.dropped` (all reasons) and `<stage>.dropped.<reason>` (`judge:scope`
+        as `judge_scope`, metric keys allowing no colon)."""
         if not self.mlflow:
             return
+        from mlflow.entities import Metric
+
         client = self.mlflow.MlflowClient()
         client.set_tag(self.run_id, f"stage.{key}", entry["status"])
-        for name, value in entry.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                client.log_metric(self.run_id, f"{key}.{name}", float(value))
+        numbers = {name: value for name, value in entry.items() if _number(value)}
+        dropped = entry.get("dropped")
+        if isinstance(dropped, dict):
+            reasons = {f"dropped.{_safe(reason)}": n for reason, n in dropped.items() if _number(n)}
+            numbers.update(reasons, dropped=sum(reasons.values()))
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{key}.{name}", float(value), now, 0) for name, value in numbers.items()]
+        client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, summary: dict[str, Any], ctx) -> None:
-        """The run summary, sample rows of each table and the report's plots, as artifacts."""
+        """The run summary, sample rows of each table, the report's plots and the checks' verdicts, as artifacts."""
         if not self.mlflow:
             return
         client = self.mlflow.MlflowClient()
@@ -127,6 +140,73 @@ class Tracker:
             for fig_name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items():
                 client.log_figure(self.run_id, figure, f"report/{fig_name}.png")
                 plt.close(figure)
+        self._quality(client, summary, ctx)
+
+    def _quality(self, client, summary: dict[str, Any], ctx) -> None:
+        """Each check of this process: its drop reasons (`quality/<stage>_drop_reasons.json`, the counts its
+        metrics hold) and, for a verdict table it wrote with scores, their histogram (`quality/<table>_scores.png`)."""
+        for key, entry in summary.get("stages", {}).items():
+            if entry.get("status") == "ok" and isinstance(entry.get("dropped"), dict):
+                verdicts = {"kept": entry.get("kept", 0), "dropped": entry["dropped"]}
+                client.log_dict(self.run_id, verdicts, f"quality/{_safe(key)}_drop_reasons.json")
+        for name in summary.get("tables", {}):
+            contract = ctx.contracts.get(name)
+            if contract is None or not contract.verdict_of:
+                continue
+            counts = score_counts(ctx.read(name, kept=False))
+            if counts:
+                import matplotlib.pyplot as plt
+
+                figure = score_figure(counts, f"{name}: rows per score")
+                client.log_figure(self.run_id, figure, f"quality/{name}_scores.png")
+                plt.close(figure)
+
+
+SCORE_BUCKET = 0.05  # width of a bar of a continuous score's histogram (a cosine, say)
+
+
+def score_counts(verdicts) -> dict[str, dict[float, int]]:
+    """Rows per score of a verdict table, from a small Spark aggregate: its `score` column (as `score`; a
+    continuous one in buckets of SCORE_BUCKET, keyed by their lower edge), or each criterion of its `scores` JSON
+    (the judge's `{criterion: {reasoning, score}}`). Empty for a table with neither or without a score yet."""
+    from pyspark.sql import functions as F
+
+    types = dict(verdicts.dtypes)
+    if "score" in types:
+        score = F.col("score")
+        if types["score"] in ("double", "float"):
+            score = F.round(F.floor(score / SCORE_BUCKET) * SCORE_BUCKET, 4)
+        each = verdicts.select(F.lit("score").alias("name"), score.alias("score"))
+    elif "scores" in types:
+        parsed = F.from_json("scores", "map<string, struct<score: int>>")
+        each = verdicts.select(F.explode(parsed).alias("name", "verdict")).select("name", "verdict.score")
+    else:
+        return {}
+    counts: dict[str, dict[float, int]] = {}
+    for r in each.where("score IS NOT NULL").groupBy("name", "score").count().collect():
+        counts.setdefault(r["name"], {})[r["score"]] = r["count"]
+    return {name: dict(sorted(hist.items())) for name, hist in sorted(counts.items())}
+
+
+def score_figure(panels: dict[str, dict[float, int]], title: str = ""):
+    """A bar chart of rows per score for each panel (a check's score, or one criterion of it): whole scores as
+    one bar each from the lowest to the highest, a continuous score as bars of SCORE_BUCKET."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels) + 1, 3), squeeze=False)
+    for ax, (name, hist) in zip(axes[0], panels.items()):
+        if all(isinstance(s, int) for s in hist):
+            scores = range(min(hist), max(hist) + 1)
+            ax.bar([str(s) for s in scores], [hist.get(s, 0) for s in scores])
+        else:
+            ax.bar(list(hist), list(hist.values()), width=SCORE_BUCKET, align="edge", edgecolor="white")
+        ax.set_title(name)
+        ax.set_xlabel("score")
+    axes[0][0].set_ylabel("rows")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def _new_sqlite_store(path: Path, cache_dir: Path) -> None:
@@ -149,6 +229,10 @@ def _new_sqlite_store(path: Path, cache_dir: Path) -> None:
         os.replace(scratch, template)
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, path)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _safe(text: str) -> str:
