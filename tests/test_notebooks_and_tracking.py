@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,19 +19,16 @@ from lakesynth.standin import StandIn, StandInOptions
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """One pipeline run on the stand-in (fine-tune off), with a planted key, shared by these tests."""
+def _run_on_standin(tmp: Path, *args: str, tracking: bool) -> None:
+    """A pipeline run on the stand-in (fine-tune off), its key planted in the environment; `{server}` in an
+    argument is the stand-in's URL."""
     server = StandIn(StandInOptions(api_key=SECRET)).start()
-    tmp = tmp_path_factory.mktemp("small_run")
     os.environ["LAKESYNTH_NB_KEY"] = SECRET
     try:
         proc = lakesynth(
             "run",
             "--warehouse",
             str(tmp / "wh"),
-            "--run-id",
-            "nb-run",
             "--set",
             f"teacher.base_url={server.base_url}",
             "--set",
@@ -39,34 +37,98 @@ def small_run(tmp_path_factory):
             "teacher.api_key_env=LAKESYNTH_NB_KEY",
             "--set",
             "finetune.backend=none",
-            "--summary",
-            str(tmp / "s.json"),
-            tracking=True,
+            *[arg.format(server=server.base_url) for arg in args],
+            tracking=tracking,
         )
     finally:
         del os.environ["LAKESYNTH_NB_KEY"]
         server.stop()
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One tracked run with the critic, judge and relevance check on (so the report's quality gate has verdicts to
+    show; the stand-in's relevance scores lie around 0.84), shared by these tests."""
+    tmp = tmp_path_factory.mktemp("small_run")
+    _run_on_standin(
+        tmp,
+        "--run-id",
+        "nb-run",
+        "--set",
+        "quality.critic.enabled=true",
+        "--set",
+        "quality.judge.enabled=true",
+        "--set",
+        "quality.relevance.enabled=true",
+        "--set",
+        "quality.relevance.threshold=0.84",
+        "--set",
+        "quality.relevance.embeddings.base_url={server}",
+        "--set",
+        "quality.relevance.embeddings.api_key_env=LAKESYNTH_NB_KEY",
+        "--summary",
+        str(tmp / "s.json"),
+        tracking=True,
+    )
     return tmp
 
 
-@pytest.mark.parametrize("name", ["01_explore_seeds", "02_inspect_generations", "03_dataset_report"])
-def test_notebook_runs_headless(small_run, name):
+def _execute(name: str, warehouse: Path, *overrides: str) -> list:
+    """The notebook executed headless on `warehouse`; its cells' outputs, none of them an error."""
     book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     (params,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     params.source = (
         f"config_path = {str(ROOT / 'conf' / 'lakesynth.yml')!r}\n"
-        f"overrides = ['warehouse={small_run / 'wh'}', 'mlflow.enabled=false']"
+        f"overrides = {[f'warehouse={warehouse}', 'mlflow.enabled=false', *overrides]!r}"
     )
     NotebookClient(
         book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
     ).execute()
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
+    return outputs
+
+
+def _text(outputs: list) -> str:
+    return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def _images(outputs: list) -> list[str]:
+    return [o.data["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+
+
+@pytest.mark.parametrize("name", ["01_explore_seeds", "02_inspect_generations"])
+def test_notebook_runs_headless(small_run, name):
+    outputs = _execute(name, small_run / "wh")
     assert any(o.output_type == "execute_result" for o in outputs)
-    if name == "03_dataset_report":
-        images = [o for o in outputs if "image/png" in o.get("data", {})]
-        assert len(images) >= 4  # topics, lengths, errors, splits
+
+
+def test_the_dataset_report_shows_each_figure_once_and_the_quality_gate(small_run):
+    outputs = _execute("03_dataset_report", small_run / "wh")
+    images = _images(outputs)
+    # topics, lengths, splits, kept/dropped per reason, scores; each once (no error chart: there are no errors)
+    assert len(images) == len(set(images)) == 5
+    text = _text(outputs)
+    assert "No errors" in text
+    for check in ("critic", "judge", "relevance"):
+        assert re.search(rf"^{check}: [1-9]\d* dropped$", text, re.M)
+    assert "dedup: 0 dropped as duplicates" in text and " is off" not in text
+    # The drop-reason table, and a few rejected rows per reason with the check's reasoning.
+    for reason in ("kept", "critic", "judge:quality", "judge:scope", "relevance"):
+        assert re.search(rf"^{reason} +\w* +\d+ +\d+%$", text, re.M), reason
+    assert text.count("Stand-in reasoning") >= 6 and "score 1: Stand-in reasoning" in text
+    assert "the answer reads as answering: Stand-in questions" in text
+
+
+def test_the_dataset_report_says_so_when_the_checks_are_off(small_run):
+    _run_on_standin(small_run, "--schema", "gate_off", tracking=False)  # the checks but dedup off, as by default
+    outputs = _execute("03_dataset_report", small_run / "wh", "schema=gate_off")
+    images = _images(outputs)
+    assert len(images) == len(set(images)) == 3  # topics, lengths, splits: no empty chart for the quality gate
+    text = _text(outputs)
+    assert "critic: off" in text and "The judge is off" in text and "The relevance check is off" in text
+    assert "Nothing dropped: all 72 answered pairs kept." in text and "No rejected rows." in text
 
 
 def test_a_notebook_runs_from_the_workspace_files_the_bundle_syncs(small_run, tmp_path):
@@ -111,6 +173,13 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     for stage in ("seed", "questions", "responses", "format"):
         assert metrics[f"{stage}.rows_out"] > 0 and f"{stage}.seconds" in metrics
     assert metrics["questions.prompt_tokens"] > 0 and metrics["responses.errors"] == 0
+    # Each check's verdicts: kept, and dropped per reason (`judge:scope` as `judge_scope`).
+    assert metrics["critic.kept"] + metrics["critic.dropped"] == metrics["critic.rows_out"]
+    assert metrics["judge.dropped.judge_scope"] > 0 and metrics["judge.dropped.judge_quality"] > 0
+    assert metrics["judge.dropped"] == metrics["judge.dropped.judge_scope"] + metrics["judge.dropped.judge_quality"]
+    assert metrics["relevance.dropped.relevance"] > 0
+    assert metrics["dedup.kept"] == metrics["format.rows_in"] > 0
+    assert metrics["dedup.dropped"] == metrics["judge.dropped"] + metrics["dedup.dropped.relevance"] > 0
     assert run.data.tags["stage.finetune"] == "skipped"
     params = run.data.params
     assert params["teacher.model"] == "standin" and params["teacher.api_key_env"] == "LAKESYNTH_NB_KEY"
@@ -119,6 +188,12 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     assert {"samples", "report"} <= artifacts and "summary-nb-run.json" in artifacts
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert report == {"report/topics.png", "report/lengths.png", "report/errors.png", "report/splits.png"}
+    quality = {a.path.removeprefix("quality/") for a in client.list_artifacts(run.info.run_id, "quality")}
+    checks = {"critic": "question_verdicts", "judge": "answer_verdicts", "relevance": "relevance_verdicts"}
+    drop_reasons = {f"{check}_drop_reasons.json" for check in (*checks, "dedup")}
+    assert quality == drop_reasons | {f"{table}_scores.png" for table in checks.values()}
+    judged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/quality/judge_drop_reasons.json")
+    assert judged["dropped"]["judge:scope"] == metrics["judge.dropped.judge_scope"]
     # A later task of the same job run logs into the same MLflow run.
     again = lakesynth(
         "run", "--stages", "format", "--warehouse", str(small_run / "wh"), "--run-id", "nb-run", tracking=True
