@@ -1,0 +1,311 @@
+"""Near-duplicate dedup of questions: lakesynth's near path against datasketch MinHashLSH, side by side in one run.
+
+    .venv/bin/python benchmarks/dedup.py [--rows 10000,100000]
+
+(also section 5 of benchmarks/run.py, which writes RESULTS.md). Each size gets its own deterministic set of short
+bank questions from templates and five vocabularies of about 50 words, every question exactly five content words
+and no two alike, so unrelated questions share at most 4 of 6 (Jaccard 0.67) and never reach 0.7. About 5% of the
+rows are planted near-duplicates of another (a changed function word, a reordered phrase, one added content word),
+and 1% are controls: a question that differs from another in a word that matters ("add" / "remove", "car" /
+"motorbike"). Measured, each in a fresh process, on the same Parquet file:
+
+- datasketch MinHashLSH (threshold 0.7, num_perm 64, `MinHash.bulk` over the same `content_words`, `insert` every
+  question then `query` each, pairs grouped by `dedup.groups`): its own bands (8 x 8 at these settings) and the
+  16 x 4 lakesynth uses. One Python process, no exact check.
+- lakesynth: `dedup.near_pairs` + `dedup.groups` with the default NearDedup, on the embedded engine (the clock
+  starts after the engine is up), and again with the engine in its own process (a `sail spark server`,
+  LAKESYNTH_SPARK_REMOTE) for the driver's peak RSS, as on a cluster.
+
+Recall: the planted pairs (every two rows of a planted group) found in one group. Precision: of the pairs that
+share a found group, the planted ones. Controls merged: control pairs found in one group (should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (question, the same with a function word changed, the same with a phrase moved): only stop words besides the slots.
+TEMPLATES = [
+    (
+        "How do I {verb} a {adj} {product} on the {channel} for my {person}?",
+        "How can I {verb} a {adj} {product} on the {channel} for my {person}?",
+        "For my {person}, how do I {verb} a {adj} {product} on the {channel}?",
+    ),
+    (
+        "Can I {verb} my {person}'s {adj} {product} from the {channel}?",
+        "Could I {verb} my {person}'s {adj} {product} from the {channel}?",
+        "From the {channel}, can I {verb} my {person}'s {adj} {product}?",
+    ),
+    (
+        "How can I {verb} the {adj} {product} of my {person} with the {channel}?",
+        "How could I {verb} the {adj} {product} of my {person} with the {channel}?",
+        "With the {channel}, how can I {verb} the {adj} {product} of my {person}?",
+    ),
+    (
+        "What do I do to {verb} our {adj} {product} with my {person} on the {channel}?",
+        "What should I do to {verb} our {adj} {product} with my {person} on the {channel}?",
+        "On the {channel}, what do I do to {verb} our {adj} {product} with my {person}?",
+    ),
+    (
+        "Where do I {verb} the {adj} {product} for my {person} on the {channel}?",
+        "Where can I {verb} the {adj} {product} for my {person} on the {channel}?",
+        "On the {channel}, where do I {verb} the {adj} {product} for my {person}?",
+    ),
+    (
+        "Why can I not {verb} my {adj} {product} on the {channel} for my {person}?",
+        "Why could I not {verb} my {adj} {product} on the {channel} for my {person}?",
+        "For my {person}, why can I not {verb} my {adj} {product} on the {channel}?",
+    ),
+    (
+        "When can my {person} {verb} our {adj} {product} from the {channel}?",
+        "When could my {person} {verb} our {adj} {product} from the {channel}?",
+        "From the {channel}, when can my {person} {verb} our {adj} {product}?",
+    ),
+    (
+        "Should we {verb} the {adj} {product} of our {person} on the {channel}?",
+        "Should we just {verb} the {adj} {product} of our {person} on the {channel}?",
+        "On the {channel}, should we {verb} the {adj} {product} of our {person}?",
+    ),
+    (
+        "Who can {verb} a {adj} {product} for my {person} from the {channel}?",
+        "Who may {verb} a {adj} {product} for my {person} from the {channel}?",
+        "From the {channel}, who can {verb} a {adj} {product} for my {person}?",
+    ),
+    (
+        "How would I {verb} my {adj} {product} at the {channel} with my {person}?",
+        "How should I {verb} my {adj} {product} at the {channel} with my {person}?",
+        "With my {person}, how would I {verb} my {adj} {product} at the {channel}?",
+    ),
+    (
+        "What if I {verb} my {adj} {product} from the {channel} for my {person}?",
+        "What if I just {verb} my {adj} {product} from the {channel} for my {person}?",
+        "For my {person}, what if I {verb} my {adj} {product} from the {channel}?",
+    ),
+]
+VERB_PAIRS = "add/remove increase/decrease open/close lock/unlock enable/disable activate/deactivate freeze/unfreeze "
+VERB_PAIRS += "upgrade/downgrade link/unlink block/unblock deposit/withdraw"
+PRODUCT_PAIRS = "car/motorbike house/flat van/caravan"
+OPPOSITES = {
+    a: b for pair in f"{VERB_PAIRS} {PRODUCT_PAIRS}".split() for a, b in (pair.split("/"), pair.split("/")[::-1])
+}
+SLOTS = {
+    "verb": VERB_PAIRS.replace("/", " ").split()
+    + "cancel renew transfer pay refund dispute report replace register verify update change order request claim "
+    "check track split switch move reset suspend reinstate consolidate view export download print share authorise "
+    "approve reject".split(),
+    "adj": "joint business student premium contactless virtual current credit debit prepaid travel fixed variable "
+    "flexible digital instant monthly annual international domestic corporate personal shared secondary primary "
+    "green gold platinum basic standard youth senior offshore ethical regular cashback reward secured unsecured "
+    "private family holiday emergency backup paperless foreign dormant overdue new old".split(),
+    "product": PRODUCT_PAIRS.replace("/", " ").split()
+    + "card account loan mortgage overdraft pension bond cheque isa policy wallet allowance limit mandate insurance "
+    "annuity portfolio fund voucher statement balance subscription certificate guarantee lease invoice salary token "
+    "pin passcode beneficiary payee chequebook vault trust plan pet bike ring budget grant rebate".split(),
+    "channel": "app phone branch website chat email post telephone kiosk atm smartwatch tablet browser letter video "
+    "agent advisor counter terminal helpline portal desktop mobile chatbot laptop hotline intranet webchat callback "
+    "appointment form machine computer fax text message assistant".split(),
+    "person": "partner child son daughter wife husband mother father grandson granddaughter niece nephew cousin uncle "
+    "aunt friend employer employee landlord tenant company charity club school trustee executor guardian spouse "
+    "sibling brother sister grandmother grandfather colleague flatmate fiancee stepson stepdaughter neighbour carer "
+    "accountant solicitor lodger housemate godson goddaughter boss teenager baby twin".split(),
+}
+EXTRA = "urgently quickly safely today immediately permanently temporarily easily legally securely cheaply tonight "
+EXTRA = (EXTRA + "automatically manually remotely officially").split()
+
+
+def _check_vocabulary() -> None:
+    """Each slot word is one content word of its own, in one slot only, and the templates add none."""
+    from lakesynth.dedup import content_words
+
+    words = [w for slot in SLOTS.values() for w in slot] + EXTRA
+    assert len(set(words)) == len(words) and all(content_words(w) == [w] for w in words)
+    fill = {slot: words[0] for slot, words in SLOTS.items()}
+    assert all(content_words(t.format(**fill)) == sorted(fill.values()) for forms in TEMPLATES for t in forms)
+
+
+def questions(n: int) -> tuple[list[tuple[str, str]], list[list[str]], list[tuple[str, str]]]:
+    """`n` (question_id, question) rows, the planted groups of near-duplicates (ids) and the control pairs (ids)."""
+    _check_vocabulary()
+    rng = random.Random(n)
+    seen: set[frozenset] = set()  # every base question's content words: no two alike
+    added: set[tuple] = set()  # (content words less one, added word) of each added-word variant
+    rows: list[tuple[str, int | None, int | None]] = []  # (question, planted group, control pair)
+
+    def base(swappable: bool = False) -> tuple[tuple, dict]:
+        while True:
+            template = rng.choice(TEMPLATES)
+            fill = {slot: rng.choice(words) for slot, words in SLOTS.items()}
+            key = frozenset(fill.values())
+            if key not in seen and (not swappable or fill["verb"] in OPPOSITES or fill["product"] in OPPOSITES):
+                seen.add(key)
+                return template, fill
+
+    groups, controls = round(n * 0.05 / 1.2), n // 100  # one group in five has two variants
+    for g in range(groups):
+        template, fill = base()
+        texts = [template[0].format(**fill)]
+        for kind in [g % 3] + ([(g + 1) % 3] if g % 5 == 4 else []):
+            if kind < 2:
+                texts.append(template[kind + 1].format(**fill))
+            else:  # one more content word: never one that would bring it to 0.7 with another such variant
+                less_one = [frozenset(fill.values()) - {w} for w in fill.values()]
+                word = next(x for x in rng.sample(EXTRA, len(EXTRA)) if not {(k, x) for k in less_one} & added)
+                added |= {(k, word) for k in less_one}
+                texts.append(texts[0][:-1] + f" {word}?")
+        rows += [(t, g, None) for t in texts]
+    for c in range(controls):
+        while True:
+            template, fill = base(swappable=True)
+            slot = "verb" if fill["verb"] in OPPOSITES else "product"
+            other = {**fill, slot: OPPOSITES[fill[slot]]}
+            if frozenset(other.values()) not in seen:
+                seen.add(frozenset(other.values()))
+                break
+        rows += [(template[0].format(**fill), None, c), (template[0].format(**other), None, c)]
+    while len(rows) < n:
+        template, fill = base()
+        rows.append((template[0].format(**fill), None, None))
+    rng.shuffle(rows)
+    ids = [f"q{i:06d}" for i in range(len(rows))]
+    planted: dict[int, list[str]] = {}
+    paired: dict[int, list[str]] = {}
+    for qid, (text, g, c) in zip(ids, rows):
+        if g is not None:
+            planted.setdefault(g, []).append(qid)
+        if c is not None:
+            paired.setdefault(c, []).append(qid)
+    return [(i, r[0]) for i, r in zip(ids, rows)], list(planted.values()), [tuple(p) for p in paired.values()]
+
+
+def score(found: dict[str, str], planted: list[list[str]], controls: list[tuple[str, str]]) -> dict:
+    """Recall and precision of the found groups (question_id -> group) on the planted pairs; controls merged."""
+    truth = [pair for group in planted for pair in itertools.combinations(group, 2)]
+    together = sum(a in found and found.get(a) == found.get(b) for a, b in truth)
+    predicted = sum(size * (size - 1) // 2 for size in Counter(found.values()).values())
+    return {
+        "recall": together / len(truth),
+        "precision": together / predicted if predicted else 1.0,
+        "controls_merged": sum(a in found and found.get(a) == found.get(b) for a, b in controls),
+        "groups": len(set(found.values())),
+    }
+
+
+def _run_lakesynth(path: str, warehouse: str) -> tuple[float, dict[str, str]]:
+    from lakesynth import dedup, registry
+
+    ctx = registry.open_context(ROOT / "conf" / "lakesynth.yml", [f"warehouse={warehouse}", "schema=bench_dedup"])
+    ctx.spark.range(1).count()  # the engine is up before the clock starts
+    started = time.monotonic()
+    found = dedup.groups(dedup.near_pairs(ctx, ctx.spark.read.parquet(path), dedup.NearDedup()))
+    return time.monotonic() - started, dict(zip(found["question_id"], found["near_group"]))
+
+
+def _run_datasketch(path: str, bands: int) -> tuple[float, dict[str, str]]:
+    import pandas as pd
+    from datasketch import MinHash, MinHashLSH
+
+    from lakesynth.dedup import content_words, groups
+
+    started = time.monotonic()
+    frame = pd.read_parquet(path)
+    ids = frame["question_id"].tolist()
+    signatures = MinHash.bulk(([w.encode() for w in content_words(q)] for q in frame["question"]), num_perm=64)
+    lsh = MinHashLSH(threshold=0.7, num_perm=64, params=(bands, 64 // bands) if bands else None)
+    for key, signature in zip(ids, signatures):
+        lsh.insert(key, signature)
+    pairs = [(a, b, 0.0) for a, signature in zip(ids, signatures) for b in lsh.query(signature) if a < b]
+    found = groups(pairs)
+    return time.monotonic() - started, dict(zip(found["question_id"], found["near_group"]))
+
+
+def _probe(kind: str, path: Path, warehouse: Path, remote: str = "") -> tuple[float, dict, int]:
+    """One measurement in a fresh process: (seconds, question_id -> group, peak RSS of that process in MiB)."""
+    from run import PeakRss
+
+    out = warehouse.with_suffix(".json")
+    env = {**os.environ, "LAKESYNTH_SPARK_REMOTE": remote} if remote else os.environ
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--probe", kind, str(path), str(warehouse), str(out)], cwd=ROOT, env=env
+    )
+    peak = PeakRss(proc.pid)
+    if proc.wait():
+        raise SystemExit(f"dedup probe {kind} failed")
+    seconds, found = json.loads(out.read_text())
+    return seconds, found, peak.stop()
+
+
+def near_dedup(folder: Path, sizes: list[int]) -> list[tuple]:
+    """The table rows of benchmarks/run.py's section 5."""
+    import pandas as pd
+    from run import PeakRss, start_engine_server
+
+    rows, memory = [], {}
+    for n in sizes:
+        data, planted, controls = questions(n)
+        path = folder / f"questions_{n}.parquet"
+        pd.DataFrame(data, columns=["question_id", "question"]).to_parquet(path)
+        size = f"{n // 1000}k"
+        planted_rows = f"{len(planted)} planted groups of {sum(map(len, planted))} rows, {len(controls)} control pairs"
+        rows.append((f"questions, {size}", f"{n} rows", "", planted_rows))
+        got = {}
+        for kind, label in (
+            ("datasketch", "datasketch MinHashLSH, its bands (8 x 8)"),
+            ("datasketch16", "datasketch MinHashLSH, lakesynth's bands (16 x 4)"),
+            ("lakesynth", "lakesynth near dedup, embedded engine"),
+        ):
+            seconds, found, _ = _probe(kind, path, folder / f"{kind}_{n}")
+            got[kind] = seconds
+            s = score(found, planted, controls)
+            ratio = f"{seconds / min(got['datasketch'], got['datasketch16']):.2f}x" if kind == "lakesynth" else ""
+            note = f"recall {s['recall']:.3f}, precision {s['precision']:.3f}, controls merged {s['controls_merged']}"
+            rows.append((f"{label}, {size}", f"{seconds:.2f} s", ratio, note))
+        server, address = start_engine_server()
+        server_peak = PeakRss(server.pid)
+        try:
+            seconds, found, driver = _probe("lakesynth", path, folder / f"remote_{n}", address)
+        finally:
+            server.terminate()
+            server.wait()
+        memory[n] = (driver, server_peak.stop(), seconds)
+    small, large = sizes[0], sizes[-1]
+    for label, i, note in (("driver", 0, "goal: flat"), ("engine process (Sail server)", 1, "UDFs, joins, writes")):
+        for n in (small, large):
+            ratio = f"{memory[n][i] / memory[small][i]:.2f}x" if n != small else ""
+            rows.append((f"{label} peak RSS, engine in its own process, {n // 1000}k", f"{memory[n][i]} MiB", ratio,
+                         note if n != small else f"reference; lakesynth {memory[n][2]:.2f} s this way"))  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="10000,100000", help="comma-separated sizes, smallest first")
+    parser.add_argument("--probe", nargs=4, help=argparse.SUPPRESS)  # kind, parquet, warehouse, output
+    args = parser.parse_args()
+    if args.probe:
+        kind, path, warehouse, out = args.probe
+        if kind == "lakesynth":
+            result = _run_lakesynth(path, warehouse)
+        else:
+            result = _run_datasketch(path, 16 if kind == "datasketch16" else 0)
+        Path(out).write_text(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = near_dedup(Path(tmp), [int(x) for x in args.rows.split(",")])
+    print("| measurement | value | ratio | note |\n|---|---|---|---|")
+    print("\n".join(f"| {' | '.join(row)} |" for row in rows))
+
+
+if __name__ == "__main__":
+    main()
