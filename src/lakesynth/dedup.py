@@ -100,7 +100,6 @@ STOP_WORDS = frozenset(
     "shall may might must please just also too very any some all each every one no not".split()
 )
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
-_PRIME = np.uint64((1 << 61) - 1)
 
 
 def content_words(text: str | None) -> list[str]:
@@ -115,44 +114,41 @@ def jaccard(a, b) -> float:
 
 
 @functools.cache
-def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)  # fixed: the same question always gets the same signature
-    return rng.integers(1, 1 << 31, num_perm, dtype=np.uint64), rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+def _seeds(num_perm: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 1 << 63, num_perm, dtype=np.uint64)  # fixed: same words, same keys
 
 
-def band_hashes(words: list[str], num_perm: int, bands: int) -> list[int]:
-    """The question's LSH band keys: its MinHash signature (one min per permutation of 32-bit word hashes, mod a
-    Mersenne prime) cut into `bands` bands, each band's values mixed into one int64."""
-    if not words:
-        return []
-    a, b = _permutations(num_perm)
-    hashed = np.array([zlib.crc32(w.encode()) for w in words], dtype=np.uint64)  # the same in every process
-    signature = ((np.outer(hashed, a) + b) % _PRIME).min(axis=0)
-    rows = signature[: bands * (num_perm // bands)].reshape(bands, -1)
-    mixed = np.arange(1, bands + 1, dtype=np.uint64)
-    for column in rows.T:
-        mixed = (mixed * np.uint64(0x100000001B3)) ^ column  # FNV-style, wrapping in 64 bits
-    return mixed.view(np.int64).tolist()
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, wrapping in 64 bits: every bit of the input moves about half the output's bits."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def band_hashes(questions: list[list[str]], num_perm: int, bands: int) -> list[list[int]]:
+    """Each question's LSH band keys, for a batch of questions' content words at once: the MinHash signature (per
+    permutation, the least 64-bit hash of a word's crc32 xor that permutation's seed) cut into `bands` bands, each
+    band's values mixed into one int64. No words, no keys."""
+    sizes = np.array([len(words) for words in questions])
+    hashed = np.array([zlib.crc32(w.encode()) for words in questions for w in words], dtype=np.uint64)
+    if not len(hashed):
+        return [[] for _ in questions]
+    starts = (np.cumsum(sizes) - sizes)[sizes > 0]
+    signatures = np.minimum.reduceat(_mix(hashed[:, None] ^ _seeds(num_perm)), starts, axis=0)
+    rows = signatures[:, : bands * (num_perm // bands)].reshape(len(starts), bands, -1)
+    mixed = np.broadcast_to(np.arange(1, bands + 1, dtype=np.uint64), rows.shape[:2])
+    for j in range(rows.shape[2]):
+        mixed = (mixed * np.uint64(0x100000001B3)) ^ rows[:, :, j]  # FNV-style, wrapping in 64 bits
+    keys = iter(mixed.view(np.int64).tolist())
+    return [next(keys) if size else [] for size in sizes]
 
 
 def _signatures(batches: Iterator[pd.DataFrame], *, num_perm: int, bands: int) -> Iterator[pd.DataFrame]:
     with np.errstate(over="ignore"):
         for batch in batches:
             words = [content_words(q) for q in batch["question"]]
-            yield pd.DataFrame(
-                {
-                    "question_id": batch["question_id"],
-                    "words": words,
-                    "keys": [band_hashes(w, num_perm, bands) for w in words],
-                }
-            )
-
-
-def _verified(batches: Iterator[pd.DataFrame], *, threshold: float) -> Iterator[pd.DataFrame]:
-    for batch in batches:
-        similarity = [jaccard(a, b) for a, b in zip(batch["words_a"], batch["words_b"])]
-        batch = batch.assign(similarity=similarity)
-        yield batch.loc[batch["similarity"] >= threshold, ["a", "b", "similarity"]]
+            keys = band_hashes(words, num_perm, bands)
+            yield pd.DataFrame({"question_id": batch["question_id"], "words": words, "keys": keys})
 
 
 def near_pairs(ctx: RunContext, questions: DataFrame, near: NearDedup) -> list[tuple[str, str, float]]:
@@ -176,9 +172,9 @@ def near_pairs(ctx: RunContext, questions: DataFrame, near: NearDedup) -> list[t
     )
     words = signed.select("question_id", "words")
     both = candidates.join(words.toDF("a", "words_a"), "a").join(words.toDF("b", "words_b"), "b")
-    verified = both.mapInPandas(
-        functools.partial(_verified, threshold=near.threshold), "a string, b string, similarity double"
-    )
+    # Words are sorted sets and never empty here (no words, no keys): the exact Jaccard, in the engine.
+    similarity = F.size(F.array_intersect("words_a", "words_b")) / F.size(F.array_union("words_a", "words_b"))
+    verified = both.select("a", "b", similarity.alias("similarity")).where(F.col("similarity") >= near.threshold)
     return [(r.a, r.b, r.similarity) for r in verified.collect()]
 
 
