@@ -15,6 +15,9 @@
    engine in its own process (LAKESYNTH_SPARK_REMOTE, a `sail spark server`); the engine's own peak and
    the embedded default (both in one process) are shown beside it.
 4. Engine overhead: embedded engine start, and a whole `lakesynth seed` command on 1k rows, in seconds.
+5. Near-duplicate dedup: lakesynth's near path on 10k and 100k planted bank questions against datasketch
+   MinHashLSH in one process on the same file and settings (benchmarks/dedup.py), with recall and precision on
+   the planted near-duplicates. Goal: wall time <= 1x datasketch's, driver memory flat from 10k to 100k rows.
 
 Prints a table and writes benchmarks/RESULTS.md (date, machine, command).
 """
@@ -296,8 +299,7 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
                         f"{stage} stage, {n} rows",
                         f"{rate:.0f} req/s",
                         f"{rate / LIMIT:.2f} of limit",
-                        f"{rate / bare[stage]:.2f} of bare AsyncOpenAI, "
-                        f"{rate / raw[stage]:.2f} of bare httpx",
+                        f"{rate / bare[stage]:.2f} of bare AsyncOpenAI, {rate / raw[stage]:.2f} of bare httpx",
                     )
                 )
             requests = summary["stages"]["questions"]["rows_in"] + summary["stages"]["responses"]["rows_in"]
@@ -507,7 +509,8 @@ def engine_overhead(folder: Path) -> list[tuple]:
     script.write_text(
         "import time\nt = time.monotonic()\nfrom lakesynth.engine import get_spark\n"
         "from lakesynth.runtime import Runtime\n"
-        f"get_spark(Runtime(False, 'main', 'b', 'v', {str(folder / 'wh_engine')!r})).range(1).count()\nprint(time.monotonic() - t)\n"
+        f"get_spark(Runtime(False, 'main', 'b', 'v', {str(folder / 'wh_engine')!r})).range(1).count()\n"
+        "print(time.monotonic() - t)\n"
     )
     start = float(
         subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, check=True).stdout
@@ -539,6 +542,7 @@ TITLES = (
     "2. Embedded teacher efficiency (Qwen2.5-Coder-0.5B Q4_K_M)",
     "3. Driver memory (seed -> questions -> responses -> format, stand-in)",
     "4. Engine overhead",
+    "5. Near-duplicate dedup (planted bank questions, datasketch MinHashLSH beside)",
 )
 
 
@@ -562,10 +566,16 @@ def _previous_sections(results: Path) -> dict[int, tuple[str, str]]:
     return found
 
 
+def near_dedup_section(folder: Path, sizes: list[int]) -> list[tuple]:
+    import dedup  # benchmarks/dedup.py, beside this file
+
+    return dedup.near_dedup(folder, sizes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory)")
-    parser.add_argument("--only", default="1,2,3,4", help="comma-separated sections to run, e.g. 3,4")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory and dedup)")
+    parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated sections to run, e.g. 3,4")
     parser.add_argument("--memory-rows", type=int, help="the large size of the driver-memory comparison")
     args = parser.parse_args()
     sizes = [1000, 2000] if args.quick else [1000, 10000]
@@ -580,6 +590,7 @@ def main() -> None:
                 (TITLES[1], lambda: embedded_efficiency(folder, 12)),
                 (TITLES[2], lambda: driver_memory(folder, *mem)),
                 (TITLES[3], lambda: engine_overhead(folder)),
+                (TITLES[4], lambda: near_dedup_section(folder, [1000, 10000] if args.quick else [10000, 100000])),
             ),
             start=1,
         ):
