@@ -166,6 +166,10 @@ def test_every_task_of_every_job_runs_from_the_installed_wheel(site, workspace, 
     server = StandIn().start()  # the workspace: Model Serving and the Jobs API the fine-tune task calls
     env = {"DATABRICKS_HOST": server.base_url.removesuffix("/v1"), "DATABRICKS_TOKEN": "dapi-standin"}
     cwd = tmp_path / "task-cwd"  # not the bundle, not the repository: where a wheel task starts
+    # MLflow tracking (tested in test_notebooks_and_tracking) off in this copy of the config: it would only
+    # add its start-up to each of the twenty task processes.
+    with (workspace / "conf" / "lakesynth.yml").open("a") as config:
+        config.write("\nmlflow:\n  enabled: false\n")
     try:
         for volume in ("lakesynth", "other"):  # the default, then `--var volume=other`
             deployed = Deployed(workspace, volume=volume)

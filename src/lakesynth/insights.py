@@ -72,7 +72,7 @@ def dataset_figures(spark: SparkSession, rt: Runtime) -> dict:
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=30, ha="right")
     ax.set_ylabel("rows")
     ax.set_title("Topic distribution, seeds to training examples")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     fig.tight_layout()
     figures["topics"] = fig
 
@@ -89,6 +89,9 @@ def dataset_figures(spark: SparkSession, rt: Runtime) -> dict:
     ax.bar(list(rates), [100 * r for r in rates.values()], color="tab:red")
     ax.set_ylabel("% rows with an error")
     ax.set_title("Error rate per stage")
+    if not any(rates.values()):  # say so, rather than draw an empty axis from -0.04 to 0.04
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no errors", transform=ax.transAxes, ha="center", va="center", fontsize=12)
     fig.tight_layout()
     figures["errors"] = fig
 
