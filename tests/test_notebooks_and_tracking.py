@@ -208,3 +208,27 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     ]
     assert stored and all(SECRET.encode() not in blob for blob in stored)
     assert SECRET not in json.dumps(params)
+
+
+def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg):
+    """Which runs, stages, models and prompts made this dataset: one run_log row per task, replaced on a rerun."""
+    from conftest import where
+
+    from lakesynth import pipeline, tracking
+
+    cfg = llm_cfg.model_copy(update={"finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})})
+    summary = pipeline.run(cfg, ["seed", "questions", "responses", "format", "finetune"], root=ROOT)
+    assert summary["tables"]["run_log"]["rows"] == 5
+    log = {r.task: r for r in spark.table(where(cfg).fqn("run_log")).collect()}
+    assert {t: r.status for t, r in log.items()} == {
+        "seed": "ok", "questions": "ok", "responses": "ok", "format": "ok", "finetune": "skipped"
+    }  # fmt: skip
+    q = log["questions"]
+    assert q.run_id == cfg.run_id and q.model == "standin" and q.rows_in == 24 and q.prompt_tokens > 0
+    assert len(q.prompt_version) == 12 and json.loads(q.parameters)["per_seed"] == "3"
+    assert "template_sha" in json.loads(q.parameters)  # long texts as hashes
+    assert json.loads(log["format"].files)["train_jsonl"].endswith("train.jsonl")
+    assert log["finetune"].reason == "finetune.backend is none"
+    pipeline.run(cfg, ["format"], root=ROOT)  # a rerun of a task in the same run replaces its row
+    assert spark.table(where(cfg).fqn("run_log")).count() == 5
+    assert tracking.RUN_LOG.name == "run_log"

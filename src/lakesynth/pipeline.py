@@ -198,6 +198,12 @@ def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
     tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
+
+    def report(key: str, stage: str, files: dict[str, str] | None = None) -> None:
+        """What a task did, in MLflow and in the run_log table."""
+        tracker.stage(key, summary["stages"][key])
+        tracking.record(ctx, key, registered.get(stage), summary["stages"][key], files or {})
+
     try:
         for key in order(graph):
             stage, deps = graph[key]
@@ -207,7 +213,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
             if blocked:
                 summary["stages"][key] = {"status": "skipped", "reason": f"{', '.join(blocked)} did not succeed"}
                 print(f"{key}: skipped ({', '.join(blocked)} did not succeed)", flush=True)
-                tracker.stage(key, summary["stages"][key])
+                report(key, stage)
                 continue
             started = time.monotonic()
             try:
@@ -218,18 +224,18 @@ def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why
                 summary["stages"][key] = {"status": "skipped", "reason": str(exc)}
                 print(f"{key}: skipped: {exc}", flush=True)
-                tracker.stage(key, summary["stages"][key])
+                report(key, stage)
                 continue
             except LakesynthError as exc:
                 summary["stages"][key] = _failed(started, str(exc))
                 print(f"{key}: failed after {time.monotonic() - started:.1f} s\n{exc}", flush=True)
-                tracker.stage(key, summary["stages"][key])
+                report(key, stage)
                 continue
             except Exception as exc:  # a bug or an engine failure: keep the trace, stop the dependents
                 log.debug("stage %s crashed", key, exc_info=True)
                 summary["stages"][key] = _failed(started, f"{type(exc).__name__}: {exc}")
                 print(f"{key}: crashed after {time.monotonic() - started:.1f} s\n{traceback.format_exc()}", flush=True)
-                tracker.stage(key, summary["stages"][key])
+                report(key, stage)
                 continue
             seconds = time.monotonic() - started
             summary["stages"][key] = {
@@ -243,7 +249,9 @@ def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
             summary["files"].update(result.files)
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
-            tracker.stage(key, summary["stages"][key])
+            report(key, stage, result.files)
+        if summary["stages"]:
+            touched[tracking.RUN_LOG.name] = tracking.RUN_LOG
         for name, table in touched.items():
             summary["tables"][name] = {
                 "table": ctx.rt.fqn(name),

@@ -66,8 +66,11 @@ def default_stages() -> dict[str, Stage]:
 
 
 def contracts(stages: Mapping[str, Stage]) -> dict[str, Table]:
-    """Table name -> contract, for every table a stage writes (one writer per contract)."""
-    found: dict[str, Table] = {}
+    """Table name -> contract, for every table a stage writes (one writer per contract), and the run log the
+    runner writes."""
+    from lakesynth.tracking import RUN_LOG
+
+    found: dict[str, Table] = {RUN_LOG.name: RUN_LOG}
     for stage in stages.values():
         for table in stage.writes:
             if table.name in found and found[table.name] != table:

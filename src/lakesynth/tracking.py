@@ -1,4 +1,5 @@
-"""MLflow tracking: one MLflow run per pipeline run, shared by every task of the job.
+"""Run metadata: the `run_log` Delta table (one row per stage run, for SQL without MLflow) and MLflow tracking,
+one MLflow run per pipeline run, shared by every task of the job.
 
 Tasks of a Databricks job run in separate processes; each finds the run by its `lakesynth.run_id`
 tag (the job's run id) and logs into it. Parameters are the config with long texts replaced by
@@ -17,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lakesynth import tables
 from lakesynth.config import Config
 from lakesynth.runtime import Runtime
+from lakesynth.tables import L, S
 
 log = logging.getLogger(__name__)
 RUN_TAG = "lakesynth.run_id"
@@ -35,19 +38,7 @@ def tracking_uri(cfg: Config, rt: Runtime) -> str:
 
 def params(cfg: Config) -> dict[str, str]:
     """The config flattened to dotted keys; long texts (prompts, rules) as short hashes."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, child in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, child)
-        elif prefix.rsplit(".", 1)[-1] in LONG_TEXT and value:
-            flat[f"{prefix}_sha"] = hashlib.sha256(str(value).encode()).hexdigest()[:12]
-        else:
-            flat[prefix] = str(value)[:500]
-
-    walk("", cfg.model_dump(by_alias=True))
-    return flat
+    return params_of(cfg.model_dump(by_alias=True))
 
 
 class Tracker:
@@ -237,3 +228,91 @@ def _number(value: Any) -> bool:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+D = tables.T.DoubleType()
+RUN_LOG = tables.contract(
+    "run_log",
+    [
+        ("entry_id", S),
+        ("task", S),
+        ("stage", S),
+        ("status", S),
+        ("reason", S),
+        ("model", S),
+        ("prompt_version", S),
+        ("parameters", S),
+        ("rows_in", L),
+        ("rows_out", L),
+        ("errors", L),
+        ("prompt_tokens", L),
+        ("completion_tokens", L),
+        ("cost_usd", D),
+        ("seconds", D),
+        ("files", S),
+    ],
+    key="entry_id",
+    parent="run_id",
+)
+
+
+def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) -> None:
+    """One `run_log` row for a stage run (ok, skipped or failed): which run, stage, model, parameters and prompt
+    made what, how many rows, tokens, cost and seconds, and the files it wrote. A rerun of the task in the same
+    run replaces its row. The parameters are the stage's config section with long texts hashed; no secret is in
+    the config. A failure to write it is a warning, never the stage's failure."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    section = _section(ctx.cfg, stage.config_key) if stage is not None and stage.config is not None else {}
+    teacher = section.get("model") or (ctx.cfg.teacher.model if "template" in section else None)
+    row = {
+        "entry_id": f"{ctx.cfg.run_id}|{task}",
+        "task": task,
+        "stage": stage.name if stage is not None else task,
+        "status": entry["status"],
+        "reason": entry.get("error") or entry.get("reason"),
+        "model": teacher,
+        "prompt_version": hashlib.sha256(section["template"].encode()).hexdigest()[:12]
+        if section.get("template")
+        else None,
+        "parameters": json.dumps(params_of(section), sort_keys=True),
+        **{k: entry.get(k) for k in ("rows_in", "rows_out", "errors", "prompt_tokens", "completion_tokens")},
+        "cost_usd": entry.get("cost_usd"),
+        "seconds": entry.get("seconds"),
+        "files": json.dumps(files, sort_keys=True) if files else None,
+        "run_id": ctx.cfg.run_id,
+    }
+    try:
+        frame = ctx.spark.createDataFrame(
+            [row], schema=tables.T.StructType([f for f in RUN_LOG.schema.fields if f.name != "created_at"])
+        ).withColumn("created_at", F.current_timestamp())
+        tables.upsert(ctx.spark, ctx.rt, RUN_LOG, frame)
+    except Exception as exc:  # noqa: BLE001 - the run log must never fail the stage it describes
+        log.warning("run_log: could not record %s: %s", task, exc)
+        print(f"{task}: warning: run_log not written ({type(exc).__name__}: {exc})", flush=True)
+
+
+def _section(cfg: Config, dotted: str) -> dict:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value.model_dump() if hasattr(value, "model_dump") else {}
+
+
+def params_of(section: dict) -> dict[str, str]:
+    """A config section as `params` flattens the whole config: long texts as short hashes."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, child)
+        elif prefix.rsplit(".", 1)[-1] in LONG_TEXT and value:
+            flat[f"{prefix}_sha"] = hashlib.sha256(str(value).encode()).hexdigest()[:12]
+        else:
+            flat[prefix] = str(value)[:500]
+
+    walk("", section)
+    return flat
