@@ -18,7 +18,18 @@ def _summary(path):
 def test_job_graph_is_read_from_the_bundle():
     graph = pipeline.job_graph(ROOT)
     order = pipeline.order(graph)
-    assert order == ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "format", "finetune"]
+    assert order == [
+        "seed",
+        "questions",
+        "critic",
+        "responses",
+        "judge",
+        "relevance",
+        "dedup",
+        "topup",
+        "format",
+        "finetune",
+    ]
     assert set(graph) <= set(registry.default_stages())
 
 
@@ -50,6 +61,7 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
         "judge",
         "relevance",
         "dedup",
+        "topup",
         "format",
         "finetune",
     ]
@@ -140,7 +152,7 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
     assert all(
         stages[s]["status"] == "skipped"
-        for s in ("questions", "critic", "responses", "judge", "relevance", "dedup", "format", "finetune")
+        for s in ("questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "finetune")
     )
 
 

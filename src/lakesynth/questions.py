@@ -6,6 +6,7 @@ Two hooks on the shared LLM loop (llm_stage.py): a seed becomes one request, a r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import ClassVar
 
@@ -183,8 +184,54 @@ def step(cfg) -> LLMStep:
     )
 
 
+def topup_prompts(batch: pd.DataFrame, *, template: str, rules: str, missing: dict[str, int]) -> list[list[dict]]:
+    """Rows -> requests for a top-up round: the seed's usual request for its missing questions (one spare), with
+    the questions it already has, so the new ones differ from them."""
+    requests = []
+    for seed_id, t, q, s, have in zip(
+        batch["seed_id"], batch["topic"], batch["seed_question"], batch["in_scope"], batch["have"]
+    ):
+        n = asked(missing[seed_id])
+        text = render(template, rules=rules, topic=t, question=q, in_scope=bool(s), n=n)
+        listed = "\n".join(f"- {h}" for h in sorted(have if have is not None else []))
+        requests.append([{"role": "user", "content": f"{text}\n\nQuestions it already has (write others):\n{listed}"}])
+    return requests
+
+
+def _topup(ctx: RunContext, seeds: DataFrame) -> StageResult:
+    """A top-up round: each seed short of kept questions asks for what it misses; its other questions stay."""
+    q, missing = ctx.cfg.questions, ctx.topup or {}
+    have = ctx.read(TABLE).where("error IS NULL").groupBy("seed_id").agg(F.collect_list("question").alias("have"))
+    short = seeds.where(F.col("seed_id").isin(list(missing))).join(have, "seed_id", "left")
+    short = short.withColumnRenamed("question", "seed_question")
+    results = []
+    for count in sorted(set(missing.values())):  # the schema fixes the number of questions: one step per count
+        ids = [s for s, n in missing.items() if n == count]
+        round_step = dataclasses.replace(
+            step(ctx.cfg),
+            columns=("seed_id", "topic", "in_scope", "seed_question", "have"),
+            output=output_model(asked(count)),
+            prompts=functools.partial(
+                topup_prompts, template=q.template, rules=ctx.cfg.use_case.rules, missing=missing
+            ),
+            rows=functools.partial(replies_to_rows, keep=count),
+            rows_per_request=count,
+            replace_by=None,  # the seed's questions so far stay
+            metrics=None,
+        )
+        results.append(llm_stage.run(ctx, round_step, short.where(F.col("seed_id").isin(ids))))
+    return StageResult(
+        rows_in=sum(r.rows_in for r in results),
+        rows_out=sum(r.rows_out for r in results),
+        errors=sum(r.errors for r in results),
+        tables=[TABLE],
+    )
+
+
 def run(ctx: RunContext) -> StageResult:
     seeds = ctx.read("seed_questions")
+    if ctx.topup is not None:
+        return _topup(ctx, seeds)
     if ctx.cfg.seeds.pairs:  # the user's own pairs: each question is its seed's one question, nothing generated
         return llm_stage.imported(
             ctx, TABLE, seeds.select(F.col("seed_id").alias("question_id"), "seed_id", "topic", "in_scope", "question")

@@ -7,6 +7,7 @@ and the CLI, the local runner's checks, the tracked tables and `lakesynth stages
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,14 @@ class RunContext:
         self.contracts = dict(contracts or {})
         self._stack = contextlib.ExitStack()
         self._endpoints: dict = {}
+        self.topup: dict[str, int] | None = None  # a top-up round: seed_id -> questions still missing
+
+    def for_topup(self, missing: dict[str, int]) -> RunContext:
+        """This context (same engine, endpoints and contracts) for a top-up round: the questions stage then asks
+        only the seeds in `missing` for that many more questions."""
+        round_ctx = copy.copy(self)
+        round_ctx.topup = missing
+        return round_ctx
 
     @property
     def spark(self):

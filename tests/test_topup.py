@@ -1,0 +1,60 @@
+"""Exactly N kept pairs per seed, when asked: short seeds are asked again and their new questions checked, in
+bounded rounds; the seeds that stay short are named with the reasons; a rerun pays nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+from conftest import ROOT, write
+
+from lakesynth import pipeline, registry
+from lakesynth.runtime import Runtime
+
+STAGES = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format"]
+
+
+def _cfg(warehouse, server, seeds, *overrides):
+    return registry.load_config(
+        ROOT / "conf" / "lakesynth.yml",
+        [
+            f"warehouse={warehouse}",
+            f"schema=t_{uuid.uuid4().hex[:10]}",
+            f"seeds.path={seeds}",
+            f"teacher.base_url={server.base_url}",
+            "teacher.model=standin",
+            "mlflow.enabled=false",
+            "questions.per_seed=2",
+            "quality.judge.enabled=true",  # the stand-in judge drops about half the pairs
+            *overrides,
+        ],
+    )
+
+
+def test_short_seeds_are_topped_up_in_bounded_rounds(spark, warehouse, teacher_server, tmp_path):
+    teacher_server.reset()
+    seeds = write(tmp_path / "s.csv", "topic,question,in_scope\n" + "".join(
+        f"cards,How do I do thing {i} with my card?,yes\n" for i in range(6)))  # fmt: skip
+    cfg = _cfg(warehouse, teacher_server, seeds, "quality.topup.target_per_seed=2", "quality.topup.max_rounds=4")
+    summary = pipeline.run(cfg, STAGES, root=ROOT)
+    topup = summary["stages"]["topup"]
+    assert topup["status"] == "ok" and topup["seeds_short_before"] > 0 and 1 <= topup["rounds"] <= 4
+    rt = Runtime.resolve(cfg)
+    kept = spark.table(rt.fqn("pair_verdicts")).where("keep").groupBy("seed_id").count().toPandas()
+    reached = set(kept[kept["count"] >= 2].seed_id)
+    short = topup["short"]
+    assert topup["seeds_short"] == len(short) == 6 - len(reached)
+    assert all(text.startswith("kept ") for text in short.values())
+    assert topup["seeds_short"] < topup["seeds_short_before"]
+    # Every kept pair is a training example, the topped-up ones included.
+    assert spark.table(rt.fqn("training_chat")).count() == spark.table(rt.fqn("pair_verdicts")).where("keep").count()
+    paid = teacher_server.stats.completions
+    again = pipeline.run(cfg, STAGES, root=ROOT)
+    if not short:  # all reached: a rerun finds nothing short and pays nothing
+        assert again["stages"]["topup"]["rounds"] == 0 and teacher_server.stats.completions == paid
+
+
+def test_topup_is_off_by_default(spark, warehouse, teacher_server, tmp_path):
+    seeds = write(tmp_path / "s.csv", "topic,question,in_scope\ncards,Lost card?,yes\n")
+    cfg = _cfg(warehouse, teacher_server, seeds)
+    summary = pipeline.run(cfg, ["seed", "questions", "responses", "dedup", "topup"], root=ROOT)
+    assert summary["stages"]["topup"]["disabled"] == "quality.topup.target_per_seed is 0"
