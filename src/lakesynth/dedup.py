@@ -245,40 +245,25 @@ def _keeper(group: str, alive: F.Column) -> F.Column:
     return F.row_number().over(Window.partitionBy(by).orderBy(*order)) == 1
 
 
+# Each check before dedup: its prefix here, its verdict table, and its own columns (name here -> name there).
+CHECKS = (
+    ("critic", "question_verdicts", {"score": "score", "reasoning": "reasoning"}),
+    ("judge", "answer_verdicts", {"scores": "scores", "min_score": "min_score"}),
+    ("relevance", "relevance_verdicts", {"score": "score", "questions": "questions"}),
+)
+
+
 def verdicts(ctx: RunContext) -> DataFrame:
     """One row per answered pair with the critic's, the judge's and the relevance check's verdicts beside it."""
     answered = ctx.read("synthetic_responses", kept=False).where(
         F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != "")
     )
-    critic = ctx.read("question_verdicts", kept=False).select(
-        "question_id",
-        F.col("score").alias("critic_score"),
-        F.col("reasoning").alias("critic_reasoning"),
-        F.col("model").alias("critic_model"),
-        F.col("prompt_version").alias("critic_prompt_version"),
-        F.col("drop_reason").alias("critic_drop"),
-        F.col("keep").alias("critic_keep"),
-    )
-    judge = ctx.read("answer_verdicts", kept=False).select(
-        "question_id",
-        F.col("scores").alias("judge_scores"),
-        F.col("min_score").alias("judge_min_score"),
-        F.col("model").alias("judge_model"),
-        F.col("prompt_version").alias("judge_prompt_version"),
-        F.col("drop_reason").alias("judge_drop"),
-        F.col("keep").alias("judge_keep"),
-    )
-    relevance = ctx.read("relevance_verdicts", kept=False).select(
-        "question_id",
-        F.col("score").alias("relevance_score"),
-        F.col("questions").alias("relevance_questions"),
-        F.col("model").alias("relevance_model"),
-        F.col("prompt_version").alias("relevance_prompt_version"),
-        F.col("drop_reason").alias("relevance_drop"),
-        F.col("keep").alias("relevance_keep"),
-    )
     pairs = answered.select("question_id", "seed_id", "topic", "question")
-    for verdicts in (critic, judge, relevance):
+    for check, table, own in CHECKS:
+        columns = {**own, "model": "model", "prompt_version": "prompt_version", "drop": "drop_reason", "keep": "keep"}
+        verdicts = ctx.read(table, kept=False).select(
+            "question_id", *[F.col(source).alias(f"{check}_{name}") for name, source in columns.items()]
+        )
         pairs = pairs.join(verdicts, "question_id", "left")
     return pairs
 
@@ -289,15 +274,12 @@ def run(ctx: RunContext) -> StageResult:
     rows = tables.materialize(spark, rt, "pair_verdicts", verdicts(ctx))
     # A verdict row that says "drop" (or a failed check) drops the pair; no verdict row means that check is off.
     earlier = F.coalesce(
-        F.when(F.col("critic_keep").isNull() | F.col("critic_keep"), None).otherwise(
-            F.coalesce("critic_drop", F.lit("critic"))
-        ),
-        F.when(F.col("judge_keep").isNull() | F.col("judge_keep"), None).otherwise(
-            F.coalesce("judge_drop", F.lit("judge"))
-        ),
-        F.when(F.col("relevance_keep").isNull() | F.col("relevance_keep"), None).otherwise(
-            F.coalesce("relevance_drop", F.lit("relevance"))
-        ),
+        *[
+            F.when(F.col(f"{check}_keep").isNull() | F.col(f"{check}_keep"), None).otherwise(
+                F.coalesce(f"{check}_drop", F.lit(check))
+            )
+            for check, _, _ in CHECKS
+        ]
     )
     rows = rows.withColumn("_earlier", earlier)
     alive = F.col("_earlier").isNull()

@@ -61,9 +61,13 @@ REQUIRED = ("topic", "question", "in_scope")
 OPTIONAL = ("category", "metadata")
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "in", "in_scope")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "out", "out_of_scope")
-RAW_SCHEMA = T.StructType(
-    [T.StructField("_row", T.LongType())] + [T.StructField(c, T.StringType()) for c in REQUIRED + OPTIONAL]
-)
+
+
+def raw_schema(columns: tuple[str, ...]) -> T.StructType:
+    return T.StructType([T.StructField("_row", T.LongType())] + [T.StructField(c, T.StringType()) for c in columns])
+
+
+RAW_SCHEMA = raw_schema(REQUIRED + OPTIONAL)
 MAX_LISTED = 20
 
 
@@ -199,29 +203,27 @@ def normalize(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
     )
 
 
-def _raw_seeds(spark: SparkSession, path: str) -> tuple[DataFrame, str]:
+def _raw(spark: SparkSession, path: str, required: tuple, optional: tuple, what: str) -> tuple[DataFrame, str]:
+    """The raw records of a seed (or pairs) file or table, every field a string, `_row` 1-based."""
     if path.startswith("table:"):
         name = path.removeprefix("table:")
         if not spark.catalog.tableExists(name):
-            raise SeedError(f"{path}: seed table not found")
+            raise SeedError(f"{path}: {what} table not found")
         table = spark.table(name)
-        missing = [c for c in REQUIRED if c not in table.columns]
+        missing = [c for c in required if c not in table.columns]
         if missing:
             raise SeedError(f"{path}: missing required column(s) {', '.join(missing)}")
         cols = [
             F.col(c).cast("string").alias(c) if c in table.columns else F.lit(None).cast("string").alias(c)
-            for c in REQUIRED + OPTIONAL
+            for c in required + optional
         ]
         return table.select((F.monotonically_increasing_id() + 1).alias("_row"), *cols), name
-    frame = read_seed_file(path)
-    return spark.createDataFrame(frame, schema=RAW_SCHEMA), path
+    frame = read_seed_file(path, required, optional, extra_hint="metadata" if what == "seed" else "")
+    return spark.createDataFrame(frame, schema=raw_schema(required + optional)), path
 
 
 PAIR_REQUIRED = ("question", "answer")
 PAIR_OPTIONAL = ("topic", "in_scope", "id")
-PAIR_SCHEMA = T.StructType(
-    [T.StructField("_row", T.LongType())] + [T.StructField(c, T.StringType()) for c in PAIR_REQUIRED + PAIR_OPTIONAL]
-)
 
 
 def pair_problems(raw: DataFrame) -> DataFrame:
@@ -256,28 +258,13 @@ def normalize_pairs(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
     )
 
 
-def _raw_pairs(spark: SparkSession, path: str) -> tuple[DataFrame, str]:
-    if path.startswith("table:"):
-        name = path.removeprefix("table:")
-        if not spark.catalog.tableExists(name):
-            raise SeedError(f"{path}: pairs table not found")
-        table = spark.table(name)
-        missing = [c for c in PAIR_REQUIRED if c not in table.columns]
-        if missing:
-            raise SeedError(f"{path}: missing required column(s) {', '.join(missing)}")
-        cols = [
-            F.col(c).cast("string").alias(c) if c in table.columns else F.lit(None).cast("string").alias(c)
-            for c in PAIR_REQUIRED + PAIR_OPTIONAL
-        ]
-        return table.select((F.monotonically_increasing_id() + 1).alias("_row"), *cols), name
-    frame = read_seed_file(path, PAIR_REQUIRED, PAIR_OPTIONAL, extra_hint="")
-    return spark.createDataFrame(frame, schema=PAIR_SCHEMA), path
-
-
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     pairs = bool(cfg.seeds.pairs)
-    raw, source = _raw_pairs(spark, cfg.seeds.pairs) if pairs else _raw_seeds(spark, cfg.seeds.path)
+    if pairs:
+        raw, source = _raw(spark, cfg.seeds.pairs, PAIR_REQUIRED, PAIR_OPTIONAL, "pairs")
+    else:
+        raw, source = _raw(spark, cfg.seeds.path, REQUIRED, OPTIONAL, "seed")
     problems = pair_problems(raw) if pairs else find_problems(raw)
     listed = problems.orderBy("_row").limit(200).collect()
     if listed:
