@@ -10,6 +10,9 @@ from test_cli import lakesynth
 
 from lakesynth import pipeline, registry
 
+# The Q&A job's tasks, in order (resources/lakesynth.job.yml).
+JOB = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "finetune"]
+
 
 def _summary(path):
     return json.loads(path.read_text())
@@ -18,18 +21,7 @@ def _summary(path):
 def test_job_graph_is_read_from_the_bundle():
     graph = pipeline.job_graph(ROOT)
     order = pipeline.order(graph)
-    assert order == [
-        "seed",
-        "questions",
-        "critic",
-        "responses",
-        "judge",
-        "relevance",
-        "dedup",
-        "topup",
-        "format",
-        "finetune",
-    ]
+    assert order == JOB
     assert set(graph) <= set(registry.default_stages())
 
 
@@ -53,18 +45,7 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     proc = lakesynth(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = _summary(tmp_path / "s.json")
-    assert list(report["stages"]) == [
-        "seed",
-        "questions",
-        "critic",
-        "responses",
-        "judge",
-        "relevance",
-        "dedup",
-        "topup",
-        "format",
-        "finetune",
-    ]
+    assert list(report["stages"]) == JOB
     assert set(report["files"]) == {"train_jsonl", "val_jsonl", "adapter"}
     assert report["stages"]["finetune"]["val_loss_before"] > 0
     assert all(s["status"] == "ok" for s in report["stages"].values())
