@@ -559,7 +559,7 @@ def _previous_sections(results: Path) -> dict[int, tuple[str, str]]:
     found = {}
     for match in re.finditer(r"(?ms)^### (\d)\..*?(?=^### |^## |\Z)", text):
         block = match.group(0)
-        prior = re.search(r"\n_Not rerun: figures of (.+?)\._\n", block)
+        prior = re.search(r"\n_Not rerun: figures of (.+?)\._\n\n", block)  # with its blank line
         if prior:
             block = block.replace(prior.group(0), "\n", 1)
         found[int(match.group(1))] = (prior.group(1) if prior else run_date, "\n" + block)
