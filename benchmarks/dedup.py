@@ -1,13 +1,13 @@
 """Near-duplicate dedup of questions: lakesynth's near path against datasketch MinHashLSH, side by side in one run.
 
-    .venv/bin/python benchmarks/dedup.py [--rows 10000,100000]
+    .venv/bin/python benchmarks/dedup.py [--rows 10000,100000] [--rounds 3]
 
 (also section 5 of benchmarks/run.py, which writes RESULTS.md). Each size gets its own deterministic set of short
 bank questions from templates and five vocabularies of about 50 words, every question exactly five content words
 and no two alike, so unrelated questions share at most 4 of 6 (Jaccard 0.67) and never reach 0.7. About 5% of the
 rows are planted near-duplicates of another (a changed function word, a reordered phrase, one added content word),
-and 1% are controls: a question that differs from another in a word that matters ("add" / "remove", "car" /
-"motorbike"). Measured, each in a fresh process, on the same Parquet file:
+and 2% are control pairs: two questions that differ in a word that matters ("add" / "remove", "car" /
+"motorbike"). Measured, each in a fresh process on the same Parquet file, `--rounds` times interleaved (median):
 
 - datasketch MinHashLSH (threshold 0.7, num_perm 64, `MinHash.bulk` over the same `content_words`, `insert` every
   question then `query` each, pairs grouped by `dedup.groups`): its own bands (8 x 8 at these settings) and the
