@@ -108,14 +108,25 @@ def test_bad_parameters_and_cycles_are_named(merged):
     assert any("cycle" in p for p in problems)
 
 
+def _embedding_models(cfg) -> str:
+    """The model of every embeddings setting pointed at Databricks Model Serving, joined."""
+    settings = (cfg.quality.relevance.embeddings, cfg.quality.dedup.semantic)
+    return ",".join(sorted({e.model for e in settings if e.base_url == "databricks"}))
+
+
 # Each variable a user can set (`--var NAME=VALUE`), the value given, and where it must arrive in the config of
 # every task that uses it. A variable missing here fails the test below: a new one needs its own check.
 VARIABLES = {
     "catalog": ("cat_x", lambda cfg: cfg.catalog, "all"),
     "schema": ("schema_x", lambda cfg: cfg.schema_, "all"),
     "volume": ("vol_x", lambda cfg: cfg.volume, "all"),
-    "teacher_endpoint": ("endpoint-x", lambda cfg: cfg.teacher.model, ("questions", "critic", "responses", "judge")),
-    "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions",)),
+    "teacher_endpoint": (
+        "endpoint-x",
+        lambda cfg: cfg.teacher.model,
+        ("questions", "critic", "responses", "judge", "relevance", "topup"),
+    ),
+    "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions", "topup")),
+    "embedding_endpoint": ("embed-x", lambda cfg: _embedding_models(cfg), ("relevance", "dedup", "topup")),
     "finetune_backend": ("none", lambda cfg: cfg.finetune.backend, ("finetune",)),
     "base_model": ("org/student-x", lambda cfg: cfg.finetune.base_model, ("finetune",)),
 }
