@@ -11,7 +11,10 @@ from test_cli import lakesynth
 from lakesynth import pipeline, registry
 
 # The Q&A job's tasks, in order (resources/lakesynth.job.yml).
-JOB = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "finetune"]
+JOB = [
+    *("seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "finetune"),
+    "export",
+]
 
 
 def _summary(path):
@@ -131,10 +134,7 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     stages = _summary(tmp_path / "s.json")["stages"]
     assert proc.returncode == 1
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
-    assert all(
-        stages[s]["status"] == "skipped"
-        for s in ("questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "finetune")
-    )
+    assert all(stages[s]["status"] == "skipped" for s in JOB[1:])
 
 
 def test_end_to_end_with_the_real_embedded_teacher(tmp_path):

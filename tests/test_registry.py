@@ -39,6 +39,7 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "dedup",
         "format",
         "topup",  # it writes through other stages, so data flow alone places it anywhere after dedup
+        "export",
         "finetune",
     ]
     for stage in stages.values():
@@ -94,6 +95,7 @@ def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():
     assert registry.graph_problems(orphan, stages) == [
         "the job: task 'responses' (responses) reads 'synthetic_questions', which no task before it writes",
         "the job: task 'dedup' (dedup) reads 'question_verdicts', which no task before it writes",
+        "the job: task 'export' (export) reads 'question_verdicts', which no task before it writes",
     ]
     with pytest.raises(ConfigError, match="reads 'synthetic_questions'"):
         pipeline.check(orphan, stages, "lakesynth")

@@ -146,6 +146,11 @@ class TeacherConfig(Section):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+def secret_from_env(name: str) -> str | None:
+    """A secret (a token) from the named environment variable, read where it is used, never kept in a config."""
+    return os.environ.get(name) if name else None
+
+
 class EmbeddingsConfig(Section):
     """Where a check gets embeddings: any OpenAI-compatible /embeddings endpoint, reached as the teacher is."""
 

@@ -1,0 +1,64 @@
+"""Export: the final dataset as a Hugging Face datasets folder and Parquet, read back as those tools read it,
+with a dataset card that says what made it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import datasets
+import pandas as pd
+import yaml
+from conftest import ROOT, write
+
+from lakesynth import pipeline, registry
+from lakesynth.runtime import Runtime
+
+STAGES = ["seed", "questions", "responses", "judge", "dedup", "format", "export"]
+
+
+def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_server, tmp_path):
+    teacher_server.reset()
+    seeds = write(tmp_path / "s.csv", "topic,question,in_scope\n" + "".join(
+        f"{t},How do I do thing {i} with my {t}?,yes\n" for i, t in enumerate(["cards", "loans"] * 4)))  # fmt: skip
+    cfg = registry.load_config(
+        ROOT / "conf" / "lakesynth.yml",
+        [
+            f"warehouse={warehouse}",
+            f"schema=t_{uuid.uuid4().hex[:10]}",
+            f"seeds.path={seeds}",
+            f"teacher.base_url={teacher_server.base_url}",
+            "teacher.model=standin",
+            "mlflow.enabled=false",
+            "quality.judge.enabled=true",
+            "run_id=export-test",
+            "export.enabled=true",
+            "export.license=cc-by-4.0",
+            "export.hub_repo=me/bank-chat",
+            "export.token_env=LAKESYNTH_TEST_NO_SUCH_TOKEN",
+        ],
+    )
+    summary = pipeline.run(cfg, STAGES, root=ROOT)
+    stage = summary["stages"]["export"]
+    assert stage["status"] == "ok" and stage["hub"] == "not pushed: LAKESYNTH_TEST_NO_SUCH_TOKEN is not set"
+    folder = summary["files"]["export"]
+    assert folder == f"{Runtime.resolve(cfg).files_dir('export')}/{cfg.run_id}"
+    chat = pd.read_json(summary["files"]["train_jsonl"], lines=True)
+    # Read back as the datasets library and a Parquet reader read them.
+    dataset = datasets.load_from_disk(f"{folder}/dataset")
+    assert set(dataset) == {"train", "val"} and dataset["train"].num_rows == len(chat) == stage["train_examples"]
+    first = dataset["train"][0]["messages"]
+    assert [m["role"] for m in first] == ["system", "user", "assistant"] and first[2]["content"]
+    parquet = pd.read_parquet(f"{folder}/parquet/val.parquet")
+    assert len(parquet) == dataset["val"].num_rows and set(parquet.topic) <= {"cards", "loans"}
+    # The card: metadata the Hub reads, then what made the data.
+    text = open(f"{folder}/README.md", encoding="utf-8").read()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["license"] == "cc-by-4.0"
+    assert {f["split"] for f in meta["configs"][0]["data_files"]} == {"train", "val"}
+    made = json.loads(open(f"{folder}/provenance.json", encoding="utf-8").read())
+    assert made["run_id"] == cfg.run_id and made["made_by"]["questions"]["models"] == ["standin"]
+    assert made["made_by"]["judge"]["models"] == ["standin"] and len(made["config_sha256"]) == 16
+    dropped = summary["stages"]["judge"]["dropped"]
+    assert made["dropped"] == summary["stages"]["dedup"]["dropped"] and set(dropped) <= set(made["dropped"])
+    assert "| questions | standin |" in text and f"`{cfg.run_id}`" in text
