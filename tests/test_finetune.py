@@ -115,9 +115,11 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     Job.from_dict({"name": "sft", "tasks": submission["tasks"]})  # the Jobs API model accepts the task
 
 
-def test_finetune_is_the_last_task_of_the_job():
-    order = pipeline.order(pipeline.job_graph(finetune.Path(__file__).resolve().parents[1]))
-    assert order[-1] == "finetune"
+def test_finetune_comes_after_format_and_nothing_waits_for_it():
+    graph = pipeline.job_graph(finetune.Path(__file__).resolve().parents[1])
+    order = pipeline.order(graph)
+    assert graph["finetune"][1] == ["format"] and order.index("finetune") > order.index("format")
+    assert not [task for task, (_, deps) in graph.items() if "finetune" in deps]  # a leaf: export does not wait
 
 
 @pytest.fixture
