@@ -46,7 +46,7 @@ def test_own_pairs_run_through_the_gate_with_nothing_generated(spark, warehouse,
     stages = summary["stages"]
     assert all(s["status"] == "ok" for s in stages.values()), stages
     for stage in ("questions", "responses"):
-        assert stages[stage]["imported"] == 4 and stages[stage]["generated"] == 0
+        assert stages[stage]["imported"] == 4 and stages[stage]["generation"] == "skipped: seeds.pairs given"
     assert teacher_server.stats.completions == 4 + 1  # the judge's calls and its preflight, nothing else
     rt = Runtime.resolve(cfg)
     seeds = spark.table(rt.fqn("seed_questions")).toPandas()

@@ -34,7 +34,7 @@ def test_short_seeds_are_topped_up_in_bounded_rounds(spark, warehouse, teacher_s
     teacher_server.reset()
     seeds = write(tmp_path / "s.csv", "topic,question,in_scope\n" + "".join(
         f"cards,How do I do thing {i} with my card?,yes\n" for i in range(6)))  # fmt: skip
-    cfg = _cfg(warehouse, teacher_server, seeds, "quality.topup.target_per_seed=2", "quality.topup.max_rounds=4")
+    cfg = _cfg(warehouse, teacher_server, seeds, "quality.target_per_seed=2", "quality.max_rounds=4")
     summary = pipeline.run(cfg, STAGES, root=ROOT)
     topup = summary["stages"]["topup"]
     assert topup["status"] == "ok" and topup["seeds_short_before"] > 0 and 1 <= topup["rounds"] <= 4
@@ -57,4 +57,4 @@ def test_topup_is_off_by_default(spark, warehouse, teacher_server, tmp_path):
     seeds = write(tmp_path / "s.csv", "topic,question,in_scope\ncards,Lost card?,yes\n")
     cfg = _cfg(warehouse, teacher_server, seeds)
     summary = pipeline.run(cfg, ["seed", "questions", "responses", "dedup", "topup"], root=ROOT)
-    assert summary["stages"]["topup"]["disabled"] == "quality.topup.target_per_seed is 0"
+    assert summary["stages"]["topup"]["disabled"] == "quality.target_per_seed is 0"

@@ -356,4 +356,6 @@ def imported(ctx: RunContext, table: Table, rows: DataFrame) -> StageResult:
     filled = filled.withColumn("run_id", F.lit(ctx.cfg.run_id)).withColumn("created_at", F.current_timestamp())
     tables.upsert(ctx.spark, ctx.rt, table, filled)
     n = rows.count()
-    return StageResult(rows_in=n, rows_out=n, tables=[table], metrics={"imported": n, "generated": 0})
+    return StageResult(
+        rows_in=n, rows_out=n, tables=[table], metrics={"imported": n, "generation": "skipped: seeds.pairs given"}
+    )

@@ -85,21 +85,27 @@ def config_model() -> type[config.Config]:
     tree: dict = {}
     for stage in default_stages().values():
         if stage.config is not None:
-            *parents, leaf = stage.config_key.split(".")
             node = tree
-            for part in parents:
+            for part in stage.config_key.split("."):
                 node = node.setdefault(part, {})
-            node[leaf] = (stage.config, stage.help)
+            node[OWN] = (stage.config, stage.help)
     return _section_model("Config", tree, config.Config)
 
 
+OWN = ""  # in the section tree: the model of the stage whose section is this node itself
+
+
 def _section_model(name: str, tree: dict, base: type) -> type:
-    """A config model from {key: (model, help) | subtree}: a dotted section `quality.critic` nests under `quality`."""
+    """A config model from {key: subtree}, each subtree holding its stage's (model, help) under OWN and its
+    dotted children: `quality.critic` nests under `quality`, which may itself be a stage's section (`quality`'s
+    own keys, such as the top-up's `quality.target_per_seed`, sit beside `quality.critic`)."""
     fields = {}
     for key, value in tree.items():
-        model, help_text = (
-            value if isinstance(value, tuple) else (_section_model(f"{key.title()}Config", value, config.Section), key)
-        )
+        if key == OWN:
+            continue
+        children = {k: v for k, v in value.items() if k != OWN}
+        own, help_text = value.get(OWN, (config.Section, key))
+        model = _section_model(f"{key.title()}Config", children, own) if children else own
         fields[key] = (model, Field(default_factory=model, description=help_text))
     return create_model(name, __base__=base, __module__=__name__, **fields)
 

@@ -1,8 +1,8 @@
 """Top-up stage: exactly N kept pairs per seed, when asked.
 
-With `quality.topup.target_per_seed` set, a seed left with fewer kept pairs than that after the quality gate
+With `quality.target_per_seed` set, a seed left with fewer kept pairs than that after the quality gate
 (`pair_verdicts`) asks the teacher again for the questions it misses, and the new questions go through the same
-stages (critic, answers, judge, relevance, dedup), in at most `max_rounds` rounds. Each stage only pays for what
+stages (critic, answers, judge, relevance, dedup), in at most `quality.max_rounds` rounds. Each stage only pays for what
 is new, so a rerun on the same data pays nothing. The summary names the seeds that stayed short, and why: the
 drop reasons of their pairs.
 """
@@ -41,7 +41,7 @@ def why_short(ctx: RunContext, missing: dict[str, int]) -> dict[str, str]:
     reasons: dict[str, dict[str, int]] = {}
     for r in verdicts.where("NOT keep").groupBy("seed_id", "drop_reason").count().collect():
         reasons.setdefault(r.seed_id, {})[r.drop_reason] = r["count"]
-    target = ctx.cfg.quality.topup.target_per_seed
+    target = ctx.cfg.quality.target_per_seed
     return {
         seed: f"kept {target - n} of {target}"
         + (": " + ", ".join(f"{k} {v}" for k, v in sorted(reasons[seed].items())) if seed in reasons else "")
@@ -50,26 +50,26 @@ def why_short(ctx: RunContext, missing: dict[str, int]) -> dict[str, str]:
 
 
 def run(ctx: RunContext) -> StageResult:
-    topup = ctx.cfg.quality.topup
-    if not topup.target_per_seed:
-        return StageResult(metrics={"disabled": "quality.topup.target_per_seed is 0"})
+    quality = ctx.cfg.quality
+    if not quality.target_per_seed:
+        return StageResult(metrics={"disabled": "quality.target_per_seed is 0"})
     if ctx.cfg.seeds.pairs:
         return StageResult(metrics={"disabled": "seeds.pairs: your own pairs are not added to"})
     from lakesynth import registry  # the stages of a round, by name: a stage never imports another
 
     stages = registry.default_stages()
-    missing = shortfall(ctx, topup.target_per_seed)
+    missing = shortfall(ctx, quality.target_per_seed)
     before, rounds, paid = len(missing), 0, 0
-    while missing and rounds < topup.max_rounds:
+    while missing and rounds < quality.max_rounds:
         rounds += 1
-        print(f"topup: round {rounds}: {len(missing)} seed(s) short of {topup.target_per_seed}", flush=True)
+        print(f"topup: round {rounds}: {len(missing)} seed(s) short of {quality.target_per_seed}", flush=True)
         round_ctx = ctx.for_topup(missing)
         for name in ROUND:
             started = time.monotonic()
             result = stages[name].run(round_ctx)
             print("  " + result.line(f"{name} (round {rounds})", time.monotonic() - started), flush=True)
             paid += result.rows_out if name == "questions" else 0
-        missing = shortfall(ctx, topup.target_per_seed)
+        missing = shortfall(ctx, quality.target_per_seed)
     seeds = ctx.read("seed_questions").count()
     return StageResult(
         rows_in=seeds,
@@ -85,10 +85,10 @@ def run(ctx: RunContext) -> StageResult:
 
 STAGE = Stage(
     name="topup",
-    help="ask again for the questions that seeds short of quality.topup.target_per_seed kept pairs miss, and "
+    help="ask again for the questions that seeds short of quality.target_per_seed kept pairs miss, and "
     "check them, in bounded rounds",
     run=run,
     reads=("seed_questions", "pair_verdicts"),
     config=TopupConfig,
-    section="quality.topup",
+    section="quality",
 )
