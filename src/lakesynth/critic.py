@@ -67,15 +67,12 @@ class CriticVerdict(BaseModel):
     score: Literal[1, 0] = Field(description="1: meets every criterion; 0: fails one")
 
 
-TABLE = tables.contract(
+TABLE = tables.verdict(
     "question_verdicts",
     [("question_id", S), ("seed_id", S), ("topic", S), ("question", S), ("score", INT), ("reasoning", S)]
-    + tables.LLM_ACCOUNTING
-    + tables.VERDICT,
+    + tables.LLM_ACCOUNTING,
+    judges="synthetic_questions",
     key="question_id",
-    parent="question_id",
-    verdict_of="synthetic_questions",
-    parent_table="synthetic_questions",
 )
 
 

@@ -61,7 +61,7 @@ class DedupConfig(Section):
     semantic: SemanticDedup = Field(default_factory=SemanticDedup)
 
 
-TABLE = tables.contract(
+TABLE = tables.verdict(
     "pair_verdicts",
     [
         ("question_id", S),
@@ -85,12 +85,9 @@ TABLE = tables.contract(
         ("near_similarity", D),
         ("semantic_group", S),
         ("semantic_similarity", D),
-    ]
-    + tables.VERDICT,
+    ],
+    judges="synthetic_responses",
     key="question_id",
-    parent="question_id",
-    verdict_of="synthetic_responses",
-    parent_table="synthetic_responses",
 )
 
 STOP_WORDS = frozenset(

@@ -86,15 +86,12 @@ def output_model(criteria: tuple[Criterion, ...]) -> type[BaseModel]:
     return create_model("Judgement", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-TABLE = tables.contract(
+TABLE = tables.verdict(
     "answer_verdicts",
     [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("scores", S), ("min_score", INT)]
-    + tables.LLM_ACCOUNTING
-    + tables.VERDICT,
+    + tables.LLM_ACCOUNTING,
+    judges="synthetic_responses",
     key="question_id",
-    parent="question_id",
-    verdict_of="synthetic_responses",
-    parent_table="synthetic_responses",
 )
 
 

@@ -49,15 +49,12 @@ class ReverseQuestions(BaseModel):
     questions: list[str] = Field(description="Questions this answer answers")
 
 
-TABLE = tables.contract(
+TABLE = tables.verdict(
     "relevance_verdicts",
     [("question_id", S), ("seed_id", S), ("topic", S), ("questions", S), ("score", T.DoubleType())]
-    + tables.LLM_ACCOUNTING
-    + tables.VERDICT,
+    + tables.LLM_ACCOUNTING,
+    judges="synthetic_responses",
     key="question_id",
-    parent="question_id",
-    verdict_of="synthetic_responses",
-    parent_table="synthetic_responses",
 )
 
 

@@ -68,12 +68,16 @@ def contract(
     verdict_of: str | None = None,
     parent_table: str | None = None,
 ) -> Table:
-    """A table's contract: its columns, then the lineage columns every table has. A verdict table (`verdict_of`)
-    has VERDICT among its columns and the key of the table it judges. With `parent_table`, `parent` is that
-    table's key, and the rows whose parent row no longer exists are pruned (see `prune`)."""
-    if verdict_of and not {n for n, _ in VERDICT} <= {n for n, _ in columns}:
-        raise TableSchemaError(f"{name}: a verdict table needs the columns keep and drop_reason")
+    """A table's contract: its columns, then the lineage columns every table has. With `parent_table`, `parent`
+    is that table's key, and the rows whose parent row no longer exists are pruned (see `prune`). A verdict
+    table is declared with `verdict`."""
     return Table(name, tuple(columns + LINEAGE), key, parent, verdict_of, parent_table)
+
+
+def verdict(name: str, columns: list, judges: str, key: str) -> Table:
+    """A verdict table's contract: one row per row of the table it `judges` (same key, that table its parent, so
+    its rows go when theirs do), its check's `columns`, then VERDICT (`keep`, `drop_reason`)."""
+    return contract(name, columns + VERDICT, key=key, parent=key, verdict_of=judges, parent_table=judges)
 
 
 def kept(spark: SparkSession, rt: Runtime, rows: DataFrame, key: str, verdicts: list[Table]) -> DataFrame:
