@@ -264,7 +264,7 @@ def _remote(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     if earlier and earlier.get("backend") == cfg.finetune.backend:
         state = backend.state(earlier["run"])
         if state == "SUCCESS":
-            return backend.result(earlier, reused=True)
+            return _remote_result(earlier, reused=True)
         if state == "RUNNING":
             return _finish(backend, earlier, cfg)
     earlier = {"backend": cfg.finetune.backend, "run_id": cfg.run_id, **backend.submit()}
@@ -286,7 +286,14 @@ def _finish(backend, submitted: dict, cfg: Config) -> StageResult:
         time.sleep(ft.poll_seconds)
     if state != "SUCCESS":
         raise StageError(f"finetune: {ft.backend} run {submitted['run']} ended {backend.detail(submitted['run'])}")
-    return backend.result(submitted, reused=False)
+    return _remote_result(submitted, reused=False)
+
+
+def _remote_result(submitted: dict, *, reused: bool) -> StageResult:
+    """A finished remote run's result; `reused` names the run (of this job) that paid for it."""
+    metrics = {"databricks_run": submitted["run"], **({"reused": submitted["run_id"]} if reused else {})}
+    files = {"adapter": submitted["adapter"]} if "adapter" in submitted else {}
+    return StageResult(rows_out=0 if reused else 1, files=files, metrics=metrics)
 
 
 class _AiRuntime:
@@ -338,10 +345,6 @@ class _AiRuntime:
     def cancel(self, run) -> None:
         self.client.api_client.do("POST", "/api/2.2/jobs/runs/cancel", body={"run_id": run})
 
-    def result(self, submitted: dict, *, reused: bool) -> StageResult:
-        metrics = {"databricks_run": submitted["run"], **({"reused": submitted["run_id"]} if reused else {})}
-        return StageResult(rows_out=0 if reused else 1, files={"adapter": submitted["adapter"]}, metrics=metrics)
-
 
 class _FoundationModel:
     """Foundation Model Fine-tuning through databricks-genai (deprecated by Databricks)."""
@@ -373,10 +376,6 @@ class _FoundationModel:
 
     def cancel(self, run) -> None:
         self.fm.cancel(run)
-
-    def result(self, submitted: dict, *, reused: bool) -> StageResult:
-        metrics = {"databricks_run": submitted["run"], **({"reused": submitted["run_id"]} if reused else {})}
-        return StageResult(rows_out=0 if reused else 1, metrics=metrics)
 
 
 STAGE = Stage(
