@@ -279,6 +279,12 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
         for n in sizes:
             seeds = seeds_file(folder, n)
             specs = stage_prompts(seeds)
+            # Both commands of this size: one warehouse, the stand-in as the teacher, one question per seed.
+            on_standin = [
+                *("--warehouse", str(folder / f"wh_util_{n}"), "--set", f"teacher.base_url={url}"),
+                *("--set", "teacher.model=standin", "--set", f"teacher.max_concurrency={CAP}"),
+                *("--set", "questions.per_seed=1", "--set", "mlflow.enabled=false"),
+            ]
             bare = {stage: bare_client(url, *spec, CAP) for stage, spec in specs.items()}
             raw = {stage: bare_raw_client(url, *spec, CAP) for stage, spec in specs.items()}
             summary, wall, _ = lakesynth(
@@ -288,18 +294,7 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
                     "seed,questions,responses",
                     "--seeds",
                     str(seeds),
-                    "--warehouse",
-                    str(folder / f"wh_util_{n}"),
-                    "--set",
-                    f"teacher.base_url={url}",
-                    "--set",
-                    "teacher.model=standin",
-                    "--set",
-                    f"teacher.max_concurrency={CAP}",
-                    "--set",
-                    "questions.per_seed=1",
-                    "--set",
-                    "mlflow.enabled=false",
+                    *on_standin,
                 ]
             )
             # The checks on the rows just written, in a second command on the same warehouse: bare loops first
@@ -312,18 +307,7 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
                     "run",
                     "--stages",
                     "critic,judge",
-                    "--warehouse",
-                    str(folder / f"wh_util_{n}"),
-                    "--set",
-                    f"teacher.base_url={url}",
-                    "--set",
-                    "teacher.model=standin",
-                    "--set",
-                    f"teacher.max_concurrency={CAP}",
-                    "--set",
-                    "questions.per_seed=1",
-                    "--set",
-                    "mlflow.enabled=false",
+                    *on_standin,
                     *CHECKS,
                 ]
             )
