@@ -33,29 +33,26 @@ WORDS = "mortgage pension overdraft cheque isa bond loan salary branch pin app s
 OTHERS = [(f"o{i:02d}", f"What should I know about the {w} product?") for i, w in enumerate(WORDS)]
 
 
+def _write(spark, cfg, table, rows: list[dict]) -> None:
+    """Planted rows into `table`: the given fields, the others null, a creation time now."""
+    frame = spark.createDataFrame(rows).withColumn("created_at", F.current_timestamp())
+    frame = frame.select(*frame.columns, *[F.lit(None).alias(n) for n, _ in table.columns if n not in frame.columns])
+    tables.upsert(spark, where(cfg), table, frame)
+
+
 def _plant(spark, cfg, pairs, verdicts=()):
-    rt = where(cfg)
     rows = [
         {"question_id": qid, "seed_id": f"s{qid[0]}", "topic": "cards", "in_scope": True, "question": q}
         | {"answer": f"An answer to {q}", "reasoning": "r", "run_id": "planted"}
         for qid, q in pairs
     ]
-    frame = spark.createDataFrame(rows).withColumn("created_at", F.current_timestamp())
-    for name, _ in responses.TABLE.columns:
-        if name not in frame.columns:
-            frame = frame.withColumn(name, F.lit(None))
-    tables.upsert(spark, rt, responses.TABLE, frame)
+    _write(spark, cfg, responses.TABLE, rows)
     if verdicts:
-        judged = spark.createDataFrame(
-            [
-                {"question_id": q, "min_score": score, "keep": keep, "drop_reason": reason, "model": "judge-m"}
-                for q, score, keep, reason in verdicts
-            ]
-        ).withColumn("created_at", F.current_timestamp())
-        for name, _ in judge.TABLE.columns:
-            if name not in judged.columns:
-                judged = judged.withColumn(name, F.lit(None))
-        tables.upsert(spark, rt, judge.TABLE, judged)
+        judged = [
+            {"question_id": q, "min_score": score, "keep": keep, "drop_reason": reason, "model": "judge-m"}
+            for q, score, keep, reason in verdicts
+        ]
+        _write(spark, cfg, judge.TABLE, judged)
 
 
 def _verdicts(spark, cfg) -> dict:
@@ -154,13 +151,8 @@ def test_a_pair_the_relevance_check_dropped_keeps_that_reason_and_is_no_keeper(s
     from lakesynth import relevance
 
     _plant(spark, cfg, EXACT)
-    low = spark.createDataFrame(
-        [{"question_id": "e1", "score": 0.1, "keep": False, "drop_reason": "relevance", "model": "teacher"}]
-    ).withColumn("created_at", F.current_timestamp())
-    for name, _ in relevance.TABLE.columns:
-        if name not in low.columns:
-            low = low.withColumn(name, F.lit(None))
-    tables.upsert(spark, where(cfg), relevance.TABLE, low)
+    low = {"question_id": "e1", "score": 0.1, "keep": False, "drop_reason": "relevance", "model": "teacher"}
+    _write(spark, cfg, relevance.TABLE, [low])
     dedup.run(context(cfg))
     got = _verdicts(spark, cfg)
     assert {q: got[q].drop_reason for q, _ in EXACT} == {"e1": "relevance", "e2": None, "e3": "exact_duplicate"}
