@@ -269,6 +269,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     # Counted on keys alone, so the rendered prompts of the whole table are never held at once.
     rows_in, attempted = source.count(), pending(source, step.key, "fingerprint").count()
     result = StageResult(rows_in=rows_in, tables=[step.table], metrics={"skipped": rows_in - attempted})
+    result.model, result.prompt_version = teacher.model, step.prompt_version
     if attempted == 0:
         return _with_verdict_counts(ctx, step, result)
     if not builtin:

@@ -238,8 +238,10 @@ def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
                 report(key, stage)
                 continue
             seconds = time.monotonic() - started
+            made_by = {"model": result.model, "prompt_version": result.prompt_version}
             summary["stages"][key] = {
                 "status": "ok",
+                **{k: v for k, v in made_by.items() if v},
                 "seconds": round(seconds, 3),
                 "rows_in": result.rows_in,
                 "rows_out": result.rows_out,

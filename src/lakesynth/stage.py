@@ -28,6 +28,8 @@ class StageResult:
     tables: list = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # an LLM stage's model and prompt version, for the run log
+    prompt_version: str | None = None
 
     def line(self, stage: str, seconds: float) -> str:
         extra = "".join(f", {k} {v}" for k, v in self.metrics.items())

@@ -266,17 +266,14 @@ def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) 
     from pyspark.sql import functions as F
 
     section = _section(ctx.cfg, stage.config_key) if stage is not None and stage.config is not None else {}
-    teacher = section.get("model") or (ctx.cfg.teacher.model if "template" in section else None)
     row = {
         "entry_id": f"{ctx.cfg.run_id}|{task}",
         "task": task,
         "stage": stage.name if stage is not None else task,
         "status": entry["status"],
         "reason": entry.get("error") or entry.get("reason"),
-        "model": teacher,
-        "prompt_version": hashlib.sha256(section["template"].encode()).hexdigest()[:12]
-        if section.get("template")
-        else None,
+        "model": entry.get("model"),  # as the LLM loop called it and recorded it on the rows
+        "prompt_version": entry.get("prompt_version"),
         "parameters": json.dumps(params_of(section), sort_keys=True),
         **{k: entry.get(k) for k in ("rows_in", "rows_out", "errors", "prompt_tokens", "completion_tokens")},
         "cost_usd": entry.get("cost_usd"),
