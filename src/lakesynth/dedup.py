@@ -105,11 +105,6 @@ def content_words(text: str | None) -> list[str]:
     return sorted({w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words})
 
 
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if a | b else 1.0
-
-
 @functools.cache
 def _seeds(num_perm: int) -> np.ndarray:
     return np.random.default_rng(1).integers(0, 1 << 63, num_perm, dtype=np.uint64)  # fixed: same words, same keys
