@@ -56,6 +56,73 @@ def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_c
     assert saved["val_loss_after"] == m["val_loss_after"]
 
 
+SYSTEM = {"role": "system", "content": "Answer questions about lakes in one short sentence."}
+PAIRS = [  # (question, chosen, rejected): the chosen answer is on topic, the rejected one is not
+    ("What is the deepest lake on Earth?", "Lake Baikal in Siberia, about 1,642 m deep.", "I like turtles."),
+    ("Which lake is the largest by area?", "The Caspian Sea is the largest lake by area.", "Bananas are yellow."),
+    ("What feeds a lake?", "Rivers, rain, groundwater and melting snow feed a lake.", "The moon is cheese."),
+    ("Why are some lakes salty?", "Lakes with no outflow keep the salt evaporation leaves.", "Cars have wheels."),
+    ("What is a crater lake?", "A crater lake fills the crater of a volcano.", "Pizza is tasty."),
+    ("Which is the highest navigable lake?", "Lake Titicaca in the Andes.", "I forgot."),
+    ("What is an oxbow lake?", "A river meander cut off from its river.", "Blue."),
+    ("What is the largest lake in Africa?", "Lake Victoria is the largest lake in Africa.", "Elephants are big."),
+    ("What makes a lake freeze?", "Surface water cooling below 0 °C in cold weather.", "Tuesday."),
+]
+
+
+def _dpo_line(question: str, chosen: str, rejected: str) -> str:
+    """One line of TRL's conversational preference format."""
+    return json.dumps(
+        {
+            "prompt": [SYSTEM, {"role": "user", "content": question}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+    )
+
+
+def _dpo(cfg, **settings):
+    return cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"method": "dpo", **settings})})
+
+
+def test_local_dpo_trains_a_lora_adapter_and_records_the_rewards(cfg):
+    files = finetune.split_files(where(cfg), "dpo")
+    assert files["train"].endswith("/training_preference/dpo/train.jsonl")
+    write(Path(files["train"]), "\n".join(_dpo_line(*pair) for pair in PAIRS[:6]) + "\n")
+    write(Path(files["val"]), "\n".join(_dpo_line(*pair) for pair in PAIRS[6:]) + "\n")
+    result = finetune.run(context(_dpo(cfg, max_steps=2, max_length=64, learning_rate=1e-3)))
+    m = result.metrics
+    assert m["method"] == "dpo" and m["steps"] == 2 and result.rows_in == 6
+    # Before training the policy is the reference (the adapter starts as a no-op): no reward, no margin.
+    assert m["reward_accuracy_before"] == 0 and m["reward_margin_before"] == 0
+    assert m["reward_margin_after"] > m["reward_margin_before"] and 0 <= m["reward_accuracy_after"] <= 1
+    assert m["val_loss_after"] < m["val_loss_before"]
+    assert os.path.isfile(os.path.join(result.files["adapter"], "adapter_config.json"))
+    saved = json.loads(Path(result.files["adapter"]).parent.joinpath("metrics.json").read_text())
+    assert saved["method"] == "dpo" and saved["reward_margin_after"] == m["reward_margin_after"]
+
+
+def test_dpo_without_the_preference_files_says_which_stage_to_run(cfg):
+    with pytest.raises(StageError, match="run the preference stage first"):
+        finetune.run(context(_dpo(cfg)))
+
+
+def test_foundation_model_has_no_dpo(cfg):
+    with pytest.raises(StageError, match="no DPO; use backend local or ai_runtime"):
+        finetune.run(context(_dpo(cfg, backend="foundation_model")))
+
+
+def test_ai_runtime_command_for_dpo_passes_the_method_and_beta(cfg):
+    os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
+    cfg = _dpo(cfg, beta=0.25)
+    files = finetune.split_files(where(cfg), "dpo")
+    assert files["val"] == f"/Volumes/main/{cfg.schema_}/lakesynth/training_preference/dpo/val.jsonl"
+    line = finetune.ai_runtime_command(cfg, where(cfg), files, "/Workspace/x").splitlines()[3]
+    assert line.startswith(f"python /Workspace/x/train_sft.py --method dpo --train {files['train']} ")
+    assert line.endswith("--mlflow --beta 0.25")
+    assert finetune.ai_runtime_submission(cfg, "/Workspace/x/run.sh")["run_name"] == "lakesynth-dpo-test-run"
+
+
 def test_missing_training_extra_is_a_skip_that_says_how_to_install(spark, jsonl_cfg, monkeypatch):
     monkeypatch.setattr(finetune, "TRAINING_LIBS", ("torch", "no_such_training_lib"))
     with pytest.raises(StageSkipped, match=r"missing no_such_training_lib.*pip install"):
@@ -88,7 +155,8 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     script = finetune.ai_runtime_command(cfg, where(cfg), files, "/Workspace/Users/me/.lakesynth/test-run")
     assert script.splitlines()[2].startswith("pip install --quiet transformers==5.23.0 peft==0.21.2 trl==1.16.0")
     assert script.splitlines()[3] == (
-        f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --train {files['train']} --val {files['val']} "
+        f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --method sft --train {files['train']} "
+        f"--val {files['val']} "
         f"--out /Volumes/main/{cfg.schema_}/lakesynth/finetune/test-run --max-steps 20 --learning-rate 0.0002 "
         "--lora-r 16 --batch-size 2 --max-length 256 --mlflow --model org/student"
     )
@@ -115,11 +183,17 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     Job.from_dict({"name": "sft", "tasks": submission["tasks"]})  # the Jobs API model accepts the task
 
 
-def test_finetune_comes_after_format_and_nothing_waits_for_it():
+def test_finetune_comes_after_format_and_export_does_not_wait_for_it():
     graph = pipeline.job_graph(finetune.Path(__file__).resolve().parents[1])
     order = pipeline.order(graph)
-    assert graph["finetune"][1] == ["format"] and order.index("finetune") > order.index("format")
-    assert not [task for task, (_, deps) in graph.items() if "finetune" in deps]  # a leaf: export does not wait
+    assert order.index("finetune") > order.index("format")
+    upstream, todo = set(), list(graph["export"][1])
+    while todo:  # everything export waits for, directly or not
+        task = todo.pop()
+        if task not in upstream:
+            upstream.add(task)
+            todo += graph[task][1]
+    assert "finetune" not in upstream  # the dataset is exported without waiting for a GPU run
 
 
 @pytest.fixture

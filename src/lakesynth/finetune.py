@@ -1,9 +1,12 @@
-"""Fine-tune stage: the train/val chat JSONL -> a fine-tuned student, with one of three backends.
+"""Fine-tune stage: the train/val JSONL -> a fine-tuned student, with one of three backends.
 
-- `local`: the project's TRL SFT (LoRA) script (train_sft.py) on this machine, CPU or GPU.
+`method` picks what is learned: `sft` the answers in the format stage's chat JSONL, `dpo` the preference
+stage's chosen-over-rejected pairs.
+
+- `local`: the project's TRL LoRA script (train_sft.py, SFT or DPO) on this machine, CPU or GPU.
 - `ai_runtime`: the same script as an `ai_runtime_task` on Databricks serverless GPU (one-time run).
 - `foundation_model`: Databricks Foundation Model Fine-tuning (`databricks-genai`, deprecated by
-  Databricks; only on workspaces that still offer it).
+  Databricks; only on workspaces that still offer it; SFT only).
 The request each Databricks backend sends is built by a pure function, so tests check it exactly.
 """
 
@@ -27,7 +30,10 @@ from lakesynth.stage import RunContext, Stage, StageResult
 
 class FinetuneConfig(Section):
     backend: Literal["local", "ai_runtime", "foundation_model", "none"] = Field(
-        "local", description="local: LoRA SFT here; ai_runtime: serverless GPU task; foundation_model: FM API."
+        "local", description="local: LoRA training here; ai_runtime: serverless GPU task; foundation_model: FM API."
+    )
+    method: Literal["sft", "dpo"] = Field(
+        "sft", description="sft: learn the chat answers; dpo: learn the preference stage's chosen-over-rejected pairs."
     )
     base_model: str = Field(
         "",
@@ -37,6 +43,7 @@ class FinetuneConfig(Section):
     max_steps: int = Field(20, ge=1, description="Training steps (local and ai_runtime).")
     learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    beta: float = Field(0.1, gt=0, description="dpo: how far the student may move from the base model.")
     batch_size: int = Field(2, ge=1, description="Examples per step.")
     max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
     training_duration: str = Field("1ep", description="foundation_model: how long to train, e.g. 1ep.")
@@ -59,9 +66,10 @@ AI_RUNTIME_REQUIREMENTS = ("transformers==5.23.0", "peft==0.21.2", "trl==1.16.0"
 FM_TERMINAL = {"COMPLETED", "FAILED", "STOPPED", "CANCELED", "CANCELLED", "ERROR"}
 
 
-def split_files(rt: Runtime) -> dict[str, str]:
-    """The train and val JSONL the format stage wrote."""
-    folder = rt.files_dir("training_chat")
+def split_files(rt: Runtime, method: str = "sft") -> dict[str, str]:
+    """The train and val JSONL the method trains on: the format stage's chat files, or the preference stage's
+    DPO pairs."""
+    folder = rt.files_dir("training_chat") if method == "sft" else rt.files_dir("training_preference") + "/dpo"
     return {"train": f"{folder}/train.jsonl", "val": f"{folder}/val.jsonl"}
 
 
@@ -90,6 +98,8 @@ def ai_runtime_command(cfg: Config, rt: Runtime, files: dict[str, str], script_d
     args = [
         "python",
         f"{script_dir}/train_sft.py",
+        "--method",
+        ft.method,
         "--train",
         files["train"],
         "--val",
@@ -108,6 +118,8 @@ def ai_runtime_command(cfg: Config, rt: Runtime, files: dict[str, str], script_d
         str(ft.max_length),
         "--mlflow",
     ]
+    if ft.method == "dpo":
+        args += ["--beta", str(ft.beta)]
     if ft.base_model:
         args += ["--model", ft.base_model]
     return (
@@ -120,12 +132,12 @@ def ai_runtime_command(cfg: Config, rt: Runtime, files: dict[str, str], script_d
 def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
     """The one-time run (`POST /api/2.2/jobs/runs/submit`) with its `ai_runtime_task`."""
     ft = cfg.finetune
-    name = f"lakesynth-sft-{cfg.run_id}"
+    name = f"lakesynth-{ft.method}-{cfg.run_id}"
     return {
         "run_name": name,
         "tasks": [
             {
-                "task_key": "sft",
+                "task_key": ft.method,
                 "ai_runtime_task": {
                     "experiment": ft.experiment,
                     "mlflow_run": name,
@@ -148,10 +160,15 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
 def run(ctx: RunContext) -> StageResult:
     cfg, rt = ctx.cfg, ctx.rt
     ft = cfg.finetune
-    files = split_files(rt)
+    if ft.method == "dpo" and ft.backend == "foundation_model":
+        raise StageError(
+            "finetune: Databricks Foundation Model fine-tuning has no DPO; use backend local or ai_runtime"
+        )
+    files = split_files(rt, ft.method)
+    writer = "format" if ft.method == "sft" else "preference"
     for split, path in files.items():
         if not Path(path).is_file() and not rt.databricks:
-            raise StageError(f"finetune: no {split} file at {path}; run the format stage first")
+            raise StageError(f"finetune: no {split} file at {path}; run the {writer} stage first")
     if ft.backend == "none":
         raise StageSkipped("finetune.backend is none")
     if ft.backend == "local":
@@ -181,19 +198,20 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
         metrics, out = previous
         return _local_result(metrics, reused=out)
     out = output_dir(cfg, rt)
-    metrics = train_sft.train(
-        files["train"],
-        files["val"],
-        out,
-        model=ft.base_model or None,
-        max_steps=ft.max_steps,
-        learning_rate=ft.learning_rate,
-        lora_r=ft.lora_r,
-        batch_size=ft.batch_size,
-        max_length=ft.max_length,
-        seed=cfg.format.seed,
-        cache_dir=cfg.teacher.model_cache,
-    )
+    settings = {
+        "model": ft.base_model or None,
+        "max_steps": ft.max_steps,
+        "learning_rate": ft.learning_rate,
+        "lora_r": ft.lora_r,
+        "batch_size": ft.batch_size,
+        "max_length": ft.max_length,
+        "seed": cfg.format.seed,
+        "cache_dir": cfg.teacher.model_cache,
+    }
+    if ft.method == "dpo":
+        metrics = train_sft.train_dpo(files["train"], files["val"], out, beta=ft.beta, **settings)
+    else:
+        metrics = train_sft.train(files["train"], files["val"], out, **settings)
     metrics["inputs"] = inputs
     Path(out, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return _local_result(metrics)
@@ -221,8 +239,21 @@ def _trained_on(rt: Runtime, inputs: str) -> tuple[dict, str] | None:
     return None
 
 
+_FIGURES = (
+    "method",
+    "val_loss_before",
+    "val_loss_after",
+    "reward_accuracy_before",
+    "reward_accuracy_after",
+    "reward_margin_before",
+    "reward_margin_after",
+    "steps",
+    "device",
+)
+
+
 def _local_result(metrics: dict, reused: str | None = None) -> StageResult:
-    figures = {k: metrics[k] for k in ("val_loss_before", "val_loss_after", "steps", "device")}
+    figures = {k: metrics[k] for k in _FIGURES if k in metrics}  # the reward figures are DPO's only
     return StageResult(
         rows_in=metrics["train_examples"],
         rows_out=0 if reused else 1,
