@@ -90,20 +90,24 @@ DRAW = "_split_draw"  # the example's draw in [0, 1) that decides its split
 EXPORT_FORMAT = "databricks"
 
 
+def message(role: str, content: F.Column) -> F.Column:
+    """One plain message as a column of examples.MESSAGE."""
+    return F.struct(
+        F.lit(role).alias("role"),
+        content.alias("content"),
+        F.lit(None).cast(T.ArrayType(examples.TOOL_CALL)).alias("tool_calls"),
+        F.lit(None).cast("string").alias("tool_call_id"),
+    )
+
+
+def prompt_turns(question: F.Column, system_prompt: str | None) -> list[F.Column]:
+    """The turns before the answer: the system prompt (when set) and the question."""
+    return ([message("system", F.lit(system_prompt))] if system_prompt else []) + [message("user", question)]
+
+
 def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
     """One `chat` example per answered response, with `messages` as examples.MESSAGES."""
-
-    def message(role: str, content) -> F.Column:
-        return F.struct(
-            F.lit(role).alias("role"),
-            content.alias("content"),
-            F.lit(None).cast(T.ArrayType(examples.TOOL_CALL)).alias("tool_calls"),
-            F.lit(None).cast("string").alias("tool_call_id"),
-        )
-
-    turns = [message("user", F.col("question")), message("assistant", F.col("answer"))]
-    if system_prompt:
-        turns.insert(0, message("system", F.lit(system_prompt)))
+    turns = prompt_turns(F.col("question"), system_prompt) + [message("assistant", F.col("answer"))]
     answered = responses.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
     return answered.select(
         F.col("question_id").alias("example_id"),

@@ -134,10 +134,11 @@ def to_lines(example: dict, fmt: str) -> list[dict]:
     rejected = [_plain(m) for m in example.get("rejected") or []]
     if fmt == "trl_dpo":
         return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
-    if fmt == "trl_kto":
+    if fmt == "trl_kto":  # unpaired: a side left empty (a rating in the middle of the scale) has no line
         return [
-            {"prompt": prompt, "completion": chosen, "label": True},
-            {"prompt": prompt, "completion": rejected, "label": False},
+            {"prompt": prompt, "completion": completion, "label": label}
+            for completion, label in ((chosen, True), (rejected, False))
+            if completion
         ]
     raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
 

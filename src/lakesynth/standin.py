@@ -248,7 +248,9 @@ class StandIn:
             return None, {}, {}
         if fault in _FAULT_REPLIES:
             return _FAULT_REPLIES[fault]
-        seed = hashlib.sha256(json.dumps(request.get("messages"), sort_keys=True).encode()).hexdigest()
+        # The same request gets the same reply; another temperature, another sample (as from a real model).
+        sampled = [request.get("messages"), request.get("temperature")]
+        seed = hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
         answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
         finish = "stop"

@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 from lakesynth.errors import TableSchemaError
 from lakesynth.runtime import Runtime
 
-S, B, L, INT, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.TimestampType()
+S, B, L, INT, D, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.DoubleType(), T.TimestampType()
 
 # Every row says which run wrote it and when; each contract also names its parent row's id.
 LINEAGE = [("run_id", S), ("created_at", TS)]
