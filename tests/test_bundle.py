@@ -123,12 +123,12 @@ VARIABLES = {
     "teacher_endpoint": (
         "endpoint-x",
         lambda cfg: cfg.teacher.model,
-        ("questions", "critic", "responses", "judge", "relevance", "topup"),
+        ("questions", "critic", "responses", "judge", "relevance", "topup", "preference", "evaluate"),
     ),
     "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions", "topup")),
     "embedding_endpoint": ("embed-x", lambda cfg: _embedding_models(cfg), ("relevance", "dedup", "topup")),
-    "finetune_backend": ("none", lambda cfg: cfg.finetune.backend, ("finetune",)),
-    "base_model": ("org/student-x", lambda cfg: cfg.finetune.base_model, ("finetune",)),
+    "finetune_backend": ("none", lambda cfg: cfg.finetune.backend, ("finetune", "evaluate")),
+    "base_model": ("org/student-x", lambda cfg: cfg.finetune.base_model, ("finetune", "evaluate")),
 }
 
 

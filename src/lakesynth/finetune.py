@@ -227,6 +227,22 @@ def input_fingerprint(cfg: Config, files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
+def trained(cfg: Config, rt: Runtime) -> dict | None:
+    """The finished fine-tune of the current split files and settings: its `student` (empty: the packaged one),
+    `adapter` and `inputs` fingerprint; None when there is none (what the evaluate stage compares)."""
+    files = split_files(rt, cfg.finetune.method)
+    if cfg.finetune.backend == "none" or not all(Path(p).is_file() for p in files.values()):
+        return None
+    inputs = input_fingerprint(cfg, files)
+    if cfg.finetune.backend == "local":
+        found = _trained_on(rt, inputs)
+        return {**found[0], "inputs": inputs} if found else None
+    record = _Submitted(rt, inputs).read() or {}
+    if not Path(record.get("adapter", ""), "adapter_config.json").is_file():
+        return None
+    return {"student": cfg.finetune.base_model, "adapter": record["adapter"], "inputs": inputs}
+
+
 def _trained_on(rt: Runtime, inputs: str) -> tuple[dict, str] | None:
     """The metrics and folder of an earlier local fine-tune on exactly these inputs, if its adapter is still there."""
     for path in sorted(Path(rt.files_dir("finetune")).glob("*/metrics.json")):

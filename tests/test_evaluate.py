@@ -1,0 +1,65 @@
+"""Evaluate stage: the base and the tuned student answer the held-out split, the judge compares them, and the
+figures are what the rows say; a rerun generates and pays for nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import context, where
+
+from lakesynth import chat_jsonl, evaluate, finetune, questions, responses, seeds, tables
+from lakesynth.errors import StageSkipped
+
+
+def _cfg(llm_cfg):
+    return llm_cfg.model_copy(
+        update={
+            "finetune": llm_cfg.finetune.model_copy(update={"max_steps": 2, "max_length": 64, "learning_rate": 1e-3}),
+            "evaluate": llm_cfg.evaluate.model_copy(update={"max_examples": 3, "max_new_tokens": 12}),
+        }
+    )
+
+
+def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher_server):
+    cfg = _cfg(llm_cfg)
+    for stage in (seeds, questions, responses, chat_jsonl):
+        stage.run(context(cfg))
+    with pytest.raises(StageSkipped, match="run the finetune stage first"):
+        evaluate.run(context(cfg))
+    adapter = finetune.run(context(cfg)).files["adapter"]
+    teacher_server.reset()
+    result = evaluate.run(context(cfg))
+    rt = where(cfg)
+    held_out = tables.read(spark, rt, chat_jsonl.TABLE).where("split = 'val'").orderBy("example_id").limit(3)
+    ids = [r.example_id for r in held_out.collect()]
+    answers = tables.read(spark, rt, evaluate.ANSWERS).collect()
+    assert sorted((a.example_id, a.variant) for a in answers) == sorted((i, v) for i in ids for v in ("base", "tuned"))
+    assert all(a.adapter == adapter and a.answer is not None for a in answers)
+    rows = tables.read(spark, rt, evaluate.TABLE).collect()
+    assert sorted(r.example_id for r in rows) == sorted(ids)
+    assert teacher_server.stats.completions == len(ids) + 1  # and the one-token preflight
+    by_variant = {(a.example_id, a.variant): a.answer for a in answers}
+    wins = 0.0
+    for r in rows:
+        scores = json.loads(r.scores)
+        ratings = [sum(s["score"] for s in scores[f"answer_{i}"].values()) / 2 for i in (1, 2)]
+        base, tuned = (ratings[1], ratings[0]) if r.tuned_first else (ratings[0], ratings[1])
+        assert (r.base_rating, r.tuned_rating) == (base, tuned) and r.tuned_first == evaluate.tuned_first(r.example_id)
+        assert r.base_answer == by_variant[(r.example_id, "base")]
+        assert r.tuned_answer == by_variant[(r.example_id, "tuned")]
+        assert r.winner == ("tuned" if tuned > base else "base" if base > tuned else "tie")
+        base_scope = scores["answer_2" if r.tuned_first else "answer_1"]["scope"]["score"]
+        assert r.base_scope_ok == (base_scope >= 2) and r.model == "standin"
+        wins += {"tuned": 1.0, "tie": 0.5, "base": 0.0}[r.winner]
+    m = result.metrics
+    assert m["split"] == "val" and m["examples"] == m["judged"] == len(ids) and m["generated"] == 2 * len(ids)
+    assert m["win_rate"] == round(wins / len(rows), 3)
+    assert m["base_score"] == round(sum(r.base_rating for r in rows) / len(rows), 3)
+    assert m["tuned_score"] == round(sum(r.tuned_rating for r in rows) / len(rows), 3)
+    assert m["tuned_wins"] + m["base_wins"] + m["ties"] == len(rows)
+
+    teacher_server.reset()
+    again = evaluate.run(context(cfg))
+    assert again.metrics["generated"] == 0 and teacher_server.stats.completions == 0
+    assert again.metrics["win_rate"] == m["win_rate"]
