@@ -14,7 +14,7 @@ from conftest import ROOT, write
 from lakesynth import pipeline, registry
 from lakesynth.runtime import Runtime
 
-STAGES = ["seed", "questions", "responses", "judge", "dedup", "format", "export"]
+STAGES = ["seed", "questions", "responses", "judge", "dedup", "format", "preference", "export"]
 
 
 def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_server, tmp_path):
@@ -33,6 +33,7 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
             "quality.judge.enabled=true",
             "run_id=export-test",
             "export.enabled=true",
+            "preference.enabled=true",
             "export.license=cc-by-4.0",
             "export.hub_repo=me/bank-chat",
             "export.token_env=LAKESYNTH_TEST_NO_SUCH_TOKEN",
@@ -62,3 +63,14 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
     dropped = summary["stages"]["judge"]["dropped"]
     assert made["dropped"] == summary["stages"]["dedup"]["dropped"] and set(dropped) <= set(made["dropped"])
     assert "| questions | standin |" in text and f"`{cfg.run_id}`" in text
+    # The kept preference pairs, as their own config of the dataset, in the shape TRL's DPO trainer reads.
+    pairs = datasets.load_from_disk(f"{folder}/preference")
+    kept = sum(1 for line in open(summary["files"]["dpo_jsonl"], encoding="utf-8")) + sum(
+        1 for line in open(summary["files"]["dpo_val_jsonl"], encoding="utf-8")
+    )
+    assert sum(d.num_rows for d in pairs.values()) == kept == summary["stages"]["preference"]["kept"] > 0
+    pair = pairs["train"][0]
+    assert [m["role"] for m in pair["prompt"]] == ["system", "user"] and pair["chosen"][0]["role"] == "assistant"
+    assert pair["chosen_rating"] > pair["rejected_rating"]
+    preference = next(c for c in meta["configs"] if c["config_name"] == "preference")
+    assert {f["path"] for f in preference["data_files"]} == {f"parquet/preference/{s}.parquet" for s in pairs}

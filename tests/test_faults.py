@@ -158,6 +158,12 @@ def test_planted_secret_never_leaks(tmp_path, teacher_server):
             "finetune.max_steps=1",
             "--set",
             "finetune.max_length=64",
+            "--set",
+            "evaluate.max_failure_rate=1",
+            "--set",
+            "evaluate.max_examples=3",
+            "--set",
+            "evaluate.max_new_tokens=16",
             "--summary",
             str(tmp_path / "s.json"),
         ),
@@ -166,7 +172,8 @@ def test_planted_secret_never_leaks(tmp_path, teacher_server):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert teacher_server.stats.completions > 0  # the key worked, so it really was sent
     haystacks = [proc.stdout, proc.stderr, (tmp_path / "s.json").read_text()]
-    for name in ("seed_questions", "synthetic_questions", "synthetic_responses", "training_chat"):
+    tables = ("seed_questions", "synthetic_questions", "synthetic_responses", "training_chat", "student_evaluation")
+    for name in tables:
         haystacks.append(_table(tmp_path, name).to_json())
     haystacks += [
         p.read_text(errors="replace")

@@ -228,6 +228,7 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
     assert len(q.prompt_version) == 12 and json.loads(q.parameters)["per_seed"] == "3"
     assert "template_sha" in json.loads(q.parameters)  # long texts as hashes
     assert json.loads(log["format"].files)["train_jsonl"].endswith("train.jsonl")
+    assert json.loads(log["format"].metrics)["val_examples"] == summary["stages"]["format"]["val_examples"]
     assert log["finetune"].reason == "finetune.backend is none"
     pipeline.run(cfg, ["format"], root=ROOT)  # a rerun of a task in the same run replaces its row
     assert spark.table(where(cfg).fqn("run_log")).count() == 5

@@ -12,8 +12,8 @@ from lakesynth import pipeline, registry
 
 # The Q&A job's tasks, in order (resources/lakesynth.job.yml).
 JOB = [
-    *("seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "finetune"),
-    "export",
+    *("seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "preference"),
+    *("finetune", "export", "evaluate"),
 ]
 
 
@@ -42,6 +42,10 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
         "finetune.max_steps=2",
         "--set",
         "finetune.max_length=64",
+        "--set",
+        "evaluate.max_examples=3",
+        "--set",
+        "evaluate.max_new_tokens=16",
         "--summary",
         str(tmp_path / "s.json"),
     ]
@@ -54,11 +58,14 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     assert all(s["status"] == "ok" for s in report["stages"].values())
     questions = report["tables"]["synthetic_questions"]["rows"]
     assert report["tables"]["synthetic_responses"]["rows"] == questions == 3 * 24
+    evaluated = report["stages"]["evaluate"]
+    assert evaluated["examples"] == evaluated["judged"] == 3 and 0 <= evaluated["win_rate"] <= 1
     paid = teacher_server.stats.completions
-    assert paid == 24 + questions + 2  # every request once, plus one preflight per LLM stage
+    assert paid == 24 + questions + 3 + 3  # every request once, plus one preflight per LLM stage
     again = lakesynth(*args)
     assert again.returncode == 0 and teacher_server.stats.completions == paid
     assert "questions: ok, 24 in, 0 out" in again.stdout
+    assert _summary(tmp_path / "s.json")["stages"]["evaluate"]["generated"] == 0  # nor a student's answer
     # Same data, same settings: the fine-tune is not paid for twice either.
     rerun = _summary(tmp_path / "s.json")["stages"]["finetune"]
     assert (

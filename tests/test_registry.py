@@ -39,8 +39,10 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "dedup",
         "format",
         "topup",  # it writes through other stages, so data flow alone places it anywhere after dedup
+        "preference",
         "export",
-        "finetune",
+        "finetune",  # after preference (its pairs, for DPO), and evaluate after it: files link them, not tables
+        "evaluate",
     ]
     for stage in stages.values():
         assert isinstance(stage, Stage) and stage.help and callable(stage.run)
@@ -99,6 +101,11 @@ def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():
     ]
     with pytest.raises(ConfigError, match="reads 'synthetic_questions'"):
         pipeline.check(orphan, stages, "lakesynth")
+    # No table links a fine-tune to its evaluation: the stage says what it follows, and the check holds the job to it.
+    early = {**good, "evaluate": ("evaluate", ["format"])}
+    assert registry.graph_problems(early, stages) == [
+        "the job: task 'evaluate' (evaluate) must come after the task that runs 'finetune'"
+    ]
 
 
 def test_the_local_runner_refuses_a_broken_job_before_anything_runs(tmp_path):

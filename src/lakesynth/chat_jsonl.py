@@ -8,7 +8,6 @@ its normalised question, so it never moves when data is added or removed, and a 
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,24 +89,11 @@ DRAW = "_split_draw"  # the example's draw in [0, 1) that decides its split
 EXPORT_FORMAT = "databricks"
 
 
-def message(role: str, content: F.Column) -> F.Column:
-    """One plain message as a column of examples.MESSAGE."""
-    return F.struct(
-        F.lit(role).alias("role"),
-        content.alias("content"),
-        F.lit(None).cast(T.ArrayType(examples.TOOL_CALL)).alias("tool_calls"),
-        F.lit(None).cast("string").alias("tool_call_id"),
-    )
-
-
-def prompt_turns(question: F.Column, system_prompt: str | None) -> list[F.Column]:
-    """The turns before the answer: the system prompt (when set) and the question."""
-    return ([message("system", F.lit(system_prompt))] if system_prompt else []) + [message("user", question)]
-
-
 def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
     """One `chat` example per answered response, with `messages` as examples.MESSAGES."""
-    turns = prompt_turns(F.col("question"), system_prompt) + [message("assistant", F.col("answer"))]
+    turns = examples.prompt_turns(F.col("question"), system_prompt) + [
+        examples.message_column("assistant", F.col("answer"))
+    ]
     answered = responses.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
     return answered.select(
         F.col("question_id").alias("example_id"),
@@ -172,28 +158,6 @@ def files_dir(rt: Runtime) -> str:
     return rt.files_dir("training_chat")
 
 
-def write_jsonl(rows: DataFrame, target: Path, fmt: str = EXPORT_FORMAT) -> None:
-    """Each example's line(s) in export format `fmt` (examples.to_lines), UTF-8, as ONE file: Spark writes the
-    lines in parallel, then the part files are streamed into the target (coalesce(1) is only a hint on some
-    engines)."""
-    scratch = target.with_name(f".{target.stem}.tmp")
-    lines = rows.select("example_id", *[n for n, _ in examples.COLUMNS]).mapInPandas(
-        functools.partial(examples.json_lines, fmt=fmt), "value string, example_id string"
-    )
-    lines.coalesce(1).sortWithinPartitions("example_id").select("value").write.mode("overwrite").text(str(scratch))
-    # An engine may write no file at all for an empty split; the target is then an empty file.
-    found = scratch.iterdir() if scratch.is_dir() else []
-    parts = sorted(p for p in found if p.is_file() and not p.name.startswith((".", "_")))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    with partial.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, out)
-    partial.replace(target)
-    shutil.rmtree(scratch, ignore_errors=True)
-
-
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     responses = ctx.read("synthetic_responses")
@@ -232,7 +196,7 @@ def run(ctx: RunContext) -> StageResult:
         if split == "test" and not fmt.test_fraction:
             continue
         target = folder / f"{split}.jsonl"
-        write_jsonl(written.where(F.col("split") == split), target)
+        examples.write_jsonl(written.where(F.col("split") == split), target, EXPORT_FORMAT)
         files[f"{split}_jsonl"] = str(target)
     counts = {r.split: r["count"] for r in written.groupBy("split").count().collect()}
     excluded = rows_in - checked.count()

@@ -23,7 +23,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth import finetune, llm_stage, preference, tables
+from lakesynth import adapters, judging, llm_stage, tables
 from lakesynth.config import LLMStageConfig
 from lakesynth.errors import StageSkipped
 from lakesynth.llm_stage import LLMStep
@@ -40,7 +40,7 @@ class EvaluateConfig(LLMStageConfig):
     split: Literal["auto", "test", "val"] = Field("auto", description="Held-out split; auto: test if any, else val.")
     max_examples: int = Field(50, ge=1, description="At most this many examples of the split (by example_id).")
     max_new_tokens: int = Field(160, ge=8, description="Longest student answer, in tokens.")
-    template: str = Field(preference.TEMPLATE, description="The comparing judge's Jinja prompt.")
+    template: str = Field(judging.COMPARE_TEMPLATE, description="The comparing judge's Jinja prompt.")
     temperature: float = Field(0.0, ge=0, le=2, description="The comparing judge's sampling temperature.")
     max_tokens: int = Field(1024, ge=16, description="The comparing judge's completion token limit.")
 
@@ -139,11 +139,7 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
 
 def to_evaluation_rows(replies: DataFrame, *, criteria) -> DataFrame:
     """Replies -> rows: each student's rating (its criteria's mean), the winner, and scope compliance."""
-    reply = llm_stage.parsed(replies, preference.comparison_model(2, criteria))
-
-    def rating(i: int) -> F.Column:
-        scores = [reply.getField(f"answer_{i}").getField(c.name).getField("score").cast("double") for c in criteria]
-        return sum(scores) / len(criteria)
+    reply = llm_stage.parsed(replies, judging.comparison_model(2, criteria))
 
     def in_scope(i: int) -> F.Column:
         scope = [c for c in criteria if c.name == "scope"]
@@ -152,7 +148,8 @@ def to_evaluation_rows(replies: DataFrame, *, criteria) -> DataFrame:
         return reply.getField(f"answer_{i}").getField("scope").getField("score") >= scope[0].min_score
 
     first = F.col("tuned_first")
-    base, tuned = F.when(first, rating(2)).otherwise(rating(1)), F.when(first, rating(1)).otherwise(rating(2))
+    one, two = judging.rating(reply, 1, criteria), judging.rating(reply, 2, criteria)
+    base, tuned = F.when(first, two).otherwise(one), F.when(first, one).otherwise(two)
     ok = F.col("error").isNull()
     drop = ("output", "question", "in_scope", "answer_1", "answer_2")
     return replies.select(
@@ -178,11 +175,11 @@ def step(cfg) -> LLMStep:
         key="example_id",
         columns=("example_id", "question_id", "topic", "split", "inputs", "in_scope", "question", "tuned_first")
         + ("answer_1", "answer_2"),
-        output=preference.comparison_model(2, criteria),
+        output=judging.comparison_model(2, criteria),
         settings=e.model_copy(update=own),
         template=e.template + "".join(c.model_dump_json() for c in criteria),
         prompts=functools.partial(
-            preference.prompts, template=e.template, rules=cfg.use_case.rules, criteria=criteria, n=2
+            judging.compare_prompts, template=e.template, rules=cfg.use_case.rules, criteria=criteria, n=2
         ),
         rows=functools.partial(to_evaluation_rows, criteria=criteria),
     )
@@ -206,11 +203,24 @@ def summary(rows: DataFrame) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in agg.asDict().items() if v is not None}
 
 
+def figure(result: dict):
+    """The comparison as a bar chart: both mean scores, the win rate and the number of comparisons in the title."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(["base", "tuned"], [result.get("base_score", 0), result.get("tuned_score", 0)], color=["grey", "tab:blue"])
+    ax.set_ylim(0, 3)
+    ax.set_ylabel("mean judged score (1-3)")
+    ax.set_title(f"tuned wins {result.get('win_rate', 0):.0%} of {result.get('judged', 0)} comparisons")
+    fig.tight_layout()
+    return fig
+
+
 def run(ctx: RunContext) -> StageResult:
     cfg, rt = ctx.cfg, ctx.rt
     if not cfg.evaluate.enabled:
         return StageResult(metrics={"disabled": "evaluate.enabled is false"})
-    trained = finetune.trained(cfg, rt)
+    trained = adapters.trained(cfg, rt)
     if trained is None:
         raise StageSkipped("no fine-tuned adapter on the current training files here: run the finetune stage first")
     split = held_out(cfg)
@@ -257,4 +267,5 @@ STAGE = Stage(
     reads=("training_chat", "synthetic_responses"),
     writes=(ANSWERS, TABLE),
     config=EvaluateConfig,
+    after=("finetune",),
 )

@@ -13,10 +13,14 @@ content in JSON), `trl_sft` (TRL SFTTrainer: arguments as a dict, `tools` a list
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -178,3 +182,42 @@ def json_lines(batches: Iterator, *, fmt: str) -> Iterator:
                 values.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
                 ids.append(row["example_id"])
         yield pd.DataFrame({"value": values, "example_id": ids})
+
+
+def message_column(role: str, content: F.Column) -> F.Column:
+    """One plain message (role and content) as a column of MESSAGE."""
+    return F.struct(
+        F.lit(role).alias("role"),
+        content.alias("content"),
+        F.lit(None).cast(T.ArrayType(TOOL_CALL)).alias("tool_calls"),
+        F.lit(None).cast("string").alias("tool_call_id"),
+    )
+
+
+def prompt_turns(question: F.Column, system_prompt: str | None) -> list[F.Column]:
+    """The turns before the answer: the system prompt (when set) and the question."""
+    return ([message_column("system", F.lit(system_prompt))] if system_prompt else []) + [
+        message_column("user", question)
+    ]
+
+
+def write_jsonl(rows: DataFrame, target: Path, fmt: str) -> None:
+    """Each example's line(s) in export format `fmt` (examples.to_lines), UTF-8, as ONE file: Spark writes the
+    lines in parallel, then the part files are streamed into the target (coalesce(1) is only a hint on some
+    engines)."""
+    scratch = target.with_name(f".{target.stem}.tmp")
+    lines = rows.select("example_id", *[n for n, _ in COLUMNS]).mapInPandas(
+        functools.partial(json_lines, fmt=fmt), "value string, example_id string"
+    )
+    lines.coalesce(1).sortWithinPartitions("example_id").select("value").write.mode("overwrite").text(str(scratch))
+    # An engine may write no file at all for an empty split; the target is then an empty file.
+    found = scratch.iterdir() if scratch.is_dir() else []
+    parts = sorted(p for p in found if p.is_file() and not p.name.startswith((".", "_")))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with partial.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out)
+    partial.replace(target)
+    shutil.rmtree(scratch, ignore_errors=True)

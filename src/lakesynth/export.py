@@ -1,8 +1,9 @@
 """Export stage: the final dataset as a Hugging Face `datasets` folder and Parquet, with its dataset card.
 
 `<volume>/export/<run_id>/`: `dataset/` (`DatasetDict.save_to_disk`, one split per split of `training_chat`),
-`parquet/<split>.parquet` and `README.md`, a Hugging Face dataset card (YAML metadata with the license and the
-splits, then what made it: teacher and judge models, prompt versions, config hash, run id; counts per split
+`parquet/<split>.parquet`, the kept preference pairs (when the preference stage made any) in `preference/` and
+`parquet/preference/<split>.parquet`, and `README.md`, a Hugging Face dataset card (YAML metadata with the license
+and the splits, then what made it: teacher and judge models, prompt versions, config hash, run id; counts per split
 and per topic; drop counts per check). With `export.hub_repo` set and a Hugging Face token in `HF_TOKEN`, the
 dataset is pushed to the Hub; otherwise the summary says why not. Off by default.
 """
@@ -41,6 +42,22 @@ def examples(ctx: RunContext):
     return {split: rows[columns].reset_index(drop=True) for split, rows in chat.groupby("split")}
 
 
+def preference_pairs(ctx: RunContext) -> dict:
+    """The kept preference pairs as one pandas frame per split (the split of their training_chat example):
+    `prompt`, `chosen`, `rejected` as message lists, as TRL's DPO trainer reads them, with ratings and models."""
+    kept = ctx.read("training_preference").where("keep")
+    pairs = kept.join(ctx.read("training_chat").select("question_id", "split"), "question_id")
+    frame = pairs.orderBy("example_id").toPandas()
+    if frame.empty:
+        return {}
+    for column in ("messages", "chosen", "rejected"):
+        frame[column] = [[{"role": m["role"], "content": m["content"]} for m in ms] for ms in frame[column]]
+    frame = frame.rename(columns={"messages": "prompt"})
+    columns = ["example_id", "question_id", "topic", "prompt", "chosen", "rejected"]
+    columns += ["chosen_rating", "rejected_rating", "chosen_model", "rejected_model"]
+    return {split: rows[columns].reset_index(drop=True) for split, rows in frame.groupby("split")}
+
+
 def provenance(ctx: RunContext) -> dict:
     """What made the dataset: models and prompt versions per LLM stage (from run_log), the config hash, run id,
     and each check's drop counts."""
@@ -65,10 +82,14 @@ def provenance(ctx: RunContext) -> dict:
     }
 
 
-def card(ctx: RunContext, splits: dict, made: dict) -> str:
+def card(ctx: RunContext, splits: dict, made: dict, pairs: dict) -> str:
     """A Hugging Face dataset card: YAML metadata the Hub reads, then what the dataset is and what made it."""
     cfg = ctx.cfg
     files = "\n".join(f"  - split: {s}\n    path: parquet/{s}.parquet" for s in sorted(splits))
+    if pairs:
+        files += "\n- config_name: preference\n  data_files:\n" + "\n".join(
+            f"  - split: {s}\n    path: parquet/preference/{s}.parquet" for s in sorted(pairs)
+        )
     topics = {}
     for split, rows in splits.items():
         for topic, n in rows["topic"].value_counts().items():
@@ -103,6 +124,9 @@ questions and the use case's rules, then checked and deduplicated.
 
 - Run: `{made["run_id"]}`; config sha256 `{made["config_sha256"]}`
 - Examples per split: {", ".join(f"{s} {len(r)}" for s, r in sorted(splits.items()))}
+- Preference pairs per split (config `preference`: prompt, chosen, rejected): {
+        ", ".join(f"{s} {len(r)}" for s, r in sorted(pairs.items())) or "none"
+    }
 
 ## Examples per topic and split
 
@@ -141,13 +165,23 @@ def run(ctx: RunContext) -> StageResult:
     dataset.save_to_disk(str(folder / "dataset"))
     for split, rows in dataset.items():
         rows.to_parquet(str(folder / "parquet" / f"{split}.parquet"))
+    pairs = preference_pairs(ctx)
+    preference = datasets.DatasetDict({s: datasets.Dataset.from_pandas(rows) for s, rows in pairs.items()})
+    if pairs:
+        preference.save_to_disk(str(folder / "preference"))
+        (folder / "parquet" / "preference").mkdir(exist_ok=True)
+        for split, rows in preference.items():
+            rows.to_parquet(str(folder / "parquet" / "preference" / f"{split}.parquet"))
     made = provenance(ctx)
-    (folder / "README.md").write_text(card(ctx, splits, made), encoding="utf-8")
+    (folder / "README.md").write_text(card(ctx, splits, made, pairs), encoding="utf-8")
     (folder / "provenance.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
     metrics = {f"{s}_examples": len(r) for s, r in sorted(splits.items())}
+    metrics.update({f"{s}_preference_pairs": len(r) for s, r in sorted(pairs.items())})
     token = secret_from_env(export.token_env)
     if export.hub_repo and token:
         dataset.push_to_hub(export.hub_repo, token=token, private=export.private)
+        if pairs:
+            preference.push_to_hub(export.hub_repo, config_name="preference", token=token, private=export.private)
         metrics["hub"] = export.hub_repo
     else:
         metrics["hub"] = (
@@ -161,6 +195,6 @@ STAGE = Stage(
     name="export",
     help="write the final dataset as a Hugging Face datasets folder and Parquet with its dataset card",
     run=run,
-    reads=("training_chat", *CHECKS),
+    reads=("training_chat", "training_preference", *CHECKS),
     config=ExportConfig,
 )

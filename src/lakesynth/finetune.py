@@ -12,7 +12,6 @@ The request each Databricks backend sends is built by a pure function, so tests 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shlex
@@ -22,6 +21,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from lakesynth import adapters
+from lakesynth.adapters import input_fingerprint, split_files
 from lakesynth.config import Config, Section
 from lakesynth.errors import StageError, StageSkipped
 from lakesynth.runtime import Runtime
@@ -64,13 +65,6 @@ TRAINING_LIBS = ("torch", "transformers", "peft", "trl", "datasets")
 # What the GPU node installs before running train_sft.py (the versions this project is tested with).
 AI_RUNTIME_REQUIREMENTS = ("transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "datasets==5.2.0", "mlflow")
 FM_TERMINAL = {"COMPLETED", "FAILED", "STOPPED", "CANCELED", "CANCELLED", "ERROR"}
-
-
-def split_files(rt: Runtime, method: str = "sft") -> dict[str, str]:
-    """The train and val JSONL the method trains on: the format stage's chat files, or the preference stage's
-    DPO pairs."""
-    folder = rt.files_dir("training_chat") if method == "sft" else rt.files_dir("training_preference") + "/dpo"
-    return {"train": f"{folder}/train.jsonl", "val": f"{folder}/val.jsonl"}
 
 
 def output_dir(cfg: Config, rt: Runtime) -> str:
@@ -193,7 +187,7 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
             )
     ft = cfg.finetune
     inputs = input_fingerprint(cfg, files)
-    previous = _trained_on(rt, inputs)
+    previous = adapters.trained_on(rt, inputs)
     if previous:  # the same data and settings were trained on already: a rerun pays for nothing twice
         metrics, out = previous
         return _local_result(metrics, reused=out)
@@ -215,44 +209,6 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     metrics["inputs"] = inputs
     Path(out, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return _local_result(metrics)
-
-
-def input_fingerprint(cfg: Config, files: dict[str, str]) -> str:
-    """Hash of what decides a local fine-tune: the split files' bytes, the training settings, the split seed."""
-    digest = hashlib.sha256()
-    for split in sorted(files):
-        digest.update(Path(files[split]).read_bytes())
-    settings = cfg.finetune.model_dump(exclude={"poll_seconds", "timeout_minutes", "backend"})
-    digest.update(json.dumps({"finetune": settings, "seed": cfg.format.seed}, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-def trained(cfg: Config, rt: Runtime) -> dict | None:
-    """The finished fine-tune of the current split files and settings: its `student` (empty: the packaged one),
-    `adapter` and `inputs` fingerprint; None when there is none (what the evaluate stage compares)."""
-    files = split_files(rt, cfg.finetune.method)
-    if cfg.finetune.backend == "none" or not all(Path(p).is_file() for p in files.values()):
-        return None
-    inputs = input_fingerprint(cfg, files)
-    if cfg.finetune.backend == "local":
-        found = _trained_on(rt, inputs)
-        return {**found[0], "inputs": inputs} if found else None
-    record = _Submitted(rt, inputs).read() or {}
-    if not Path(record.get("adapter", ""), "adapter_config.json").is_file():
-        return None
-    return {"student": cfg.finetune.base_model, "adapter": record["adapter"], "inputs": inputs}
-
-
-def _trained_on(rt: Runtime, inputs: str) -> tuple[dict, str] | None:
-    """The metrics and folder of an earlier local fine-tune on exactly these inputs, if its adapter is still there."""
-    for path in sorted(Path(rt.files_dir("finetune")).glob("*/metrics.json")):
-        try:
-            metrics = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if metrics.get("inputs") == inputs and Path(metrics.get("adapter", ""), "adapter_config.json").is_file():
-            return metrics, str(path.parent)
-    return None
 
 
 _FIGURES = (
@@ -284,29 +240,11 @@ def _workspace():
     return WorkspaceClient()
 
 
-class _Submitted:
-    """Where a remote fine-tune's submission is recorded (`finetune/_submitted/<inputs>.json` in the Volume), so
-    a task retry or a scheduled run on unchanged data finds the run it already paid for instead of starting one."""
-
-    def __init__(self, rt: Runtime, inputs: str) -> None:
-        self.path = Path(rt.files_dir("finetune")) / "_submitted" / f"{inputs}.json"
-
-    def read(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def write(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(record) + "\n", encoding="utf-8")  # one write: a Volume cannot append
-
-
 def _remote(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     """A Databricks fine-tune, once per distinct input: the same split files and settings reuse the run that
     finished (or wait for the one still running); a failed or cancelled run is submitted again."""
     backend = _AiRuntime(cfg, rt, files) if cfg.finetune.backend == "ai_runtime" else _FoundationModel(cfg, files)
-    record = _Submitted(rt, input_fingerprint(cfg, files))
+    record = adapters.Submitted(rt, input_fingerprint(cfg, files))
     earlier = record.read()
     if earlier and earlier.get("backend") == cfg.finetune.backend:
         state = backend.state(earlier["run"])
@@ -431,4 +369,5 @@ STAGE = Stage(
     run=run,
     reads=("training_chat",),
     config=FinetuneConfig,
+    after=("preference",),  # finetune.method dpo trains on its pairs
 )

@@ -11,40 +11,20 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakesynth import llm_stage, tables
-from lakesynth.config import LLMStageConfig, Section
+from lakesynth.config import LLMStageConfig
+from lakesynth.judging import CRITERIA, Criterion, output_model
 from lakesynth.llm_stage import LLMStep
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import INT, B, S
 from lakesynth.templates import render
 
-
-class Criterion(Section):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Short name; the score's key and drop reason.")
-    description: str = Field(description="What the judge checks, with what 1, 2 and 3 mean.")
-    min_score: int = Field(2, ge=1, le=3, description="The lowest score a kept pair may have on it.")
-
-
-CRITERIA = (
-    Criterion(
-        name="quality",
-        description="Is the answer correct, relevant and helpful? 1: wrong, irrelevant or unsafe; 2: correct but "
-        "brief or missing something useful; 3: correct, complete and clear.",
-    ),
-    Criterion(
-        name="scope",
-        description="Does the answer follow the rules on scope? An in-scope question must be answered; an "
-        "out-of-scope one must be politely redirected with no advice given. 1: breaks the rules (answers an "
-        "out-of-scope question or refuses an in-scope one); 2: follows them, clumsily; 3: follows them well.",
-    ),
-)
 TEMPLATE = """You judge answers written to train a customer-service chatbot.
 
 Domain rules of the chatbot:
@@ -70,20 +50,6 @@ class JudgeConfig(LLMStageConfig):
     template: str = Field(TEMPLATE, description="The judge's Jinja prompt (rules, question, answer, criteria).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=16, description="Completion token limit.")
-
-
-class Score(BaseModel):
-    """One criterion's verdict: the justification first, so the score follows from it."""
-
-    model_config = ConfigDict(extra="forbid")
-    reasoning: str
-    score: Literal[3, 2, 1]
-
-
-def output_model(criteria: tuple[Criterion, ...]) -> type[BaseModel]:
-    """The reply: one Score per criterion, in order."""
-    fields = {c.name: (Score, Field(description=c.description)) for c in criteria}
-    return create_model("Judgement", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 TABLE = tables.verdict(

@@ -16,17 +16,15 @@ import functools
 from pathlib import Path
 from typing import ClassVar
 
-import pandas as pd
-from pydantic import ConfigDict, Field, create_model, field_validator
+from pydantic import Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth import chat_jsonl, examples, judge, llm_stage, responses, tables
+from lakesynth import answering, examples, judging, llm_stage, tables
 from lakesynth.config import LLMStageConfig
 from lakesynth.llm_stage import LLMStep
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import B, D, S
-from lakesynth.templates import render
 
 
 class Candidate(LLMStageConfig):
@@ -36,25 +34,6 @@ class Candidate(LLMStageConfig):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Short name, recorded with each answer.")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(640, ge=16, description="Completion token limit.")
-
-
-TEMPLATE = """You compare answers written to train a customer-service chatbot.
-
-Domain rules of the chatbot:
-{{ rules }}
-
-Question ({{ "IN scope: the chatbot must answer it" if in_scope else "OUT of scope: the chatbot must redirect it" }}):
-{{ question }}
-{% for answer in answers %}
-Answer {{ loop.index }}:
-{{ answer }}
-{% endfor %}
-Score every answer on each criterion from 1 to 3. For each, first write "reasoning" (one sentence), then the "score".
-{% for c in criteria %}- {{ c.name }}: {{ c.description }}
-{% endfor %}
-Answer with a JSON object with the keys "answer_1" to "answer_{{ answers | length }}", each an object
-with one key per criterion ({{ criteria | map(attribute="name") | join(", ") }}), each an object
-with the keys "reasoning" (string) and "score" (1, 2 or 3)."""
 
 
 class PreferenceConfig(LLMStageConfig):
@@ -69,7 +48,9 @@ class PreferenceConfig(LLMStageConfig):
     min_margin: float = Field(
         0.5, ge=0, description="Smallest rating gap (judge's scale) between chosen and rejected for a kept pair."
     )
-    template: str = Field(TEMPLATE, description="The comparing judge's Jinja prompt (rules, question, answers).")
+    template: str = Field(
+        judging.COMPARE_TEMPLATE, description="The comparing judge's Jinja prompt (rules, question, answers)."
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="The comparing judge's sampling temperature.")
     max_tokens: int = Field(1024, ge=16, description="The comparing judge's completion token limit.")
 
@@ -120,7 +101,6 @@ TABLE = tables.contract(
     parent="question_id",
     parent_table="training_chat",
 )
-SCALE = (1, 3)  # the judge's scale; KTO leaves out a rating at its middle
 FORMATS = {"dpo": "trl_dpo", "kto": "trl_kto"}
 
 
@@ -131,53 +111,20 @@ def candidate_step(cfg, candidate: Candidate) -> LLMStep:
         table=CANDIDATES,
         key="candidate_id",
         columns=("candidate_id", "question_id", "seed_id", "topic", "in_scope", "question", "candidate"),
-        output=responses.Answer,
+        output=answering.Answer,
         settings=candidate,
         template=candidate.template,
-        prompts=functools.partial(responses.prompts, template=candidate.template, rules=cfg.use_case.rules),
-        rows=responses.to_response_rows,
+        prompts=functools.partial(answering.prompts, template=candidate.template, rules=cfg.use_case.rules),
+        rows=answering.to_response_rows,
     )
-
-
-def comparison_model(n: int, criteria):
-    """The comparing judge's reply: a judge.output_model verdict per answer, `answer_1` ... `answer_<n>`."""
-    verdict = judge.output_model(criteria)
-    fields = {f"answer_{i}": (verdict, ...) for i in range(1, n + 1)}
-    return create_model("Comparison", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria, n: int) -> list[list[dict]]:
-    """Rows -> requests: one comparison of all a question's candidate answers."""
-    return [
-        [
-            {
-                "role": "user",
-                "content": render(
-                    template,
-                    rules=rules,
-                    question=row["question"],
-                    in_scope=bool(row["in_scope"]),
-                    answers=[row[f"answer_{i}"] for i in range(1, n + 1)],
-                    criteria=criteria,
-                ),
-            }
-        ]
-        for row in batch.to_dict("records")
-    ]
 
 
 def to_pair_rows(replies: DataFrame, *, criteria, n: int, min_margin: float, system_prompt: str | None) -> DataFrame:
     """Replies -> rows: each candidate's rating (its criteria's mean score), the best as chosen and the worst
     as rejected (the first best and the last worst, so a tie still names two candidates), kept when the margin
     is positive and at least `min_margin`."""
-    reply = llm_stage.parsed(replies, comparison_model(n, criteria))
-    ratings = F.array(
-        *[
-            sum(reply.getField(f"answer_{i}").getField(c.name).getField("score").cast("double") for c in criteria)
-            / len(criteria)
-            for i in range(1, n + 1)
-        ]
-    )
+    reply = llm_stage.parsed(replies, judging.comparison_model(n, criteria))
+    ratings = F.array(*[judging.rating(reply, i, criteria) for i in range(1, n + 1)])
     best = F.array_position(ratings, F.array_max(ratings)).cast("int")
     worst = (F.lit(n + 1) - F.array_position(F.reverse(ratings), F.array_min(ratings))).cast("int")
 
@@ -185,7 +132,7 @@ def to_pair_rows(replies: DataFrame, *, criteria, n: int, min_margin: float, sys
         return F.element_at(F.array(*[F.col(f"{prefix}_{i}") for i in range(1, n + 1)]), index)
 
     def reply_turn(index: F.Column) -> F.Column:
-        return F.array(chat_jsonl.message("assistant", pick("answer", index))).cast(examples.MESSAGES)
+        return F.array(examples.message_column("assistant", pick("answer", index))).cast(examples.MESSAGES)
 
     ok = F.col("error").isNull()
     margin = F.array_max(ratings) - F.array_min(ratings)
@@ -201,7 +148,7 @@ def to_pair_rows(replies: DataFrame, *, criteria, n: int, min_margin: float, sys
         *carried,
         F.col("question_id").alias("example_id"),
         F.lit("preference").alias("shape"),
-        F.array(*chat_jsonl.prompt_turns(F.col("question"), system_prompt)).cast(examples.MESSAGES).alias("messages"),
+        F.array(*examples.prompt_turns(F.col("question"), system_prompt)).cast(examples.MESSAGES).alias("messages"),
         F.lit(None).cast(S).alias("tools"),
         F.when(ok, reply_turn(best)).alias("chosen"),
         F.when(ok, reply_turn(worst)).alias("rejected"),
@@ -236,10 +183,12 @@ def compare_step(cfg) -> LLMStep:
             "question",
             *[f"{field}_{i}" for i in range(1, n + 1) for field in ("candidate", "answer", "model")],
         ),
-        output=comparison_model(n, criteria),
+        output=judging.comparison_model(n, criteria),
         settings=settings,
         template=p.template + "".join(c.model_dump_json() for c in criteria),
-        prompts=functools.partial(prompts, template=p.template, rules=cfg.use_case.rules, criteria=criteria, n=n),
+        prompts=functools.partial(
+            judging.compare_prompts, template=p.template, rules=cfg.use_case.rules, criteria=criteria, n=n
+        ),
         rows=functools.partial(
             to_pair_rows, criteria=criteria, n=n, min_margin=p.min_margin, system_prompt=cfg.use_case.system_prompt
         ),
@@ -249,7 +198,7 @@ def compare_step(cfg) -> LLMStep:
 def kto_rows(pairs: DataFrame) -> DataFrame:
     """Each judged pair's two answers as unpaired KTO examples: desirable above the middle of the judge's scale,
     undesirable below it; the middle is left out."""
-    middle = sum(SCALE) / 2
+    middle = sum(judging.SCALE) / 2
     sides = []
     for side in ("chosen", "rejected"):
         rating = F.col(f"{side}_rating")
@@ -280,7 +229,7 @@ def write_files(ctx: RunContext) -> tuple[dict[str, str], dict[str, int]]:
             if split == "test" and not ctx.cfg.format.test_fraction:
                 continue
             target = folder / name / f"{split}.jsonl"
-            chat_jsonl.write_jsonl(rows.where(F.col("split") == split), target, FORMATS[name])
+            examples.write_jsonl(rows.where(F.col("split") == split), target, FORMATS[name])
             files[f"{name}_jsonl" if split == "train" else f"{name}_{split}_jsonl"] = str(target)
             counts[f"{name}_{split}"] = sum(1 for _ in target.open(encoding="utf-8"))
     return files, counts

@@ -61,6 +61,7 @@ def default_stages() -> dict[str, Stage]:
         after = set()
         for table in stage.reads:
             after |= writers.get(table, set()) | (checks.get(table, set()) if table not in judged else set())
+        after |= set(stage.after)
         flow.add(name, *sorted(after - {name}))
     return {name: declared[name] for name in flow.static_order()}
 
@@ -141,6 +142,11 @@ def graph_problems(
         for table in stages[stage].reads:
             if table not in written:
                 problems.append(f"{where}: task '{key}' ({stage}) reads '{table}', which no task before it writes")
+        ran_before = {tasks[up][0] for up in upstream(key)}
+        in_job = {s for s, _ in tasks.values()}
+        for first in stages[stage].after:
+            if first in in_job and first not in ran_before:
+                problems.append(f"{where}: task '{key}' ({stage}) must come after the task that runs '{first}'")
         for table in stages[stage].writes:
             parent = table.parent_table
             if parent and parent not in written and parent not in stages[stage].reads:  # reported above

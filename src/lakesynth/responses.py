@@ -11,30 +11,20 @@ from __future__ import annotations
 import functools
 from typing import ClassVar
 
-import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
-from pyspark.sql import DataFrame
+from pydantic import Field
 from pyspark.sql import functions as F
 
 from lakesynth import llm_stage, tables
+from lakesynth.answering import Answer, prompts, to_response_rows
 from lakesynth.config import LLMStageConfig
 from lakesynth.llm_stage import LLMStep
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import B, S
-from lakesynth.templates import render
 
 
 class ResponsesConfig(LLMStageConfig):
     DEFAULT_TEMPLATE: ClassVar[str] = "responses.j2"
     temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
-
-
-class Answer(BaseModel):
-    """The teacher's reply: its reasoning, kept apart from the answer that becomes training data."""
-
-    model_config = ConfigDict(extra="forbid")
-    reasoning: str = Field(description="Step-by-step reasoning about the question and the rules")
-    answer: str = Field(description="The answer to the customer")
 
 
 TABLE = tables.contract(
@@ -53,31 +43,6 @@ TABLE = tables.contract(
     parent="question_id",
     parent_table="synthetic_questions",
 )
-
-
-def prompts(batch: pd.DataFrame, *, template: str, rules: str) -> list[list[dict]]:
-    """Rows -> requests: one `ai_query` request string per question (rules + instructions + question)."""
-    return [
-        [{"role": "user", "content": render(template, rules=rules, question=q, topic=t, in_scope=bool(s))}]
-        for q, t, s in zip(batch["question"], batch["topic"], batch["in_scope"])
-    ]
-
-
-def to_response_rows(replies: DataFrame) -> DataFrame:
-    """Replies -> rows: one `synthetic_responses` row per answered request; an empty answer is an error."""
-    reply = llm_stage.parsed(replies, Answer)
-    answer = reply.getField("answer")
-    error = F.coalesce(
-        F.col("error"),
-        F.when(answer.isNull() | (F.trim(answer) == ""), F.lit("EmptyAnswer: the reply had no answer")),
-    )
-    return replies.select(
-        *[c for c in replies.columns if c not in ("output", "error", "raw_output")],
-        F.when(error.isNull(), answer).alias("answer"),
-        reply.getField("reasoning").alias("reasoning"),
-        error.alias("error"),
-        F.coalesce(F.col("raw_output"), F.when(error.isNotNull(), F.col("output"))).alias("raw_output"),
-    )
 
 
 def step(cfg) -> LLMStep:

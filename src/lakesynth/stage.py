@@ -42,7 +42,8 @@ class Stage:
 
     `reads` names the tables it reads (their contracts belong to the stages that write them); `writes` holds
     the contracts of the tables it writes. `config` is its section of the config file, under `section`
-    (default: the stage's name)."""
+    (default: the stage's name). `after` names stages it follows when its job runs them, though no table links them (a
+    fine-tune writes files only)."""
 
     name: str
     help: str
@@ -51,6 +52,7 @@ class Stage:
     writes: tuple[Table, ...] = ()
     config: type[BaseModel] | None = None
     section: str = ""
+    after: tuple[str, ...] = ()  # stages it follows, when its job has them, though no table links them
 
     @property
     def config_key(self) -> str:

@@ -132,6 +132,15 @@ class Tracker:
                 client.log_figure(self.run_id, figure, f"report/{fig_name}.png")
                 plt.close(figure)
         self._quality(client, summary, ctx)
+        evaluated = summary.get("stages", {}).get("evaluate", {})
+        if evaluated.get("status") == "ok" and "base_score" in evaluated:
+            import matplotlib.pyplot as plt
+
+            from lakesynth import evaluate
+
+            figure = evaluate.figure(evaluated)
+            client.log_figure(self.run_id, figure, "evaluate/base_vs_tuned.png")
+            plt.close(figure)
 
     def _quality(self, client, summary: dict[str, Any], ctx) -> None:
         """Each check of this process: its drop reasons (`quality/<stage>_drop_reasons.json`, the counts its
@@ -250,6 +259,7 @@ RUN_LOG = tables.contract(
         ("cost_usd", D),
         ("seconds", D),
         ("files", S),
+        ("metrics", S),
     ],
     key="entry_id",
     parent="run_id",
@@ -281,6 +291,9 @@ def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) 
         "files": json.dumps(files, sort_keys=True) if files else None,
         "run_id": ctx.cfg.run_id,
     }
+    # The stage's own figures (a check's kept and dropped, the evaluation's scores ...), as in the summary.
+    own = {k: v for k, v in entry.items() if k not in row and k not in ("error", "cost_usd")}
+    row["metrics"] = json.dumps(own, sort_keys=True, default=str) if own else None
     try:
         frame = ctx.spark.createDataFrame(
             [row], schema=tables.T.StructType([f for f in RUN_LOG.schema.fields if f.name != "created_at"])
