@@ -119,3 +119,30 @@ def test_preference_is_off_by_default_and_candidates_are_checked(llm_cfg):
         preference.PreferenceConfig(candidates=[{"name": "a"}, {"name": "a"}])
     with pytest.raises(ValidationError, match="at least 2"):
         preference.PreferenceConfig(candidates=[{"name": "a"}])
+
+
+def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, llm_cfg, tmp_path):
+    """`gguf_path: student`: the packaged SmolLM2 GGUF, served by the embedded engine beside the stand-in teacher."""
+    from conftest import write
+
+    seeds_file = write(tmp_path / "s.csv", "topic,question,in_scope\ncards,How do I block my card?,yes\n")
+    cfg = llm_cfg.model_copy(
+        update={
+            "seeds": llm_cfg.seeds.model_copy(update={"path": str(seeds_file)}),
+            "questions": llm_cfg.questions.model_copy(update={"per_seed": 1}),
+            "format": llm_cfg.format.model_copy(update={"val_fraction": 0.0}),
+            "teacher": llm_cfg.teacher.model_copy(update={"timeout_s": 120, "max_retries": 0}),  # a real model
+        }
+    )
+    student = preference.Candidate(
+        name="student", gguf_path="student", temperature=0.0, max_tokens=300, max_failure_rate=1.0
+    )
+    cfg = _on(cfg, candidates=(preference.Candidate(name="teacher"), student))
+    for stage in (seeds, questions, responses, chat_jsonl):
+        stage.run(context(cfg))
+    with context(cfg) as ctx:
+        result = preference.run(ctx)
+    rows = tables.read(spark, where(cfg), preference.CANDIDATES).where("candidate = 'student'").collect()
+    assert rows and result.metrics["student_answered"] == len(rows)
+    assert all(r.model == "SmolLM2-135M-Instruct.Q4_1" for r in rows)
+    assert all(r.answer or r.error for r in rows)  # a reply, or why not (a 135M model may ramble past max_tokens)

