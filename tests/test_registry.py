@@ -29,7 +29,7 @@ def _lakesynth(*args):
 
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
-    assert list(stages) == [
+    qa = [
         "seed",
         "questions",
         "critic",
@@ -44,6 +44,10 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "finetune",  # after preference (its pairs, for DPO), and evaluate after it: files link them, not tables
         "evaluate",
     ]
+    function_calling = ["tools", "calls", "call_format", "call_execution", "call_verdicts"]
+    assert set(stages) == set(qa + function_calling)
+    for flow in (qa, function_calling):  # each job's stages in data-flow order (the two jobs interleave)
+        assert [s for s in stages if s in flow] == flow
     for stage in stages.values():
         assert isinstance(stage, Stage) and stage.help and callable(stage.run)
         assert all(isinstance(t, Table) for t in stage.writes)

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--pairs", help="your own question/answer pairs (.csv/.jsonl or table:<name>) to run the quality gate on"
     )
+    common.add_argument("--tools", help="function-calling job: OpenAI tools file (.json) or a typed Python module")
+    common.add_argument("--functions", help="function-calling job: Python module implementing a JSON spec's tools")
+    common.add_argument("--calls", help="function-calling job: JSONL of query/function_calls pairs to verify")
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
     common.add_argument("--schema", help="schema of the pipeline's tables (job parameter)")
@@ -80,6 +83,9 @@ def build_config(args: argparse.Namespace) -> Config:
         if given:
             value = given if given.startswith("table:") else str(Path(given).resolve())
             overrides.append(f"seeds.{'path' if flag == 'seeds' else 'pairs'}={json.dumps(value)}")
+    for flag, key in (("tools", "tools.spec"), ("functions", "tools.functions"), ("calls", "tools.calls")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={json.dumps(str(Path(getattr(args, flag)).resolve()))}")
     for flag, key in (
         ("warehouse", "warehouse"),
         ("catalog", "catalog"),

@@ -1,0 +1,216 @@
+"""The function-calling job's verification: tool specs in (OpenAI JSON or typed Python), calls made elsewhere
+checked against the full JSON Schema and run sandboxed, and a verdict for every input line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, context, where, write
+
+from lakesynth import call_format, call_verdicts, calls, pipeline, tables, tools, toolspec
+from lakesynth.errors import SeedError
+
+SAMPLE = ROOT / "conf" / "tools"
+# conf/tools/calls.jsonl: each line's id and the verdict it must get (the last line is not JSON: its line number).
+EXPECTED = {
+    "ok-balance": None,
+    "ok-parallel": None,
+    "ok-openai": None,
+    "ok-irrelevant": None,
+    "missing-amount": "format:missing_required",
+    "bad-enum": "format:enum",
+    "integer-not-number": "format:wrong_type",
+    "bool-not-integer": "format:wrong_type",
+    "scheduled-without-date": "format:missing_required",  # the schema's if/then
+    "bad-pattern": "format:pattern",
+    "extra-argument": "format:unexpected_argument",
+    "duplicate-items": "format:uniqueItems",
+    "nested-missing": "format:missing_required",
+    "unknown-function": "format:unknown_function",
+    "bad-json-arguments": "format:arguments_not_json",
+    "raises": "execution:ValueError",
+    "no-calls-key": "format:malformed",
+    "18": "format:malformed",
+}
+
+
+def _tools_cfg(cfg, **tools_changes):
+    return cfg.model_copy(update={"tools": cfg.tools.model_copy(update=tools_changes)})
+
+
+def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, cfg):
+    summary = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    assert summary["tables"]["call_verdicts"]["rows"] == len(EXPECTED)
+    verdicts = {r.source_id: r for r in tables.read(spark, where(cfg), call_verdicts.TABLE).collect()}
+    assert {k: v.drop_reason for k, v in verdicts.items()} == EXPECTED
+    assert all(v.keep == (EXPECTED[k] is None) for k, v in verdicts.items())
+    # Results are data: the parallel call's two balances, and the error of the call that raised.
+    parallel = json.loads(verdicts["ok-parallel"].execution_results)
+    assert [r["result"]["balance"] for r in parallel] == [1520.4, 8200.0] and all(r["ok"] for r in parallel)
+    raised = json.loads(verdicts["raises"].execution_results)[0]
+    assert raised["error"] == "ValueError: cannot transfer to the same account"
+    issues = json.loads(verdicts["scheduled-without-date"].format_issues)
+    assert issues[0]["rule"] == "missing_required" and "'date' is a required property" in issues[0]["message"]
+    assert json.loads(verdicts["ok-openai"].calls)[0]["arguments"]["card_last_digits"] == "4821"
+    # A rerun on the same implementations runs nothing again.
+    again = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
+    assert again["stages"]["call_execution"]["rows_out"] == 0
+    assert again["stages"]["call_verdicts"]["kept"] == summary["stages"]["call_verdicts"]["kept"] == 4
+
+
+def _validators(spec_path) -> dict:
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    return {
+        t["function"]["name"]: Draft202012Validator(t["function"]["parameters"], format_checker=FormatChecker())
+        for t in toolspec.read_spec(str(spec_path))
+    }
+
+
+@pytest.mark.parametrize(
+    "name, arguments, rule",
+    [
+        ("list_transactions", {"account": "checking", "limit": 3}, None),
+        ("transfer_money", {"from_account": "checking", "to_account": "savings", "amount": 3}, None),  # int is a number
+        ("transfer_money", {"from_account": "checking", "to_account": "savings", "amount": True}, "wrong_type"),
+        ("transfer_money", {"from_account": "checking", "to_account": "savings", "amount": 0}, "exclusiveMinimum"),
+        ("transfer_money", {"from_account": "checking", "to_account": "savings", "amount": 20000}, "maximum"),
+        ("list_transactions", {"account": "checking", "limit": 0}, "minimum"),
+        ("list_transactions", {"account": "checking", "categories": []}, "minItems"),
+        ("list_transactions", {"account": "checking", "categories": ["a", "b", "c", "d", "e", "f"]}, "maxItems"),
+        ("list_transactions", {"account": "checking", "categories": ["x"]}, "minLength"),
+        ("list_transactions", {"account": "checking", "period": {"from": "2026-13-45"}}, "format"),
+        ("list_transactions", {"account": "checking", "period": {"from": "2026-01-01", "x": 1}}, "unexpected_argument"),
+    ],
+)
+def test_the_format_check_names_the_failing_rule(name, arguments, rule):
+    found = call_format.issues([{"name": name, "arguments": arguments}], None, _validators(SAMPLE / "tools.json"))
+    assert (found[0]["rule"] if found else None) == rule
+
+
+def test_a_spec_from_a_typed_module_and_its_docstrings(tmp_path):
+    module = write(
+        tmp_path / "bank.py",
+        '''
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class Period(BaseModel):
+    start: str
+    end: str | None = None
+
+
+def find_branch(city: str, services: list[str], max_km: float = 5.0, open_now: bool = False) -> list:
+    """Find bank branches near a city.
+
+    Args:
+        city: The city to search in.
+        services (list[str]): Services the branch must offer,
+            such as "mortgage advice".
+    """
+    return []
+
+
+def statement(account: Literal["checking", "savings"], months: int, period: Period | None = None) -> str:
+    """Get an account statement."""
+    return ""
+
+
+def _helper(x):
+    return x
+''',
+    )
+    specs = {t["function"]["name"]: t["function"] for t in toolspec.derive_spec(str(module))}
+    assert set(specs) == {"find_branch", "statement"}
+    branch = specs["find_branch"]
+    assert branch["description"] == "Find bank branches near a city."
+    params = branch["parameters"]
+    assert params["required"] == ["city", "services"] and params["properties"]["max_km"] == {
+        "default": 5.0,
+        "type": "number",
+    }
+    assert params["properties"]["services"]["items"] == {"type": "string"}
+    assert (
+        params["properties"]["services"]["description"] == 'Services the branch must offer, such as "mortgage advice".'
+    )
+    assert params["properties"]["open_now"]["type"] == "boolean"
+    statement = specs["statement"]["parameters"]
+    assert statement["properties"]["account"]["enum"] == ["checking", "savings"]
+    assert statement["properties"]["months"]["type"] == "integer" and "Period" in statement["$defs"]
+    # A derived spec is a valid JSON Schema that validates real arguments, nested model included.
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(statement)
+    assert validator.is_valid({"account": "savings", "months": 3, "period": {"start": "2026-01-01"}})
+    assert not validator.is_valid({"account": "savings", "months": 3, "period": {"end": "2026-01-01"}})
+
+
+def test_bad_specs_are_named_and_nothing_is_written(spark, cfg, tmp_path):
+    untyped = write(tmp_path / "untyped.py", "def refund(amount: float, reason):\n    '''Refund.'''\n")
+    with pytest.raises(SeedError, match=r"function refund: parameter 'reason' has no type hint"):
+        toolspec.derive_spec(str(untyped))
+    spec = json.loads((SAMPLE / "tools.json").read_text())
+    spec["tools"][1]["function"]["parameters"]["properties"]["amount"]["type"] = "money"
+    broken = write(tmp_path / "broken.json", json.dumps(spec))
+    with pytest.raises(
+        SeedError, match=r"tool 2 \(transfer_money\): parameters: not a valid JSON Schema at properties/amount/type"
+    ):
+        toolspec.read_spec(str(broken))
+    legacy = write(tmp_path / "legacy.json", json.dumps({"functions": [t["function"] for t in spec["tools"][:1]]}))
+    assert toolspec.read_spec(str(legacy))[0]["function"]["name"] == "get_balance"
+    # Spec and module disagree: the missing function is named, and the tools table keeps what it had.
+    tools.run(context(cfg))
+    partial = write(tmp_path / "partial.py", "def get_balance(account: str) -> dict:\n    return {}\n")
+    with pytest.raises(SeedError, match=r"partial.py: does not define transfer_money, block_card, list_transactions"):
+        tools.run(context(_tools_cfg(cfg, functions=str(partial))))
+    with pytest.raises(SeedError, match=r"tool 2 \(transfer_money\)"):
+        tools.run(context(_tools_cfg(cfg, spec=str(broken))))
+    names = {r.name for r in tables.read(spark, where(cfg), tools.TABLE).collect()}
+    assert names == {"get_balance", "transfer_money", "block_card", "list_transactions"}
+
+
+def test_a_call_past_its_timeout_fails_its_row_and_the_rest_run(spark, cfg, tmp_path):
+    module = write(
+        tmp_path / "slow.py",
+        "import time\n\n\ndef wait(seconds: float) -> float:\n    '''Wait.'''\n"
+        "    time.sleep(seconds)\n    return seconds\n",
+    )
+    lines = [
+        {
+            "id": "fast",
+            "query": "Wait a moment.",
+            "function_calls": [{"function_name": "wait", "arguments": {"seconds": 0}}],
+        },
+        {
+            "id": "slow",
+            "query": "Wait long.",
+            "function_calls": [{"function_name": "wait", "arguments": {"seconds": 30}}],
+        },
+    ]
+    calls_file = write(tmp_path / "calls.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    run_cfg = _tools_cfg(cfg, spec=str(module), functions="", calls=str(calls_file))
+    run_cfg = run_cfg.model_copy(
+        update={
+            "tools": run_cfg.tools.model_copy(
+                update={"execution": run_cfg.tools.execution.model_copy(update={"timeout_s": 1.0})}
+            )
+        }
+    )
+    summary = pipeline.run(run_cfg, job="lakesynth_tools", root=ROOT)
+    assert summary["stages"]["call_verdicts"]["dropped"] == {"execution:Timeout": 1}
+    rows = {r.source_id: r for r in tables.read(spark, where(cfg), call_verdicts.TABLE).collect()}
+    assert rows["fast"].keep and json.loads(rows["slow"].execution_results)[0]["error"].startswith("Timeout")
+
+
+def test_calls_are_read_from_both_shapes_and_an_unreadable_line_is_a_row():
+    rows = calls.read(str(SAMPLE / "calls.jsonl"))
+    assert len(rows) == len(EXPECTED) and rows[-1]["source_id"] == "18" and rows[-1]["problem"].startswith("not JSON")
+    openai = next(r for r in rows if r["source_id"] == "ok-openai")
+    assert json.loads(openai["calls"]) == [
+        {"name": "block_card", "arguments": {"card_last_digits": "4821", "order_replacement": True, "reason": "lost"}}
+    ]
+    assert json.loads(next(r for r in rows if r["source_id"] == "ok-irrelevant")["calls"]) == []
