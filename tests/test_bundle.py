@@ -123,7 +123,7 @@ VARIABLES = {
     "teacher_endpoint": (
         "endpoint-x",
         lambda cfg: cfg.teacher.model,
-        ("questions", "critic", "responses", "judge", "relevance", "topup", "preference", "evaluate"),
+        ("questions", "critic", "responses", "judge", "relevance", "topup", "preference", "evaluate", "call_semantic"),
     ),
     "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions", "topup")),
     "embedding_endpoint": ("embed-x", lambda cfg: _embedding_models(cfg), ("relevance", "dedup", "topup")),

@@ -44,7 +44,7 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "finetune",  # after preference (its pairs, for DPO), and evaluate after it: files link them, not tables
         "evaluate",
     ]
-    function_calling = ["tools", "calls", "call_format", "call_execution", "call_verdicts"]
+    function_calling = ["tools", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts"]
     assert set(stages) == set(qa + function_calling)
     for flow in (qa, function_calling):  # each job's stages in data-flow order (the two jobs interleave)
         assert [s for s in stages if s in flow] == flow

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import ROOT, context, where, write
 
-from lakesynth import call_format, call_verdicts, calls, pipeline, tables, tools, toolspec
+from lakesynth import call_format, call_semantic, call_verdicts, calls, pipeline, tables, tools, toolspec
 from lakesynth.errors import SeedError
 
 SAMPLE = ROOT / "conf" / "tools"
@@ -39,13 +39,22 @@ def _tools_cfg(cfg, **tools_changes):
     return cfg.model_copy(update={"tools": cfg.tools.model_copy(update=tools_changes)})
 
 
-def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, cfg):
+def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, llm_cfg, teacher_server):
+    cfg = llm_cfg
     summary = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
     assert summary["tables"]["call_verdicts"]["rows"] == len(EXPECTED)
     verdicts = {r.source_id: r for r in tables.read(spark, where(cfg), call_verdicts.TABLE).collect()}
-    assert {k: v.drop_reason for k, v in verdicts.items()} == EXPECTED
-    assert all(v.keep == (EXPECTED[k] is None) for k, v in verdicts.items())
+    # The semantic checker (the stand-in judge) sees exactly the lines that passed format and execution.
+    judged = {r.source_id: r for r in tables.read(spark, where(cfg), call_semantic.TABLE).collect()}
+    assert set(judged) == {k for k, v in EXPECTED.items() if v is None}
+    assert all(j.reasoning and j.model == "standin" for j in judged.values())
+    expected = {k: v or (None if judged[k].passed else "semantic") for k, v in EXPECTED.items()}
+    assert {k: v.drop_reason for k, v in verdicts.items()} == expected
+    assert all(v.keep == (expected[k] is None) for k, v in verdicts.items())
+    assert {k: v.semantic_reasoning for k, v in verdicts.items() if k in judged} == {
+        k: j.reasoning for k, j in judged.items()
+    }
     # Results are data: the parallel call's two balances, and the error of the call that raised.
     parallel = json.loads(verdicts["ok-parallel"].execution_results)
     assert [r["result"]["balance"] for r in parallel] == [1520.4, 8200.0] and all(r["ok"] for r in parallel)
@@ -54,10 +63,27 @@ def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, cfg):
     issues = json.loads(verdicts["scheduled-without-date"].format_issues)
     assert issues[0]["rule"] == "missing_required" and "'date' is a required property" in issues[0]["message"]
     assert json.loads(verdicts["ok-openai"].calls)[0]["arguments"]["card_last_digits"] == "4821"
-    # A rerun on the same implementations runs nothing again.
+    # A rerun on the same implementations runs nothing again, and pays for no judgement.
+    teacher_server.reset()
     again = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
-    assert again["stages"]["call_execution"]["rows_out"] == 0
-    assert again["stages"]["call_verdicts"]["kept"] == summary["stages"]["call_verdicts"]["kept"] == 4
+    assert again["stages"]["call_execution"]["rows_out"] == 0 and teacher_server.stats.completions == 0
+    assert again["stages"]["call_verdicts"]["kept"] == summary["stages"]["call_verdicts"]["kept"]
+
+
+def test_the_semantic_prompt_shows_the_tools_query_calls_and_results(llm_cfg):
+    import pandas as pd
+
+    batch = pd.DataFrame(
+        {
+            "query": ["What is in my savings?"],
+            "calls": [json.dumps([{"name": "get_balance", "arguments": {"account": "savings"}}])],
+            "results": [json.dumps([{"name": "get_balance", "ok": True, "result": {"balance": 8200.0}}])],
+        }
+    )
+    (messages,) = call_semantic.step(llm_cfg, tools='{"name": "get_balance"}').prompts(batch)
+    text = messages[0]["content"]
+    assert '{"name": "get_balance"}' in text and "What is in my savings?" in text
+    assert '"account": "savings"' in text and "8200.0" in text and "none:" not in text
 
 
 def _validators(spec_path) -> dict:
@@ -193,6 +219,8 @@ def test_a_call_past_its_timeout_fails_its_row_and_the_rest_run(spark, cfg, tmp_
     ]
     calls_file = write(tmp_path / "calls.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
     run_cfg = _tools_cfg(cfg, spec=str(module), functions="", calls=str(calls_file))
+    semantic_off = run_cfg.tools.semantic.model_copy(update={"enabled": False})
+    run_cfg = _tools_cfg(run_cfg, semantic=semantic_off)
     run_cfg = run_cfg.model_copy(
         update={
             "tools": run_cfg.tools.model_copy(

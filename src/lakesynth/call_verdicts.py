@@ -1,12 +1,16 @@
 """Call verdicts: every row of `tool_calls` with every check's verdict beside it -> `call_verdicts`.
 
-One row per input line, with the user's `source_id`, its format issues and execution results, `keep`, and the
-first check that failed as `drop_reason` (format before execution). A check that is off, or did not run on a
-row (execution runs only well-formed calls, and only with implementations), keeps it. This is the table a user
-of `--calls` reads: nothing in the input is left without a verdict.
+One row per input line, with the user's `source_id`, its format issues, execution results and the semantic
+checker's reasoning, `keep`, and the first check that failed as `drop_reason` (format, execution, semantic). A
+check that is off, or did not run on a row (execution runs only well-formed calls, and only with
+implementations), keeps it. This is the table a user of `--calls` reads: nothing in the input is left without a
+verdict.
 """
 
 from __future__ import annotations
+
+import functools
+import operator
 
 from pyspark.sql import functions as F
 
@@ -24,6 +28,8 @@ TABLE = tables.verdict(
         ("category", S),
         ("format_issues", S),
         ("execution_results", S),
+        ("semantic_reasoning", S),
+        ("semantic_model", S),
     ],
     judges="tool_calls",
     key="call_id",
@@ -49,12 +55,20 @@ def run(ctx: RunContext) -> StageResult:
         F.col("keep").alias("e_keep"),
         F.col("drop_reason").alias("e_why"),
     )
-    joined = calls.join(form, "call_id", "left").join(ran, "call_id", "left")
-    keep = F.coalesce(F.col("f_keep"), F.lit(True)) & F.coalesce(F.col("e_keep"), F.lit(True))
+    judged = ctx.read("call_semantic_verdicts", kept=False).select(
+        "call_id",
+        F.col("reasoning").alias("semantic_reasoning"),
+        F.col("model").alias("semantic_model"),
+        F.col("keep").alias("s_keep"),
+        F.col("drop_reason").alias("s_why"),
+    )
+    joined = calls.join(form, "call_id", "left").join(ran, "call_id", "left").join(judged, "call_id", "left")
+    checks = ("f_keep", "e_keep", "s_keep")
+    keep = functools.reduce(operator.and_, [F.coalesce(F.col(c), F.lit(True)) for c in checks])
     rows = joined.select(
         *[c for c, _ in TABLE.columns if c in joined.columns and c not in ("run_id", "created_at")],
         keep.alias("keep"),
-        F.when(~keep, F.coalesce(F.col("f_why"), F.col("e_why"))).alias("drop_reason"),
+        F.when(~keep, F.coalesce(F.col("f_why"), F.col("e_why"), F.col("s_why"))).alias("drop_reason"),
         F.lit(ctx.cfg.run_id).alias("run_id"),
         F.current_timestamp().alias("created_at"),
     )
@@ -69,6 +83,6 @@ STAGE = Stage(
     name="call_verdicts",
     help="every input call with each check's verdict, keep and the first drop reason, into call_verdicts",
     run=run,
-    reads=("tool_calls", "tools", "call_format_verdicts", "call_execution_verdicts"),
+    reads=("tool_calls", "tools", "call_format_verdicts", "call_execution_verdicts", "call_semantic_verdicts"),
     writes=(TABLE,),
 )
