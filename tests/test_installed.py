@@ -174,7 +174,9 @@ def test_every_task_of_every_job_runs_from_the_installed_wheel(site, workspace, 
         for volume in ("lakesynth", "other"):  # the default, then `--var volume=other`
             deployed = Deployed(workspace, volume=volume)
             ran = run_jobs(site, deployed, cwd, env)
-            assert [t for t, _ in ran] == [f"{j}.{k}" for j in deployed.jobs() for k, _ in deployed.tasks(j)]
+            assert [t for t, _ in ran] == [f"{j}.{k}" for j in deployed.jobs() for k, _ in deployed.tasks(j)], (
+                ran[-1][1].stdout + ran[-1][1].stderr
+            )
             for task, proc in ran:
                 assert proc.returncode == 0 and "RETURNED" in proc.stderr, f"{task}:\n{proc.stdout}{proc.stderr}"
             folder = cwd / ".lakesynth" / "warehouse" / "main" / "dev_standin_lakesynth_dev" / volume

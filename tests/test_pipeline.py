@@ -176,6 +176,10 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
         "finetune.max_steps=2",
         "--set",
         "finetune.max_length=128",
+        # The 0.5B teacher's side-by-side judgement runs to ~1k tokens (minutes on 2 cores): the evaluate stage is
+        # tested on the stand-in (test_evaluate.py), and with this teacher by hand (README, "Two commands").
+        "--set",
+        "evaluate.enabled=false",
         "--summary",
         str(tmp_path / "s.json"),
     )

@@ -152,3 +152,22 @@ def test_module_source_is_never_run_in_the_test_process(tmp_path):
         assert [o.result for o in sandbox.run([("ok", {})] * 3)] == ["1", "1", "1"]
     assert marker.read_text().split() == [marker.read_text().split()[0]]  # imported once, by one worker
     assert int(marker.read_text().split()[0]) != os.getpid()
+
+
+def test_a_caller_script_without_a_main_guard_runs_once(tmp_path):
+    """As a wheel task's launcher may be: the workers must not run the caller's main script again."""
+    import subprocess
+    import sys
+
+    functions = tmp_path / "fns.py"
+    functions.write_text("def double(x: int) -> int:\n    return 2 * x\n")
+    script = tmp_path / "task.py"
+    script.write_text(
+        "from lakesynth import sandbox\n"
+        "print('MAIN RAN', flush=True)\n"
+        f"with sandbox.Sandbox({str(functions)!r}, workers=2) as box:\n"
+        "    print(box.run([('double', {'x': 21})])[0].result, flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["MAIN RAN", "42"]

@@ -172,6 +172,8 @@ def _main(argv: list[str] | None = None) -> int:
         else:
             stages = [args.command]
         jobs = pipeline.locate_jobs(Path.cwd())  # the project's, else the packaged ones
+        if args.command != "run":  # one stage: it runs as a task of the job that has it (as a wheel task does)
+            job = next((name for name, graph in jobs.graphs().items() if args.command in graph), job)
         # One line on stderr (stdout carries the stages' lines): what this run was read from.
         print(f"lakesynth: {describe_config(config_file(args))}; {jobs.describe(job)}", file=sys.stderr, flush=True)
         summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
