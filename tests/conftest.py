@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from lakesynth.stage import RunContext
 from lakesynth.standin import StandIn, StandInOptions
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist workers run from `python -c`: a __main__ with no file, which pyspark's Connect client takes for its
+# own doctest run (and then looks for a Spark installation). Give it a file, one that multiprocessing's spawned
+# children (the execution sandbox's workers) can run as their __main__: it does nothing.
+_main = sys.modules["__main__"]
+if _main.__spec__ is None and not hasattr(_main, "__file__"):
+    _main.__file__ = str(Path(__file__).with_name("xdist_main.py"))
 
 
 @pytest.fixture(scope="session")
