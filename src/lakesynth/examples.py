@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -221,3 +222,86 @@ def write_jsonl(rows: DataFrame, target: Path, fmt: str) -> None:
                 shutil.copyfileobj(src, out)
     partial.replace(target)
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+ROLES = ("system", "user", "assistant")
+# Chat-template control tokens must not appear in content: the trainer adds them itself.
+TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "[INST]", "<s>")
+CHARS_PER_TOKEN = 4  # documented estimate where no tokenizer is at hand (about 4 characters per token in English)
+
+
+def estimate_tokens(messages: list[dict]) -> int:
+    """Tokens of an example by the ~4 characters per token estimate, plus 4 per message for the template."""
+    return sum(len(m.get("content") or "") // CHARS_PER_TOKEN + 4 for m in messages)
+
+
+def chat_violation(messages: list[dict], max_tokens: int) -> str | None:
+    """Why an example breaks the chat-completion data rules, or None when it is valid."""
+    if not messages:
+        return "no messages"
+    roles = [m.get("role") for m in messages]
+    if any(r not in ROLES for r in roles):
+        return f"unknown role in {roles}"
+    if "system" in roles[1:]:
+        return "system message not first"
+    turns = roles[1:] if roles[0] == "system" else roles
+    if not turns or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns)):
+        return f"roles do not alternate user/assistant: {roles}"
+    if turns[-1] != "assistant":
+        return "does not end with an assistant message"
+    if any(not (m.get("content") or "").strip() and not m.get("tool_calls") for m in messages):
+        return "empty content"
+    if any(tok in (m.get("content") or "") for m in messages for tok in TEMPLATE_TOKENS):
+        return "contains chat-template tokens"
+    if estimate_tokens(messages) > max_tokens:
+        return f"longer than {max_tokens} tokens (estimated)"
+    return None
+
+
+# The text an example is split by (not a column of the table): its question.
+SPLIT_TEXT = "split_text"
+DRAW = "_split_draw"  # the example's draw in [0, 1) that decides its split
+
+
+def check_examples(chat: DataFrame, *, max_tokens: int) -> DataFrame:
+    """Adds `violation` (None when valid) and `n_tokens` to each example."""
+    schema = T.StructType(
+        chat.schema.fields + [T.StructField("violation", T.StringType()), T.StructField("n_tokens", T.LongType())]
+    )
+    return chat.mapInPandas(functools.partial(_check_batches, max_tokens=max_tokens), schema)
+
+
+def _check_batches(batches: Iterator[pd.DataFrame], *, max_tokens: int) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        messages = [_records(ms) for ms in batch["messages"]]  # tool_calls as lists, not arrays
+        yield batch.assign(
+            violation=[chat_violation(m, max_tokens) for m in messages], n_tokens=[estimate_tokens(m) for m in messages]
+        )
+
+
+def assign_split(chat: DataFrame, *, by: str, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
+    """Adds `split`, drawn per example from a seeded hash of its normalised text `by` (examples.normalized_text):
+    adding or removing data never moves an example, the same question (normalised) is in one split only, and
+    each topic gets its share of every split in expectation."""
+    digest = F.sha2(F.concat_ws("|", F.lit(str(seed)), normalized_text(by)), 256)
+    draw = F.conv(F.substring(digest, 1, 8), 16, 10).cast("double") / float(16**8)  # uniform in [0, 1)
+    # No otherwise(): an all-literal CASE is NOT NULL on classic Spark but nullable on Sail (parity suite).
+    split = (
+        F.when(F.col(DRAW) < val_fraction, "val")
+        .when(F.col(DRAW) < val_fraction + test_fraction, "test")
+        .when(F.col("example_id").isNotNull(), "train")
+    )
+    return chat.withColumn(DRAW, draw).withColumn("split", split)
+
+
+def fill_empty_splits(split: DataFrame, *, val_fraction: float, test_fraction: float) -> DataFrame:
+    """A split that should get examples but drew none (a small dataset) takes the training question drawn
+    nearest to it, with every example of that question, so a fine-tune always has a validation set. This
+    is the one case in which an example can move: once the split draws examples of its own, it goes back."""
+    counts = {r.split: r["count"] for r in split.groupBy("split").count().collect()}
+    for name, share in (("val", val_fraction), ("test", test_fraction)):
+        if share and not counts.get(name) and counts.get("train", 0) >= 2:
+            nearest = split.where(F.col("split") == "train").agg(F.min(DRAW)).first()[0]
+            split = split.withColumn("split", F.when(F.col(DRAW) == nearest, name).otherwise(F.col("split")))
+            counts = {r.split: r["count"] for r in split.groupBy("split").count().collect()}
+    return split

@@ -1,0 +1,180 @@
+"""The function-calling job's training data and its proof: kept calls as tool-calling examples in each style
+(read back as OpenAI's, Databricks' and TRL's formats), and the BFCL AST check that scores a student's calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, where
+
+from lakesynth import ast_match, pipeline, tables, tool_format
+
+TOOLS = {
+    "get_balance": {"type": "object", "properties": {"account": {"type": "string"}}, "required": ["account"]},
+    "list_transactions": {
+        "type": "object",
+        "properties": {"account": {"type": "string"}, "limit": {"type": "integer", "default": 10}},
+        "required": ["account"],
+    },
+    "convert": {"type": "object", "properties": {"amount": {"type": "number"}, "to": {"type": "string"}}},
+}
+
+
+def _run(cfg, style: str) -> dict:
+    no_judge = cfg.tools.semantic.model_copy(update={"enabled": False})
+    output = cfg.tools.output.model_copy(update={"style": style})
+    tools_cfg = cfg.tools.model_copy(update={"semantic": no_judge, "output": output})
+    cfg = cfg.model_copy(update={"tools": tools_cfg})
+    stages = ["tools", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts", "tool_format"]
+    return pipeline.run(cfg, stages, job="lakesynth_tools", root=ROOT)
+
+
+def _lines(summary: dict) -> list[dict]:
+    return [
+        json.loads(line)
+        for key in ("tools_train_jsonl", "tools_val_jsonl")
+        for line in Path(summary["files"][key]).read_text(encoding="utf-8").splitlines()
+    ]
+
+
+def test_json_content_examples_are_what_databricks_fine_tuning_reads(spark, cfg):
+    summary = _run(cfg, "json_content")
+    assert summary["stages"]["tool_format"]["status"] == "ok", summary["stages"]["tool_format"]
+    rows = tables.read(spark, where(cfg), tool_format.TABLE).collect()
+    assert {r.example_id for r in rows} == {
+        r.call_id for r in spark.table(where(cfg).fqn("call_verdicts")).where("keep").collect()
+    }
+    categories = {r.source_id: r.category for r in rows}
+    assert categories == {
+        "ok-balance": "simple",
+        "ok-parallel": "parallel",
+        "ok-openai": "simple",
+        "ok-irrelevant": "irrelevance",
+    }
+    lines = _lines(summary)
+    assert len(lines) == 4
+    for line in lines:
+        roles = [m["role"] for m in line["messages"]]
+        assert roles == ["system", "user", "assistant"] and set(line) == {"messages"}  # FM takes these roles only
+        assert '"name": "get_balance"' in line["messages"][0]["content"]  # the system prompt lists the tools
+        assert isinstance(ast_match.parse_reply(line["messages"][2]["content"]), list)
+    irrelevant = next(x for x in lines if x["messages"][1]["content"] == "Should I buy gold or bitcoin?")
+    assert irrelevant["messages"][2]["content"] == "[]"
+
+
+@pytest.mark.parametrize("style", ["openai", "hf"])
+def test_tool_call_styles_for_openai_and_trl(spark, cfg, style):
+    summary = _run(cfg, style)
+    lines = _lines(summary)
+    parallel = next(x for x in lines if x["messages"][0]["content"] == "What are my checking and savings balances?")
+    calls = parallel["messages"][1]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["get_balance", "get_balance"]
+    arguments = calls[0]["function"]["arguments"]
+    if style == "openai":  # OpenAI fine-tuning: arguments as a JSON string, the tools on the line
+        assert json.loads(arguments) == {"account": "checking"}
+        assert parallel["tools"][0]["type"] == "function"
+    else:  # TRL / HF chat templates: arguments as a dict, tools as JSON schemas
+        assert arguments == {"account": "checking"}
+        assert {t["name"] for t in parallel["tools"]} >= {"get_balance", "transfer_money"}
+    irrelevant = next(x for x in lines if x["messages"][0]["content"] == "Should I buy gold or bitcoin?")
+    assert "tool_calls" not in irrelevant["messages"][1] and irrelevant["messages"][1]["content"]
+
+
+def test_the_hf_style_renders_with_a_real_tool_calling_chat_template(spark, cfg):
+    """Qwen2.5's own chat template (read from the packaged teacher's GGUF) renders the tools and the calls."""
+    from transformers import AutoTokenizer
+
+    from lakesynth import embedded
+
+    summary = _run(cfg, "hf")
+    line = next(x for x in _lines(summary) if x["messages"][0]["content"].startswith("What are my checking"))
+    gguf = embedded.packaged_model(Path(cfg.teacher.model_cache).expanduser())
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    text = tokenizer.apply_chat_template(line["messages"], tools=line["tools"], tokenize=False)
+    assert "<tools>" in text and '"name": "transfer_money"' in text
+    assert text.count('<tool_call>\n{"name": "get_balance", "arguments": {"account": ') == 2  # the two calls
+
+
+@pytest.mark.parametrize(
+    "expected, got, match",
+    [
+        (
+            [{"name": "get_balance", "arguments": {"account": "savings"}}],
+            [{"name": "get_balance", "arguments": {"account": " Savings "}}],
+            True,
+        ),
+        (
+            [{"name": "get_balance", "arguments": {"account": "savings"}}],
+            [{"name": "get_balance", "arguments": {"account": "checking"}}],
+            False,
+        ),
+        (
+            [{"name": "get_balance", "arguments": {"account": "savings"}}],
+            [{"name": "list_transactions", "arguments": {"account": "savings"}}],
+            False,
+        ),
+        (
+            [{"name": "get_balance", "arguments": {"account": "savings"}}],
+            [{"name": "get_balance", "arguments": {}}],
+            False,
+        ),  # required
+        (
+            [{"name": "get_balance", "arguments": {"account": "a"}}],
+            [{"name": "get_balance", "arguments": {"account": "a", "x": 1}}],
+            False,
+        ),
+        (
+            [{"name": "list_transactions", "arguments": {"account": "a"}}],
+            [{"name": "list_transactions", "arguments": {"account": "a", "limit": 10}}],
+            True,
+        ),  # the default
+        (
+            [{"name": "list_transactions", "arguments": {"account": "a"}}],
+            [{"name": "list_transactions", "arguments": {"account": "a", "limit": 5}}],
+            False,
+        ),
+        (
+            [{"name": "convert", "arguments": {"amount": 10.0}}],
+            [{"name": "convert", "arguments": {"amount": 10}}],
+            True,
+        ),  # int for a number
+        (
+            [{"name": "list_transactions", "arguments": {"account": "a", "limit": 3}}],
+            [{"name": "list_transactions", "arguments": {"account": "a", "limit": 3.0}}],
+            False,
+        ),
+        (
+            [{"name": "convert", "arguments": {"amount": 1.0}}],
+            [{"name": "convert", "arguments": {"amount": True}}],
+            False,
+        ),  # a bool is no number
+        (
+            [
+                {"name": "get_balance", "arguments": {"account": "a"}},
+                {"name": "get_balance", "arguments": {"account": "b"}},
+            ],
+            [
+                {"name": "get_balance", "arguments": {"account": "b"}},
+                {"name": "get_balance", "arguments": {"account": "a"}},
+            ],
+            True,
+        ),  # parallel calls in any order
+        ([], [], True),  # irrelevance: no call
+        ([], [{"name": "get_balance", "arguments": {"account": "a"}}], False),
+        ([{"name": "get_balance", "arguments": {"account": "a"}}], None, False),  # not a list of calls
+    ],
+)
+def test_the_ast_check_matches_as_bfcl_does(expected, got, match):
+    assert ast_match.calls_match(expected, got, TOOLS) is match
+
+
+def test_replies_are_parsed_as_calls_or_refused():
+    assert ast_match.parse_reply('```json\n[{"name": "f", "arguments": {"a": 1}}]\n```') == [
+        {"name": "f", "arguments": {"a": 1}}
+    ]
+    assert ast_match.parse_reply('{"name": "f", "arguments": {}}') == [{"name": "f", "arguments": {}}]
+    assert ast_match.parse_reply("[]") == []
+    assert ast_match.parse_reply("I cannot help with that.") is None
+    assert ast_match.parse_reply('[{"arguments": {}}]') is None
