@@ -127,8 +127,8 @@ VARIABLES = {
     ),
     "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions", "topup")),
     "embedding_endpoint": ("embed-x", lambda cfg: _embedding_models(cfg), ("relevance", "dedup", "topup")),
-    "finetune_backend": ("none", lambda cfg: cfg.finetune.backend, ("finetune", "evaluate")),
-    "base_model": ("org/student-x", lambda cfg: cfg.finetune.base_model, ("finetune", "evaluate")),
+    "finetune_backend": ("none", lambda cfg: cfg.finetune.backend, ("finetune", "evaluate", "tool_evaluate")),
+    "base_model": ("org/student-x", lambda cfg: cfg.finetune.base_model, ("finetune", "evaluate", "tool_evaluate")),
 }
 
 

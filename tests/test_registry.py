@@ -41,11 +41,13 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "topup",  # it writes through other stages, so data flow alone places it anywhere after dedup
         "preference",
         "export",
-        "finetune",  # after preference (its pairs, for DPO), and evaluate after it: files link them, not tables
+        "finetune",  # after format, preference and tool_format, whose files it reads; the evaluations after it
         "evaluate",
     ]
     function_calling = ["tools", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts"]
+    function_calling += ["tool_format", "tool_evaluate"]
     assert set(stages) == set(qa + function_calling)
+    assert list(stages).index("finetune") > list(stages).index("tool_format")
     for flow in (qa, function_calling):  # each job's stages in data-flow order (the two jobs interleave)
         assert [s for s in stages if s in flow] == flow
     for stage in stages.values():

@@ -178,3 +178,39 @@ def test_replies_are_parsed_as_calls_or_refused():
     assert ast_match.parse_reply("[]") == []
     assert ast_match.parse_reply("I cannot help with that.") is None
     assert ast_match.parse_reply('[{"arguments": {}}]') is None
+
+
+def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark, cfg):
+    """The job's fine-tune task carries `finetune.dataset=training_tools` (applied locally as on Databricks);
+    the evaluation scores each student's reply with the AST check, per category."""
+    from lakesynth import tool_evaluate
+
+    semantic_off = cfg.tools.semantic.model_copy(update={"enabled": False})
+    short = cfg.tools.evaluate.model_copy(update={"max_new_tokens": 24})
+    cfg = cfg.model_copy(
+        update={
+            "tools": cfg.tools.model_copy(update={"semantic": semantic_off, "evaluate": short}),
+            "format": cfg.format.model_copy(update={"val_fraction": 0.5}),
+            "finetune": cfg.finetune.model_copy(update={"max_steps": 1}),
+        }
+    )
+    summary = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    tuned = summary["stages"]["finetune"]
+    examples = tables.read(spark, where(cfg), tool_format.TABLE)
+    assert tuned["rows_in"] == examples.where("split = 'train'").count()  # it trained on the tool examples
+    result = summary["stages"]["tool_evaluate"]
+    rows = tables.read(spark, where(cfg), tool_evaluate.TABLE).collect()
+    assert result["examples"] == len(rows) == examples.where("split = 'val'").count() > 0
+    tools = {r.name: json.loads(r.parameters) for r in spark.table(where(cfg).fqn("tools")).collect()}
+    for r in rows:
+        expected = json.loads(r.expected)
+        for variant in ("base", "tuned"):
+            reply = ast_match.parse_reply(getattr(r, f"{variant}_reply"))
+            assert getattr(r, f"{variant}_match") == ast_match.calls_match(expected, reply, tools)
+    for variant in ("base", "tuned"):
+        hits = [getattr(r, f"{variant}_match") for r in rows]
+        assert result[f"{variant}_accuracy"] == round(sum(hits) / len(hits), 3)
+        assert set(result[f"{variant}_accuracy_by_category"]) == {r.category for r in rows}
+    again = pipeline.run(cfg, ["tool_evaluate"], job="lakesynth_tools", root=ROOT)["stages"]["tool_evaluate"]
+    assert again["reused"] and again["tuned_accuracy"] == result["tuned_accuracy"]  # nothing generated twice

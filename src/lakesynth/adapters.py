@@ -14,10 +14,10 @@ from lakesynth.config import Config
 from lakesynth.runtime import Runtime
 
 
-def split_files(rt: Runtime, method: str = "sft") -> dict[str, str]:
-    """The train and val JSONL the method trains on: the format stage's chat files, or the preference stage's
-    DPO pairs."""
-    folder = rt.files_dir("training_chat") if method == "sft" else rt.files_dir("training_preference") + "/dpo"
+def split_files(rt: Runtime, method: str = "sft", dataset: str = "training_chat") -> dict[str, str]:
+    """The train and val JSONL the method trains on: the chat (or tool-calling) examples' files, or the
+    preference stage's DPO pairs."""
+    folder = rt.files_dir(dataset) if method == "sft" else rt.files_dir("training_preference") + "/dpo"
     return {"train": f"{folder}/train.jsonl", "val": f"{folder}/val.jsonl"}
 
 
@@ -34,7 +34,7 @@ def input_fingerprint(cfg: Config, files: dict[str, str]) -> str:
 def trained(cfg: Config, rt: Runtime) -> dict | None:
     """The finished fine-tune of the current split files and settings: its `student` (empty: the packaged one),
     `adapter` and `inputs` fingerprint; None when there is none (what the evaluate stage compares)."""
-    files = split_files(rt, cfg.finetune.method)
+    files = split_files(rt, cfg.finetune.method, cfg.finetune.dataset)
     if cfg.finetune.backend == "none" or not all(Path(p).is_file() for p in files.values()):
         return None
     inputs = input_fingerprint(cfg, files)

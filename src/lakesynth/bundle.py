@@ -78,6 +78,18 @@ def tasks(spec: dict[str, Any], where: str) -> dict[str, tuple[str, list[str]]]:
     return graph
 
 
+def task_settings(spec: dict[str, Any]) -> dict[str, list[str]]:
+    """task_key -> the `--set KEY=VALUE` among its parameters that name no job parameter or variable: settings the
+    task always runs with (the tools job's fine-tune reads `training_tools`), applied by the local runner too."""
+    found = {}
+    for task in spec.get("tasks", []):
+        params = (task.get("python_wheel_task") or {}).get("parameters") or []
+        fixed = [v for flag, v in zip(params, params[1:]) if flag == "--set" and "{{" not in v and "${" not in v]
+        if fixed:
+            found[task["task_key"]] = fixed
+    return found
+
+
 def schema_problems(bundle: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     """Violations of the official bundle JSON schema, each as 'path: message'."""
     import json

@@ -294,6 +294,20 @@ def load_config(
         raise ConfigError(_describe(exc, file, overridden)) from None
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`cfg` with `KEY=VALUE` overrides applied and validated again (its paths are already resolved)."""
+    data = cfg.model_dump(by_alias=True)
+    keys = set()
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+        keys.add(key)
+    try:
+        return type(cfg).model_validate(data, context={"base_dir": Path.cwd()})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, None, keys)) from None
+
+
 def _describe(exc: ValidationError, file: Path | None, overridden: set[str]) -> str:
     lines = []
     for err in exc.errors():

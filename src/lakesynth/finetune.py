@@ -36,6 +36,9 @@ class FinetuneConfig(Section):
     method: Literal["sft", "dpo"] = Field(
         "sft", description="sft: learn the chat answers; dpo: learn the preference stage's chosen-over-rejected pairs."
     )
+    dataset: Literal["training_chat", "training_tools"] = Field(
+        "training_chat", description="sft: the Q&A chat examples, or the tools job's tool-calling examples."
+    )
     base_model: str = Field(
         "",
         description="Student: a Hugging Face model (folder or name); empty = the packaged "
@@ -158,8 +161,8 @@ def run(ctx: RunContext) -> StageResult:
         raise StageError(
             "finetune: Databricks Foundation Model fine-tuning has no DPO; use backend local or ai_runtime"
         )
-    files = split_files(rt, ft.method)
-    writer = "format" if ft.method == "sft" else "preference"
+    files = split_files(rt, ft.method, ft.dataset)
+    writer = "preference" if ft.method == "dpo" else "format" if ft.dataset == "training_chat" else "tool_format"
     for split, path in files.items():
         if not Path(path).is_file() and not rt.databricks:
             raise StageError(f"finetune: no {split} file at {path}; run the {writer} stage first")
@@ -202,10 +205,13 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
         "seed": cfg.format.seed,
         "cache_dir": cfg.teacher.model_cache,
     }
-    if ft.method == "dpo":
-        metrics = train_sft.train_dpo(files["train"], files["val"], out, beta=ft.beta, **settings)
-    else:
-        metrics = train_sft.train(files["train"], files["val"], out, **settings)
+    try:
+        if ft.method == "dpo":
+            metrics = train_sft.train_dpo(files["train"], files["val"], out, beta=ft.beta, **settings)
+        else:
+            metrics = train_sft.train(files["train"], files["val"], out, **settings)
+    except ValueError as exc:  # the data cannot be trained on as configured (the script says why)
+        raise StageError(f"finetune: {exc} (finetune.max_length)") from exc
     metrics["inputs"] = inputs
     Path(out, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return _local_result(metrics)
@@ -367,7 +373,7 @@ STAGE = Stage(
     name="finetune",
     help="fine-tune a student on the JSONL (backend local, ai_runtime or foundation_model)",
     run=run,
-    reads=("training_chat",),
     config=FinetuneConfig,
-    after=("preference",),  # finetune.method dpo trains on its pairs
+    # It reads files, not tables: the JSONL of whichever of these its job has (finetune.method, finetune.dataset).
+    after=("format", "preference", "tool_format"),
 )

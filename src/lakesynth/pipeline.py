@@ -59,6 +59,11 @@ class Jobs:
         name, spec = bundle.job({"resources": {"jobs": self.specs}}, job)
         return bundle.tasks(spec, str(self.files.get(name, name)))
 
+    def settings(self, job: str = DEFAULT_JOB) -> dict[str, list[str]]:
+        """task_key -> the fixed `--set` overrides its parameters carry (bundle.task_settings)."""
+        _, spec = bundle.job({"resources": {"jobs": self.specs}}, job)
+        return bundle.task_settings(spec)
+
     def graphs(self) -> dict[str, dict[str, tuple[str, list[str]]]]:
         """Every job: job -> its task graph."""
         return {name: self.graph(name) for name in self.specs}
@@ -149,7 +154,8 @@ def run(
 ) -> dict[str, Any]:
     """Run the job's tasks (or the named subset) and return the run summary. The jobs are `jobs`, else the
     bundle at `root`, else `locate_jobs()` (the project around the working folder, or the packaged jobs)."""
-    graph = (jobs or (project_jobs(root) if root else locate_jobs())).graph(job)
+    jobs = jobs or (project_jobs(root) if root else locate_jobs())
+    graph = jobs.graph(job)
     registered = registry.default_stages()
     check(graph, registered, job)
     contracts = registry.contracts(registered)
@@ -159,7 +165,7 @@ def run(
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
     ctx = RunContext(cfg, contracts)
     with schema_lock(ctx.rt, cfg.run_id):
-        return _run(ctx, graph, registered, stages, summary)
+        return _run(ctx, graph, registered, stages, summary, jobs.settings(job))
 
 
 @contextlib.contextmanager
@@ -193,7 +199,7 @@ def schema_lock(rt: Runtime, run_id: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
+def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> dict[str, Any]:
     cfg = ctx.cfg
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
     tracker = tracking.Tracker(cfg, ctx.rt).start()
@@ -217,8 +223,9 @@ def _run(ctx: RunContext, graph, registered, stages, summary) -> dict[str, Any]:
                 continue
             started = time.monotonic()
             try:
-                pruned = ctx.prune(registered[stage])
-                result = registered[stage].run(ctx)
+                task_ctx = ctx.with_settings(settings[key]) if settings and key in settings else ctx
+                pruned = task_ctx.prune(registered[stage])
+                result = registered[stage].run(task_ctx)
                 if pruned:
                     result.metrics["pruned"] = pruned
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why

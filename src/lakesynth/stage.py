@@ -78,6 +78,14 @@ class RunContext:
         round_ctx.topup = missing
         return round_ctx
 
+    def with_settings(self, overrides: list[str]) -> RunContext:
+        """This context (same engine, endpoints and contracts) with a task's fixed `--set` overrides applied."""
+        from lakesynth.config import with_overrides
+
+        task_ctx = copy.copy(self)
+        task_ctx.cfg = with_overrides(self.cfg, overrides)
+        return task_ctx
+
     @property
     def spark(self):
         return engine.get_spark(self.rt)

@@ -169,6 +169,9 @@ def train(
         processing_class=tokenizer,
         peft_config=_lora(lora_r),
     )
+    for name, data in (("train", trainer.train_dataset), ("val", trainer.eval_dataset)):
+        if len(data) == 0:  # the trainer drops an example whose answer the length limit cut off entirely
+            raise ValueError(f"every {name} example is longer than max_length={max_length} tokens; raise it")
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
