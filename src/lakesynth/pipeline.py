@@ -182,8 +182,14 @@ def schema_lock(rt: Runtime, run_id: str):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another lakesynth run"
+            holder = ""
+            for _ in range(20):  # the holder writes its name just after taking the lock: give it a moment
+                lock.seek(0)
+                holder = lock.read().strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            holder = holder or "another lakesynth run"
             raise SchemaBusy(
                 f"schema {rt.catalog}.{rt.schema} is in use by {holder}; wait for it to finish, "
                 f"or run with another --schema"
