@@ -97,14 +97,13 @@ def to_verdict_rows(replies: DataFrame) -> DataFrame:
 
 def step(cfg, tools: str) -> LLMStep:
     s, judged = cfg.tools.semantic, cfg.quality.judge
-    own = {k: getattr(judged, k) for k in ("base_url", "model", "api_key_env") if getattr(s, k) is None}
     return LLMStep(
         name="call_semantic",
         table=TABLE,
         key="call_id",
         columns=("call_id", "source_id", "query", "calls", "results"),
         output=Judgement,
-        settings=s.model_copy(update=own),
+        settings=s.defaulting_to(judged),
         template=s.template,
         prompts=functools.partial(prompts, template=s.template, tools=tools),
         rows=to_verdict_rows,

@@ -168,6 +168,9 @@ class EmbeddingsConfig(Section):
         )
 
 
+ENDPOINT_KEYS = ("base_url", "model", "api_key_env")  # what an LLM stage may set to call its own endpoint
+
+
 class LLMStageConfig(Section):
     """The settings every LLM stage shares; a stage subclasses it and names its packaged template."""
 
@@ -188,8 +191,13 @@ class LLMStageConfig(Section):
 
     def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
         """The teacher settings this stage calls with: the teacher's, but for the endpoint fields set here."""
-        own = {k: v for k in ("base_url", "model", "api_key_env") if (v := getattr(self, k)) is not None}
+        own = {k: v for k in ENDPOINT_KEYS if (v := getattr(self, k)) is not None}
         return teacher.model_copy(update=own) if own else teacher
+
+    def defaulting_to(self, other: LLMStageConfig) -> LLMStageConfig:
+        """These settings, with `other`'s endpoint fields where this section sets none (the pair judge's endpoint
+        for a stage that judges as it does)."""
+        return self.model_copy(update={k: getattr(other, k) for k in ENDPOINT_KEYS if getattr(self, k) is None})
 
     @model_validator(mode="before")
     @classmethod

@@ -167,7 +167,6 @@ def to_evaluation_rows(replies: DataFrame, *, criteria) -> DataFrame:
 
 def step(cfg) -> LLMStep:
     e, judged = cfg.evaluate, cfg.quality.judge
-    own = {k: getattr(judged, k) for k in ("base_url", "model", "api_key_env") if getattr(e, k) is None}
     criteria = judged.criteria
     return LLMStep(
         name="evaluate",
@@ -176,7 +175,7 @@ def step(cfg) -> LLMStep:
         columns=("example_id", "question_id", "topic", "split", "inputs", "in_scope", "question", "tuned_first")
         + ("answer_1", "answer_2"),
         output=judging.comparison_model(2, criteria),
-        settings=e.model_copy(update=own),
+        settings=e.defaulting_to(judged),
         template=e.template + "".join(c.model_dump_json() for c in criteria),
         prompts=functools.partial(
             judging.compare_prompts, template=e.template, rules=cfg.use_case.rules, criteria=criteria, n=2

@@ -188,8 +188,7 @@ def to_pair_rows(replies: DataFrame, *, criteria, n: int, min_margin: float, sys
 def compare_step(cfg) -> LLMStep:
     """The comparison, on the pair judge's endpoint unless `preference` names its own."""
     p, judged = cfg.preference, cfg.quality.judge
-    own = {k: getattr(judged, k) for k in ("base_url", "model", "api_key_env") if getattr(p, k) is None}
-    settings = p.model_copy(update=own)
+    settings = p.defaulting_to(judged)
     n, criteria = len(p.candidates), judged.criteria
     return LLMStep(
         name="preference",
