@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,25 +202,19 @@ def prompt_turns(question: F.Column, system_prompt: str | None) -> list[F.Column
 
 
 def write_jsonl(rows: DataFrame, target: Path, fmt: str) -> None:
-    """Each example's line(s) in export format `fmt` (examples.to_lines), UTF-8, as ONE file: Spark writes the
-    lines in parallel, then the part files are streamed into the target (coalesce(1) is only a hint on some
-    engines)."""
-    scratch = target.with_name(f".{target.stem}.tmp")
+    """Each example's line(s) in export format `fmt` (examples.to_lines), UTF-8, as ONE file in example_id order, so
+    the same examples always give the same bytes (a fine-tune on them is then not paid for twice). The engine
+    renders the lines; the driver streams them in order into the file (Sail writes a sorted frame as several
+    part files whatever the partitioning, so their concatenation would not be in order)."""
     lines = rows.select("example_id", *[n for n, _ in COLUMNS]).mapInPandas(
         functools.partial(json_lines, fmt=fmt), "value string, example_id string"
     )
-    lines.coalesce(1).sortWithinPartitions("example_id").select("value").write.mode("overwrite").text(str(scratch))
-    # An engine may write no file at all for an empty split; the target is then an empty file.
-    found = scratch.iterdir() if scratch.is_dir() else []
-    parts = sorted(p for p in found if p.is_file() and not p.name.startswith((".", "_")))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    with partial.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, out)
+    with partial.open("w", encoding="utf-8", newline="\n") as out:
+        for row in lines.orderBy("example_id", "value").select("value").toLocalIterator():
+            out.write(row.value + "\n")
     partial.replace(target)
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 ROLES = ("system", "user", "assistant")
