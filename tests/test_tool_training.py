@@ -189,7 +189,7 @@ def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark
     short = cfg.tools.evaluate.model_copy(update={"max_new_tokens": 24})
     cfg = cfg.model_copy(
         update={
-            "tools": cfg.tools.model_copy(update={"semantic": semantic_off, "evaluate": short}),
+            "tools": cfg.tools.model_copy(update={"semantic": semantic_off, "evaluate": short, "seeds": ""}),
             "format": cfg.format.model_copy(update={"val_fraction": 0.5}),
             "finetune": cfg.finetune.model_copy(update={"max_steps": 1}),
         }

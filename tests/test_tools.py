@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import ROOT, context, where, write
 
-from lakesynth import call_format, call_semantic, call_verdicts, calls, pipeline, tables, tools, toolspec
+from lakesynth import call_generation, call_semantic, call_verdicts, pipeline, tables, tools, toolspec
 from lakesynth.errors import SeedError
 
 SAMPLE = ROOT / "conf" / "tools"
@@ -40,13 +40,24 @@ def _tools_cfg(cfg, **tools_changes):
 
 
 def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, llm_cfg, teacher_server):
-    cfg = llm_cfg
+    """The sample: the --calls lines and the pairs generated from the seeds, each with its verdict."""
+    cfg = llm_cfg.model_copy(update={"finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})})
     summary = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
-    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
-    assert summary["tables"]["call_verdicts"]["rows"] == len(EXPECTED)
-    verdicts = {r.source_id: r for r in tables.read(spark, where(cfg), call_verdicts.TABLE).collect()}
+    assert all(s["status"] in ("ok", "skipped") for s in summary["stages"].values()), summary["stages"]
+    generated = {r.request_id: r for r in tables.read(spark, where(cfg), call_generation.TABLE).collect()}
+    assert len(generated) == 4 * cfg.tools.generation.per_function and all(g.error is None for g in generated.values())
+    assert summary["tables"]["call_verdicts"]["rows"] == len(EXPECTED) + len(generated)
+    everything = {r.source_id: r for r in tables.read(spark, where(cfg), call_verdicts.TABLE).collect()}
+    verdicts = {k: v for k, v in everything.items() if k not in generated}
+    # Each generated pair was decoded against its category's schema, and judged as any other pair.
+    for request_id, g in generated.items():
+        n = len(json.loads(g.calls))
+        assert {"irrelevance": n == 0, "parallel": 2 <= n <= 4}.get(g.category, n == 1), (g.category, g.calls)
+        assert everything[request_id].calls == g.calls and everything[request_id].category == g.category
+    assert {g.category for g in generated.values()} == set(cfg.tools.generation.mix)
     # The semantic checker (the stand-in judge) sees exactly the lines that passed format and execution.
     judged = {r.source_id: r for r in tables.read(spark, where(cfg), call_semantic.TABLE).collect()}
+    judged = {k: v for k, v in judged.items() if k not in generated}
     assert set(judged) == {k for k, v in EXPECTED.items() if v is None}
     assert all(j.reasoning and j.model == "standin" for j in judged.values())
     expected = {k: v or (None if judged[k].passed else "semantic") for k, v in EXPECTED.items()}
@@ -68,6 +79,10 @@ def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, llm_cfg,
     again = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
     assert again["stages"]["call_execution"]["rows_out"] == 0 and teacher_server.stats.completions == 0
     assert again["stages"]["call_verdicts"]["kept"] == summary["stages"]["call_verdicts"]["kept"]
+    # One more pair per tool asks for those four alone.
+    more = cfg.tools.generation.model_copy(update={"per_function": cfg.tools.generation.per_function + 1})
+    pipeline.run(_tools_cfg(cfg, generation=more), ["call_generation"], job="lakesynth_tools", root=ROOT)
+    assert teacher_server.stats.completions == 4 + 1  # and the one-token check of the endpoint before them
 
 
 def test_the_semantic_prompt_shows_the_tools_query_calls_and_results(llm_cfg):
@@ -112,7 +127,7 @@ def _validators(spec_path) -> dict:
     ],
 )
 def test_the_format_check_names_the_failing_rule(name, arguments, rule):
-    found = call_format.issues([{"name": name, "arguments": arguments}], None, _validators(SAMPLE / "tools.json"))
+    found = toolspec.call_issues([{"name": name, "arguments": arguments}], None, _validators(SAMPLE / "tools.json"))
     assert (found[0]["rule"] if found else None) == rule
 
 
@@ -218,7 +233,7 @@ def test_a_call_past_its_timeout_fails_its_row_and_the_rest_run(spark, cfg, tmp_
         },
     ]
     calls_file = write(tmp_path / "calls.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
-    run_cfg = _tools_cfg(cfg, spec=str(module), functions="", calls=str(calls_file))
+    run_cfg = _tools_cfg(cfg, spec=str(module), functions="", calls=str(calls_file), seeds="")
     semantic_off = run_cfg.tools.semantic.model_copy(update={"enabled": False})
     run_cfg = _tools_cfg(run_cfg, semantic=semantic_off)
     run_cfg = run_cfg.model_copy(
@@ -235,7 +250,7 @@ def test_a_call_past_its_timeout_fails_its_row_and_the_rest_run(spark, cfg, tmp_
 
 
 def test_calls_are_read_from_both_shapes_and_an_unreadable_line_is_a_row():
-    rows = calls.read(str(SAMPLE / "calls.jsonl"))
+    rows = toolspec.read_pairs(str(SAMPLE / "calls.jsonl"))
     assert len(rows) == len(EXPECTED) and rows[-1]["source_id"] == "18" and rows[-1]["problem"].startswith("not JSON")
     openai = next(r for r in rows if r["source_id"] == "ok-openai")
     assert json.loads(openai["calls"]) == [

@@ -4,8 +4,10 @@
 Every call must name a tool of `tools`, with arguments that are a JSON object valid against that tool's
 `parameters` (jsonschema, Draft 2020-12, with its format checker): required keys, types (an integer is a number,
 a boolean is neither), enums, bounds, patterns and lengths, array sizes and uniqueness, `additionalProperties`,
-`if`/`then`, nested objects. `issues` lists every failure (call, path, rule, message); `drop_reason` names the first
-rule, e.g. `format:missing_required`. An empty list of calls is a valid answer (no tool fits the query).
+`if`/`then`, nested objects. A row that names its BFCL category must have the calls it allows (irrelevance: none;
+simple: one; parallel: two or more), else `category_mismatch`. `issues` lists every failure (call, path, rule,
+message; `toolspec.call_issues`); `drop_reason` names the first rule, e.g. `format:missing_required`. An empty list
+of calls is a valid answer (no tool fits the query).
 Runs on the executors: each batch builds its validators once.
 """
 
@@ -19,7 +21,7 @@ import pandas as pd
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth import tables
+from lakesynth import tables, toolspec
 from lakesynth.config import Section
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import S
@@ -32,39 +34,13 @@ class CallFormatConfig(Section):
 TABLE = tables.verdict(
     "call_format_verdicts", [("call_id", S), ("source_id", S), ("issues", S)], judges="tool_calls", key="call_id"
 )
-# A JSON Schema keyword -> the rule a drop reason names (the keyword itself where no clearer name exists).
-RULES = {"required": "missing_required", "additionalProperties": "unexpected_argument", "type": "wrong_type"}
-
-
-def issues(calls: list[dict] | None, problem: str | None, validators: dict) -> list[dict]:
-    """What is wrong with one row's calls; empty when every call is valid."""
-    if problem:
-        return [{"call": None, "path": "", "rule": "malformed", "message": problem}]
-    found = []
-    for i, call in enumerate(calls or [], start=1):
-        name, arguments = call["name"], call["arguments"]
-        if name not in validators:
-            found.append({"call": i, "path": "", "rule": "unknown_function", "message": f"no tool named {name!r}"})
-            continue
-        if not isinstance(arguments, dict):
-            message = f"arguments must be a JSON object, got {json.dumps(arguments)[:80]}"
-            found.append({"call": i, "path": "", "rule": "arguments_not_json", "message": message})
-            continue
-        errors = sorted(validators[name].iter_errors(arguments), key=lambda e: (list(e.path), e.validator))
-        for error in errors:
-            path = "/".join(str(p) for p in error.absolute_path)
-            rule = RULES.get(error.validator, error.validator)
-            found.append({"call": i, "path": path, "rule": rule, "message": f"{name}: {error.message}"})
-    return found
-
-
 def _check(batches: Iterator[pd.DataFrame], *, tools: dict[str, str]) -> Iterator[pd.DataFrame]:
-    from jsonschema import Draft202012Validator, FormatChecker
-
-    checker = FormatChecker()
-    validators = {n: Draft202012Validator(json.loads(s), format_checker=checker) for n, s in tools.items()}
+    checks = toolspec.validators(tools)
     for batch in batches:
-        found = [issues(json.loads(c) if c else None, p, validators) for c, p in zip(batch["calls"], batch["problem"])]
+        found = [
+            toolspec.call_issues(json.loads(c) if c else None, p, checks, k)
+            for c, p, k in zip(batch["calls"], batch["problem"], batch["category"])
+        ]
         yield pd.DataFrame(
             {
                 "call_id": batch["call_id"],
@@ -82,7 +58,7 @@ def run(ctx: RunContext) -> StageResult:
     tools = {r.name: r.parameters for r in ctx.read("tools").select("name", "parameters").collect()}
     calls = ctx.read("tool_calls", kept=False)
     schema = "call_id string, source_id string, issues string, keep boolean, drop_reason string"
-    checked = calls.select("call_id", "source_id", "calls", "problem").mapInPandas(
+    checked = calls.select("call_id", "source_id", "calls", "problem", "category").mapInPandas(
         functools.partial(_check, tools=tools), schema
     )
     rows = checked.withColumn("run_id", F.lit(ctx.cfg.run_id)).withColumn("created_at", F.current_timestamp())

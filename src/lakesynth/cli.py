@@ -25,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config", help="pipeline config YAML (default: conf/lakesynth.yml here if it exists, else the packaged one)"
     )
-    common.add_argument("--seeds", help="seed file (.csv/.jsonl) or table:<catalog.schema.table>")
+    common.add_argument(
+        "--seeds",
+        help="seed file (.csv/.jsonl) or table:<catalog.schema.table>; in the function-calling job, a JSONL of "
+        "seed query/function_calls pairs to generate from",
+    )
     common.add_argument(
         "--pairs", help="your own question/answer pairs (.csv/.jsonl or table:<name>) to run the quality gate on"
     )
@@ -76,11 +80,15 @@ def describe_config(file: Path | None) -> str:
     return f"config {file.absolute()}{packaged}"
 
 
-def build_config(args: argparse.Namespace) -> Config:
+def build_config(args: argparse.Namespace, tools_seeds: bool = False) -> Config:
+    """The config file with the flags applied. With `tools_seeds` (a job that generates calls), --seeds is
+    the function-calling seed pairs (tools.seeds), not the Q&A seed questions."""
     overrides = list(args.overrides)
+    if tools_seeds and args.seeds:
+        overrides.append(f"tools.seeds={json.dumps(str(Path(args.seeds).resolve()))}")
     for flag in ("seeds", "pairs"):
         given = getattr(args, flag)
-        if given:
+        if given and not (tools_seeds and flag == "seeds"):
             value = given if given.startswith("table:") else str(Path(given).resolve())
             overrides.append(f"seeds.{'path' if flag == 'seeds' else 'pairs'}={json.dumps(value)}")
     for flag, key in (("tools", "tools.spec"), ("functions", "tools.functions"), ("calls", "tools.calls")):
@@ -165,15 +173,17 @@ def _main(argv: list[str] | None = None) -> int:
                 print("\n".join(problems), file=sys.stderr)
                 return 2
             return 0
-        cfg = build_config(args)
         job = getattr(args, "job", pipeline.DEFAULT_JOB)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
         else:
             stages = [args.command]
         jobs = pipeline.locate_jobs(Path.cwd())  # the project's, else the packaged ones
+        graphs = jobs.graphs()
         if args.command != "run":  # one stage: it runs as a task of the job that has it (as a wheel task does)
-            job = next((name for name, graph in jobs.graphs().items() if args.command in graph), job)
+            job = next((name for name, graph in graphs.items() if args.command in graph), job)
+        generates_calls = any(stage == "call_generation" for stage, _ in graphs.get(job, {}).values())
+        cfg = build_config(args, tools_seeds=generates_calls)
         # One line on stderr (stdout carries the stages' lines): what this run was read from.
         print(f"lakesynth: {describe_config(config_file(args))}; {jobs.describe(job)}", file=sys.stderr, flush=True)
         summary = pipeline.run(cfg, stages, job=job, jobs=jobs)

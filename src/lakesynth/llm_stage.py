@@ -61,6 +61,7 @@ class LLMStep:
         rows_per_request: rows a request writes, so a chunk holds about `teacher.chunk_rows` written rows.
         replace_by: a regenerated `key` replaces all of its old rows with the same value of this column.
         metrics: extra summary figures from a chunk's staged rows, summed over chunks.
+        json_schema: the schema the endpoint is asked for, when narrower than `output`'s (llm.Call).
     """
 
     name: str
@@ -76,6 +77,7 @@ class LLMStep:
     rows_per_request: int = 1
     replace_by: str | None = None
     metrics: Callable[[DataFrame], dict[str, int]] | None = None
+    json_schema: dict | None = None
 
     @property
     def prompt_version(self) -> str:
@@ -259,6 +261,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         step.settings.max_tokens,
         journal_dir=journal,
         label=step.name,
+        json_schema=step.json_schema,
     )
 
     def pending(part: DataFrame, *columns: str) -> DataFrame:

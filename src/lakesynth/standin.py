@@ -97,8 +97,10 @@ def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None =
     if "$ref" in schema:
         return fake_value(defs[schema["$ref"].rsplit("/", 1)[-1]], seed, name, defs, items)
     for key in ("anyOf", "oneOf"):
-        if key in schema:
-            return fake_value(schema[key][0], seed, name, defs, items)
+        if key in schema:  # a value of one branch (not null), which varies with the request
+            branches = [b for b in schema[key] if b.get("type") != "null"] or schema[key]
+            pick = int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:6], 16) % len(branches)
+            return fake_value(branches[pick], seed, name, defs, items)
     kind = schema.get("type", "object")
     kind = kind[0] if isinstance(kind, list) else kind
     if "enum" in schema:  # a choice that varies with the request, the same for the same request

@@ -24,13 +24,14 @@ from lakesynth.tables import B, S
 
 
 class ToolsConfig(Section):
-    """Where the function-calling job's inputs are (`--tools`, `--functions`, `--calls`)."""
+    """Where the function-calling job's inputs are (`--tools`, `--functions`, `--calls`, `--seeds`)."""
 
     spec: str = Field("", description="OpenAI tools file (.json) or a Python module of typed, documented functions.")
     functions: str = Field("", description="Python module implementing a JSON spec's functions (execution check).")
     calls: str = Field("", description="JSONL of query + function_calls (or tool_calls) pairs to verify.")
+    seeds: str = Field("", description="JSONL of seed pairs (same format) to generate new pairs from.")
 
-    @field_validator("spec", "functions", "calls")
+    @field_validator("spec", "functions", "calls", "seeds")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
         if not value or Path(value).is_absolute():

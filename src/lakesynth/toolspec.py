@@ -6,11 +6,13 @@ A spec file is what OpenAI's API takes: a list of tools, `{"tools": [...]}` or `
 its public functions from their type hints (through pydantic, as `TypeAdapter` reads them) and docstrings
 (Google style `Args:`); a parameter without a type hint is an error. Calls come as the APIGen seed format
 (`{"function_name", "arguments": {...}}`) or as OpenAI `tool_calls` (`{"function": {"name", "arguments": "<JSON>"}}`)
-and are kept as `[{"name", "arguments"}]`.
+and are kept as `[{"name", "arguments"}]`. A JSONL of such pairs (`--calls`, `--seeds`) is read by `read_pairs`, and
+`call_issues` checks calls against the tools' JSON Schemas.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -185,3 +187,103 @@ def normalize_calls(line: dict) -> list[dict]:
             raise ValueError(f"{shape}[{i}] has no function name")
         calls.append({"name": name, "arguments": arguments})
     return calls
+
+
+# The categories of the Berkeley Function Calling Leaderboard, and how many calls each allows (min, max).
+CATEGORIES = {
+    "simple": (1, 1),
+    "multiple": (1, 1),
+    "parallel": (2, None),
+    "parallel_multiple": (2, None),
+    "irrelevance": (0, 0),
+}
+
+
+def parse_pair(text: str, number: int, path: str) -> dict:
+    """One JSONL line of query + calls as a row; what cannot be read is its `problem`, not an exception."""
+    row = {"source_id": str(number), "query": None, "calls": None, "category": None, "problem": None}
+    try:
+        line = json.loads(text)
+        if not isinstance(line, dict):
+            raise ValueError("the line is not a JSON object")
+    except ValueError as exc:
+        return {**row, "problem": f"not JSON: {exc}", "source": f"{path}#{number}"}
+    if line.get("id") is not None:
+        row["source_id"] = str(line["id"])
+    query = line.get("query")
+    row["query"] = query if isinstance(query, str) else None
+    row["category"] = line.get("category") if isinstance(line.get("category"), str) else None
+    try:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("no 'query' text")
+        row["calls"] = json.dumps(normalize_calls(line), ensure_ascii=False, sort_keys=True)
+    except ValueError as exc:
+        row["problem"] = str(exc)
+    return {**row, "source": f"{path}#{number}"}
+
+
+def read_pairs(path: str) -> list[dict]:
+    """Every non-blank line of a JSONL of pairs as a row (`parse_pair`), with a `call_id` that stays the same
+    while the line does. Ids used twice, an unreadable file or no lines at all are errors naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SeedError(f"{path}: cannot read the file of calls: {exc}") from None
+    rows = [parse_pair(t, n, path) for n, t in enumerate(text.splitlines(), start=1) if t.strip()]
+    if not rows:
+        raise SeedError(f"{path}: no calls (one JSON object per line)")
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row["source_id"]] = seen.get(row["source_id"], 0) + 1
+    repeated = sorted(k for k, v in seen.items() if v > 1)
+    if repeated:
+        raise SeedError(f"{path}: ids used on more than one line: {', '.join(repeated[:5])}")
+    for row in rows:  # the same line content keeps its id across runs; a changed line is a new row
+        content = json.dumps([row["source_id"], row["query"], row["calls"], row["problem"]])
+        row["call_id"] = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return rows
+
+
+def validators(parameters: dict[str, str | dict]) -> dict:
+    """Tool name -> a Draft 2020-12 validator of its parameters, with the format checker (dates, emails...)."""
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    checker = FormatChecker()
+    return {
+        name: Draft202012Validator(json.loads(s) if isinstance(s, str) else s, format_checker=checker)
+        for name, s in parameters.items()
+    }
+
+
+# A JSON Schema keyword -> the rule a drop reason names (the keyword itself where no clearer name exists).
+RULES = {"required": "missing_required", "additionalProperties": "unexpected_argument", "type": "wrong_type"}
+
+
+def call_issues(calls: list[dict] | None, problem: str | None, checks: dict, category: str | None = None) -> list[dict]:
+    """What is wrong with one row's calls (`checks` from `validators`); empty when every call is valid. A row
+    that names its category must have as many calls as it allows (irrelevance: none; simple: one)."""
+    if problem:
+        return [{"call": None, "path": "", "rule": "malformed", "message": problem}]
+    found = []
+    for i, call in enumerate(calls or [], start=1):
+        name, arguments = call["name"], call["arguments"]
+        if name not in checks:
+            found.append({"call": i, "path": "", "rule": "unknown_function", "message": f"no tool named {name!r}"})
+            continue
+        if not isinstance(arguments, dict):
+            message = f"arguments must be a JSON object, got {json.dumps(arguments)[:80]}"
+            found.append({"call": i, "path": "", "rule": "arguments_not_json", "message": message})
+            continue
+        errors = sorted(checks[name].iter_errors(arguments), key=lambda e: (list(e.path), e.validator))
+        for error in errors:
+            path = "/".join(str(p) for p in error.absolute_path)
+            rule = RULES.get(error.validator, error.validator)
+            found.append({"call": i, "path": path, "rule": rule, "message": f"{name}: {error.message}"})
+    if category in CATEGORIES:
+        least, most = CATEGORIES[category]
+        n = len(calls or [])
+        if n < least or (most is not None and n > most):
+            wanted = f"{least}" if least == most else f"at least {least}"
+            message = f"a {category} example has {wanted} call(s), this one {n}"
+            found.append({"call": None, "path": "", "rule": "category_mismatch", "message": message})
+    return found

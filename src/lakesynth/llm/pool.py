@@ -113,9 +113,15 @@ class Call:
     max_tokens: int
     journal_dir: str | None = None
     label: str = "llm"
+    # The JSON Schema the endpoint is asked for, when it is narrower than `output`'s (a stage whose replies'
+    # shape depends on its inputs: the generated calls follow the tools' parameters). Replies are still
+    # validated by `output`; not strict, as OpenAI's strict mode accepts only a subset of JSON Schema.
+    json_schema: dict | None = None
 
     @functools.cached_property
     def schema(self) -> dict:
+        if self.json_schema is not None:
+            return self.json_schema
         return self.output.model_json_schema()  # slow (pydantic walks the model): once per Call
 
     @property
@@ -126,7 +132,7 @@ class Call:
     def response_format(self) -> dict:
         return {
             "type": "json_schema",
-            "json_schema": {"name": self.output.__name__, "schema": self.schema, "strict": True},
+            "json_schema": {"name": self.output.__name__, "schema": self.schema, "strict": self.json_schema is None},
         }
 
     @functools.cached_property
