@@ -10,9 +10,9 @@ and 2% are control pairs: two questions that differ in a word that matters ("add
 "motorbike"). Measured, each in a fresh process on the same Parquet file, `--rounds` times interleaved (median):
 
 - datasketch MinHashLSH (threshold 0.7, num_perm 64, `MinHash.bulk` over the same `content_words`, `insert` every
-  question then `query` each, pairs grouped by `dedup.groups`): its own bands (8 x 8 at these settings) and the
+  question then `query` each, pairs grouped by `duplicates.groups`): its own bands (8 x 8 at these settings) and the
   16 x 4 lakesynth uses. One Python process, no exact check.
-- lakesynth: `dedup.near_pairs` + `dedup.groups` with the default NearDedup, on the embedded engine (the clock
+- lakesynth: `duplicates.near_pairs` + `duplicates.groups` with the default NearDedup, on the embedded engine (the clock
   starts after the engine is up), and again with the engine in its own process (a `sail spark server`,
   LAKESYNTH_SPARK_REMOTE) for the driver's peak RSS, as on a cluster.
 
@@ -128,7 +128,7 @@ EXTRA = (EXTRA + "automatically manually remotely officially").split()
 
 def _check_vocabulary() -> None:
     """Each slot word is one content word of its own, in one slot only, and the templates add none."""
-    from lakesynth.dedup import content_words
+    from lakesynth.duplicates import content_words
 
     words = [w for slot in SLOTS.values() for w in slot] + EXTRA
     assert len(set(words)) == len(words) and all(content_words(w) == [w] for w in words)
@@ -204,12 +204,12 @@ def score(found: dict[str, str], planted: list[list[str]], controls: list[tuple[
 
 
 def _run_lakesynth(path: str, warehouse: str) -> tuple[float, dict[str, str]]:
-    from lakesynth import dedup, registry
+    from lakesynth import dedup, duplicates, registry
 
     ctx = registry.open_context(ROOT / "conf" / "lakesynth.yml", [f"warehouse={warehouse}", "schema=bench_dedup"])
     ctx.spark.range(1).count()  # the engine is up before the clock starts
     started = time.monotonic()
-    found = dedup.groups(dedup.near_pairs(ctx, ctx.spark.read.parquet(path), dedup.NearDedup()))
+    found = duplicates.groups(duplicates.near_pairs(ctx, ctx.spark.read.parquet(path), dedup.NearDedup()))
     return time.monotonic() - started, dict(zip(found["question_id"], found["near_group"]))
 
 
@@ -217,7 +217,7 @@ def _run_datasketch(path: str, bands: int) -> tuple[float, dict[str, str]]:
     import pandas as pd
     from datasketch import MinHash, MinHashLSH
 
-    from lakesynth.dedup import content_words, groups
+    from lakesynth.duplicates import content_words, groups
 
     started = time.monotonic()
     frame = pd.read_parquet(path)

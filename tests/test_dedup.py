@@ -7,7 +7,7 @@ import pytest
 from conftest import context, where
 from pyspark.sql import functions as F
 
-from lakesynth import chat_jsonl, dedup, judge, responses, tables
+from lakesynth import chat_jsonl, dedup, duplicates, judge, responses, tables
 
 # (id, question): groups of duplicates, each listed best first, and controls.
 EXACT = [("e1", "How do I block my card?"), ("e2", "how do I  block my card"), ("e3", "How do I block my card ?")]
@@ -113,7 +113,7 @@ def test_dedup_can_be_turned_off(spark, cfg):
     ],
 )
 def test_content_words(a, b, same):
-    assert (dedup.content_words(a) == dedup.content_words(b)) is same
+    assert (duplicates.content_words(a) == duplicates.content_words(b)) is same
 
 
 def test_semantic_duplicates_by_embeddings_within_a_topic(spark, cfg, teacher_server):

@@ -135,3 +135,27 @@ def test_every_shape_round_trips_through_a_spark_table(spark):
         .collect()
     )
     assert json.loads(dpo[0].value)["rejected"] == [{"role": "assistant", "content": "Bad."}]
+
+
+def test_a_stratified_split_gives_every_stratum_its_exact_share(spark):
+    sizes = {("get_balance", "simple"): 10, ("get_balance", "parallel"): 7, ("block_card", "simple"): 3}
+    rows = [(f"{f}-{c}-{i}", f"query {f} {c} {i}", f, c) for (f, c), n in sizes.items() for i in range(n)]
+    frame = spark.createDataFrame(rows, "example_id string, text string, function string, category string")
+    split = functools.partial(
+        examples.stratified_split,
+        by="text",
+        strata=["function", "category"],
+        val_fraction=0.2,
+        test_fraction=0.1,
+        seed=7,
+    )
+    got = {r.example_id: (r.function, r.category, r.split) for r in split(frame).collect()}
+    counts = {}
+    for f, c, s in got.values():
+        counts[(f, c, s)] = counts.get((f, c, s), 0) + 1
+    assert sum(v for (_, _, s), v in counts.items() if s == "val") == round(20 * 0.2)
+    assert sum(v for (_, _, s), v in counts.items() if s == "test") == round(20 * 0.1)
+    for (f, c), n in sizes.items():  # each stratum within one example of its share of every split
+        for name, share in (("val", 0.2), ("test", 0.1)):
+            assert abs(counts.get((f, c, name), 0) - n * share) < 1
+    assert {r.example_id: r.split for r in split(frame).collect()} == {k: v[2] for k, v in got.items()}  # stable

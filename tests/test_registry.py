@@ -44,7 +44,8 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "finetune",  # after format, preference and tool_format, whose files it reads; the evaluations after it
         "evaluate",
     ]
-    function_calling = ["tools", "call_generation", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts"]
+    function_calling = ["tools", "call_generation", "calls", "call_format", "call_execution", "call_semantic"]
+    function_calling += ["call_relevance", "call_verdicts"]
     function_calling += ["tool_format", "tool_evaluate"]
     assert set(stages) == set(qa + function_calling)
     assert list(stages).index("finetune") > list(stages).index("tool_format")

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import ROOT, context, where, write
 
-from lakesynth import call_generation, call_semantic, call_verdicts, pipeline, tables, tools, toolspec
+from lakesynth import call_generation, call_relevance, call_semantic, call_verdicts, pipeline, tables, tools, toolspec
 from lakesynth.errors import SeedError
 
 SAMPLE = ROOT / "conf" / "tools"
@@ -257,3 +257,82 @@ def test_calls_are_read_from_both_shapes_and_an_unreadable_line_is_a_row():
         {"name": "block_card", "arguments": {"card_last_digits": "4821", "order_replacement": True, "reason": "lost"}}
     ]
     assert json.loads(next(r for r in rows if r["source_id"] == "ok-irrelevant")["calls"]) == []
+
+
+def test_relevance_and_dedup_of_calls_with_the_quality_gates_settings(spark, llm_cfg, teacher_server, tmp_path):
+    """SynthCall's reverse query scores each pair with calls; duplicate queries keep one pair per group."""
+
+    def pair(id_, query, name, arguments):
+        return {"id": id_, "query": query, "function_calls": [{"function_name": name, "arguments": arguments}]}
+
+    lines = [
+        pair("dup-a", "What is the balance of my savings account?", "get_balance", {"account": "savings"}),
+        pair("dup-b", "what is the balance of my savings account", "get_balance", {"account": "savings"}),
+        pair(
+            "near-a",
+            "Show the last 10 transactions of my checking account please",
+            "list_transactions",
+            {"account": "checking", "limit": 10},
+        ),
+        pair(
+            "near-b",
+            "Show me the last 10 transactions on my checking account",
+            "list_transactions",
+            {"account": "checking", "limit": 10},
+        ),
+        pair(
+            "control",
+            "Block my card ending 4821, it was stolen.",
+            "block_card",
+            {"card_last_digits": "4821", "reason": "stolen"},
+        ),
+        {"id": "none", "query": "Should I buy gold?", "function_calls": []},
+    ]
+    calls_file = write(tmp_path / "calls.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    embeddings = {"base_url": teacher_server.base_url, "model": "embed"}
+
+    def configured(threshold):
+        quality = llm_cfg.quality.model_copy(
+            update={
+                "relevance": llm_cfg.quality.relevance.model_copy(
+                    update={
+                        "threshold": threshold,
+                        "embeddings": llm_cfg.quality.relevance.embeddings.model_validate(embeddings),
+                    }
+                )
+            }
+        )
+        relevance = llm_cfg.tools.relevance.model_copy(update={"enabled": True})
+        semantic = llm_cfg.tools.semantic.model_copy(update={"enabled": False})
+        cfg = _tools_cfg(llm_cfg, calls=calls_file, seeds="", relevance=relevance, semantic=semantic)
+        return cfg.model_copy(update={"quality": quality})
+
+    stages = [
+        "tools",
+        "call_generation",
+        "calls",
+        "call_format",
+        "call_execution",
+        "call_semantic",
+        "call_relevance",
+        "call_verdicts",
+    ]
+    summary = pipeline.run(configured(-1.0), stages, job="lakesynth_tools", root=ROOT)
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    rows = {r.source_id: r for r in tables.read(spark, where(llm_cfg), call_verdicts.TABLE).collect()}
+    judged = {r.source_id: r for r in tables.read(spark, where(llm_cfg), call_relevance.TABLE).collect()}
+    assert set(judged) == {"dup-a", "dup-b", "near-a", "near-b", "control"}  # a pair with no calls has none to ask
+    for source_id, r in judged.items():
+        assert -1 <= r.score <= 1 and r.response and len(json.loads(r.queries)) == llm_cfg.quality.relevance.questions
+        assert rows[source_id].relevance_score == r.score
+    for a, b, reason in (("dup-a", "dup-b", "exact_duplicate"), ("near-a", "near-b", "near_duplicate")):
+        group = "exact_group" if reason == "exact_duplicate" else "near_group"
+        assert getattr(rows[a], group) == getattr(rows[b], group) is not None
+        assert sorted([rows[a].drop_reason or "", rows[b].drop_reason or ""]) == ["", reason]
+    assert rows["control"].keep and rows["none"].keep and rows["control"].exact_group is None
+    # A stricter threshold applies to the scores kept, with no call paid again.
+    paid = teacher_server.stats.completions
+    pipeline.run(configured(0.99), stages, job="lakesynth_tools", root=ROOT)
+    assert teacher_server.stats.completions == paid
+    rows = {r.source_id: r for r in tables.read(spark, where(llm_cfg), call_verdicts.TABLE).collect()}
+    assert {k: r.drop_reason for k, r in rows.items()} == {**{k: "relevance" for k in judged}, "none": None}

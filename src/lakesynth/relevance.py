@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from pyspark.sql import DataFrame
@@ -70,16 +69,7 @@ def _score(
     per batch of texts."""
     for rows in batches:
         generated = [list(g) if g is not None and e is None else [] for g, e in zip(rows["_reverse"], rows["error"])]
-        texts = [t for q, g in zip(rows["question"], generated) if g for t in (q, *g)]
-        vectors = iter(llm.embed(endpoint, teacher, texts, batch=batch) if texts else [])
-        scores = []
-        for g in generated:
-            if not g:
-                scores.append(None)
-                continue
-            original, others = next(vectors), np.stack([next(vectors) for _ in g])
-            scores.append(float((others @ original).mean()))
-        yield rows.assign(score=scores)
+        yield rows.assign(score=llm.mean_cosines(endpoint, teacher, list(rows["question"]), generated, batch=batch))
 
 
 def to_verdict_rows(

@@ -11,8 +11,9 @@ Each kept line becomes one `tool_chat` example: the user's query, then the assis
   `apply_chat_template(tools=...)` take them.
 A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. Each example's
 category is the line's own, or read from its calls as the Berkeley Function Calling Leaderboard names them. The
-split is a seeded hash of the normalised query, as the Q&A format's, so each function and category gets its
-share of every split in expectation and an example never moves when data is added.
+split is stratified by function and category, exactly (examples.stratified_split): each pair of them gets its
+share of every split, within one example, the examples taken in the order of a seeded hash of the normalised
+query, so a rerun on the same data gives the same split.
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ def run(ctx: RunContext) -> StageResult:
     )
     frame = spark.createDataFrame(rows, schema=schema)
     checked = examples.check_examples(frame, max_tokens=fmt.max_tokens)
-    valid = examples.assign_split(
+    valid = examples.stratified_split(
         checked.where(F.col("violation").isNull()),
         by=examples.SPLIT_TEXT,
+        strata=["function", "category"],
         val_fraction=fmt.val_fraction,
         test_fraction=fmt.test_fraction,
         seed=fmt.seed,

@@ -18,13 +18,13 @@ of results.
     journal.py   Result, Journal, clear_journal
     pool.py      Call, the pool of requests, retries, shared rate limits, preflight
     ai_query.py  the local ai_query pandas UDF
-    embeddings.py  texts -> unit vectors from an OpenAI-compatible /embeddings endpoint
+    embeddings.py  texts -> unit vectors from an OpenAI-compatible /embeddings endpoint; reverse-query scores
     schema.py    Spark DDL derived from a pydantic output model
 """
 
 from lakesynth.llm.ai_query import ai_query_udf
 from lakesynth.llm.auth import Endpoint, open_endpoint
-from lakesynth.llm.embeddings import embed
+from lakesynth.llm.embeddings import embed, mean_cosines
 from lakesynth.llm.journal import Journal, Result, clear_journal
 from lakesynth.llm.pool import RETRYABLE, Call, InvalidOutput, preflight
 from lakesynth.llm.schema import response_format, spark_ddl
@@ -39,6 +39,7 @@ __all__ = [
     "ai_query_udf",
     "clear_journal",
     "embed",
+    "mean_cosines",
     "open_endpoint",
     "preflight",
     "response_format",
