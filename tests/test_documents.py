@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lakesynth.documents import CHUNK_COLUMNS, chunk, chunk_documents, read_document, read_documents, resolve
+from lakesynth.document_paths import resolve
+from lakesynth.documents import CHUNK_COLUMNS, chunk, chunk_documents, read_document, read_documents
 from lakesynth.errors import SeedError
 
 DOCS = Path(__file__).parent / "fixtures" / "taxonomy_docs"

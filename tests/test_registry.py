@@ -30,7 +30,9 @@ def _lakesynth(*args):
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
     qa = [
+        "documents",
         "seed",
+        "taxonomy",  # after documents, whose folder it resolves patterns against; nothing links it to seed yet
         "questions",
         "critic",
         "responses",

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--tools", help="function-calling job: OpenAI tools file (.json) or a typed Python module")
     common.add_argument("--functions", help="function-calling job: Python module implementing a JSON spec's tools")
     common.add_argument("--calls", help="function-calling job: JSONL of query/function_calls pairs to verify")
+    common.add_argument("--taxonomy", help="InstructLab taxonomy folder (qna.yaml version 3 leaves) to generate from")
+    common.add_argument("--documents", help="folder of markdown, text and PDF knowledge documents (or /Volumes/...)")
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
     common.add_argument("--schema", help="schema of the pipeline's tables (job parameter)")
@@ -91,7 +93,13 @@ def build_config(args: argparse.Namespace, tools_seeds: bool = False) -> Config:
         if given and not (tools_seeds and flag == "seeds"):
             value = given if given.startswith("table:") else str(Path(given).resolve())
             overrides.append(f"seeds.{'path' if flag == 'seeds' else 'pairs'}={json.dumps(value)}")
-    for flag, key in (("tools", "tools.spec"), ("functions", "tools.functions"), ("calls", "tools.calls")):
+    for flag, key in (
+        ("tools", "tools.spec"),
+        ("functions", "tools.functions"),
+        ("calls", "tools.calls"),
+        ("taxonomy", "taxonomy.path"),
+        ("documents", "documents.path"),
+    ):
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(str(Path(getattr(args, flag)).resolve()))}")
     for flag, key in (

@@ -16,24 +16,35 @@ Chunk rows (CHUNK_COLUMNS): `chunk_id` str (hash of source, position and content
 `source` str (the file, relative to the documents root, POSIX), `position` int (0-based, in the file), `headings` str
 (JSON list of the markdown headings above the chunk, outermost first), `text` str, `char_start` / `char_end` int
 (offsets in the extracted text, end exclusive), `tokens` int (words), `content_hash` str (sha256 of the text, 16 hex).
+
+The `documents` stage (`--documents DIR`, `documents.path`: a folder, on Databricks a `/Volumes/...` path) writes
+these rows, every document's, whole into `document_chunks`: all documents are read (and any unreadable one named)
+before the table is touched, and a document removed from the folder leaves the table with its chunks.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
 import hashlib
 import json
 import os
 import re
 from bisect import bisect_left
+from collections.abc import Iterator
 from pathlib import Path
 
-from lakesynth.errors import SeedError
+import pandas as pd
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-MARKDOWN = (".md", ".markdown")
-TEXT = (".txt",)
-PDF = (".pdf",)
-SUFFIXES = MARKDOWN + TEXT + PDF
+from lakesynth import tables
+from lakesynth.config import Section, base_dir
+from lakesynth.document_paths import MARKDOWN, PDF, SUFFIXES
+from lakesynth.errors import SeedError
+from lakesynth.stage import RunContext, Stage, StageResult
+from lakesynth.tables import INT, L, S
+
 BUDGET_TOKENS = 400  # about 520 subword tokens: room for a chunk, its instructions and a reply in a small context
 OVERLAP_TOKENS = 40
 HASH_CHARS = 16
@@ -144,41 +155,6 @@ def chunk_documents(
         markdown = name.lower().endswith(MARKDOWN)
         rows += chunk(text, budget_tokens, overlap_tokens, source=name, markdown=markdown)
     return rows
-
-
-# --- resolving a knowledge leaf's patterns ------------------------------------------------------------------------
-
-
-def resolve(patterns: list[str], root: str | Path, leaf: str | None = None) -> list[str]:
-    """The documents a knowledge leaf's `document.patterns` name, relative to the documents root (POSIX, sorted).
-
-    Patterns are globs relative to the root, as InstructLab reads them relative to the document repository: `*.md`
-    is the top folder only, `**/*.md` goes down. A pattern that matches no document, or leaves the root, is an
-    error naming it (and the leaf, when given); all such patterns are named at once."""
-    base = Path(root)
-    if not base.is_dir():
-        raise SeedError(f"{root}: documents folder not found")
-    where = f"{leaf}: " if leaf else ""
-    found, problems = set(), []
-    for pattern in patterns:
-        parts = Path(pattern).parts
-        if Path(pattern).is_absolute() or ".." in parts:
-            problems.append(f"{where}document pattern {pattern!r} leaves the documents folder {root}")
-            continue
-        matched = [m for m in glob.glob(pattern, root_dir=base, recursive=True) if (base / m).is_file()]
-        documents = [Path(m).as_posix() for m in matched if m.lower().endswith(SUFFIXES)]
-        if documents:
-            found.update(documents)
-        elif matched:
-            problems.append(
-                f"{where}document pattern {pattern!r} matches only files that are not markdown, text or PDF: "
-                + ", ".join(sorted(Path(m).as_posix() for m in matched)[:5])
-            )
-        else:
-            problems.append(f"{where}document pattern {pattern!r} matches no document in {root}")
-    if problems:
-        raise SeedError("\n".join(problems))
-    return sorted(found)
 
 
 # --- chunking -----------------------------------------------------------------------------------------------------
@@ -351,3 +327,91 @@ def _overlap(text: str, units: list[tuple[int, int]], allowed: int, tokens) -> i
         if fitting:
             return min(fitting)
     return None
+
+
+# --- the stage ----------------------------------------------------------------------------------------------------
+
+
+class DocumentsConfig(Section):
+    """The knowledge documents (`--documents`): a folder of markdown, text and PDF files, and how they are chunked."""
+
+    path: str = Field(
+        "",
+        description="Folder of markdown, text and PDF documents (relative to the config file; on Databricks a "
+        "/Volumes/... path). Knowledge leaves' document.patterns are resolved against it. Empty: no documents.",
+    )
+    budget_tokens: int = Field(BUDGET_TOKENS, ge=1, description="Most tokens (words) in a chunk.")
+    overlap_tokens: int = Field(
+        OVERLAP_TOKENS, ge=0, description="Tokens (words) a chunk repeats from the one before it in the same section."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base_dir(info) / value).resolve())
+
+    @model_validator(mode="after")
+    def _overlap_below_budget(self) -> DocumentsConfig:
+        if self.overlap_tokens >= self.budget_tokens:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be less than budget_tokens ({self.budget_tokens})"
+            )
+        return self
+
+
+TYPES = {"position": INT, "char_start": L, "char_end": L, "tokens": INT}
+TABLE = tables.contract(
+    "document_chunks", [(c, TYPES.get(c, S)) for c in CHUNK_COLUMNS], key="chunk_id", parent="source"
+)
+CHUNK_SCHEMA = T.StructType([T.StructField(c, TYPES.get(c, S), True) for c in CHUNK_COLUMNS])
+MAX_PARTITIONS = 64  # documents are spread over at most this many tasks
+
+
+def _chunk_batches(batches: Iterator[pd.DataFrame], budget_tokens: int, overlap_tokens: int) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the chunk rows of each (source, text) document."""
+    for batch in batches:
+        rows = []
+        for source, text in zip(batch["source"], batch["text"]):
+            markdown = source.lower().endswith(MARKDOWN)
+            rows += chunk(text, budget_tokens, overlap_tokens, source=source, markdown=markdown)
+        yield pd.DataFrame(rows, columns=list(CHUNK_COLUMNS))
+
+
+def run(ctx: RunContext) -> StageResult:
+    cfg, spark = ctx.cfg, ctx.spark
+    d = cfg.documents
+    if not d.path:
+        return StageResult(metrics={"disabled": "no documents: pass --documents DIR (documents.path)"})
+    # Read on the driver: every document is checked (an unreadable or empty one is named, all at once) before the
+    # table is touched, which reading on the executors could only report as a task failure. The text then goes to
+    # the executors, where the chunking runs (benchmarks/chunking.py).
+    texts = read_documents(d.path)
+    docs = spark.createDataFrame(
+        pd.DataFrame({"source": list(texts), "text": list(texts.values())}),
+        schema=T.StructType([T.StructField("source", S), T.StructField("text", S)]),
+    )
+    if len(texts) > 1:
+        docs = docs.repartition(min(len(texts), MAX_PARTITIONS))
+    chunk_rows = docs.mapInPandas(
+        functools.partial(_chunk_batches, budget_tokens=d.budget_tokens, overlap_tokens=d.overlap_tokens),
+        CHUNK_SCHEMA,
+    )
+    chunk_rows = chunk_rows.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
+    fqn = tables.ensure(spark, ctx.rt, TABLE)
+    tables.conform(chunk_rows, TABLE).write.mode("overwrite").insertInto(fqn)  # the table is the folder, whole
+    written = tables.count(spark, ctx.rt, TABLE)
+    return StageResult(
+        rows_in=len(texts), rows_out=written, tables=[TABLE], metrics={"documents": len(texts), "chunks": written}
+    )
+
+
+STAGE = Stage(
+    name="documents",
+    help="read the knowledge documents (--documents: markdown, text, PDF) and chunk them by structure into "
+    "document_chunks",
+    run=run,
+    writes=(TABLE,),
+    config=DocumentsConfig,
+)

@@ -30,6 +30,12 @@ Both give a `Taxonomy` of plain rows, ready for a DataFrame:
   `fields` str (the example as JSON: a template's examples may have any fields, and only `question`, `answer`
   and `context` are lifted into columns).
 Text is stripped of the surrounding whitespace YAML block scalars (`|`) leave.
+
+The `taxonomy` stage (`--taxonomy DIR`, `taxonomy.path`; or `taxonomy.topics`, `examples` and `requirements` for the
+template form) writes these rows whole into `taxonomy_leaves` (with `documents`: the JSON list of the documents a
+knowledge leaf's patterns name, relative to `documents.path`) and `taxonomy_examples`. Everything is read and every
+knowledge leaf's patterns resolved before either table is touched: a malformed file or a pattern that names no
+document is an error, and both tables stay as they were.
 """
 
 from __future__ import annotations
@@ -44,9 +50,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
+from lakesynth import tables
+from lakesynth.config import Section, base_dir
+from lakesynth.document_paths import resolve
 from lakesynth.errors import SeedError
+from lakesynth.stage import RunContext, Stage, StageResult
+from lakesynth.tables import INT, B, S
 
 VERSION = 3
 SKILL_FOLDERS = ("compositional_skills", "foundational_skills")
@@ -375,3 +397,110 @@ def _lines(file: Path, what: str, problems: list[str]) -> list[tuple[int, str]]:
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{file}: the {what} file cannot be read: {exc}")
         return []
+
+
+# --- the stage ----------------------------------------------------------------------------------------------------
+
+
+class TaxonomyConfig(Section):
+    """The taxonomy (`--taxonomy`): an InstructLab tree, or the Synthetic Data Studio template form."""
+
+    path: str = Field("", description="InstructLab taxonomy folder (qna.yaml v3 leaves), relative to the config.")
+    topics: str = Field("", description="Template form: seed topics file, one a line (each becomes a leaf).")
+    examples: str = Field("", description="Template form: examples file, JSONL of any fields.")
+    requirements: str = Field("", description="Template form: requirements text file (every leaf's description).")
+    per_leaf: int = Field(10, ge=0, description="Kept examples each leaf must reach (0: no per-leaf top-up).")
+
+    @field_validator("path", "topics", "examples", "requirements")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base_dir(info) / value).resolve())
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TaxonomyConfig:
+        template = {"topics": self.topics, "examples": self.examples, "requirements": self.requirements}
+        missing = [k for k, v in template.items() if not v]
+        if len(missing) not in (0, 3):
+            raise ValueError(f"the template form needs topics, examples and requirements; {', '.join(missing)} unset")
+        if self.path and not missing:
+            raise ValueError("set path (an InstructLab tree) or topics/examples/requirements (a template), not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.path or self.topics)
+
+
+_TYPES = {"grounded": B, "index": INT, "seed_index": INT}
+LEAVES = tables.contract(
+    "taxonomy_leaves", [(c, _TYPES.get(c, S)) for c in (*LEAF_COLUMNS, "documents")], key="leaf", parent="source"
+)
+EXAMPLES = tables.contract(
+    "taxonomy_examples", [(c, _TYPES.get(c, S)) for c in EXAMPLE_COLUMNS], key="example_id", parent="leaf"
+)
+
+
+def with_documents(leaves: list[dict], documents_root: str) -> list[dict]:
+    """The leaf rows, each knowledge leaf with `documents`: what its patterns name under `documents_root`. Every
+    pattern of every leaf is resolved before one error names all that match nothing; documents are never fetched
+    (a leaf's `repo` and `commit` are kept, as lineage)."""
+    knowledge = [leaf for leaf in leaves if leaf["patterns"] is not None]
+    if knowledge and not documents_root:
+        names = ", ".join(leaf["leaf"] for leaf in knowledge[:5]) + (" ..." if len(knowledge) > 5 else "")
+        raise SeedError(
+            f"{len(knowledge)} knowledge leaf(s) name documents ({names}) but no documents folder is set: pass "
+            "--documents DIR (documents.path), the folder that holds the files their document.patterns name"
+        )
+    if knowledge and not Path(documents_root).is_dir():
+        raise SeedError(f"{documents_root}: documents folder not found (documents.path, --documents)")
+    rows, problems = [], []
+    for leaf in leaves:
+        row = {**leaf, "documents": None}
+        if leaf["patterns"] is not None:
+            try:
+                row["documents"] = json.dumps(resolve(json.loads(leaf["patterns"]), documents_root, leaf["leaf"]))
+            except SeedError as exc:
+                problems += str(exc).splitlines()
+        rows.append(row)
+    if problems:
+        raise SeedError(_listed(f"{len(problems)} knowledge document pattern(s) cannot be resolved", problems))
+    return rows
+
+
+def run(ctx: RunContext) -> StageResult:
+    cfg, spark = ctx.cfg, ctx.spark
+    t = cfg.taxonomy
+    if not t.enabled:
+        return StageResult(
+            metrics={"disabled": "no taxonomy: pass --taxonomy DIR, or set taxonomy.topics, examples and requirements"}
+        )
+    # Everything is read, checked and resolved before either table is touched.
+    found = read_taxonomy(t.path) if t.path else read_template(t.topics, t.examples, t.requirements)
+    leaves = with_documents(found.leaves, cfg.documents.path)
+    frames = []
+    for table, rows in ((LEAVES, leaves), (EXAMPLES, found.examples)):
+        frame = spark.createDataFrame(rows, schema=T.StructType(table.schema.fields[:-2]))
+        frame = frame.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
+        frames.append((tables.ensure(spark, ctx.rt, table), tables.conform(frame, table)))
+    for fqn, frame in frames:
+        frame.write.mode("overwrite").insertInto(fqn)  # each table is the taxonomy, whole
+    knowledge = sum(leaf["kind"] == "knowledge" for leaf in leaves)
+    return StageResult(
+        rows_in=len(found.examples),
+        rows_out=len(found.examples),
+        tables=[LEAVES, EXAMPLES],
+        metrics={"leaves": len(leaves), "skills": len(leaves) - knowledge, "knowledge": knowledge},
+    )
+
+
+STAGE = Stage(
+    name="taxonomy",
+    help="read the taxonomy (--taxonomy: InstructLab qna.yaml tree, or a topics/examples/requirements template) "
+    "into taxonomy_leaves and taxonomy_examples, knowledge leaves' documents resolved",
+    run=run,
+    writes=(LEAVES, EXAMPLES),
+    config=TaxonomyConfig,
+    after=("documents",),  # its knowledge leaves' patterns name files of the documents folder (not rows of a table)
+)
