@@ -74,3 +74,39 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
     assert pair["chosen_rating"] > pair["rejected_rating"]
     preference = next(c for c in meta["configs"] if c["config_name"] == "preference")
     assert {f["path"] for f in preference["data_files"]} == {f"parquet/preference/{s}.parquet" for s in pairs}
+
+
+def test_tool_export_writes_the_kept_pairs_in_the_xlam_layout(spark, llm_cfg):
+    """The function-calling job's export: query, answers and tools as JSON text, as xlam-function-calling-60k."""
+    from lakesynth import tables, tool_format, toolspec
+    from lakesynth.runtime import Runtime as R
+
+    tools = llm_cfg.tools.model_copy(
+        update={"seeds": "", "semantic": llm_cfg.tools.semantic.model_copy(update={"enabled": False})}
+    )
+    export = llm_cfg.export.model_copy(
+        update={"enabled": True, "hub_repo": "me/bank-tools", "token_env": "LAKESYNTH_TEST_NO_SUCH_TOKEN"}
+    )
+    cfg = llm_cfg.model_copy(update={"tools": tools, "export": export})
+    stages = ["tools", "call_generation", "calls", "call_format", "call_execution", "call_semantic"]
+    stages += ["call_relevance", "call_verdicts", "tool_format", "tool_export"]
+    summary = pipeline.run(cfg, stages, job="lakesynth_tools", root=ROOT)
+    stage = summary["stages"]["tool_export"]
+    assert stage["status"] == "ok" and stage["hub"] == "not pushed: LAKESYNTH_TEST_NO_SUCH_TOKEN is not set"
+    folder = summary["files"]["export"]
+    dataset = datasets.load_from_disk(f"{folder}/tools")
+    examples = tables.read(spark, R.resolve(cfg), tool_format.TABLE)
+    assert {s: d.num_rows for s, d in dataset.items()} == {
+        r.split: r["count"] for r in examples.groupBy("split").count().collect()
+    }
+    specs = {t["function"]["name"]: t["function"]["parameters"] for t in toolspec.read_spec(cfg.tools.spec)}
+    checks = toolspec.validators(specs)
+    for row in (r for d in dataset.values() for r in d):
+        assert [t["name"] for t in json.loads(row["tools"])] == sorted(specs)
+        answers = json.loads(row["answers"])
+        assert toolspec.call_issues(answers, None, checks) == [] and row["query"]
+        assert row["function"] == (answers[0]["name"] if answers else "none")
+    parquet = pd.read_parquet(f"{folder}/parquet/tools/train.parquet")
+    assert len(parquet) == dataset["train"].num_rows
+    meta = yaml.safe_load(open(f"{folder}/README.md", encoding="utf-8").read().split("---")[1])
+    assert [c["config_name"] for c in meta["configs"]] == ["tools"]

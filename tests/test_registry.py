@@ -48,7 +48,7 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     ]
     function_calling = ["tools", "call_generation", "calls", "call_format", "call_execution", "call_semantic"]
     function_calling += ["call_relevance", "call_verdicts"]
-    function_calling += ["tool_format", "tool_evaluate"]
+    function_calling += ["tool_format", "tool_export", "tool_evaluate"]
     assert set(stages) == set(qa + function_calling)
     assert list(stages).index("finetune") > list(stages).index("tool_format")
     for flow in (qa, function_calling):  # each job's stages in data-flow order (the two jobs interleave)
