@@ -214,3 +214,24 @@ def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark
         assert set(result[f"{variant}_accuracy_by_category"]) == {r.category for r in rows}
     again = pipeline.run(cfg, ["tool_evaluate"], job="lakesynth_tools", root=ROOT)["stages"]["tool_evaluate"]
     assert again["reused"] and again["tuned_accuracy"] == result["tuned_accuracy"]  # nothing generated twice
+
+
+def test_the_accuracy_figure_shows_each_category_for_both_students():
+    from lakesynth import tool_evaluate
+
+    rows = [
+        {"category": "simple", "base_match": True, "tuned_match": True},
+        {"category": "simple", "base_match": False, "tuned_match": True},
+        {"category": "irrelevance", "base_match": False, "tuned_match": True},
+        {"category": "irrelevance", "base_match": False, "tuned_match": False},
+    ]
+    result = tool_evaluate.accuracy(rows)
+    assert result["base_accuracy"] == 0.25 and result["tuned_accuracy_by_category"] == {
+        "irrelevance": 0.5,
+        "simple": 1.0,
+    }
+    figure = tool_evaluate.figure(result)
+    (axes,) = figure.axes
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["irrelevance", "simple"]
+    assert [p.get_height() for p in axes.patches] == [0.0, 0.5, 0.5, 1.0]  # base per category, then tuned
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["base 25%", "tuned 75%"]

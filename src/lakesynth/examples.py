@@ -292,9 +292,9 @@ def stratified_split(
 ) -> DataFrame:
     """Adds `split` with exact shares per stratum (the values of the `strata` columns): the whole split gets
     round(n x fraction) examples, shared among the strata by largest remainder, so each stratum is within one
-    example of its share (of val, and of val and test together). Within a stratum the examples are taken in the order of the seeded hash of `by` (as
-    `assign_split` draws), so a rerun on the same data gives the same split; adding data to a stratum can move
-    an example at its boundary, never one of another stratum."""
+    example of its share (of val, and of val and test together). Within a stratum the examples are taken in the
+    order of the seeded hash of `by` (as `assign_split` draws), so a rerun on the same data gives the same split;
+    adding data to a stratum can move an example at its boundary, never one of another stratum."""
     drawn = assign_split(chat, by=by, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     sizes = {tuple(r[c] for c in strata): r["count"] for r in drawn.groupBy(*strata).count().collect()}
     total = sum(sizes.values())

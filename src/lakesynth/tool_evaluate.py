@@ -65,6 +65,32 @@ def accuracy(rows: list[dict]) -> dict:
     return figures
 
 
+def figure(result: dict):
+    """Accuracy per category, base beside tuned, with the overall figures and the example count in the title."""
+    import matplotlib.pyplot as plt
+
+    categories = sorted(
+        set(result.get("base_accuracy_by_category", {})) | set(result.get("tuned_accuracy_by_category", {}))
+    )
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(categories) + 1), 3))
+    for offset, variant, color in ((-0.2, "base", "grey"), (0.2, "tuned", "tab:blue")):
+        per = result.get(f"{variant}_accuracy_by_category", {})
+        ax.bar(
+            [i + offset for i in range(len(categories))],
+            [per.get(c, 0) for c in categories],
+            0.4,
+            color=color,
+            label=f"{variant} {result.get(f'{variant}_accuracy') or 0:.0%}",
+        )
+    ax.set_xticks(range(len(categories)), categories)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AST match accuracy")
+    ax.set_title(f"tool calls on {result.get('examples', 0)} held-out examples")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def run(ctx: RunContext) -> StageResult:
     from lakesynth import student, train_sft
 

@@ -141,6 +141,15 @@ class Tracker:
             figure = evaluate.figure(evaluated)
             client.log_figure(self.run_id, figure, "evaluate/base_vs_tuned.png")
             plt.close(figure)
+        scored = summary.get("stages", {}).get("tool_evaluate", {})
+        if scored.get("status") == "ok" and scored.get("examples"):
+            import matplotlib.pyplot as plt
+
+            from lakesynth import tool_evaluate
+
+            figure = tool_evaluate.figure(scored)
+            client.log_figure(self.run_id, figure, "tool_evaluate/accuracy_by_category.png")
+            plt.close(figure)
 
     def _quality(self, client, summary: dict[str, Any], ctx) -> None:
         """Each check of this process: its drop reasons (`quality/<stage>_drop_reasons.json`, the counts its
