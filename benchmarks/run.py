@@ -20,6 +20,8 @@
 5. Near-duplicate dedup: lakesynth's near path on 10k and 100k planted bank questions against datasketch
    MinHashLSH in one process on the same file and settings (benchmarks/dedup.py), with recall and precision on
    the planted near-duplicates. Goal: wall time <= 1x datasketch's, driver memory flat from 10k to 100k rows.
+6. Chunking knowledge documents: the chunker alone and the documents stage on 100, 1k and 10k generated markdown
+   documents (benchmarks/chunking.py), in seconds per 1k chunks. Goal: flat (linear in documents).
 
 Prints a table and writes benchmarks/RESULTS.md (date, machine, command).
 """
@@ -589,6 +591,7 @@ TITLES = (
     "3. Driver memory (seed -> questions -> responses -> format, stand-in)",
     "4. Engine overhead",
     "5. Near-duplicate dedup (planted bank questions, datasketch MinHashLSH beside)",
+    "6. Chunking knowledge documents (generated markdown, seconds per 1k chunks)",
 )
 
 
@@ -618,10 +621,16 @@ def near_dedup_section(folder: Path, sizes: list[int]) -> list[tuple]:
     return dedup.near_dedup(folder, sizes)
 
 
+def chunking_section(folder: Path, sizes: list[int]) -> list[tuple]:
+    import chunking  # benchmarks/chunking.py, beside this file
+
+    return chunking.chunking(folder, sizes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory and dedup)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated sections to run, e.g. 3,4")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated sections to run, e.g. 3,4")
     parser.add_argument("--memory-rows", type=int, help="the large size of the driver-memory comparison")
     args = parser.parse_args()
     sizes = [1000, 2000] if args.quick else [1000, 10000]
@@ -637,6 +646,7 @@ def main() -> None:
                 (TITLES[2], lambda: driver_memory(folder, *mem)),
                 (TITLES[3], lambda: engine_overhead(folder)),
                 (TITLES[4], lambda: near_dedup_section(folder, [1000, 10000] if args.quick else [10000, 100000])),
+                (TITLES[5], lambda: chunking_section(folder, [100, 1000] if args.quick else [100, 1000, 10000])),
             ),
             start=1,
         ):

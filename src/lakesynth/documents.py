@@ -366,7 +366,6 @@ TABLE = tables.contract(
     "document_chunks", [(c, TYPES.get(c, S)) for c in CHUNK_COLUMNS], key="chunk_id", parent="source"
 )
 CHUNK_SCHEMA = T.StructType([T.StructField(c, TYPES.get(c, S), True) for c in CHUNK_COLUMNS])
-MAX_PARTITIONS = 64  # documents are spread over at most this many tasks
 
 
 def _chunk_batches(batches: Iterator[pd.DataFrame], budget_tokens: int, overlap_tokens: int) -> Iterator[pd.DataFrame]:
@@ -385,15 +384,14 @@ def run(ctx: RunContext) -> StageResult:
     if not d.path:
         return StageResult(metrics={"disabled": "no documents: pass --documents DIR (documents.path)"})
     # Read on the driver: every document is checked (an unreadable or empty one is named, all at once) before the
-    # table is touched, which reading on the executors could only report as a task failure. The text then goes to
-    # the executors, where the chunking runs (benchmarks/chunking.py).
+    # table is touched, which reading on the executors could only report as a task failure. The chunking runs on the
+    # executors: Spark slices a local relation over its default parallelism, so no repartition (a shuffle of every
+    # text) is needed. Here, in-process, that costs about twice chunking on the driver (benchmarks/chunking.py).
     texts = read_documents(d.path)
     docs = spark.createDataFrame(
         pd.DataFrame({"source": list(texts), "text": list(texts.values())}),
         schema=T.StructType([T.StructField("source", S), T.StructField("text", S)]),
     )
-    if len(texts) > 1:
-        docs = docs.repartition(min(len(texts), MAX_PARTITIONS))
     chunk_rows = docs.mapInPandas(
         functools.partial(_chunk_batches, budget_tokens=d.budget_tokens, overlap_tokens=d.overlap_tokens),
         CHUNK_SCHEMA,
