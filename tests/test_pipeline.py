@@ -12,9 +12,10 @@ from lakesynth import pipeline, registry
 
 # The Q&A job's tasks, in order (resources/lakesynth.job.yml).
 JOB = [
-    *("seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format", "preference"),
-    *("finetune", "export", "evaluate"),
+    *("seed", "documents", "questions", "taxonomy", "critic", "responses", "judge", "relevance", "dedup", "topup"),
+    *("format", "preference", "finetune", "export", "evaluate"),
 ]
+INPUTS = ("documents", "taxonomy")  # seed sources beside seed: they do not wait for it (disabled when unset)
 
 
 def _summary(path):
@@ -141,7 +142,8 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     stages = _summary(tmp_path / "s.json")["stages"]
     assert proc.returncode == 1
     assert stages["seed"]["status"] == "failed" and "bad.jsonl: not JSON Lines" in stages["seed"]["error"]
-    assert all(stages[s]["status"] == "skipped" for s in JOB[1:])
+    assert all(stages[s]["status"] == "skipped" for s in JOB[1:] if s not in INPUTS)
+    assert all(stages[s]["status"] == "ok" and "disabled" in stages[s] for s in INPUTS)
 
 
 def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
