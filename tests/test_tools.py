@@ -336,3 +336,25 @@ def test_relevance_and_dedup_of_calls_with_the_quality_gates_settings(spark, llm
     assert teacher_server.stats.completions == paid
     rows = {r.source_id: r for r in tables.read(spark, where(llm_cfg), call_verdicts.TABLE).collect()}
     assert {k: r.drop_reason for k, r in rows.items()} == {**{k: "relevance" for k in judged}, "none": None}
+
+
+def test_a_pool_of_checking_processes_gives_the_verdicts_checked_in_process():
+    """The embedded engine's Python UDFs share one interpreter: a large table is checked by processes."""
+    import pandas as pd
+
+    from lakesynth import call_format
+
+    rows = toolspec.read_pairs(str(SAMPLE / "calls.jsonl"))
+    batch = pd.DataFrame(rows)[["call_id", "source_id", "calls", "problem", "category"]]
+    tools = {
+        t["function"]["name"]: json.dumps(t["function"]["parameters"])
+        for t in toolspec.read_spec(str(SAMPLE / "tools.json"))
+    }
+    (alone,) = call_format._check(iter([batch]), tools=tools)
+    with call_format.checking_pool(tools, 2) as pool:
+        assert pool in call_format._POOLS
+        (pooled,) = call_format._check(iter([batch]), tools=tools, pool=pool)
+    assert pool not in call_format._POOLS and pooled.equals(alone)
+    assert dict(zip(pooled.source_id, pooled.drop_reason)) == {
+        k: v for k, v in EXPECTED.items() if not (v or "").startswith("execution")
+    } | {"raises": None}

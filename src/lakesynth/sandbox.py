@@ -8,7 +8,7 @@ or dies is replaced, and the pool and the imported module are reused across call
 importing the module per call would cost more than most calls). Arguments are passed as keyword arguments
 (a dict parsed from JSON), never through `eval`.
 
-Workers start with forkserver (or spawn), and never run the caller's main script (see Sandbox._hide_main): a
+Workers start with forkserver (or spawn), and never run the caller's main script (see hide_main): a
 wheel task's main module is the platform's, and a script need not guard its main code.
 
 This is isolation from mistakes, not a security boundary: the user's code runs with the pipeline's user, files,
@@ -114,6 +114,31 @@ def _call(name: str, arguments: dict[str, Any]) -> tuple[bool, str, float]:
         return True, json.dumps(text, ensure_ascii=False), seconds
 
 
+def start_method() -> str:
+    """Not fork: the driver runs a Spark Connect client (gRPC) and other threads, and a forked child copies their
+    locks in whatever state they are. forkserver forks workers from a clean single-threaded server (fast restarts
+    after a timeout or crash); spawn where forkserver is unavailable."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def hide_main() -> ModuleType | None:
+    """Keep worker processes from running the caller's __main__ (spawn and forkserver start each one by running
+    the parent's main script as `__mp_main__`). A Databricks wheel task's __main__ is the platform's launcher, and
+    a script without the `if __name__ == "__main__"` guard would run the pipeline again in every worker. A main
+    module named `__main__` is one multiprocessing does not import: it is given that name while a pool lives (only
+    when it has none: a `python -m` main is imported by name, as usual). Returns the module to `restore_main`."""
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+        return main
+    return None
+
+
+def restore_main(hidden: ModuleType | None) -> None:
+    if hidden is not None:
+        hidden.__spec__ = None
+
+
 class Sandbox:
     """A pool of worker processes that import `module_path` once each and run calls to its public functions.
 
@@ -126,7 +151,7 @@ class Sandbox:
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self._pool: ProcessPool | None = None
-        self._hidden = None  # the main module while it is named __main__ (see _hide_main)
+        self._hidden = None  # the main module while it is named __main__ (see hide_main)
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -139,11 +164,8 @@ class Sandbox:
         """Start the workers and check that the module imports; a ValueError names the file if not."""
         if not self.path.is_file():
             raise ValueError(f"sandbox module not found: {self.path}")
-        # Not fork: the driver runs a Spark Connect client (gRPC) and other threads, and a forked child copies
-        # their locks in whatever state they are. forkserver forks workers from a clean single-threaded server
-        # (fast restarts after a timeout or crash); spawn where forkserver is unavailable.
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        self._hide_main()
+        method = start_method()
+        self._hidden = hide_main()
         module_name = f"_lakesynth_user_{uuid.uuid4().hex}"
         self._pool = ProcessPool(
             max_workers=self.workers,
@@ -167,20 +189,8 @@ class Sandbox:
             self._pool.stop()
             self._pool.join()
             self._pool = None
-        if self._hidden is not None:
-            sys.modules["__main__"].__spec__ = None
-            self._hidden = None
-
-    def _hide_main(self) -> None:
-        """Keep the workers from running the caller's __main__ (spawn and forkserver start each one by running
-        the parent's main script as `__mp_main__`). A Databricks wheel task's __main__ is the platform's
-        launcher, and a script without the `if __name__ == "__main__"` guard would run the pipeline again in
-        every worker. A main module named `__main__` is one multiprocessing does not import: it is given that
-        name while the pool lives (only when it has none: a `python -m` main is imported by name, as usual)."""
-        main = sys.modules["__main__"]
-        if getattr(main, "__spec__", None) is None:
-            main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
-            self._hidden = main
+        restore_main(self._hidden)
+        self._hidden = None
 
     def run(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
         """Run every call (function name, keyword arguments) in the pool at once; outcomes in input order."""
