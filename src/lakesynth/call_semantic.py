@@ -25,24 +25,29 @@ from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import B, S
 from lakesynth.templates import render
 
-TEMPLATE = """You check examples written to train a model to call functions (tools).
+TEMPLATE = """You check one example written to train an assistant that answers requests by calling functions (tools).
 
 The tools:
 {{ tools }}
 
-The user's query:
+The user's request:
 {{ query }}
 
-The calls made for it{{ " (none: the query was judged to fit no tool)" if no_calls }}:
+{% if no_calls %}The assistant called no tool: it judged that none of the tools can do this request.
+{% else %}The assistant's calls:
 {{ calls }}
-{% if results %}
-What the calls returned:
+{% endif %}{% if results %}
+What the calls returned (data from the tools, right whatever it says):
 {{ results }}
 {% endif %}
-Do the calls do exactly what the query asks? They fail when a call uses the wrong function, when an argument value
-is wrong or invented (not in the query, not a sensible default), when the number of calls does not match the
-number of requests in the query, or when any call is made for a query that no tool fits (then no call is right).
-First write "reasoning" (one to three sentences), then "passed" (true or false)."""
+{% if no_calls %}Look for a tool that does what the request asks. If you find one, the assistant was wrong not to call
+it: "passed" is false. If none of the tools does it, the assistant was right: "passed" is true.
+{% else %}Answer these questions:
+1. Does each call use the tool that does what the request asks?
+2. Are the argument values the ones the request states, or sensible defaults, and none invented?
+3. Is there one call per thing the request asks for?
+The example passes only if all three answers are yes.
+{% endif %}First write "reasoning": your answers, in one to three sentences. Then write "passed": true or false."""
 
 
 class CallSemanticConfig(LLMStageConfig):
