@@ -592,6 +592,7 @@ TITLES = (
     "4. Engine overhead",
     "5. Near-duplicate dedup (planted bank questions, datasketch MinHashLSH beside)",
     "6. Chunking knowledge documents (generated markdown, seconds per 1k chunks)",
+    "7. Function calling: format check in the engine, execution in the sandbox",
 )
 
 
@@ -627,10 +628,17 @@ def chunking_section(folder: Path, sizes: list[int]) -> list[tuple]:
     return chunking.chunking(folder, sizes)
 
 
+def tools_section(folder: Path, sizes: list[int]) -> list[tuple]:
+    import tools  # benchmarks/tools.py, beside this file
+
+    rows = tools.format_check(folder, sizes, rounds=3)
+    return rows + tools.execution(folder, n_calls=500, workers=2, timeout_s=1.0, memory_mb=512)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory and dedup)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated sections to run, e.g. 3,4")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated sections to run, e.g. 3,4")
     parser.add_argument("--memory-rows", type=int, help="the large size of the driver-memory comparison")
     args = parser.parse_args()
     sizes = [1000, 2000] if args.quick else [1000, 10000]
@@ -647,6 +655,7 @@ def main() -> None:
                 (TITLES[3], lambda: engine_overhead(folder)),
                 (TITLES[4], lambda: near_dedup_section(folder, [1000, 10000] if args.quick else [10000, 100000])),
                 (TITLES[5], lambda: chunking_section(folder, [100, 1000] if args.quick else [100, 1000, 10000])),
+                (TITLES[6], lambda: tools_section(folder, [20000] if args.quick else [20000, 200000])),
             ),
             start=1,
         ):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -227,8 +228,9 @@ def format_engine(spark, path: Path, out: Path) -> tuple[float, float]:
     cpu, started = time.process_time(), time.monotonic()
     tools = _tools()
     calls = spark.read.parquet(str(path)).select(*COLUMNS)
-    checked = calls.mapInPandas(functools.partial(call_format._check, tools=tools), VERDICT)
-    checked.write.mode("overwrite").parquet(str(out))
+    with call_format.checking_pool(tools, os.cpu_count() or 1) as pool:  # as the stage opens it on this engine
+        checked = calls.mapInPandas(functools.partial(call_format._check, tools=tools, pool=pool), VERDICT)
+        checked.write.mode("overwrite").parquet(str(out))
     return time.monotonic() - started, time.process_time() - cpu
 
 
