@@ -12,8 +12,8 @@ from lakesynth import pipeline, registry
 
 # The Q&A job's tasks, in order (resources/lakesynth.job.yml).
 JOB = [
-    *("seed", "documents", "questions", "taxonomy", "critic", "responses", "judge", "relevance", "dedup", "topup"),
-    *("format", "preference", "finetune", "export", "evaluate"),
+    *("seed", "documents", "questions", "taxonomy", "critic", "leaf_generation", "responses", "grounding", "judge"),
+    *("leaf_topup", "relevance", "dedup", "topup", "format", "preference", "finetune", "export", "evaluate"),
 ]
 INPUTS = ("documents", "taxonomy")  # seed sources beside seed: they do not wait for it (disabled when unset)
 

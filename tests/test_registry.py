@@ -34,8 +34,11 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
         "seed",
         "taxonomy",  # after documents, whose folder it resolves patterns against; nothing links it to seed yet
         "questions",
+        "leaf_generation",
         "critic",
+        "grounding",
         "responses",
+        "leaf_topup",  # after grounding, whose verdicts it reads; it writes through leaf_generation and grounding
         "judge",
         "relevance",
         "dedup",

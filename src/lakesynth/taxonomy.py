@@ -410,6 +410,9 @@ class TaxonomyConfig(Section):
     examples: str = Field("", description="Template form: examples file, JSONL of any fields.")
     requirements: str = Field("", description="Template form: requirements text file (every leaf's description).")
     per_leaf: int = Field(10, ge=0, description="Kept examples each leaf must reach (0: no per-leaf top-up).")
+    max_rounds: int = Field(
+        3, ge=0, le=20, description="Top-up rounds (generation and grounding) for leaves short of per_leaf, at most."
+    )
     context_in_prompt: bool = Field(
         True, description="Training data: a grounded example's context in the user turn, before its question."
     )
