@@ -88,6 +88,20 @@ def test_every_leaf_reaches_per_leaf_kept_pairs_grounded_in_its_chunks_and_a_rer
     assert again["leaf_generation"].rows_out == 0 and again["leaf_generation"].metrics["deleted"] == 0
     assert again["leaf_topup"].metrics["rounds"] == 0 and again["leaf_topup"].metrics["kept_per_leaf_before"] == after
 
+    # A stricter min_score applies to every kept score at once, with no call paid again.
+    strict = _cfg(llm_cfg)
+    strict = strict.model_copy(
+        update={
+            "taxonomy": strict.taxonomy.model_copy(
+                update={"grounding": strict.taxonomy.grounding.model_copy(update={"min_score": 3})}
+            )
+        }
+    )
+    grounding.run(context(strict))
+    assert teacher_server.stats.completions == paid
+    for v in tables.read(spark, rt, grounding.TABLE).collect():
+        assert v.keep == all(getattr(v, name) in (3, None) for name in grounding.CRITERIA)
+
     # A smaller per_leaf plans fewer round-0 requests: the ones past it go, the top-up rounds' stay, nothing is paid.
     smaller = context(_cfg(llm_cfg, per_leaf=2))
     result = leaf_generation.run(smaller)
