@@ -15,7 +15,8 @@ JOB = [
     *("seed", "documents", "questions", "taxonomy", "critic", "leaf_generation", "responses", "grounding", "judge"),
     *("leaf_topup", "relevance", "dedup", "topup", "format", "preference", "finetune", "export", "evaluate"),
 ]
-INPUTS = ("documents", "taxonomy")  # seed sources beside seed: they do not wait for it (disabled when unset)
+# The taxonomy's branch, a seed source beside seed: it does not wait for it (each stage disabled when unset).
+INPUTS = ("documents", "taxonomy", "leaf_generation", "grounding", "leaf_topup")
 
 
 def _summary(path):

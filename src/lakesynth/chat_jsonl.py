@@ -1,8 +1,12 @@
-"""Format stage: `synthetic_responses` -> `training_chat` + one chat JSONL file per split.
+"""Format stage: `synthetic_responses` and the taxonomy's `leaf_pairs` -> `training_chat` + one chat JSONL file per
+split.
 
-Only answered rows become examples, each checked against the Databricks chat-completion data
-rules and a length limit; rejects are counted, never written. Each example's split is a seeded hash of
-its normalised question, so it never moves when data is added or removed, and a question is in one split.
+Only answered rows become examples, each checked against the Databricks chat-completion data rules and a length
+limit; rejects are counted, never written. A taxonomy's kept pairs (those the grounding check kept) become examples
+with their `leaf` and, for knowledge, their `chunk_id`; a pair with a context carries it in the user turn before
+the question (`taxonomy.context_in_prompt`), so the student learns to answer from documents. Each example's split
+is a seeded hash of its normalised question, so it never moves when data is added or removed, and a question is in
+one split; with a taxonomy, the split is stratified by leaf (each leaf its share of every split, exactly).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class FormatConfig(Section):
 
 TABLE = tables.contract(
     "training_chat",
-    [("example_id", S), ("question_id", S), ("seed_id", S), ("topic", S)]
+    [("example_id", S), ("question_id", S), ("seed_id", S), ("topic", S), ("leaf", S), ("chunk_id", S)]
     + examples.COLUMNS
     + [("split", S), ("n_tokens", L)],
     key="example_id",
@@ -67,6 +71,35 @@ def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFram
         "question_id",
         "seed_id",
         "topic",
+        F.lit(None).cast("string").alias("leaf"),
+        F.lit(None).cast("string").alias("chunk_id"),
+        F.col("question").alias(SPLIT_TEXT),
+        F.lit("chat").alias("shape"),
+        F.array(*turns).cast(examples.MESSAGES).alias("messages"),
+        F.lit(None).cast("string").alias("tools"),
+        F.lit(None).cast(examples.MESSAGES).alias("chosen"),
+        F.lit(None).cast(examples.MESSAGES).alias("rejected"),
+    )
+
+
+CONTEXT_SEPARATOR = "\n\n"  # between a knowledge example's context and its question, in the user turn
+
+
+def leaf_chat_rows(pairs: DataFrame, *, system_prompt: str | None, with_context: bool) -> DataFrame:
+    """One `chat` example per kept taxonomy pair, the context (when it has one) before the question."""
+    asked = F.col("question")
+    if with_context:
+        asked = F.when(F.col("context").isNotNull(), F.concat(F.col("context"), F.lit(CONTEXT_SEPARATOR), asked))
+        asked = asked.otherwise(F.col("question"))
+    turns = examples.prompt_turns(asked, system_prompt) + [examples.message_column("assistant", F.col("answer"))]
+    answered = pairs.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
+    return answered.select(
+        F.col("pair_id").alias("example_id"),
+        F.col("pair_id").alias("question_id"),
+        F.lit(None).cast("string").alias("seed_id"),
+        F.col("leaf").alias("topic"),
+        "leaf",
+        "chunk_id",
         F.col("question").alias(SPLIT_TEXT),
         F.lit("chat").alias("shape"),
         F.array(*turns).cast(examples.MESSAGES).alias("messages"),
@@ -84,21 +117,22 @@ def files_dir(rt: Runtime) -> str:
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     responses = ctx.read("synthetic_responses")
-    fmt = cfg.format
-    checked = tables.materialize(
-        spark,
-        rt,
-        "training_chat",
-        check_examples(to_chat_rows(responses, system_prompt=cfg.use_case.system_prompt), max_tokens=fmt.max_tokens),
+    pairs = ctx.read("leaf_pairs")  # the taxonomy's pairs the grounding check kept
+    fmt, system = cfg.format, cfg.use_case.system_prompt
+    chat = to_chat_rows(responses, system_prompt=system).unionByName(
+        leaf_chat_rows(pairs, system_prompt=system, with_context=cfg.taxonomy.context_in_prompt)
     )
-    rows_in = responses.count()
-    valid = assign_split(
-        checked.where(F.col("violation").isNull()),
-        by=SPLIT_TEXT,
-        val_fraction=fmt.val_fraction,
-        test_fraction=fmt.test_fraction,
-        seed=fmt.seed,
-    )
+    checked = tables.materialize(spark, rt, "training_chat", check_examples(chat, max_tokens=fmt.max_tokens))
+    rows_in = responses.count() + pairs.count()
+    fractions = {"val_fraction": fmt.val_fraction, "test_fraction": fmt.test_fraction, "seed": fmt.seed}
+    candidates = checked.where(F.col("violation").isNull())
+    if checked.where(F.col("leaf").isNotNull()).limit(1).collect():  # a taxonomy: each leaf its share, exactly
+        stratum = F.coalesce(F.col("leaf"), F.concat(F.lit("topic:"), F.col("topic")))
+        valid = examples.stratified_split(
+            candidates.withColumn("_stratum", stratum), by=SPLIT_TEXT, strata=["_stratum"], **fractions
+        ).drop("_stratum")
+    else:
+        valid = assign_split(candidates, by=SPLIT_TEXT, **fractions)
     valid = fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
     out = valid.select(
         *[c for c in TABLE.names if c not in ("run_id", "created_at")],
@@ -122,6 +156,8 @@ def run(ctx: RunContext) -> StageResult:
         examples.write_jsonl(written.where(F.col("split") == split), target, EXPORT_FORMAT)
         files[f"{split}_jsonl"] = str(target)
     counts = {r.split: r["count"] for r in written.groupBy("split").count().collect()}
+    per_leaf = {r.leaf: r["count"] for r in written.where("leaf IS NOT NULL").groupBy("leaf").count().collect()}
+    per_leaf = dict(sorted(per_leaf.items()))
     excluded = rows_in - checked.count()
     return StageResult(
         rows_in=rows_in,
@@ -132,6 +168,7 @@ def run(ctx: RunContext) -> StageResult:
         metrics={
             "excluded_unanswered": excluded,
             "violations": violations,
+            **({"examples_per_leaf": per_leaf} if per_leaf else {}),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },
     )
@@ -139,9 +176,10 @@ def run(ctx: RunContext) -> StageResult:
 
 STAGE = Stage(
     name="format",
-    help="turn answered questions into training_chat and one chat JSONL file per split",
+    help="turn answered questions and kept taxonomy pairs into training_chat and one chat JSONL file per split",
     run=run,
-    reads=("synthetic_responses",),
+    reads=("synthetic_responses", "leaf_pairs"),
+    after=("leaf_topup",),
     writes=(TABLE,),
     config=FormatConfig,
 )

@@ -261,6 +261,8 @@ def normalize_pairs(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     pairs = bool(cfg.seeds.pairs)
+    if not pairs and not cfg.seeds.path:  # a taxonomy alone is the seed source (`taxonomy.path`)
+        return StageResult(metrics={"disabled": "seeds.path is empty: no seed questions"})
     if pairs:
         raw, source = _raw(spark, cfg.seeds.pairs, PAIR_REQUIRED, PAIR_OPTIONAL, "pairs")
     else:
