@@ -9,8 +9,9 @@ import uuid
 from pathlib import Path
 
 from conftest import ROOT
+from test_notebooks_and_tracking import _execute, _images, _text
 
-from lakesynth import chat_jsonl, pipeline, registry, tables
+from lakesynth import chat_jsonl, insights, pipeline, registry, tables
 from lakesynth.runtime import Runtime
 
 
@@ -58,4 +59,11 @@ def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_serv
         assert abs(val - n * cfg.format.val_fraction) < 1, (leaf, val, n)
     lines = [json.loads(x) for x in Path(summary["files"]["train_jsonl"]).read_text(encoding="utf-8").splitlines()]
     assert len(lines) == sum(1 for r in spark_rows if r.split == "train")
+    # Kept per leaf before and after the top-up, in the summary and as the report's plot.
+    counts = insights.leaf_counts(spark, Runtime.resolve(cfg))
+    assert counts["after"] == per_leaf == summary["stages"]["leaf_topup"]["kept_per_leaf_after"]
+    assert counts["before"] == summary["stages"]["leaf_topup"]["kept_per_leaf_before"]
+    outputs = _execute("03_dataset_report", warehouse, f"schema={cfg.schema_}", "taxonomy.per_leaf=4")
+    text = _text(outputs)
+    assert "No taxonomy" not in text and "knowledge/science/biology/lichens" in text and len(_images(outputs)) >= 1
 

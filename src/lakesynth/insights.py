@@ -110,3 +110,39 @@ def dataset_figures(spark: SparkSession, rt: Runtime) -> dict:
     fig.tight_layout()
     figures["splits"] = fig
     return figures
+
+
+def leaf_counts(spark: SparkSession, rt: Runtime) -> dict[str, dict[str, int]]:
+    """A taxonomy's kept pairs per leaf (answered, not dropped by the grounding check): `before`, those of the
+    first round, and `after`, with every top-up round's; empty without a taxonomy."""
+    if not spark.catalog.tableExists(rt.fqn("leaf_pairs")):
+        return {}
+    kept = _table(spark, rt, "leaf_pairs").where(F.col("error").isNull())
+    if spark.catalog.tableExists(rt.fqn("grounding_verdicts")):
+        dropped = _table(spark, rt, "grounding_verdicts").where("NOT keep OR keep IS NULL").select("pair_id")
+        kept = kept.join(dropped, "pair_id", "left_anti")
+    after = _counts(kept, "leaf")
+    if not after:
+        return {}
+    before = _counts(kept.where(F.col("round") == 0), "leaf")
+    return {"before": {leaf: before.get(leaf, 0) for leaf in sorted(after)}, "after": dict(sorted(after.items()))}
+
+
+def leaf_figure(counts: dict[str, dict[str, int]], target: int = 0):
+    """Kept pairs per leaf after the first round and after the top-up rounds, with the per-leaf target."""
+    import matplotlib.pyplot as plt
+
+    leaves = sorted(set(counts.get("before", {})) | set(counts.get("after", {})))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(leaves) + 2), 3.5))
+    for offset, name, color in ((-0.2, "before", "grey"), (0.2, "after", "tab:blue")):
+        heights = [counts.get(name, {}).get(leaf, 0) for leaf in leaves]
+        label = "first round" if name == "before" else "after top-up"
+        ax.bar([i + offset for i in range(len(leaves))], heights, 0.4, color=color, label=label)
+    if target:
+        ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"per_leaf {target}")
+    ax.set_xticks(range(len(leaves)), [leaf.rsplit("/", 1)[-1] for leaf in leaves], rotation=20, ha="right")
+    ax.set_ylabel("kept pairs")
+    ax.set_title("Kept examples per taxonomy leaf")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -141,6 +141,14 @@ class Tracker:
             figure = evaluate.figure(evaluated)
             client.log_figure(self.run_id, figure, "evaluate/base_vs_tuned.png")
             plt.close(figure)
+        balanced = summary.get("stages", {}).get("leaf_topup", {})
+        if balanced.get("status") == "ok" and balanced.get("kept_per_leaf_after"):
+            import matplotlib.pyplot as plt
+
+            counts = {"before": balanced.get("kept_per_leaf_before", {}), "after": balanced["kept_per_leaf_after"]}
+            figure = insights.leaf_figure(counts, ctx.cfg.taxonomy.per_leaf)
+            client.log_figure(self.run_id, figure, "taxonomy/kept_per_leaf.png")
+            plt.close(figure)
         scored = summary.get("stages", {}).get("tool_evaluate", {})
         if scored.get("status") == "ok" and scored.get("examples"):
             import matplotlib.pyplot as plt
