@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth import sandbox, tables, toolspec
+from lakesynth import tables, toolspec
 from lakesynth.config import Section
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import S
@@ -92,6 +92,8 @@ def checking_pool(tools: dict[str, str], workers: int) -> Iterator[str]:
     if workers <= 1:
         yield ""
         return
+    from lakesynth import sandbox  # pebble's: imported where a pool is opened, as call_execution does
+
     token, hidden = uuid.uuid4().hex, sandbox.hide_main()
     context = multiprocessing.get_context(sandbox.start_method())
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(tools,))
