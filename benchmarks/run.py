@@ -22,6 +22,9 @@
    the planted near-duplicates. Goal: wall time <= 1x datasketch's, driver memory flat from 10k to 100k rows.
 6. Chunking knowledge documents: the chunker alone and the documents stage on 100, 1k and 10k generated markdown
    documents (benchmarks/chunking.py), in seconds per 1k chunks. Goal: flat (linear in documents).
+8. Generation per taxonomy leaf: the taxonomy and leaf_generation stages on 10, 100 and 1k generated InstructLab
+   leaves (freeform, grounded and knowledge, each knowledge leaf with its own markdown document) against the
+   stand-in (benchmarks/leaves.py), in seconds per leaf and per request. Goal: flat (linear in leaves).
 
 Prints a table and writes benchmarks/RESULTS.md (date, machine, command).
 """
@@ -593,6 +596,7 @@ TITLES = (
     "5. Near-duplicate dedup (planted bank questions, datasketch MinHashLSH beside)",
     "6. Chunking knowledge documents (generated markdown, seconds per 1k chunks)",
     "7. Function calling: format check in the engine, execution in the sandbox",
+    "8. Generation per taxonomy leaf (generated InstructLab taxonomies, stand-in teacher, seconds per leaf)",
 )
 
 
@@ -628,6 +632,12 @@ def chunking_section(folder: Path, sizes: list[int]) -> list[tuple]:
     return chunking.chunking(folder, sizes)
 
 
+def leaves_section(folder: Path, sizes: list[int]) -> list[tuple]:
+    import leaves  # benchmarks/leaves.py, beside this file
+
+    return leaves.leaf_generation(folder, sizes)
+
+
 def tools_section(folder: Path, sizes: list[int]) -> list[tuple]:
     import tools  # benchmarks/tools.py, beside this file
 
@@ -638,7 +648,7 @@ def tools_section(folder: Path, sizes: list[int]) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory and dedup)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated sections to run, e.g. 3,4")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated sections to run, e.g. 3,4")
     parser.add_argument("--memory-rows", type=int, help="the large size of the driver-memory comparison")
     args = parser.parse_args()
     sizes = [1000, 2000] if args.quick else [1000, 10000]
@@ -656,6 +666,7 @@ def main() -> None:
                 (TITLES[4], lambda: near_dedup_section(folder, [1000, 10000] if args.quick else [10000, 100000])),
                 (TITLES[5], lambda: chunking_section(folder, [100, 1000] if args.quick else [100, 1000, 10000])),
                 (TITLES[6], lambda: tools_section(folder, [20000] if args.quick else [20000, 200000])),
+                (TITLES[7], lambda: leaves_section(folder, [10, 100] if args.quick else [10, 100, 1000])),
             ),
             start=1,
         ):
