@@ -117,3 +117,50 @@ def test_a_category_names_how_many_calls_it_allows():
     assert toolspec.call_issues(one * 2, None, checks, "parallel") == []
     assert toolspec.call_issues([], None, checks, "simple")[0]["rule"] == "category_mismatch"
     assert toolspec.call_issues(one, None, checks, "some_category_of_their_own") == []  # not BFCL's: not checked
+
+
+def test_more_requests_keep_every_request_already_planned():
+    """A larger per_function asks only the new requests: each category's requests keep their ids and prompts."""
+    seeds = call_generation.read_seeds(str(SAMPLE / "seeds.jsonl"), toolspec.validators(PARAMS))
+    personas = {"roles": ["a student", "a retiree"], "tones": ["terse"]}
+    small, large = (
+        {
+            r["request_id"]: r
+            for r in call_generation.plan(SPECS, seeds, CallGenerationConfig(per_function=n, personas=personas))
+        }
+        for n in (6, 9)
+    )
+    assert set(small) < set(large) and all(large[k] == v for k, v in small.items())
+
+
+def test_nested_models_of_a_python_spec_are_decoded_in_place(tmp_path):
+    module = write(
+        tmp_path / "shop.py",
+        '''
+from pydantic import BaseModel
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+def ship(order_id: int, to: Address, note: str | None = None) -> str:
+    """Ship an order.
+
+    Args:
+        order_id: The order.
+        to: Where to.
+        note: For the courier.
+    """
+    return "ok"
+''',
+    )
+    (spec,) = toolspec.derive_spec(module)
+    parameters = spec["function"]["parameters"]
+    assert "$defs" in json.dumps(parameters)  # pydantic refers to the nested model
+    decoded = call_generation.decodable(parameters)
+    assert "$ref" not in json.dumps(decoded)
+    assert decoded["properties"]["to"]["properties"]["city"] == {"type": "string"}
+    assert {"type": "null"} in decoded["properties"]["note"]["anyOf"]
+    Draft202012Validator.check_schema(call_generation.reply_schema({"ship": parameters}, "simple"))

@@ -103,18 +103,27 @@ TABLE = tables.contract(
 )
 
 # Keywords every structured-output backend decodes (llama.cpp's grammars, vLLM, OpenAI's json_schema): the
-# request's schema keeps these; bounds, patterns, formats and conditionals are left to the format check.
-DECODABLE = {"type", "properties", "required", "items", "enum", "minItems", "maxItems", "additionalProperties"}
+# request's schema keeps these, with `$ref`s to `$defs` (pydantic's nested models) written out in place; bounds,
+# patterns, formats and conditionals are left to the format check.
+DECODABLE = {"type", "properties", "required", "items", "enum", "anyOf", "minItems", "maxItems", "additionalProperties"}
 
 
-def decodable(schema: Any) -> Any:
+def decodable(schema: Any, defs: dict | None = None, seen: frozenset = frozenset()) -> Any:
     if not isinstance(schema, dict):
         return schema
+    defs = schema.get("$defs", {}) if defs is None else defs
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name in seen or name not in defs:  # a model that contains itself: left open below this point
+            return {}
+        return decodable(defs[name], defs, seen | {name})
     kept = {k: v for k, v in schema.items() if k in DECODABLE}
     if "properties" in kept:
-        kept["properties"] = {k: decodable(v) for k, v in kept["properties"].items()}
+        kept["properties"] = {k: decodable(v, defs, seen) for k, v in kept["properties"].items()}
     if isinstance(kept.get("items"), dict):
-        kept["items"] = decodable(kept["items"])
+        kept["items"] = decodable(kept["items"], defs, seen)
+    if "anyOf" in kept:
+        kept["anyOf"] = [decodable(v, defs, seen) for v in kept["anyOf"]]
     if not isinstance(kept.get("additionalProperties"), bool):
         kept.pop("additionalProperties", None)
     return kept
@@ -183,10 +192,10 @@ def plan(tools: dict[str, dict], seeds: dict[str, list[str]], g: CallGenerationC
     names, personas, rows = sorted(tools), g.personas.all(), []
     for position, name in enumerate(names):
         others = [n for n in names if n != name]
-        index = 0
         for category, count in sorted(shares(g.per_function, g.mix).items()):
-            for _ in range(count):
-                index += 1
+            # Numbered within the tool's category: a larger per_function or another mix keeps every request of
+            # a category that does not shrink, and adds only the new ones.
+            for index in range(1, count + 1):
                 offered = [name]
                 if category == "multiple":
                     start = index % max(1, len(others))
