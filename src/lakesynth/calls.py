@@ -43,7 +43,8 @@ def run(ctx: RunContext) -> StageResult:
     schema = ", ".join(f"{c} string" for c in columns)
     rows = toolspec.read_pairs(cfg.tools.calls) if cfg.tools.calls else []
     frame = ctx.spark.createDataFrame([[r[c] for c in columns] for r in rows], schema=schema)
-    if cfg.tools.seeds:  # the generated pairs that came back; a failed request stays in generated_calls
+    if cfg.tools.seeds and cfg.tools.generation.enabled:  # the generated pairs that came back (a failed request
+        # stays in generated_calls with its error)
         generated = ctx.read("generated_calls").where(F.col("error").isNull() & F.col("calls").isNotNull())
         frame = frame.unionByName(
             generated.select(

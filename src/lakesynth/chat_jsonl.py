@@ -117,7 +117,9 @@ def files_dir(rt: Runtime) -> str:
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     responses = ctx.read("synthetic_responses")
-    pairs = ctx.read("leaf_pairs")  # the taxonomy's pairs the grounding check kept
+    pairs = ctx.read("leaf_pairs")  # the taxonomy's pairs the grounding check kept, while a taxonomy is configured
+    if not cfg.taxonomy.enabled:
+        pairs = pairs.limit(0)
     fmt, system = cfg.format, cfg.use_case.system_prompt
     chat = to_chat_rows(responses, system_prompt=system).unionByName(
         leaf_chat_rows(pairs, system_prompt=system, with_context=cfg.taxonomy.context_in_prompt)

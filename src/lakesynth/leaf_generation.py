@@ -286,6 +286,8 @@ def plan(ctx: RunContext, leaves: list[dict], examples: dict, chunks: dict) -> t
                 continue
             own = had.get(name, [])
             next_round = max([h["round"] for h in own], default=0) + 1
+            if next_round > ctx.cfg.taxonomy.max_rounds:  # rounds are bounded over every run, not per run
+                continue
             leaf = by_leaf[name]
             count = requested(need, g.spare)
             rows += plan_round(
