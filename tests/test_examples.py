@@ -140,6 +140,8 @@ def test_every_shape_round_trips_through_a_spark_table(spark):
 def test_a_stratified_split_gives_every_stratum_its_exact_share(spark):
     sizes = {("get_balance", "simple"): 10, ("get_balance", "parallel"): 7, ("block_card", "simple"): 3}
     rows = [(f"{f}-{c}-{i}", f"query {f} {c} {i}", f, c) for (f, c), n in sizes.items() for i in range(n)]
+    # A question asked twice (same normalised text) counts once, and both copies share its split.
+    rows += [("twice-a", "Query get_balance simple 0?", "get_balance", "simple")]
     frame = spark.createDataFrame(rows, "example_id string, text string, function string, category string")
     split = functools.partial(
         examples.stratified_split,
@@ -151,7 +153,7 @@ def test_a_stratified_split_gives_every_stratum_its_exact_share(spark):
     )
     got = {r.example_id: (r.function, r.category, r.split) for r in split(frame).collect()}
     counts = {}
-    for f, c, s in got.values():
+    for f, c, s in (v for k, v in got.items() if k != "twice-a"):  # shares are counted in distinct questions
         counts[(f, c, s)] = counts.get((f, c, s), 0) + 1
     assert sum(v for (_, _, s), v in counts.items() if s == "val") == round(20 * 0.2)
     assert sum(v for (_, _, s), v in counts.items() if s == "test") == round(20 * 0.1)
@@ -159,3 +161,4 @@ def test_a_stratified_split_gives_every_stratum_its_exact_share(spark):
         for name, share in (("val", 0.2), ("test", 0.1)):
             assert abs(counts.get((f, c, name), 0) - n * share) < 1
     assert {r.example_id: r.split for r in split(frame).collect()} == {k: v[2] for k, v in got.items()}  # stable
+    assert got["twice-a"][2] == got["get_balance-simple-0"][2]

@@ -290,13 +290,15 @@ def assign_split(chat: DataFrame, *, by: str, val_fraction: float, test_fraction
 def stratified_split(
     chat: DataFrame, *, by: str, strata: list[str], val_fraction: float, test_fraction: float, seed: int
 ) -> DataFrame:
-    """Adds `split` with exact shares per stratum (the values of the `strata` columns): the whole split gets
-    round(n x fraction) examples, shared among the strata by largest remainder, so each stratum is within one
-    example of its share (of val, and of val and test together). Within a stratum the examples are taken in the
-    order of the seeded hash of `by` (as `assign_split` draws), so a rerun on the same data gives the same split;
-    adding data to a stratum can move an example at its boundary, never one of another stratum."""
-    drawn = assign_split(chat, by=by, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    sizes = {tuple(r[c] for c in strata): r["count"] for r in drawn.groupBy(*strata).count().collect()}
+    """Adds `split` with exact shares per stratum (the values of the `strata` columns), counted in distinct
+    questions (normalised `by`), so a question repeated is in one split only: the whole split gets
+    round(n x fraction) of them, shared among the strata by largest remainder, so each stratum is within one of its
+    share (of val, and of val and test together). Within a stratum the questions are taken in the order of the
+    seeded hash of `by` (as `assign_split` draws), so a rerun on the same data gives the same split; adding data to
+    a stratum can move a question at its boundary, never one of another stratum."""
+    drawn = assign_split(chat, by=by, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).drop("split")
+    texts = drawn.select(*strata, DRAW).distinct()
+    sizes = {tuple(r[c] for c in strata): r["count"] for r in texts.groupBy(*strata).count().collect()}
     total = sum(sizes.values())
     quotas = {k: [0, 0] for k in sizes}
     for i, fraction in enumerate((val_fraction, val_fraction + test_fraction)):  # cumulative: val, then val+test
@@ -311,12 +313,11 @@ def stratified_split(
         [[*k, v, t] for k, (v, t) in quotas.items()],
         ", ".join([*(f"`{c}` {drawn.schema[c].dataType.simpleString()}" for c in strata), "_val int", "_val_test int"]),
     )
-    rank = F.row_number().over(Window.partitionBy(*strata).orderBy(DRAW, "example_id"))
-    ranked = drawn.join(bounds, strata, "left").withColumn("_rank", rank)
+    rank = F.row_number().over(Window.partitionBy(*strata).orderBy(DRAW))
+    ranked = texts.join(bounds, strata, "left").withColumn("_rank", rank)
     split = F.when(F.col("_rank") <= F.col("_val"), "val").when(F.col("_rank") <= F.col("_val_test"), "test")
-    return ranked.withColumn("split", split.when(F.col("example_id").isNotNull(), "train")).drop(
-        "_rank", "_val", "_val_test"
-    )
+    chosen = ranked.select(*strata, DRAW, split.when(F.col("_rank").isNotNull(), "train").alias("split"))
+    return drawn.join(chosen, [*strata, DRAW], "left")
 
 
 def fill_empty_splits(split: DataFrame, *, val_fraction: float, test_fraction: float) -> DataFrame:
