@@ -53,7 +53,7 @@ class CallRelevanceConfig(LLMStageConfig):
 class ReverseQueries(BaseModel):
     model_config = ConfigDict(extra="forbid")
     response: str = Field(description="The assistant's reply from the results")
-    queries: list[str] = Field(description="Requests these calls answer")
+    queries: list[str] = Field(min_length=1, description="Requests these calls answer")
 
 
 TABLE = tables.verdict(
@@ -148,7 +148,7 @@ def run(ctx: RunContext) -> StageResult:
     with llm.open_endpoint(cfg.quality.relevance.embeddings.endpoint(cfg.teacher), embeddings=True) as endpoint:
         result = llm_stage.run(ctx, step(cfg, endpoint), judged_rows(ctx))
     ctx.spark.sql(
-        f"UPDATE {ctx.rt.fqn(TABLE.name)} SET keep = (error IS NULL AND score >= {threshold}), "
+        f"UPDATE {ctx.rt.fqn(TABLE.name)} SET keep = COALESCE(error IS NULL AND score >= {threshold}, FALSE), "
         f"drop_reason = CASE WHEN error IS NOT NULL OR score IS NULL THEN 'relevance_error' "
         f"WHEN score < {threshold} THEN 'relevance' END"
     ).collect()

@@ -84,7 +84,7 @@ def near_pairs(
     signed = tables.materialize(
         ctx.spark,
         ctx.rt,
-        "pair_signatures",
+        f"{id}_signatures",  # named by the caller's id: the two jobs' dedups never share one
         rows.select(F.col(id).alias("id"), F.col(text).alias("text")).mapInPandas(
             functools.partial(_signatures, num_perm=near.num_perm, bands=near.bands),
             "id string, words array<string>, keys array<bigint>",
@@ -135,7 +135,7 @@ def semantic_pairs(
         embedded = tables.materialize(
             ctx.spark,
             ctx.rt,
-            "pair_embeddings",
+            f"{id}_embeddings",
             rows.select(F.col(id).alias("id"), blocks.alias("block"), F.col(text).alias("text")).mapInPandas(
                 functools.partial(_embed, endpoint=endpoint, teacher=teacher, batch=semantic.batch_size),
                 "id string, block string, vector array<float>",

@@ -45,7 +45,7 @@ class RelevanceConfig(LLMStageConfig):
 
 class ReverseQuestions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    questions: list[str] = Field(description="Questions this answer answers")
+    questions: list[str] = Field(min_length=1, description="Questions this answer answers")
 
 
 TABLE = tables.verdict(
@@ -119,7 +119,8 @@ def run(ctx: RunContext) -> StageResult:
         result = llm_stage.run(ctx, step(ctx.cfg, endpoint), answered)
     # The scores are kept; a new threshold applies to every row at once, with no call paid again.
     ctx.spark.sql(
-        f"UPDATE {ctx.rt.fqn(TABLE.name)} SET keep = (error IS NULL AND score >= {relevance.threshold}), "
+        f"UPDATE {ctx.rt.fqn(TABLE.name)} "
+        f"SET keep = COALESCE(error IS NULL AND score >= {relevance.threshold}, FALSE), "
         f"drop_reason = CASE WHEN error IS NOT NULL OR score IS NULL THEN 'relevance_error' "
         f"WHEN score < {relevance.threshold} THEN 'relevance' END"
     ).collect()
