@@ -18,6 +18,8 @@ from lakesynth.errors import StageError
 from lakesynth.stage import RunContext, Stage, StageResult
 
 CHECKS = ("question_verdicts", "pair_verdicts")  # every check's drops: the critic's, then each pair's first
+# The LLM stages whose models the card names (the chat data's, not the function-calling job's).
+MADE_BY = ("questions", "critic", "responses", "judge", "relevance", "leaf_generation", "grounding", "preference")
 
 
 def examples(ctx: RunContext):
@@ -53,7 +55,7 @@ def provenance(ctx: RunContext) -> dict:
     for table in CHECKS:
         for r in ctx.read(table, kept=False).where("NOT keep").groupBy("drop_reason").count().collect():
             dropped[r.drop_reason] = dropped.get(r.drop_reason, 0) + r["count"]
-    return {**exporting.made_by(ctx), "dropped": dict(sorted(dropped.items()))}
+    return {**exporting.made_by(ctx, MADE_BY), "dropped": dict(sorted(dropped.items()))}
 
 
 def card(ctx: RunContext, splits: dict, made: dict, pairs: dict) -> str:

@@ -52,10 +52,12 @@ def config_metadata(name: str, splits, parquet: str) -> str:
     return f"- config_name: {name}\n  data_files:\n{files}"
 
 
-def made_by(ctx) -> dict:
-    """Models and prompt versions per LLM stage (from run_log), the config hash and the run id."""
+def made_by(ctx, stages: tuple[str, ...]) -> dict:
+    """Models and prompt versions of `stages` (those of the job that made the data, from run_log: both jobs may
+    log to one schema), the config hash and the run id."""
     cfg = ctx.cfg
     runs = ctx.read("run_log").where(F.col("model").isNotNull() & (F.col("status") == "ok"))
+    runs = runs.where(F.col("stage").isin(list(stages)))
     found: dict[str, dict[str, set]] = {}
     for r in runs.select("stage", "model", "prompt_version").distinct().collect():
         found.setdefault(r.stage, {"models": set(), "prompt_versions": set()})

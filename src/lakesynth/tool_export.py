@@ -1,7 +1,7 @@
 """Tool export stage: the function-calling job's kept pairs as a Hugging Face `datasets` folder and Parquet, with
 a dataset card, as `export` does for chat data (off unless `export.enabled`; same settings, same Hub push).
 
-`<volume>/export/<run_id>/`: `tools/` (`DatasetDict.save_to_disk`, one split per split of `training_tools`) and
+`<volume>/export/<run_id>-tools/`: `tools/` (`DatasetDict.save_to_disk`, one split per split of `training_tools`) and
 `parquet/tools/<split>.parquet`, in the layout of Salesforce's xlam-function-calling-60k (APIGen's dataset): `query`,
 `answers` (the calls as JSON text, `[{"name", "arguments"}]`) and `tools` (the functions offered, as JSON text), with
 `example_id`, `source_id` (the input line or generation request), `function` and `category`. JSON text, as there,
@@ -21,6 +21,7 @@ from lakesynth.errors import StageError
 from lakesynth.stage import RunContext, Stage, StageResult
 
 CONFIG = "tools"  # the dataset config's name: beside the chat data's `default` in one Hub repo
+MADE_BY = ("call_generation", "call_semantic", "call_relevance")  # the LLM stages whose models the card names
 
 
 def pairs(ctx: RunContext) -> dict:
@@ -103,13 +104,13 @@ def run(ctx: RunContext) -> StageResult:
     splits = pairs(ctx)
     if not splits:
         raise StageError("tool_export: training_tools has no examples; run the tool_format stage first")
-    folder = Path(ctx.rt.files_dir(f"export/{ctx.cfg.run_id}"))
+    folder = Path(ctx.rt.files_dir(f"export/{ctx.cfg.run_id}-tools"))  # its own card, beside the chat export's
     dataset = exporting.write_config(folder, CONFIG, splits, CONFIG)
     dropped = {
         r.drop_reason: r["count"]
         for r in ctx.read("call_verdicts", kept=False).where("NOT keep").groupBy("drop_reason").count().collect()
     }
-    made = {**exporting.made_by(ctx), "dropped": dict(sorted(dropped.items()))}
+    made = {**exporting.made_by(ctx, MADE_BY), "dropped": dict(sorted(dropped.items()))}
     (folder / "README.md").write_text(card(ctx, splits, made), encoding="utf-8")
     (folder / "provenance.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
     metrics = {f"{s}_pairs": len(r) for s, r in sorted(splits.items())}
