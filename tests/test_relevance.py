@@ -34,3 +34,9 @@ def test_every_answered_pair_gets_a_score_and_a_verdict(spark, llm_cfg, teacher_
     paid = teacher_server.stats.completions
     again = relevance.run(context(_cfg(llm_cfg, teacher_server, threshold=-1.0)))
     assert teacher_server.stats.completions == paid and again.metrics["kept"] == answered
+    # Another embeddings model scores differently: every pair is asked and scored again.
+    other = _cfg(
+        llm_cfg, teacher_server, threshold=-1.0, embeddings={"base_url": teacher_server.base_url, "model": "e2"}
+    )
+    rescored = relevance.run(context(other))
+    assert rescored.metrics["skipped"] == 0 and rescored.rows_out == answered

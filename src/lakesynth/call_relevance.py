@@ -114,6 +114,7 @@ def step(cfg, endpoint: llm.Endpoint) -> LLMStep:
         output=ReverseQueries,
         settings=own,
         template=f"{own.template}|{shared.questions}|{shared.embeddings.model}",  # another count or model: again
+        fingerprint_extra={"embeddings_model": shared.embeddings.model},  # another model: scored again
         prompts=functools.partial(prompts, template=own.template, count=shared.questions),
         rows=functools.partial(
             to_verdict_rows,

@@ -62,6 +62,7 @@ class LLMStep:
         replace_by: a regenerated `key` replaces all of its old rows with the same value of this column.
         metrics: extra summary figures from a chunk's staged rows, summed over chunks.
         json_schema: the schema the endpoint is asked for, when narrower than `output`'s (llm.Call).
+        fingerprint_extra: what else decides a row's result (llm.Call), e.g. the embeddings model that scores it.
     """
 
     name: str
@@ -78,6 +79,7 @@ class LLMStep:
     replace_by: str | None = None
     metrics: Callable[[DataFrame], dict[str, int]] | None = None
     json_schema: dict | None = None
+    fingerprint_extra: dict | None = None
 
     @property
     def prompt_version(self) -> str:
@@ -262,6 +264,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         journal_dir=journal,
         label=step.name,
         json_schema=step.json_schema,
+        fingerprint_extra=step.fingerprint_extra,
     )
 
     def pending(part: DataFrame, *columns: str) -> DataFrame:

@@ -99,6 +99,7 @@ def step(cfg, endpoint: llm.Endpoint) -> LLMStep:
         output=ReverseQuestions,
         settings=r,
         template=f"{r.template}|{r.questions}|{r.embeddings.model}",  # another count or model, another version
+        fingerprint_extra={"embeddings_model": r.embeddings.model},  # another model: scored again
         prompts=functools.partial(prompts, template=r.template, count=r.questions),
         rows=functools.partial(
             to_verdict_rows,

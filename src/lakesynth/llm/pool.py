@@ -117,6 +117,9 @@ class Call:
     # shape depends on its inputs: the generated calls follow the tools' parameters). Replies are still
     # validated by `output`; not strict, as OpenAI's strict mode accepts only a subset of JSON Schema.
     json_schema: dict | None = None
+    # What else decides a row's result though the endpoint never sees it (the embeddings model that scores the
+    # reply): part of the fingerprint, so changing it asks again.
+    fingerprint_extra: dict | None = None
 
     @functools.cached_property
     def schema(self) -> dict:
@@ -138,6 +141,8 @@ class Call:
     @functools.cached_property
     def _fingerprint_prefix(self) -> bytes:
         fixed = {"model": self.endpoint.model, "schema": self.schema, "params": self.params}
+        if self.fingerprint_extra:
+            fixed["extra"] = self.fingerprint_extra
         return json.dumps(fixed, sort_keys=True).encode() + b"\x1f"
 
     @functools.cached_property
