@@ -289,14 +289,7 @@ def run(ctx: RunContext) -> StageResult:
             rows=to_rows,
             json_schema=reply_schema(params, category),
         )
-        part = llm_stage.run(ctx, step, source.where(F.col("category") == category))
-        result.rows_in += part.rows_in
-        result.rows_out += part.rows_out
-        result.errors += part.errors
-        for k, v in part.metrics.items():
-            if isinstance(v, int | float):
-                result.metrics[k] = result.metrics.get(k, 0) + v
-        result.model, result.prompt_version = part.model, part.prompt_version
+        result.add(llm_stage.run(ctx, step, source.where(F.col("category") == category)))
     result.metrics["requests_per_category"] = dict(sorted(collections.Counter(r["category"] for r in planned).items()))
     result.metrics["tools_without_seeds"] = sorted(n for n in specs if not seeds.get(n))
     return result

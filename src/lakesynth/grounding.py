@@ -167,14 +167,7 @@ def run(ctx: RunContext) -> StageResult:
     modes = [r._mode for r in pairs.select("_mode").distinct().collect()]
     result = StageResult(tables=[TABLE])
     for mode in [m for m in APPLIES if m in modes]:
-        part = llm_stage.run(ctx, step(cfg, mode), pairs.where(F.col("_mode") == mode))
-        result.rows_in += part.rows_in
-        result.rows_out += part.rows_out
-        result.errors += part.errors
-        for k, v in part.metrics.items():
-            if isinstance(v, int | float):
-                result.metrics[k] = result.metrics.get(k, 0) + v
-        result.model, result.prompt_version = part.model, part.prompt_version
+        result.add(llm_stage.run(ctx, step(cfg, mode), pairs.where(F.col("_mode") == mode)))
     # The scores are kept; a new min_score applies to every row at once, with no call paid again.
     m = g.min_score
     first_failed = " ".join(f"WHEN {name} < {m} THEN 'grounding:{name}'" for name in CRITERIA)

@@ -326,14 +326,7 @@ def run(ctx: RunContext) -> StageResult:
     if whole:  # the table holds the plan's requests only: a smaller per_leaf or a removed leaf leaves no stale pair
         result.metrics["deleted"] = tables.delete_absent(ctx.spark, ctx.rt, TABLE, "pair_id", source.select("pair_id"))
     for m in [m for m in MODES if any(r["mode"] == m for r in planned)]:
-        part = llm_stage.run(ctx, step(cfg.taxonomy.generation, m), source.where(F.col("mode") == m))
-        result.rows_in += part.rows_in
-        result.rows_out += part.rows_out
-        result.errors += part.errors
-        for k, v in part.metrics.items():
-            if isinstance(v, int | float):
-                result.metrics[k] = result.metrics.get(k, 0) + v
-        result.model, result.prompt_version = part.model, part.prompt_version
+        result.add(llm_stage.run(ctx, step(cfg.taxonomy.generation, m), source.where(F.col("mode") == m)))
     result.metrics["leaves"] = len({r["leaf"] for r in planned})
     result.metrics["requests_per_mode"] = {m: sum(r["mode"] == m for r in planned) for m in MODES}
     if not whole:

@@ -31,6 +31,17 @@ class StageResult:
     model: str | None = None  # an LLM stage's model and prompt version, for the run log
     prompt_version: str | None = None
 
+    def add(self, part: StageResult) -> None:
+        """Fold in one part of the stage's work (an LLM loop run once per category or mode): counts and numeric
+        metrics summed, the model and prompt version those of the last part."""
+        self.rows_in += part.rows_in
+        self.rows_out += part.rows_out
+        self.errors += part.errors
+        for k, v in part.metrics.items():
+            if isinstance(v, int | float):
+                self.metrics[k] = self.metrics.get(k, 0) + v
+        self.model, self.prompt_version = part.model, part.prompt_version
+
     def line(self, stage: str, seconds: float) -> str:
         extra = "".join(f", {k} {v}" for k, v in self.metrics.items())
         return f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
