@@ -11,8 +11,6 @@ with the drop reasons of their pairs.
 
 from __future__ import annotations
 
-import time
-
 from pyspark.sql import functions as F
 
 from lakesynth.stage import RunContext, Stage, StageResult
@@ -56,21 +54,13 @@ def run(ctx: RunContext) -> StageResult:
         return StageResult(metrics={"disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"})
     if not t.per_leaf:
         return StageResult(metrics={"disabled": "taxonomy.per_leaf is 0"})
-    from lakesynth import registry  # the stages of a round, by name: a stage never imports another
-
-    stages = registry.default_stages()
     before = kept_per_leaf(ctx)
     kept, rounds, paid = before, 0, 0
     missing = shortfall(kept, t.per_leaf)
     while missing and rounds < t.max_rounds:
         rounds += 1
         print(f"leaf_topup: round {rounds}: {len(missing)} leaf/leaves short of {t.per_leaf}", flush=True)
-        round_ctx = ctx.for_topup(missing)
-        for name in ROUND:
-            started = time.monotonic()
-            result = stages[name].run(round_ctx)
-            print("  " + result.line(f"{name} (round {rounds})", time.monotonic() - started), flush=True)
-            paid += result.rows_out if name == "leaf_generation" else 0
+        paid += ctx.topup_round(ROUND, missing, rounds)["leaf_generation"].rows_out
         kept = kept_per_leaf(ctx)
         missing = shortfall(kept, t.per_leaf)
     return StageResult(

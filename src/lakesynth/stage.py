@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,18 @@ class RunContext:
         round_ctx = copy.copy(self)
         round_ctx.topup = missing
         return round_ctx
+
+    def topup_round(self, names: tuple[str, ...], missing: dict[str, int], number: int) -> dict[str, StageResult]:
+        """Run the stages `names`, in order, as top-up round `number` for `missing` (for_topup), each printing its
+        line as the runner does; their results by name. A stage runs others by name: it never imports them."""
+        from lakesynth import registry
+
+        stages, round_ctx, results = registry.default_stages(), self.for_topup(missing), {}
+        for name in names:
+            started = time.monotonic()
+            results[name] = stages[name].run(round_ctx)
+            print("  " + results[name].line(f"{name} (round {number})", time.monotonic() - started), flush=True)
+        return results
 
     def with_settings(self, overrides: list[str]) -> RunContext:
         """This context (same engine, endpoints and contracts) with a task's fixed `--set` overrides applied."""

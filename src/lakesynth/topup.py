@@ -9,8 +9,6 @@ drop reasons of their pairs.
 
 from __future__ import annotations
 
-import time
-
 from pydantic import Field
 from pyspark.sql import functions as F
 
@@ -55,20 +53,12 @@ def run(ctx: RunContext) -> StageResult:
         return StageResult(metrics={"disabled": "quality.target_per_seed is 0"})
     if ctx.cfg.seeds.pairs:
         return StageResult(metrics={"disabled": "seeds.pairs: your own pairs are not added to"})
-    from lakesynth import registry  # the stages of a round, by name: a stage never imports another
-
-    stages = registry.default_stages()
     missing = shortfall(ctx, quality.target_per_seed)
     before, rounds, paid = len(missing), 0, 0
     while missing and rounds < quality.max_rounds:
         rounds += 1
         print(f"topup: round {rounds}: {len(missing)} seed(s) short of {quality.target_per_seed}", flush=True)
-        round_ctx = ctx.for_topup(missing)
-        for name in ROUND:
-            started = time.monotonic()
-            result = stages[name].run(round_ctx)
-            print("  " + result.line(f"{name} (round {rounds})", time.monotonic() - started), flush=True)
-            paid += result.rows_out if name == "questions" else 0
+        paid += ctx.topup_round(ROUND, missing, rounds)["questions"].rows_out
         missing = shortfall(ctx, quality.target_per_seed)
     seeds = ctx.read("seed_questions").count()
     return StageResult(
