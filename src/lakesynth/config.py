@@ -48,6 +48,13 @@ def base_dir(info: ValidationInfo) -> Path:
     return Path((info.context or {}).get("base_dir", "."))
 
 
+def resolve_path(value: str, info: ValidationInfo) -> str:
+    """A path the config names, made absolute against the config file's folder; empty, absolute or a URL as given."""
+    if not value or "://" in value or Path(value).is_absolute():
+        return value
+    return str((base_dir(info) / value).resolve())
+
+
 def read_text(path: str, info: ValidationInfo, key: str) -> str:
     file = Path(path) if Path(path).is_absolute() else base_dir(info) / path
     try:

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth import tables
-from lakesynth.config import Section, base_dir
+from lakesynth.config import Section, resolve_path
 from lakesynth.errors import SeedError
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import B, S
@@ -45,9 +45,7 @@ class SeedsConfig(Section):
     @field_validator("path", "pairs")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
-        if not value or value.startswith("table:") or "://" in value or Path(value).is_absolute():
-            return value
-        return str((base_dir(info) / value).resolve())
+        return value if value.startswith("table:") else resolve_path(value, info)
 
 
 TABLE = tables.contract(

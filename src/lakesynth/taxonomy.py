@@ -64,7 +64,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth import tables
-from lakesynth.config import Section, base_dir
+from lakesynth.config import Section, resolve_path
 from lakesynth.document_paths import resolve
 from lakesynth.errors import SeedError
 from lakesynth.stage import RunContext, Stage, StageResult
@@ -424,9 +424,7 @@ class TaxonomyConfig(Section):
     @field_validator("path", "topics", "examples", "requirements")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
-        if not value or "://" in value or Path(value).is_absolute():
-            return value
-        return str((base_dir(info) / value).resolve())
+        return resolve_path(value, info)
 
     @model_validator(mode="after")
     def _one_form(self) -> TaxonomyConfig:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pyspark.sql import functions as F
 
 from lakesynth import tables, toolspec
-from lakesynth.config import Section, base_dir
+from lakesynth.config import Section, resolve_path
 from lakesynth.errors import SeedError, StageSkipped
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import B, S
@@ -34,9 +34,7 @@ class ToolsConfig(Section):
     @field_validator("spec", "functions", "calls", "seeds")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
-        if not value or Path(value).is_absolute():
-            return value
-        return str((base_dir(info) / value).resolve())
+        return resolve_path(value, info)
 
 
 TABLE = tables.contract(
