@@ -60,19 +60,13 @@ TABLE = tables.contract(
 EXPORT_FORMAT = "databricks"
 
 
-def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
-    """One `chat` example per answered response, with `messages` as examples.MESSAGES."""
-    turns = examples.prompt_turns(F.col("question"), system_prompt) + [
-        examples.message_column("assistant", F.col("answer"))
-    ]
-    answered = responses.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
+def chat_examples(rows: DataFrame, ids: list, asked, *, system_prompt: str | None) -> DataFrame:
+    """One `chat` example per answered row (`answer` set, no `error`): `ids` first (example_id, question_id,
+    seed_id, topic, leaf, chunk_id), then the turns (system, the user's `asked`, the assistant's `answer`)."""
+    turns = examples.prompt_turns(asked, system_prompt) + [examples.message_column("assistant", F.col("answer"))]
+    answered = rows.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
     return answered.select(
-        F.col("question_id").alias("example_id"),
-        "question_id",
-        "seed_id",
-        "topic",
-        F.lit(None).cast("string").alias("leaf"),
-        F.lit(None).cast("string").alias("chunk_id"),
+        *ids,
         F.col("question").alias(SPLIT_TEXT),
         F.lit("chat").alias("shape"),
         F.array(*turns).cast(examples.MESSAGES).alias("messages"),
@@ -80,6 +74,14 @@ def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFram
         F.lit(None).cast(examples.MESSAGES).alias("chosen"),
         F.lit(None).cast(examples.MESSAGES).alias("rejected"),
     )
+
+
+def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFrame:
+    """One `chat` example per answered response, with `messages` as examples.MESSAGES."""
+    none = F.lit(None).cast("string")
+    ids = [F.col("question_id").alias("example_id"), "question_id", "seed_id", "topic"]
+    ids += [none.alias("leaf"), none.alias("chunk_id")]
+    return chat_examples(responses, ids, F.col("question"), system_prompt=system_prompt)
 
 
 CONTEXT_SEPARATOR = "\n\n"  # between a knowledge example's context and its question, in the user turn
@@ -91,22 +93,9 @@ def leaf_chat_rows(pairs: DataFrame, *, system_prompt: str | None, with_context:
     if with_context:
         asked = F.when(F.col("context").isNotNull(), F.concat(F.col("context"), F.lit(CONTEXT_SEPARATOR), asked))
         asked = asked.otherwise(F.col("question"))
-    turns = examples.prompt_turns(asked, system_prompt) + [examples.message_column("assistant", F.col("answer"))]
-    answered = pairs.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
-    return answered.select(
-        F.col("pair_id").alias("example_id"),
-        F.col("pair_id").alias("question_id"),
-        F.lit(None).cast("string").alias("seed_id"),
-        F.col("leaf").alias("topic"),
-        "leaf",
-        "chunk_id",
-        F.col("question").alias(SPLIT_TEXT),
-        F.lit("chat").alias("shape"),
-        F.array(*turns).cast(examples.MESSAGES).alias("messages"),
-        F.lit(None).cast("string").alias("tools"),
-        F.lit(None).cast(examples.MESSAGES).alias("chosen"),
-        F.lit(None).cast(examples.MESSAGES).alias("rejected"),
-    )
+    ids = [F.col("pair_id").alias("example_id"), F.col("pair_id").alias("question_id")]
+    ids += [F.lit(None).cast("string").alias("seed_id"), F.col("leaf").alias("topic"), "leaf", "chunk_id"]
+    return chat_examples(pairs, ids, asked, system_prompt=system_prompt)
 
 
 def files_dir(rt: Runtime) -> str:
