@@ -190,6 +190,63 @@ def _helper(x):
     assert not validator.is_valid({"account": "savings", "months": 3, "period": {"end": "2026-01-01"}})
 
 
+TYPED_TOOLS = '''
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Money(BaseModel):
+    amount: float
+    currency: Literal["EUR", "GBP", "USD"] = "EUR"
+
+
+class Step(BaseModel):
+    when: str
+    payment: Money
+    note: Optional[str] = None
+
+
+def change_plan(
+    plan: Literal["basic", "premium"],
+    steps: list[Step],
+    reason: Optional[str] = None,
+    months: Annotated[int, Field(ge=1, le=36)] = 12,
+) -> str:
+    """Change a customer's payment plan.
+
+    Args:
+        plan: The plan to move to.
+        steps: The payments of the new plan, in order.
+    """
+    return plan
+'''
+
+
+def test_postponed_annotations_give_the_same_specs(tmp_path):
+    """`from __future__ import annotations` turns every hint into a string: the spec must not change."""
+    plain = write(tmp_path / "plain.py", TYPED_TOOLS)
+    postponed = write(tmp_path / "postponed.py", "from __future__ import annotations\n" + TYPED_TOOLS)
+    specs = toolspec.derive_spec(str(plain))
+    assert toolspec.derive_spec(str(postponed)) == specs
+    parameters = specs[0]["function"]["parameters"]
+    assert parameters["properties"]["plan"]["enum"] == ["basic", "premium"]
+    assert parameters["properties"]["plan"]["description"] == "The plan to move to."
+    assert parameters["properties"]["months"]["maximum"] == 36 and parameters["required"] == ["plan", "steps"]
+    assert {"Money", "Step"} <= set(parameters["$defs"])
+    assert parameters["$defs"]["Money"]["properties"]["currency"]["enum"] == ["EUR", "GBP", "USD"]
+
+
+def test_a_postponed_hint_that_names_nothing_is_named(tmp_path):
+    module = write(
+        tmp_path / "hidden.py",
+        "from __future__ import annotations\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+        "    from decimal import Decimal\n\n\ndef refund(amount: Decimal) -> None:\n    '''Refund.'''\n",
+    )
+    with pytest.raises(SeedError, match=r"hidden.py: function refund: a type hint cannot be evaluated: NameError"):
+        toolspec.derive_spec(str(module))
+
+
 def test_bad_specs_are_named_and_nothing_is_written(spark, cfg, tmp_path):
     untyped = write(tmp_path / "untyped.py", "def refund(amount: float, reason):\n    '''Refund.'''\n")
     with pytest.raises(SeedError, match=r"function refund: parameter 'reason' has no type hint"):

@@ -3,11 +3,12 @@
 A spec file is what OpenAI's API takes: a list of tools, `{"tools": [...]}` or `{"functions": [...]}`, each tool
 `{"type": "function", "function": {"name", "description", "parameters"}}` or the bare (legacy) function. Its
 `parameters` must be a valid JSON Schema (Draft 2020-12) of an object. A Python module gives the spec of each of
-its public functions from their type hints (through pydantic, as `TypeAdapter` reads them) and docstrings
-(Google style `Args:`); a parameter without a type hint is an error. Calls come as the APIGen seed format
-(`{"function_name", "arguments": {...}}`) or as OpenAI `tool_calls` (`{"function": {"name", "arguments": "<JSON>"}}`)
-and are kept as `[{"name", "arguments"}]`. A JSONL of such pairs (`--calls`, `--seeds`) is read by `read_pairs`, and
-`call_issues` checks calls against the tools' JSON Schemas.
+its public functions from their type hints (through pydantic, as `TypeAdapter` reads them; hints written as strings,
+as `from __future__ import annotations` leaves them, are evaluated in the module first) and docstrings (Google
+style `Args:`); a parameter without a type hint, or one whose hint names nothing the module defines, is an error.
+Calls come as the APIGen seed format (`{"function_name", "arguments": {...}}`) or as OpenAI `tool_calls`
+(`{"function": {"name", "arguments": "<JSON>"}}`) and are kept as `[{"name", "arguments"}]`. A JSONL of such pairs
+(`--calls`, `--seeds`) is read by `read_pairs`, and `call_issues` checks calls against the tools' JSON Schemas.
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def derive_spec(path: str) -> list[dict]:
 def _derived(fn, where: str) -> dict:
     from pydantic import create_model
 
-    signature = inspect.signature(fn)
+    try:  # a module with `from __future__ import annotations` holds its hints as strings: evaluate them
+        signature = inspect.signature(fn, eval_str=True)
+    except Exception as exc:  # noqa: BLE001 - a hint naming what the module does not define at run time
+        raise SeedError(f"{where}: a type hint cannot be evaluated: {type(exc).__name__}: {exc}") from None
     fields, docs = {}, _arg_docs(inspect.getdoc(fn) or "")
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
