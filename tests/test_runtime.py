@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+
+from conftest import ROOT
 
 from lakesynth.runtime import Runtime
 
@@ -39,3 +44,19 @@ def test_another_volume_moves_the_files(cfg):
     )
     on_databricks = Runtime.resolve(other, environ={"DATABRICKS_RUNTIME_VERSION": "17.3"})
     assert on_databricks.files_dir("training_chat") == f"/Volumes/main/{cfg.schema_}/other/training_chat"
+
+
+def test_the_embedded_engine_starts_under_a_main_with_no_file(tmp_path):
+    """`python -c`, a script piped to python and some launchers run code in a `__main__` with neither a file nor a
+    spec, which pyspark's Connect client took for its own doctest run (then asked for SPARK_HOME). From this suite's
+    own environment (.venv), in a folder outside the repository, as a user would call it."""
+    seeds = (ROOT / "conf" / "bank" / "seeds.csv").read_text().splitlines()[:4]
+    (tmp_path / "my.csv").write_text("\n".join(seeds) + "\n")
+    call = "import sys; sys.argv=['lakesynth','seed','--seeds','my.csv']; from lakesynth.cli import main; main()"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKESYNTH_", "SPARK_", "DATABRICKS_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", call], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SPARK_HOME" not in done.stderr and "seed: ok, 3 in, 3 out" in done.stdout + done.stderr
+    assert list((tmp_path / ".lakesynth" / "warehouse").glob("*/*/seed_questions/_delta_log"))

@@ -8,9 +8,11 @@ run is found again by the next.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,9 +28,21 @@ def get_spark(rt: Runtime) -> SparkSession:
     """The session every stage uses; one embedded server per process and warehouse."""
     if rt.databricks:
         return SparkSession.builder.getOrCreate()
+    _give_main_a_spec()
     if rt.spark_remote:
         return _remote(rt.spark_remote, rt.warehouse)
     return _embedded(rt.warehouse)
+
+
+def _give_main_a_spec() -> None:
+    """pyspark's Connect client takes a `__main__` with neither a file nor a spec for its own doctest run, and then
+    looks for a Spark installation (SPARK_HOME) that pyspark-client never has: so `python -c`, a script piped to
+    `python`, and any launcher that runs code in a bare `__main__` stopped before the engine started. Such a
+    `__main__` gets the spec `python -m` gives one; multiprocessing's spawned children skip a main named `__main__`,
+    as they skipped one without a file, so nothing else changes."""
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+        main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
 
 
 @functools.cache
