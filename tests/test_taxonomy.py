@@ -70,7 +70,7 @@ def _broken_tree(tmp_path: Path) -> Path:
     del data["seed_examples"][2]["answer"]
     freeform.write_text(yaml.safe_dump(data))
     grounded = root / GROUNDED / "qna.yaml"
-    grounded.write_text(grounded.read_text().replace("version: 3", "version: 2"))
+    grounded.write_text(grounded.read_text().replace("version: 3", "version: 4"))
     knowledge = root / KNOWLEDGE / "qna.yaml"
     knowledge.write_text(knowledge.read_text().replace("domain: Biology", "domain: [Biology\n  bad: :"))
     return root
@@ -82,7 +82,7 @@ def test_broken_files_are_all_named_with_their_field_and_nothing_is_read(tmp_pat
     message = str(caught.value)
     assert "3 problem(s)" in message
     assert f"{FREEFORM}/qna.yaml: seed_examples.2.answer: Field required" in message
-    assert f"{GROUNDED}/qna.yaml: version: must be 3, got 2" in message
+    assert f"{GROUNDED}/qna.yaml: version: 4 is not a qna.yaml version" in message
     assert f"{KNOWLEDGE}/qna.yaml: not valid YAML at line 3" in message
 
 
@@ -90,8 +90,9 @@ def test_broken_files_are_all_named_with_their_field_and_nothing_is_read(tmp_pat
     "edit, expected",
     [
         (lambda d: d.pop("created_by"), "created_by: Field required"),
-        (lambda d: d.pop("version"), "version: Field required"),
-        (lambda d: d.update(version="3"), "version: must be 3, got '3'"),
+        (lambda d: d.update(version=4), "version: 4 is not a qna.yaml version: instructlab-schema has 1, 2 and 3"),
+        (lambda d: d.update(version="3"), "version: must be an integer, 1, 2 or 3 (a file without version is"),
+        (lambda d: d.update(version=True), "version: must be an integer, 1, 2 or 3"),
         (lambda d: d["seed_examples"].pop(), "seed_examples: List should have at least 5 items"),
         (
             lambda d: d["seed_examples"][1].update(question=42),
@@ -156,6 +157,79 @@ def test_outside_the_known_folders_the_fields_decide_the_kind(tmp_path):
     shutil.copy(FIXTURE / FREEFORM / "qna.yaml", root / "custom" / "jargon" / "qna.yaml")
     kinds = {row["leaf"]: row["kind"] for row in read_taxonomy(root).leaves}
     assert kinds == {"custom/lichens": "knowledge", "custom/jargon": "skill"}
+
+
+PUBLISHED = Path(__file__).parent / "fixtures" / "taxonomy_published"
+COMMON_SENSE = "foundational_skills/reasoning/common_sense_reasoning"
+ODD_ONE_OUT = "foundational_skills/reasoning/linguistics_reasoning/odd_one_out"
+LOWER_WINS = "foundational_skills/reasoning/unconventional_reasoning/lower_score_wins"
+KNOWLEDGE_V3 = "version: knowledge is read as version 3 only"
+
+
+def test_a_published_tree_is_read_whole_each_file_as_its_own_version():
+    """As instructlab/taxonomy holds them: version-less foundational_skills leaves (version 1, as InstructLab's parser
+    reads a file without `version`) beside version 3 skills and knowledge, and a version 2 skill."""
+    taxonomy = read_taxonomy(PUBLISHED)
+    leaves = {row["leaf"]: row for row in taxonomy.leaves}
+    assert sorted(leaves) == sorted([COMMON_SENSE, ODD_ONE_OUT, LOWER_WINS, FREEFORM, GROUNDED, KNOWLEDGE])
+    common = leaves[COMMON_SENSE]
+    assert (common["kind"], common["grounded"], common["description"]) == ("skill", False, "Common sense reasoning")
+    assert common["created_by"] == "lakesynth-tests" and common["source"] == f"{COMMON_SENSE}/qna.yaml"
+    assert (leaves[LOWER_WINS]["kind"], leaves[LOWER_WINS]["grounded"]) == ("skill", True)
+    assert leaves[ODD_ONE_OUT]["description"] == ""  # version 1 lets task_description be empty
+    assert (leaves[GROUNDED]["kind"], leaves[KNOWLEDGE]["kind"]) == ("skill", "knowledge")
+    by_leaf = {leaf: [e for e in taxonomy.examples if e["leaf"] == leaf] for leaf in leaves}
+    assert len(by_leaf[COMMON_SENSE]) == 3  # version 1 needs 1+ seed examples, not 5+
+    odd = by_leaf[ODD_ONE_OUT]  # version 1 has no uniqueItems: its repeated fourth example is read once
+    assert [(e["index"], e["seed_index"]) for e in odd] == [(0, 0), (1, 1), (2, 2)]
+    assert by_leaf[LOWER_WINS][0]["context"].startswith("In golf")
+    assert (len(by_leaf[GROUNDED]), len(by_leaf[FREEFORM]), len(by_leaf[KNOWLEDGE])) == (5, 5, 15)
+    assert len({e["example_id"] for e in taxonomy.examples}) == len(taxonomy.examples) == 33
+
+
+def _edited(tmp_path: Path, leaf: str, edit) -> Path:
+    root = tmp_path / "tree"
+    shutil.copytree(PUBLISHED, root)
+    file = root / leaf / "qna.yaml"
+    data = yaml.safe_load(file.read_text())
+    edit(data)
+    file.write_text(yaml.safe_dump(data))
+    return root
+
+
+@pytest.mark.parametrize(
+    "leaf, edit, expected",
+    [
+        # What version 1 allows, its later versions do not: the same file, declared version 2 or 3.
+        (ODD_ONE_OUT, lambda d: d.update(version=3), ["task_description: String should have at least 1 character",
+                                                     "seed_examples: List should have at least 5 items"]),
+        (COMMON_SENSE, lambda d: d.update(version=2), ["seed_examples: List should have at least 5 items"]),
+        # A version 1 file that breaks version 1's own rules.
+        (COMMON_SENSE, lambda d: d.pop("created_by"), ["created_by: Field required"]),
+        (COMMON_SENSE, lambda d: d.update(seed_examples=[]), ["seed_examples: List should have at least 1 item"]),
+        (COMMON_SENSE, lambda d: d["seed_examples"][1].update(answer=" "), ["seed_examples.1.answer: String should"]),
+        (COMMON_SENSE, lambda d: d.update(version=1, attribution="x"), ["attribution: Extra inputs are not permitted"]),
+        (LOWER_WINS, lambda d: d.pop("task_description"), ["task_description: Field required"]),
+        (LOWER_WINS, lambda d: d["seed_examples"][0].update(context=""), ["seed_examples.0.context: String should"]),
+        # Knowledge is version 3 only; the schema deprecates versions 1 and 2 of it.
+        (KNOWLEDGE, lambda d: d.pop("version"), [KNOWLEDGE_V3 + " (instructlab-schema deprecates knowledge of "
+                                                 "versions 1 and 2); this file has no version, so version 1"]),
+        (KNOWLEDGE, lambda d: d.update(version=2), [KNOWLEDGE_V3 + " (instructlab-schema deprecates knowledge of "
+                                                    "versions 1 and 2); this file has version 2"]),
+    ],
+)  # fmt: skip
+def test_each_file_is_checked_against_its_own_version(tmp_path, leaf, edit, expected):
+    with pytest.raises(SeedError) as caught:
+        read_taxonomy(_edited(tmp_path, leaf, edit))
+    message = str(caught.value)
+    assert "nothing was read" in message
+    assert all(f"{leaf}/qna.yaml: {e}" in message for e in expected), message
+
+
+def test_a_file_that_says_version_1_reads_as_one_that_says_none(tmp_path):
+    declared = read_taxonomy(_edited(tmp_path, COMMON_SENSE, lambda d: d.update(version=1)))
+    published = read_taxonomy(PUBLISHED)
+    assert (declared.leaves, declared.examples) == (published.leaves, published.examples)
 
 
 def _template(tmp_path: Path, topics: str, examples: str, requirements: str) -> tuple[Path, Path, Path]:

@@ -1,14 +1,19 @@
 """Seed sources shaped as a tree of leaves: an InstructLab taxonomy, or a Synthetic Data Studio template.
 
-An InstructLab taxonomy is a folder tree whose leaves are `qna.yaml` files of version 3 (the format of
-instructlab/taxonomy and its JSON Schema in instructlab/schema, which the models below follow field for field):
-- a *skill* (under `compositional_skills/` or `foundational_skills/`): `version`, `task_description`, `created_by`
-  and 5+ `seed_examples` of `question` / `answer`, each with an optional `context` (a *grounded* skill has them);
-- a *knowledge* leaf (under `knowledge/`): `version`, `domain`, `created_by`, `document_outline`, 5+
-  `seed_examples` each with a `context` and 3+ `questions_and_answers`, and a `document` (`repo`, `commit`,
-  `patterns`; the schema also allows a local `folder`).
+An InstructLab taxonomy is a folder tree whose leaves are `qna.yaml` files (the format of instructlab/taxonomy and
+its JSON Schemas in instructlab/schema, which the models below follow field for field). Each file is read as the
+version it declares, and checked against that version's schema, as InstructLab's own parser does
+(`TaxonomyParser(schema_version=0)`, which InstructLab SDG uses): a file without `version` is version 1, as every
+leaf of instructlab/taxonomy's `foundational_skills/` is.
+- a *skill* (under `compositional_skills/` or `foundational_skills/`), versions 2 and 3: `task_description`,
+  `created_by` and 5+ distinct `seed_examples` of `question` / `answer`, each with an optional `context` (a
+  *grounded* skill has them); version 1: the same keys, but 1+ `seed_examples` that may repeat (a repeat is read
+  once) and a `task_description` that may be empty;
+- a *knowledge* leaf (under `knowledge/`), version 3 only (the schema deprecates knowledge of versions 1 and 2):
+  `domain`, `created_by`, `document_outline`, 5+ `seed_examples` each with a `context` and 3+
+  `questions_and_answers`, and a `document` (`repo`, `commit`, `patterns`; the schema also allows a local `folder`).
 Any other key is an error, as in the schema (`attribution.txt` is a file beside `qna.yaml`, not a key), and so is a
-repeated seed example (the schema's `uniqueItems`). A leaf under another top folder is a skill or knowledge by its
+repeated seed example where the version's schema says `uniqueItems`. A leaf under another top folder is a skill or knowledge by its
 fields (a `document` makes it knowledge), as InstructLab decides. Reading is all-or-nothing: every problem in every
 file is collected and raised once, as a SeedError naming the file and the field path (list items from 0, as in the
 YAML paths InstructLab prints): `compositional_skills/x/qna.yaml: seed_examples.2.answer: Field required`.
@@ -70,7 +75,8 @@ from lakesynth.errors import SeedError
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import INT, B, S
 
-VERSION = 3
+VERSIONS = (1, 2, 3)  # instructlab-schema's versions; a file without `version` is version 1
+KNOWLEDGE_VERSION = 3  # the schema deprecates knowledge of versions 1 and 2
 SKILL_FOLDERS = ("compositional_skills", "foundational_skills")
 KNOWLEDGE_FOLDERS = ("knowledge",)
 LEAF_FILE = "qna.yaml"
@@ -106,8 +112,19 @@ class SkillExample(_Strict):
     context: Text | None = None
 
 
+class SkillLeafV1(_Strict):
+    """Version 1 (a file with no `version`): 1+ seed examples, repeats allowed, `task_description` may be empty."""
+
+    version: Literal[1] = 1
+    task_description: Annotated[str, StringConstraints(strip_whitespace=True)]
+    created_by: Text
+    seed_examples: list[SkillExample] = Field(min_length=1)
+
+
 class SkillLeaf(_Strict):
-    version: Literal[3]
+    """Versions 2 and 3, whose skill schemas are the same."""
+
+    version: Literal[2, 3]
     task_description: Text
     created_by: Text
     seed_examples: list[SkillExample] = Field(min_length=5)
@@ -200,19 +217,37 @@ def _read_leaf(file: Path, source: str) -> tuple[dict, list[dict]] | list[str]:
         return [f"{source}: not valid YAML{at}: {problem}"]
     if not isinstance(data, dict):
         return [f"{source}: (root): expected a mapping of fields, got {_type(data)}"]
-    if "version" not in data:
-        return [f"{source}: version: Field required (lakesynth reads qna.yaml version {VERSION})"]
-    if data["version"] != VERSION or isinstance(data["version"], bool):
-        return [f"{source}: version: must be {VERSION}, got {data['version']!r} (only version {VERSION} is read)"]
+    version, problem = _version(data)
+    if problem:
+        return [f"{source}: version: {problem}"]
     kind, mismatch = _kind(leaf, data)
     if mismatch:
         return [f"{source}: (root): {mismatch}"]
-    model = KnowledgeLeaf if kind == "knowledge" else SkillLeaf
+    if kind == "knowledge" and version != KNOWLEDGE_VERSION:
+        has = f"version {version}" if "version" in data else "no version, so version 1"
+        deprecated = "instructlab-schema deprecates knowledge of versions 1 and 2"
+        return [
+            f"{source}: version: knowledge is read as version {KNOWLEDGE_VERSION} only ({deprecated}); this file has {has}"
+        ]
+    model = KnowledgeLeaf if kind == "knowledge" else SkillLeafV1 if version == 1 else SkillLeaf
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
         return [f"{source}: {_loc(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
     return _rows(parsed, leaf, source)
+
+
+def _version(data: dict) -> tuple[int, str | None]:
+    """The version whose schema the file is checked against, as InstructLab's parser reads it (none is 1), or the
+    problem with the one it declares."""
+    if "version" not in data:
+        return 1, None
+    value = data["version"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0, f"must be an integer, 1, 2 or 3 (a file without version is version 1), got {value!r}"
+    if value not in VERSIONS:
+        return 0, f"{value} is not a qna.yaml version: instructlab-schema has 1, 2 and 3 (none means 1)"
+    return value, None
 
 
 def _kind(leaf: str, data: dict) -> tuple[str, str | None]:
@@ -232,11 +267,15 @@ def _kind(leaf: str, data: dict) -> tuple[str, str | None]:
     return ("knowledge" if knowledge_fields else "skill"), None  # as InstructLab decides outside its folders
 
 
-def _rows(parsed: SkillLeaf | KnowledgeLeaf, leaf: str, source: str) -> tuple[dict, list[dict]] | list[str]:
-    problems, seen = [], {}
+def _rows(
+    parsed: SkillLeafV1 | SkillLeaf | KnowledgeLeaf, leaf: str, source: str
+) -> tuple[dict, list[dict]] | list[str]:
+    problems, seen, repeats = [], {}, set()
     for i, item in enumerate(parsed.seed_examples):
         key = item.model_dump_json()
-        if key in seen:
+        if key in seen and isinstance(parsed, SkillLeafV1):
+            repeats.add(i)  # version 1 has no uniqueItems: InstructLab reads the file, and the example counts once
+        elif key in seen:
             problems.append(f"{source}: seed_examples.{i}: repeats seed_examples.{seen[key]}")
         seen.setdefault(key, i)
         for j, qa in enumerate(getattr(item, "questions_and_answers", [])):
@@ -260,7 +299,8 @@ def _rows(parsed: SkillLeaf | KnowledgeLeaf, leaf: str, source: str) -> tuple[di
         )
     else:
         for i, item in enumerate(parsed.seed_examples):
-            examples.append(_example(leaf, i, i, item.model_dump(exclude_none=True)))
+            if i not in repeats:
+                examples.append(_example(leaf, len(examples), i, item.model_dump(exclude_none=True)))
         grounded = any(item.context for item in parsed.seed_examples)
         row = _leaf_row(leaf, "skill", grounded, parsed.task_description, source, created_by=parsed.created_by)
     ids = [e["example_id"] for e in examples]
@@ -409,7 +449,9 @@ def _lines(file: Path, what: str, problems: list[str]) -> list[tuple[int, str]]:
 class TaxonomyConfig(Section):
     """The taxonomy (`--taxonomy`): an InstructLab tree, or the Synthetic Data Studio template form."""
 
-    path: str = Field("", description="InstructLab taxonomy folder (qna.yaml v3 leaves), relative to the config.")
+    path: str = Field(
+        "", description="InstructLab taxonomy folder (qna.yaml leaves, versions 1-3), relative to the config."
+    )
     topics: str = Field("", description="Template form: seed topics file, one a line (each becomes a leaf).")
     examples: str = Field("", description="Template form: examples file, JSONL of any fields.")
     requirements: str = Field("", description="Template form: requirements text file (every leaf's description).")
