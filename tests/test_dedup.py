@@ -12,12 +12,12 @@ from lakesynth import chat_jsonl, dedup, duplicates, judge, responses, tables
 # (id, question): groups of duplicates, each listed best first, and controls.
 EXACT = [("e1", "How do I block my card?"), ("e2", "how do I  block my card"), ("e3", "How do I block my card ?")]
 NEAR = [
-    # a changed function word; a reordered phrase; a changed content word in a longer question; an added word
+    # a changed function word; a reordered phrase; an added word in a longer question; an added word
     [("n1", "How do I add a second driver to my car insurance policy?"),
      ("n2", "How can I add a second driver to my car insurance policy?"),
      ("n3", "To my car insurance policy, how do I add a second driver?")],
     [("n4", "What documents do I need to open a joint savings account online?"),
-     ("n5", "Which documents do I need to open a joint savings account on the web?")],
+     ("n5", "Which documents do I need to open a joint savings account online today?")],
     [("n6", "How do I report a lost credit card abroad?"),
      ("n7", "How do I report a lost credit card while abroad?")],
 ]  # fmt: skip
@@ -28,6 +28,18 @@ CONTROLS = [
     ("c4", "How much does it cost to insure my motorbike?"),
     ("c5", "How do I increase my card limit?"),
     ("c6", "How do I decrease my card limit?"),
+    # issue 24: another object and a negation, in questions long enough that one word is little of the whole
+    ("c7", "How do I file a claim after a minor car accident with no injuries?"),
+    ("c8", "How do I file a claim after a minor motorbike accident with injuries?"),
+    ("c9", "How do I file a claim after a minor car accident with injuries?"),  # c7 less its "no"; c8's object swapped
+    ("c10", "Can I cancel my credit card online today?"),
+    ("c11", "Can't I cancel my credit card online today?"),
+    ("c12", "Can I travel abroad with my debit card this summer?"),
+    ("c13", "Can I travel abroad without my debit card this summer?"),
+    ("c14", "How do I insure my new car against theft and fire damage?"),
+    ("c15", "How do I insure my new van against theft and fire damage?"),
+    # a synonym is a swapped word too: near dedup keeps it (the semantic check is the one for synonyms)
+    ("c16", "What documents do I need to open a joint savings account on the web?"),
 ]
 WORDS = "mortgage pension overdraft cheque isa bond loan salary branch pin app statement fraud tax crypto gold".split()
 OTHERS = [(f"o{i:02d}", f"What should I know about the {w} product?") for i, w in enumerate(WORDS)]
@@ -60,6 +72,8 @@ def _verdicts(spark, cfg) -> dict:
 
 
 def test_planted_duplicates_are_dropped_and_controls_kept(spark, cfg):
+    """At the default settings (NearDedup's own, whatever the sample config says)."""
+    cfg = cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"dedup": dedup.DedupConfig()})})
     near = [pair for group in NEAR for pair in group]
     planted = EXACT + near + CONTROLS + OTHERS
     _plant(spark, cfg, planted)
@@ -74,7 +88,7 @@ def test_planted_duplicates_are_dropped_and_controls_kept(spark, cfg):
         assert all(
             got[q].drop_reason == "near_duplicate" and got[q].near_group == got[best].near_group for q, _ in rest
         )
-        assert all(got[q].near_similarity >= 0.7 for q, _ in group)
+        assert all(got[q].near_similarity >= dedup.NearDedup().threshold for q, _ in group)
     assert all(got[q].keep and got[q].near_group is None for q, _ in CONTROLS + OTHERS)
     assert result.metrics["kept"] == len(planted) - 2 - 4
     assert result.metrics["dropped"] == {"exact_duplicate": 2, "near_duplicate": 4}
@@ -110,10 +124,30 @@ def test_dedup_can_be_turned_off(spark, cfg):
         ("How do I add a driver?", "How do I remove a driver?", False),
         ("Insure my car", "Insure my motorbike", False),
         ("My cards' limits", "my card limit", True),
+        ("Why can't I pay?", "Why can I not pay?", True),
+        ("Why won\u2019t it pay?", "Why will it not pay?", True),
+        ("A claim with injuries", "A claim with no injuries", False),
     ],
 )
 def test_content_words(a, b, same):
     assert (duplicates.content_words(a) == duplicates.content_words(b)) is same
+
+
+def test_negations_and_a_swapped_object_are_not_near_duplicates_at_the_default_threshold():
+    """The Jaccard figures behind the default: one added word is a duplicate, one swapped word or a negation is not."""
+    threshold = dedup.NearDedup().threshold
+
+    def jaccard(a: str, b: str) -> float:
+        x, y = set(duplicates.content_words(a)), set(duplicates.content_words(b))
+        return len(x & y) / len(x | y)
+
+    controls = dict(CONTROLS)
+    assert jaccard(controls["c8"], controls["c9"]) == 0.75 < threshold  # car / motorbike, 7 content words
+    assert jaccard(controls["c14"], controls["c15"]) == 0.75 < threshold
+    assert jaccard(controls["c7"], controls["c9"]) == 0.875 >= threshold  # alike, but for the negation ...
+    assert duplicates.negations(duplicates.content_words(controls["c7"])) == "no"  # ... which differs
+    assert duplicates.negations(duplicates.content_words(controls["c9"])) == ""
+    assert jaccard(*[q for _, q in NEAR[2]]) >= threshold  # one added word to five
 
 
 def test_semantic_duplicates_by_embeddings_within_a_topic(spark, cfg, teacher_server):

@@ -8,9 +8,12 @@ Format reads only the pairs it keeps.
 - Exact: the same question once normalised (examples.normalized_text).
 - Near: Jaccard similarity of the questions' content words (lower case, no stop words, plural `s` dropped) at
   least `threshold`, found by MinHash + LSH bands on the executors (Sail has no pyspark.ml) and verified
-  exactly. On content words, a changed or added function word or a reordered phrase is a duplicate, while a
-  changed word that carries meaning ("add" / "remove" a driver) drops the similarity of a short question
-  below the threshold. Synonyms are beyond it.
+  exactly. On content words, a changed or added function word or a reordered phrase is a duplicate, and so is
+  one added content word (n of n + 1 words alike: 0.8 and up from 4 words). A swapped word that carries meaning,
+  the action ("add" / "remove" a driver) or its object (a "car" / "motorbike" accident), is not: n - 1 of n + 1
+  words is below the default 0.8 up to 8 content words, which short questions rarely pass. A changed negation
+  ("with" / "with no" injuries, "can" / "can't") never matches. A synonym is a swapped word too, so near dedup
+  leaves it to the semantic check.
 - Semantic (off by default): cosine of the questions' embeddings (an OpenAI-compatible /embeddings endpoint;
   here by default the packaged all-MiniLM-L6-v2) at least `threshold`, within each topic.
 Each group keeps one pair: one that passed the earlier checks, the best judged, then the lowest id. Near and
@@ -39,7 +42,13 @@ class ExactDedup(BaseModel):
 
 class NearDedup(BaseModel):
     enabled: bool = Field(True, description="Drop a question whose content words nearly equal another's.")
-    threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of content words at which two match.")
+    threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of content words at which two match (0.8: one added word matches, one "
+        "swapped word, such as the object of the question, does not, up to 8 content words).",
+    )
     num_perm: int = Field(64, ge=8, le=512, description="MinHash permutations (bands x rows per band).")
     bands: int = Field(16, ge=1, description="LSH bands; more bands find more candidates (verified exactly).")
 

@@ -1,7 +1,9 @@
 """Finding duplicate texts across a table, for the checks that drop them (dedup, call_verdicts).
 
 - Near: Jaccard similarity of the texts' content words (lower case, no stop words, plural `s` dropped) at least
-  `threshold`, found by MinHash + LSH bands on the executors (Sail has no pyspark.ml) and verified exactly.
+  `threshold`, found by MinHash + LSH bands on the executors (Sail has no pyspark.ml) and verified exactly. Negation
+  words (no, not, n't, never, without, nor, none) are content words, and two texts whose negation words differ are
+  never near duplicates: "with injuries" and "with no injuries" ask different things, however alike the rest.
 - Semantic: cosine of the texts' embeddings (an OpenAI-compatible /embeddings endpoint) at least `threshold`,
   within blocks.
 Both return matched pairs of ids; `groups` joins them into connected groups. Rows are named by `id` and `text`
@@ -27,15 +29,30 @@ STOP_WORDS = frozenset(
     "a an the and or but if then so to of in on at by for with from into onto about as is are was were be been "
     "being am do does did doing have has had having i me my mine we our you your he she it its they them their "
     "this that these those there here what which who whom whose when where why how can could would should will "
-    "shall may might must please just also too very any some all each every one no not".split()
+    "shall may might must please just also too very any some all each every one".split()
 )
+# They turn a question into another one, so they are never stop words, and a pair that differs in them never matches.
+NEGATIONS = frozenset({"no", "not", "never", "without", "nor", "none"})
+_CONTRACTED = {"can't": "can", "won't": "will", "shan't": "shall"}  # the rest are the verb and n't: don't, isn't
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
 def content_words(text: str | None) -> list[str]:
-    """The words that carry a question's meaning, as a sorted set: lower case, no stop words, plural `s` off."""
-    words = {w.removesuffix("'s") for w in _WORD.findall((text or "").lower())} - STOP_WORDS
+    """The words that carry a question's meaning, as a sorted set: lower case, no stop words, plural `s` off, and
+    `n't` read as `not` ("can't" is "can not")."""
+    words = set()
+    for word in _WORD.findall((text or "").lower().replace("\u2019", "'")):
+        if word.endswith("n't"):
+            words |= {_CONTRACTED.get(word, word[:-3]), "not"}
+        else:
+            words.add(word.removesuffix("'s"))
+    words -= STOP_WORDS
     return sorted({w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words})
+
+
+def negations(words: list[str]) -> str:
+    """A text's negation words (of its sorted content words), as one string: equal for two texts that may match."""
+    return " ".join(w for w in words if w in NEGATIONS)
 
 
 @functools.cache
@@ -73,21 +90,22 @@ def _signatures(batches: Iterator[pd.DataFrame], *, num_perm: int, bands: int) -
         for batch in batches:
             words = [content_words(q) for q in batch["text"]]
             keys = band_hashes(words, num_perm, bands)
-            yield pd.DataFrame({"id": batch["id"], "words": words, "keys": keys})
+            negated = [negations(w) for w in words]
+            yield pd.DataFrame({"id": batch["id"], "words": words, "negations": negated, "keys": keys})
 
 
 def near_pairs(
     ctx, rows: DataFrame, near, *, id: str = "question_id", text: str = "question"
 ) -> list[tuple[str, str, float]]:
-    """Pairs of rows whose `text` is at least `near.threshold` alike (a NearDedup): candidates from shared LSH
-    bands, then verified exactly."""
+    """Pairs of rows whose `text` is at least `near.threshold` alike (a NearDedup) and negated alike: candidates
+    from shared LSH bands, then verified exactly."""
     signed = tables.materialize(
         ctx.spark,
         ctx.rt,
         f"{id}_signatures",  # named by the caller's id: the two jobs' dedups never share one
         rows.select(F.col(id).alias("id"), F.col(text).alias("text")).mapInPandas(
             functools.partial(_signatures, num_perm=near.num_perm, bands=near.bands),
-            "id string, words array<string>, keys array<bigint>",
+            "id string, words array<string>, negations string, keys array<bigint>",
         ),
     )
     keys = signed.select("id", F.posexplode("keys").alias("band", "key"))
@@ -98,11 +116,12 @@ def near_pairs(
         .select(F.col("l.id").alias("a"), F.col("r.id").alias("b"))
         .distinct()
     )
-    words = signed.select("id", "words")
-    both = candidates.join(words.toDF("a", "words_a"), "a").join(words.toDF("b", "words_b"), "b")
+    words = signed.select("id", "words", "negations")
+    both = candidates.join(words.toDF("a", "words_a", "neg_a"), "a").join(words.toDF("b", "words_b", "neg_b"), "b")
     # Words are sorted sets and never empty here (no words, no keys): the exact Jaccard, in the engine.
     similarity = F.size(F.array_intersect("words_a", "words_b")) / F.size(F.array_union("words_a", "words_b"))
-    verified = both.select("a", "b", similarity.alias("similarity")).where(F.col("similarity") >= near.threshold)
+    verified = both.where(F.col("neg_a") == F.col("neg_b")).select("a", "b", similarity.alias("similarity"))
+    verified = verified.where(F.col("similarity") >= near.threshold)
     return [(r.a, r.b, r.similarity) for r in verified.collect()]
 
 
