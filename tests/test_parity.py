@@ -60,7 +60,7 @@ CASES = [
     "seeds.find_problems",
     "seeds.normalize",
     "llm_stage.requests (questions)",
-    "llm_stage.call (stand-in)",
+    "ai_query (stand-in)",
     "questions.replies_to_rows (stand-in)",
     "questions.to_question_rows",
     "llm_stage.requests (responses)",

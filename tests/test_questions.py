@@ -143,7 +143,7 @@ def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
     call = llm.Call(context(cfg).endpoint(), cfg.teacher, questions.output_model(3), 0.5, 64)
     source = tables.read(spark, where(cfg), seeds.TABLE).withColumnRenamed("question", "seed_question")
     (req,) = llm_stage.requests(source, questions.step(cfg), call).collect()
-    prompt = json.loads(req.messages)[0]["content"]
+    prompt = req.request
     assert tricky in prompt and "odd {{ topic }}" in prompt and "investment advice" in prompt
 
 

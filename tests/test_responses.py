@@ -6,6 +6,7 @@ from conftest import context, where
 from pyspark.sql import types as T
 
 from lakesynth import llm, llm_stage, questions, responses, seeds, tables
+from lakesynth.llm import ai_query
 
 
 def _prepare(spark, cfg):
@@ -16,7 +17,9 @@ def _prepare(spark, cfg):
 
 def test_sql_has_the_batch_inference_shape(cfg):
     cfg = cfg.model_copy(update={"responses": cfg.responses.model_copy(update={"max_tokens": 300, "temperature": 0.2})})
-    sql = llm_stage.ai_query_sql("pending", ["question_id"], endpoint="my-endpoint", step=responses.step(cfg))
+    step = responses.step(cfg)
+    call = llm.Call(llm.Endpoint("databricks", "my-endpoint"), cfg.teacher, step.output, 0.2, 300)
+    sql = ai_query.chat_sql("pending", ["question_id"], endpoint="my-endpoint", call=call)
     assert "ai_query(\n    'my-endpoint',\n    request," in sql
     assert "modelParameters => named_struct('max_tokens', 300, 'temperature', 0.2)" in sql
     response_format = "STRUCT<response: STRUCT<reasoning: STRING, answer: STRING>>"

@@ -12,7 +12,7 @@ where those ran (a query no tool fits has no calls to ask from). A reply that do
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +20,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth import llm, llm_stage, tables
-from lakesynth.config import LLMStageConfig, TeacherConfig
+from lakesynth import llm_stage, tables
+from lakesynth.config import LLMStageConfig
 from lakesynth.llm_stage import LLMStep
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import S
@@ -73,26 +73,15 @@ def prompts(batch: pd.DataFrame, *, template: str, count: int) -> list[list[dict
     ]
 
 
-def _score(
-    batches: Iterator[pd.DataFrame], *, endpoint: llm.Endpoint, teacher: TeacherConfig, batch: int
-) -> Iterator[pd.DataFrame]:
-    for rows in batches:
-        generated = [list(g) if g is not None and e is None else [] for g, e in zip(rows["_queries"], rows["error"])]
-        yield rows.assign(score=llm.mean_cosines(endpoint, teacher, list(rows["query"]), generated, batch=batch))
-
-
-def to_verdict_rows(
-    replies: DataFrame, *, endpoint: llm.Endpoint, teacher: TeacherConfig, batch: int, threshold: float
-) -> DataFrame:
+def to_verdict_rows(replies: DataFrame, *, embed: Callable[[DataFrame], DataFrame], threshold: float) -> DataFrame:
     """Replies -> rows: the response and queries, their mean cosine with the query, `keep` at `threshold`."""
     reply = llm_stage.parsed(replies, ReverseQueries)
     with_queries = replies.withColumn("_queries", reply.getField("queries")).withColumn(
         "_response", reply.getField("response")
     )
-    schema = T.StructType(with_queries.schema.fields + [T.StructField("score", T.DoubleType())])
-    scored = with_queries.mapInPandas(
-        functools.partial(_score, endpoint=endpoint, teacher=teacher, batch=batch), schema
-    )
+    answered = with_queries.where(F.col("error").isNull() & (F.size("_queries") > 0))
+    texts = answered.select("call_id", F.posexplode(F.concat(F.array("query"), "_queries")).alias("i", "text"))
+    scored = with_queries.join(llm_stage.mean_cosines(embed(texts), "call_id"), "call_id", "left")
     ok = F.col("error").isNull() & F.col("score").isNotNull()
     return scored.select(
         *[c for c in replies.columns if c not in ("output", "query", "calls", "results")],
@@ -104,7 +93,8 @@ def to_verdict_rows(
     )
 
 
-def step(cfg, endpoint: llm.Endpoint) -> LLMStep:
+def step(ctx: RunContext) -> LLMStep:
+    cfg = ctx.cfg
     own, shared = cfg.tools.relevance, cfg.quality.relevance
     return LLMStep(
         name="call_relevance",
@@ -118,9 +108,13 @@ def step(cfg, endpoint: llm.Endpoint) -> LLMStep:
         prompts=functools.partial(prompts, template=own.template, count=shared.questions),
         rows=functools.partial(
             to_verdict_rows,
-            endpoint=endpoint,
-            teacher=shared.embeddings.endpoint(cfg.teacher),
-            batch=shared.embeddings.batch_size,
+            embed=functools.partial(
+                llm_stage.embed,
+                ctx,
+                teacher=shared.embeddings.endpoint(cfg.teacher),
+                batch=shared.embeddings.batch_size,
+                name="call_relevance",
+            ),
             threshold=shared.threshold,
         ),
     )
@@ -146,8 +140,7 @@ def run(ctx: RunContext) -> StageResult:
     if not cfg.tools.relevance.enabled:
         return StageResult(metrics={"disabled": "tools.relevance.enabled is false"})
     threshold = cfg.quality.relevance.threshold
-    with llm.open_endpoint(cfg.quality.relevance.embeddings.endpoint(cfg.teacher), embeddings=True) as endpoint:
-        result = llm_stage.run(ctx, step(cfg, endpoint), judged_rows(ctx))
+    result = llm_stage.run(ctx, step(ctx), judged_rows(ctx))
     ctx.spark.sql(
         f"UPDATE {ctx.rt.fqn(TABLE.name)} SET keep = COALESCE(error IS NULL AND score >= {threshold}, FALSE), "
         f"drop_reason = CASE WHEN error IS NOT NULL OR score IS NULL THEN 'relevance_error' "

@@ -1,10 +1,17 @@
 """The one loop every LLM stage runs: a stage supplies two hooks, "rows -> requests" and "replies -> rows".
 
-The loop owns what no stage should repeat: rendering the requests and their fingerprints on executors,
-what is still to pay for (`tables.pending`), a one-token preflight, chunks of `teacher.chunk_rows`, the
-calls (`mapInPandas`, or one `ai_query` SQL statement), staging so no plan calls the endpoint twice, the
-MERGE, the totals, clearing the journal and the failure rate. Its guarantees hold for every stage on it:
-a failed call is a row with its error, a rerun pays only for what is missing, memory is bounded by a chunk.
+The loop owns what no stage should repeat: rendering the requests and their fingerprints, what is still to pay for
+(`tables.pending`), a one-token preflight, chunks of `teacher.chunk_rows`, the calls, staging so no plan calls the
+endpoint twice, the MERGE, the totals, clearing the journal and the failure rate. Its guarantees hold for every
+stage on it: a failed call is a row with its error, a rerun pays only for what is missing, memory is bounded by a
+chunk.
+
+Where the calls are made (`route`), since Databricks serverless lets no UDF reach the network:
+- `ai_query`: one `ai_query` SQL statement per chunk. On Databricks, for a workspace endpoint (`base_url:
+  databricks`), the built-in (batch inference the platform runs; a crash costs the chunk's statement). Locally the
+  same SQL text runs against lakesynth's own `ai_query` UDF, journaled (a crash costs the requests in flight).
+- `driver`: on Databricks, an endpoint outside the workspace (a URL) is called from the task's driver process, a
+  chunk at a time, journaled on the Volume (a crash costs the requests in flight).
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import collections
 import dataclasses
 import functools
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 from pyspark.sql import DataFrame
@@ -26,7 +35,9 @@ from pyspark.sql import types as T
 
 from lakesynth import llm, tables
 from lakesynth.config import LLMStageConfig, TeacherConfig
-from lakesynth.errors import StageError
+from lakesynth.errors import EndpointError, StageError
+from lakesynth.llm import ai_query
+from lakesynth.runtime import Runtime
 from lakesynth.stage import RunContext, StageResult
 from lakesynth.tables import S, Table
 from lakesynth.templates import prompt_version
@@ -36,15 +47,19 @@ from lakesynth.templates import prompt_version
 REPLY_FIELDS = [("model", S), ("output", S), *tables.LLM_RESULT]
 ACCOUNTING = ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")
 
-AI_QUERY_SQL = """SELECT {columns},
-  ai_query(
-    '{endpoint}',
-    request,
-    modelParameters => named_struct('max_tokens', {max_tokens}, 'temperature', {temperature}),
-    responseFormat => '{response_format}',
-    failOnError => false
-  ) AS response
-FROM {source}"""
+BUILTIN, LOCAL, DRIVER = "ai_query", "local ai_query", "driver"
+TOKENS_FROM = {
+    LOCAL: "endpoint replies (the local ai_query's journal)",
+    DRIVER: "endpoint replies",
+}
+
+
+def route(rt: Runtime, teacher: TeacherConfig) -> str:
+    """How `teacher`'s requests are sent from Spark: BUILTIN (Databricks' ai_query; when emulating serverless, its
+    local stand-in), DRIVER (serverless, an endpoint outside the workspace) or LOCAL (lakesynth's ai_query UDF)."""
+    if not rt.serverless:
+        return LOCAL
+    return BUILTIN if teacher.base_url == "databricks" else DRIVER
 
 
 @dataclass(frozen=True)
@@ -52,12 +67,11 @@ class LLMStep:
     """What an LLM stage supplies to the loop.
 
     Args:
-        prompts: rows -> requests. Given a pandas batch of `columns`, the chat messages of each row. Pure and
-            picklable (a module-level function, parameters bound with functools.partial): it runs on executors.
+        prompts: rows -> requests. Given a pandas batch of `columns`, the chat messages of each row (sent as one
+            string: `ai_query.flatten`). Pure and picklable (a module-level function, parameters bound with
+            functools.partial): it runs in a UDF, which never reaches the network.
         rows: replies -> rows. Given the replies (the request columns, `prompt_version`, `fingerprint` and
             REPLY_FIELDS), the rows of `table`; the loop adds `run_id` and `created_at`.
-        via_ai_query: call with one `ai_query` SQL statement (Databricks' built-in batch inference there, a
-            local UDF of the same name here) instead of `mapInPandas`. `prompts` then returns one user message.
         rows_per_request: rows a request writes, so a chunk holds about `teacher.chunk_rows` written rows.
         replace_by: a regenerated `key` replaces all of its old rows with the same value of this column.
         metrics: extra summary figures from a chunk's staged rows, summed over chunks.
@@ -74,7 +88,6 @@ class LLMStep:
     template: str
     prompts: Callable[[pd.DataFrame], list[list[dict]]]
     rows: Callable[[DataFrame], DataFrame]
-    via_ai_query: bool = False
     rows_per_request: int = 1
     replace_by: str | None = None
     metrics: Callable[[DataFrame], dict[str, int]] | None = None
@@ -88,45 +101,25 @@ class LLMStep:
 
 def request_schema(source: DataFrame, step: LLMStep) -> T.StructType:
     carried = [source.schema[c] for c in step.columns]
-    extra = ["messages", "prompt_version", "fingerprint"] + (["request"] if step.via_ai_query else [])
-    return T.StructType(carried + [T.StructField(n, S) for n in extra])
+    return T.StructType(carried + [T.StructField(n, S) for n in ("request", "prompt_version", "fingerprint")])
 
 
 def requests(source: DataFrame, step: LLMStep, call: llm.Call) -> DataFrame:
-    """One row per source row with its chat `messages` (JSON text), prompt version and request fingerprint."""
+    """One row per source row with its `request` (the messages as one string), prompt version and fingerprint."""
     return source.select(*step.columns).mapInPandas(
-        functools.partial(
-            _render, prompts=step.prompts, call=call, version=step.prompt_version, ai_query=step.via_ai_query
-        ),
+        functools.partial(_render, prompts=step.prompts, call=call, version=step.prompt_version),
         request_schema(source, step),
     )
 
 
-def _render(
-    batches: Iterator[pd.DataFrame], *, prompts, call: llm.Call, version: str, ai_query: bool
-) -> Iterator[pd.DataFrame]:
+def _render(batches: Iterator[pd.DataFrame], *, prompts, call: llm.Call, version: str) -> Iterator[pd.DataFrame]:
     for batch in batches:
-        messages = prompts(batch)
-        extra = {"request": [m[-1]["content"] for m in messages]} if ai_query else {}
+        texts = [ai_query.flatten(m) for m in prompts(batch)]
         yield batch.assign(
-            messages=[json.dumps(m, ensure_ascii=False) for m in messages],
+            request=texts,
             prompt_version=version,
-            fingerprint=[call.fingerprint(m) for m in messages],
-            **extra,
+            fingerprint=[call.fingerprint([{"role": "user", "content": t}]) for t in texts],
         )
-
-
-def _call(batches: Iterator[pd.DataFrame], *, call: llm.Call, key: str, workers: int) -> Iterator[pd.DataFrame]:
-    """Executor side: a partition's requests through one pool of requests across its batches."""
-    taken: collections.deque[pd.DataFrame] = collections.deque()
-
-    def keyed() -> Iterator[list[tuple[str, list[dict]]]]:
-        for batch in batches:
-            taken.append(batch)
-            yield [(str(k), json.loads(m)) for k, m in zip(batch[key], batch["messages"])]
-
-    for results in call.run_batches(keyed(), workers=workers):
-        yield replies_frame(taken.popleft().drop(columns=["messages"]), results)
 
 
 def replies_frame(batch: pd.DataFrame, results: list[llm.Result]) -> pd.DataFrame:
@@ -145,7 +138,7 @@ def replies_frame(batch: pd.DataFrame, results: list[llm.Result]) -> pd.DataFram
 
 
 def reply_schema(requests_df: DataFrame) -> T.StructType:
-    kept = [f for f in requests_df.schema.fields if f.name not in ("messages", "request")]
+    kept = [f for f in requests_df.schema.fields if f.name != "request"]
     return T.StructType(kept + [T.StructField(n, t) for n, t in REPLY_FIELDS])
 
 
@@ -154,24 +147,10 @@ def parsed(replies: DataFrame, output: type[BaseModel]) -> F.Column:
     return F.from_json(F.col("output"), llm.spark_ddl(output))
 
 
-def ai_query_sql(source: str, columns: list[str], *, endpoint: str, step: LLMStep) -> str:
-    """The batch-inference statement over a view of pending requests; the same text on both engines."""
-    return AI_QUERY_SQL.format(
-        columns=", ".join(f"`{c}`" for c in columns),
-        endpoint=endpoint.replace("'", "\\'"),
-        max_tokens=int(step.settings.max_tokens),
-        temperature=float(step.settings.temperature),
-        response_format=llm.response_format(step.output),
-        source=source,
-    )
-
-
 def ai_query_replies(answered: DataFrame, *, model: str) -> DataFrame:
     """The `ai_query` result as REPLY_FIELDS, in whichever shape the runtime returns it (the built-in, its
     documentation and its versions disagree: llm.ai_query.reply_columns reads them all)."""
-    from lakesynth.llm.ai_query import reply_columns
-
-    result, error = reply_columns(answered.schema["response"])
+    result, error = ai_query.reply_columns(answered.schema["response"])
     carried = [c for c in answered.columns if c != "response"]
     return answered.select(
         *carried,
@@ -203,6 +182,31 @@ def with_journal_accounting(ctx: RunContext, replies: DataFrame, journal: str) -
     for c in ACCOUNTING:
         joined = joined.withColumn(c, F.coalesce(F.col(c), F.col(f"_{c}")))
     return joined.select(*replies.columns)
+
+
+USAGE_SQL = """SELECT COALESCE(SUM(u.input_token_count), 0) AS prompt_tokens,
+  COALESCE(SUM(u.output_token_count), 0) AS completion_tokens, COUNT(*) AS requests
+FROM system.serving.endpoint_usage u
+JOIN system.serving.served_entities e ON u.served_entity_id = e.served_entity_id
+WHERE e.endpoint_name = '{endpoint}' AND u.requester = current_user()
+  AND u.request_time >= TIMESTAMP '{since}'"""
+
+
+def platform_usage(spark, endpoint: str, since: float) -> tuple[dict[str, int] | None, str]:
+    """Tokens the built-in ai_query spent on `endpoint` since `since` (epoch seconds), from the platform's serving
+    usage system table (`ai_query` reports none per row), and where the figures come from. Best-effort: the table
+    needs usage tracking on the endpoint and SELECT on `system.serving`, and it lags behind the calls."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since))
+    try:
+        row = spark.sql(USAGE_SQL.format(endpoint=ai_query.literal(endpoint), since=stamp)).collect()[0]
+    except Exception as exc:  # noqa: BLE001 - any engine error means the same: the table cannot be read
+        first = (str(exc).splitlines() or [""])[0][:160]
+        return None, (
+            "not reported: ai_query gives no tokens per row, and system.serving.endpoint_usage could not be read "
+            f"({type(exc).__name__}: {first})"
+        )
+    source = "system.serving.endpoint_usage (this identity's requests since the stage started; it may lag)"
+    return {"prompt_tokens": int(row.prompt_tokens), "completion_tokens": int(row.completion_tokens)}, source
 
 
 @dataclass
@@ -251,17 +255,15 @@ def check_failure_rate(stage: str, totals: LLMTotals, attempted: int, limit: flo
 def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     """Call the teacher for every row of `source` that `step.table` lacks a successful row for, chunk by chunk."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
-    builtin = step.via_ai_query and rt.databricks  # Databricks' own ai_query calls the serving endpoint
     teacher = step.settings.endpoint(cfg.teacher)  # the teacher's, unless the stage names its own endpoint
-    endpoint = llm.Endpoint("databricks", teacher.model) if builtin else ctx.endpoint(teacher)
-    journal = rt.journal_dir(step.name)
+    via = route(rt, teacher)
     call = llm.Call(
-        endpoint,
+        _endpoint(ctx, teacher, via),
         teacher,
         step.output,
         step.settings.temperature,
         step.settings.max_tokens,
-        journal_dir=journal,
+        journal_dir=None if via == BUILTIN else rt.journal_dir(step.name),
         label=step.name,
         json_schema=step.json_schema,
         fingerprint_extra=step.fingerprint_extra,
@@ -278,27 +280,21 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     result.model, result.prompt_version = teacher.model, step.prompt_version
     if attempted == 0:
         return _with_verdict_counts(ctx, step, result)
-    if not builtin:
-        first = pending(source).limit(1).collect()
-        llm.preflight(call, [(str(r[step.key]), json.loads(r.messages)) for r in first])
-    totals = LLMTotals()
+    result.metrics["calls"] = via
+    if via != BUILTIN or rt.serving:  # the platform's own batch inference is not ours to probe
+        first = pending(source, step.key, "request", "fingerprint").limit(1).collect()
+        llm.preflight(call, [(str(r[step.key]), [{"role": "user", "content": r.request}]) for r in first])
+    totals, started = LLMTotals(), time.time()
     parts = tables.chunks(source, step.key, attempted, max(1, cfg.teacher.chunk_rows // step.rows_per_request))
     for number, part in enumerate(parts, start=1):
-        label = step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
-        chunk_call = dataclasses.replace(call, label=label)
-        todo = pending(part).repartition(cfg.teacher.workers)
-        if step.via_ai_query:
-            replies = _ai_query(ctx, step, todo, endpoint, chunk_call, builtin)
+        chunk_call = dataclasses.replace(
+            call, label=step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
+        )
+        todo = pending(part)
+        if via == DRIVER:
+            replies = _from_driver(ctx, step, todo, chunk_call)
         else:
-            replies = tables.materialize(
-                spark,
-                rt,
-                step.name,
-                todo.mapInPandas(
-                    functools.partial(_call, call=chunk_call, key=step.key, workers=cfg.teacher.workers),
-                    reply_schema(todo),
-                ),
-            )
+            replies = _from_ai_query(ctx, step, todo.repartition(cfg.teacher.workers), chunk_call, via)
         rows = (
             step.rows(replies).withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
         )
@@ -308,11 +304,26 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         totals.add(staged, group=step.key)
         if step.metrics:
             totals.extra.update(step.metrics(staged))
-    llm.clear_journal(journal)
+    if call.journal_dir:
+        llm.clear_journal(call.journal_dir)
     result.rows_out, result.errors = totals.rows, totals.failed
+    if via == BUILTIN and not rt.serving:
+        usage, result.metrics["tokens_from"] = platform_usage(spark, teacher.model, started)
+        if usage:
+            totals.prompt_tokens, totals.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+    else:
+        result.metrics["tokens_from"] = TOKENS_FROM.get(via, "not reported: the built-in ai_query's stand-in")
     result.metrics.update(totals.metrics(teacher))
     check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
     return _with_verdict_counts(ctx, step, result)
+
+
+def _endpoint(ctx: RunContext, teacher: TeacherConfig, via: str) -> llm.Endpoint:
+    """Where the requests go: the platform's, by name, for the built-in (locally, emulating serverless, the stand-in
+    of the workspace's Model Serving), else the configured endpoint, opened once per run."""
+    if via == BUILTIN:
+        return llm.Endpoint(ctx.rt.serving or "databricks", teacher.model)
+    return ctx.endpoint(teacher)
 
 
 def _with_verdict_counts(ctx: RunContext, step: LLMStep, result: StageResult) -> StageResult:
@@ -322,31 +333,87 @@ def _with_verdict_counts(ctx: RunContext, step: LLMStep, result: StageResult) ->
     return result
 
 
-def _ai_query(
-    ctx: RunContext, step: LLMStep, todo: DataFrame, endpoint: llm.Endpoint, call: llm.Call, builtin: bool
-) -> DataFrame:
+def _from_ai_query(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Call, via: str) -> DataFrame:
     """The chunk's replies from one ai_query statement, staged once (the statement must run exactly once)."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
-    teacher = call.teacher  # the stage's endpoint settings
-    if not builtin:  # the UDF carries its progress label; registering it again per chunk replaces it
-        udf = llm.ai_query_udf(
-            endpoint,
-            teacher,
-            output=step.output,
-            journal_dir=call.journal_dir,
-            workers=cfg.teacher.workers,
-            label=call.label,
-        )
-        spark.udf.register("ai_query", udf)
+    if not rt.databricks:  # registered again per chunk: the UDF carries the chunk's progress label
+        spark.udf.register("ai_query", llm.ai_query_udf(call, workers=cfg.teacher.workers))
     view = f"lakesynth_pending_{uuid.uuid4().hex}"
     todo.createOrReplaceTempView(view)
-    carried = [c for c in todo.columns if c not in ("messages", "request")]
+    carried = [c for c in todo.columns if c != "request"]
     try:
-        answered = spark.sql(ai_query_sql(view, carried, endpoint=teacher.model, step=step))
-        replies = ai_query_replies(tables.materialize(spark, rt, step.name, answered), model=teacher.model)
+        answered = spark.sql(ai_query.chat_sql(view, carried, endpoint=call.endpoint.model, call=call))
+        replies = ai_query_replies(tables.materialize(spark, rt, step.name, answered), model=call.endpoint.model)
     finally:
         spark.catalog.dropTempView(view)
-    return replies if builtin else with_journal_accounting(ctx, replies, call.journal_dir)
+    return with_journal_accounting(ctx, replies, call.journal_dir) if call.journal_dir else replies
+
+
+def _from_driver(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Call) -> DataFrame:
+    """The chunk's replies, its requests sent from this (the driver) process: at most `teacher.chunk_rows` of them
+    are held here at once, and each finished one is journaled, so a crash costs only the requests in flight."""
+    spark, rt = ctx.spark, ctx.rt
+    batch = todo.toPandas()
+    results = call.run([(str(k), [{"role": "user", "content": r}]) for k, r in zip(batch[step.key], batch["request"])])
+    frame = replies_frame(batch.drop(columns=["request"]), results)
+    return tables.materialize(spark, rt, step.name, spark.createDataFrame(frame, schema=reply_schema(todo)))
+
+
+def embed(ctx: RunContext, rows: DataFrame, *, teacher: TeacherConfig, batch: int, name: str) -> DataFrame:
+    """`rows` (with a `text` column) with `vector`, the unit embedding of its text, staged. The same routes as the
+    chat requests (`route`): one `ai_query` statement (the built-in on Databricks, lakesynth's UDF here), or the
+    driver for an endpoint outside the workspace. An embedding has no partial result to keep in a row: a text that
+    could not be embedded fails the stage, naming the first error."""
+    spark, rt = ctx.spark, ctx.rt
+    via = route(rt, teacher)
+    if via == DRIVER:
+        with llm.open_endpoint(teacher, embeddings=True) as endpoint:
+            frame = rows.toPandas()
+            vectors = llm.embed(endpoint, teacher, [str(t) for t in frame["text"]], batch=batch) if len(frame) else []
+        schema = T.StructType(rows.schema.fields + [T.StructField("vector", T.ArrayType(T.FloatType()))])
+        frame = frame.assign(vector=[np.asarray(v, dtype=np.float32).tolist() for v in vectors])
+        return tables.materialize(spark, rt, f"{name}_vectors", spark.createDataFrame(frame, schema=schema))
+    view = f"lakesynth_texts_{uuid.uuid4().hex}"
+    rows.createOrReplaceTempView(view)
+    try:
+        if via == BUILTIN and rt.databricks:
+            answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
+            staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
+        else:
+            opened = llm.open_endpoint(teacher, embeddings=True) if via == LOCAL else _nothing(rt, teacher)
+            with opened as endpoint:  # the embedded model lives while the statement runs
+                spark.udf.register("ai_query", ai_query.embeddings_udf(endpoint, teacher, batch=batch))
+                answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
+                staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
+    finally:
+        spark.catalog.dropTempView(view)
+    vector, error = ai_query.vector_columns(staged.schema["response"])
+    failed = staged.where(error.isNotNull()).select(error.alias("e")).limit(1).collect()
+    if failed:
+        raise EndpointError(f"{name}: embeddings from '{teacher.model}' failed: {failed[0].e}")
+    norm = F.sqrt(F.aggregate(vector, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
+    unit = F.transform(vector, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
+    return staged.select(*rows.columns, unit.alias("vector"))
+
+
+def _nothing(rt: Runtime, teacher: TeacherConfig):
+    """The stand-in of the workspace's Model Serving, as an endpoint to enter like an opened one."""
+    import contextlib
+
+    return contextlib.nullcontext(llm.Endpoint(rt.serving, teacher.model))
+
+
+def mean_cosines(vectors: DataFrame, key: str) -> DataFrame:
+    """One row per `key` with `score`: the mean cosine of its text number 0 (the original) with its others (the
+    reverse questions), from `embed`'s unit vectors with an `i` column."""
+
+    def score(group: pd.DataFrame) -> pd.DataFrame:
+        ordered = group.sort_values("i")
+        matrix = np.stack(ordered["vector"].to_numpy()).astype(np.float32)
+        value = float((matrix[1:] @ matrix[0]).mean()) if len(matrix) > 1 else None
+        return pd.DataFrame({key: [ordered[key].iloc[0]], "score": [value]})
+
+    return vectors.groupBy(key).applyInPandas(score, f"{key} string, score double")
 
 
 IMPORTED = "imported"  # the model of a row that came from the user's own pairs (seeds.pairs), not from a call

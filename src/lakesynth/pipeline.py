@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from lakesynth import bundle, registry, tables, tracking
+from lakesynth import bundle, registry, serverless, tables, tracking
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
 from lakesynth.runtime import Runtime
@@ -208,6 +208,8 @@ def schema_lock(rt: Runtime, run_id: str):
 def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> dict[str, Any]:
     cfg = ctx.cfg
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
+    if ctx.rt.serving:  # standing in for Databricks serverless: its rule for UDFs holds here too
+        serverless.arm()
     tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
 
@@ -231,7 +233,11 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             try:
                 task_ctx = ctx.with_settings(settings[key]) if settings and key in settings else ctx
                 pruned = task_ctx.prune(registered[stage])
-                result = registered[stage].run(task_ctx)
+                try:
+                    result = registered[stage].run(task_ctx)
+                finally:  # a refused connection from a UDF is the cause of whatever the stage says
+                    if serverless.armed():
+                        serverless.check(key)
                 if pruned:
                     result.metrics["pruned"] = pruned
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why

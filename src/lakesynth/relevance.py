@@ -9,7 +9,7 @@ fails to parse is the row's error (`relevance_error`), asked again on the next r
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,8 +17,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth import llm, llm_stage, tables
-from lakesynth.config import EmbeddingsConfig, LLMStageConfig, TeacherConfig
+from lakesynth import llm_stage, tables
+from lakesynth.config import EmbeddingsConfig, LLMStageConfig
 from lakesynth.llm_stage import LLMStep
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import S
@@ -62,23 +62,13 @@ def prompts(batch: pd.DataFrame, *, template: str, count: int) -> list[list[dict
     return [[{"role": "user", "content": render(template, answer=a, count=count)}] for a in batch["answer"]]
 
 
-def _score(
-    batches: Iterator[pd.DataFrame], *, endpoint: llm.Endpoint, teacher: TeacherConfig, batch: int
-) -> Iterator[pd.DataFrame]:
-    """Each answered row's mean cosine between its question and its reverse questions, one embeddings call
-    per batch of texts."""
-    for rows in batches:
-        generated = [list(g) if g is not None and e is None else [] for g, e in zip(rows["_reverse"], rows["error"])]
-        yield rows.assign(score=llm.mean_cosines(endpoint, teacher, list(rows["question"]), generated, batch=batch))
-
-
-def to_verdict_rows(
-    replies: DataFrame, *, endpoint: llm.Endpoint, teacher: TeacherConfig, batch: int, threshold: float
-) -> DataFrame:
+def to_verdict_rows(replies: DataFrame, *, embed: Callable[[DataFrame], DataFrame], threshold: float) -> DataFrame:
     """Replies -> rows: the reverse questions, their mean cosine with the question, `keep` at `threshold`."""
     reverse = replies.withColumn("_reverse", llm_stage.parsed(replies, ReverseQuestions).getField("questions"))
-    schema = T.StructType(reverse.schema.fields + [T.StructField("score", T.DoubleType())])
-    scored = reverse.mapInPandas(functools.partial(_score, endpoint=endpoint, teacher=teacher, batch=batch), schema)
+    answered = reverse.where(F.col("error").isNull() & (F.size("_reverse") > 0))
+    texts = answered.select("question_id", F.posexplode(F.concat(F.array("question"), "_reverse")).alias("i", "text"))
+    scores = llm_stage.mean_cosines(embed(texts), "question_id")
+    scored = reverse.join(scores, "question_id", "left")
     ok = F.col("error").isNull() & F.col("score").isNotNull()
     return scored.select(
         *[c for c in replies.columns if c not in ("output", "question", "answer", "in_scope")],
@@ -89,8 +79,10 @@ def to_verdict_rows(
     )
 
 
-def step(cfg, endpoint: llm.Endpoint) -> LLMStep:
+def step(ctx: RunContext) -> LLMStep:
+    cfg = ctx.cfg
     r = cfg.quality.relevance
+    embeddings = r.embeddings.endpoint(cfg.teacher)
     return LLMStep(
         name="relevance",
         table=TABLE,
@@ -103,9 +95,9 @@ def step(cfg, endpoint: llm.Endpoint) -> LLMStep:
         prompts=functools.partial(prompts, template=r.template, count=r.questions),
         rows=functools.partial(
             to_verdict_rows,
-            endpoint=endpoint,
-            teacher=r.embeddings.endpoint(cfg.teacher),
-            batch=r.embeddings.batch_size,
+            embed=functools.partial(
+                llm_stage.embed, ctx, teacher=embeddings, batch=r.embeddings.batch_size, name="relevance"
+            ),
             threshold=r.threshold,
         ),
     )
@@ -116,8 +108,7 @@ def run(ctx: RunContext) -> StageResult:
     if not relevance.enabled:
         return StageResult(metrics={"disabled": "quality.relevance.enabled is false"})
     answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
-    with llm.open_endpoint(relevance.embeddings.endpoint(ctx.cfg.teacher), embeddings=True) as endpoint:
-        result = llm_stage.run(ctx, step(ctx.cfg, endpoint), answered)
+    result = llm_stage.run(ctx, step(ctx), answered)
     # The scores are kept; a new threshold applies to every row at once, with no call paid again.
     ctx.spark.sql(
         f"UPDATE {ctx.rt.fqn(TABLE.name)} "

@@ -1,6 +1,6 @@
 """Responses stage: `synthetic_questions` -> `synthetic_responses`, answers by batch `ai_query`.
 
-One SQL statement, the same text on both engines: Databricks runs its built-in `ai_query`
+One SQL statement per chunk, as every LLM stage's (llm_stage.py): Databricks runs its built-in `ai_query`
 (batch inference); locally lakesynth registers its own under that name (llm.ai_query_udf).
 The request carries the domain rules and the reasoning instructions; the response format keeps
 the reasoning apart from the answer, and only the answer becomes training data.
@@ -57,7 +57,6 @@ def step(cfg) -> LLMStep:
         template=r.template,
         prompts=functools.partial(prompts, template=r.template, rules=cfg.use_case.rules),
         rows=to_response_rows,
-        via_ai_query=True,
     )
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 
 # sc://host:port of a Spark Connect server to use instead of starting the embedded one.
 REMOTE_ENV = "LAKESYNTH_SPARK_REMOTE"
+# The URL of a local stand-in for the workspace's Model Serving: the local engine then runs as Databricks serverless
+# does (model calls through ai_query or the driver, no network from any other UDF: serverless.py), and
+# `base_url: databricks` endpoints are answered there.
+EMULATE_ENV = "LAKESYNTH_EMULATE_SERVERLESS"
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class Runtime:
     volume: str
     warehouse: str
     spark_remote: str = ""
+    serving: str = ""  # EMULATE_ENV: the stand-in of the workspace's Model Serving
+
+    @property
+    def serverless(self) -> bool:
+        """Whether UDFs must not reach the network: on Databricks (serverless runs every task), or emulating it."""
+        return self.databricks or bool(self.serving)
 
     @classmethod
     def resolve(cls, cfg, environ: Mapping[str, str] | None = None) -> Runtime:
@@ -37,6 +47,7 @@ class Runtime:
             volume=cfg.volume,
             warehouse=str(Path(cfg.warehouse).resolve()) if "://" not in cfg.warehouse else cfg.warehouse,
             spark_remote=env.get(REMOTE_ENV, ""),
+            serving=env.get(EMULATE_ENV, "").rstrip("/"),
         )
 
     def fqn(self, table: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import decimal
-import functools
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth import chat_jsonl, llm, llm_stage, questions, responses, seeds
+from lakesynth.llm import ai_query
 from lakesynth.registry import load_config
 
 # What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.
@@ -80,9 +80,12 @@ def cases(spark, standin: str) -> dict:
     normalized = seeds.normalize(valid, run_id="parity", source="seeds.csv")
     seed_rows = normalized.select("seed_id", "topic", F.col("question").alias("seed_question"), "in_scope")
     requests = llm_stage.requests(seed_rows, questions.step(cfg), qcall)
-    generated = requests.mapInPandas(
-        functools.partial(llm_stage._call, call=qcall, key="seed_id", workers=1), llm_stage.reply_schema(requests)
-    )
+    # The calls as every LLM stage makes them: one ai_query statement, the local UDF standing in for the built-in.
+    spark.udf.register("ai_query", llm.ai_query_udf(qcall, workers=1))
+    requests.createOrReplaceTempView("parity_pending")
+    carried = [c for c in requests.columns if c != "request"]
+    statement = ai_query.chat_sql("parity_pending", carried, endpoint="standin", call=qcall)
+    generated = llm_stage.ai_query_replies(spark.sql(statement), model="standin")
     fixed_generated = spark.createDataFrame(
         [
             (
@@ -146,7 +149,7 @@ def cases(spark, standin: str) -> dict:
         "seeds.find_problems": seeds.find_problems(raw),
         "seeds.normalize": normalized,
         "llm_stage.requests (questions)": requests,
-        "llm_stage.call (stand-in)": generated,
+        "ai_query (stand-in)": generated,
         "questions.replies_to_rows (stand-in)": questions.replies_to_rows(generated, keep=2),
         "questions.to_question_rows": question_rows,
         "llm_stage.requests (responses)": llm_stage.requests(

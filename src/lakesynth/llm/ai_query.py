@@ -1,8 +1,13 @@
-"""ai_query for the embedded engine: a pandas UDF registered under that name, as Databricks' built-in is called.
+"""ai_query: the statement every model call from Spark is, and the local stand-in of Databricks' built-in.
 
-It takes the same arguments as Databricks' `ai_query` and returns the same struct of result + error,
-so one SQL text runs on both engines. `reply_columns` reads the built-in's result in every shape it is
-documented or was seen in, since runtimes and sources disagree on it.
+On Databricks, serverless compute lets no UDF reach the network, so a chunk of requests is one SQL statement
+calling the built-in `ai_query` (batch inference the platform runs). Locally the same SQL text runs against a
+pandas UDF registered under that name, which calls the endpoint through the pool (`Call.run`). `reply_columns`
+reads the built-in's result in every shape it is documented or was seen in, ANSI-safe, since runtimes and sources
+disagree on it.
+
+The request is one string: foundation-model and external-model endpoints take no message list through
+`ai_query`, so a system message is flattened into the text (`flatten`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
-from pydantic import BaseModel
 
+from lakesynth import serverless
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import ConfigError
 from lakesynth.llm.auth import Endpoint
@@ -29,25 +35,74 @@ if TYPE_CHECKING:
 ERROR_FIELDS = ("errormessage", "error_message", "errorstatus", "error")
 NO_REPLY = "ai_query returned neither a result nor an error"
 
+CHAT_SQL = """SELECT {columns},
+  ai_query(
+    '{endpoint}',
+    request,
+    modelParameters => named_struct('max_tokens', {max_tokens}, 'temperature', {temperature}),
+    responseFormat => '{response_format}',
+    failOnError => false
+  ) AS response
+FROM {source}"""
 
-def ai_query_udf(
-    endpoint: Endpoint,
-    teacher: TeacherConfig,
-    *,
-    output: type[BaseModel],
-    journal_dir: str | None,
-    workers: int,
-    label: str = "responses",
-):
-    """The local `ai_query(endpoint, request, modelParameters => …, responseFormat => …, failOnError => …)`;
-    `responseFormat` must be `response_format(output)`."""
+EMBEDDINGS_SQL = """SELECT {columns},
+  ai_query('{endpoint}', text, failOnError => false) AS response
+FROM {source}"""
+
+
+def literal(text: str) -> str:
+    """`text` inside a single-quoted Spark SQL string literal."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def flatten(messages: list[dict]) -> str:
+    """The chat messages as the one request string `ai_query` sends: the texts in order, a blank line apart (the
+    system text first, as the instructions before the question); a single user message is sent as it is."""
+    return "\n\n".join(str(m.get("content") or "") for m in messages)
+
+
+def request_format(call: Call) -> str:
+    """The `responseFormat` for the call's output: the output model as a DDL struct (Databricks' documented form),
+    or, when the call asks for a narrower JSON Schema than its model (the generated calls), that schema as
+    OpenAI's `response_format` JSON."""
+    if call.json_schema is not None:
+        return json.dumps(call.response_format, sort_keys=True, separators=(",", ":"))
+    return response_format(call.output)
+
+
+def chat_sql(source: str, columns: list[str], *, endpoint: str, call: Call) -> str:
+    """The batch-inference statement over a view of pending requests; the same text on both engines."""
+    return CHAT_SQL.format(
+        columns=", ".join(f"`{c}`" for c in columns),
+        endpoint=literal(endpoint),
+        max_tokens=int(call.max_tokens),
+        temperature=float(call.temperature),
+        response_format=literal(request_format(call)),
+        source=source,
+    )
+
+
+def embeddings_sql(source: str, columns: list[str], *, endpoint: str) -> str:
+    """One embedding per row of `text` (an embeddings endpoint answers `ai_query` with ARRAY<FLOAT>)."""
+    return EMBEDDINGS_SQL.format(
+        columns=", ".join(f"`{c}`" for c in columns), endpoint=literal(endpoint), source=source
+    )
+
+
+def _result_type():
     from pyspark.sql import types as T
+
+    return T.StructType([T.StructField("result", T.StringType()), T.StructField("errorMessage", T.StringType())])
+
+
+def ai_query_udf(call: Call, *, workers: int):
+    """The local `ai_query(endpoint, request, modelParameters => …, responseFormat => …, failOnError => …)` for
+    `call`'s requests; `responseFormat` must be `request_format(call)`. It stands in for the built-in, so it is the
+    one UDF that may call an endpoint (serverless.py)."""
     from pyspark.sql.functions import pandas_udf
 
-    expected = response_format(output)
-    result_type = T.StructType([T.StructField("result", T.StringType()), T.StructField("errorMessage", T.StringType())])
+    expected = request_format(call)
 
-    @pandas_udf(result_type)
     def ai_query(
         endpoint_name: pd.Series,
         request: pd.Series,
@@ -61,39 +116,76 @@ def ai_query_udf(
         given = str(responseFormat.iloc[0])
         if "".join(given.split()) != "".join(expected.split()):  # compared as text, spaces aside
             raise ConfigError(
-                f"ai_query: responseFormat {given!r} does not describe the output model {output.__name__} "
-                f"({expected!r}); put llm.response_format({output.__name__}) in the SQL"
+                f"ai_query: responseFormat {given!r} does not describe the output of {call.label} ({expected!r}); "
+                "build the SQL with llm.ai_query.chat_sql"
             )
         params = modelParameters.iloc[0].to_dict()
-        call = Call(
-            dataclasses.replace(endpoint, model=str(endpoint_name.iloc[0])),
-            teacher,
-            output,
-            temperature=float(params.get("temperature", 0.0)),
-            max_tokens=int(params.get("max_tokens", 1024)),
-            journal_dir=journal_dir,
-            label=label,
+        asked = dataclasses.replace(
+            call,
+            endpoint=dataclasses.replace(call.endpoint, model=str(endpoint_name.iloc[0])),
+            temperature=float(params.get("temperature", call.temperature)),
+            max_tokens=int(params.get("max_tokens", call.max_tokens)),
         )
-        results = call.run([(str(i), [{"role": "user", "content": r}]) for i, r in enumerate(request)], workers=workers)
+        results = asked.run(
+            [(str(i), [{"role": "user", "content": r}]) for i, r in enumerate(request)], workers=workers
+        )
         if bool(failOnError.iloc[0]):
             failed = [r.error for r in results if r.error]
             if failed:
                 raise RuntimeError(f"ai_query failed: {failed[0]}")
         return pd.DataFrame(
             {
-                "result": [json.dumps(r.output, ensure_ascii=False) if r.error is None else None for r in results],
+                # A failed request's raw reply rides in `result` beside its error, as `reply_columns` reads it.
+                "result": [
+                    json.dumps(r.output, ensure_ascii=False) if r.error is None else r.raw_output for r in results
+                ],
                 "errorMessage": [r.error for r in results],
             }
         )
 
-    return ai_query
+    serverless.allow(ai_query)
+    return pandas_udf(_result_type())(ai_query)
+
+
+def embeddings_udf(endpoint: Endpoint, teacher: TeacherConfig, *, batch: int):
+    """The local `ai_query(endpoint, text, failOnError => …)` of an embeddings endpoint: ARRAY<FLOAT> per text, or
+    the row's error."""
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import pandas_udf
+
+    from lakesynth.errors import EndpointError
+    from lakesynth.llm.embeddings import embed
+
+    result_type = T.StructType(
+        [T.StructField("result", T.ArrayType(T.FloatType())), T.StructField("errorMessage", T.StringType())]
+    )
+
+    def ai_query(endpoint_name: pd.Series, text: pd.Series, failOnError: pd.Series) -> pd.DataFrame:
+        if not len(text):
+            return pd.DataFrame({"result": pd.Series([], dtype=object), "errorMessage": pd.Series([], dtype=object)})
+        target = dataclasses.replace(endpoint, model=str(endpoint_name.iloc[0]))
+        try:
+            vectors: list = [
+                np.asarray(v, dtype=np.float32).tolist() for v in embed(target, teacher, list(text), batch=batch)
+            ]
+            errors: list = [None] * len(text)
+        except EndpointError as exc:
+            if bool(failOnError.iloc[0]):
+                raise
+            vectors, errors = [None] * len(text), [str(exc)] * len(text)
+        return pd.DataFrame({"result": vectors, "errorMessage": errors})
+
+    serverless.allow(ai_query)
+    return pandas_udf(result_type)(ai_query)
 
 
 def reply_columns(response: StructField) -> tuple[Column, Column]:
     """The `ai_query` column (a StructField) as (reply as JSON text, error), for every shape: a struct of result
     and error under any of their names, or the bare result (`failOnError` not applied); the result as JSON text
-    (`responseFormat`) or already parsed (a struct, when the runtime types it). A blank error is none, and a
-    row with neither a result nor an error gets one, so no row passes as answered without a reply."""
+    (`responseFormat`) or already parsed (a struct, when the runtime types it). The error may be a string, a
+    struct, a number or null: it is made text by its type before it is trimmed, so the parse holds under ANSI mode
+    (serverless' default). A blank error is none, and a row with neither a result nor an error gets one, so no row
+    passes as answered without a reply."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -102,9 +194,45 @@ def reply_columns(response: StructField) -> tuple[Column, Column]:
     errors = [n for n in names if n.lower() in ERROR_FIELDS]
     if len(names) == 2 and len(errors) == 1:
         (result,) = [f for f in dtype.fields if f.name != errors[0]]
-        value, dtype, error = column.getField(result.name), result.dataType, column.getField(errors[0])
+        (error_field,) = [f for f in dtype.fields if f.name == errors[0]]
+        value, dtype = column.getField(result.name), result.dataType
+        error = _as_text(column.getField(error_field.name), error_field.dataType)
     else:
         value, error = column, F.lit(None).cast("string")
     text = value if isinstance(dtype, T.StringType) else F.to_json(value)
     error = F.when(F.trim(error) != "", error)
     return text, F.coalesce(error, F.when(text.isNull(), F.lit(NO_REPLY)))
+
+
+def vector_columns(response: StructField) -> tuple[Column, Column]:
+    """An embeddings `ai_query` column as (ARRAY<FLOAT>, error), as `reply_columns` reads a chat one."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    column, dtype = F.col(f"`{response.name}`"), response.dataType
+    names = dtype.names if isinstance(dtype, T.StructType) else []
+    errors = [n for n in names if n.lower() in ERROR_FIELDS]
+    if len(names) == 2 and len(errors) == 1:
+        (result,) = [f for f in dtype.fields if f.name != errors[0]]
+        (error_field,) = [f for f in dtype.fields if f.name == errors[0]]
+        value = column.getField(result.name)
+        error = _as_text(column.getField(error_field.name), error_field.dataType)
+    else:
+        value, error = column, F.lit(None).cast("string")
+    value = value.cast("array<float>")
+    error = F.when(F.trim(error) != "", error)
+    return value, F.coalesce(error, F.when(value.isNull(), F.lit(NO_REPLY)))
+
+
+def _as_text(error: Column, dtype) -> Column:
+    """An error field of any type as text (null stays null): a struct or array as its JSON, a number as its digits."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, T.StringType):
+        return error
+    if isinstance(dtype, T.NullType):
+        return F.lit(None).cast("string")
+    if isinstance(dtype, T.StructType | T.ArrayType | T.MapType):
+        return F.to_json(error)
+    return error.cast("string")
