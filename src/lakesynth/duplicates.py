@@ -22,8 +22,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from lakesynth import examples, llm, tables
-from lakesynth.config import TeacherConfig
+from lakesynth import examples, llm_stage, tables
 
 STOP_WORDS = frozenset(
     "a an the and or but if then so to of in on at by for with from into onto about as is are was were be been "
@@ -125,12 +124,6 @@ def near_pairs(
     return [(r.a, r.b, r.similarity) for r in verified.collect()]
 
 
-def _embed(batches: Iterator[pd.DataFrame], *, endpoint, teacher: TeacherConfig, batch: int) -> Iterator[pd.DataFrame]:
-    for rows in batches:
-        vectors = llm.embed(endpoint, teacher, rows["text"].tolist(), batch=batch)
-        yield pd.DataFrame({"id": rows["id"], "block": rows["block"], "vector": list(vectors)})
-
-
 def _close(rows, *, threshold: float):  # no type hints: pyspark would try to infer a UDF type from them
     """The pairs of one block whose unit vectors have a cosine of at least `threshold`, a slice of rows at a time."""
     ids, vectors = rows["id"].to_numpy(), np.stack(rows["vector"].to_numpy()).astype(np.float32)
@@ -148,18 +141,14 @@ def semantic_pairs(
 ) -> list[tuple[str, str, float]]:
     """Pairs of rows whose `text` embeddings are at least `semantic.threshold` alike (a SemanticDedup), compared
     within each value of `block` (or across all, with `semantic.block_by` "none")."""
-    teacher = semantic.endpoint(ctx.cfg.teacher)
     blocks = F.col(block) if semantic.block_by != "none" else F.lit("all")
-    with llm.open_endpoint(teacher, embeddings=True) as endpoint:  # the embedded model lives while this runs
-        embedded = tables.materialize(
-            ctx.spark,
-            ctx.rt,
-            f"{id}_embeddings",
-            rows.select(F.col(id).alias("id"), blocks.alias("block"), F.col(text).alias("text")).mapInPandas(
-                functools.partial(_embed, endpoint=endpoint, teacher=teacher, batch=semantic.batch_size),
-                "id string, block string, vector array<float>",
-            ),
-        )
+    embedded = llm_stage.embed(
+        ctx,
+        rows.select(F.col(id).alias("id"), blocks.alias("block"), F.col(text).alias("text")),
+        teacher=semantic.endpoint(ctx.cfg.teacher),
+        batch=semantic.batch_size,
+        name=f"{id}_embeddings",  # named by the caller's id: the two jobs' dedups never share one
+    )
     close = embedded.groupBy("block").applyInPandas(
         functools.partial(_close, threshold=semantic.threshold), "a string, b string, similarity double"
     )
