@@ -6,17 +6,22 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import ROOT
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from test_cli import lakesynth
 
+from lakesynth import notebook
 from lakesynth.standin import StandIn, StandInOptions
 
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
+DEV_SCHEMA = "dev_standin_lakesynth_dev"  # as a dev deploy names the schema (`mode: development` prefixes it)
 
 
 def _run_on_standin(tmp: Path, *args: str, tracking: bool) -> None:
@@ -55,6 +60,8 @@ def small_run(tmp_path_factory):
         tmp,
         "--run-id",
         "nb-run",
+        "--schema",
+        DEV_SCHEMA,
         "--set",
         "quality.critic.enabled=true",
         "--set",
@@ -74,14 +81,18 @@ def small_run(tmp_path_factory):
     return tmp
 
 
-def _execute(name: str, warehouse: Path, *overrides: str) -> list:
-    """The notebook executed headless on `warehouse`; its cells' outputs, none of them an error."""
-    book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    (params,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
-    params.source = (
-        f"config_path = {str(ROOT / 'conf' / 'lakesynth.yml')!r}\n"
-        f"overrides = {[f'warehouse={warehouse}', 'mlflow.enabled=false', *overrides]!r}"
-    )
+def _book(name: str, folder: Path = ROOT / "notebooks", **params: str):
+    """The notebook with its parameters cell set as papermill (or a job's base_parameters) would set them."""
+    book = nbformat.read(folder / f"{name}.ipynb", as_version=4)
+    (cell,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    cell.source += "".join(f"\n{key} = {value!r}" for key, value in params.items())
+    return book
+
+
+def _execute(name: str, warehouse: Path, schema: str = DEV_SCHEMA, **params: str) -> list:
+    """The notebook executed headless on `warehouse`, given the catalog and schema as a dev deploy's job passes
+    them; its cells' outputs, none of them an error."""
+    book = _book(name, catalog="main", schema=schema, warehouse=str(warehouse), **params)
     NotebookClient(
         book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
     ).execute()
@@ -112,18 +123,18 @@ def test_the_dataset_report_shows_each_figure_once_and_the_quality_gate(small_ru
     text = _text(outputs)
     assert "No errors" in text
     for check in ("critic", "judge", "relevance"):
-        assert re.search(rf"^{check}: [1-9]\d* dropped$", text, re.M)
+        assert re.search(rf"^{check}: [1-9]\d* dropped$", text, re.MULTILINE)
     assert "dedup: 0 dropped as duplicates" in text and " is off" not in text
     # The drop-reason table, and a few rejected rows per reason with the check's reasoning.
     for reason in ("kept", "critic", "judge:quality", "judge:scope", "relevance"):
-        assert re.search(rf"^{reason} +\w* +\d+ +\d+%$", text, re.M), reason
+        assert re.search(rf"^{reason} +\w* +\d+ +\d+%$", text, re.MULTILINE), reason
     assert text.count("Stand-in reasoning") >= 6 and "score 1: Stand-in reasoning" in text
     assert "the answer reads as answering: Stand-in questions" in text
 
 
 def test_the_dataset_report_says_so_when_the_checks_are_off(small_run):
     _run_on_standin(small_run, "--schema", "gate_off", tracking=False)  # the checks but dedup off, as by default
-    outputs = _execute("03_dataset_report", small_run / "wh", "schema=gate_off")
+    outputs = _execute("03_dataset_report", small_run / "wh", schema="gate_off")
     images = _images(outputs)
     assert len(images) == len(set(images)) == 3  # topics, lengths, splits: no empty chart for the quality gate
     text = _text(outputs)
@@ -143,12 +154,7 @@ def test_a_notebook_runs_from_the_workspace_files_the_bundle_syncs(small_run, tm
     (shim / "sitecustomize.py").write_text(
         f"import sys\nsys.path[:] = [p for p in sys.path if p != {str(ROOT / 'src')!r}]\n"
     )
-    book = nbformat.read(files / "notebooks" / "01_explore_seeds.ipynb", as_version=4)
-    (params,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
-    params.source = params.source.replace(
-        "overrides = []", f"overrides = ['warehouse={small_run / 'wh'}', 'mlflow.enabled=false']"
-    )
-    assert "warehouse=" in params.source
+    book = _book("01_explore_seeds", files / "notebooks", schema=DEV_SCHEMA, warehouse=str(small_run / "wh"))
     book.cells.append(nbformat.v4.new_code_cell("import lakesynth\n\nprint(lakesynth.__file__)"))
     NotebookClient(
         book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(files / "notebooks")}}
@@ -196,7 +202,16 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     assert judged["dropped"]["judge:scope"] == metrics["judge.dropped.judge_scope"]
     # A later task of the same job run logs into the same MLflow run.
     again = lakesynth(
-        "run", "--stages", "format", "--warehouse", str(small_run / "wh"), "--run-id", "nb-run", tracking=True
+        "run",
+        "--stages",
+        "format",
+        "--warehouse",
+        str(small_run / "wh"),
+        "--schema",
+        DEV_SCHEMA,
+        "--run-id",
+        "nb-run",
+        tracking=True,
     )
     assert again.returncode == 0
     assert len(client.search_runs([experiment.experiment_id])) == 1
@@ -233,3 +248,158 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
     pipeline.run(cfg, ["format"], root=ROOT)  # a rerun of a task in the same run replaces its row
     assert spark.table(where(cfg).fqn("run_log")).count() == 5
     assert tracking.RUN_LOG.name == "run_log"
+
+
+def test_a_notebook_reads_where_the_last_local_run_wrote(small_run):
+    """No catalog or schema given (Jupyter, no job): the notebook reads the schema that the last run in the
+    warehouse wrote, from the marker that run left there."""
+    last = json.loads((small_run / "wh" / notebook.LAST_RUN).read_text())
+    book = _book("01_explore_seeds", warehouse=str(small_run / "wh"))
+    NotebookClient(book, timeout=300, kernel_name="python3").execute()
+    text = _text([o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])])
+    assert f"tables in main.{last['schema']} (warehouse {small_run / 'wh'})" in text
+    assert "24 seed questions" in text
+
+
+def test_a_notebook_pointed_at_an_empty_schema_says_where_it_looked(small_run):
+    """No table is created, and the notebook stops with one clear line instead of "Table or view not found"."""
+    book = _book("02_inspect_generations", catalog="main", schema="nothing_here", warehouse=str(small_run / "wh"))
+    with pytest.raises(CellExecutionError):
+        NotebookClient(book, timeout=300, kernel_name="python3").execute()
+    (error,) = [
+        o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+    ]
+    assert error.ename == "NoTables"
+    shown = "\n".join(error.traceback)
+    assert f"no tables in main.nothing_here (warehouse {small_run / 'wh'})" in shown
+    assert "none of seed_questions, synthetic_questions, synthetic_responses" in shown and "lakesynth run" in shown
+    assert "Traceback" not in shown
+    assert not (small_run / "wh" / "main" / "nothing_here").exists()
+
+
+def _root_task(stage: str, warehouse: Path, *args: str):
+    """One root task of job run `job-1` in a process of its own, tracked, as a job starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lakesynth.cli", stage, "--warehouse", str(warehouse), "--run-id", "job-1", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_the_root_tasks_of_a_job_run_start_together_and_log_into_one_mlflow_run(tmp_path):
+    """`seed` and `documents` start at once against a store with no experiment (no store at all): both succeed,
+    and the job run has one MLflow run. Locally a schema admits one run at a time (pipeline.schema_lock), so the
+    two write different schemas here; what they share, as on Databricks, is the store and the job run id."""
+    tasks = [_root_task(stage, tmp_path / "wh", "--schema", stage) for stage in ("seed", "documents")]
+    outputs = [task.communicate(timeout=300)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    assert not [line for out in outputs for line in out.splitlines() if "warning" in line], outputs
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lakesynth")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["lakesynth.run_id"] == "job-1"
+    assert run.data.tags["stage.seed"] == run.data.tags["stage.documents"] == "ok"
+    assert run.data.metrics["seed.rows_out"] == 24 and "documents.rows_out" in run.data.metrics
+    assert run.data.params["schema"] in ("seed", "documents")  # the config, logged once, by the run's creator
+
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+
+import mlflow
+
+from lakesynth import tracking
+
+store, gate, me, racers = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+client = mlflow.MlflowClient(f"sqlite:///{store}")
+client.search_experiments()  # the store opened before the start line: the race is in what follows
+(gate / me).touch()
+while len(list(gate.iterdir())) < racers:
+    time.sleep(0.001)
+run_id, created = tracking.join_run(client, tracking.experiment(client, "racing", None), "job-2")
+print(json.dumps({"run_id": run_id, "created": created}))
+"""
+
+
+def test_tasks_racing_for_the_job_runs_mlflow_run_keep_exactly_one(tmp_path):
+    """Three tasks of one job run reach MLflow at the same instant (a barrier, after the slow imports), with no
+    experiment yet: all get the same run; each run a loser created is deleted, by that loser."""
+    from mlflow.entities import ViewType
+
+    from lakesynth import tracking
+
+    store = tmp_path / "mlflow.db"
+    tracking._new_sqlite_store(store, Path("~/.cache/lakesynth").expanduser())
+    (tmp_path / "gate").mkdir()
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    racers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(store), str(tmp_path / "gate"), str(i), "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    results = [json.loads(racer.communicate(timeout=120)[0]) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 3
+    assert len({r["run_id"] for r in results}) == 1 and sum(r["created"] for r in results) == 1
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("racing")
+    every = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    assert [r.info.run_id for r in every if r.info.lifecycle_stage == "active"] == [results[0]["run_id"]]
+
+
+def test_a_tracking_store_that_cannot_work_is_a_warning_and_the_task_succeeds(tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    summary = tmp_path / "s.json"
+    proc = lakesynth(
+        "seed",
+        "--warehouse",
+        str(tmp_path / "wh"),
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'not-a-folder' / 'mlflow.db'}",
+        "--summary",
+        str(summary),
+        tracking=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mlflow: warning: not tracked in MLflow (" in proc.stdout and "seed: ok, 24 in, 24 out" in proc.stdout
+    seed = json.loads(summary.read_text())["stages"]["seed"]
+    assert seed["status"] == "ok" and seed["warnings"][0].startswith("not tracked in MLflow (")
+
+
+def test_mlflow_failures_while_logging_are_warnings_in_the_summary(cfg, tmp_path):
+    """A run deleted under the task (metrics refused) and an artifact store that cannot be written (a file where
+    its folder should be): each is a warning in the stage's entry and the summary, and nothing raises."""
+    import mlflow
+
+    from lakesynth import tracking
+    from lakesynth.runtime import Runtime
+    from lakesynth.stage import RunContext
+
+    cfg = cfg.model_copy(
+        update={"warehouse": str(tmp_path / "wh"), "mlflow": cfg.mlflow.model_copy(update={"enabled": True})}
+    )
+    (tmp_path / "mlartifacts").write_text("")  # where the experiment keeps its artifacts
+    tracker = tracking.Tracker(cfg, Runtime.resolve(cfg)).start()
+    assert tracker.run_id and not tracker.warnings
+    summary = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {"seed": {"status": "ok", "rows_out": 3}}}
+    tracker.stage("seed", summary["stages"]["seed"])
+    assert "warnings" not in summary["stages"]["seed"]
+    mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").delete_run(tracker.run_id)
+    summary["stages"]["questions"] = {"status": "ok", "rows_out": 9}
+    tracker.stage("questions", summary["stages"]["questions"])
+    (refused,) = summary["stages"]["questions"]["warnings"]
+    assert refused.startswith("metrics not logged to MLflow (MlflowException")
+    tracker.finish(summary, RunContext(cfg))
+    assert any(w.startswith("the run summary not logged to MLflow (") for w in summary["warnings"])
+    assert refused in summary["warnings"]
+    assert summary["stages"]["seed"]["warnings"] == [w for w in summary["warnings"] if w != refused]

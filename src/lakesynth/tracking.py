@@ -2,7 +2,9 @@
 one MLflow run per pipeline run, shared by every task of the job.
 
 Tasks of a Databricks job run in separate processes; each finds the run by its `lakesynth.run_id`
-tag (the job's run id) and logs into it. Parameters are the config with long texts replaced by
+tag (the job's run id) and logs into it; tasks that start together create the experiment and the run
+once between them (`experiment`, `join_run`). Tracking is best-effort: an MLflow failure is a warning in
+the summary, never a failed task (`Tracker`). Parameters are the config with long texts replaced by
 their hashes; no secret is ever in the config, so none can reach MLflow. A check (critic, judge,
 relevance, dedup) logs what it kept and dropped per reason as metrics, and under `quality/` its
 drop reasons and a histogram of its scores, each named for its stage or table so that tasks never
@@ -20,6 +22,7 @@ from typing import Any
 
 from lakesynth import tables
 from lakesynth.config import Config
+from lakesynth.errors import LakesynthError
 from lakesynth.runtime import Runtime
 from lakesynth.tables import L, S
 
@@ -42,22 +45,38 @@ def params(cfg: Config) -> dict[str, str]:
 
 
 class Tracker:
-    """Logs a run's parameters, per-stage metrics and artifacts; a no-op when disabled or unavailable."""
+    """Logs a run's parameters, per-stage metrics and artifacts into the job run's one MLflow run.
+
+    Best-effort: tracking describes a run and must never fail it. Any MLflow failure (a store that cannot be
+    reached, a run deleted under it, a missing library) becomes a line on stdout and a `warnings` entry in the
+    summary of each stage this process reports (and in the summary's own `warnings`), never a failed task."""
 
     def __init__(self, cfg: Config, rt: Runtime) -> None:
         self.cfg = cfg
         self.rt = rt
         self.mlflow = None
         self.run_id: str | None = None
+        self.warnings: list[str] = []  # every tracking problem of this process, for the summary
+        self._untracked: list[str] = []  # why this process logs nothing (start failed): said in each stage's entry
+        self._entries: list[dict[str, Any]] = []  # the stage entries this process reported
 
     def start(self) -> Tracker:
+        """Find or create the experiment and the job run's MLflow run; on any failure, track nothing and say so."""
         if not self.cfg.mlflow.enabled:
             return self
         try:
             import mlflow
         except ImportError:
-            log.warning("mlflow is not installed: this run is not tracked (pip install 'lakesynth[local]')")
+            self._untracked.append(self._warn("mlflow is not installed: this run is not tracked"))
             return self
+        try:
+            self.run_id = self._join(mlflow)
+            self.mlflow = mlflow
+        except Exception as exc:  # noqa: BLE001 - tracking must never fail the task it describes
+            self._untracked.append(self._warn(f"not tracked in MLflow ({_describe(exc)})"))
+        return self
+
+    def _join(self, mlflow) -> str:
         for name in ("mlflow", "alembic"):  # their INFO lines would drown the one line per stage
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
         uri = tracking_uri(self.cfg, self.rt)
@@ -65,99 +84,134 @@ class Tracker:
             _new_sqlite_store(Path(uri.removeprefix("sqlite:///")), Path(self.cfg.teacher.model_cache).expanduser())
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
+        client = mlflow.MlflowClient(uri)
         name = self.cfg.mlflow.experiment
         if self.rt.databricks and not name.startswith("/"):
             name = f"/Shared/{name}"  # workspace experiments are named by path
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            location = None if self.rt.databricks else str(Path(self.rt.warehouse).parent / "mlartifacts")
-            experiment_id = mlflow.create_experiment(name, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
-        found = mlflow.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{RUN_TAG}` = '{self.cfg.run_id}'",
-            output_format="list",
-            max_results=1,
-        )
-        client = mlflow.MlflowClient()
-        if found:
-            self.run_id = found[0].info.run_id
-        else:
-            run = client.create_run(experiment_id, run_name=self.cfg.run_id, tags={RUN_TAG: self.cfg.run_id})
-            self.run_id = run.info.run_id
+        location = None if self.rt.databricks else str(Path(self.rt.warehouse).parent / "mlartifacts")
+        run_id, created = join_run(client, experiment(client, name, location), self.cfg.run_id)
+        if created:  # only the task that made the run logs the config, so tasks never disagree on a param
             from mlflow.entities import Param
 
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params(self.cfg).items()])
-        self.mlflow = mlflow
-        return self
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params(self.cfg).items()])
+        return run_id
 
     def stage(self, key: str, entry: dict[str, Any]) -> None:
         """Metrics of one finished stage: rows in/out, errors, tokens, seconds (numbers only). A check's verdict
         counts too: `<stage>.kept`, `<stage>.dropped` (all reasons) and `<stage>.dropped.<reason>` (`judge:scope`
-        as `judge_scope`, metric keys allowing no colon)."""
+        as `judge_scope`, metric keys allowing no colon). A failure is a warning in `entry`."""
+        self._entries.append(entry)
+        if self._untracked:
+            entry.setdefault("warnings", []).extend(self._untracked)
         if not self.mlflow:
             return
-        from mlflow.entities import Metric
+        try:
+            from mlflow.entities import Metric
 
-        client = self.mlflow.MlflowClient()
-        client.set_tag(self.run_id, f"stage.{key}", entry["status"])
-        numbers = {name: value for name, value in entry.items() if _number(value)}
-        dropped = entry.get("dropped")
-        if isinstance(dropped, dict):
-            reasons = {f"dropped.{_safe(reason)}": n for reason, n in dropped.items() if _number(n)}
-            numbers.update(reasons, dropped=sum(reasons.values()))
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"{key}.{name}", float(value), now, 0) for name, value in numbers.items()]
-        client.log_batch(self.run_id, metrics=metrics)
+            client = self.mlflow.MlflowClient()
+            client.set_tag(self.run_id, f"stage.{key}", entry["status"])
+            numbers = {name: value for name, value in entry.items() if _number(value)}
+            dropped = entry.get("dropped")
+            if isinstance(dropped, dict):
+                reasons = {f"dropped.{_safe(reason)}": n for reason, n in dropped.items() if _number(n)}
+                numbers.update(reasons, dropped=sum(reasons.values()))
+            now = int(time.time() * 1000)
+            metrics = [Metric(f"{key}.{name}", float(value), now, 0) for name, value in numbers.items()]
+            client.log_batch(self.run_id, metrics=metrics)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            entry.setdefault("warnings", []).append(self._warn(f"metrics not logged to MLflow ({_describe(exc)})", key))
 
     def finish(self, summary: dict[str, Any], ctx) -> None:
-        """The run summary, sample rows of each table, the report's plots and the checks' verdicts, as artifacts."""
-        if not self.mlflow:
-            return
-        client = self.mlflow.MlflowClient()
-        client.log_dict(self.run_id, summary, f"summary-{_safe(self.cfg.run_id)}.json")
-        from lakesynth import insights
+        """The run summary, sample rows of each table, the report's plots and the checks' verdicts, as artifacts;
+        each part on its own, so that one failing loses only itself. Locally, first, where this run wrote (for
+        the notebooks: `notebook.remember`). The summary gets this process's tracking warnings."""
+        if not ctx.rt.databricks:
+            try:
+                from lakesynth import notebook
 
-        for name in summary.get("tables", {}):
-            sample = ctx.read(name).limit(20).toPandas()
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"{name}.json"
-                sample.to_json(path, orient="records", force_ascii=False, indent=1, date_format="iso")
-                client.log_artifact(self.run_id, str(path), "samples")
-        if "training_chat" in summary.get("tables", {}):
-            import matplotlib.pyplot as plt
+                notebook.remember(ctx.rt, ctx.cfg.run_id)
+            except Exception as exc:  # noqa: BLE001 - a notebook convenience, never the run's failure
+                log.warning("could not record where this run wrote, for the notebooks: %s", exc)
+        if self.mlflow:
+            client = self.mlflow.MlflowClient()
+            self._attempt(
+                "the run summary",
+                lambda: client.log_dict(self.run_id, summary, f"summary-{_safe(self.cfg.run_id)}.json"),
+            )
+            for name in summary.get("tables", {}):
+                self._attempt(f"sample rows of {name}", lambda name=name: self._sample(client, ctx, name))
+            drawings: dict[str, Any] = {}
+            self._attempt("the plots", lambda: drawings.update(self._figures(summary, ctx)))
+            for what, draw in drawings.items():
+                self._attempt(what, lambda draw=draw: self._plot(client, draw))
+            self._attempt("the checks' verdicts", lambda: self._quality(client, summary, ctx))
+        if self.warnings:
+            summary.setdefault("warnings", []).extend(w for w in self.warnings if w not in summary["warnings"])
 
-            for fig_name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items():
-                client.log_figure(self.run_id, figure, f"report/{fig_name}.png")
+    def _attempt(self, what: str, log_it) -> None:
+        try:
+            log_it()
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            warning = self._warn(f"{what} not logged to MLflow ({_describe(exc)})")
+            for entry in self._entries:
+                entry.setdefault("warnings", []).append(warning)
+
+    def _sample(self, client, ctx, name: str) -> None:
+        sample = ctx.read(name).limit(20).toPandas()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.json"
+            sample.to_json(path, orient="records", force_ascii=False, indent=1, date_format="iso")
+            client.log_artifact(self.run_id, str(path), "samples")
+
+    def _plot(self, client, draw) -> None:
+        import matplotlib.pyplot as plt
+
+        figures = draw()
+        try:
+            for path, figure in figures.items():
+                client.log_figure(self.run_id, figure, path)
+        finally:
+            for figure in figures.values():
                 plt.close(figure)
-        self._quality(client, summary, ctx)
-        evaluated = summary.get("stages", {}).get("evaluate", {})
-        if evaluated.get("status") == "ok" and "base_score" in evaluated:
-            import matplotlib.pyplot as plt
 
+    def _figures(self, summary: dict[str, Any], ctx) -> dict[str, Any]:
+        """What to plot -> a function drawing its figures ({artifact path: figure}), for what this run made."""
+        stages = summary.get("stages", {})
+        figures: dict[str, Any] = {}
+        if "training_chat" in summary.get("tables", {}):
+            from lakesynth import insights
+
+            figures["the report's plots"] = lambda: {
+                f"report/{name}.png": figure for name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items()
+            }
+        evaluated = stages.get("evaluate", {})
+        if evaluated.get("status") == "ok" and "base_score" in evaluated:
             from lakesynth import evaluate
 
-            figure = evaluate.figure(evaluated)
-            client.log_figure(self.run_id, figure, "evaluate/base_vs_tuned.png")
-            plt.close(figure)
-        balanced = summary.get("stages", {}).get("leaf_topup", {})
+            figures["the evaluation's plot"] = lambda: {"evaluate/base_vs_tuned.png": evaluate.figure(evaluated)}
+        balanced = stages.get("leaf_topup", {})
         if balanced.get("status") == "ok" and balanced.get("kept_per_leaf_after"):
-            import matplotlib.pyplot as plt
+            from lakesynth import insights
 
             counts = {"before": balanced.get("kept_per_leaf_before", {}), "after": balanced["kept_per_leaf_after"]}
-            figure = insights.leaf_figure(counts, ctx.cfg.taxonomy.per_leaf)
-            client.log_figure(self.run_id, figure, "taxonomy/kept_per_leaf.png")
-            plt.close(figure)
-        scored = summary.get("stages", {}).get("tool_evaluate", {})
+            figures["the taxonomy's plot"] = lambda: {
+                "taxonomy/kept_per_leaf.png": insights.leaf_figure(counts, ctx.cfg.taxonomy.per_leaf)
+            }
+        scored = stages.get("tool_evaluate", {})
         if scored.get("status") == "ok" and scored.get("examples"):
-            import matplotlib.pyplot as plt
-
             from lakesynth import tool_evaluate
 
-            figure = tool_evaluate.figure(scored)
-            client.log_figure(self.run_id, figure, "tool_evaluate/accuracy_by_category.png")
-            plt.close(figure)
+            figures["the tool evaluation's plot"] = lambda: {
+                "tool_evaluate/accuracy_by_category.png": tool_evaluate.figure(scored)
+            }
+        return figures
+
+    def _warn(self, message: str, task: str = "mlflow") -> str:
+        """`message` logged, printed (the task's output is where a job's user looks) and kept for the summary."""
+        log.warning("%s: %s", task, message)
+        print(f"{task}: warning: {message}", flush=True)
+        self.warnings.append(message)
+        return message
 
     def _quality(self, client, summary: dict[str, Any], ctx) -> None:
         """Each check of this process: its drop reasons (`quality/<stage>_drop_reasons.json`, the counts its
@@ -177,6 +231,72 @@ class Tracker:
                 figure = score_figure(counts, f"{name}: rows per score")
                 client.log_figure(self.run_id, figure, f"quality/{name}_scores.png")
                 plt.close(figure)
+
+
+SETTLE_S = 0.5  # least wait, after creating a run, for the runs a racing task created (see join_run)
+
+
+def experiment(client, name: str, location: str | None) -> str:
+    """The id of experiment `name`, created if missing. Tasks that start together all find it missing and all
+    create it: the losers get RESOURCE_ALREADY_EXISTS, and use the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(3):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage != "active":
+                raise LakesynthError(
+                    f"MLflow experiment {name} is deleted: restore it, or set mlflow.experiment to another name"
+                )
+            return found.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    raise LakesynthError(f"MLflow experiment {name} exists but cannot be read")
+
+
+def join_run(client, experiment_id: str, run_key: str) -> tuple[str, bool]:
+    """The MLflow run of job run `run_key` (found by its RUN_TAG), created if missing: (its id, whether this call
+    created it). Every task of a job run, whatever order they start in, logs into this one run.
+
+    Tasks that start together all find none and each create one. Each then waits until every run created in
+    that race exists (a racer searched before this run existed, so it created its run at most its own
+    search-and-create latency later: the wait is SETTLE_S or three times ours, whichever is longer), lists them,
+    and keeps the earliest (start time, then run id: every racer picks the same). A loser deletes its own run,
+    never another's, so the kept one is never deleted, and a later task finds it alone."""
+    began = time.monotonic()
+    found = _tagged(client, experiment_id, run_key)
+    if found:
+        return found[0].info.run_id, False
+    mine = client.create_run(experiment_id, run_name=run_key, tags={RUN_TAG: run_key}).info.run_id
+    time.sleep(max(SETTLE_S, 3 * (time.monotonic() - began)))
+    runs = _tagged(client, experiment_id, run_key)
+    kept = runs[0].info.run_id if runs else mine
+    if kept != mine:
+        client.delete_run(mine)
+    return kept, kept == mine
+
+
+def _tagged(client, experiment_id: str, run_key: str) -> list:
+    """The active runs tagged with `run_key`, earliest first (start time, then run id)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_TAG}` = '{run_key}'",
+        max_results=100,
+        order_by=["attributes.start_time ASC"],
+    )
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def _describe(exc: Exception) -> str:
+    """An exception in one line, a URL's user and password masked (a tracking URI may carry them)."""
+    import re
+
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+    return text[:400] + ("..." if len(text) > 400 else "")
 
 
 SCORE_BUCKET = 0.05  # width of a bar of a continuous score's histogram (a cosine, say)
@@ -245,7 +365,16 @@ def _new_sqlite_store(path: Path, cache_dir: Path) -> None:
         SqlAlchemyStore(f"sqlite:///{scratch}", str(cache_dir / "mlartifacts-unused")).engine.dispose()
         os.replace(scratch, template)
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, path)
+    # Tasks that start together all find no store: each copies the template beside it, and the first to link
+    # its copy into place wins. A plain copy onto `path` could truncate a store another task already writes to.
+    scratch = path.with_name(f".{path.name}.{os.getpid()}")
+    shutil.copyfile(template, scratch)
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        pass
+    finally:
+        scratch.unlink()
 
 
 def _number(value: Any) -> bool:
