@@ -3,13 +3,16 @@
     .venv/bin/python benchmarks/dedup.py [--rows 10000,100000] [--rounds 3]
 
 (also section 5 of benchmarks/run.py, which writes RESULTS.md). Each size gets its own deterministic set of short
-bank questions from templates and five vocabularies of about 50 words, every question exactly five content words
-and no two alike, so unrelated questions share at most 4 of 6 (Jaccard 0.67) and never reach 0.7. About 5% of the
-rows are planted near-duplicates of another (a changed function word, a reordered phrase, one added content word),
-and 2% are control pairs: two questions that differ in a word that matters ("add" / "remove", "car" /
-"motorbike"). Measured, each in a fresh process on the same Parquet file, `--rounds` times interleaved (median):
+bank questions from templates and five vocabularies of about 50 words, every question five content words (one
+template adds a "not") and no two alike, so unrelated questions share at most 4 of 6 (Jaccard 0.67; 5 of 7 with the
+"not") and never reach the default threshold (0.8). About 5% of the rows are planted near-duplicates of another (a
+changed function word, a reordered phrase, one added content word), and 4% are control pairs, two questions that
+differ in a word that matters, of three kinds: a swapped action or object ("add" / "remove", "car" / "motorbike");
+the same object swap in a longer question (two more content words: 6 of 8 alike, 0.75); and a negation ("with" /
+"without", "can" / "can't", "never"; 5 of 6 alike, 0.83, so only the negation rule keeps them apart). Measured, each
+in a fresh process on the same Parquet file, `--rounds` times interleaved (median):
 
-- datasketch MinHashLSH (threshold 0.7, num_perm 64, `MinHash.bulk` over the same `content_words`, `insert` every
+- datasketch MinHashLSH (NearDedup's default threshold, num_perm 64, `MinHash.bulk` over the same `content_words`, `insert` every
   question then `query` each, pairs grouped by `duplicates.groups`): its own bands (8 x 8 at these settings) and the
   16 x 4 lakesynth uses. One Python process, no exact check.
 - lakesynth: `duplicates.near_pairs` + `duplicates.groups` with the default NearDedup, on the embedded engine (the clock
@@ -17,7 +20,7 @@ and 2% are control pairs: two questions that differ in a word that matters ("add
   LAKESYNTH_SPARK_REMOTE) for the driver's peak RSS, as on a cluster.
 
 Recall: the planted pairs (every two rows of a planted group) found in one group. Precision: of the pairs that
-share a found group, the planted ones. Controls merged: control pairs found in one group (should be 0).
+share a found group, the planted ones. Controls merged: control pairs found in one group, by kind (should be 0).
 """
 
 from __future__ import annotations
@@ -95,6 +98,20 @@ TEMPLATES = [
         "For my {person}, what if I {verb} my {adj} {product} from the {channel}?",
     ),
 ]
+# Each template's first form negated: one negation word more (or, for the one that has "not", less).
+NEGATED = [
+    "How do I {verb} a {adj} {product} on the {channel} without my {person}?",
+    "Can't I {verb} my {person}'s {adj} {product} from the {channel}?",
+    "How can I {verb} the {adj} {product} of my {person} without the {channel}?",
+    "What do I do to {verb} our {adj} {product} without my {person} on the {channel}?",
+    "Where do I {verb} the {adj} {product} for my {person} without the {channel}?",
+    "Why can I {verb} my {adj} {product} on the {channel} for my {person}?",
+    "When can't my {person} {verb} our {adj} {product} from the {channel}?",
+    "Should we never {verb} the {adj} {product} of our {person} on the {channel}?",
+    "Who can't {verb} a {adj} {product} for my {person} from the {channel}?",
+    "How would I {verb} my {adj} {product} at the {channel} without my {person}?",
+    "What if I don't {verb} my {adj} {product} from the {channel} for my {person}?",
+]
 VERB_PAIRS = "add/remove increase/decrease open/close lock/unlock enable/disable activate/deactivate freeze/unfreeze "
 VERB_PAIRS += "upgrade/downgrade link/unlink block/unblock deposit/withdraw"
 PRODUCT_PAIRS = "car/motorbike house/flat van/caravan"
@@ -128,34 +145,42 @@ EXTRA = (EXTRA + "automatically manually remotely officially").split()
 
 def _check_vocabulary() -> None:
     """Each slot word is one content word of its own, in one slot only, and the templates add none."""
-    from lakesynth.duplicates import content_words
+    from lakesynth.duplicates import NEGATIONS, content_words
 
     words = [w for slot in SLOTS.values() for w in slot] + EXTRA
     assert len(set(words)) == len(words) and all(content_words(w) == [w] for w in words)
     fill = {slot: words[0] for slot, words in SLOTS.items()}
-    assert all(content_words(t.format(**fill)) == sorted(fill.values()) for forms in TEMPLATES for t in forms)
+    for forms, negated in zip(TEMPLATES, NEGATED, strict=True):
+        base = set(content_words(forms[0].format(**fill)))
+        assert all(set(content_words(t.format(**fill))) == base for t in forms)
+        assert base - NEGATIONS == set(fill.values()) and len(base ^ set(content_words(negated.format(**fill)))) == 1
 
 
-def questions(n: int) -> tuple[list[tuple[str, str]], list[list[str]], list[tuple[str, str]]]:
-    """`n` (question_id, question) rows, the planted groups of near-duplicates (ids) and the control pairs (ids)."""
+CONTROLS = ("swap", "long swap", "negation")
+
+
+def questions(n: int) -> tuple[list[tuple[str, str]], list[list[str]], dict[str, list[tuple[str, str]]]]:
+    """`n` (question_id, question) rows, the planted groups of near-duplicates (ids) and the control pairs (ids) by
+    kind."""
     _check_vocabulary()
     rng = random.Random(n)
     seen: set[frozenset] = set()  # every base question's content words: no two alike
     added: set[tuple] = set()  # (content words less one, added word) of each added-word variant
-    rows: list[tuple[str, int | None, int | None]] = []  # (question, planted group, control pair)
+    rows: list[tuple[str, int | None, tuple | None]] = []  # (question, planted group, (control kind, pair))
 
-    def base(swappable: bool = False) -> tuple[tuple, dict]:
+    def base(swappable: tuple[str, ...] = ()) -> tuple[int, dict]:
         while True:
-            template = rng.choice(TEMPLATES)
+            t = rng.randrange(len(TEMPLATES))
             fill = {slot: rng.choice(words) for slot, words in SLOTS.items()}
             key = frozenset(fill.values())
-            if key not in seen and (not swappable or fill["verb"] in OPPOSITES or fill["product"] in OPPOSITES):
+            if key not in seen and (not swappable or any(fill[slot] in OPPOSITES for slot in swappable)):
                 seen.add(key)
-                return template, fill
+                return t, fill
 
-    groups, controls = round(n * 0.05 / 1.2), n // 100  # one group in five has two variants
+    groups, controls = round(n * 0.05 / 1.2), n // 50  # one group in five has two variants
     for g in range(groups):
-        template, fill = base()
+        t, fill = base()
+        template = TEMPLATES[t]
         texts = [template[0].format(**fill)]
         for kind in [g % 3] + ([(g + 1) % 3] if g % 5 == 4 else []):
             if kind < 2:
@@ -167,38 +192,51 @@ def questions(n: int) -> tuple[list[tuple[str, str]], list[list[str]], list[tupl
                 texts.append(texts[0][:-1] + f" {word}?")
         rows += [(t, g, None) for t in texts]
     for c in range(controls):
+        kind = CONTROLS[c % 3]
+        if kind == "negation":
+            t, fill = base()
+            rows += [(TEMPLATES[t][0].format(**fill), None, (kind, c)), (NEGATED[t].format(**fill), None, (kind, c))]
+            continue
         while True:
-            template, fill = base(swappable=True)
-            slot = "verb" if fill["verb"] in OPPOSITES else "product"
+            t, fill = base(swappable=("product",) if kind == "long swap" else ("verb", "product"))
+            slot = "verb" if fill["verb"] in OPPOSITES and kind == "swap" else "product"
             other = {**fill, slot: OPPOSITES[fill[slot]]}
             if frozenset(other.values()) not in seen:
                 seen.add(frozenset(other.values()))
                 break
-        rows += [(template[0].format(**fill), None, c), (template[0].format(**other), None, c)]
+        texts = [TEMPLATES[t][0].format(**f) for f in (fill, other)]
+        if kind == "long swap":  # two more content words each: 6 of 8 alike
+            more = " ".join(rng.sample(EXTRA, 2))
+            texts = [text[:-1] + f" {more}?" for text in texts]
+        rows += [(text, None, (kind, c)) for text in texts]
     while len(rows) < n:
-        template, fill = base()
-        rows.append((template[0].format(**fill), None, None))
+        t, fill = base()
+        rows.append((TEMPLATES[t][0].format(**fill), None, None))
     rng.shuffle(rows)
     ids = [f"q{i:06d}" for i in range(len(rows))]
     planted: dict[int, list[str]] = {}
-    paired: dict[int, list[str]] = {}
+    paired: dict[tuple, list[str]] = {}
     for qid, (text, g, c) in zip(ids, rows):
         if g is not None:
             planted.setdefault(g, []).append(qid)
         if c is not None:
             paired.setdefault(c, []).append(qid)
-    return [(i, r[0]) for i, r in zip(ids, rows)], list(planted.values()), [tuple(p) for p in paired.values()]
+    controls_by_kind = {kind: [tuple(p) for (k, _), p in paired.items() if k == kind] for kind in CONTROLS}
+    return [(i, r[0]) for i, r in zip(ids, rows)], list(planted.values()), controls_by_kind
 
 
-def score(found: dict[str, str], planted: list[list[str]], controls: list[tuple[str, str]]) -> dict:
-    """Recall and precision of the found groups (question_id -> group) on the planted pairs; controls merged."""
+def score(found: dict[str, str], planted: list[list[str]], controls: dict[str, list[tuple[str, str]]]) -> dict:
+    """Recall and precision of the found groups (question_id -> group) on the planted pairs; controls merged, by
+    kind."""
     truth = [pair for group in planted for pair in itertools.combinations(group, 2)]
     together = sum(a in found and found.get(a) == found.get(b) for a, b in truth)
     predicted = sum(size * (size - 1) // 2 for size in Counter(found.values()).values())
     return {
         "recall": together / len(truth),
         "precision": together / predicted if predicted else 1.0,
-        "controls_merged": sum(a in found and found.get(a) == found.get(b) for a, b in controls),
+        "controls_merged": {
+            kind: sum(a in found and found.get(a) == found.get(b) for a, b in pairs) for kind, pairs in controls.items()
+        },
         "groups": len(set(found.values())),
     }
 
@@ -217,13 +255,14 @@ def _run_datasketch(path: str, bands: int) -> tuple[float, dict[str, str]]:
     import pandas as pd
     from datasketch import MinHash, MinHashLSH
 
+    from lakesynth.dedup import NearDedup
     from lakesynth.duplicates import content_words, groups
 
     started = time.monotonic()
     frame = pd.read_parquet(path)
     ids = frame["question_id"].tolist()
     signatures = MinHash.bulk(([w.encode() for w in content_words(q)] for q in frame["question"]), num_perm=64)
-    lsh = MinHashLSH(threshold=0.7, num_perm=64, params=(bands, 64 // bands) if bands else None)
+    lsh = MinHashLSH(threshold=NearDedup().threshold, num_perm=64, params=(bands, 64 // bands) if bands else None)
     for key, signature in zip(ids, signatures):
         lsh.insert(key, signature)
     pairs = [(a, b, 0.0) for a, signature in zip(ids, signatures) for b in lsh.query(signature) if a < b]
@@ -265,7 +304,8 @@ def near_dedup(folder: Path, sizes: list[int], rounds: int = 3) -> list[tuple]:
         path = folder / f"questions_{n}.parquet"
         pd.DataFrame(data, columns=["question_id", "question"]).to_parquet(path)
         size = f"{n // 1000}k"
-        planted_rows = f"{len(planted)} planted groups of {sum(map(len, planted))} rows, {len(controls)} control pairs"
+        kinds = ", ".join(f"{len(pairs)} {kind}" for kind, pairs in controls.items())
+        planted_rows = f"{len(planted)} planted groups of {sum(map(len, planted))} rows; control pairs: {kinds}"
         rows.append((f"questions, {size}", f"{n} rows", "", planted_rows))
         times, found = {kind: [] for kind in KINDS}, {}
         for r, kind in itertools.product(range(rounds), KINDS):
@@ -276,7 +316,8 @@ def near_dedup(folder: Path, sizes: list[int], rounds: int = 3) -> list[tuple]:
             s = score(found[kind], planted, controls)
             ratio = f"{median[kind] / min(median['datasketch'], median['datasketch16']):.2f}x of datasketch's best"
             ratio = ratio + ", goal <= 1x" if kind == "lakesynth" else "reference"
-            note = f"recall {s['recall']:.3f}, precision {s['precision']:.3f}, controls merged {s['controls_merged']}"
+            merged = ", ".join(f"{kind} {count}" for kind, count in s["controls_merged"].items())
+            note = f"recall {s['recall']:.3f}, precision {s['precision']:.3f}, controls merged: {merged}"
             spread = f"{min(times[kind]):.2f}-{max(times[kind]):.2f}"
             rows.append((f"{label}, {size}", f"{median[kind]:.2f} s ({spread})", ratio, note))
         server, address = start_engine_server()
