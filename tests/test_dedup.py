@@ -157,13 +157,15 @@ def test_semantic_duplicates_by_embeddings_within_a_topic(spark, cfg, teacher_se
     semantic = {"enabled": True, "base_url": teacher_server.base_url, "model": "embed", "threshold": 0.95}
     settings = dedup.DedupConfig.model_validate({"near": {"enabled": False}, "semantic": semantic})
     cfg = cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"dedup": settings})})
-    planted = [("s1", "Can I freeze my card from the app?"), ("s2", "From the app, can I freeze my card?")] + CONTROLS
+    # Not the negation controls: to a bag of words, "with" / "with no injuries" are twins (a real model tells them apart).
+    controls = CONTROLS[:6]
+    planted = [("s1", "Can I freeze my card from the app?"), ("s2", "From the app, can I freeze my card?")] + controls
     _plant(spark, cfg, planted)
     result = dedup.run(context(cfg))
     got = _verdicts(spark, cfg)
     assert got["s1"].keep and got["s2"].drop_reason == "semantic_duplicate"
     assert got["s1"].semantic_group == got["s2"].semantic_group and got["s2"].semantic_similarity > 0.95
-    assert all(got[q].keep and got[q].semantic_group is None for q, _ in CONTROLS)
+    assert all(got[q].keep and got[q].semantic_group is None for q, _ in controls)
     assert result.metrics["dropped"] == {"semantic_duplicate": 1} and teacher_server.stats.requests >= 1
 
 
