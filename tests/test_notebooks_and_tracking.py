@@ -81,7 +81,7 @@ def small_run(tmp_path_factory):
     return tmp
 
 
-def _book(name: str, folder: Path = ROOT / "notebooks", **params: str):
+def _book(name: str, folder: Path = ROOT / "notebooks", **params: object):
     """The notebook with its parameters cell set as papermill (or a job's base_parameters) would set them."""
     book = nbformat.read(folder / f"{name}.ipynb", as_version=4)
     (cell,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
@@ -89,10 +89,10 @@ def _book(name: str, folder: Path = ROOT / "notebooks", **params: str):
     return book
 
 
-def _execute(name: str, warehouse: Path, schema: str = DEV_SCHEMA, **params: str) -> list:
+def _execute(name: str, warehouse: Path, *overrides: str, schema: str = DEV_SCHEMA, **params: object) -> list:
     """The notebook executed headless on `warehouse`, given the catalog and schema as a dev deploy's job passes
-    them; its cells' outputs, none of them an error."""
-    book = _book(name, catalog="main", schema=schema, warehouse=str(warehouse), **params)
+    them, and config `overrides` (KEY=VALUE, applied last); its cells' outputs, none of them an error."""
+    book = _book(name, catalog="main", schema=schema, warehouse=str(warehouse), overrides=list(overrides), **params)
     NotebookClient(
         book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
     ).execute()
