@@ -208,7 +208,7 @@ def schema_lock(rt: Runtime, run_id: str):
 def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> dict[str, Any]:
     cfg = ctx.cfg
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
-    if ctx.rt.serving:  # standing in for Databricks serverless: its rule for UDFs holds here too
+    if ctx.rt.serving:  # standing in for Databricks serverless: its rule for UDFs holds here too, for this run
         serverless.arm()
     tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
@@ -281,6 +281,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             }
         tracker.finish(summary, ctx)
     finally:
+        serverless.disarm()
         ctx.close()
     return summary
 

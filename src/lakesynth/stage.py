@@ -34,13 +34,15 @@ class StageResult:
 
     def add(self, part: StageResult) -> None:
         """Fold in one part of the stage's work (an LLM loop run once per category or mode): counts and numeric
-        metrics summed, the model and prompt version those of the last part."""
+        metrics summed, text metrics the first part's, the model and prompt version those of the last part."""
         self.rows_in += part.rows_in
         self.rows_out += part.rows_out
         self.errors += part.errors
         for k, v in part.metrics.items():
             if isinstance(v, int | float):
                 self.metrics[k] = self.metrics.get(k, 0) + v
+            elif isinstance(v, str):  # how the calls were made, where the tokens come from: the same for every part
+                self.metrics.setdefault(k, v)
         self.model, self.prompt_version = part.model, part.prompt_version
 
     def line(self, stage: str, seconds: float) -> str:
