@@ -191,8 +191,8 @@ def test_the_command_takes_taxonomy_and_documents_and_fails_a_broken_tree(tmp_pa
     assert "documents: ok, 1 in" in good.stdout and "taxonomy: ok" in good.stdout and "leaves 3" in good.stdout
     location = warehouse / "main" / "lakesynth_dev" / "taxonomy_leaves"
     assert len(deltalake.DeltaTable(str(location)).to_pandas()) == 3
-    (tree / PLAIN).write_text((tree / PLAIN).read_text().replace("version: 3", "version: 2"))
+    (tree / PLAIN).write_text((tree / PLAIN).read_text().replace("version: 3", "version: 4"))
     bad = lakesynth()
     assert bad.returncode == 1
-    assert f"{PLAIN}: version: must be 3, got 2" in bad.stdout
+    assert f"{PLAIN}: version: 4 is not a qna.yaml version" in bad.stdout
     assert len(deltalake.DeltaTable(str(location)).to_pandas()) == 3

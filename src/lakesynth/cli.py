@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--tools", help="function-calling job: OpenAI tools file (.json) or a typed Python module")
     common.add_argument("--functions", help="function-calling job: Python module implementing a JSON spec's tools")
     common.add_argument("--calls", help="function-calling job: JSONL of query/function_calls pairs to verify")
-    common.add_argument("--taxonomy", help="InstructLab taxonomy folder (qna.yaml version 3 leaves) to generate from")
+    common.add_argument("--taxonomy", help="InstructLab taxonomy folder (qna.yaml leaves, versions 1-3) to generate from")
     common.add_argument("--documents", help="folder of markdown, text and PDF knowledge documents (or /Volumes/...)")
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
