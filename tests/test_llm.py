@@ -45,6 +45,17 @@ def server():
     s.stop()
 
 
+@pytest.fixture(autouse=True)
+def fresh_concurrency():
+    """Each test's endpoints start at their cap: a port can come back in a later test, with the throttles of
+    an earlier one."""
+    from lakesynth.llm.throttle import reset_concurrency
+
+    reset_concurrency()
+    yield
+    reset_concurrency()
+
+
 def test_structured_results_are_validated_objects_with_accounting(server):
     results = _call(server).run(_requests(5))
     assert [r.key for r in results] == [f"row-{i}" for i in range(5)]
@@ -63,7 +74,7 @@ def test_every_row_done_or_erred_under_20_percent_faults_of_every_kind(server, t
     assert sum(r.error is None for r in results) >= 490
     assert set(server.stats.faults) == {"429", "500", "timeout", "malformed", "schema", "truncated"}
     retried = [r for r in results if r.attempts > 1]
-    assert retried and all(r.error is None or r.attempts == 4 for r in results)
+    assert retried and all(r.error is None or r.attempts >= 4 for r in results)  # throttled attempts on top
     for r in results:
         if r.error:
             assert r.error.split(":")[0] in {
@@ -90,7 +101,7 @@ def test_truncated_reply_is_an_error_not_a_row(server):
 
 def test_retry_after_is_honoured_and_429_recovers(server):
     server.reset(fault_rate=0.5, faults=("429",), seed=3)
-    results = _call(server, max_retries=8).run(_requests(40))
+    results = _call(server, max_retries=0).run(_requests(40))  # a throttle spends its own budget, not max_retries
     assert all(r.error is None for r in results) and server.stats.faults["429"] > 0
 
 
@@ -333,13 +344,14 @@ def test_local_ai_query_checks_its_response_format_against_the_model(spark, serv
     import pandas as pd
 
     udf = llm.ai_query_udf(
-        llm.Endpoint(server.base_url, "standin"), TeacherConfig(), output=Answer, journal_dir=None, workers=1
+        llm.Call(llm.Endpoint(server.base_url, "standin"), TeacherConfig(), Answer, 0.1, 64, label="answers"),
+        workers=1,
     )
     params = pd.DataFrame({"max_tokens": [64], "temperature": [0.1]})
     args = (pd.Series(["standin"]), pd.Series(["What is a card?"]), params)
     out = udf.func(*args, pd.Series([llm.response_format(Answer)]), pd.Series([False]))
     assert out.errorMessage.isna().all() and Answer.model_validate_json(out.result[0]).answer
-    with pytest.raises(ConfigError, match="does not describe the output model Answer"):
+    with pytest.raises(ConfigError, match="does not describe the output of answers"):
         udf.func(*args, pd.Series(["STRUCT<response: STRUCT<answer: STRING>>"]), pd.Series([False]))
 
 
@@ -353,7 +365,8 @@ def test_local_ai_query_checks_its_response_format_against_the_model(spark, serv
         ("413", "RequestTooLargeError: HTTP 413 invalid_request_error: Request entity too large", 1),
         ("400_context", "BadRequestError: HTTP 400 context_length_exceeded: This model's maximum context length", 1),
         ("409", "ConflictError: HTTP 409 conflict: Conflict", 3),
-        ("429", "RateLimitError: HTTP 429: rate limited", 3),
+        ("429", "throttled: RateLimitError: HTTP 429: rate limited", 3),
+        ("503_retry_after", "throttled: InternalServerError: HTTP 503: the endpoint is overloaded", 3),
         ("500", "InternalServerError: HTTP 500: internal error", 3),
         ("reset", "APIConnectionError: ", 3),
         ("malformed", "InvalidOutput: output did not match Questions", 3),
@@ -361,7 +374,7 @@ def test_local_ai_query_checks_its_response_format_against_the_model(spark, serv
 )
 def test_each_kind_of_failure_is_its_rows_error_retried_or_not(server, fault, error, attempts):
     server.reset(fault_rate=1.0, faults=(fault,))
-    results = _call(server, max_retries=2).run(_requests(4))
+    results = _call(server, max_retries=2, max_throttle_retries=2).run(_requests(4))
     assert [r.key for r in results] == [f"row-{i}" for i in range(4)]
     for r in results:
         assert r.output is None and r.error.startswith(error), r.error
@@ -409,9 +422,9 @@ def test_a_huge_retry_after_is_capped(server, monkeypatch):
     monkeypatch.setattr(pool, "MAX_RETRY_AFTER_S", 0.2)
     server.reset(fault_rate=1.0, faults=("huge_retry_after",))
     started = time.monotonic()
-    (result,) = _call(server, max_retries=2).run(_requests(1))
+    (result,) = _call(server, max_retries=0, max_throttle_retries=2).run(_requests(1))
     elapsed = time.monotonic() - started
-    assert result.error.startswith("RateLimitError: HTTP 429") and result.attempts == 3
+    assert result.error.startswith("throttled: RateLimitError: HTTP 429") and result.attempts == 3
     assert 0.4 <= elapsed < 5.0
 
 

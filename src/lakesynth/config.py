@@ -96,7 +96,17 @@ class TeacherConfig(Section):
     api_key_env: str = Field(
         "", description="Name of the environment variable that holds the API key (never the key itself)."
     )
-    max_concurrency: int = Field(8, ge=1, description="Total requests in flight for a stage (workers x per worker).")
+    max_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Most requests in flight for a stage (workers x per worker); fewer while the endpoint throttles "
+        "(adaptive_concurrency).",
+    )
+    adaptive_concurrency: bool = Field(
+        True,
+        description="Fewer requests in flight while the endpoint throttles (429, or 503 with Retry-After), and more "
+        "again as they succeed (AIMD, between 1 and max_concurrency), per endpoint and process.",
+    )
     workers: int = Field(1, ge=1, description="Spark partitions a stage spreads its LLM calls over.")
     chunk_rows: int = Field(
         5000,
@@ -105,7 +115,16 @@ class TeacherConfig(Section):
         "can cost.",
     )
     timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request, in seconds.")
-    max_retries: int = Field(3, ge=0, description="Retries of one request after 429/5xx/timeouts/invalid output.")
+    max_retries: int = Field(
+        3, ge=0, description="Retries of one request after 408/409/5xx, timeouts, dropped connections, invalid output."
+    )
+    max_throttle_retries: int = Field(
+        20,
+        ge=0,
+        description="Retries of one request the endpoint throttled (429, or 503 with Retry-After), after the wait it "
+        "asks for: a budget apart from max_retries, so throttling slows a stage rather than failing its rows. A row "
+        "throttled past it fails with an error that starts 'throttled: '.",
+    )
     journal_flush_s: float = Field(
         2.0,
         ge=0,
@@ -244,7 +263,10 @@ class Config(Section):
     @field_validator("catalog", "schema_", "volume")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        """Unity Catalog names as the SQL here writes them unquoted: letters (any script: development mode's
+        `dev_<user>_` prefix carries a user name such as josé), digits, underscore; no leading digit. Spaces,
+        dots, backticks, quotes and hyphens are refused: they would need quoting or split the name."""
+        if not re.fullmatch(r"[^\W\d]\w*", value):
             raise ValueError("must be a plain identifier (letters, digits, underscore)")
         return value
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 EMBEDDING_DIM = 64
 FAULTS = ("429", "500", "timeout", "malformed", "schema", "truncated")
 # Replies a real endpoint sends now and then, each answered as OpenAI-compatible servers do; "reset" drops
-# the connection without a reply, "huge_retry_after" is a 429 asking for a day's wait.
-OPT_IN_FAULTS = ("409", "413", "422", "400_context", "reset", "huge_retry_after")
+# the connection without a reply, "huge_retry_after" is a 429 asking for a day's wait, "503_retry_after" an
+# overloaded endpoint asking for a wait (a throttle, as a 429 is).
+OPT_IN_FAULTS = ("409", "413", "422", "400_context", "reset", "huge_retry_after", "503_retry_after")
 _FAULT_REPLIES = {
     "409": (409, {}, {"error": {"message": "Conflict: a request with this id is in progress", "type": "conflict"}}),
     "413": (413, {}, {"error": {"message": "Request entity too large", "type": "invalid_request_error"}}),
@@ -56,6 +57,8 @@ class StandInOptions:
     fault_rate: float = 0.0
     faults: tuple[str, ...] = FAULTS
     seed: int = 0
+    retry_after_ms: tuple[float, float] = (20.0, 20.0)  # the wait a throttle asks for, drawn from this range
+    throttle_above: int = 0  # a 429 (with Retry-After) for a request beyond this many in flight (0: never)
     timeout_sleep_s: float = 30.0
     api_key: str | None = None
     expire_first: int = 0  # the first N chat requests get a 401, as from an expired token
@@ -233,6 +236,10 @@ class StandIn:
         if opts.reject_schema and fmt:
             return 400, {}, {"error": {"message": "response_format json_schema is not supported by this endpoint"}}
         fault = self._rng.choice(opts.faults) if opts.fault_rate and self._rng.random() < opts.fault_rate else None
+        if opts.throttle_above and self.stats.in_flight >= opts.throttle_above:
+            fault = "429"  # an endpoint at its capacity, as a tokens-per-minute limit makes one
+            self.stats.faults[fault] += 1
+            return 429, self._retry_after(), {"error": {"message": "rate limited: too many requests in flight"}}
         async with self._slots:
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
@@ -243,7 +250,9 @@ class StandIn:
         if fault:
             self.stats.faults[fault] += 1
         if fault == "429":
-            return 429, {"retry-after-ms": "20", "retry-after": "0"}, {"error": {"message": "rate limited"}}
+            return 429, self._retry_after(), {"error": {"message": "rate limited"}}
+        if fault == "503_retry_after":
+            return 503, self._retry_after(), {"error": {"message": "the endpoint is overloaded"}}
         if fault in ("500", "timeout"):
             return 500, {}, {"error": {"message": "internal error"}}
         if fault == "reset":
@@ -280,6 +289,12 @@ class StandIn:
                 },
             },
         )
+
+    def _retry_after(self) -> dict:
+        """Retry-After headers as OpenAI sends them: in milliseconds, and in whole seconds."""
+        low, high = self.options.retry_after_ms
+        wait_ms = low if low == high else self._rng.uniform(low, high)  # a fixed wait draws nothing: seeds hold
+        return {"retry-after-ms": f"{wait_ms:.0f}", "retry-after": str(int(wait_ms // 1000))}
 
     def _embeddings(self, headers: dict, body: bytes) -> tuple[int, dict, dict]:
         """OpenAI's /embeddings: each input as a unit bag-of-words vector (words hashed into EMBEDDING_DIM), so
@@ -340,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {FAULTS + OPT_IN_FAULTS}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retry-after-ms", default="20,20", help="the range a throttle's Retry-After is drawn from")
+    parser.add_argument("--throttle-above", type=int, default=0, help="429 beyond this many in flight (0: never)")
     args = parser.parse_args(argv)
     server = StandIn(
         StandInOptions(
@@ -348,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
             fault_rate=args.fault_rate,
             faults=tuple(args.faults.split(",")),
             seed=args.seed,
+            retry_after_ms=tuple(float(v) for v in args.retry_after_ms.split(",")),
+            throttle_above=args.throttle_above,
         ),
         port=args.port,
     )

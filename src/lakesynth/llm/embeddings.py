@@ -1,7 +1,8 @@
 """Embeddings: texts -> unit vectors from an OpenAI-compatible `/embeddings` endpoint, a batch per request.
 
-Retried as chat requests are (408, 409, 429 and 5xx; Retry-After; jittered backoff); a Databricks token is
-renewed once after a 401. A batch that still fails raises EndpointError: an embedding has no partial result
+Retried as chat requests are (408, 409, 429 and 5xx; Retry-After; jittered backoff; a throttle, a 429 or a 503
+with Retry-After, on teacher.max_throttle_retries rather than max_retries); a Databricks token is renewed once
+after a 401. A batch that still fails raises EndpointError: an embedding has no partial result
 to keep in a row, and the stage that needs it fails whole, with nothing written.
 """
 
@@ -16,11 +17,12 @@ from lakesynth.config import TeacherConfig
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.pool import RETRYABLE_STATUS, _backoff, _retry_after
+from lakesynth.llm.throttle import is_throttle
 
 
 class _Retry(Exception):
-    def __init__(self, retry_after: float | None) -> None:
-        self.retry_after = retry_after
+    def __init__(self, retry_after: float | None, throttled: bool) -> None:
+        self.retry_after, self.throttled = retry_after, throttled
 
 
 def embed(endpoint: Endpoint, teacher: TeacherConfig, texts: list[str], *, batch: int = 64) -> np.ndarray:
@@ -30,7 +32,7 @@ def embed(endpoint: Endpoint, teacher: TeacherConfig, texts: list[str], *, batch
     vectors: list[list[float]] = []
     with httpx.Client(timeout=teacher.timeout_s) as client:
         for start in range(0, len(texts), batch):
-            vectors.extend(_one(client, url, auth, endpoint.model, texts[start : start + batch], teacher.max_retries))
+            vectors.extend(_one(client, url, auth, endpoint.model, texts[start : start + batch], teacher))
     found = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
     return found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
 
@@ -52,22 +54,32 @@ def mean_cosines(
     return scores
 
 
-def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str], retries: int) -> list:
+def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str], teacher: TeacherConfig) -> list:
     renewed = False
-    for attempt in range(1, retries + 2):
+    failed = throttled = 0
+    while True:
         header = auth.header()
         try:
             response = client.post(url, json={"model": model, "input": texts}, headers=header)
-            if response.status_code == 401 and auth.refreshable and not renewed:
+            status = response.status_code
+            if status == 401 and auth.refreshable and not renewed:
                 auth.refresh(header)
                 renewed = True
                 continue
-            if response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
-                raise _Retry(_retry_after(response.headers))
+            if status in RETRYABLE_STATUS or status >= 500:
+                retry_after = _retry_after(response.headers)
+                raise _Retry(retry_after, is_throttle(status, retry_after))
         except (httpx.RequestError, _Retry) as exc:
-            if attempt > retries:
-                raise EndpointError(f"embeddings at {url}: no reply after {attempt} attempts ({exc!r})") from None
-            time.sleep(_backoff(attempt, exc))
+            if getattr(exc, "throttled", False):
+                throttled += 1
+                tries, budget = throttled, teacher.max_throttle_retries
+            else:
+                failed += 1
+                tries, budget = failed, teacher.max_retries
+            if tries > budget:
+                attempts = failed + throttled
+                raise EndpointError(f"embeddings at {url}: no reply after {attempts} attempts ({exc!r})") from None
+            time.sleep(_backoff(tries, exc))
             continue
         if not response.is_success:
             raise EndpointError(
@@ -75,4 +87,3 @@ def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str
             )
         data = sorted(response.json()["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data]
-    raise EndpointError(f"embeddings at {url}: the token was refused after renewal")

@@ -27,10 +27,13 @@ import httpx2 as httpx
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
+from lakesynth import serverless
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
+from lakesynth.llm.throttle import AdaptiveConcurrency, Gate, is_throttle
+from lakesynth.llm.throttle import shared as _shared_concurrency
 
 
 class InvalidOutput(Exception):
@@ -55,6 +58,10 @@ class RetryableStatus(StatusError):
     """A reply in RETRYABLE_STATUS, or a 5xx."""
 
 
+class Throttled(RetryableStatus):
+    """A 429, or a 503 that asks for a wait (Retry-After): the endpoint's limits, not the row's fault."""
+
+
 class RejectedStatus(StatusError):
     """Any other error reply that is not fatal: this row's request was refused."""
 
@@ -63,6 +70,10 @@ class RejectedStatus(StatusError):
 # 1. Retried, then the row's error once attempts run out (honouring Retry-After, up to MAX_RETRY_AFTER_S).
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 RETRYABLE = (RetryableStatus, httpx.RequestError, InvalidOutput)  # RequestError: timeouts, refused, reset, ...
+#    A throttle (Throttled: a 429, or a 503 with Retry-After) slows the pool (throttle.py) and is retried on a
+#    budget of its own, teacher.max_throttle_retries, so a burst of them never spends max_retries. Should that
+#    run out too, the row's error starts with THROTTLED, so a stage can leave it out of its failure rate.
+THROTTLED = "throttled: "
 # 2. The stage stops (EndpointError): no row could succeed. A Databricks token refused (401) is renewed and
 #    the request sent once more first (see Auth).
 FATAL_STATUS = {
@@ -181,6 +192,7 @@ class Call:
     ) -> Iterator[list[Result]]:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name=f"lakesynth-{self.label}", daemon=True)
+        serverless.mark_thread(thread)  # its connections count as made where this runs (a UDF, or the driver)
         thread.start()
 
         def on_loop(coro):
@@ -255,7 +267,14 @@ class _Pool:
         self.answered = False  # has the endpoint answered any request of this pool yet?
         self.journal = Journal(call.journal_dir, teacher.journal_flush_s)
         self.in_flight = max(1, -(-teacher.max_concurrency // workers))
-        self.slots = asyncio.Semaphore(self.in_flight)
+        # The pool's share of max_concurrency is the most in flight; the endpoint's throttles decide how many
+        # of them are used (shared with every pool of this process that calls it).
+        self.adapt = teacher.adaptive_concurrency
+        if self.adapt:
+            self.concurrency = _shared_concurrency(endpoint.base_url, endpoint.model, self.in_flight)
+        else:
+            self.concurrency = AdaptiveConcurrency(self.in_flight)  # this pool's own, never changed
+        self.slots = Gate(self.concurrency, self.in_flight)
         self.url = httpx.URL(f"{endpoint.base_url}/chat/completions")
         self.auth = Auth(endpoint, teacher.timeout_s)
         self.client = httpx.AsyncClient(
@@ -307,41 +326,58 @@ class _Pool:
         call = self.call
         result = Result(key=key, fingerprint=fp, model=call.endpoint.model)
         body = call._body_prefix + messages + b"}"
-        attempts = call.teacher.max_retries + 1
+        attempts, throttles = call.teacher.max_retries + 1, call.teacher.max_throttle_retries
+        failed = throttled = 0
         started = time.monotonic()
-        for attempt in range(1, attempts + 1):
-            result.attempts = attempt
+        while True:
+            result.attempts += 1  # every request sent, throttled ones included
             try:
                 result.output = await self.attempt(body, result)
                 break
             except RejectedStatus as exc:
                 self.record(result, exc)
                 break
-            except RETRYABLE as exc:
-                if attempt == attempts:
+            except Throttled as exc:
+                throttled += 1
+                if throttled > throttles:
                     self.record(result, exc)
                     break
-                await asyncio.sleep(_backoff(attempt, exc))
+                await asyncio.sleep(_backoff(throttled, exc))
+            except RETRYABLE as exc:
+                failed += 1
+                if failed == attempts:
+                    self.record(result, exc)
+                    break
+                await asyncio.sleep(_backoff(failed, exc))
         result.latency_ms = int((time.monotonic() - started) * 1000)
         self.journal.append(result)
         return result
 
     async def attempt(self, body: bytes, result: Result) -> dict:
-        response, header = await self.send(body)
+        response, header, (epoch, full) = await self.send(body)
         if response.status_code == 401 and self.auth.refreshable:  # an expired token: renew it, send once more
             self.auth.refresh(header)
-            response, _ = await self.send(body)
+            response, _, (epoch, full) = await self.send(body)
         if not 200 <= response.status_code < 300:
-            raise self.status_error(response)
+            error = self.status_error(response)
+            if self.adapt and isinstance(error, Throttled):
+                self.concurrency.throttled(epoch, error.retry_after)
+            raise error
+        if self.adapt and full:
+            self.concurrency.succeeded(epoch)
         return self.call._parse(response.content, result)
 
-    async def send(self, body: bytes) -> tuple[httpx.Response, dict[str, str]]:
-        async with self.slots:
+    async def send(self, body: bytes) -> tuple[httpx.Response, dict[str, str], tuple[int, bool]]:
+        """The reply, the auth header it was sent with, and its slot (Gate.acquire: epoch, limit filled)."""
+        slot = await self.slots.acquire()
+        try:
             await self.pace(body)
             header = self.auth.header()
             response = await self.client.post(self.url, content=body, headers=header)
+        finally:
+            self.slots.release()
         self.answered = True
-        return response, header
+        return response, header, slot
 
     async def pace(self, body: bytes) -> None:
         """Wait for the shared rate limits, if any; the token cost is the completion limit plus the body's
@@ -359,7 +395,10 @@ class _Pool:
         if status in FATAL_STATUS or (self.preflight and status == 400 and not ROW_ERROR_CODES.intersection(codes)):
             return EndpointError(self.auth.redact(self.call._describe_fatal(status, message)))
         if status in RETRYABLE_STATUS or status >= 500:
-            return RetryableStatus(status, message, codes, _retry_after(response.headers))
+            retry_after = _retry_after(response.headers)
+            if is_throttle(status, retry_after):
+                return Throttled(status, message, codes, retry_after)
+            return RetryableStatus(status, message, codes, retry_after)
         return RejectedStatus(status, message, codes)
 
     def record(self, result: Result, exc: Exception) -> None:
@@ -376,6 +415,9 @@ class _Pool:
             error = f"APITimeoutError: no reply within {call.teacher.timeout_s} s"
         elif isinstance(exc, httpx.RequestError):
             error = f"APIConnectionError: {_name(exc)}"
+        elif isinstance(exc, Throttled):
+            error = f"{THROTTLED}{exc}"
+            self.concurrency.throttled_rows += 1
         else:
             error = f"{type(exc).__name__}: {exc}" if isinstance(exc, InvalidOutput) else str(exc)
         result.output = None
@@ -401,7 +443,7 @@ def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:
     key, model, schema or URL fails cleanly (EndpointError) before any Spark job starts. It costs one
     prompt, and unlike a full first call it does not hold up the whole batch behind it. A failure of
     that row alone (a 429, a prompt too long) is not the endpoint's and lets the stage go on."""
-    teacher = call.teacher.model_copy(update={"max_retries": 0})
+    teacher = call.teacher.model_copy(update={"max_retries": 0, "max_throttle_retries": 0})
     check = dataclasses.replace(call, teacher=teacher, max_tokens=1, journal_dir=None, label=f"{call.label} check")
     for _ in check._stream([first], workers=1, preflight=True):
         pass
