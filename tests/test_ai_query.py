@@ -78,3 +78,35 @@ def test_a_parsed_reply_becomes_a_response_row(spark):
     answered = spark.createDataFrame([("q1", "s", "t", "Q?", "v", "f1", True, (("r", "A."), None))], schema)
     (row,) = responses.to_response_rows(llm_stage.ai_query_replies(answered, model="m")).collect()
     assert (row.answer, row.reasoning, row.error) == ("A.", "r", None)
+
+
+ERROR_SHAPES = {
+    "string": (S, "429: REQUEST_LIMIT_EXCEEDED", "429: REQUEST_LIMIT_EXCEEDED"),
+    "struct": (
+        T.StructType([T.StructField("code", S), T.StructField("message", S)]),
+        ("REQUEST_LIMIT_EXCEEDED", "slow down"),
+        '{"code":"REQUEST_LIMIT_EXCEEDED","message":"slow down"}',
+    ),
+    "null": (T.NullType(), None, NO_REPLY),
+    "number": (T.IntegerType(), 429, "429"),
+}
+
+
+@pytest.fixture
+def ansi(spark):
+    """The session under ANSI mode, serverless' default, for one test."""
+    before = spark.conf.get("spark.sql.ansi.enabled", "false")
+    spark.conf.set("spark.sql.ansi.enabled", "true")
+    yield spark
+    spark.conf.set("spark.sql.ansi.enabled", before)
+
+
+@pytest.mark.parametrize("shape", list(ERROR_SHAPES))
+def test_each_documented_error_shape_is_read_under_ansi_mode(ansi, shape):
+    """The error field as a string, a struct, null or a number: made text by its type, never trimmed as it is
+    (F.trim of a struct or number is an analysis error under ANSI)."""
+    error_type, failed_error, expected = ERROR_SHAPES[shape]
+    response = T.StructType([T.StructField("result", S), T.StructField("errorMessage", error_type)])
+    got = _replies(ansi, response, [("ok", (REPLY, None)), ("failed", (None, failed_error))])
+    assert got["ok"] == (ANSWER, None, None)
+    assert got["failed"] == (None, expected, None)
