@@ -263,10 +263,7 @@ class Config(Section):
     @field_validator("catalog", "schema_", "volume")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        """Unity Catalog names as the SQL here writes them unquoted: letters (any script: development mode's
-        `dev_<user>_` prefix carries a user name such as josé), digits, underscore; no leading digit. Spaces,
-        dots, backticks, quotes and hyphens are refused: they would need quoting or split the name."""
-        if not re.fullmatch(r"[^\W\d]\w*", value):
+        if not _IDENTIFIER.match(value):
             raise ValueError("must be a plain identifier (letters, digits, underscore)")
         return value
 
