@@ -23,7 +23,8 @@ class Questions(BaseModel):
 
 
 def _call(server: StandIn, tmp_path=None, **teacher) -> llm.Call:
-    cfg = TeacherConfig(base_url=server.base_url, model="standin", **{"max_retries": 3, "timeout_s": 5, **teacher})
+    settings = {"max_retries": 3, "timeout_s": 5, "throttle_patience_s": 0, **teacher}  # patience: see test_throttling
+    cfg = TeacherConfig(base_url=server.base_url, model="standin", **settings)
     return llm.Call(
         llm.Endpoint(server.base_url, "standin"),
         cfg,

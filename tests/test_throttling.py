@@ -31,7 +31,8 @@ def server():
 
 
 def _call(server: StandIn, **teacher) -> llm.Call:
-    cfg = TeacherConfig(base_url=server.base_url, model="standin", **{"timeout_s": 5, **teacher})
+    settings = {"timeout_s": 5, "throttle_patience_s": 0, **teacher}  # no patience unless a test is about it
+    cfg = TeacherConfig(base_url=server.base_url, model="standin", **settings)
     return llm.Call(llm.Endpoint(server.base_url, "standin"), cfg, Questions, temperature=0.5, max_tokens=256)
 
 
@@ -87,6 +88,16 @@ def test_a_row_throttled_past_its_budget_says_so_and_spent_none_of_max_retries(s
         assert r.output is None and r.attempts == 3  # three throttles; max_retries untouched
         assert r.error.startswith("throttled: RateLimitError: HTTP 429") and r.error.endswith("(after 3 attempts)")
     assert concurrency_trace(_call(server).endpoint)["throttled_rows"] == 3
+
+
+def test_an_endpoint_at_capacity_asking_for_short_waits_fails_no_row_within_the_patience(server):
+    """Throttled replies come back at once: 2 retries are spent in a fraction of a second, but a row is given up
+    only after throttle_patience_s of throttling too, backing off further each time."""
+    server.reset(latency_ms=20, throttle_above=2, retry_after_ms=(20, 40), seed=3)
+    call = _call(server, max_concurrency=12, max_retries=0, max_throttle_retries=2, throttle_patience_s=30)
+    results = call.run(_requests(60))
+    assert [r.error for r in results if r.error] == []
+    assert concurrency_trace(call.endpoint)["throttles"] > 0
 
 
 def test_the_limit_persists_across_pools_of_one_endpoint_until_reset(server):

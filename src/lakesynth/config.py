@@ -125,6 +125,12 @@ class TeacherConfig(Section):
         "asks for: a budget apart from max_retries, so throttling slows a stage rather than failing its rows. A row "
         "throttled past it fails with an error that starts 'throttled: '.",
     )
+    throttle_patience_s: float = Field(
+        300.0,
+        ge=0,
+        description="A throttled request is given up only once it has also been throttled for this long: an "
+        "endpoint at capacity that asks for short waits would otherwise spend max_throttle_retries in seconds.",
+    )
     journal_flush_s: float = Field(
         2.0,
         ge=0,
@@ -263,7 +269,10 @@ class Config(Section):
     @field_validator("catalog", "schema_", "volume")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        """Unity Catalog names as the SQL here writes them unquoted: letters (any script: development mode's
+        `dev_<user>_` prefix carries a user name such as josé), digits, underscore; no leading digit. Spaces,
+        dots, backticks, quotes and hyphens are refused: they would need quoting or split the name."""
+        if not re.fullmatch(r"[^\W\d]\w*", value):
             raise ValueError("must be a plain identifier (letters, digits, underscore)")
         return value
 

@@ -328,7 +328,7 @@ class _Pool:
         body = call._body_prefix + messages + b"}"
         attempts, throttles = call.teacher.max_retries + 1, call.teacher.max_throttle_retries
         failed = throttled = 0
-        started = time.monotonic()
+        started, first_throttle = time.monotonic(), None
         while True:
             result.attempts += 1  # every request sent, throttled ones included
             try:
@@ -339,10 +339,16 @@ class _Pool:
                 break
             except Throttled as exc:
                 throttled += 1
-                if throttled > throttles:
+                now = time.monotonic()
+                first_throttle = first_throttle or now
+                patient = now - first_throttle < call.teacher.throttle_patience_s
+                if throttled > throttles and not patient:
                     self.record(result, exc)
                     break
-                await asyncio.sleep(_backoff(throttled, exc))
+                wait = _backoff(throttled, exc)
+                if throttled > throttles:  # past the count, still within patience: back off further each time
+                    wait = max(wait, random.uniform(0.5, 1.0) * min(MAX_BACKOFF_S, 0.5 * 2 ** (throttled - throttles)))
+                await asyncio.sleep(wait)
             except RETRYABLE as exc:
                 failed += 1
                 if failed == attempts:
@@ -443,7 +449,7 @@ def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:
     key, model, schema or URL fails cleanly (EndpointError) before any Spark job starts. It costs one
     prompt, and unlike a full first call it does not hold up the whole batch behind it. A failure of
     that row alone (a 429, a prompt too long) is not the endpoint's and lets the stage go on."""
-    teacher = call.teacher.model_copy(update={"max_retries": 0, "max_throttle_retries": 0})
+    teacher = call.teacher.model_copy(update={"max_retries": 0, "max_throttle_retries": 0, "throttle_patience_s": 0.0})
     check = dataclasses.replace(call, teacher=teacher, max_tokens=1, journal_dir=None, label=f"{call.label} check")
     for _ in check._stream([first], workers=1, preflight=True):
         pass
