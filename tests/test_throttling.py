@@ -163,3 +163,18 @@ def test_one_decrease_per_episode_and_one_more_slot_per_round_trip_of_successes(
     summary = state.summary()
     assert (summary["min"], summary["max"], summary["final"]) == (1, 16, 1)
     assert summary["trace"][0] == [0.0, 16] and summary["trace"][-1][1] == 1
+
+
+def test_a_stage_under_30_percent_429s_writes_every_row_and_its_summary_shows_the_concurrency(llm_cfg, teacher_server):
+    """Through the whole stage (the local ai_query path): no row error, the trace of the limit in the summary."""
+    from conftest import ROOT
+
+    from lakesynth import pipeline
+
+    teacher_server.reset(latency_ms=20, fault_rate=0.3, faults=("429",), retry_after_ms=(50, 200), seed=8)
+    summary = pipeline.run(llm_cfg, ["seed", "questions"], root=ROOT)
+    questions = summary["stages"]["questions"]
+    assert questions["status"] == "ok" and questions["errors"] == 0, questions
+    trace = questions["concurrency"]
+    assert trace["throttles"] > 0 and trace["decreases"] >= 1 and trace["min"] < trace["cap"]
+    assert teacher_server.stats.requests > questions["rows_in"]  # the throttled ones were asked again

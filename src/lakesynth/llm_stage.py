@@ -37,6 +37,8 @@ from lakesynth import llm, tables
 from lakesynth.config import LLMStageConfig, TeacherConfig
 from lakesynth.errors import EndpointError, StageError
 from lakesynth.llm import ai_query
+from lakesynth.llm.pool import THROTTLED
+from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.runtime import Runtime
 from lakesynth.stage import RunContext, StageResult
 from lakesynth.tables import S, Table
@@ -215,6 +217,7 @@ class LLMTotals:
 
     rows: int = 0
     failed: int = 0
+    throttled: int = 0  # of `failed`: rows the endpoint still throttled after the throttle budget and patience
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: list[str] = field(default_factory=list)
@@ -224,11 +227,13 @@ class LLMTotals:
         agg = rows.agg(
             F.count(F.lit(1)).alias("rows"),
             F.countDistinct(F.when(F.col("error").isNotNull(), F.col(group))).alias("failed"),
+            F.countDistinct(F.when(F.col("error").startswith(THROTTLED), F.col(group))).alias("throttled"),
             F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
             F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
         ).collect()[0]
         self.rows += agg.rows
         self.failed += agg.failed
+        self.throttled += agg.throttled
         self.prompt_tokens += int(agg.prompt_tokens)
         self.completion_tokens += int(agg.completion_tokens)
         if agg.failed and len(self.errors) < 3:
@@ -243,10 +248,12 @@ class LLMTotals:
 
 
 def check_failure_rate(stage: str, totals: LLMTotals, attempted: int, limit: float) -> None:
-    """Fail the stage (its rows are already written, errors included) when too many rows failed."""
-    if attempted and totals.failed / attempted > limit:
+    """Fail the stage (its rows are already written, errors included) when too many rows failed. Rows the endpoint
+    throttled do not count: an endpoint's limits say nothing of the stage's requests, and a rerun asks them again."""
+    failed = totals.failed - totals.throttled
+    if attempted and failed / attempted > limit:
         raise StageError(
-            f"{stage}: {totals.failed} of {attempted} requests failed (max_failure_rate {limit:.0%}); "
+            f"{stage}: {failed} of {attempted} requests failed (max_failure_rate {limit:.0%}); "
             f"rows and errors are written, a rerun retries only the failed ones. First errors:\n  "
             + "\n  ".join(totals.errors[:3])
         )
@@ -285,6 +292,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         first = pending(source, step.key, "request", "fingerprint").limit(1).collect()
         llm.preflight(call, [(str(r[step.key]), [{"role": "user", "content": r.request}]) for r in first])
     totals, started = LLMTotals(), time.time()
+    reset_concurrency(call.endpoint)  # the stage's own course of the endpoint's limit, in its summary
     parts = tables.chunks(source, step.key, attempted, max(1, cfg.teacher.chunk_rows // step.rows_per_request))
     for number, part in enumerate(parts, start=1):
         chunk_call = dataclasses.replace(
@@ -307,6 +315,11 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     if call.journal_dir:
         llm.clear_journal(call.journal_dir)
     result.rows_out, result.errors = totals.rows, totals.failed
+    if totals.throttled:
+        result.metrics["throttled_rows"] = totals.throttled
+    trace = concurrency_trace(call.endpoint)  # None for the built-in: the platform paces its own calls
+    if trace:
+        result.metrics["concurrency"] = trace
     if via == BUILTIN and not rt.serving:
         usage, result.metrics["tokens_from"] = platform_usage(spark, teacher.model, started)
         if usage:

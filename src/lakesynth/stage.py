@@ -41,12 +41,12 @@ class StageResult:
         for k, v in part.metrics.items():
             if isinstance(v, int | float):
                 self.metrics[k] = self.metrics.get(k, 0) + v
-            elif isinstance(v, str):  # how the calls were made, where the tokens come from: the same for every part
+            elif isinstance(v, str | dict):  # how the calls were made, where tokens come from: alike for every part
                 self.metrics.setdefault(k, v)
         self.model, self.prompt_version = part.model, part.prompt_version
 
     def line(self, stage: str, seconds: float) -> str:
-        extra = "".join(f", {k} {v}" for k, v in self.metrics.items())
+        extra = "".join(f", {k} {v}" for k, v in self.metrics.items() if not isinstance(v, dict | list))
         return f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
 
 

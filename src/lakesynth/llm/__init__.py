@@ -17,17 +17,19 @@ of results.
     auth.py      Endpoint, Auth, open_endpoint (the embedded teacher, Databricks Model Serving, any URL)
     journal.py   Result, Journal, clear_journal
     pool.py      Call, the pool of requests, retries, shared rate limits, preflight
-    ai_query.py  the local ai_query pandas UDF
-    embeddings.py  texts -> unit vectors from an OpenAI-compatible /embeddings endpoint; reverse-query scores
+    throttle.py  adaptive concurrency (AIMD on 429s), per endpoint and process; concurrency_trace
+    ai_query.py  the ai_query statements (chat, embeddings), their local stand-in UDFs, reading their result
+    embeddings.py  texts -> unit vectors from an OpenAI-compatible /embeddings endpoint
     schema.py    Spark DDL derived from a pydantic output model
 """
 
 from lakesynth.llm.ai_query import ai_query_udf
 from lakesynth.llm.auth import Endpoint, open_endpoint
-from lakesynth.llm.embeddings import embed, mean_cosines
+from lakesynth.llm.embeddings import embed
 from lakesynth.llm.journal import Journal, Result, clear_journal
 from lakesynth.llm.pool import RETRYABLE, Call, InvalidOutput, preflight
 from lakesynth.llm.schema import response_format, spark_ddl
+from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 
 __all__ = [
     "RETRYABLE",
@@ -38,10 +40,11 @@ __all__ = [
     "Result",
     "ai_query_udf",
     "clear_journal",
+    "concurrency_trace",
     "embed",
-    "mean_cosines",
     "open_endpoint",
     "preflight",
+    "reset_concurrency",
     "response_format",
     "spark_ddl",
 ]

@@ -37,23 +37,6 @@ def embed(endpoint: Endpoint, teacher: TeacherConfig, texts: list[str], *, batch
     return found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
 
 
-def mean_cosines(
-    endpoint: Endpoint, teacher: TeacherConfig, originals: list[str], generated: list[list[str]], *, batch: int = 64
-) -> list[float | None]:
-    """Each original text's mean cosine with its generated ones (None where none were generated): the reverse-query
-    relevance score, with every text of the batch embedded in one pass."""
-    texts = [t for original, gen in zip(originals, generated) if gen for t in (original, *gen)]
-    vectors = iter(embed(endpoint, teacher, texts, batch=batch) if texts else [])
-    scores: list[float | None] = []
-    for gen in generated:
-        if not gen:
-            scores.append(None)
-            continue
-        original, others = next(vectors), np.stack([next(vectors) for _ in gen])
-        scores.append(float((others @ original).mean()))
-    return scores
-
-
 def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str], teacher: TeacherConfig) -> list:
     renewed = False
     failed = throttled = 0
