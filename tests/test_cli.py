@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import deltalake
 from conftest import ROOT, write
@@ -68,3 +69,96 @@ def test_bad_config_exits_2_naming_key(tmp_path):
     proc = lakesynth("run", "--set", "teacher.max_concurrency=0", "--warehouse", str(tmp_path / "wh"))
     assert proc.returncode == 2
     assert "--set teacher.max_concurrency" in proc.stderr and "Traceback" not in proc.stderr
+
+
+TRAVEL = ROOT / "tests" / "fixtures" / "travel"  # a travel agency's tools: another spec than the bank sample's
+GARDENING = ROOT / "tests" / "fixtures" / "gardening"  # a one-leaf taxonomy on gardening
+
+
+def test_a_flag_naming_a_source_sets_aside_the_configs_sources_it_replaces():
+    from lakesynth import cli
+    from lakesynth.config import packaged_config
+
+    tools_job = ["tools", "call_generation", "calls"]
+
+    def configure(*argv, stages=("seed", "taxonomy")):
+        return cli.configure(cli.parse_args(["run", "--config", str(packaged_config()), *argv]), list(stages))
+
+    cfg, line = configure(
+        "--tools", str(TRAVEL / "tools.json"), "--calls", str(TRAVEL / "calls.jsonl"), stages=tools_job
+    )
+    assert (cfg.tools.spec, cfg.tools.calls) == (str(TRAVEL / "tools.json"), str(TRAVEL / "calls.jsonl"))
+    assert cfg.tools.functions == cfg.tools.seeds == ""  # the sample's, written for the sample's tools
+    assert line == (
+        f"sources --tools {TRAVEL / 'tools.json'}, --calls {TRAVEL / 'calls.jsonl'}; "
+        "not used: the config's tools.functions, tools.seeds"
+    )
+    cfg, line = configure("--seeds", str(TRAVEL / "seeds.jsonl"), stages=tools_job)  # the sample's spec, own seeds
+    assert cfg.tools.spec.endswith("tools/tools.json") and cfg.tools.functions and not cfg.tools.calls
+    assert line.endswith("; not used: the config's tools.calls") and "tools.spec " in line and "(config)" in line
+    cfg, _ = configure("--tools", str(TRAVEL / "tools.json"), "--set", f"tools.seeds={TRAVEL / 'seeds.jsonl'}",
+                       stages=tools_job)  # fmt: skip
+    assert cfg.tools.seeds == str(TRAVEL / "seeds.jsonl")  # a --set is the user's own: kept
+    cfg, line = configure("--taxonomy", str(GARDENING))
+    assert cfg.taxonomy.path == str(GARDENING) and cfg.seeds.path == ""
+    assert line == f"sources --taxonomy {GARDENING}; not used: the config's seeds.path"
+    cfg, line = configure()  # no flag: the config's sources, said so
+    assert cfg.seeds.path.endswith("bank/seeds.csv") and line == f"sources seeds.path {cfg.seeds.path} (config)"
+
+
+def _first_line(proc) -> str:
+    return proc.stderr.splitlines()[0]
+
+
+def test_another_spec_runs_the_tools_job_to_the_end_on_the_packaged_config(tmp_path, teacher_server):
+    """From an empty folder (the packaged config and jobs), --tools/--functions/--calls of a travel agency's tools:
+    the sample's seed pairs are not checked against them, nothing is generated, and every line gets its verdict."""
+    teacher_server.reset()
+    summary = tmp_path / "summary.json"
+    proc = lakesynth(
+        *("run", "--job", "lakesynth_tools", "--tools", str(TRAVEL / "tools.json")),
+        *("--functions", str(TRAVEL / "functions.py"), "--calls", str(TRAVEL / "calls.jsonl")),
+        *("--warehouse", str(tmp_path / "wh"), "--summary", str(summary)),
+        *("--set", f"teacher.base_url={teacher_server.base_url}", "--set", "teacher.model=standin"),
+        *("--set", "finetune.backend=none"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = _first_line(proc)
+    assert "(packaged default)" in first and f"sources --tools {TRAVEL / 'tools.json'}, --functions" in first
+    assert first.endswith("; not used: the config's tools.seeds")
+    stages = json.loads(summary.read_text())["stages"]
+    assert stages["call_generation"]["disabled"].startswith("no seeds to generate from")
+    assert stages["calls"]["generated"] == 0 and stages["calls"]["from_file"] == 8
+    assert stages["tool_format"]["status"] == "ok" and stages["call_verdicts"]["rows_out"] == 8
+    assert stages["call_verdicts"]["dropped"]["execution:ValueError"] == 1  # Madrid to Madrid, run and refused
+    assert stages["finetune"] == {"status": "skipped", "reason": "finetune.backend is none"}
+    assert stages["tool_evaluate"]["reason"] == "no fine-tune to evaluate: finetune.backend is none"
+    assert "tool_evaluate: skipped: no fine-tune to evaluate: finetune.backend is none" in proc.stdout
+
+
+def test_a_taxonomy_alone_is_the_only_seed_source_on_the_packaged_config(tmp_path, teacher_server):
+    teacher_server.reset()
+    summary = tmp_path / "summary.json"
+    proc = lakesynth(
+        *("run", "--taxonomy", str(GARDENING), "--warehouse", str(tmp_path / "wh"), "--summary", str(summary)),
+        *("--set", f"teacher.base_url={teacher_server.base_url}", "--set", "teacher.model=standin"),
+        *("--set", "taxonomy.per_leaf=3", "--set", "taxonomy.max_rounds=10", "--set", "finetune.backend=none"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _first_line(proc).endswith(f"; sources --taxonomy {GARDENING}; not used: the config's seeds.path")
+    report = json.loads(summary.read_text())
+    stages = report["stages"]
+    assert stages["seed"]["disabled"].startswith("seeds.path is empty")
+    assert stages["questions"]["rows_out"] == 0 and stages["responses"]["rows_out"] == 0  # no bank question
+    leaf = "compositional_skills/gardening/seasonal_tasks"
+    examples = stages["format"]["examples_per_leaf"]
+    assert list(examples) == [leaf] and examples[leaf] >= 3
+    lines = [
+        json.loads(line)
+        for key in ("train_jsonl", "val_jsonl")
+        for line in Path(report["files"][key]).read_text(encoding="utf-8").splitlines()
+    ]
+    assert len(lines) == examples[leaf]
+    assert stages["evaluate"]["reason"] == "no fine-tune to evaluate: finetune.backend is none"

@@ -63,3 +63,13 @@ def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher
     again = evaluate.run(context(cfg))
     assert again.metrics["generated"] == 0 and teacher_server.stats.completions == 0
     assert again.metrics["win_rate"] == m["win_rate"]
+
+
+def test_no_fine_tune_on_purpose_is_said_so(cfg):
+    """finetune.backend none is a choice: the evaluations say there is no fine-tune to evaluate, and why."""
+    from lakesynth import tool_evaluate
+
+    off = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"backend": "none"})})
+    for stage in (evaluate, tool_evaluate):
+        with pytest.raises(StageSkipped, match="^no fine-tune to evaluate: finetune.backend is none$"):
+            stage.run(context(off))

@@ -3,6 +3,7 @@ with nothing generated, and every verdict joins back to the user's own id."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
@@ -57,6 +58,7 @@ def test_own_pairs_run_through_the_gate_with_nothing_generated(spark, warehouse,
     verdicts = spark.table(rt.fqn("pair_verdicts")).toPandas()
     by_id = {source_ids[r.seed_id]: r for r in verdicts.itertuples()}
     assert set(by_id) == set(source_ids.values())  # every pair has its verdict, joined back by the user's id
+    assert all(r.source_id == source_ids[r.seed_id] for r in verdicts.itertuples())  # and carries that id itself
     assert by_id["faq-002"].drop_reason in ("exact_duplicate", "judge:quality", "judge:scope")
     chat = spark.table(rt.fqn("training_chat")).toPandas()
     kept = {source_ids[q] for q in verdicts[verdicts.keep].question_id}
@@ -68,12 +70,14 @@ def test_own_pairs_run_through_the_gate_with_nothing_generated(spark, warehouse,
 def test_a_csv_of_pairs_without_ids_uses_line_numbers(spark, warehouse, teacher_server, tmp_path):
     pairs = write(tmp_path / "pairs.csv", 'question,answer\nLost card?,"Block it in the app, then call us."\n')
     cfg = _cfg(warehouse, teacher_server, pairs)
-    pipeline.run(cfg, ["seed", "questions", "responses"], root=ROOT)
+    pipeline.run(cfg, ["seed", "questions", "responses", "dedup"], root=ROOT)
     rt = Runtime.resolve(cfg)
     (seed,) = spark.table(rt.fqn("seed_questions")).collect()
     assert json.loads(seed.metadata) == {"answer": "Block it in the app, then call us.", "source_id": "1"}
     (answer,) = spark.table(rt.fqn("synthetic_responses")).collect()
     assert answer.answer == "Block it in the app, then call us." and answer.model == "imported"
+    (verdict,) = spark.table(rt.fqn("pair_verdicts")).collect()
+    assert verdict.source_id == "1"
 
 
 def test_bad_pairs_are_named_and_nothing_is_written(spark, warehouse, teacher_server, tmp_path):
@@ -90,3 +94,18 @@ def test_bad_pairs_are_named_and_nothing_is_written(spark, warehouse, teacher_se
         not spark.catalog.tableExists(Runtime.resolve(cfg).fqn("seed_questions"))
         or not spark.table(Runtime.resolve(cfg).fqn("seed_questions")).count()
     )
+
+
+def test_pair_verdicts_left_by_an_older_version_are_made_again(spark, warehouse, teacher_server, tmp_path):
+    """pair_verdicts is derived whole each run: one without `source_id` (an older version's) is recreated, not
+    refused."""
+    from lakesynth import dedup, tables
+
+    pairs = write(tmp_path / "pairs.jsonl", json.dumps(PAIRS[0]) + "\n")
+    cfg = _cfg(warehouse, teacher_server, pairs)
+    rt = Runtime.resolve(cfg)
+    older = dataclasses.replace(dedup.TABLE, columns=tuple(c for c in dedup.TABLE.columns if c[0] != "source_id"))
+    tables.ensure(spark, rt, older)
+    summary = pipeline.run(cfg, ["seed", "questions", "responses", "dedup"], root=ROOT)
+    assert summary["stages"]["dedup"]["status"] == "ok", summary["stages"]["dedup"]
+    assert [r.source_id for r in spark.table(rt.fqn("pair_verdicts")).collect()] == ["faq-001"]

@@ -202,3 +202,32 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
     assert r.apply(lambda x: (x.error is None) == bool(x.answer), axis=1).all()
     assert (q.model == "qwen2.5-coder-0.5b-instruct").all()
     assert report["stages"]["finetune"]["status"] == "ok" and report["files"]["adapter"]  # a fine-tuned student
+
+
+def test_only_a_failure_stops_the_stages_after_it():
+    """A failed stage stops its dependents, and theirs, naming the failure; a check skipped for want of its input
+    (no implementations) and a stage that writes no table (the fine-tune, off) let the job go on; a skipped stage
+    that writes the rows the next one reads leaves it nothing to work on, and says so."""
+    graph, registered = pipeline.job_graph(ROOT, "lakesynth_tools"), registry.default_stages()
+
+    def stopped(key: str, done: dict) -> str:
+        return pipeline._stopped(graph[key][1], done, graph, registered)
+
+    failed = {"call_format": {"status": "failed", "error": "boom"}}
+    assert stopped("call_execution", failed) == "call_format failed"
+    chained = {"call_execution": {"status": "skipped", "reason": "call_format failed", "stopped": True}}
+    assert stopped("call_semantic", chained) == "call_format failed"
+    no_code = {"call_execution": {"status": "skipped", "reason": "not run: no implementations"}}
+    assert stopped("call_semantic", no_code) == ""
+    assert stopped("tool_evaluate", {"finetune": {"status": "skipped", "reason": "finetune.backend is none"}}) == ""
+    no_spec = {"tools": {"status": "skipped", "reason": "no tools spec"}}
+    assert stopped("call_generation", no_spec) == "nothing to work on: tools skipped: no tools spec"
+    # A stage skipped after a skipped dependency names that cause, unless it already says it.
+    extra = {"finetune": {"status": "skipped", "reason": "the training extra is not installed"}}
+    assert (
+        pipeline._with_upstream("no fine-tuned adapter here", ["finetune"], extra)
+        == "no fine-tuned adapter here (finetune skipped: the training extra is not installed)"
+    )
+    off = {"finetune": {"status": "skipped", "reason": "finetune.backend is none"}}
+    said = "no fine-tune to evaluate: finetune.backend is none"
+    assert pipeline._with_upstream(said, ["finetune"], off) == said

@@ -88,6 +88,8 @@ def _check_follows_sources(spark, rt: Runtime) -> None:
     questions = spark.table(rt.fqn("training_chat")).selectExpr("split", "messages[1].content AS q")
     normalised = questions.select("split", examples.normalized_text("q").alias("q")).distinct()
     assert normalised.groupBy("q").count().where("count > 1").count() == 0
+    verdicts = _rows(spark, rt, "pair_verdicts")  # a generated pair's source is its seed
+    assert len(verdicts) and (verdicts.source_id == verdicts.seed_id).all()
 
 
 def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp_path):

@@ -82,6 +82,31 @@ def test_tool_call_styles_for_openai_and_trl(spark, cfg, style):
     assert "tool_calls" not in irrelevant["messages"][1] and irrelevant["messages"][1]["content"]
 
 
+def test_a_spec_and_seeds_without_implementations_make_training_data_in_every_style(spark, llm_cfg):
+    """Seed system 001's workflow (a spec, seed pairs, no code): execution is a check not run, recorded on every
+    row, and the job goes on to training files in each style."""
+    tools_cfg = llm_cfg.tools.model_copy(update={"functions": "", "calls": ""})
+    cfg = llm_cfg.model_copy(
+        update={"tools": tools_cfg, "finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})}
+    )
+    summary = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)
+    stages = summary["stages"]
+    assert stages["call_execution"]["status"] == "skipped" and "not run" in stages["call_execution"]["reason"]
+    assert not [k for k, s in stages.items() if s["status"] == "failed" or s.get("stopped")], stages
+    verdicts = spark.table(where(cfg).fqn("call_verdicts")).collect()
+    assert verdicts and {v.execution for v in verdicts} == {"not run: no implementations (--functions)"}
+    assert stages["call_verdicts"]["execution"] == {"not run: no implementations (--functions)": len(verdicts)}
+    kept = sum(v.keep for v in verdicts)
+    assert kept and stages["tool_format"]["rows_out"] == kept
+    for style in ("json_content", "openai", "hf"):
+        output = cfg.tools.output.model_copy(update={"style": style})
+        styled = cfg.model_copy(update={"tools": cfg.tools.model_copy(update={"output": output})})
+        done = pipeline.run(styled, ["tool_format"], job="lakesynth_tools", root=ROOT)
+        lines = _lines(done)
+        assert len(lines) == kept and done["stages"]["tool_format"]["style"] == style
+        assert all(("tools" in line) == (style != "json_content") for line in lines)
+
+
 def test_the_hf_style_renders_with_a_real_tool_calling_chat_template(spark, cfg):
     """Qwen2.5's own chat template (read from the packaged teacher's GGUF) renders the tools and the calls."""
     from transformers import AutoTokenizer

@@ -71,6 +71,11 @@ def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, llm_cfg,
     assert [r["result"]["balance"] for r in parallel] == [1520.4, 8200.0] and all(r["ok"] for r in parallel)
     raised = json.loads(verdicts["raises"].execution_results)[0]
     assert raised["error"] == "ValueError: cannot transfer to the same account"
+    # Each row says what execution did with it: a malformed call never ran.
+    ran = {k: v.execution for k, v in verdicts.items()}
+    assert ran["ok-parallel"] == "passed" and ran["raises"] == "failed"
+    assert ran["missing-amount"] == ran["18"] == "not run: failed the format check"
+    assert summary["stages"]["call_verdicts"]["execution"]["failed"] == 1
     issues = json.loads(verdicts["scheduled-without-date"].format_issues)
     assert issues[0]["rule"] == "missing_required" and "'date' is a required property" in issues[0]["message"]
     assert json.loads(verdicts["ok-openai"].calls)[0]["arguments"]["card_last_digits"] == "4821"

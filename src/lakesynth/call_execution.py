@@ -4,7 +4,8 @@ implementations -> `call_execution_verdicts`.
 Each call runs in a reused pool of worker processes with a timeout and a memory limit (sandbox.py); an exception,
 a timeout or a crash fails the row with the error kept (`drop_reason` `execution:<ErrorType>`), and every call's
 result is stored, for the semantic check and the responses to read. A row is run once per version of the module
-(its hash): a rerun on the same implementations calls nothing again. Off when no implementations were given.
+(its hash): a rerun on the same implementations calls nothing again. Without implementations it is skipped, and the
+stages after it go on: each row's `execution` in call_verdicts says `not run`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def run(ctx: RunContext) -> StageResult:
         return StageResult(metrics={"disabled": "tools.execution.enabled is false"})
     tools = ctx.read("tools").select("module", "module_sha").where(F.col("module").isNotNull()).limit(1).collect()
     if not tools:
-        raise StageSkipped("no implementations to run the calls with: pass --functions FILE.py (or a .py --tools)")
+        # A check not run, not a failure: call_verdicts says `execution: not run` on every row and the job goes on.
+        raise StageSkipped(
+            "not run: no implementations to run the calls with (pass --functions FILE.py, or a .py --tools); "
+            "call_verdicts records execution as not run"
+        )
     module, sha = tools[0]["module"], tools[0]["module_sha"]
     formatted = ctx.read("call_format_verdicts", kept=False).where("keep").select("call_id")
     done = tables.read(spark, rt, TABLE).where(F.col("module_sha") == sha).select("call_id")

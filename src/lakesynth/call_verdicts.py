@@ -1,7 +1,8 @@
 """Call verdicts: every row of `tool_calls` with every check's verdict beside it, then dedup -> `call_verdicts`.
 
-One row per input line and generated pair, with the user's `source_id`, its format issues, execution results, the
-semantic checker's reasoning, the relevance check's score, the duplicate groups, `keep`, and the first check that
+One row per input line and generated pair, with the user's `source_id`, its format issues, execution results and
+`execution` (`passed`, `failed` or `not run: <why>`: no implementations, the check off, the format check failed),
+the semantic checker's reasoning, the relevance check's score, the duplicate groups, `keep`, and the first check that
 failed as `drop_reason` (format, execution, semantic, relevance, then exact_duplicate, near_duplicate,
 semantic_duplicate). A check that is off, or did not run on a row (execution runs only well-formed calls, and only
 with implementations), keeps it. Dedup compares the queries as the Q&A job's dedup compares questions, with its
@@ -38,6 +39,7 @@ TABLE = tables.verdict(
         ("function", S),
         ("format_issues", S),
         ("execution_results", S),
+        ("execution", S),
         ("semantic_reasoning", S),
         ("semantic_model", S),
         ("relevance_score", D),
@@ -52,6 +54,23 @@ TABLE = tables.verdict(
     judges="tool_calls",
     key="call_id",
 )
+
+
+def execution(implemented: bool, enabled: bool) -> F.Column:
+    """What the execution check did with a row: `passed`, `failed`, or `not run: <why>`. A check that could not
+    run is recorded as such, so a kept row says it was never run, rather than that it ran well."""
+    why = (
+        "no implementations (--functions)"
+        if not implemented
+        else "tools.execution.enabled is false"
+        if not enabled
+        else None
+    )
+    status = F.when(F.col("e_keep"), F.lit("passed")).when(~F.col("e_keep"), F.lit("failed"))
+    if why:
+        return F.coalesce(status, F.lit(f"not run: {why}"))
+    not_run = F.when(F.col("f_keep").isNull() | ~F.col("f_keep"), F.lit("not run: failed the format check"))
+    return F.coalesce(status, not_run, F.lit("not run: not executed yet (run call_execution)"))
 
 
 def checked(ctx: RunContext):
@@ -91,6 +110,7 @@ def checked(ctx: RunContext):
     joined = calls
     for verdicts in (form, ran, judged, relevant):
         joined = joined.join(verdicts, "call_id", "left")
+    joined = joined.withColumn("execution", execution(bool(sha), ctx.cfg.tools.execution.enabled))
     earlier = F.coalesce(*[F.when(F.col(f"{c}_keep") == F.lit(False), F.col(f"{c}_why")) for c in ("f", "e", "s", "r")])
     first_call = F.get_json_object("calls", "$[0].name")
     return joined.withColumn("_earlier", earlier).withColumn("function", F.coalesce(first_call, F.lit("none")))
@@ -112,16 +132,21 @@ def run(ctx: RunContext) -> StageResult:
         F.lit(cfg.run_id).alias("run_id"),
         F.current_timestamp().alias("created_at"),
     )
-    fqn = tables.ensure(spark, rt, TABLE)
-    tables.conform(out, TABLE).write.mode("overwrite").insertInto(fqn)  # derived whole from the checks
+    tables.overwrite(spark, rt, TABLE, out)  # derived whole from the checks
     written = tables.read(spark, rt, TABLE)
     n = written.count()
     exact = written.where("exact_group IS NOT NULL").select("exact_group").distinct().count()
+    ran = {r.execution: r["count"] for r in written.groupBy("execution").count().collect()}
     return StageResult(
         rows_in=n,
         rows_out=n,
         tables=[TABLE],
-        metrics={**tables.verdict_counts(written), "exact_groups": exact, **groups},
+        metrics={
+            **tables.verdict_counts(written),
+            "exact_groups": exact,
+            **groups,
+            "execution": dict(sorted(ran.items())),
+        },
     )
 
 

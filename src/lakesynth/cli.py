@@ -12,11 +12,12 @@ import json
 import logging
 import sys
 import uuid
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lakesynth import pipeline, registry
-from lakesynth.config import Config, default_config_file, packaged_config
+from lakesynth import job_sources, pipeline, registry
+from lakesynth.config import Config, default_config_file, packaged_config, with_overrides
 from lakesynth.errors import LakesynthError
 
 
@@ -36,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--tools", help="function-calling job: OpenAI tools file (.json) or a typed Python module")
     common.add_argument("--functions", help="function-calling job: Python module implementing a JSON spec's tools")
     common.add_argument("--calls", help="function-calling job: JSONL of query/function_calls pairs to verify")
-    common.add_argument("--taxonomy", help="InstructLab taxonomy folder (qna.yaml leaves, versions 1-3) to generate from")
+    common.add_argument(
+        "--taxonomy", help="InstructLab taxonomy folder (qna.yaml leaves, versions 1-3) to generate from"
+    )
     common.add_argument("--documents", help="folder of markdown, text and PDF knowledge documents (or /Volumes/...)")
     common.add_argument("--warehouse", help="local warehouse directory (default: .lakesynth/warehouse)")
     common.add_argument("--catalog", help="catalog of the pipeline's tables (job parameter)")
@@ -82,10 +85,21 @@ def describe_config(file: Path | None) -> str:
     return f"config {file.absolute()}{packaged}"
 
 
-def build_config(args: argparse.Namespace, tools_seeds: bool = False) -> Config:
+def build_config(args: argparse.Namespace, tools_seeds: bool = False, job_stages: Collection[str] = ()) -> Config:
     """The config file with the flags applied. With `tools_seeds` (a job that generates calls), --seeds is
-    the function-calling seed pairs (tools.seeds), not the Q&A seed questions."""
-    overrides = list(args.overrides)
+    the function-calling seed pairs (tools.seeds), not the Q&A seed questions. With `job_stages` (the stages of
+    the job being run), a flag naming a source of that job sets aside the config's sources it replaces."""
+    return configure(args, job_stages, tools_seeds=tools_seeds)[0]
+
+
+def configure(
+    args: argparse.Namespace, job_stages: Collection[str], *, tools_seeds: bool | None = None
+) -> tuple[Config, str]:
+    """The config with the flags applied (job_sources: a flag's source replaces the config's), and the
+    sources line the run starts with."""
+    if tools_seeds is None:
+        tools_seeds = "call_generation" in job_stages
+    overrides = []
     if tools_seeds and args.seeds:
         overrides.append(f"tools.seeds={json.dumps(str(Path(args.seeds).resolve()))}")
     for flag in ("seeds", "pairs"):
@@ -111,11 +125,17 @@ def build_config(args: argparse.Namespace, tools_seeds: bool = False) -> Config:
     ):
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
-    cfg = registry.load_config(config_file(args), overrides)
+    cfg = registry.load_config(config_file(args), overrides + list(args.overrides))
+    sources = job_sources.of_job(job_stages) if job_stages else ()
+    set_keys = [item.partition("=")[0].strip() for item in args.overrides]  # a --set of a source is the user's
+    clear = job_sources.cleared(args, sources, kept=set_keys)
+    set_aside = [key for key in clear if job_sources.value(cfg, key)]
+    if set_aside:
+        cfg = with_overrides(cfg, job_sources.overrides(set_aside))
     if not cfg.run_id:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         cfg = cfg.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:8]}"})
-    return cfg
+    return cfg, job_sources.describe(cfg, args, sources, set_aside, set_keys) if sources else ""
 
 
 def stage_map(jobs: pipeline.Jobs, stages: dict) -> list[dict]:
@@ -190,10 +210,10 @@ def _main(argv: list[str] | None = None) -> int:
         graphs = jobs.graphs()
         if args.command != "run":  # one stage: it runs as a task of the job that has it (as a wheel task does)
             job = next((name for name, graph in graphs.items() if args.command in graph), job)
-        generates_calls = any(stage == "call_generation" for stage, _ in graphs.get(job, {}).values())
-        cfg = build_config(args, tools_seeds=generates_calls)
+        cfg, sources = configure(args, [stage for stage, _ in graphs.get(job, {}).values()])
         # One line on stderr (stdout carries the stages' lines): what this run was read from.
-        print(f"lakesynth: {describe_config(config_file(args))}; {jobs.describe(job)}", file=sys.stderr, flush=True)
+        line = f"lakesynth: {describe_config(config_file(args))}; {jobs.describe(job)}; {sources}"
+        print(line, file=sys.stderr, flush=True)
         summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
     except LakesynthError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

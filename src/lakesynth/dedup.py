@@ -1,9 +1,9 @@
 """Dedup stage: duplicates across the whole dataset, and every check's verdict in one row per answered pair.
 
-`pair_verdicts` has a row for every answered pair: the critic's, the judge's and the relevance check's score,
-reasoning, model and prompt version, its duplicate groups, `keep` and `drop_reason` (the first check that
-failed: the critic's, the judge's, `relevance`, `exact_duplicate`, `near_duplicate`, `semantic_duplicate`).
-Format reads only the pairs it keeps.
+`pair_verdicts` has a row for every answered pair, with the user's `source_id` (the `--pairs` id, else the seed's
+id): the critic's, the judge's and the relevance check's score, reasoning, model and prompt version, its duplicate
+groups, `keep` and `drop_reason` (the first check that failed: the critic's, the judge's, `relevance`,
+`exact_duplicate`, `near_duplicate`, `semantic_duplicate`). Format reads only the pairs it keeps.
 
 - Exact: the same question once normalised (examples.normalized_text).
 - Near: Jaccard similarity of the questions' content words (lower case, no stop words, plural `s` dropped) at
@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth import duplicates, tables
+from lakesynth import duplicates, llm_stage, tables
 from lakesynth.config import EmbeddingsConfig, Section
 from lakesynth.stage import RunContext, Stage, StageResult
 from lakesynth.tables import INT, B, S
@@ -70,6 +70,7 @@ TABLE = tables.verdict(
     [
         ("question_id", S),
         ("seed_id", S),
+        ("source_id", S),
         ("topic", S),
         ("question", S),
         ("critic_score", INT),
@@ -108,7 +109,13 @@ def verdicts(ctx: RunContext) -> DataFrame:
     answered = ctx.read("synthetic_responses", kept=False).where(
         F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != "")
     )
-    pairs = answered.select("question_id", "seed_id", "topic", "question")
+    seeds = ctx.read("seed_questions", kept=False).select("seed_id", "metadata")
+    # The user's id: an imported pair's own (`--pairs` id, or its record number, kept in its seed's metadata),
+    # else the seed's id, shared by the questions generated from it.
+    own = F.when(F.col("model") == llm_stage.IMPORTED, F.get_json_object("metadata", "$.source_id"))
+    pairs = answered.join(seeds, "seed_id", "left").select(
+        "question_id", "seed_id", F.coalesce(own, F.col("seed_id")).alias("source_id"), "topic", "question"
+    )
     for check, table, own in CHECKS:
         columns = {**own, "model": "model", "prompt_version": "prompt_version", "drop": "drop_reason", "keep": "keep"}
         verdicts = ctx.read(table, kept=False).select(
@@ -142,9 +149,8 @@ def run(ctx: RunContext) -> StageResult:
         F.lit(cfg.run_id).alias("run_id"),
         F.current_timestamp().alias("created_at"),
     )
-    fqn = tables.ensure(spark, rt, TABLE)
     # Derived whole from the pairs and their verdicts each run: an atomic overwrite keeps it exact.
-    tables.conform(out, TABLE).write.mode("overwrite").insertInto(fqn)
+    tables.overwrite(spark, rt, TABLE, out)
     written = tables.read(spark, rt, TABLE)
     counts = tables.verdict_counts(written)
     total = written.count()
@@ -161,7 +167,7 @@ STAGE = Stage(
     help="drop duplicate questions across the dataset (exact, near) and write every check's verdict per "
     "answered pair into pair_verdicts",
     run=run,
-    reads=("synthetic_responses", "question_verdicts", "answer_verdicts", "relevance_verdicts"),
+    reads=("synthetic_responses", "seed_questions", "question_verdicts", "answer_verdicts", "relevance_verdicts"),
     writes=(TABLE,),
     config=DedupConfig,
     section="quality.dedup",

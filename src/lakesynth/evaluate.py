@@ -219,6 +219,8 @@ def run(ctx: RunContext) -> StageResult:
     cfg, rt = ctx.cfg, ctx.rt
     if not cfg.evaluate.enabled:
         return StageResult(metrics={"disabled": "evaluate.enabled is false"})
+    if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
+        raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
     trained = adapters.trained(cfg, rt)
     if trained is None:
         raise StageSkipped("no fine-tuned adapter on the current training files here: run the finetune stage first")

@@ -223,10 +223,10 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             stage, deps = graph[key]
             if stages and key not in stages:
                 continue
-            blocked = [d for d in deps if summary["stages"].get(d, {}).get("status") in ("failed", "skipped")]
-            if blocked:
-                summary["stages"][key] = {"status": "skipped", "reason": f"{', '.join(blocked)} did not succeed"}
-                print(f"{key}: skipped ({', '.join(blocked)} did not succeed)", flush=True)
+            stopped = _stopped(deps, summary["stages"], graph, registered)
+            if stopped:
+                summary["stages"][key] = {"status": "skipped", "reason": stopped, "stopped": True}
+                print(f"{key}: skipped ({stopped})", flush=True)
                 report(key, stage)
                 continue
             started = time.monotonic()
@@ -241,8 +241,9 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
                 if pruned:
                     result.metrics["pruned"] = pruned
             except StageSkipped as exc:  # never claims success: the summary says skipped, and why
-                summary["stages"][key] = {"status": "skipped", "reason": str(exc)}
-                print(f"{key}: skipped: {exc}", flush=True)
+                reason = _with_upstream(str(exc), deps, summary["stages"])
+                summary["stages"][key] = {"status": "skipped", "reason": reason}
+                print(f"{key}: skipped: {reason}", flush=True)
                 report(key, stage)
                 continue
             except LakesynthError as exc:
@@ -284,6 +285,39 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
         serverless.disarm()
         ctx.close()
     return summary
+
+
+def goes_on_after_skip(stage: Stage | None) -> bool:
+    """Whether a stage's dependents run when it is skipped (off, or its input absent): a check, whose verdict
+    tables are all it writes (a row it did not judge reads as not run, and the rows go on), or a stage that
+    writes no table (a fine-tune: its dependents look for its files themselves, and say why they find none).
+    A skipped stage that writes the rows its dependents read leaves them nothing current to work on."""
+    return stage is not None and all(t.verdict_of for t in stage.writes)
+
+
+def _stopped(deps: list[str], done: dict[str, dict], graph, registered: dict[str, Stage]) -> str:
+    """Why a task cannot run, or "": a dependency failed, was stopped itself (its cause is passed on), or was
+    skipped having written none of the rows this task reads. Only these stop it: a skipped check does not."""
+    reasons = []
+    for dep in deps:
+        entry = done.get(dep, {})
+        if entry.get("status") == "failed":
+            reasons.append(f"{dep} failed")
+        elif entry.get("stopped"):
+            reasons.append(entry["reason"])
+        elif entry.get("status") == "skipped" and not goes_on_after_skip(registered.get(graph[dep][0])):
+            reasons.append(f"nothing to work on: {dep} skipped: {entry['reason']}")
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def _with_upstream(reason: str, deps: list[str], done: dict[str, dict]) -> str:
+    """A skip's reason, with the skipped dependency's own reason where it is the cause and not already said."""
+    upstream = [
+        f"{dep} skipped: {done[dep]['reason']}"
+        for dep in deps
+        if done.get(dep, {}).get("status") == "skipped" and done[dep].get("reason", "") not in reason
+    ]
+    return f"{reason} ({'; '.join(upstream)})" if upstream else reason
 
 
 def _failed(started: float, error: str) -> dict[str, Any]:

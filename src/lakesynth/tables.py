@@ -121,6 +121,20 @@ def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
     return fqn
 
 
+def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame) -> None:
+    """Replace a table that a stage derives whole each run (`pair_verdicts`, `call_verdicts`) with `rows`, in
+    one atomic overwrite. One left with an older version's columns is made again from its contract: the run
+    derives every row of it, so nothing is lost, where `ensure` would stop on it."""
+    fqn = rt.fqn(table.name)
+    if spark.catalog.tableExists(fqn):
+        actual = {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
+        if actual != {n: t.simpleString() for n, t in table.columns}:
+            spark.sql(f"DROP TABLE IF EXISTS {fqn}")
+            if not rt.databricks:  # an external table's files stay behind a DROP: its new log starts clean
+                shutil.rmtree(location(rt, table), ignore_errors=True)
+    conform(rows, table).write.mode("overwrite").insertInto(ensure(spark, rt, table))
+
+
 def read(spark: SparkSession, rt: Runtime, table: Table) -> DataFrame:
     return spark.table(ensure(spark, rt, table))
 

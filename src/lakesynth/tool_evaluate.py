@@ -98,6 +98,8 @@ def run(ctx: RunContext) -> StageResult:
     settings = cfg.tools.evaluate
     if not settings.enabled:
         return StageResult(metrics={"disabled": "tools.evaluate.enabled is false"})
+    if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
+        raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
     if cfg.tools.output.style != "json_content":
         raise StageSkipped("the AST evaluation reads json_content replies; set tools.output.style: json_content")
     trained = adapters.trained(cfg, rt)
