@@ -22,7 +22,9 @@ class Deployed:
         self.bundle = bundle.load(files)
         declared = self.bundle["variables"]
         self.target = self.bundle["targets"][target]
-        self.vars = {k: v.get("default") for k, v in declared.items()} | self.target.get("variables", {}) | variables
+        # dev has no catalog of its own (each user sets theirs): these tests deploy as `--var catalog=main`.
+        given = {"catalog": "main"} | variables
+        self.vars = {k: v.get("default") for k, v in declared.items()} | self.target.get("variables", {}) | given
         self.values = {"workspace.file_path": str(files), "bundle.name": self.bundle["bundle"]["name"]}
 
     def _ref(self, name: str, params: dict) -> str:
@@ -51,11 +53,13 @@ class Deployed:
         return list(self.bundle["resources"]["jobs"])
 
     def tasks(self, job: str) -> list[tuple[str, list[str]]]:
-        """Each task of `job` in dependency order, with the parameters its wheel task is called with."""
+        """Each wheel task of `job` in dependency order, with the parameters it is called with (an ai_runtime_task,
+        the GPU fine-tune, is no wheel task: lakesynth.ai_runtime runs it, tested in test_finetune)."""
         spec = self.bundle["resources"]["jobs"][job]
         params = {p["name"]: self.resolve(str(p["default"])) for p in spec.get("parameters", [])}
         by_key = {t["task_key"]: t for t in spec["tasks"]}
         return [
             (key, [self.resolve(str(a), params) for a in by_key[key]["python_wheel_task"]["parameters"]])
             for key in pipeline.order(bundle.tasks(spec, job))
+            if "python_wheel_task" in by_key[key]
         ]

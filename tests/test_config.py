@@ -53,6 +53,19 @@ def test_identifiers_are_checked():
         load_config(SAMPLE, ["schema=x; DROP TABLE y"])
 
 
+@pytest.mark.parametrize("name", ["dev_josé_lakesynth_dev", "données", "名前_2", "_x", "main"])
+def test_identifiers_may_have_letters_of_any_script(name):
+    """Development mode prefixes the schema with dev_<short user name>_, and a user name may be josé."""
+    cfg = load_config(SAMPLE, [f"schema={name}", f"catalog={name}", f"volume={name}"])
+    assert cfg.schema_ == cfg.catalog == cfg.volume == name
+
+
+@pytest.mark.parametrize("name", ["a b", "a.b", "a`b", "a'b", 'a"b', "a-b", "1abc", ""])
+def test_identifiers_refuse_what_would_need_quoting(name):
+    with pytest.raises(ConfigError, match=r"--set schema: .*must be a plain identifier"):
+        load_config(SAMPLE, [f"schema={name}"])
+
+
 def test_key_itself_is_refused_as_env_name():
     with pytest.raises(ConfigError, match="teacher.api_key_env: .*NAME of an environment variable"):
         load_config(SAMPLE, ["teacher.api_key_env=sk-abc123-secret"])

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import context, where, write
+from conftest import ROOT, context, where, write
 from databricks.bundles.jobs import Job
 
-from lakesynth import chat_jsonl, finetune, pipeline, questions, responses, seeds
-from lakesynth.errors import StageError, StageSkipped
+from lakesynth import adapters, ai_runtime, chat_jsonl, cli, finetune, pipeline, questions, responses, seeds
+from lakesynth.errors import ConfigError, StageError, StageSkipped
 from lakesynth.standin import StandIn
 
 
@@ -107,9 +107,23 @@ def test_dpo_without_the_preference_files_says_which_stage_to_run(cfg):
         finetune.run(context(_dpo(cfg)))
 
 
-def test_foundation_model_has_no_dpo(cfg):
-    with pytest.raises(StageError, match="no DPO; use backend local or ai_runtime"):
-        finetune.run(context(_dpo(cfg, backend="foundation_model")))
+def test_the_removed_foundation_model_backend_is_refused_with_what_to_use(cfg):
+    with pytest.raises(
+        ConfigError,
+        match=r"--set finetune.backend: .*removed the Foundation Model Fine-tuning "
+        r"API .*on 2026-08-14; use ai_runtime \(serverless GPU.*ai_runtime_task\) or local",
+    ):
+        cli.build_config(
+            cli.parse_args(
+                [
+                    "finetune",
+                    "--config",
+                    str(ROOT / "conf" / "lakesynth.yml"),
+                    "--set",
+                    "finetune.backend=foundation_model",
+                ]
+            )
+        )
 
 
 def test_ai_runtime_command_for_dpo_passes_the_method_and_beta(cfg):
@@ -129,31 +143,14 @@ def test_missing_training_extra_is_a_skip_that_says_how_to_install(spark, jsonl_
         finetune.run(context(jsonl_cfg))
 
 
-def test_foundation_model_request_is_exact(cfg):
-    os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
-    files = finetune.split_files(where(cfg))
-    assert files == {
-        "train": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/train.jsonl",
-        "val": f"/Volumes/main/{cfg.schema_}/lakesynth/training_chat/val.jsonl",
-    }
-    assert finetune.foundation_model_request(cfg, files) == {
-        "model": "meta-llama/Llama-3.2-1B-Instruct",
-        "train_data_path": files["train"],
-        "eval_data_path": files["val"],
-        "register_to": f"main.{cfg.schema_}",
-        "task_type": "CHAT_COMPLETION",
-        "training_duration": "1ep",
-        "learning_rate": 0.0002,
-        "context_length": 4096,
-    }
-
-
 def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
     cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"base_model": "org/student"})})
     files = finetune.split_files(where(cfg))
     script = finetune.ai_runtime_command(cfg, where(cfg), files, "/Workspace/Users/me/.lakesynth/test-run")
-    assert script.splitlines()[2].startswith("pip install --quiet transformers==5.23.0 peft==0.21.2 trl==1.16.0")
+    assert script.splitlines()[2] == (
+        "pip install --quiet transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.16.0"
+    )
     assert script.splitlines()[3] == (
         f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --method sft --train {files['train']} "
         f"--val {files['val']} "
@@ -167,7 +164,7 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
             {
                 "task_key": "sft",
                 "ai_runtime_task": {
-                    "experiment": "/Shared/lakesynth",
+                    "experiment": "lakesynth",
                     "mlflow_run": "lakesynth-sft-test-run",
                     "deployments": [
                         {
@@ -243,3 +240,74 @@ def test_a_remote_fine_tune_past_its_timeout_is_cancelled_then_resubmitted(cfg, 
     workspace.stats.runs[3]["state"] = {"life_cycle_state": "RUNNING"}  # as if the cancel had not landed
     workspace.options.run_polls = workspace.stats.runs[3]["polls"] + 2
     assert finetune.run(context(_remote(cfg, max_steps=7))).rows_out == 1 and len(workspace.stats.runs) == 3
+
+
+def _ns(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**kw)
+
+
+class _Jobs:
+    """databricks-sdk's `jobs.list(expand_tasks=True)`, over given jobs."""
+
+    def __init__(self, *jobs):
+        self.jobs = jobs
+
+    def list(self, expand_tasks=False):
+        assert expand_tasks
+        return iter(self.jobs)
+
+
+def _job(job_id, command, **params):
+    deployment = _ns(command_path=command)
+    tasks = [
+        _ns(task_key="seed", ai_runtime_task=None),
+        _ns(task_key="finetune", ai_runtime_task=_ns(deployments=[deployment])),
+    ]
+    parameters = [_ns(name=k, default=v) for k, v in params.items()]
+    return _ns(job_id=job_id, settings=_ns(tasks=tasks, parameters=parameters))
+
+
+PARAMS = {
+    "catalog": "cat",
+    "schema": "dev_josé_lakesynth_dev",
+    "volume": "lakesynth",
+    "finetune_backend": "ai_runtime",
+    "base_model": "org/student",
+}
+
+
+def test_the_gpu_task_finds_its_jobs_parameters_through_its_script():
+    mine = "/Workspace/Users/a@x.com/.bundle/lakesynth/dev/files/resources/finetune.lakesynth_tools.sh"
+    other = _job(2, "/Users/b@x.com/.bundle/lakesynth/dev/files/resources/finetune.lakesynth_tools.sh", **PARAMS)
+    found = ai_runtime.job_parameters(_Jobs(other, _job(1, mine.removeprefix("/Workspace"), **PARAMS)), mine)
+    assert found == PARAMS
+    with pytest.raises(ConfigError, match=r"expected one job whose ai_runtime_task runs this script, found 0"):
+        ai_runtime.job_parameters(_Jobs(other), mine)
+    script = ROOT / "resources" / "finetune.lakesynth_tools.sh"  # as synced: ${workspace.file_path}/resources/
+    argv = ai_runtime.task_argv(str(script), PARAMS, ["finetune.dataset=training_tools"], "ai_runtime-1")
+    assert argv == [
+        "finetune", "--config", str(ROOT / "conf" / "lakesynth.yml"),
+        "--catalog", "cat", "--schema", "dev_josé_lakesynth_dev", "--volume", "lakesynth", "--run-id", "ai_runtime-1",
+        "--set", "finetune.base_model=org/student", "--set", "finetune.dataset=training_tools",
+    ]  # fmt: skip
+    assert cli.build_config(cli.parse_args(argv)).schema_ == "dev_josé_lakesynth_dev"  # a non-ASCII user name
+
+
+def test_the_gpu_task_reuses_the_adapter_of_the_same_data_and_settings(cfg, tmp_path):
+    """An unchanged rerun trains nothing: it finds the adapter, and records it where evaluate (backend ai_runtime)
+    looks (the Volume: a folder beside the tables here, /Volumes on the node)."""
+    rt = where(cfg)
+    files = finetune.split_files(rt)
+    for split, path in files.items():
+        write(Path(path), json.dumps({"messages": [{"role": "user", "content": split}]}) + "\n")
+    inputs = adapters.input_fingerprint(cfg, files)
+    earlier = Path(rt.files_dir("finetune")) / "earlier"
+    write(earlier / "adapter" / "adapter_config.json", "{}")
+    metrics = {"train_examples": 1, "adapter": str(earlier / "adapter"), "inputs": inputs, "method": "sft"}
+    write(earlier / "metrics.json", json.dumps(metrics))
+    got = ai_runtime.train(cfg, rt)
+    assert got["reused"] == str(earlier) and got["rows_out"] == 0
+    remote = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"backend": "ai_runtime"})})
+    assert adapters.trained(remote, rt)["adapter"] == str(earlier / "adapter")

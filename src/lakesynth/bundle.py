@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import graphlib
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -67,27 +68,127 @@ def job(bundle: dict[str, Any], name: str | None = None) -> tuple[str, dict[str,
     return key, found[key]
 
 
+# The stage an `ai_runtime_task` (serverless GPU) runs: the fine-tune, the one GPU task of the jobs. Locally the
+# runner runs this stage with the config's backend (local by default).
+AI_RUNTIME_STAGE = "finetune"
+COMMAND_PREFIX = "${workspace.file_path}/resources/"
+
+
 def tasks(spec: dict[str, Any], where: str) -> dict[str, tuple[str, list[str]]]:
-    """task_key -> (stage, [task_keys it depends on]); a wheel task's first parameter names its stage."""
+    """task_key -> (stage, [task_keys it depends on]); a wheel task's first parameter names its stage, an
+    ai_runtime_task runs the fine-tune (AI_RUNTIME_STAGE)."""
     graph = {}
     for task in spec.get("tasks", []):
         params = (task.get("python_wheel_task") or {}).get("parameters") or []
-        if not params:
-            raise ConfigError(f"{where}: task '{task['task_key']}' has no python_wheel_task parameters naming a stage")
-        graph[task["task_key"]] = (params[0], [d["task_key"] for d in task.get("depends_on", [])])
+        if task.get("ai_runtime_task"):
+            stage = AI_RUNTIME_STAGE
+        elif params:
+            stage = params[0]
+        else:
+            raise ConfigError(
+                f"{where}: task '{task['task_key']}' has neither python_wheel_task parameters naming a stage "
+                "nor an ai_runtime_task"
+            )
+        graph[task["task_key"]] = (stage, [d["task_key"] for d in task.get("depends_on", [])])
     return graph
+
+
+def command_script(task: dict[str, Any]) -> str | None:
+    """The file name (in resources/) of the script an ai_runtime_task runs, or None for another task."""
+    deployments = (task.get("ai_runtime_task") or {}).get("deployments") or []
+    path = deployments[0].get("command_path", "") if deployments else ""
+    if not path:
+        return None
+    if not path.startswith(COMMAND_PREFIX) or "/" in path.removeprefix(COMMAND_PREFIX):
+        raise ConfigError(
+            f"task '{task.get('task_key')}': ai_runtime_task command_path must be {COMMAND_PREFIX}<script>.sh "
+            f"(got {path!r}): the local runner reads the script's fixed settings from resources/"
+        )
+    return path.removeprefix(COMMAND_PREFIX)
+
+
+def _script_text(name: str) -> str:
+    """A script of resources/: the project's around the working folder, else the copy packaged in the wheel."""
+    from importlib import resources
+
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / "databricks.yml").is_file() and (folder / "resources" / name).is_file():
+            return (folder / "resources" / name).read_text(encoding="utf-8")
+    packaged = resources.files("lakesynth") / "bundled" / "resources" / name
+    try:
+        return packaged.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"resources/{name}: the ai_runtime_task's script is missing: {exc}") from exc
+
+
+def _fixed(params: list[str]) -> list[str]:
+    return [v for flag, v in itertools.pairwise(params) if flag == "--set" and "{{" not in v and "${" not in v]
 
 
 def task_settings(spec: dict[str, Any]) -> dict[str, list[str]]:
     """task_key -> the `--set KEY=VALUE` among its parameters that name no job parameter or variable: settings the
-    task always runs with (the tools job's fine-tune reads `training_tools`), applied by the local runner too."""
+    task always runs with (the tools job's fine-tune reads `training_tools`), applied by the local runner too. An
+    ai_runtime_task's are the `--set` lines of its script (resources/<script>.sh)."""
     found = {}
     for task in spec.get("tasks", []):
-        params = (task.get("python_wheel_task") or {}).get("parameters") or []
-        fixed = [v for flag, v in zip(params, params[1:]) if flag == "--set" and "{{" not in v and "${" not in v]
+        script = command_script(task)
+        if script:
+            fixed = _fixed(shlex.split(_script_text(script), comments=True))
+        else:
+            fixed = _fixed((task.get("python_wheel_task") or {}).get("parameters") or [])
         if fixed:
             found[task["task_key"]] = fixed
     return found
+
+
+# What a target changes of the bundle's top level when the CLI merges it (`databricks bundle validate -t T`).
+_TARGET_KEYS = ("resources", "run_as", "workspace", "permissions", "presets", "artifacts", "sync", "git")
+_VAR = re.compile(r"\$\{var\.([\w-]+)\}")
+
+
+def for_target(bundle: dict[str, Any], target: str, variables: dict[str, str] | None = None) -> dict[str, Any]:
+    """The bundle as the CLI resolves it for `target`: the target's settings merged over the top level, and every
+    `${var.NAME}` replaced by its value (`variables` as --var gives them, the target's, the defaults). A variable
+    with no value is an error naming it and how to set it, as the CLI's."""
+    import copy
+
+    if target not in (bundle.get("targets") or {}):
+        raise ConfigError(f"the bundle has no target '{target}'; it defines: {', '.join(bundle.get('targets') or {})}")
+    spec = bundle["targets"][target]
+    merged = {k: copy.deepcopy(v) for k, v in bundle.items() if k != "targets"}
+    for key in _TARGET_KEYS:
+        if isinstance(spec.get(key), dict):
+            merged[key] = _merge(merged.get(key) or {}, copy.deepcopy(spec[key]))
+        elif key in spec:
+            merged[key] = copy.deepcopy(spec[key])
+    values = {k: v.get("default") for k, v in (bundle.get("variables") or {}).items()}
+    values |= spec.get("variables") or {}
+    values |= variables or {}
+
+    def sub(node):
+        if isinstance(node, dict):
+            return {k: sub(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [sub(v) for v in node]
+        if isinstance(node, str):
+            return _VAR.sub(lambda m: _value(m.group(1)), node)
+        return node
+
+    def _value(name: str) -> str:
+        if values.get(name) is None:
+            raise ConfigError(
+                f"target '{target}': no value for the bundle variable '{name}'; set it with --var {name}=<value>, "
+                f"BUNDLE_VAR_{name}, or .databricks/bundle/{target}/variable-overrides.json"
+            )
+        return str(values[name])
+
+    merged = sub(merged)
+    merged["variables"] = {
+        k: {**{kk: vv for kk, vv in v.items() if kk != "default"}, "default": str(values[k])}
+        for k, v in (bundle.get("variables") or {}).items()
+        if values.get(k) is not None
+    }
+    return merged
 
 
 def schema_problems(bundle: dict[str, Any], schema: dict[str, Any]) -> list[str]:

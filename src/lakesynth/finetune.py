@@ -4,10 +4,12 @@
 stage's chosen-over-rejected pairs.
 
 - `local`: the project's TRL LoRA script (train_sft.py, SFT or DPO) on this machine, CPU or GPU.
-- `ai_runtime`: the same script as an `ai_runtime_task` on Databricks serverless GPU (one-time run).
-- `foundation_model`: Databricks Foundation Model Fine-tuning (`databricks-genai`, deprecated by
-  Databricks; only on workspaces that still offer it; SFT only).
-The request each Databricks backend sends is built by a pure function, so tests check it exactly.
+- `ai_runtime`: the same training on Databricks serverless GPU. In the bundle's jobs the `finetune` task is
+  itself an `ai_runtime_task` (lakesynth/ai_runtime.py is what its GPU node runs); `lakesynth finetune` run
+  from a laptop with this backend submits a one-time run of the same task and waits for it.
+- `none`: no fine-tune (the stage is skipped).
+`foundation_model` (Foundation Model Fine-tuning, `databricks-genai`) is refused: Databricks removed that API
+on 2026-08-14. The one-time run's request is built by a pure function, so tests check it exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lakesynth import adapters
 from lakesynth.adapters import input_fingerprint, split_files
@@ -28,10 +30,16 @@ from lakesynth.errors import StageError, StageSkipped
 from lakesynth.runtime import Runtime
 from lakesynth.stage import RunContext, Stage, StageResult
 
+FOUNDATION_MODEL_REMOVED = (
+    "the foundation_model backend is gone: Databricks removed the Foundation Model Fine-tuning API "
+    "(databricks-genai) on 2026-08-14; use ai_runtime (serverless GPU: the job's finetune ai_runtime_task) "
+    "or local"
+)
+
 
 class FinetuneConfig(Section):
-    backend: Literal["local", "ai_runtime", "foundation_model", "none"] = Field(
-        "local", description="local: LoRA training here; ai_runtime: serverless GPU task; foundation_model: FM API."
+    backend: Literal["local", "ai_runtime", "none"] = Field(
+        "local", description="local: LoRA training here; ai_runtime: Databricks serverless GPU; none: no fine-tune."
     )
     method: Literal["sft", "dpo"] = Field(
         "sft", description="sft: learn the chat answers; dpo: learn the preference stage's chosen-over-rejected pairs."
@@ -41,8 +49,7 @@ class FinetuneConfig(Section):
     )
     base_model: str = Field(
         "",
-        description="Student: a Hugging Face model (folder or name); empty = the packaged "
-        "SmolLM2-135M-Instruct locally, Llama-3.2-1B-Instruct for foundation_model.",
+        description="Student: a Hugging Face model (folder or name); empty = the packaged SmolLM2-135M-Instruct.",
     )
     max_steps: int = Field(20, ge=1, description="Training steps (local and ai_runtime).")
     learning_rate: float = Field(2e-4, gt=0, description="Learning rate.")
@@ -50,9 +57,14 @@ class FinetuneConfig(Section):
     beta: float = Field(0.1, gt=0, description="dpo: how far the student may move from the base model.")
     batch_size: int = Field(2, ge=1, description="Examples per step.")
     max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
-    training_duration: str = Field("1ep", description="foundation_model: how long to train, e.g. 1ep.")
-    context_length: int = Field(4096, ge=512, description="foundation_model: context length.")
-    experiment: str = Field("/Shared/lakesynth", description="ai_runtime: MLflow experiment of the training run.")
+    experiment: str = Field(
+        "lakesynth", description="ai_runtime (one-time run): MLflow experiment NAME of the training run (not a path)."
+    )
+    experiment_directory: str = Field(
+        "",
+        description="ai_runtime (one-time run): /Workspace folder the experiment is created in (needed when "
+        "running as a service principal); empty = the caller's home folder.",
+    )
     accelerator_type: Literal["GPU_1xA10", "GPU_1xH100", "GPU_8xH100"] = Field(
         "GPU_1xA10", description="ai_runtime GPU."
     )
@@ -63,30 +75,35 @@ class FinetuneConfig(Section):
         240, gt=0, description="How long to wait for a Databricks run; past it the run is cancelled."
     )
 
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _removed_backend(cls, value):
+        if value == "foundation_model":
+            raise ValueError(FOUNDATION_MODEL_REMOVED)
+        return value
+
+    @field_validator("experiment_directory")
+    @classmethod
+    def _workspace_folder(cls, value: str) -> str:
+        if value and not value.startswith("/Workspace/"):
+            raise ValueError(f"must start with /Workspace/ (got {value!r})")
+        return value
+
 
 TRAINING_LIBS = ("torch", "transformers", "peft", "trl", "datasets")
-# What the GPU node installs before running train_sft.py (the versions this project is tested with).
-AI_RUNTIME_REQUIREMENTS = ("transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "datasets==5.2.0", "mlflow")
-FM_TERMINAL = {"COMPLETED", "FAILED", "STOPPED", "CANCELED", "CANCELLED", "ERROR"}
+# What a one-time run's GPU node installs before running train_sft.py: pyproject's `train` extra, pinned (torch
+# and MLflow come with the AI Runtime environment; nothing here is left to float to a new release).
+AI_RUNTIME_REQUIREMENTS = (
+    "transformers==5.23.0",
+    "peft==0.21.2",
+    "trl==1.16.0",
+    "datasets==5.2.0",
+    "accelerate==1.16.0",
+)
 
 
 def output_dir(cfg: Config, rt: Runtime) -> str:
     return rt.files_dir(f"finetune/{cfg.run_id}")
-
-
-def foundation_model_request(cfg: Config, files: dict[str, str]) -> dict:
-    """The keyword arguments of `databricks.model_training.foundation_model.create`."""
-    ft = cfg.finetune
-    return {
-        "model": ft.base_model or "meta-llama/Llama-3.2-1B-Instruct",
-        "train_data_path": files["train"],
-        "eval_data_path": files["val"],
-        "register_to": f"{cfg.catalog}.{cfg.schema_}",
-        "task_type": "CHAT_COMPLETION",
-        "training_duration": ft.training_duration,
-        "learning_rate": ft.learning_rate,
-        "context_length": ft.context_length,
-    }
 
 
 def ai_runtime_command(cfg: Config, rt: Runtime, files: dict[str, str], script_dir: str) -> str:
@@ -130,6 +147,7 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
     """The one-time run (`POST /api/2.2/jobs/runs/submit`) with its `ai_runtime_task`."""
     ft = cfg.finetune
     name = f"lakesynth-{ft.method}-{cfg.run_id}"
+    directory = {"mlflow_experiment_directory": ft.experiment_directory} if ft.experiment_directory else {}
     return {
         "run_name": name,
         "tasks": [
@@ -137,6 +155,7 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
                 "task_key": ft.method,
                 "ai_runtime_task": {
                     "experiment": ft.experiment,
+                    **directory,
                     "mlflow_run": name,
                     "deployments": [
                         {
@@ -157,10 +176,6 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
 def run(ctx: RunContext) -> StageResult:
     cfg, rt = ctx.cfg, ctx.rt
     ft = cfg.finetune
-    if ft.method == "dpo" and ft.backend == "foundation_model":
-        raise StageError(
-            "finetune: Databricks Foundation Model fine-tuning has no DPO; use backend local or ai_runtime"
-        )
     files = split_files(rt, ft.method, ft.dataset)
     writer = "preference" if ft.method == "dpo" else "format" if ft.dataset == "training_chat" else "tool_format"
     for split, path in files.items():
@@ -249,7 +264,7 @@ def _workspace():
 def _remote(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
     """A Databricks fine-tune, once per distinct input: the same split files and settings reuse the run that
     finished (or wait for the one still running); a failed or cancelled run is submitted again."""
-    backend = _AiRuntime(cfg, rt, files) if cfg.finetune.backend == "ai_runtime" else _FoundationModel(cfg, files)
+    backend = _AiRuntime(cfg, rt, files)
     record = adapters.Submitted(rt, input_fingerprint(cfg, files))
     earlier = record.read()
     if earlier and earlier.get("backend") == cfg.finetune.backend:
@@ -337,41 +352,9 @@ class _AiRuntime:
         self.client.api_client.do("POST", "/api/2.2/jobs/runs/cancel", body={"run_id": run})
 
 
-class _FoundationModel:
-    """Foundation Model Fine-tuning through databricks-genai (deprecated by Databricks)."""
-
-    def __init__(self, cfg: Config, files: dict[str, str]) -> None:
-        try:
-            from databricks.model_training import foundation_model as fm
-        except ImportError as exc:
-            raise StageSkipped(
-                "the foundation_model backend needs databricks-genai (the job's `finetune` "
-                "environment installs it); Databricks has deprecated this API"
-            ) from exc
-        self.fm, self.cfg, self.files = fm, cfg, files
-
-    def submit(self) -> dict:
-        return {"run": self.fm.create(**foundation_model_request(self.cfg, self.files)).name}
-
-    def _status(self, run) -> str:
-        status = self.fm.get(run).status
-        return str(getattr(status, "value", status)).upper()
-
-    def state(self, run) -> str:
-        status = self._status(run)
-        return "RUNNING" if status not in FM_TERMINAL else "SUCCESS" if status == "COMPLETED" else "FAILED"
-
-    def detail(self, run) -> str:
-        events = "; ".join(str(getattr(e, "message", e)) for e in (self.fm.get_events(run) or [])[-3:])
-        return f"{self._status(run)}: {events}"
-
-    def cancel(self, run) -> None:
-        self.fm.cancel(run)
-
-
 STAGE = Stage(
     name="finetune",
-    help="fine-tune a student on the JSONL (backend local, ai_runtime or foundation_model)",
+    help="fine-tune a student on the JSONL (backend local, ai_runtime or none)",
     run=run,
     config=FinetuneConfig,
     # It reads files, not tables: the JSONL of whichever of these its job has (finetune.method, finetune.dataset).
