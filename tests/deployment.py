@@ -50,7 +50,9 @@ class Deployed:
         return REF.sub(one, text)
 
     def jobs(self) -> list[str]:
-        return list(self.bundle["resources"]["jobs"])
+        """The pipeline jobs, whose tasks are wheel stages (the report job is one notebook task)."""
+        jobs = self.bundle["resources"]["jobs"]
+        return [k for k, spec in jobs.items() if any("python_wheel_task" in t for t in spec["tasks"])]
 
     def tasks(self, job: str) -> list[tuple[str, list[str]]]:
         """Each wheel task of `job` in dependency order, with the parameters it is called with (an ai_runtime_task,

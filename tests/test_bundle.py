@@ -67,7 +67,15 @@ TARGET_VARS = {"dev": {"catalog": "cat_x"}, "prod": {"catalog": "cat_x", "servic
 def test_each_target_resolved_matches_the_schema_and_builds_its_jobs(merged, target):
     resolved = bundle.for_target(merged, target, TARGET_VARS[target])
     assert bundle.schema_problems(resolved, SCHEMA) == []
-    for key, spec in resolved["resources"]["jobs"].items():
+    jobs = resolved["resources"]["jobs"]
+    report = Job.from_dict(jobs.pop("lakesynth_report")).tasks[0].notebook_task
+    assert report.notebook_path.endswith("notebooks/03_dataset_report.ipynb")
+    expected_schema = "${resources.schemas.lakesynth.name}"  # in development mode, the dev_<user>_ prefixed name
+    assert report.base_parameters["schema"] == "{{job.parameters.schema}}"
+    assert next(p for p in jobs_parameters(merged, "lakesynth_report") if p["name"] == "schema")["default"] == (
+        expected_schema
+    )
+    for key, spec in jobs.items():
         job = Job.from_dict(spec)
         finetune = next(t for t in job.tasks if t.task_key == "finetune")
         assert finetune.ai_runtime_task and not finetune.python_wheel_task, key
@@ -77,6 +85,10 @@ def test_each_target_resolved_matches_the_schema_and_builds_its_jobs(merged, tar
     assert schema["catalog_name"] == volume["catalog_name"] == "cat_x"
     protected = {"prod": {"prevent_destroy": True}, "dev": None}[target]
     assert schema.get("lifecycle") == volume.get("lifecycle") == protected
+
+
+def jobs_parameters(merged: dict, job: str) -> list[dict]:
+    return merged["resources"]["jobs"][job]["parameters"]
 
 
 def test_a_target_without_a_catalog_is_refused_naming_how_to_set_it(merged):

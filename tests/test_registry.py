@@ -30,17 +30,17 @@ def _lakesynth(*args):
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
     qa = [
+        "seed",  # first: dedup reads seed_questions (each verdict's source_id), which ties break on
         "documents",
-        "seed",
-        "taxonomy",  # after documents, whose folder it resolves patterns against; nothing links it to seed yet
         "questions",
-        "leaf_generation",
+        "taxonomy",  # after documents, whose folder it resolves patterns against; nothing links it to seed yet
         "critic",
-        "grounding",
+        "leaf_generation",
         "responses",
-        "leaf_topup",  # after grounding, whose verdicts it reads; it writes through leaf_generation and grounding
+        "grounding",
         "judge",
         "relevance",
+        "leaf_topup",  # after grounding, whose verdicts it reads; it writes through leaf_generation and grounding
         "dedup",
         "format",
         "topup",  # it writes through other stages, so data flow alone places it anywhere after dedup

@@ -52,8 +52,13 @@ def load_with_sources(root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
 
 
 def jobs(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The bundle's jobs: resource key -> job dict (the first is the default job)."""
-    found = (bundle.get("resources") or {}).get("jobs") or {}
+    """The bundle's pipeline jobs: resource key -> job dict (the first is the default job). A job of notebook tasks
+    only (the dataset report) runs on Databricks alone: it is no pipeline of stages."""
+    found = {
+        key: spec
+        for key, spec in ((bundle.get("resources") or {}).get("jobs") or {}).items()
+        if not all("notebook_task" in t for t in spec.get("tasks") or [{}])
+    }
     if not found:
         raise ConfigError("the bundle defines no job under resources.jobs")
     return found
