@@ -597,6 +597,7 @@ TITLES = (
     "6. Chunking knowledge documents (generated markdown, seconds per 1k chunks)",
     "7. Function calling: format check in the engine, execution in the sandbox",
     "8. Generation per taxonomy leaf (generated InstructLab taxonomies, stand-in teacher, seconds per leaf)",
+    "9. Throttling (stand-in answering 429 with Retry-After; max_concurrency 16 over 2 workers)",
 )
 
 
@@ -638,6 +639,12 @@ def leaves_section(folder: Path, sizes: list[int]) -> list[tuple]:
     return leaves.leaf_generation(folder, sizes)
 
 
+def throttling_section(requests: int) -> list[tuple]:
+    import throttling  # benchmarks/throttling.py, beside this file
+
+    return throttling.section(requests, latency_ms=50.0) + throttling.section(requests, latency_ms=200.0)
+
+
 def tools_section(folder: Path, sizes: list[int]) -> list[tuple]:
     import tools  # benchmarks/tools.py, beside this file
 
@@ -648,7 +655,7 @@ def tools_section(folder: Path, sizes: list[int]) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (1k/2k util, 1k/10k memory and dedup)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated sections to run, e.g. 3,4")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated sections to run, e.g. 3,4")
     parser.add_argument("--memory-rows", type=int, help="the large size of the driver-memory comparison")
     args = parser.parse_args()
     sizes = [1000, 2000] if args.quick else [1000, 10000]
@@ -667,6 +674,7 @@ def main() -> None:
                 (TITLES[5], lambda: chunking_section(folder, [100, 1000] if args.quick else [100, 1000, 10000])),
                 (TITLES[6], lambda: tools_section(folder, [20000] if args.quick else [20000, 200000])),
                 (TITLES[7], lambda: leaves_section(folder, [10, 100] if args.quick else [10, 100, 1000])),
+                (TITLES[8], lambda: throttling_section(300 if args.quick else 600)),
             ),
             start=1,
         ):

@@ -62,6 +62,35 @@ def run(server: StandIn, n: int, workers: int, latency_ms: float, adaptive: bool
     }
 
 
+SCENARIOS = [
+    ("no 429s", True, {}),
+    ("30% 429s, adaptive", True, RANDOM_429),
+    ("30% 429s, fixed cap", False, RANDOM_429),
+    ("capacity 4, adaptive", True, AT_CAPACITY),
+    ("capacity 4, fixed cap", False, AT_CAPACITY),
+]
+
+
+def section(n: int = 600, latency_ms: float = 50.0, workers: int = 2) -> list[tuple]:
+    """Section 9 of run.py: each scenario's wall time beside the run with no 429s, its row errors and limits."""
+    server = StandIn(StandInOptions()).start()
+    try:
+        rows = [(name, run(server, n, workers, latency_ms, adaptive, **f)) for name, adaptive, f in SCENARIOS]
+    finally:
+        server.stop()
+    base = rows[0][1]["wall"]
+    return [
+        (
+            f"{name}, {n} requests ({latency_ms:g} ms)",
+            f"{r['wall']:.2f} s",
+            f"{r['wall'] / base:.2f}x no 429s",
+            f"{r['errors']} row errors; {r['requests']} sent, {r['throttles']} 429s, {r['decreases']} decreases; "
+            f"limits {r['limits']}",
+        )
+        for name, r in rows
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=600)
