@@ -182,46 +182,41 @@ def embeddings_udf(endpoint: Endpoint, teacher: TeacherConfig, *, batch: int):
 def reply_columns(response: StructField) -> tuple[Column, Column]:
     """The `ai_query` column (a StructField) as (reply as JSON text, error), for every shape: a struct of result
     and error under any of their names, or the bare result (`failOnError` not applied); the result as JSON text
-    (`responseFormat`) or already parsed (a struct, when the runtime types it). The error may be a string, a
-    struct, a number or null: it is made text by its type before it is trimmed, so the parse holds under ANSI mode
-    (serverless' default). A blank error is none, and a row with neither a result nor an error gets one, so no row
-    passes as answered without a reply."""
+    (`responseFormat`) or already parsed (a struct, when the runtime types it). A blank error is none, and a row
+    with neither a result nor an error gets one, so no row passes as answered without a reply."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    column, dtype = F.col(f"`{response.name}`"), response.dataType
-    names = dtype.names if isinstance(dtype, T.StructType) else []
-    errors = [n for n in names if n.lower() in ERROR_FIELDS]
-    if len(names) == 2 and len(errors) == 1:
-        (result,) = [f for f in dtype.fields if f.name != errors[0]]
-        (error_field,) = [f for f in dtype.fields if f.name == errors[0]]
-        value, dtype = column.getField(result.name), result.dataType
-        error = _as_text(column.getField(error_field.name), error_field.dataType)
-    else:
-        value, error = column, F.lit(None).cast("string")
+    value, dtype, error = _result_and_error(response)
     text = value if isinstance(dtype, T.StringType) else F.to_json(value)
-    error = F.when(F.trim(error) != "", error)
     return text, F.coalesce(error, F.when(text.isNull(), F.lit(NO_REPLY)))
 
 
 def vector_columns(response: StructField) -> tuple[Column, Column]:
     """An embeddings `ai_query` column as (ARRAY<FLOAT>, error), as `reply_columns` reads a chat one."""
     from pyspark.sql import functions as F
+
+    value, _, error = _result_and_error(response)
+    value = value.cast("array<float>")
+    return value, F.coalesce(error, F.when(value.isNull(), F.lit(NO_REPLY)))
+
+
+def _result_and_error(response: StructField) -> tuple[Column, object, Column]:
+    """The result (and its type) and the error (text, null where blank) of an `ai_query` column. The error may be a
+    string, a struct, a number or null: it is made text by its type before it is trimmed, so the parse holds under
+    ANSI mode (serverless' default)."""
+    from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     column, dtype = F.col(f"`{response.name}`"), response.dataType
     names = dtype.names if isinstance(dtype, T.StructType) else []
     errors = [n for n in names if n.lower() in ERROR_FIELDS]
-    if len(names) == 2 and len(errors) == 1:
-        (result,) = [f for f in dtype.fields if f.name != errors[0]]
-        (error_field,) = [f for f in dtype.fields if f.name == errors[0]]
-        value = column.getField(result.name)
-        error = _as_text(column.getField(error_field.name), error_field.dataType)
-    else:
-        value, error = column, F.lit(None).cast("string")
-    value = value.cast("array<float>")
-    error = F.when(F.trim(error) != "", error)
-    return value, F.coalesce(error, F.when(value.isNull(), F.lit(NO_REPLY)))
+    if len(names) != 2 or len(errors) != 1:
+        return column, dtype, F.lit(None).cast("string")
+    (result,) = [f for f in dtype.fields if f.name != errors[0]]
+    (failure,) = [f for f in dtype.fields if f.name == errors[0]]
+    error = _as_text(column.getField(failure.name), failure.dataType)
+    return column.getField(result.name), result.dataType, F.when(F.trim(error) != "", error)
 
 
 def _as_text(error: Column, dtype) -> Column:
