@@ -101,6 +101,9 @@ def test_a_flag_naming_a_source_sets_aside_the_configs_sources_it_replaces():
     assert cfg.tools.seeds == str(TRAVEL / "seeds.jsonl")  # a --set is the user's own: kept
     cfg, line = configure("--taxonomy", str(GARDENING))
     assert cfg.taxonomy.path == str(GARDENING) and cfg.seeds.path == ""
+    assert line.startswith(f"sources --taxonomy {GARDENING}; not used: the config's seeds.path; use case 'bank'")
+    assert "--set use_case.rules_file=" in line  # the sample's rules would shape the user's data: said so
+    _, line = configure("--taxonomy", str(GARDENING), "--set", "use_case.system_prompt=Be a gardener.")
     assert line == f"sources --taxonomy {GARDENING}; not used: the config's seeds.path"
     cfg, line = configure()  # no flag: the config's sources, said so
     assert cfg.seeds.path.endswith("bank/seeds.csv") and line == f"sources seeds.path {cfg.seeds.path} (config)"
@@ -147,7 +150,7 @@ def test_a_taxonomy_alone_is_the_only_seed_source_on_the_packaged_config(tmp_pat
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _first_line(proc).endswith(f"; sources --taxonomy {GARDENING}; not used: the config's seeds.path")
+    assert f"; sources --taxonomy {GARDENING}; not used: the config's seeds.path; use case" in _first_line(proc)
     report = json.loads(summary.read_text())
     stages = report["stages"]
     assert stages["seed"]["disabled"].startswith("seeds.path is empty")

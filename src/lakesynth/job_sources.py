@@ -98,4 +98,10 @@ def describe(
     text = "sources " + (", ".join(used) if used else "none")
     if set_aside:
         text += "; not used: the config's " + ", ".join(set_aside)
+        if sources is QA and not any(k.startswith("use_case") for k in set_keys):
+            # The use case is no source, but the config's (the sample's bank rules) would shape the user's data.
+            text += (
+                f"; use case '{cfg.use_case.name}' of the config: its rules and system prompt shape this data "
+                "(--set use_case.rules_file=... --set use_case.system_prompt=... for yours)"
+            )
     return text
