@@ -231,3 +231,28 @@ def test_stages_lists_the_packaged_job_from_an_empty_folder(site, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["task"] for r in rows if r["job"] == "lakesynth"] == pipeline.order(pipeline.job_graph(ROOT))
+
+
+def test_a_call_from_python_c_starts_the_embedded_engine_in_the_fresh_environment(site, tmp_path):
+    """Issue 24's call, as typed at a prompt: `__main__` has no file, and pyspark's client must not go looking for
+    SPARK_HOME. The fresh venv, an empty folder outside the repository, the seed stage on the embedded engine."""
+    folder = tmp_path / "prompt"
+    write(folder / "my.csv", "topic,question,in_scope\ncards,How do I block my card?,true\nfees,Why a fee?,true\n")
+    code = (
+        "import sys; sys.argv=['lakesynth','seed','--seeds','my.csv','--set','mlflow.enabled=false']; "
+        "from lakesynth.cli import main; main()"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "SPARK_HOME")}
+    proc = subprocess.run(
+        [str(site.parents[2] / "bin" / "python"), "-c", code],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=clean,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "seed: ok, 2 in, 2 out, 0 errors" in proc.stdout
+    assert "SPARK_HOME" not in proc.stderr
+    assert (folder / ".lakesynth" / "warehouse" / "main" / "lakesynth_dev" / "seed_questions" / "_delta_log").is_dir()
