@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from lakesynth.errors import ConfigError
 
 DEFAULT_CONFIG = Path("conf/lakesynth.yml")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def packaged_config() -> Path:
