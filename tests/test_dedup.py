@@ -125,6 +125,8 @@ def test_dedup_can_be_turned_off(spark, cfg):
         ("Insure my car", "Insure my motorbike", False),
         ("My cards' limits", "my card limit", True),
         ("Why can't I pay?", "Why can I not pay?", True),
+        ("Why cannot I pay online?", "Why can I pay online?", False),  # "cannot" is a negation too
+        ("Why cannot I pay online?", "Why can't I pay online?", True),
         ("Why won\u2019t it pay?", "Why will it not pay?", True),
         ("A claim with injuries", "A claim with no injuries", False),
     ],

@@ -248,8 +248,30 @@ def test_a_postponed_hint_that_names_nothing_is_named(tmp_path):
         "from __future__ import annotations\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
         "    from decimal import Decimal\n\n\ndef refund(amount: Decimal) -> None:\n    '''Refund.'''\n",
     )
-    with pytest.raises(SeedError, match=r"hidden.py: function refund: a type hint cannot be evaluated: NameError"):
+    with pytest.raises(
+        SeedError, match=r"hidden.py: function refund: the type hint of 'amount' cannot be evaluated: NameError"
+    ):
         toolspec.derive_spec(str(module))
+
+
+PRICED = (
+    "from __future__ import annotations\n"
+    "from typing import TYPE_CHECKING\n\n"
+    "if TYPE_CHECKING:\n"
+    "    from decimal import Decimal\n\n\n"
+    "def price(sku: str) -> Decimal:\n"
+    '    """The price of a product.\n\n'
+    "    Args:\n"
+    "        sku: The code of the product.\n"
+    '    """\n'
+)
+
+
+def test_a_return_hint_imported_only_for_type_checking_is_never_evaluated(tmp_path):
+    """The spec describes the parameters: a return type the module imports only under TYPE_CHECKING is fine."""
+    (spec,) = toolspec.derive_spec(write(tmp_path / "priced.py", PRICED))
+    sku = spec["function"]["parameters"]["properties"]["sku"]
+    assert sku == {"type": "string", "description": "The code of the product."}
 
 
 def test_bad_specs_are_named_and_nothing_is_written(spark, cfg, tmp_path):

@@ -31,18 +31,20 @@ STOP_WORDS = frozenset(
     "shall may might must please just also too very any some all each every one".split()
 )
 # They turn a question into another one, so they are never stop words, and a pair that differs in them never matches.
-NEGATIONS = frozenset({"no", "not", "never", "without", "nor", "none"})
+NEGATIONS = frozenset({"no", "not", "never", "without", "nor", "none", "nothing", "nobody", "neither", "nowhere"})
 _CONTRACTED = {"can't": "can", "won't": "will", "shan't": "shall"}  # the rest are the verb and n't: don't, isn't
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
 def content_words(text: str | None) -> list[str]:
     """The words that carry a question's meaning, as a sorted set: lower case, no stop words, plural `s` off, and
-    `n't` read as `not` ("can't" is "can not")."""
+    `n't` and `cannot` read as `not` ("can't" and "cannot" are "can not")."""
     words = set()
     for word in _WORD.findall((text or "").lower().replace("\u2019", "'")):
         if word.endswith("n't"):
             words |= {_CONTRACTED.get(word, word[:-3]), "not"}
+        elif word == "cannot":
+            words |= {"can", "not"}
         else:
             words.add(word.removesuffix("'s"))
     words -= STOP_WORDS

@@ -103,12 +103,19 @@ def derive_spec(path: str) -> list[dict]:
 def _derived(fn, where: str) -> dict:
     from pydantic import create_model
 
-    try:  # a module with `from __future__ import annotations` holds its hints as strings: evaluate them
-        signature = inspect.signature(fn, eval_str=True)
-    except Exception as exc:  # noqa: BLE001 - a hint naming what the module does not define at run time
-        raise SeedError(f"{where}: a type hint cannot be evaluated: {type(exc).__name__}: {exc}") from None
+    signature = inspect.signature(fn)
     fields, docs = {}, _arg_docs(inspect.getdoc(fn) or "")
     for param in signature.parameters.values():
+        if isinstance(param.annotation, str):
+            # `from __future__ import annotations` keeps hints as strings: the parameters' are evaluated, as
+            # inspect's eval_str does, but not the return hint, which the spec never uses (often imported only
+            # under TYPE_CHECKING).
+            try:
+                param = param.replace(annotation=eval(param.annotation, fn.__globals__))  # noqa: S307 - a type hint
+            except Exception as exc:  # noqa: BLE001 - a hint naming what the module does not define at run time
+                raise SeedError(
+                    f"{where}: the type hint of '{param.name}' cannot be evaluated: {type(exc).__name__}: {exc}"
+                ) from None
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise SeedError(f"{where}: *args and **kwargs cannot be described to a model")
         if param.annotation is inspect.Parameter.empty:
