@@ -110,3 +110,16 @@ def test_each_documented_error_shape_is_read_under_ansi_mode(ansi, shape):
     got = _replies(ansi, response, [("ok", (REPLY, None)), ("failed", (None, failed_error))])
     assert got["ok"] == (ANSWER, None, None)
     assert got["failed"] == (None, expected, None)
+
+
+def test_the_builtins_replies_are_checked_against_the_output_model(spark):
+    """Databricks' ai_query does not validate a reply as lakesynth's pool does: one that breaks the output model is
+    its row's error (asked again on the next run), never an answer read as nulls."""
+    rows = [("ok", (REPLY, None)), ("short", ('{"reasoning": "r"}', None)), ("failed", (None, "429: slow"))]
+    schema = T.StructType([T.StructField("key", S), T.StructField("response", _struct(S, "errorMessage"))])
+    replies = llm_stage.ai_query_replies(spark.createDataFrame(rows, schema), model="m")
+    got = {r.key: r for r in llm_stage.validated(replies, responses.Answer).collect()}
+    assert json.loads(got["ok"].output) == ANSWER and got["ok"].error is None
+    assert got["short"].output is None and got["short"].raw_output == '{"reasoning": "r"}'
+    assert got["short"].error == "InvalidOutput: output did not match Answer: answer: Field required"
+    assert got["failed"].error == "429: slow"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -164,6 +164,29 @@ def ai_query_replies(answered: DataFrame, *, model: str) -> DataFrame:
     )
 
 
+def validated(replies: DataFrame, output: type[BaseModel]) -> DataFrame:
+    """The built-in's replies checked against the output model, as the pool checks its own: one that does not match
+    becomes its row's error (InvalidOutput, the text kept as `raw_output`), so it is never read as an answer and is
+    asked again on the next run. No network: a UDF may do it on serverless."""
+    return replies.mapInPandas(functools.partial(_validate, output=output), replies.schema)
+
+
+def _validate(batches: Iterator[pd.DataFrame], *, output: type[BaseModel]) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        texts, errors, raws = list(batch["output"]), list(batch["error"]), list(batch["raw_output"])
+        for i, text in enumerate(texts):
+            if text is None or errors[i] is not None:
+                continue
+            try:
+                texts[i] = json.dumps(output.model_validate_json(text).model_dump(), ensure_ascii=False)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(map(str, first["loc"])) or "reply"
+                errors[i] = f"InvalidOutput: output did not match {output.__name__}: {where}: {first['msg']}"
+                texts[i], raws[i] = None, text
+        yield batch.assign(output=texts, error=errors, raw_output=raws)
+
+
 JOURNAL_SCHEMA = "fingerprint STRING, prompt_tokens BIGINT, completion_tokens BIGINT, latency_ms BIGINT, attempts INT"
 
 
@@ -191,23 +214,28 @@ USAGE_SQL = """SELECT COALESCE(SUM(u.input_token_count), 0) AS prompt_tokens,
 FROM system.serving.endpoint_usage u
 JOIN system.serving.served_entities e ON u.served_entity_id = e.served_entity_id
 WHERE e.endpoint_name = '{endpoint}' AND u.requester = current_user()
-  AND u.request_time >= TIMESTAMP '{since}'"""
+  AND u.request_time BETWEEN timestamp_seconds({since}) AND timestamp_seconds({until})"""
 
 
-def platform_usage(spark, endpoint: str, since: float) -> tuple[dict[str, int] | None, str]:
-    """Tokens the built-in ai_query spent on `endpoint` since `since` (epoch seconds), from the platform's serving
-    usage system table (`ai_query` reports none per row), and where the figures come from. Best-effort: the table
-    needs usage tracking on the endpoint and SELECT on `system.serving`, and it lags behind the calls."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since))
+def platform_usage(spark, endpoint: str, since: float, until: float) -> tuple[dict[str, int] | None, str]:
+    """Tokens the built-in ai_query spent on `endpoint` between `since` and `until` (epoch seconds, so no session
+    time zone shifts the window), from the platform's serving usage system table (`ai_query` reports none per row),
+    and where the figures come from. Best-effort: the table needs usage tracking on the endpoint and SELECT on
+    `system.serving`, it lags behind the calls, and it cannot tell this stage's requests from those another task
+    of this identity sent to the same endpoint meanwhile (the Q&A job's two branches run at once)."""
     try:
-        row = spark.sql(USAGE_SQL.format(endpoint=ai_query.literal(endpoint), since=stamp)).collect()[0]
+        sql = USAGE_SQL.format(endpoint=ai_query.literal(endpoint), since=int(since), until=int(until) + 1)
+        row = spark.sql(sql).collect()[0]
     except Exception as exc:  # noqa: BLE001 - any engine error means the same: the table cannot be read
         first = (str(exc).splitlines() or [""])[0][:160]
         return None, (
             "not reported: ai_query gives no tokens per row, and system.serving.endpoint_usage could not be read "
             f"({type(exc).__name__}: {first})"
         )
-    source = "system.serving.endpoint_usage (this identity's requests since the stage started; it may lag)"
+    source = (
+        "system.serving.endpoint_usage (this identity's requests to the endpoint while the stage ran, any other task's "
+        "at the same time included; it may lag)"
+    )
     return {"prompt_tokens": int(row.prompt_tokens), "completion_tokens": int(row.completion_tokens)}, source
 
 
@@ -321,7 +349,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     if trace:
         result.metrics["concurrency"] = trace
     if via == BUILTIN and not rt.serving:
-        usage, result.metrics["tokens_from"] = platform_usage(spark, teacher.model, started)
+        usage, result.metrics["tokens_from"] = platform_usage(spark, teacher.model, started, time.time())
         if usage:
             totals.prompt_tokens, totals.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
     else:
@@ -359,6 +387,8 @@ def _from_ai_query(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Ca
         replies = ai_query_replies(tables.materialize(spark, rt, step.name, answered), model=call.endpoint.model)
     finally:
         spark.catalog.dropTempView(view)
+    if via == BUILTIN:  # the local UDF validated each reply in the pool; the platform's did not
+        replies = validated(replies, step.output)
     return with_journal_accounting(ctx, replies, call.journal_dir) if call.journal_dir else replies
 
 
