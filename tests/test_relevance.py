@@ -40,3 +40,24 @@ def test_every_answered_pair_gets_a_score_and_a_verdict(spark, llm_cfg, teacher_
     )
     rescored = relevance.run(context(other))
     assert rescored.metrics["skipped"] == 0 and rescored.rows_out == answered
+
+
+def test_a_text_that_cannot_be_embedded_is_its_rows_error_and_the_replies_are_kept(spark, llm_cfg, teacher_server):
+    """The reverse questions are paid for before they are embedded: an embeddings endpoint that fails leaves every
+    row written with its error (asked again on the next run), never a stage that drops its paid replies."""
+    import pytest
+
+    from lakesynth.errors import StageError
+
+    seeds.run(context(llm_cfg))
+    questions.run(context(llm_cfg))
+    responses.run(context(llm_cfg))
+    answered = tables.read(spark, where(llm_cfg), responses.TABLE).where("error IS NULL").count()
+    teacher = llm_cfg.teacher.model_copy(update={"max_retries": 0})
+    cfg = _cfg(llm_cfg.model_copy(update={"teacher": teacher}), teacher_server, embeddings={
+        "base_url": "http://127.0.0.1:9/v1", "model": "nowhere"})  # fmt: skip
+    with pytest.raises(StageError, match="requests failed"):
+        relevance.run(context(cfg))
+    rows = tables.read(spark, where(cfg), relevance.TABLE).toPandas()
+    assert len(rows) == answered and rows.error.str.startswith("embeddings: ").all()
+    assert (~rows.keep).all() and set(rows.drop_reason) == {"relevance_error"}

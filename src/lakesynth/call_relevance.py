@@ -82,6 +82,8 @@ def to_verdict_rows(replies: DataFrame, *, embed: Callable[[DataFrame], DataFram
     answered = with_queries.where(F.col("error").isNull() & (F.size("_queries") > 0))
     texts = answered.select("call_id", F.posexplode(F.concat(F.array("query"), "_queries")).alias("i", "text"))
     scored = with_queries.join(llm_stage.mean_cosines(embed(texts), "call_id"), "call_id", "left")
+    # A text that could not be embedded is the row's error: asked again on the next run, like a failed reply.
+    scored = scored.withColumn("error", F.coalesce("error", "embed_error"))
     ok = F.col("error").isNull() & F.col("score").isNotNull()
     return scored.select(
         *[c for c in replies.columns if c not in ("output", "query", "calls", "results")],
@@ -111,6 +113,7 @@ def step(ctx: RunContext) -> LLMStep:
             embed=functools.partial(
                 llm_stage.embed,
                 ctx,
+                per_row=True,
                 teacher=shared.embeddings.endpoint(cfg.teacher),
                 batch=shared.embeddings.batch_size,
                 name="call_relevance",

@@ -402,41 +402,64 @@ def _from_driver(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Call
     return tables.materialize(spark, rt, step.name, spark.createDataFrame(frame, schema=reply_schema(todo)))
 
 
-def embed(ctx: RunContext, rows: DataFrame, *, teacher: TeacherConfig, batch: int, name: str) -> DataFrame:
+def embed(
+    ctx: RunContext, rows: DataFrame, *, teacher: TeacherConfig, batch: int, name: str, per_row: bool = False
+) -> DataFrame:
     """`rows` (with a `text` column) with `vector`, the unit embedding of its text, staged. The same routes as the
     chat requests (`route`): one `ai_query` statement (the built-in on Databricks, lakesynth's UDF here), or the
-    driver for an endpoint outside the workspace. An embedding has no partial result to keep in a row: a text that
-    could not be embedded fails the stage, naming the first error."""
+    driver for an endpoint outside the workspace. A text that could not be embedded fails the stage, naming the
+    first error, or with `per_row` is its row's `embed_error` (its vector null): a check that scores replies it
+    has just paid for keeps them, and the rows say why they have no score."""
     spark, rt = ctx.spark, ctx.rt
     via = route(rt, teacher)
     if via == DRIVER:
-        with llm.open_endpoint(teacher, embeddings=True) as endpoint:
-            frame = rows.toPandas()
-            vectors = llm.embed(endpoint, teacher, [str(t) for t in frame["text"]], batch=batch) if len(frame) else []
-        schema = T.StructType(rows.schema.fields + [T.StructField("vector", T.ArrayType(T.FloatType()))])
-        frame = frame.assign(vector=[np.asarray(v, dtype=np.float32).tolist() for v in vectors])
-        return tables.materialize(spark, rt, f"{name}_vectors", spark.createDataFrame(frame, schema=schema))
-    view = f"lakesynth_texts_{uuid.uuid4().hex}"
-    rows.createOrReplaceTempView(view)
-    try:
-        if via == BUILTIN and rt.databricks:
-            answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
-            staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
-        else:
-            opened = llm.open_endpoint(teacher, embeddings=True) if via == LOCAL else _nothing(rt, teacher)
-            with opened as endpoint:  # the embedded model lives while the statement runs
-                spark.udf.register("ai_query", ai_query.embeddings_udf(endpoint, teacher, batch=batch))
+        frame, errors = rows.toPandas(), None
+        try:
+            with llm.open_endpoint(teacher, embeddings=True) as endpoint:
+                texts = [str(t) for t in frame["text"]]
+                vectors = (
+                    [np.asarray(v, dtype=np.float32).tolist() for v in llm.embed(endpoint, teacher, texts, batch=batch)]
+                    if len(frame)
+                    else []
+                )
+        except EndpointError as exc:
+            if not per_row:
+                raise
+            vectors, errors = [None] * len(frame), [str(exc)] * len(frame)
+        schema = T.StructType(rows.schema.fields + [T.StructField("response", _VECTOR_REPLY)])
+        frame = frame.assign(
+            response=[{"result": v, "errorMessage": e} for v, e in zip(vectors, errors or [None] * len(frame))]
+        )
+        staged = tables.materialize(spark, rt, f"{name}_vectors", spark.createDataFrame(frame, schema=schema))
+    else:
+        view = f"lakesynth_texts_{uuid.uuid4().hex}"
+        rows.createOrReplaceTempView(view)
+        try:
+            if via == BUILTIN and rt.databricks:
                 answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
                 staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
-    finally:
-        spark.catalog.dropTempView(view)
+            else:
+                opened = llm.open_endpoint(teacher, embeddings=True) if via == LOCAL else _nothing(rt, teacher)
+                with opened as endpoint:  # the embedded model lives while the statement runs
+                    spark.udf.register("ai_query", ai_query.embeddings_udf(endpoint, teacher, batch=batch))
+                    answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
+                    staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
+        finally:
+            spark.catalog.dropTempView(view)
     vector, error = ai_query.vector_columns(staged.schema["response"])
-    failed = staged.where(error.isNotNull()).select(error.alias("e")).limit(1).collect()
-    if failed:
-        raise EndpointError(f"{name}: embeddings from '{teacher.model}' failed: {failed[0].e}")
+    if not per_row:
+        failed = staged.where(error.isNotNull()).select(error.alias("e")).limit(1).collect()
+        if failed:
+            raise EndpointError(f"{name}: embeddings from '{teacher.model}' failed: {failed[0].e}")
     norm = F.sqrt(F.aggregate(vector, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
     unit = F.transform(vector, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
-    return staged.select(*rows.columns, unit.alias("vector"))
+    extra = [F.when(error.isNotNull(), F.concat(F.lit("embeddings: "), error)).alias("embed_error")] if per_row else []
+    return staged.select(*rows.columns, F.when(error.isNull(), unit).alias("vector"), *extra)
+
+
+_VECTOR_REPLY = T.StructType(
+    [T.StructField("result", T.ArrayType(T.FloatType())), T.StructField("errorMessage", T.StringType())]
+)
 
 
 def _nothing(rt: Runtime, teacher: TeacherConfig):
@@ -447,16 +470,21 @@ def _nothing(rt: Runtime, teacher: TeacherConfig):
 
 
 def mean_cosines(vectors: DataFrame, key: str) -> DataFrame:
-    """One row per `key` with `score`: the mean cosine of its text number 0 (the original) with its others (the
-    reverse questions), from `embed`'s unit vectors with an `i` column."""
+    """One row per `key` with `score`, the mean cosine of its text number 0 (the original) with its others (the
+    reverse questions), from `embed(per_row=True)`'s unit vectors with an `i` column; and `embed_error`, the first
+    of its texts' embedding errors (its score then null)."""
 
     def score(group: pd.DataFrame) -> pd.DataFrame:
         ordered = group.sort_values("i")
-        matrix = np.stack(ordered["vector"].to_numpy()).astype(np.float32)
-        value = float((matrix[1:] @ matrix[0]).mean()) if len(matrix) > 1 else None
-        return pd.DataFrame({key: [ordered[key].iloc[0]], "score": [value]})
+        failed = ordered["embed_error"].dropna()
+        value = None
+        if failed.empty and len(ordered) > 1:
+            matrix = np.stack(ordered["vector"].to_numpy()).astype(np.float32)
+            value = float((matrix[1:] @ matrix[0]).mean())
+        error = failed.iloc[0] if not failed.empty else None
+        return pd.DataFrame({key: [ordered[key].iloc[0]], "score": [value], "embed_error": [error]})
 
-    return vectors.groupBy(key).applyInPandas(score, f"{key} string, score double")
+    return vectors.groupBy(key).applyInPandas(score, f"{key} string, score double, embed_error string")
 
 
 IMPORTED = "imported"  # the model of a row that came from the user's own pairs (seeds.pairs), not from a call

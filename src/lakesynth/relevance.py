@@ -69,6 +69,8 @@ def to_verdict_rows(replies: DataFrame, *, embed: Callable[[DataFrame], DataFram
     texts = answered.select("question_id", F.posexplode(F.concat(F.array("question"), "_reverse")).alias("i", "text"))
     scores = llm_stage.mean_cosines(embed(texts), "question_id")
     scored = reverse.join(scores, "question_id", "left")
+    # A text that could not be embedded is the row's error: asked again on the next run, like a failed reply.
+    scored = scored.withColumn("error", F.coalesce("error", "embed_error"))
     ok = F.col("error").isNull() & F.col("score").isNotNull()
     return scored.select(
         *[c for c in replies.columns if c not in ("output", "question", "answer", "in_scope")],
@@ -96,7 +98,7 @@ def step(ctx: RunContext) -> LLMStep:
         rows=functools.partial(
             to_verdict_rows,
             embed=functools.partial(
-                llm_stage.embed, ctx, teacher=embeddings, batch=r.embeddings.batch_size, name="relevance"
+                llm_stage.embed, ctx, per_row=True, teacher=embeddings, batch=r.embeddings.batch_size, name="relevance"
             ),
             threshold=r.threshold,
         ),
