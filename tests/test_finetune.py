@@ -258,15 +258,20 @@ class _Jobs:
         assert expand_tasks
         return iter(self.jobs)
 
+    def list_runs(self, job_id, active_only=False):
+        """The active runs of `job_id`: the runs given to a job built by `_job`."""
+        assert active_only
+        return iter(next((j.runs for j in self.jobs if j.job_id == job_id), []))
 
-def _job(job_id, command, **params):
+
+def _job(job_id, command, runs=(), **params):
     deployment = _ns(command_path=command)
     tasks = [
         _ns(task_key="seed", ai_runtime_task=None),
         _ns(task_key="finetune", ai_runtime_task=_ns(deployments=[deployment])),
     ]
     parameters = [_ns(name=k, default=v) for k, v in params.items()]
-    return _ns(job_id=job_id, settings=_ns(tasks=tasks, parameters=parameters))
+    return _ns(job_id=job_id, settings=_ns(tasks=tasks, parameters=parameters), runs=list(runs))
 
 
 PARAMS = {
@@ -283,6 +288,12 @@ def test_the_gpu_task_finds_its_jobs_parameters_through_its_script():
     other = _job(2, "/Users/b@x.com/.bundle/lakesynth/dev/files/resources/finetune.lakesynth_tools.sh", **PARAMS)
     found = ai_runtime.job_parameters(_Jobs(other, _job(1, mine.removeprefix("/Workspace"), **PARAMS)), mine)
     assert found == PARAMS
+    # A run started with other values (`bundle run --params`): the task trains with that run's, not the defaults.
+    run = _ns(
+        run_id=77, job_parameters=[_ns(name="schema", value="other", default="x"), _ns(name="x", value="1", default="")]
+    )
+    started = _job(1, mine, runs=[run], **PARAMS)
+    assert ai_runtime.job_parameters(_Jobs(started), mine) == {**PARAMS, "schema": "other", "run_id": "77"}
     with pytest.raises(ConfigError, match=r"expected one job whose ai_runtime_task runs this script, found 0"):
         ai_runtime.job_parameters(_Jobs(other), mine)
     script = ROOT / "resources" / "finetune.lakesynth_tools.sh"  # as synced: ${workspace.file_path}/resources/

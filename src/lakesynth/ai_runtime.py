@@ -35,8 +35,9 @@ def _workspace_path(path: str) -> str:
 
 
 def job_parameters(jobs: Any, command: str) -> dict[str, str]:
-    """The parameters (name -> default) of the one job whose `ai_runtime_task` runs `command`; `jobs` is a
-    databricks-sdk `WorkspaceClient().jobs` (or anything with its `list(expand_tasks=True)`)."""
+    """The parameters (name -> value) of the one job whose `ai_runtime_task` runs `command`: those of its active run
+    (and `run_id`, that run's id) where there is one, else the job's defaults; `jobs` is a databricks-sdk
+    `WorkspaceClient().jobs`."""
     wanted = _workspace_path(command)
     found = []
     for job in jobs.list(expand_tasks=True):
@@ -55,6 +56,15 @@ def job_parameters(jobs: Any, command: str) -> dict[str, str]:
     missing = [name for name in PARAMETERS if name not in params]
     if missing:
         raise ConfigError(f"job {found[0].job_id}: no job parameter(s) {', '.join(missing)} (resources/*.job.yml)")
+    # The values of the run this task belongs to (`--params` given to `bundle run` override the defaults): the job
+    # allows one run at a time (max_concurrent_runs: 1), so the active run is this one.
+    active = list(jobs.list_runs(job_id=found[0].job_id, active_only=True))
+    if len(active) == 1:
+        for p in getattr(active[0], "job_parameters", None) or []:
+            value = p.value if p.value is not None else p.default
+            if p.name in params and value is not None:
+                params[p.name] = value
+        params["run_id"] = str(active[0].run_id)
     return params
 
 
@@ -106,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     if params["finetune_backend"] == "none":
         print("finetune: skipped (job parameter finetune_backend is none)", flush=True)
         return
-    run_id = "ai_runtime-" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_id = params.get("run_id") or "ai_runtime-" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     cfg = cli.build_config(cli.parse_args(task_argv(args.command, params, args.settings, run_id)))
     print(json.dumps(train(cfg)), flush=True)
 
