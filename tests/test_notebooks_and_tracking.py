@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from test_cli import lakesynth
 
-from lakesynth import notebook
+from lakesynth import notebook, tracking
 from lakesynth.standin import StandIn, StandInOptions
 
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
@@ -403,3 +403,19 @@ def test_mlflow_failures_while_logging_are_warnings_in_the_summary(cfg, tmp_path
     assert any(w.startswith("the run summary not logged to MLflow (") for w in summary["warnings"])
     assert refused in summary["warnings"]
     assert summary["stages"]["seed"]["warnings"] == [w for w in summary["warnings"] if w != refused]
+
+
+def test_on_databricks_a_bare_experiment_name_is_one_per_deployed_target():
+    from lakesynth.runtime import Runtime
+
+    def on(schema: str) -> Runtime:
+        return Runtime(databricks=True, catalog="ml", schema=schema, volume="v", warehouse="/unused")
+
+    assert (
+        tracking.experiment_name("lakesynth", on("dev_ana_lakesynth_dev"))
+        == "/Shared/lakesynth-ml.dev_ana_lakesynth_dev"
+    )
+    assert tracking.experiment_name("lakesynth", on("lakesynth")) == "/Shared/lakesynth-ml.lakesynth"
+    assert tracking.experiment_name("/Users/sp/exp", on("lakesynth")) == "/Users/sp/exp"  # a path as given
+    local = Runtime(databricks=False, catalog="main", schema="s", volume="v", warehouse="/w")
+    assert tracking.experiment_name("lakesynth", local) == "lakesynth"

@@ -245,7 +245,9 @@ class MlflowConfig(Section):
     enabled: bool = Field(True, description="Track each pipeline run as one MLflow run.")
     tracking_uri: str = Field("", description="Empty: `databricks` on Databricks, else sqlite beside the warehouse.")
     experiment: str = Field(
-        "lakesynth", description="Experiment name (a workspace path on Databricks, e.g. /Shared/lakesynth)."
+        "lakesynth",
+        description="Experiment name; on Databricks a bare name becomes /Shared/<name>-<catalog>.<schema> (one per "
+        "deployed target), a workspace path is taken as given.",
     )
 
 

@@ -85,9 +85,7 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
         client = mlflow.MlflowClient(uri)
-        name = self.cfg.mlflow.experiment
-        if self.rt.databricks and not name.startswith("/"):
-            name = f"/Shared/{name}"  # workspace experiments are named by path
+        name = experiment_name(self.cfg.mlflow.experiment, self.rt)
         location = None if self.rt.databricks else str(Path(self.rt.warehouse).parent / "mlartifacts")
         run_id, created = join_run(client, experiment(client, name, location), self.cfg.run_id)
         if created:  # only the task that made the run logs the config, so tasks never disagree on a param
@@ -234,6 +232,15 @@ class Tracker:
 
 
 SETTLE_S = 0.5  # least wait, after creating a run, for the runs a racing task created (see join_run)
+
+
+def experiment_name(name: str, rt: Runtime) -> str:
+    """The experiment a run logs to. On Databricks experiments are named by workspace path, and a bare name gets one
+    per deployed target: `/Shared/<name>-<catalog>.<schema>` (a dev deploy's schema carries its user's prefix), so
+    dev users and prod never share one. A path is taken as given."""
+    if rt.databricks and not name.startswith("/"):
+        return f"/Shared/{name}-{rt.catalog}.{rt.schema}"
+    return name
 
 
 def experiment(client, name: str, location: str | None) -> str:
