@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -37,7 +37,7 @@ from lakesynth import llm, tables
 from lakesynth.config import LLMStageConfig, TeacherConfig
 from lakesynth.errors import EndpointError, StageError
 from lakesynth.llm import ai_query
-from lakesynth.llm.pool import THROTTLED
+from lakesynth.llm.pool import THROTTLED, InvalidOutput, validate_output
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.runtime import Runtime
 from lakesynth.stage import RunContext, StageResult
@@ -178,12 +178,9 @@ def _validate(batches: Iterator[pd.DataFrame], *, output: type[BaseModel]) -> It
             if text is None or errors[i] is not None:
                 continue
             try:
-                texts[i] = json.dumps(output.model_validate_json(text).model_dump(), ensure_ascii=False)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(map(str, first["loc"])) or "reply"
-                errors[i] = f"InvalidOutput: output did not match {output.__name__}: {where}: {first['msg']}"
-                texts[i], raws[i] = None, text
+                texts[i] = json.dumps(validate_output(output, text), ensure_ascii=False)
+            except InvalidOutput as exc:
+                errors[i], texts[i], raws[i] = f"InvalidOutput: {exc}", None, text
         yield batch.assign(output=texts, error=errors, raw_output=raws)
 
 

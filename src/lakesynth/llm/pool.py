@@ -244,12 +244,7 @@ class Call:
             raise InvalidOutput("reply blocked by the endpoint's content filter", raw)
         if raw is None and message.get("refusal"):
             raise InvalidOutput(f"the model refused: {message['refusal']}", None)
-        try:
-            return self.output.model_validate_json(raw or "").model_dump()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(map(str, first["loc"])) or "reply"
-            raise InvalidOutput(f"output did not match {self.output.__name__}: {where}: {first['msg']}", raw) from None
+        return validate_output(self.output, raw)
 
     def _describe_fatal(self, status: int, message: str) -> str:
         hint = FATAL_STATUS.get(status, SHAPE_HINT).format(model=self.endpoint.model, base_url=self.endpoint.base_url)
@@ -442,6 +437,16 @@ class _Pool:
         self.bar.close()
         self.journal.close()
         await self.client.aclose()
+
+
+def validate_output(output: type[BaseModel], raw: str | None) -> dict:
+    """A reply's text as the output model's fields, or InvalidOutput naming the first field that does not match."""
+    try:
+        return output.model_validate_json(raw or "").model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "reply"
+        raise InvalidOutput(f"output did not match {output.__name__}: {where}: {first['msg']}", raw) from None
 
 
 def preflight(call: Call, first: list[tuple[str, list[dict]]]) -> None:
