@@ -17,6 +17,7 @@ Where the calls are made (`route`), since Databricks serverless lets no UDF reac
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -357,11 +358,25 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
 
 
 def _endpoint(ctx: RunContext, teacher: TeacherConfig, via: str) -> llm.Endpoint:
-    """Where the requests go: the platform's, by name, for the built-in (locally, emulating serverless, the stand-in
-    of the workspace's Model Serving), else the configured endpoint, opened once per run."""
-    if via == BUILTIN:
-        return llm.Endpoint(ctx.rt.serving or "databricks", teacher.model)
-    return ctx.endpoint(teacher)
+    """Where the requests go: the built-in's endpoint for BUILTIN, else the configured one, opened once per run."""
+    return _builtin(ctx.rt, teacher.model) if via == BUILTIN else ctx.endpoint(teacher)
+
+
+def _builtin(rt: Runtime, model: str) -> llm.Endpoint:
+    """The endpoint the built-in ai_query calls: the platform's, by name (locally, emulating serverless, the stand-in
+    of the workspace's Model Serving)."""
+    return llm.Endpoint(rt.serving or "databricks", model)
+
+
+def _statement(ctx: RunContext, rows: DataFrame, name: str, sql: Callable[[str], str]) -> DataFrame:
+    """`sql(view)` over a view of `rows`, staged as `name`: the statement calls an endpoint, so it must run exactly
+    once, whatever reads its result after."""
+    view = f"lakesynth_pending_{uuid.uuid4().hex}"
+    rows.createOrReplaceTempView(view)
+    try:
+        return tables.materialize(ctx.spark, ctx.rt, name, ctx.spark.sql(sql(view)))
+    finally:
+        ctx.spark.catalog.dropTempView(view)
 
 
 def _with_verdict_counts(ctx: RunContext, step: LLMStep, result: StageResult) -> StageResult:
@@ -376,14 +391,12 @@ def _from_ai_query(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Ca
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     if not rt.databricks:  # registered again per chunk: the UDF carries the chunk's progress label
         spark.udf.register("ai_query", llm.ai_query_udf(call, workers=cfg.teacher.workers))
-    view = f"lakesynth_pending_{uuid.uuid4().hex}"
-    todo.createOrReplaceTempView(view)
     carried = [c for c in todo.columns if c != "request"]
-    try:
-        answered = spark.sql(ai_query.chat_sql(view, carried, endpoint=call.endpoint.model, call=call))
-        replies = ai_query_replies(tables.materialize(spark, rt, step.name, answered), model=call.endpoint.model)
-    finally:
-        spark.catalog.dropTempView(view)
+    model = call.endpoint.model
+    answered = _statement(
+        ctx, todo, step.name, lambda view: ai_query.chat_sql(view, carried, endpoint=model, call=call)
+    )
+    replies = ai_query_replies(answered, model=model)
     if via == BUILTIN:  # the local UDF validated each reply in the pool; the platform's did not
         replies = validated(replies, step.output)
     return with_journal_accounting(ctx, replies, call.journal_dir) if call.journal_dir else replies
@@ -423,26 +436,27 @@ def embed(
             if not per_row:
                 raise
             vectors, errors = [None] * len(frame), [str(exc)] * len(frame)
-        schema = T.StructType(rows.schema.fields + [T.StructField("response", _VECTOR_REPLY)])
+        schema = T.StructType(rows.schema.fields + [T.StructField("response", ai_query.vector_reply_type())])
         frame = frame.assign(
             response=[{"result": v, "errorMessage": e} for v, e in zip(vectors, errors or [None] * len(frame))]
         )
         staged = tables.materialize(spark, rt, f"{name}_vectors", spark.createDataFrame(frame, schema=schema))
     else:
-        view = f"lakesynth_texts_{uuid.uuid4().hex}"
-        rows.createOrReplaceTempView(view)
-        try:
-            if via == BUILTIN and rt.databricks:
-                answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
-                staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
-            else:
-                opened = llm.open_endpoint(teacher, embeddings=True) if via == LOCAL else _nothing(rt, teacher)
-                with opened as endpoint:  # the embedded model lives while the statement runs
-                    spark.udf.register("ai_query", ai_query.embeddings_udf(endpoint, teacher, batch=batch))
-                    answered = spark.sql(ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model))
-                    staged = tables.materialize(spark, rt, f"{name}_vectors", answered)
-        finally:
-            spark.catalog.dropTempView(view)
+
+        def sql(view: str) -> str:
+            return ai_query.embeddings_sql(view, rows.columns, endpoint=teacher.model)
+
+        if via == BUILTIN and rt.databricks:
+            staged = _statement(ctx, rows, f"{name}_vectors", sql)
+        else:
+            opened = (
+                llm.open_endpoint(teacher, embeddings=True)
+                if via == LOCAL
+                else contextlib.nullcontext(_builtin(rt, teacher.model))
+            )
+            with opened as endpoint:  # the embedded model lives while the statement runs
+                spark.udf.register("ai_query", ai_query.embeddings_udf(endpoint, teacher, batch=batch))
+                staged = _statement(ctx, rows, f"{name}_vectors", sql)
     vector, error = ai_query.vector_columns(staged.schema["response"])
     if not per_row:
         failed = staged.where(error.isNotNull()).select(error.alias("e")).limit(1).collect()
@@ -452,18 +466,6 @@ def embed(
     unit = F.transform(vector, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
     extra = [F.when(error.isNotNull(), F.concat(F.lit("embeddings: "), error)).alias("embed_error")] if per_row else []
     return staged.select(*rows.columns, F.when(error.isNull(), unit).alias("vector"), *extra)
-
-
-_VECTOR_REPLY = T.StructType(
-    [T.StructField("result", T.ArrayType(T.FloatType())), T.StructField("errorMessage", T.StringType())]
-)
-
-
-def _nothing(rt: Runtime, teacher: TeacherConfig):
-    """The stand-in of the workspace's Model Serving, as an endpoint to enter like an opened one."""
-    import contextlib
-
-    return contextlib.nullcontext(llm.Endpoint(rt.serving, teacher.model))
 
 
 def mean_cosines(vectors: DataFrame, key: str) -> DataFrame:

@@ -89,10 +89,23 @@ def embeddings_sql(source: str, columns: list[str], *, endpoint: str) -> str:
     )
 
 
-def _result_type():
+def reply_type(result):
+    """The struct `ai_query(..., failOnError => false)` returns: the result (of Spark type `result`) and its error."""
     from pyspark.sql import types as T
 
-    return T.StructType([T.StructField("result", T.StringType()), T.StructField("errorMessage", T.StringType())])
+    return T.StructType([T.StructField("result", result), T.StructField("errorMessage", T.StringType())])
+
+
+def vector_reply_type():
+    """An embeddings endpoint's `reply_type`: ARRAY<FLOAT> and its error."""
+    from pyspark.sql import types as T
+
+    return reply_type(T.ArrayType(T.FloatType()))
+
+
+def _no_rows() -> pd.DataFrame:
+    """A UDF's answer to an empty batch: no result, no error."""
+    return pd.DataFrame({"result": pd.Series([], dtype=object), "errorMessage": pd.Series([], dtype=object)})
 
 
 def ai_query_udf(call: Call, *, workers: int):
@@ -112,7 +125,7 @@ def ai_query_udf(call: Call, *, workers: int):
     ) -> pd.DataFrame:
         # All five arguments are required locally: lakesynth's SQL always passes them by name.
         if not len(request):
-            return pd.DataFrame({"result": pd.Series([], dtype=object), "errorMessage": pd.Series([], dtype=object)})
+            return _no_rows()
         given = str(responseFormat.iloc[0])
         if "".join(given.split()) != "".join(expected.split()):  # compared as text, spaces aside
             raise ConfigError(
@@ -143,26 +156,23 @@ def ai_query_udf(call: Call, *, workers: int):
             }
         )
 
+    from pyspark.sql import types as T
+
     serverless.allow(ai_query)
-    return pandas_udf(_result_type())(ai_query)
+    return pandas_udf(reply_type(T.StringType()))(ai_query)
 
 
 def embeddings_udf(endpoint: Endpoint, teacher: TeacherConfig, *, batch: int):
     """The local `ai_query(endpoint, text, failOnError => …)` of an embeddings endpoint: ARRAY<FLOAT> per text, or
     the row's error."""
-    from pyspark.sql import types as T
     from pyspark.sql.functions import pandas_udf
 
     from lakesynth.errors import EndpointError
     from lakesynth.llm.embeddings import embed
 
-    result_type = T.StructType(
-        [T.StructField("result", T.ArrayType(T.FloatType())), T.StructField("errorMessage", T.StringType())]
-    )
-
     def ai_query(endpoint_name: pd.Series, text: pd.Series, failOnError: pd.Series) -> pd.DataFrame:
         if not len(text):
-            return pd.DataFrame({"result": pd.Series([], dtype=object), "errorMessage": pd.Series([], dtype=object)})
+            return _no_rows()
         target = dataclasses.replace(endpoint, model=str(endpoint_name.iloc[0]))
         try:
             vectors: list = [
@@ -176,7 +186,7 @@ def embeddings_udf(endpoint: Endpoint, teacher: TeacherConfig, *, batch: int):
         return pd.DataFrame({"result": vectors, "errorMessage": errors})
 
     serverless.allow(ai_query)
-    return pandas_udf(result_type)(ai_query)
+    return pandas_udf(vector_reply_type())(ai_query)
 
 
 def reply_columns(response: StructField) -> tuple[Column, Column]:
