@@ -51,6 +51,14 @@ def load_with_sources(root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     return merged, sources
 
 
+def project_root(start: Path) -> Path | None:
+    """The nearest folder at or above `start` holding a databricks.yml, or None."""
+    for folder in [start, *start.parents]:
+        if (folder / "databricks.yml").is_file():
+            return folder
+    return None
+
+
 def jobs(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The bundle's pipeline jobs: resource key -> job dict (the first is the default job). A job of notebook tasks
     only (the dataset report) runs on Databricks alone: it is no pipeline of stages."""
@@ -113,12 +121,13 @@ def command_script(task: dict[str, Any]) -> str | None:
 
 
 def _script_text(name: str) -> str:
-    """A script of resources/: the project's around the working folder, else the copy packaged in the wheel."""
+    """A script of resources/: the project's around the working folder (whose jobs the runner reads), else the copy
+    packaged in the wheel."""
     from importlib import resources
 
-    for folder in [Path.cwd(), *Path.cwd().parents]:
-        if (folder / "databricks.yml").is_file() and (folder / "resources" / name).is_file():
-            return (folder / "resources" / name).read_text(encoding="utf-8")
+    root = project_root(Path.cwd())
+    if root is not None and (root / "resources" / name).is_file():
+        return (root / "resources" / name).read_text(encoding="utf-8")
     packaged = resources.files("lakesynth") / "bundled" / "resources" / name
     try:
         return packaged.read_text(encoding="utf-8")

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lakesynth
-from lakesynth import registry, tables
+from lakesynth import registry
+from lakesynth.bundle import project_root
 from lakesynth.config import packaged_config
 from lakesynth.errors import LakesynthError
 from lakesynth.runtime import Runtime
@@ -42,18 +43,10 @@ class NotebookContext(RunContext):
     """A run context whose `read` never writes (a stage's read creates a missing table, and its schema): a
     missing table reads as no rows of its contract's columns."""
 
-    def read(self, table, *, kept: bool = True):
-        contract = self.contracts.get(table) if isinstance(table, str) else table
-        if contract is None:
-            raise KeyError(f"no registered stage writes a table named '{table}'")
+    def _rows(self, contract):
         if self.exists(contract.name):
-            rows = self.spark.table(self.rt.fqn(contract.name))
-        else:
-            rows = self.spark.createDataFrame([], contract.schema)
-        if not kept:
-            return rows
-        verdicts = [t for t in self.contracts.values() if t.verdict_of == contract.name]
-        return tables.kept(self.spark, self.rt, rows, contract.key, verdicts)
+            return self.spark.table(self.rt.fqn(contract.name))
+        return self.spark.createDataFrame([], contract.schema)
 
     def exists(self, name: str) -> bool:
         return self.spark.catalog.tableExists(self.rt.fqn(name))
@@ -161,5 +154,4 @@ def last_run(warehouse: Path) -> dict[str, str]:
 def _project(start: Path | None = None) -> Path | None:
     """The project folder (it holds databricks.yml): at or above `start`, by default above this package's source
     (an editable install, or the bundle's workspace files imported from src/)."""
-    folders = [start, *start.parents] if start else Path(lakesynth.__file__).resolve().parents
-    return next((folder for folder in folders if (folder / "databricks.yml").is_file()), None)
+    return project_root(start or Path(lakesynth.__file__).resolve().parent)

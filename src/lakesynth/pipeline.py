@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from lakesynth import bundle, registry, serverless, tables, tracking
+from lakesynth.bundle import project_root
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
 from lakesynth.runtime import Runtime
@@ -72,14 +73,6 @@ class Jobs:
         """`job lakesynth from /…/lakesynth.job.yml (packaged)`, for the line a run starts with."""
         where = self.files.get(job)
         return f"job {job} from {where or 'nowhere'}" + (" (packaged)" if self.packaged else "")
-
-
-def project_root(start: Path) -> Path | None:
-    """The nearest folder at or above `start` holding a databricks.yml, or None."""
-    for folder in [start, *start.parents]:
-        if (folder / "databricks.yml").is_file():
-            return folder
-    return None
 
 
 def packaged_folder() -> Path:

@@ -133,11 +133,15 @@ class RunContext:
         contract = table if isinstance(table, Table) else self.contracts.get(table)
         if contract is None:
             raise KeyError(f"no registered stage writes a table named '{table}'")
-        rows = tables.read(self.spark, self.rt, contract)
+        rows = self._rows(contract)
         if not kept:
             return rows
         verdicts = [t for t in self.contracts.values() if t.verdict_of == contract.name]
         return tables.kept(self.spark, self.rt, rows, contract.key, verdicts)
+
+    def _rows(self, contract: Table):
+        """A table's rows, checked against its contract (created empty if missing: a stage writes it next)."""
+        return tables.read(self.spark, self.rt, contract)
 
     def prune(self, stage: Stage) -> int:
         """Delete the rows of the stage's tables whose parent row is gone; run before the stage, every run, so
