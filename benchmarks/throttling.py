@@ -71,13 +71,18 @@ SCENARIOS = [
 ]
 
 
-def section(n: int = 600, latency_ms: float = 50.0, workers: int = 2) -> list[tuple]:
-    """Section 9 of run.py: each scenario's wall time beside the run with no 429s, its row errors and limits."""
+def measure(n: int, latency_ms: float, workers: int) -> list[tuple[str, dict]]:
+    """Each scenario's figures (`run`), in SCENARIOS' order, on one stand-in: the first is the run with no 429s."""
     server = StandIn(StandInOptions()).start()
     try:
-        rows = [(name, run(server, n, workers, latency_ms, adaptive, **f)) for name, adaptive, f in SCENARIOS]
+        return [(name, run(server, n, workers, latency_ms, adaptive, **f)) for name, adaptive, f in SCENARIOS]
     finally:
         server.stop()
+
+
+def section(n: int = 600, latency_ms: float = 50.0, workers: int = 2) -> list[tuple]:
+    """Section 9 of run.py: each scenario's wall time beside the run with no 429s, its row errors and limits."""
+    rows = measure(n, latency_ms, workers)
     base = rows[0][1]["wall"]
     return [
         (
@@ -97,18 +102,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    server = StandIn(StandInOptions()).start()
-    scenarios = [
-        ("no 429s", True, {}),
-        ("30% 429s, adaptive", True, RANDOM_429),
-        ("30% 429s, fixed cap", False, RANDOM_429),
-        ("capacity 4, adaptive", True, AT_CAPACITY),
-        ("capacity 4, fixed cap", False, AT_CAPACITY),
-    ]
-    rows = [
-        (name, run(server, args.requests, args.workers, args.latency_ms, adaptive, **f))
-        for name, adaptive, f in scenarios
-    ]
+    rows = measure(args.requests, args.latency_ms, args.workers)
     base = rows[0][1]["wall"]
     print(
         f"\n{args.requests} requests, stand-in latency {args.latency_ms:g} ms, max_concurrency 16 over "
@@ -120,7 +114,6 @@ def main() -> None:
             f"{name:<24}{r['wall']:>8.2f}{r['wall'] / base:>8.2f}{r['errors']:>8}{r['requests']:>7}"
             f"{r['throttles']:>7}{r['decreases']:>7}  {r['limits']}"
         )
-    server.stop()
 
 
 if __name__ == "__main__":
