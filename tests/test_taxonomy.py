@@ -62,6 +62,17 @@ def test_hidden_folders_are_skipped_and_an_empty_tree_is_an_error(tmp_path):
         read_taxonomy(tmp_path / "missing")
 
 
+def _edited(tmp_path: Path, leaf: str, edit, tree: Path = FIXTURE) -> Path:
+    """A copy of `tree` whose `leaf`'s qna.yaml went through `edit` (a function changing its dict in place)."""
+    root = tmp_path / "tree"
+    shutil.copytree(tree, root)
+    file = root / leaf / "qna.yaml"
+    data = yaml.safe_load(file.read_text())
+    edit(data)
+    file.write_text(yaml.safe_dump(data))
+    return root
+
+
 def _broken_tree(tmp_path: Path) -> Path:
     root = tmp_path / "tree"
     shutil.copytree(FIXTURE, root)
@@ -115,14 +126,8 @@ def test_broken_files_are_all_named_with_their_field_and_nothing_is_read(tmp_pat
     ],
 )
 def test_a_broken_skill_names_the_field(tmp_path, edit, expected):
-    root = tmp_path / "tree"
-    shutil.copytree(FIXTURE, root)
-    file = root / FREEFORM / "qna.yaml"
-    data = yaml.safe_load(file.read_text())
-    edit(data)
-    file.write_text(yaml.safe_dump(data))
     with pytest.raises(SeedError) as caught:
-        read_taxonomy(root)
+        read_taxonomy(_edited(tmp_path, FREEFORM, edit))
     assert f"{FREEFORM}/qna.yaml: {expected}" in str(caught.value)
 
 
@@ -138,14 +143,8 @@ def test_a_broken_skill_names_the_field(tmp_path, edit, expected):
     ],
 )
 def test_a_broken_knowledge_leaf_names_the_field(tmp_path, edit, expected):
-    root = tmp_path / "tree"
-    shutil.copytree(FIXTURE, root)
-    file = root / KNOWLEDGE / "qna.yaml"
-    data = yaml.safe_load(file.read_text())
-    edit(data)
-    file.write_text(yaml.safe_dump(data))
     with pytest.raises(SeedError) as caught:
-        read_taxonomy(root)
+        read_taxonomy(_edited(tmp_path, KNOWLEDGE, edit))
     assert f"{KNOWLEDGE}/qna.yaml: {expected}" in str(caught.value)
 
 
@@ -187,16 +186,6 @@ def test_a_published_tree_is_read_whole_each_file_as_its_own_version():
     assert len({e["example_id"] for e in taxonomy.examples}) == len(taxonomy.examples) == 33
 
 
-def _edited(tmp_path: Path, leaf: str, edit) -> Path:
-    root = tmp_path / "tree"
-    shutil.copytree(PUBLISHED, root)
-    file = root / leaf / "qna.yaml"
-    data = yaml.safe_load(file.read_text())
-    edit(data)
-    file.write_text(yaml.safe_dump(data))
-    return root
-
-
 @pytest.mark.parametrize(
     "leaf, edit, expected",
     [
@@ -220,14 +209,14 @@ def _edited(tmp_path: Path, leaf: str, edit) -> Path:
 )  # fmt: skip
 def test_each_file_is_checked_against_its_own_version(tmp_path, leaf, edit, expected):
     with pytest.raises(SeedError) as caught:
-        read_taxonomy(_edited(tmp_path, leaf, edit))
+        read_taxonomy(_edited(tmp_path, leaf, edit, PUBLISHED))
     message = str(caught.value)
     assert "nothing was read" in message
     assert all(f"{leaf}/qna.yaml: {e}" in message for e in expected), message
 
 
 def test_a_file_that_says_version_1_reads_as_one_that_says_none(tmp_path):
-    declared = read_taxonomy(_edited(tmp_path, COMMON_SENSE, lambda d: d.update(version=1)))
+    declared = read_taxonomy(_edited(tmp_path, COMMON_SENSE, lambda d: d.update(version=1), PUBLISHED))
     published = read_taxonomy(PUBLISHED)
     assert (declared.leaves, declared.examples) == (published.leaves, published.examples)
 
