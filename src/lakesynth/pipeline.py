@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from lakesynth import bundle, registry, serverless, tables, tracking
+from lakesynth import bundle, notebook, registry, serverless, tables, tracking
 from lakesynth.bundle import project_root
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
@@ -274,6 +274,10 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
                 "rows": tables.count(ctx.spark, ctx.rt, table),
             }
         tracker.finish(summary, ctx)
+        try:  # where this run wrote, for the notebooks (locally)
+            notebook.remember(ctx.rt, cfg.run_id)
+        except OSError as exc:  # a notebook convenience, never the run's failure
+            log.warning("could not record where this run wrote, for the notebooks: %s", exc)
     finally:
         serverless.disarm()
         ctx.close()

@@ -121,15 +121,8 @@ class Tracker:
 
     def finish(self, summary: dict[str, Any], ctx) -> None:
         """The run summary, sample rows of each table, the report's plots and the checks' verdicts, as artifacts;
-        each part on its own, so that one failing loses only itself. Locally, first, where this run wrote (for
-        the notebooks: `notebook.remember`). The summary gets this process's tracking warnings."""
-        if not ctx.rt.databricks:
-            try:
-                from lakesynth import notebook
-
-                notebook.remember(ctx.rt, ctx.cfg.run_id)
-            except Exception as exc:  # noqa: BLE001 - a notebook convenience, never the run's failure
-                log.warning("could not record where this run wrote, for the notebooks: %s", exc)
+        each part on its own, so that one failing loses only itself. The summary gets this process's tracking
+        warnings."""
         if self.mlflow:
             client = self.mlflow.MlflowClient()
             self._attempt(
