@@ -76,7 +76,7 @@ def write_documents(folder: Path, n: int) -> tuple[int, int]:
 
 
 def _chunker(folder: Path, ctx) -> tuple[float, int]:
-    from lakesynth import documents
+    from lakesynth.taxonomy import documents
 
     started = time.monotonic()
     rows = documents.chunk_documents(folder)
@@ -84,7 +84,7 @@ def _chunker(folder: Path, ctx) -> tuple[float, int]:
 
 
 def _stage(folder: Path, ctx) -> tuple[float, int]:
-    from lakesynth import documents
+    from lakesynth.taxonomy import documents
 
     started = time.monotonic()
     result = documents.run(ctx)
@@ -96,7 +96,8 @@ def _stage_on_driver(folder: Path, ctx) -> tuple[float, int]:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from lakesynth import documents, tables
+    from lakesynth.taxonomy import documents
+    from lakesynth.core import tables
 
     started = time.monotonic()
     d = ctx.cfg.documents
@@ -117,7 +118,7 @@ KINDS = {
 
 def chunking(folder: Path, sizes: list[int], rounds: int = 3) -> list[tuple]:
     """The table rows of benchmarks/run.py's section 6: per size, the median of `rounds` interleaved runs of each."""
-    from lakesynth import registry
+    from lakesynth.core import registry
 
     rows, per_1k = [], {}
     for n in sizes:

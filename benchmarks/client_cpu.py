@@ -56,7 +56,7 @@ def prompts(n: int) -> list[str]:
 
 def start_standin() -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakesynth.standin", "--latency-ms", str(LATENCY_MS), "--max-concurrency", str(SLOTS)],
+        [sys.executable, "-m", "lakesynth.llm.standin", "--latency-ms", str(LATENCY_MS), "--max-concurrency", str(SLOTS)],
         stdout=subprocess.PIPE,
         text=True,
     )

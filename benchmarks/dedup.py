@@ -145,7 +145,7 @@ EXTRA = (EXTRA + "automatically manually remotely officially").split()
 
 def _check_vocabulary() -> None:
     """Each slot word is one content word of its own, in one slot only, and the templates add none."""
-    from lakesynth.duplicates import NEGATIONS, content_words
+    from lakesynth.quality.duplicates import NEGATIONS, content_words
 
     words = [w for slot in SLOTS.values() for w in slot] + EXTRA
     assert len(set(words)) == len(words) and all(content_words(w) == [w] for w in words)
@@ -242,7 +242,9 @@ def score(found: dict[str, str], planted: list[list[str]], controls: dict[str, l
 
 
 def _run_lakesynth(path: str, warehouse: str) -> tuple[float, dict[str, str]]:
-    from lakesynth import dedup, duplicates, registry
+    from lakesynth.quality import dedup
+    from lakesynth.quality import duplicates
+    from lakesynth.core import registry
 
     ctx = registry.open_context(ROOT / "conf" / "lakesynth.yml", [f"warehouse={warehouse}", "schema=bench_dedup"])
     ctx.spark.range(1).count()  # the engine is up before the clock starts
@@ -255,8 +257,8 @@ def _run_datasketch(path: str, bands: int) -> tuple[float, dict[str, str]]:
     import pandas as pd
     from datasketch import MinHash, MinHashLSH
 
-    from lakesynth.dedup import NearDedup
-    from lakesynth.duplicates import content_words, groups
+    from lakesynth.quality.dedup import NearDedup
+    from lakesynth.quality.duplicates import content_words, groups
 
     started = time.monotonic()
     frame = pd.read_parquet(path)

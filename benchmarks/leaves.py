@@ -7,7 +7,7 @@ taxonomy (qna.yaml version 3, valid for `taxonomy.read_taxonomy`), its leaves in
 questions and answers), a grounded skill (five, each with a small markdown table as its context) and a knowledge
 leaf (five seed contexts of three questions and answers each, and its own generated markdown document of about 950
 words, benchmarks/chunking.py's, named by `document.patterns`), 100 leaves a folder. The teacher is the stand-in
-(lakesynth.standin in its own process: 100 ms a request, at most 64 at a time, so at most 640 req/s) with
+(lakesynth.llm.standin in its own process: 100 ms a request, at most 64 at a time, so at most 640 req/s) with
 `teacher.max_concurrency` 64 and `taxonomy.per_leaf` 2: three requests a leaf (per_leaf and its 0.5 spare, rounded
 up). Per size and round, a fresh schema on one embedded engine (started before any clock): the `documents` stage
 chunks the knowledge documents (before the clock; leaf generation reads `document_chunks`), then the clock runs
@@ -114,7 +114,10 @@ def write_taxonomy(folder: Path, n: int) -> dict[str, int]:
 
 def _round(folder: Path, n: int, r: int | str, url: str, per_leaf: int) -> dict:
     """One run of size `n` on a fresh schema; the warehouse is shared (one embedded engine per warehouse)."""
-    from lakesynth import documents, leaf_generation, registry, taxonomy
+    from lakesynth.taxonomy import documents
+    from lakesynth.taxonomy import leaf_generation
+    from lakesynth.core import registry
+    from lakesynth.taxonomy import taxonomy
 
     settings = [
         f"warehouse={folder.parent / 'warehouse'}",
@@ -155,7 +158,7 @@ def _round(folder: Path, n: int, r: int | str, url: str, per_leaf: int) -> dict:
 def leaf_generation(folder: Path, sizes: list[int], rounds: int = 3, per_leaf: int = 2) -> list[tuple]:
     """The rows of benchmarks/run.py's section 8: per size, the median of `rounds` runs, each on a fresh schema."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakesynth.standin", "--latency-ms", str(LATENCY_MS), "--max-concurrency", str(CAP)],
+        [sys.executable, "-m", "lakesynth.llm.standin", "--latency-ms", str(LATENCY_MS), "--max-concurrency", str(CAP)],
         stdout=subprocess.PIPE,
         text=True,
     )

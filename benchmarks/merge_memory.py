@@ -21,8 +21,8 @@ KINDS = ("append", "merge_new_keys", "merge_same_keys", "query", "map_in_pandas"
 PROBE = """
 import os, sys
 from pyspark.sql import functions as F
-from lakesynth.engine import get_spark
-from lakesynth.runtime import Runtime
+from lakesynth.core.engine import get_spark
+from lakesynth.core.runtime import Runtime
 
 def rss():
     for line in open(f"/proc/{os.getpid()}/status"):

@@ -72,7 +72,7 @@ def seeds_file(folder: Path, n: int) -> Path:
 
 def start_standin(latency_ms: float, cap: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakesynth.standin", "--latency-ms", str(latency_ms), "--max-concurrency", str(cap)],
+        [sys.executable, "-m", "lakesynth.llm.standin", "--latency-ms", str(latency_ms), "--max-concurrency", str(cap)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -197,9 +197,10 @@ def stage_prompts(seeds: Path) -> dict[str, tuple[list[str], dict, int]]:
     generated question it would answer): prompts, output schema, max_tokens."""
     import csv
 
-    from lakesynth import questions, responses
-    from lakesynth.registry import load_config
-    from lakesynth.templates import render
+    from lakesynth.qa import questions
+    from lakesynth.qa import responses
+    from lakesynth.core.registry import load_config
+    from lakesynth.core.templates import render
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=1"])
     rows = list(csv.DictReader(seeds.open(encoding="utf-8")))
@@ -245,8 +246,9 @@ def check_prompts(warehouse: Path) -> dict[str, tuple[list[str], dict, int]]:
     max_tokens."""
     from deltalake import DeltaTable
 
-    from lakesynth import critic, judge
-    from lakesynth.registry import load_config
+    from lakesynth.quality import critic
+    from lakesynth.quality import judge
+    from lakesynth.core.registry import load_config
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=1", *CHECKS[1::2]])
     (schema,) = {p.parent for p in warehouse.glob("*/*/synthetic_questions")}
@@ -369,9 +371,10 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
 
 def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
     """The same prompts, schema and parameters both ways: the raw server with a bare client, then the stage."""
-    from lakesynth import embedded, questions
-    from lakesynth.registry import load_config
-    from lakesynth.templates import render
+    from lakesynth.llm import embedded
+    from lakesynth.qa import questions
+    from lakesynth.core.registry import load_config
+    from lakesynth.core.templates import render
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=2", "questions.max_tokens=400"])
     teacher, per_seed = cfg.teacher, cfg.questions.per_seed
@@ -558,8 +561,8 @@ def driver_memory(folder: Path, small: int, large: int) -> list[tuple]:
 def engine_overhead(folder: Path) -> list[tuple]:
     script = folder / "engine_start.py"  # a file, not -c: pyspark's Connect client misreads `python -c` as doctests
     script.write_text(
-        "import time\nt = time.monotonic()\nfrom lakesynth.engine import get_spark\n"
-        "from lakesynth.runtime import Runtime\n"
+        "import time\nt = time.monotonic()\nfrom lakesynth.core.engine import get_spark\n"
+        "from lakesynth.core.runtime import Runtime\n"
         f"get_spark(Runtime(False, 'main', 'b', 'v', {str(folder / 'wh_engine')!r})).range(1).count()\n"
         "print(time.monotonic() - t)\n"
     )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from lakesynth import llm
 from lakesynth.config import TeacherConfig
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
-from lakesynth.standin import StandIn, StandInOptions
+from lakesynth.llm.standin import StandIn, StandInOptions
 
 RANDOM_429 = {"fault_rate": 0.3, "faults": ("429",), "retry_after_ms": (50, 200), "seed": 1}
 AT_CAPACITY = {"throttle_above": 4, "retry_after_ms": (50, 200)}

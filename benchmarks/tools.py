@@ -188,7 +188,7 @@ def generate(n: int) -> tuple[list[dict], list[str | None]]:
 
 def _tools() -> dict[str, str]:
     """Tool name -> its parameters as JSON text, as the `tools` table holds them."""
-    from lakesynth import toolspec
+    from lakesynth.tools import spec as toolspec
 
     return {t["function"]["name"]: json.dumps(t["function"]["parameters"]) for t in toolspec.read_spec(str(SPEC))}
 
@@ -198,7 +198,7 @@ def format_loop(path: Path, out: Path) -> tuple[float, float]:
     (wall seconds, CPU seconds of this process)."""
     import pandas as pd
 
-    from lakesynth import toolspec
+    from lakesynth.tools import spec as toolspec
 
     cpu, started = time.process_time(), time.monotonic()
     frame = pd.read_parquet(path, columns=COLUMNS)
@@ -223,7 +223,7 @@ def format_loop(path: Path, out: Path) -> tuple[float, float]:
 def format_engine(spark, path: Path, out: Path) -> tuple[float, float]:
     """The call_format stage's query: `_check` through mapInPandas, every column written to Parquet. (wall
     seconds, CPU seconds of this process: the embedded engine and its Python UDFs run in it)."""
-    from lakesynth import call_format
+    from lakesynth.tools import call_format
 
     cpu, started = time.process_time(), time.monotonic()
     tools = _tools()
@@ -245,7 +245,7 @@ def format_check(folder: Path, sizes: list[int], rounds: int) -> list[tuple]:
     """The table rows of the format check: per size, the median of `rounds` interleaved runs of each side."""
     import pandas as pd
 
-    from lakesynth import registry
+    from lakesynth.core import registry
 
     ctx = registry.open_context(ROOT / "conf" / "lakesynth.yml", [f"warehouse={folder / 'warehouse'}"])
     started = time.monotonic()
@@ -344,7 +344,7 @@ def _one_process(module: Path, memory_mb: int, timeout_s: float, call: tuple[str
 def execution(folder: Path, n_calls: int, workers: int, timeout_s: float, memory_mb: int) -> list[tuple]:
     """The table rows of the execution check: the sandbox and one process per call over the same calls, then a
     call past its timeout followed by more calls (the pool must have replaced the worker)."""
-    from lakesynth import sandbox
+    from lakesynth.tools import sandbox
 
     module = folder / "functions.py"
     module.write_text(FUNCTIONS.read_text(encoding="utf-8") + STALL, encoding="utf-8")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from lakesynth import registry
+from lakesynth.core import registry
 from lakesynth.config import Config
-from lakesynth.engine import get_spark
-from lakesynth.runtime import Runtime
-from lakesynth.stage import RunContext
-from lakesynth.standin import StandIn, StandInOptions
+from lakesynth.core.engine import get_spark
+from lakesynth.core.runtime import Runtime
+from lakesynth.core.stage import RunContext
+from lakesynth.llm.standin import StandIn, StandInOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

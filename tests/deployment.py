@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lakesynth import bundle, pipeline
+from lakesynth.core import bundle
+from lakesynth import pipeline
 
 REF = re.compile(r"\$\{([^}]+)\}|\{\{\s*job\.(parameters\.\w+|run_id)\s*\}\}")
 
@@ -56,7 +57,7 @@ class Deployed:
 
     def tasks(self, job: str) -> list[tuple[str, list[str]]]:
         """Each wheel task of `job` in dependency order, with the parameters it is called with (an ai_runtime_task,
-        the GPU fine-tune, is no wheel task: lakesynth.ai_runtime runs it, tested in test_finetune)."""
+        the GPU fine-tune, is no wheel task: lakesynth.training.ai_runtime runs it, tested in test_finetune)."""
         spec = self.bundle["resources"]["jobs"][job]
         params = {p["name"]: self.resolve(str(p["default"])) for p in spec.get("parameters", [])}
         by_key = {t["task_key"]: t for t in spec["tasks"]}

@@ -7,7 +7,8 @@ import json
 import pytest
 from pyspark.sql import types as T
 
-from lakesynth import llm_stage, responses
+from lakesynth.llm import stage as llm_stage
+from lakesynth.qa import responses
 from lakesynth.llm.ai_query import NO_REPLY
 
 S = T.StringType()

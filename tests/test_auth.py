@@ -10,7 +10,7 @@ from lakesynth import llm
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth
-from lakesynth.standin import StandIn
+from lakesynth.llm.standin import StandIn
 
 TOKEN = "dapi-test-token"
 

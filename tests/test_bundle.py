@@ -17,7 +17,10 @@ from conftest import ROOT
 from databricks.bundles.jobs import Job
 from deployment import Deployed
 
-from lakesynth import bundle, cli, pipeline, registry
+from lakesynth.core import bundle
+from lakesynth import cli
+from lakesynth import pipeline
+from lakesynth.core import registry
 from lakesynth.errors import ConfigError
 
 SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "databricks-bundle-schema.json").read_text())

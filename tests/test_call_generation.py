@@ -10,8 +10,10 @@ import pytest
 from conftest import ROOT, context, where, write
 from jsonschema import Draft202012Validator
 
-from lakesynth import call_generation, tables, toolspec
-from lakesynth.call_generation import CallGenerationConfig
+from lakesynth.tools import call_generation
+from lakesynth.core import tables
+from lakesynth.tools import spec as toolspec
+from lakesynth.tools.call_generation import CallGenerationConfig
 from lakesynth.errors import SeedError
 
 SAMPLE = ROOT / "conf" / "tools"
@@ -100,7 +102,7 @@ def test_a_seed_that_fails_the_spec_is_an_error_naming_its_line(spark, cfg, tmp_
     seeds = write(tmp_path / "seeds.jsonl", "\n".join([*lines, json.dumps(bad)]) + "\n")
     run_cfg = cfg.model_copy(update={"tools": cfg.tools.model_copy(update={"seeds": seeds})})
     ctx = context(run_cfg)
-    from lakesynth import tools
+    from lakesynth.tools import tools
 
     tools.run(ctx)
     with pytest.raises(SeedError, match=rf"seeds.jsonl#{len(lines) + 1} \(too-much\): maximum"):

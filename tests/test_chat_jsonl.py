@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import context, where
 
-from lakesynth import chat_jsonl, questions, responses, seeds, tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 
 U, A, SYS = (
     {"role": "user", "content": "Hi?"},

@@ -11,8 +11,9 @@ from pathlib import Path
 import deltalake
 from conftest import ROOT, write
 
-from lakesynth import registry, seeds
-from lakesynth.engine import register_tables
+from lakesynth.core import registry
+from lakesynth.qa import seed as seeds
+from lakesynth.core.engine import register_tables
 
 
 def lakesynth(*args, cwd=ROOT, env=None, tracking=False):

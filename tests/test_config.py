@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT, write
 
 from lakesynth.errors import ConfigError
-from lakesynth.registry import load_config
+from lakesynth.core.registry import load_config
 
 SAMPLE = ROOT / "conf" / "lakesynth.yml"
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pandas as pd
 from conftest import context, where
 
-from lakesynth import critic, questions, responses, seeds, tables
+from lakesynth.quality import critic
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 
 
 def _on(cfg, **changes):

@@ -7,7 +7,12 @@ import pytest
 from conftest import context, where
 from pyspark.sql import functions as F
 
-from lakesynth import chat_jsonl, dedup, duplicates, judge, responses, tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.quality import dedup
+from lakesynth.quality import duplicates
+from lakesynth.quality import judge
+from lakesynth.qa import responses
+from lakesynth.core import tables
 
 # (id, question): groups of duplicates, each listed best first, and controls.
 EXACT = [("e1", "How do I block my card?"), ("e2", "how do I  block my card"), ("e3", "How do I block my card ?")]
@@ -186,7 +191,7 @@ def test_the_packaged_embedding_model_serves_real_embeddings(tmp_path):
 
 
 def test_a_pair_the_relevance_check_dropped_keeps_that_reason_and_is_no_keeper(spark, cfg):
-    from lakesynth import relevance
+    from lakesynth.quality import relevance
 
     _plant(spark, cfg, EXACT)
     low = {"question_id": "e1", "score": 0.1, "keep": False, "drop_reason": "relevance", "model": "teacher"}

@@ -8,7 +8,13 @@ import json
 import pytest
 from conftest import context, where
 
-from lakesynth import chat_jsonl, evaluate, finetune, questions, responses, seeds, tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import evaluate
+from lakesynth.training import finetune
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 from lakesynth.errors import StageSkipped
 
 
@@ -67,7 +73,7 @@ def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher
 
 def test_no_fine_tune_on_purpose_is_said_so(cfg):
     """finetune.backend none is a choice: the evaluations say there is no fine-tune to evaluate, and why."""
-    from lakesynth import tool_evaluate
+    from lakesynth.tools import tool_evaluate
 
     off = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"backend": "none"})})
     for stage in (evaluate, tool_evaluate):

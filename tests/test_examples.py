@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lakesynth import examples
+from lakesynth.training import examples
 
 TOOLS = [
     {

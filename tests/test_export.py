@@ -11,8 +11,9 @@ import pandas as pd
 import yaml
 from conftest import ROOT, write
 
-from lakesynth import pipeline, registry
-from lakesynth.runtime import Runtime
+from lakesynth import pipeline
+from lakesynth.core import registry
+from lakesynth.core.runtime import Runtime
 
 STAGES = ["seed", "questions", "responses", "judge", "dedup", "format", "preference", "export"]
 
@@ -78,8 +79,10 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
 
 def test_tool_export_writes_the_kept_pairs_in_the_xlam_layout(spark, llm_cfg):
     """The function-calling job's export: query, answers and tools as JSON text, as xlam-function-calling-60k."""
-    from lakesynth import tables, tool_format, toolspec
-    from lakesynth.runtime import Runtime as R
+    from lakesynth.core import tables
+    from lakesynth.tools import tool_format
+    from lakesynth.tools import spec as toolspec
+    from lakesynth.core.runtime import Runtime as R
 
     tools = llm_cfg.tools.model_copy(
         update={"seeds": "", "semantic": llm_cfg.tools.semantic.model_copy(update={"enabled": False})}

@@ -10,9 +10,17 @@ import pytest
 from conftest import ROOT, context, where, write
 from databricks.bundles.jobs import Job
 
-from lakesynth import adapters, ai_runtime, chat_jsonl, cli, finetune, pipeline, questions, responses, seeds
+from lakesynth.training import adapters
+from lakesynth.training import ai_runtime
+from lakesynth.qa import format as chat_jsonl
+from lakesynth import cli
+from lakesynth.training import finetune
+from lakesynth import pipeline
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
 from lakesynth.errors import ConfigError, StageError, StageSkipped
-from lakesynth.standin import StandIn
+from lakesynth.llm.standin import StandIn
 
 
 @pytest.fixture
@@ -33,7 +41,7 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     data = load_dataset("json", data_files=files, split=None)
     assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
     tokenizer = AutoTokenizer.from_pretrained(
-        finetune.importlib.import_module("lakesynth.train_sft").packaged_student(
+        finetune.importlib.import_module("lakesynth.training.train").packaged_student(
             finetune.Path(jsonl_cfg.teacher.model_cache).expanduser()
         )
     )

@@ -24,7 +24,7 @@ from conftest import ROOT, write
 from deployment import Deployed
 
 from lakesynth import pipeline
-from lakesynth.standin import StandIn
+from lakesynth.llm.standin import StandIn
 
 # Runs in the child: the entry point from the installed distribution's metadata, called like a wheel task.
 # Markers go to stderr so stdout stays the command's own (JSON for `stages --json`). A script file, not

@@ -7,7 +7,12 @@ import json
 import pandas as pd
 from conftest import context, where
 
-from lakesynth import chat_jsonl, judge, questions, responses, seeds, tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.quality import judge
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 
 
 def _on(cfg, **changes):

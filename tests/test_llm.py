@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from lakesynth import llm
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import ConfigError, EndpointError
-from lakesynth.standin import StandIn, StandInOptions
+from lakesynth.llm.standin import StandIn, StandInOptions
 
 SECRET = "sk-planted-SECRET-4242"
 

@@ -17,8 +17,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from test_cli import lakesynth
 
-from lakesynth import notebook, tracking
-from lakesynth.standin import StandIn, StandInOptions
+from lakesynth.report import notebook
+from lakesynth.report import tracking
+from lakesynth.llm.standin import StandIn, StandInOptions
 
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
 DEV_SCHEMA = "dev_standin_lakesynth_dev"  # as a dev deploy names the schema (`mode: development` prefixes it)
@@ -229,7 +230,8 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
     """Which runs, stages, models and prompts made this dataset: one run_log row per task, replaced on a rerun."""
     from conftest import where
 
-    from lakesynth import pipeline, tracking
+    from lakesynth import pipeline
+    from lakesynth.report import tracking
 
     cfg = llm_cfg.model_copy(update={"finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})})
     summary = pipeline.run(cfg, ["seed", "questions", "responses", "format", "finetune"], root=ROOT)
@@ -313,7 +315,7 @@ from pathlib import Path
 
 import mlflow
 
-from lakesynth import tracking
+from lakesynth.report import tracking
 
 store, gate, me, racers = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 client = mlflow.MlflowClient(f"sqlite:///{store}")
@@ -331,7 +333,7 @@ def test_tasks_racing_for_the_job_runs_mlflow_run_keep_exactly_one(tmp_path):
     experiment yet: all get the same run; each run a loser created is deleted, by that loser."""
     from mlflow.entities import ViewType
 
-    from lakesynth import tracking
+    from lakesynth.report import tracking
 
     store = tmp_path / "mlflow.db"
     tracking._new_sqlite_store(store, Path("~/.cache/lakesynth").expanduser())
@@ -381,9 +383,9 @@ def test_mlflow_failures_while_logging_are_warnings_in_the_summary(cfg, tmp_path
     its folder should be): each is a warning in the stage's entry and the summary, and nothing raises."""
     import mlflow
 
-    from lakesynth import tracking
-    from lakesynth.runtime import Runtime
-    from lakesynth.stage import RunContext
+    from lakesynth.report import tracking
+    from lakesynth.core.runtime import Runtime
+    from lakesynth.core.stage import RunContext
 
     cfg = cfg.model_copy(
         update={"warehouse": str(tmp_path / "wh"), "mlflow": cfg.mlflow.model_copy(update={"enabled": True})}
@@ -406,7 +408,7 @@ def test_mlflow_failures_while_logging_are_warnings_in_the_summary(cfg, tmp_path
 
 
 def test_on_databricks_a_bare_experiment_name_is_one_per_deployed_target():
-    from lakesynth.runtime import Runtime
+    from lakesynth.core.runtime import Runtime
 
     def on(schema: str) -> Runtime:
         return Runtime(databricks=True, catalog="ml", schema=schema, volume="v", warehouse="/unused")

@@ -8,7 +8,8 @@ import deltalake
 from conftest import ROOT, write
 from test_cli import lakesynth
 
-from lakesynth import pipeline, registry
+from lakesynth import pipeline
+from lakesynth.core import registry
 
 # The Q&A job's tasks, in order (resources/lakesynth.job.yml).
 JOB = [

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import context, where
 
-from lakesynth import chat_jsonl, preference, questions, responses, seeds, tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import preference
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 
 
 def _on(cfg, **changes):
@@ -92,7 +97,7 @@ def test_dpo_and_kto_files_load_with_datasets_and_pass_trls_format_checks(spark,
     from transformers import AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_unpair_preference_dataset
 
-    from lakesynth import train_sft
+    from lakesynth.training import train as train_sft
 
     result = preference.run(context(pref_cfg))
     tokenizer = AutoTokenizer.from_pretrained(

@@ -6,7 +6,11 @@ import json
 
 from conftest import context, where, write
 
-from lakesynth import llm, llm_stage, questions, seeds, tables
+from lakesynth import llm
+from lakesynth.llm import stage as llm_stage
+from lakesynth.qa import questions
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 from lakesynth.errors import StageError
 
 # What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.

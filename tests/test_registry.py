@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from lakesynth import cli, pipeline, registry
+from lakesynth import cli
+from lakesynth import pipeline
+from lakesynth.core import registry
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError
-from lakesynth.stage import Stage
-from lakesynth.tables import Table
+from lakesynth.core.stage import Stage
+from lakesynth.core.tables import Table
 
 SRC = ROOT / "src" / "lakesynth"
 
@@ -151,7 +153,7 @@ def _module_files(module: str) -> list[Path]:
 
 def test_import_graph():
     stage_modules = set(registry.stage_modules())
-    assert {"lakesynth.seeds", "lakesynth.questions", "lakesynth.chat_jsonl"} <= stage_modules
+    assert {"lakesynth.qa.seed", "lakesynth.qa.questions", "lakesynth.qa.format"} <= stage_modules
     for module in stage_modules:
         imported = {m for f in _module_files(module) for m in _project_imports(f)}
         assert not (imported & (stage_modules - {module})), f"{module} imports a stage: {imported & stage_modules}"
@@ -159,7 +161,7 @@ def test_import_graph():
     assert _project_imports(SRC / "config.py") <= {"lakesynth.errors"}
     assert _project_imports(SRC / "errors.py") == set()
     llm_imports = {m for f in _module_files("lakesynth.llm") for m in _project_imports(f)}
-    assert not {m for m in llm_imports if m == "lakesynth.tables"}, "the llm package does not import tables"
+    assert not {m for m in llm_imports if m == "lakesynth.core.tables"}, "the llm package does not import tables"
     assert not {m for m in _project_imports(SRC / "tables.py") if m.startswith("lakesynth.llm")}
 
 

@@ -7,7 +7,11 @@ import json
 
 from conftest import context, where
 
-from lakesynth import questions, relevance, responses, seeds, tables
+from lakesynth.qa import questions
+from lakesynth.quality import relevance
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 
 
 def _cfg(llm_cfg, server, **settings):

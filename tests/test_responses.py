@@ -5,7 +5,12 @@ from __future__ import annotations
 from conftest import context, where
 from pyspark.sql import types as T
 
-from lakesynth import llm, llm_stage, questions, responses, seeds, tables
+from lakesynth import llm
+from lakesynth.llm import stage as llm_stage
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 from lakesynth.llm import ai_query
 
 

@@ -9,7 +9,7 @@ import sys
 
 from conftest import ROOT
 
-from lakesynth.runtime import Runtime
+from lakesynth.core.runtime import Runtime
 
 
 def test_local_places_are_under_the_warehouse(cfg):

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from lakesynth.sandbox import Sandbox
+from lakesynth.tools.sandbox import Sandbox
 
 TOOLS = """
 import os
@@ -163,7 +163,7 @@ def test_a_caller_script_without_a_main_guard_runs_once(tmp_path):
     functions.write_text("def double(x: int) -> int:\n    return 2 * x\n")
     script = tmp_path / "task.py"
     script.write_text(
-        "from lakesynth import sandbox\n"
+        "from lakesynth.tools import sandbox\n"
         "print('MAIN RAN', flush=True)\n"
         f"with sandbox.Sandbox({str(functions)!r}, workers=2) as box:\n"
         "    print(box.run([('double', {'x': 21})])[0].result, flush=True)\n"

@@ -8,7 +8,8 @@ import pytest
 from chispa import assert_df_equality
 from conftest import context, where, write
 
-from lakesynth import seeds, tables
+from lakesynth.qa import seed as seeds
+from lakesynth.core import tables
 from lakesynth.errors import SeedError
 
 

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from lakesynth import pipeline, registry, serverless
+from lakesynth import pipeline
+from lakesynth.core import registry
+from lakesynth.core import serverless
 from lakesynth.errors import LakesynthError
-from lakesynth.runtime import EMULATE_ENV, Runtime
+from lakesynth.core.runtime import EMULATE_ENV, Runtime
 
 
 def _settings(warehouse, standin: str, *extra: str):

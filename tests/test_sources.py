@@ -12,8 +12,11 @@ from pathlib import Path
 
 from conftest import ROOT, write
 
-from lakesynth import examples, pipeline, registry, tables
-from lakesynth.runtime import Runtime
+from lakesynth.training import examples
+from lakesynth import pipeline
+from lakesynth.core import registry
+from lakesynth.core import tables
+from lakesynth.core.runtime import Runtime
 
 TOPICS = ("cards", "loans", "fraud", "savings")
 DERIVED = (

@@ -13,7 +13,10 @@ import deltalake
 import pytest
 from conftest import ROOT, context, where, write
 
-from lakesynth import documents, registry, tables, taxonomy
+from lakesynth.taxonomy import documents
+from lakesynth.core import registry
+from lakesynth.core import tables
+from lakesynth.taxonomy import taxonomy
 from lakesynth.errors import ConfigError, SeedError
 
 FIXTURE = ROOT / "tests" / "fixtures" / "taxonomy"

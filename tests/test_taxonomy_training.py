@@ -11,8 +11,12 @@ from pathlib import Path
 from conftest import ROOT
 from test_notebooks_and_tracking import _execute, _images, _text
 
-from lakesynth import chat_jsonl, insights, pipeline, registry, tables
-from lakesynth.runtime import Runtime
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.report import insights
+from lakesynth import pipeline
+from lakesynth.core import registry
+from lakesynth.core import tables
+from lakesynth.core.runtime import Runtime
 
 
 def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_server):

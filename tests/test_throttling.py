@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from lakesynth import llm
 from lakesynth.config import TeacherConfig
 from lakesynth.llm.throttle import AdaptiveConcurrency, concurrency_trace, reset_concurrency
-from lakesynth.standin import StandIn, StandInOptions
+from lakesynth.llm.standin import StandIn, StandInOptions
 
 
 class Questions(BaseModel):

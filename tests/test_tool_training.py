@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, where
 
-from lakesynth import ast_match, pipeline, tables, tool_format
+from lakesynth.tools import ast_match
+from lakesynth import pipeline
+from lakesynth.core import tables
+from lakesynth.tools import tool_format
 
 TOOLS = {
     "get_balance": {"type": "object", "properties": {"account": {"type": "string"}}, "required": ["account"]},
@@ -111,7 +114,7 @@ def test_the_hf_style_renders_with_a_real_tool_calling_chat_template(spark, cfg)
     """Qwen2.5's own chat template (read from the packaged teacher's GGUF) renders the tools and the calls."""
     from transformers import AutoTokenizer
 
-    from lakesynth import embedded
+    from lakesynth.llm import embedded
 
     summary = _run(cfg, "hf")
     line = next(x for x in _lines(summary) if x["messages"][0]["content"].startswith("What are my checking"))
@@ -208,7 +211,7 @@ def test_replies_are_parsed_as_calls_or_refused():
 def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark, cfg):
     """The job's fine-tune task carries `finetune.dataset=training_tools` (applied locally as on Databricks);
     the evaluation scores each student's reply with the AST check, per category."""
-    from lakesynth import tool_evaluate
+    from lakesynth.tools import tool_evaluate
 
     semantic_off = cfg.tools.semantic.model_copy(update={"enabled": False})
     short = cfg.tools.evaluate.model_copy(update={"max_new_tokens": 24})
@@ -242,7 +245,7 @@ def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark
 
 
 def test_the_accuracy_figure_shows_each_category_for_both_students():
-    from lakesynth import tool_evaluate
+    from lakesynth.tools import tool_evaluate
 
     rows = [
         {"category": "simple", "base_match": True, "tuned_match": True},

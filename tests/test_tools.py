@@ -8,7 +8,14 @@ import json
 import pytest
 from conftest import ROOT, context, where, write
 
-from lakesynth import call_generation, call_relevance, call_semantic, call_verdicts, pipeline, tables, tools, toolspec
+from lakesynth.tools import call_generation
+from lakesynth.tools import call_relevance
+from lakesynth.tools import call_semantic
+from lakesynth.tools import call_verdicts
+from lakesynth import pipeline
+from lakesynth.core import tables
+from lakesynth.tools import tools
+from lakesynth.tools import spec as toolspec
 from lakesynth.errors import SeedError
 
 SAMPLE = ROOT / "conf" / "tools"
@@ -426,7 +433,7 @@ def test_a_pool_of_checking_processes_gives_the_verdicts_checked_in_process():
     """The embedded engine's Python UDFs share one interpreter: a large table is checked by processes."""
     import pandas as pd
 
-    from lakesynth import call_format
+    from lakesynth.tools import call_format
 
     rows = toolspec.read_pairs(str(SAMPLE / "calls.jsonl"))
     batch = pd.DataFrame(rows)[["call_id", "source_id", "calls", "problem", "category"]]

@@ -7,8 +7,9 @@ import uuid
 
 from conftest import ROOT, write
 
-from lakesynth import pipeline, registry
-from lakesynth.runtime import Runtime
+from lakesynth import pipeline
+from lakesynth.core import registry
+from lakesynth.core.runtime import Runtime
 
 STAGES = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format"]
 

@@ -16,7 +16,9 @@ from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lakesynth import job_sources, pipeline, registry
+from lakesynth.core import sources as job_sources
+from lakesynth import pipeline
+from lakesynth.core import registry
 from lakesynth.config import Config, default_config_file, packaged_config, with_overrides
 from lakesynth.errors import LakesynthError
 

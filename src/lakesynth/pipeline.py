@@ -36,12 +36,17 @@ from typing import Any
 
 import yaml
 
-from lakesynth import bundle, notebook, registry, serverless, tables, tracking
-from lakesynth.bundle import project_root
+from lakesynth.core import bundle
+from lakesynth.report import notebook
+from lakesynth.core import registry
+from lakesynth.core import serverless
+from lakesynth.core import tables
+from lakesynth.report import tracking
+from lakesynth.core.bundle import project_root
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
-from lakesynth.runtime import Runtime
-from lakesynth.stage import RunContext, Stage
+from lakesynth.core.runtime import Runtime
+from lakesynth.core.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
 DEFAULT_JOB = "lakesynth"

@@ -22,9 +22,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth import chat_jsonl, llm, llm_stage, questions, responses, seeds
+from lakesynth.qa import format as chat_jsonl
+from lakesynth import llm
+from lakesynth.llm import stage as llm_stage
+from lakesynth.qa import questions
+from lakesynth.qa import responses
+from lakesynth.qa import seed as seeds
 from lakesynth.llm import ai_query
-from lakesynth.registry import load_config
+from lakesynth.core.registry import load_config
 
 # What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.
 GENERATED = (
@@ -52,8 +57,8 @@ def session(engine: str, warehouse: str):
             .config("spark.sql.shuffle.partitions", "2")
             .getOrCreate()
         )
-    from lakesynth.engine import get_spark
-    from lakesynth.runtime import Runtime
+    from lakesynth.core.engine import get_spark
+    from lakesynth.core.runtime import Runtime
 
     return get_spark(Runtime(False, "main", "parity", "lakesynth", warehouse))
 

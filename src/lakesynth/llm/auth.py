@@ -82,7 +82,7 @@ def open_endpoint(teacher: TeacherConfig, *, embeddings: bool = False) -> Iterat
     """The configured endpoint; starts (and finally stops) the embedded teacher, or with `embeddings` the
     embedded embedding model, when none is set."""
     if teacher.embedded:
-        from lakesynth import embedded
+        from lakesynth.llm import embedded
 
         with (embedded.serve_embeddings if embeddings else embedded.serve)(teacher) as url:
             yield Endpoint(url, teacher.model)

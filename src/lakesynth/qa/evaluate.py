@@ -1,0 +1,276 @@
+"""Evaluate stage: did the fine-tune make the student better? The base and the tuned student answer the held-out
+split of `training_chat` (test, or val when there is no test split), and the pair judge compares the two answers.
+
+Both answers come from one load of the student, the adapter switched off for the base (student.py), greedy, into
+`student_answers` (kept per adapter, so a rerun generates nothing twice). The judge (quality.judge's endpoint and
+criteria, the preference stage's comparison prompt) scores both in one call, in an order drawn per example so
+neither always comes first; `student_evaluation` keeps both answers, both ratings, the winner and the reasoning.
+The summary reports `base_score` and `tuned_score` (mean rating on the judge's 1-3 scale), `win_rate` (tuned over
+base, a tie counting half) and each one's scope compliance. It measures what it says: a small student after a few
+steps may well not win.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakesynth.training import adapters
+from lakesynth.quality import criteria as judging
+from lakesynth.llm import stage as llm_stage
+from lakesynth.core import tables
+from lakesynth.config import LLMStageConfig
+from lakesynth.errors import StageSkipped
+from lakesynth.llm.stage import LLMStep
+from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.tables import B, D, S
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateConfig(LLMStageConfig):
+    """Which examples the students answer, how long they may answer, and the judge's comparison call."""
+
+    enabled: bool = Field(True, description="Compare the base and the fine-tuned student after each local fine-tune.")
+    split: Literal["auto", "test", "val"] = Field("auto", description="Held-out split; auto: test if any, else val.")
+    max_examples: int = Field(50, ge=1, description="At most this many examples of the split (by example_id).")
+    max_new_tokens: int = Field(160, ge=8, description="Longest student answer, in tokens.")
+    template: str = Field(judging.COMPARE_TEMPLATE, description="The comparing judge's Jinja prompt.")
+    temperature: float = Field(0.0, ge=0, le=2, description="The comparing judge's sampling temperature.")
+    max_tokens: int = Field(1024, ge=16, description="The comparing judge's completion token limit.")
+
+
+ANSWERS = tables.contract(
+    "student_answers",
+    [
+        ("answer_id", S),
+        ("example_id", S),
+        ("variant", S),
+        ("student", S),
+        ("adapter", S),
+        ("inputs", S),
+        ("answer", S),
+        ("seconds", D),
+    ],
+    key="answer_id",
+    parent="example_id",
+    parent_table="training_chat",
+)
+TABLE = tables.contract(
+    "student_evaluation",
+    [
+        ("example_id", S),
+        ("question_id", S),
+        ("topic", S),
+        ("split", S),
+        ("inputs", S),
+        ("tuned_first", B),
+        ("base_answer", S),
+        ("tuned_answer", S),
+        ("base_rating", D),
+        ("tuned_rating", D),
+        ("winner", S),
+        ("base_scope_ok", B),
+        ("tuned_scope_ok", B),
+        ("scores", S),
+    ]
+    + tables.LLM_ACCOUNTING,
+    key="example_id",
+    parent="example_id",
+    parent_table="training_chat",
+)
+VARIANTS = ("base", "tuned")
+
+
+def held_out(cfg) -> str:
+    if cfg.evaluate.split != "auto":
+        return cfg.evaluate.split
+    return "test" if cfg.format.test_fraction else "val"
+
+
+def tuned_first(example_id: str) -> bool:
+    """Which answer the judge reads first, drawn per example: position bias favours neither student."""
+    return hashlib.sha256(example_id.encode()).digest()[0] % 2 == 1
+
+
+def generate(ctx: RunContext, examples: list, trained: dict) -> int:
+    """The answers of both students still missing for this adapter into `student_answers`; returns how many."""
+    from lakesynth.training import student
+    from lakesynth.training import train as train_sft
+
+    rt, spark = ctx.rt, ctx.spark
+    done = {
+        r.answer_id
+        for r in tables.read(spark, rt, ANSWERS)
+        .where(F.col("inputs") == trained["inputs"])
+        .select("answer_id")
+        .collect()
+    }
+    todo = {v: [e for e in examples if f"{e.example_id}:{v}" not in done] for v in VARIANTS}
+    if not any(todo.values()):
+        return 0
+    rows = []
+    model_dir = trained["student"] or str(train_sft.packaged_student(Path(ctx.cfg.teacher.model_cache).expanduser()))
+    with student.loaded(model_dir, trained["adapter"]) as (model, tokenizer):
+        for variant, chosen in todo.items():
+            if not chosen:
+                continue
+            log.info("evaluate: the %s student answers %d questions", variant, len(chosen))
+            started = time.monotonic()
+            prompts = [[{"role": m.role, "content": m.content} for m in e.messages[:-1]] for e in chosen]
+            replies = student.answer(
+                model, tokenizer, prompts, tuned=variant == "tuned", max_new_tokens=ctx.cfg.evaluate.max_new_tokens
+            )
+            each = (time.monotonic() - started) / len(chosen)
+            rows += [
+                (f"{e.example_id}:{variant}", e.example_id, variant, model_dir, trained["adapter"])
+                + (trained["inputs"], reply, each, ctx.cfg.run_id)
+                for e, reply in zip(chosen, replies)
+            ]
+    schema = tables.T.StructType([f for f in ANSWERS.schema.fields if f.name != "created_at"])
+    frame = spark.createDataFrame(rows, schema=schema).withColumn("created_at", F.current_timestamp())
+    tables.upsert(spark, rt, ANSWERS, frame)
+    return len(rows)
+
+
+def to_evaluation_rows(replies: DataFrame, *, criteria) -> DataFrame:
+    """Replies -> rows: each student's rating (its criteria's mean), the winner, and scope compliance."""
+    reply = llm_stage.parsed(replies, judging.comparison_model(2, criteria))
+
+    def in_scope(i: int) -> F.Column:
+        scope = [c for c in criteria if c.name == "scope"]
+        if not scope:
+            return F.lit(None).cast("boolean")
+        return reply.getField(f"answer_{i}").getField("scope").getField("score") >= scope[0].min_score
+
+    first = F.col("tuned_first")
+    one, two = judging.rating(reply, 1, criteria), judging.rating(reply, 2, criteria)
+    base, tuned = F.when(first, two).otherwise(one), F.when(first, one).otherwise(two)
+    ok = F.col("error").isNull()
+    drop = ("output", "question", "in_scope", "answer_1", "answer_2")
+    return replies.select(
+        *[c for c in replies.columns if c not in drop],
+        F.when(first, F.col("answer_2")).otherwise(F.col("answer_1")).alias("base_answer"),
+        F.when(first, F.col("answer_1")).otherwise(F.col("answer_2")).alias("tuned_answer"),
+        base.alias("base_rating"),
+        tuned.alias("tuned_rating"),
+        F.when(ok, F.when(tuned > base, "tuned").when(tuned < base, "base").otherwise("tie")).alias("winner"),
+        F.when(first, in_scope(2)).otherwise(in_scope(1)).alias("base_scope_ok"),
+        F.when(first, in_scope(1)).otherwise(in_scope(2)).alias("tuned_scope_ok"),
+        F.when(ok, F.col("output")).alias("scores"),
+    )
+
+
+def step(cfg) -> LLMStep:
+    e, judged = cfg.evaluate, cfg.quality.judge
+    criteria = judged.criteria
+    return LLMStep(
+        name="evaluate",
+        table=TABLE,
+        key="example_id",
+        columns=("example_id", "question_id", "topic", "split", "inputs", "in_scope", "question", "tuned_first")
+        + ("answer_1", "answer_2"),
+        output=judging.comparison_model(2, criteria),
+        settings=e.defaulting_to(judged),
+        template=e.template + "".join(c.model_dump_json() for c in criteria),
+        prompts=functools.partial(
+            judging.compare_prompts, template=e.template, rules=cfg.use_case.rules, criteria=criteria, n=2
+        ),
+        rows=functools.partial(to_evaluation_rows, criteria=criteria),
+    )
+
+
+def summary(rows: DataFrame) -> dict:
+    """The comparison's figures over the judged examples."""
+    judged = rows.where(F.col("error").isNull())
+    win = F.when(F.col("winner") == "tuned", 1.0).when(F.col("winner") == "tie", 0.5).otherwise(0.0)
+    agg = judged.agg(
+        F.count(F.lit(1)).alias("judged"),
+        F.avg("base_rating").alias("base_score"),
+        F.avg("tuned_rating").alias("tuned_score"),
+        F.avg(win).alias("win_rate"),
+        F.avg(F.col("base_scope_ok").cast("double")).alias("base_scope_compliance"),
+        F.avg(F.col("tuned_scope_ok").cast("double")).alias("tuned_scope_compliance"),
+        F.sum((F.col("winner") == "tuned").cast("int")).alias("tuned_wins"),
+        F.sum((F.col("winner") == "base").cast("int")).alias("base_wins"),
+        F.sum((F.col("winner") == "tie").cast("int")).alias("ties"),
+    ).first()
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in agg.asDict().items() if v is not None}
+
+
+def figure(result: dict):
+    """The comparison as a bar chart: both mean scores, the win rate and the number of comparisons in the title."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(["base", "tuned"], [result.get("base_score", 0), result.get("tuned_score", 0)], color=["grey", "tab:blue"])
+    ax.set_ylim(0, 3)
+    ax.set_ylabel("mean judged score (1-3)")
+    ax.set_title(f"tuned wins {result.get('win_rate', 0):.0%} of {result.get('judged', 0)} comparisons")
+    fig.tight_layout()
+    return fig
+
+
+def run(ctx: RunContext) -> StageResult:
+    cfg, rt = ctx.cfg, ctx.rt
+    if not cfg.evaluate.enabled:
+        return StageResult(metrics={"disabled": "evaluate.enabled is false"})
+    if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
+        raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
+    trained = adapters.trained(cfg, rt)
+    if trained is None:
+        raise StageSkipped("no fine-tuned adapter on the current training files here: run the finetune stage first")
+    split = held_out(cfg)
+    chat = ctx.read("training_chat").where(F.col("split") == split)
+    examples = chat.select("example_id", "messages").orderBy("example_id").limit(cfg.evaluate.max_examples).collect()
+    if not examples:
+        raise StageSkipped(f"the {split} split of training_chat is empty: nothing to evaluate on")
+    generated = generate(ctx, examples, trained)
+    answers = tables.read(ctx.spark, rt, ANSWERS).where(F.col("inputs") == trained["inputs"])
+    ids = [e.example_id for e in examples]
+    first = ctx.spark.createDataFrame([(i, tuned_first(i)) for i in ids], "example_id string, tuned_first boolean")
+
+    def side(variant: str) -> DataFrame:
+        return answers.where(F.col("variant") == variant).select("example_id", F.col("answer").alias(variant))
+
+    source = (
+        chat.select("example_id", "question_id", "topic", "split")
+        .join(first, "example_id")
+        .join(ctx.read("synthetic_responses", kept=False).select("question_id", "question", "in_scope"), "question_id")
+        .join(side("base"), "example_id")
+        .join(side("tuned"), "example_id")
+        .select(
+            "*",
+            F.lit(trained["inputs"]).alias("inputs"),
+            F.when(F.col("tuned_first"), F.col("tuned")).otherwise(F.col("base")).alias("answer_1"),
+            F.when(F.col("tuned_first"), F.col("base")).otherwise(F.col("tuned")).alias("answer_2"),
+        )
+    )
+    result = llm_stage.run(ctx, step(cfg), source)
+    current = tables.read(ctx.spark, rt, TABLE).where(F.col("inputs") == trained["inputs"])
+    current = current.join(first.select("example_id"), "example_id")
+    result.rows_in = len(examples)
+    result.tables = [ANSWERS, TABLE]
+    result.metrics.update(
+        split=split, examples=len(examples), generated=generated, adapter=trained["adapter"], **summary(current)
+    )
+    return result
+
+
+STAGE = Stage(
+    name="evaluate",
+    help="base vs fine-tuned student on the held-out split, judged side by side (score, win rate, scope)",
+    run=run,
+    reads=("training_chat", "synthetic_responses"),
+    writes=(ANSWERS, TABLE),
+    config=EvaluateConfig,
+    after=("finetune",),
+)

@@ -1,0 +1,83 @@
+"""Responses stage: `synthetic_questions` -> `synthetic_responses`, answers by batch `ai_query`.
+
+One SQL statement per chunk, as every LLM stage's (llm_stage.py): Databricks runs its built-in `ai_query`
+(batch inference); locally lakesynth registers its own under that name (llm.ai_query_udf).
+The request carries the domain rules and the reasoning instructions; the response format keeps
+the reasoning apart from the answer, and only the answer becomes training data.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+from pydantic import Field
+from pyspark.sql import functions as F
+
+from lakesynth.llm import stage as llm_stage
+from lakesynth.core import tables
+from lakesynth.qa.answers import Answer, prompts, to_response_rows
+from lakesynth.config import LLMStageConfig
+from lakesynth.llm.stage import LLMStep
+from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.tables import B, S
+
+
+class ResponsesConfig(LLMStageConfig):
+    DEFAULT_TEMPLATE: ClassVar[str] = "responses.j2"
+    temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
+
+
+TABLE = tables.contract(
+    "synthetic_responses",
+    [
+        ("question_id", S),
+        ("seed_id", S),
+        ("topic", S),
+        ("in_scope", B),
+        ("question", S),
+        ("answer", S),
+        ("reasoning", S),
+    ]
+    + tables.LLM_ACCOUNTING,
+    key="question_id",
+    parent="question_id",
+    parent_table="synthetic_questions",
+)
+
+
+def step(cfg) -> LLMStep:
+    r = cfg.responses
+    return LLMStep(
+        name="responses",
+        table=TABLE,
+        key="question_id",
+        columns=("question_id", "seed_id", "topic", "in_scope", "question"),
+        output=Answer,
+        settings=r,
+        template=r.template,
+        prompts=functools.partial(prompts, template=r.template, rules=cfg.use_case.rules),
+        rows=to_response_rows,
+    )
+
+
+def run(ctx: RunContext) -> StageResult:
+    questions = ctx.read("synthetic_questions")
+    answerable = questions.where(F.col("error").isNull() & F.col("question").isNotNull())
+    if ctx.cfg.seeds.pairs:  # the user's own pairs: the answer came in with the question (seed metadata)
+        answers = ctx.read("seed_questions").select(
+            "seed_id", F.get_json_object("metadata", "$.answer").alias("answer")
+        )
+        pairs = answerable.select("question_id", "seed_id", "topic", "in_scope", "question").join(answers, "seed_id")
+        return llm_stage.imported(ctx, TABLE, pairs)
+    return llm_stage.run(ctx, step(ctx.cfg), answerable)
+
+
+STAGE = Stage(
+    name="responses",
+    help="answer the questions with ai_query into synthetic_responses",
+    run=run,
+    reads=("synthetic_questions",),
+    writes=(TABLE,),
+    config=ResponsesConfig,
+)

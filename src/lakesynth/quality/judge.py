@@ -1,0 +1,127 @@
+"""Judge stage: `synthetic_responses` -> `answer_verdicts`, each answered pair scored per criterion.
+
+One structured call per pair gives every criterion a justification written before its score (NeMo Data
+Designer's `{criterion: {reasoning, score}}`), on InstructLab's 1–3 scale by default. A pair is kept when every
+criterion reaches its `min_score`; otherwise `drop_reason` names the first that did not (`judge:<criterion>`).
+The default criteria include scope compliance against the use case's rules. Downstream stages read only kept
+pairs (`RunContext.read`); a reply that fails to parse is the row's error (`judge_error`), asked again next run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pandas as pd
+from pydantic import Field
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakesynth.llm import stage as llm_stage
+from lakesynth.core import tables
+from lakesynth.config import LLMStageConfig
+from lakesynth.quality.criteria import CRITERIA, Criterion, output_model
+from lakesynth.llm.stage import LLMStep
+from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.tables import INT, B, S
+from lakesynth.core.templates import render
+
+TEMPLATE = """You judge answers written to train a customer-service chatbot.
+
+Domain rules of the chatbot:
+{{ rules }}
+
+Question ({{ "IN scope: the chatbot must answer it" if in_scope else "OUT of scope: the chatbot must redirect it" }}):
+{{ question }}
+
+Answer:
+{{ answer }}
+
+Score the answer on each criterion from 1 to 3. For each, first write "reasoning" (one or two sentences),
+then the "score".
+{% for c in criteria %}- {{ c.name }}: {{ c.description }}
+{% endfor %}
+Answer with a JSON object with one key per criterion ({{ criteria | map(attribute="name") | join(", ") }}),
+each an object with the keys "reasoning" (string) and "score" (1, 2 or 3)."""
+
+
+class JudgeConfig(LLMStageConfig):
+    enabled: bool = Field(False, description="Score each answered pair and keep only those that pass.")
+    criteria: tuple[Criterion, ...] = Field(CRITERIA, description="The criteria, each with its min_score.")
+    template: str = Field(TEMPLATE, description="The judge's Jinja prompt (rules, question, answer, criteria).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int = Field(512, ge=16, description="Completion token limit.")
+
+
+TABLE = tables.verdict(
+    "answer_verdicts",
+    [("question_id", S), ("seed_id", S), ("topic", S), ("in_scope", B), ("scores", S), ("min_score", INT)]
+    + tables.LLM_ACCOUNTING,
+    judges="synthetic_responses",
+    key="question_id",
+)
+
+
+def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria: tuple[Criterion, ...]) -> list[list[dict]]:
+    """Rows -> requests: one judgement per answered pair."""
+    return [
+        [
+            {
+                "role": "user",
+                "content": render(template, rules=rules, question=q, answer=a, in_scope=bool(s), criteria=criteria),
+            }
+        ]
+        for q, a, s in zip(batch["question"], batch["answer"], batch["in_scope"])
+    ]
+
+
+def to_verdict_rows(replies: DataFrame, *, criteria: tuple[Criterion, ...]) -> DataFrame:
+    """Replies -> rows: the scores as JSON (`{criterion: {reasoning, score}}`), `keep` when every criterion
+    reaches its min_score, else `judge:<the first that did not>`."""
+    reply = llm_stage.parsed(replies, output_model(criteria))
+    scores = [reply.getField(c.name).getField("score").cast("int") for c in criteria]
+    failed = F.coalesce(
+        *[F.when(s < c.min_score, F.lit(f"judge:{c.name}")) for s, c in zip(scores, criteria)], F.lit(None)
+    )
+    ok = F.col("error").isNull()
+    return replies.select(
+        *[c for c in replies.columns if c not in ("output", "question", "answer")],
+        F.when(ok, F.col("output")).alias("scores"),
+        F.least(*scores).alias("min_score") if len(scores) > 1 else scores[0].alias("min_score"),
+        (ok & failed.isNull()).alias("keep"),
+        F.when(~ok, F.lit("judge_error")).otherwise(failed).alias("drop_reason"),
+    )
+
+
+def step(cfg) -> LLMStep:
+    j = cfg.quality.judge
+    return LLMStep(
+        name="judge",
+        table=TABLE,
+        key="question_id",
+        columns=("question_id", "seed_id", "topic", "in_scope", "question", "answer"),
+        output=output_model(j.criteria),
+        settings=j,
+        template=j.template + json.dumps([c.model_dump() for c in j.criteria]),  # a new criterion, a new version
+        prompts=functools.partial(prompts, template=j.template, rules=cfg.use_case.rules, criteria=j.criteria),
+        rows=functools.partial(to_verdict_rows, criteria=j.criteria),
+    )
+
+
+def run(ctx: RunContext) -> StageResult:
+    if not ctx.cfg.quality.judge.enabled:
+        return StageResult(metrics={"disabled": "quality.judge.enabled is false"})
+    # Unfiltered by its own verdicts: a pair whose judgement failed is judged again.
+    answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
+    return llm_stage.run(ctx, step(ctx.cfg), answered)
+
+
+STAGE = Stage(
+    name="judge",
+    help="score each answered pair per criterion (reasoning, then 1-3) and keep those that pass, into answer_verdicts",
+    run=run,
+    reads=("synthetic_responses",),
+    writes=(TABLE,),
+    config=JudgeConfig,
+    section="quality.judge",
+)

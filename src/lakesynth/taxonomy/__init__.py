@@ -1,0 +1,1 @@
+"""The taxonomy path: InstructLab and template trees, knowledge documents, leaf pairs and their checks."""

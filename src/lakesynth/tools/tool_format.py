@@ -1,0 +1,177 @@
+"""Tool format stage: the calls every check kept -> `training_tools` and one JSONL file per split.
+
+Each kept line becomes one `tool_chat` example: the user's query, then the assistant's calls, in the style
+`tools.output.style` names:
+- `json_content` (default): the assistant's content is the JSON list of calls (`[]` when no tool fits), and
+  the system prompt lists the tools. Databricks Foundation Model fine-tuning takes only system, user and
+  assistant roles, so this is the form it can learn from, and the form APIGen's data uses.
+- `openai`: OpenAI fine-tuning's chat lines, assistant `tool_calls` with `arguments` as a JSON string, and the
+  `tools` list on each line.
+- `hf`: assistant `tool_calls` with `arguments` as a dict and a `tools` column, as TRL's SFTTrainer and
+  `apply_chat_template(tools=...)` take them.
+A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. Each example's
+category is the line's own, or read from its calls as the Berkeley Function Calling Leaderboard names them. The
+split is stratified by function and category, exactly (examples.stratified_split): each pair of them gets its
+share of every split, within one example, the examples taken in the order of a seeded hash of the normalised
+query, so a rerun on the same data gives the same split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakesynth.training import examples
+from lakesynth.core import tables
+from lakesynth.config import Section
+from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.tables import L, S
+
+STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
+SYSTEM = """You are an assistant that answers by calling functions. The functions you can call:
+{tools}
+Reply with only a JSON list of the calls that answer the request, each {{"name": ..., "arguments": {{...}}}};
+reply [] when no function fits the request."""
+
+
+class ToolOutputConfig(Section):
+    style: Literal["json_content", "openai", "hf"] = Field(
+        "json_content", description="json_content (Databricks FM), openai (tool_calls + tools) or hf (TRL)."
+    )
+    no_call_reply: str = Field(
+        "Sorry, I cannot help with that: none of my tools does it.",
+        description="openai/hf: the assistant's reply to a query no tool fits.",
+    )
+
+
+TABLE = tables.contract(
+    "training_tools",
+    [("example_id", S), ("source_id", S), ("function", S), ("category", S)]
+    + examples.COLUMNS
+    + [("split", S), ("n_tokens", L)],
+    key="example_id",
+    parent="example_id",
+    parent_table="tool_calls",
+)
+
+
+def category(calls: list[dict], given: str | None, n_tools: int) -> str:
+    """The BFCL category of a line: its own, else from its calls (none: irrelevance; one: simple, or multiple
+    when several tools were offered; several: parallel, or parallel_multiple across functions)."""
+    if given:
+        return given
+    if not calls:
+        return "irrelevance"
+    if len(calls) == 1:
+        return "simple" if n_tools == 1 else "multiple"
+    return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
+
+
+def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str) -> dict:
+    """One kept line as a `tool_chat` example in `style`."""
+    calls = json.loads(row["calls"])
+    user = examples.message("user", row["query"])
+    if style == "json_content":
+        listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
+        content = json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
+        messages = [
+            examples.message("system", SYSTEM.format(tools=listed)),
+            user,
+            examples.message("assistant", content),
+        ]
+        tools = None
+    else:
+        calls_out = [{"id": f"call_{i}", "function": c} for i, c in enumerate(calls, start=1)]
+        reply = (
+            examples.message("assistant", tool_calls=calls_out)
+            if calls
+            else examples.message("assistant", no_call_reply)
+        )
+        messages, tools = [user, reply], json.dumps(specs, ensure_ascii=False, sort_keys=True)
+    return {
+        "example_id": row["call_id"],
+        "source_id": row["source_id"],
+        "function": calls[0]["name"] if calls else "none",
+        "category": category(calls, row["category"], len(specs)),
+        "shape": "tool_chat",
+        "messages": messages,
+        "tools": tools,
+        "chosen": None,
+        "rejected": None,
+        "split_text": row["query"],
+    }
+
+
+def run(ctx: RunContext) -> StageResult:
+    cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
+    out, fmt = cfg.tools.output, cfg.format
+    specs = [json.loads(r.spec) for r in ctx.read("tools").orderBy("name").select("spec").collect()]
+    kept = (
+        ctx.read("call_verdicts", kept=False).where("keep").select("call_id", "source_id", "query", "calls", "category")
+    )
+    rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
+    schema = T.StructType(
+        [T.StructField(n, t) for n, t in TABLE.columns if n not in ("split", "n_tokens", "run_id", "created_at")]
+        + [T.StructField(examples.SPLIT_TEXT, S)]
+    )
+    frame = spark.createDataFrame(rows, schema=schema)
+    checked = examples.check_examples(frame, max_tokens=fmt.max_tokens)
+    valid = examples.stratified_split(
+        checked.where(F.col("violation").isNull()),
+        by=examples.SPLIT_TEXT,
+        strata=["function", "category"],
+        val_fraction=fmt.val_fraction,
+        test_fraction=fmt.test_fraction,
+        seed=fmt.seed,
+    )
+    valid = examples.fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
+    written = valid.select(
+        *[c for c in TABLE.names if c not in ("run_id", "created_at")],
+        F.lit(cfg.run_id).alias("run_id"),
+        F.current_timestamp().alias("created_at"),
+    )
+    fqn = tables.ensure(spark, rt, TABLE)
+    tables.conform(written, TABLE).write.mode("overwrite").insertInto(fqn)  # derived whole from the verdicts
+    table = tables.read(spark, rt, TABLE)
+    folder = Path(rt.files_dir(TABLE.name))
+    files = {}
+    for split in ("train", "val", "test"):
+        if split == "test" and not fmt.test_fraction:
+            continue
+        target = folder / f"{split}.jsonl"
+        examples.write_jsonl(table.where(F.col("split") == split), target, STYLES[out.style])
+        files[f"tools_{split}_jsonl"] = str(target)
+    counts = {r.split: r["count"] for r in table.groupBy("split").count().collect()}
+    strata = {f"{r.function}/{r.category}": r["count"] for r in table.groupBy("function", "category").count().collect()}
+    violations = {
+        r.violation: r["count"] for r in checked.where("violation IS NOT NULL").groupBy("violation").count().collect()
+    }
+    return StageResult(
+        rows_in=len(rows),
+        rows_out=sum(counts.values()),
+        errors=sum(violations.values()),
+        tables=[TABLE],
+        files=files,
+        metrics={
+            "style": out.style,
+            "violations": violations,
+            "examples_per_function_and_category": dict(sorted(strata.items())),
+            **{f"{k}_examples": v for k, v in sorted(counts.items())},
+        },
+    )
+
+
+STAGE = Stage(
+    name="tool_format",
+    help="turn the kept calls into tool-calling training examples (json_content, openai or hf) and JSONL per split",
+    run=run,
+    reads=("tools", "call_verdicts"),
+    writes=(TABLE,),
+    config=ToolOutputConfig,
+    section="tools.output",
+)

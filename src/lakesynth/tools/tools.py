@@ -1,0 +1,116 @@
+"""Tools stage: the function-calling job's tool specs -> `tools`, one validated row per function.
+
+`tools.spec` is an OpenAI tools file (JSON) or a Python module whose typed, documented functions give the spec
+(toolspec.py); `tools.functions` is a module of implementations for a JSON spec, so the execution check can run
+the calls. Every spec is checked before anything is written: an invalid JSON Schema, a parameter without a type
+hint or a spec'd function the module lacks is an error naming it, and the table is left as it was. The table is
+the spec, whole: a function removed from the file leaves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import Field, ValidationInfo, field_validator
+from pyspark.sql import functions as F
+
+from lakesynth.core import tables
+from lakesynth.tools import spec as toolspec
+from lakesynth.config import Section, resolve_path
+from lakesynth.errors import SeedError, StageSkipped
+from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.tables import B, S
+
+
+class ToolsConfig(Section):
+    """Where the function-calling job's inputs are (`--tools`, `--functions`, `--calls`, `--seeds`)."""
+
+    spec: str = Field("", description="OpenAI tools file (.json) or a Python module of typed, documented functions.")
+    functions: str = Field("", description="Python module implementing a JSON spec's functions (execution check).")
+    calls: str = Field("", description="JSONL of query + function_calls (or tool_calls) pairs to verify.")
+    seeds: str = Field("", description="JSONL of seed pairs (same format) to generate new pairs from.")
+
+    @field_validator("spec", "functions", "calls", "seeds")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info)
+
+
+TABLE = tables.contract(
+    "tools",
+    [
+        ("name", S),
+        ("description", S),
+        ("parameters", S),
+        ("spec", S),
+        ("implemented", B),
+        ("module", S),
+        ("module_sha", S),
+        ("source", S),
+    ],
+    key="name",
+    parent="source",
+)
+
+
+def implementations(cfg) -> str:
+    """The module whose functions run the calls: `tools.functions`, else the spec itself when it is a module."""
+    t = cfg.tools
+    return t.functions or (t.spec if t.spec.endswith(".py") else "")
+
+
+def read(cfg) -> list[dict]:
+    """The tools, validated, each with whether the implementations define it."""
+    t = cfg.tools
+    specs = toolspec.derive_spec(t.spec) if t.spec.endswith(".py") else toolspec.read_spec(t.spec)
+    names = [s["function"]["name"] for s in specs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise SeedError(f"{t.spec}: functions named more than once: {', '.join(duplicated)}")
+    module = implementations(cfg)
+    defined = set(toolspec.functions(toolspec.load_module(module))) if module else set()
+    missing = [n for n in names if module and n not in defined]
+    if missing and t.functions:
+        raise SeedError(f"{t.functions}: does not define {', '.join(missing)} (named in {t.spec})")
+    sha = hashlib.sha256(Path(module).read_bytes()).hexdigest()[:16] if module else None
+    return [
+        {
+            "name": s["function"]["name"],
+            "description": s["function"]["description"],
+            "parameters": json.dumps(s["function"]["parameters"], sort_keys=True),
+            "spec": json.dumps(s, sort_keys=True),
+            "implemented": s["function"]["name"] in defined,
+            "module": module or None,
+            "module_sha": sha,
+            "source": t.spec,
+        }
+        for s in specs
+    ]
+
+
+def run(ctx: RunContext) -> StageResult:
+    cfg = ctx.cfg
+    if not cfg.tools.spec:
+        raise StageSkipped("no tools spec: pass --tools FILE (a JSON tools file or a Python module)")
+    rows = read(cfg)  # everything is checked before the table is touched
+    frame = ctx.spark.createDataFrame(rows, schema=tables.T.StructType(TABLE.schema.fields[:-2]))
+    frame = frame.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
+    fqn = tables.ensure(ctx.spark, ctx.rt, TABLE)
+    tables.conform(frame, TABLE).write.mode("overwrite").insertInto(fqn)  # the table is the spec, whole
+    return StageResult(
+        rows_in=len(rows),
+        rows_out=len(rows),
+        tables=[TABLE],
+        metrics={"implemented": sum(r["implemented"] for r in rows)},
+    )
+
+
+STAGE = Stage(
+    name="tools",
+    help="read the tools spec (OpenAI JSON or a typed Python module) into tools, validated",
+    run=run,
+    writes=(TABLE,),
+    config=ToolsConfig,
+)

