@@ -7,7 +7,7 @@ import json
 import pytest
 from pyspark.sql import types as T
 
-from lakesynth.llm import stage as llm_stage
+from lakesynth.core import llm_stage
 from lakesynth.qa import responses
 from lakesynth.llm.ai_query import NO_REPLY
 

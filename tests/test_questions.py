@@ -7,7 +7,7 @@ import json
 from conftest import context, where, write
 
 from lakesynth import llm
-from lakesynth.llm import stage as llm_stage
+from lakesynth.core import llm_stage
 from lakesynth.qa import questions
 from lakesynth.qa import seed as seeds
 from lakesynth.core import tables

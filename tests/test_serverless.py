@@ -13,7 +13,7 @@ from conftest import ROOT
 
 from lakesynth import pipeline
 from lakesynth.core import registry
-from lakesynth.core import serverless
+from lakesynth.llm import serverless
 from lakesynth.errors import LakesynthError
 from lakesynth.core.runtime import EMULATE_ENV, Runtime
 

@@ -1,6 +1,6 @@
 """The package tree's layers, read from the source: imports run one way, and no stage imports another.
 
-errors/config -> core -> llm -> the jobs' packages (qa, quality, taxonomy, tools, training) -> report -> pipeline, cli.
+errors/config -> llm -> core -> the jobs' packages (qa, quality, taxonomy, tools, training) -> report -> pipeline, cli.
 Every import counts, a function's own included: an import deferred into a function is still a dependency.
 """
 
@@ -16,8 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lakesynth"
 JOBS = ("qa", "quality", "taxonomy", "tools", "training")
 ABOVE = {  # a layer -> the layers above it, which it must never import
-    "core": ("llm", *JOBS, "report", "pipeline", "cli"),
-    "llm": (*JOBS, "report", "pipeline", "cli"),
+    "llm": ("core", *JOBS, "report", "pipeline", "cli"),
+    "core": (*JOBS, "report", "pipeline", "cli"),
     **{job: ("report", "pipeline", "cli") for job in JOBS},
     "report": ("pipeline", "cli"),
 }

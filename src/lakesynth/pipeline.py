@@ -39,7 +39,7 @@ import yaml
 from lakesynth.core import bundle
 from lakesynth.report import notebook
 from lakesynth.core import registry
-from lakesynth.core import serverless
+from lakesynth.llm import serverless
 from lakesynth.core import tables
 from lakesynth.report import tracking
 from lakesynth.core.bundle import project_root

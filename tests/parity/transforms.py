@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth import llm
-from lakesynth.llm import stage as llm_stage
+from lakesynth.core import llm_stage
 from lakesynth.qa import questions
 from lakesynth.qa import responses
 from lakesynth.qa import seed as seeds

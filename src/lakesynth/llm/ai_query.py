@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lakesynth.core import serverless
+from lakesynth.llm import serverless
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import ConfigError
 from lakesynth.llm.auth import Endpoint

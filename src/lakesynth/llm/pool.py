@@ -27,7 +27,7 @@ import httpx2 as httpx
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from lakesynth.core import serverless
+from lakesynth.llm import serverless
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint

@@ -23,10 +23,10 @@ from pyspark.sql import functions as F
 from lakesynth.qa import answers as answering
 from lakesynth.training import examples
 from lakesynth.quality import criteria as judging
-from lakesynth.llm import stage as llm_stage
+from lakesynth.core import llm_stage
 from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig, TeacherConfig, base_dir
-from lakesynth.llm.stage import LLMStep
+from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, D, S
 

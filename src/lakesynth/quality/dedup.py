@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakesynth.quality import duplicates
-from lakesynth.llm import stage as llm_stage
+from lakesynth.core import llm_stage
 from lakesynth.core import tables
 from lakesynth.config import EmbeddingsConfig, Section
 from lakesynth.core.stage import RunContext, Stage, StageResult

@@ -17,10 +17,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.llm import stage as llm_stage
+from lakesynth.core import llm_stage
 from lakesynth.core import tables
 from lakesynth.config import EmbeddingsConfig, LLMStageConfig
-from lakesynth.llm.stage import LLMStep
+from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S
 from lakesynth.core.templates import render
