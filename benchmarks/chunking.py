@@ -93,19 +93,14 @@ def _stage(folder: Path, ctx) -> tuple[float, int]:
 
 def _stage_on_driver(folder: Path, ctx) -> tuple[float, int]:
     """The reference: the same stage, chunked on the driver and the rows shipped to the engine."""
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
     from lakesynth.taxonomy import documents
     from lakesynth.core import tables
 
     started = time.monotonic()
     d = ctx.cfg.documents
     rows = documents.chunk_documents(d.path, d.budget_tokens, d.overlap_tokens)
-    frame = ctx.spark.createDataFrame(rows, schema=T.StructType(documents.TABLE.schema.fields[:-2]))
-    frame = frame.withColumn("run_id", F.lit("bench")).withColumn("created_at", F.current_timestamp())
-    fqn = tables.ensure(ctx.spark, ctx.rt, documents.TABLE)
-    tables.conform(frame, documents.TABLE).write.mode("overwrite").insertInto(fqn)
+    frame = ctx.spark.createDataFrame(rows, schema=documents.TABLE.row_schema)
+    tables.overwrite(ctx.spark, ctx.rt, documents.TABLE, frame, run_id="bench")
     return time.monotonic() - started, tables.count(ctx.spark, ctx.rt, documents.TABLE)
 
 

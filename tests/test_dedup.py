@@ -51,16 +51,16 @@ OTHERS = [(f"o{i:02d}", f"What should I know about the {w} product?") for i, w i
 
 
 def _write(spark, cfg, table, rows: list[dict]) -> None:
-    """Planted rows into `table`: the given fields, the others null, a creation time now."""
-    frame = spark.createDataFrame(rows).withColumn("created_at", F.current_timestamp())
-    frame = frame.select(*frame.columns, *[F.lit(None).alias(n) for n, _ in table.columns if n not in frame.columns])
-    tables.upsert(spark, where(cfg), table, frame)
+    """Planted rows into `table`: the given fields, the others null, by a run named `planted`."""
+    frame = spark.createDataFrame(rows)
+    frame = frame.select(*frame.columns, *[F.lit(None).alias(n) for n in table.row_names if n not in frame.columns])
+    tables.upsert(spark, where(cfg), table, frame, run_id="planted")
 
 
 def _plant(spark, cfg, pairs, verdicts=()):
     rows = [
         {"question_id": qid, "seed_id": f"s{qid[0]}", "topic": "cards", "in_scope": True, "question": q}
-        | {"answer": f"An answer to {q}", "reasoning": "r", "run_id": "planted"}
+        | {"answer": f"An answer to {q}", "reasoning": "r"}
         for qid, q in pairs
     ]
     _write(spark, cfg, responses.TABLE, rows)

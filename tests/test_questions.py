@@ -123,7 +123,7 @@ def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
         ],
         GENERATED,
     )
-    rows = questions.to_question_rows(generated, run_id="r1", keep=5)
+    rows = questions.to_question_rows(generated, keep=5)
     got = sorted((r.seed_id, r.question, r.error is not None, r.prompt_tokens) for r in rows.collect())
     assert got == [
         ("s1", "New card?", False, 10),
@@ -163,5 +163,5 @@ def test_at_most_per_seed_questions_are_kept(spark):
         [("s1", "cards", True, "Seed?", "v", "fp1", "m", "r", ["A?", "B?", "C?", "D?"], 10, 5, 7, 1, None, None)],
         GENERATED,
     )
-    got = [r.question for r in questions.to_question_rows(generated, run_id="r", keep=2).orderBy("question").collect()]
+    got = [r.question for r in questions.to_question_rows(generated, keep=2).orderBy("question").collect()]
     assert got == ["A?", "B?"]

@@ -82,7 +82,7 @@ def cases(spark, standin: str) -> dict:
         seeds.RAW_SCHEMA,
     )
     valid = raw.where(F.col("_row").isin(1, 5))
-    normalized = seeds.normalize(valid, run_id="parity", source="seeds.csv")
+    normalized = seeds.normalize(valid, source="seeds.csv")
     seed_rows = normalized.select("seed_id", "topic", F.col("question").alias("seed_question"), "in_scope")
     requests = llm_stage.requests(seed_rows, questions.step(cfg), qcall)
     # The calls as every LLM stage makes them: one ai_query statement, the local UDF standing in for the built-in.
@@ -114,7 +114,7 @@ def cases(spark, standin: str) -> dict:
         ],
         GENERATED,
     )
-    question_rows = questions.to_question_rows(fixed_generated, run_id="parity", keep=2)
+    question_rows = questions.to_question_rows(fixed_generated, keep=2)
     answered_schema = T.StructType(
         [
             T.StructField(n, t)

@@ -75,7 +75,7 @@ class LLMStep:
             string: `ai_query.flatten`). Pure and picklable (a module-level function, parameters bound with
             functools.partial): it runs in a UDF, which never reaches the network.
         rows: replies -> rows. Given the replies (the request columns, `prompt_version`, `fingerprint` and
-            REPLY_FIELDS), the rows of `table`; the loop adds `run_id` and `created_at`.
+            REPLY_FIELDS), the rows of `table`; the write adds `run_id` and `created_at`.
         rows_per_request: rows a request writes, so a chunk holds about `teacher.chunk_rows` written rows.
         replace_by: a regenerated `key` replaces all of its old rows with the same value of this column.
         metrics: extra summary figures from a chunk's staged rows, summed over chunks.
@@ -330,12 +330,9 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
             replies = _from_driver(ctx, step, todo, chunk_call)
         else:
             replies = _from_ai_query(ctx, step, todo.repartition(cfg.teacher.workers), chunk_call, via)
-        rows = (
-            step.rows(replies).withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
-        )
         # Staged again: the MERGE reads its source more than once, and the totals too.
-        staged = tables.materialize(spark, rt, f"{step.name}_rows", rows)
-        tables.upsert(spark, rt, step.table, staged, replace_by=step.replace_by)
+        staged = tables.materialize(spark, rt, f"{step.name}_rows", step.rows(replies))
+        tables.upsert(spark, rt, step.table, staged, run_id=cfg.run_id, replace_by=step.replace_by)
         totals.add(staged, group=step.key)
         if step.metrics:
             totals.extra.update(step.metrics(staged))
@@ -495,11 +492,14 @@ def imported(ctx: RunContext, table: Table, rows: DataFrame) -> StageResult:
     `imported`: no call is made, and the checks downstream see them as any other rows."""
     filled = rows.select(
         *rows.columns,
-        *[F.lit(None).cast(t).alias(n) for n, t in table.columns if n not in rows.columns and n != "model"],
+        *[
+            F.lit(None).cast(t).alias(n)
+            for n, t in table.columns
+            if n not in (*rows.columns, *tables.LINEAGE_NAMES, "model")
+        ],
         F.lit(IMPORTED).alias("model"),
     )
-    filled = filled.withColumn("run_id", F.lit(ctx.cfg.run_id)).withColumn("created_at", F.current_timestamp())
-    tables.upsert(ctx.spark, ctx.rt, table, filled)
+    tables.upsert(ctx.spark, ctx.rt, table, filled, run_id=ctx.cfg.run_id)
     n = rows.count()
     return StageResult(
         rows_in=n, rows_out=n, tables=[table], metrics={"imported": n, "generation": "skipped: seeds.pairs given"}

@@ -1,7 +1,9 @@
-"""Table contracts and Delta I/O; the only place that creates, reads or writes a table.
+"""Table contracts and Delta I/O; the only module that creates or writes a table (tests/test_tables.py checks).
 
-Every table is created with explicit DDL (all columns nullable) before its first write, and
-written with one SQL MERGE by key, so a rerun never duplicates a row (see DESIGN.md, engine rules).
+Every table is created from its contract's DDL (all columns nullable) before its first write. A table a stage
+adds to is written with `upsert` (an append, or one SQL MERGE by key, so a rerun never duplicates a row); one a
+stage derives whole each run, with `overwrite`. Both stamp each row's lineage (`run_id`, `created_at`), so a
+stage hands over its own columns only. A verdict table's stored scores meet a new threshold with `rekeep`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ S, B, L, INT, D, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerTy
 
 # Every row says which run wrote it and when; each contract also names its parent row's id.
 LINEAGE = [("run_id", S), ("created_at", TS)]
+LINEAGE_NAMES = tuple(n for n, _ in LINEAGE)
 # What an LLM call costs and how it went; the fingerprint lets a rerun skip paid calls.
 # What one request cost and how it ended (the error, and the raw reply when it was unusable).
 LLM_RESULT = [
@@ -58,6 +61,15 @@ class Table:
     @property
     def names(self) -> list[str]:
         return [n for n, _ in self.columns]
+
+    @property
+    def row_names(self) -> list[str]:
+        """The columns a writer supplies: all but the lineage, which the write stamps."""
+        return [n for n in self.names if n not in LINEAGE_NAMES]
+
+    @property
+    def row_schema(self) -> T.StructType:
+        return T.StructType([f for f in self.schema.fields if f.name not in LINEAGE_NAMES])
 
 
 def contract(
@@ -121,10 +133,10 @@ def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
     return fqn
 
 
-def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame) -> None:
-    """Replace a table that a stage derives whole each run (`pair_verdicts`, `call_verdicts`) with `rows`, in
-    one atomic overwrite. One left with an older version's columns is made again from its contract: the run
-    derives every row of it, so nothing is lost, where `ensure` would stop on it."""
+def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame, *, run_id: str) -> None:
+    """Replace a table that a stage derives whole each run (`pair_verdicts`, `tools`, `training_chat` ...) with
+    `rows`, stamped by run `run_id`, in one atomic overwrite. One left with an older version's columns is made
+    again from its contract: the run derives every row of it, so nothing is lost, where `ensure` would stop on it."""
     fqn = rt.fqn(table.name)
     if spark.catalog.tableExists(fqn):
         actual = {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
@@ -132,11 +144,16 @@ def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame) -
             spark.sql(f"DROP TABLE IF EXISTS {fqn}")
             if not rt.databricks:  # an external table's files stay behind a DROP: its new log starts clean
                 shutil.rmtree(location(rt, table), ignore_errors=True)
-    conform(rows, table).write.mode("overwrite").insertInto(ensure(spark, rt, table))
+    conform(stamped(rows, run_id), table).write.mode("overwrite").insertInto(ensure(spark, rt, table))
 
 
 def read(spark: SparkSession, rt: Runtime, table: Table) -> DataFrame:
     return spark.table(ensure(spark, rt, table))
+
+
+def stamped(rows: DataFrame, run_id: str) -> DataFrame:
+    """`rows` with the lineage every written row carries: the run that wrote it, and when (any they had is replaced)."""
+    return rows.withColumn("run_id", F.lit(run_id)).withColumn("created_at", F.current_timestamp())
 
 
 def conform(df: DataFrame, table: Table) -> DataFrame:
@@ -153,19 +170,21 @@ def upsert(
     table: Table,
     rows: DataFrame,
     *,
+    run_id: str,
     update_when: str | None = None,
     replace_by: str | None = None,
 ) -> None:
     """MERGE rows into the table by key (an append when the table has none of their keys).
 
     Args:
+        run_id: the run writing, stamped on every row (`stamped`).
         update_when: SQL condition on `t` (target) and `s` (source) under which a matched row is
             updated; None updates every match.
         replace_by: a column; the table's other rows with the same value of it are deleted in
             the same MERGE (a seed's questions are replaced as a whole when it is regenerated).
     """
     fqn = ensure(spark, rt, table)
-    source = conform(rows, table)
+    source = conform(stamped(rows, run_id), table)
     # Rows whose key (and replace_by value) the table has never seen need no MERGE: an append writes the same
     # rows, cheaper, and Sail retains memory for every MERGE (benchmarks/NOTES.md). A first run only appends.
     probes = {table.key, replace_by} - {None}
@@ -197,6 +216,36 @@ def upsert(
         ).collect()
     finally:
         spark.catalog.dropTempView(view)
+
+
+def rekeep(
+    spark: SparkSession,
+    rt: Runtime,
+    table: Table,
+    threshold: float,
+    *,
+    scores: dict[str, str],
+    required: str,
+    failed: str,
+) -> None:
+    """Apply `threshold` again to the scores a verdict table stores, on every row at once: a changed threshold
+    costs no call. A row is kept when it has no `error`, a `required` score, and no score below `threshold` (a
+    null score is a criterion that does not apply). Its `drop_reason` is `failed` for an error or a missing
+    `required` score, else the reason of the first score below (`scores`: column -> reason, in that order)."""
+    missing = [c for c in ("error", required, *scores) if c not in table.names]
+    if not table.verdict_of or missing:
+        raise TableSchemaError(
+            f"{table.name}: not a verdict table with column(s) error, {required}, {', '.join(scores)}"
+        )
+    t = float(threshold)
+    keep = " AND ".join(
+        [f"error IS NULL AND `{required}` IS NOT NULL", *[f"(`{c}` IS NULL OR `{c}` >= {t})" for c in scores]]
+    )
+    below = " ".join(f"WHEN `{c}` < {t} THEN '{reason}'" for c, reason in scores.items())
+    spark.sql(
+        f"UPDATE {ensure(spark, rt, table)} SET keep = ({keep}), "
+        f"drop_reason = CASE WHEN error IS NOT NULL OR `{required}` IS NULL THEN '{failed}' {below} END"
+    ).collect()
 
 
 def delete_absent(spark: SparkSession, rt: Runtime, table: Table, column: str, present: DataFrame) -> int:

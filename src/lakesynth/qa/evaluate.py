@@ -132,12 +132,10 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
             each = (time.monotonic() - started) / len(chosen)
             rows += [
                 (f"{e.example_id}:{variant}", e.example_id, variant, model_dir, trained["adapter"])
-                + (trained["inputs"], reply, each, ctx.cfg.run_id)
+                + (trained["inputs"], reply, each)
                 for e, reply in zip(chosen, replies)
             ]
-    schema = tables.T.StructType([f for f in ANSWERS.schema.fields if f.name != "created_at"])
-    frame = spark.createDataFrame(rows, schema=schema).withColumn("created_at", F.current_timestamp())
-    tables.upsert(spark, rt, ANSWERS, frame)
+    tables.upsert(spark, rt, ANSWERS, spark.createDataFrame(rows, schema=ANSWERS.row_schema), run_id=ctx.cfg.run_id)
     return len(rows)
 
 

@@ -126,14 +126,8 @@ def run(ctx: RunContext) -> StageResult:
     else:
         valid = assign_split(candidates, by=SPLIT_TEXT, **fractions)
     valid = fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
-    out = valid.select(
-        *[c for c in TABLE.names if c not in ("run_id", "created_at")],
-        F.lit(cfg.run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
-    )
-    fqn = tables.ensure(spark, rt, TABLE)
     # The table is derived whole from the responses: an atomic overwrite keeps it exact.
-    tables.conform(out, TABLE).write.mode("overwrite").insertInto(fqn)
+    tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)
     written = tables.read(spark, rt, TABLE)
     violations = {
         r.violation: r["count"]

@@ -77,7 +77,7 @@ def replies_to_rows(replies: DataFrame, *, keep: int) -> DataFrame:
     generated = replies.select(
         "*", reply.getField("reasoning").alias("reasoning"), reply.getField("questions").alias("questions")
     ).drop("output")
-    return to_question_rows(generated, run_id="", keep=keep)
+    return to_question_rows(generated, keep=keep)
 
 
 def _seeds_short(staged: DataFrame, *, per_seed: int) -> dict[str, int]:
@@ -90,7 +90,7 @@ def _normalized(col) -> F.Column:
     return F.trim(F.regexp_replace(F.lower(col), r"[^\p{L}\p{N}]+", " "))
 
 
-def to_question_rows(generated: DataFrame, *, run_id: str, keep: int) -> DataFrame:
+def to_question_rows(generated: DataFrame, *, keep: int) -> DataFrame:
     """One row per usable generated question (at most `keep` per seed), or one error row for a seed
     that yielded none.
 
@@ -162,8 +162,6 @@ def to_question_rows(generated: DataFrame, *, run_id: str, keep: int) -> DataFra
             F.when(first, F.col(c)).otherwise(F.lit(0)).alias(c)
             for c in ("prompt_tokens", "completion_tokens", "latency_ms", "attempts")
         ],
-        F.lit(run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
     )
 
 

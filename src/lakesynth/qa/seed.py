@@ -185,7 +185,7 @@ def find_problems(raw: DataFrame) -> DataFrame:
     return flagged.select("_row", F.explode("_problems").alias("problem")).where(F.col("problem").isNotNull())
 
 
-def normalize(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
+def normalize(raw: DataFrame, *, source: str) -> DataFrame:
     """One `seed_questions` row per valid raw seed; text kept literally, `seed_id` hashes the content."""
     scope = F.lower(F.trim(F.col("in_scope")))
     return raw.select(
@@ -196,8 +196,6 @@ def normalize(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
         "category",
         "metadata",
         F.concat(F.lit(f"{source}#"), F.col("_row").cast("string")).alias("source"),
-        F.lit(run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
     )
 
 
@@ -238,7 +236,7 @@ def pair_problems(raw: DataFrame) -> DataFrame:
     return flagged.select("_row", F.explode("_problems").alias("problem")).where(F.col("problem").isNotNull())
 
 
-def normalize_pairs(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
+def normalize_pairs(raw: DataFrame, *, source: str) -> DataFrame:
     """One `seed_questions` row per imported pair: the question as the seed, the answer and the user's id
     (`source_id`: the `id` field, else the 1-based record number) in `metadata`, `seed_id` a hash of the id."""
     source_id = F.coalesce(F.col("id"), F.col("_row").cast("string"))
@@ -251,8 +249,6 @@ def normalize_pairs(raw: DataFrame, *, run_id: str, source: str) -> DataFrame:
         F.lit(None).cast("string").alias("category"),
         F.to_json(F.struct(F.col("answer"), source_id.alias("source_id"))).alias("metadata"),
         F.concat(F.lit(f"{source}#"), source_id).alias("source"),
-        F.lit(run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
     )
 
 
@@ -276,11 +272,11 @@ def run(ctx: RunContext) -> StageResult:
         raise SeedError(f"{source}: invalid {what}, nothing was written (rows are 1-based data records):\n{detail}")
     rows_in = raw.count()
     name = source if (cfg.seeds.pairs or cfg.seeds.path).startswith("table:") else Path(source).name
-    seeds = (normalize_pairs if pairs else normalize)(raw, run_id=cfg.run_id, source=name)
+    seeds = (normalize_pairs if pairs else normalize)(raw, source=name)
     before = tables.count(spark, rt, TABLE)
     same = ("question", "topic", "in_scope", "category", "metadata")
     changed = "NOT (" + " AND ".join(f"t.{c} <=> s.{c}" for c in same) + ")"
-    tables.upsert(spark, rt, TABLE, seeds, update_when=changed)
+    tables.upsert(spark, rt, TABLE, seeds, run_id=cfg.run_id, update_when=changed)
     removed = tables.delete_absent(spark, rt, TABLE, "seed_id", seeds) if cfg.seeds.mode == "mirror" else 0
     after = tables.count(spark, rt, TABLE)
     return StageResult(

@@ -145,14 +145,12 @@ def run(ctx: RunContext) -> StageResult:
     rows, groups = duplicates.mark(ctx, rows, dedup, id="question_id", text="question", block="topic", best=best)
     drop_reason = F.coalesce("_earlier", "_duplicate")
     out = rows.select(
-        *[c for c in TABLE.names if c not in ("keep", "drop_reason", "run_id", "created_at")],
+        *[c for c in TABLE.row_names if c not in ("keep", "drop_reason")],
         drop_reason.isNull().cast(B).alias("keep"),
         drop_reason.alias("drop_reason"),
-        F.lit(cfg.run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
     )
     # Derived whole from the pairs and their verdicts each run: an atomic overwrite keeps it exact.
-    tables.overwrite(spark, rt, TABLE, out)
+    tables.overwrite(spark, rt, TABLE, out, run_id=cfg.run_id)
     written = tables.read(spark, rt, TABLE)
     counts = tables.verdict_counts(written)
     total = written.count()

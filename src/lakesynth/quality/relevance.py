@@ -113,12 +113,15 @@ def run(ctx: RunContext) -> StageResult:
     answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
     result = llm_stage.run(ctx, step(ctx), answered)
     # The scores are kept; a new threshold applies to every row at once, with no call paid again.
-    ctx.spark.sql(
-        f"UPDATE {ctx.rt.fqn(TABLE.name)} "
-        f"SET keep = COALESCE(error IS NULL AND score >= {relevance.threshold}, FALSE), "
-        f"drop_reason = CASE WHEN error IS NOT NULL OR score IS NULL THEN 'relevance_error' "
-        f"WHEN score < {relevance.threshold} THEN 'relevance' END"
-    ).collect()
+    tables.rekeep(
+        ctx.spark,
+        ctx.rt,
+        TABLE,
+        relevance.threshold,
+        scores={"score": "relevance"},
+        required="score",
+        failed="relevance_error",
+    )
     result.metrics.update(tables.verdict_counts(tables.read(ctx.spark, ctx.rt, TABLE)))
     return result
 

@@ -419,8 +419,6 @@ def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) 
     the config. A failure to write it is a warning, never the stage's failure."""
     import json
 
-    from pyspark.sql import functions as F
-
     section = _section(ctx.cfg, stage.config_key) if stage is not None and stage.config is not None else {}
     row = {
         "entry_id": f"{ctx.cfg.run_id}|{task}",
@@ -435,16 +433,13 @@ def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) 
         "cost_usd": entry.get("cost_usd"),
         "seconds": entry.get("seconds"),
         "files": json.dumps(files, sort_keys=True) if files else None,
-        "run_id": ctx.cfg.run_id,
     }
     # The stage's own figures (a check's kept and dropped, the evaluation's scores ...), as in the summary.
     own = {k: v for k, v in entry.items() if k not in row and k not in ("error", "cost_usd")}
     row["metrics"] = json.dumps(own, sort_keys=True, default=str) if own else None
     try:
-        frame = ctx.spark.createDataFrame(
-            [row], schema=tables.T.StructType([f for f in RUN_LOG.schema.fields if f.name != "created_at"])
-        ).withColumn("created_at", F.current_timestamp())
-        tables.upsert(ctx.spark, ctx.rt, RUN_LOG, frame)
+        frame = ctx.spark.createDataFrame([row], schema=RUN_LOG.row_schema)
+        tables.upsert(ctx.spark, ctx.rt, RUN_LOG, frame, run_id=ctx.cfg.run_id)
     except Exception as exc:  # noqa: BLE001 - the run log must never fail the stage it describes
         log.warning("run_log: could not record %s: %s", task, exc)
         print(f"{task}: warning: run_log not written ({type(exc).__name__}: {exc})", flush=True)

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth.core import tables
@@ -394,9 +393,7 @@ def run(ctx: RunContext) -> StageResult:
         functools.partial(_chunk_batches, budget_tokens=d.budget_tokens, overlap_tokens=d.overlap_tokens),
         CHUNK_SCHEMA,
     )
-    chunk_rows = chunk_rows.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
-    fqn = tables.ensure(spark, ctx.rt, TABLE)
-    tables.conform(chunk_rows, TABLE).write.mode("overwrite").insertInto(fqn)  # the table is the folder, whole
+    tables.overwrite(spark, ctx.rt, TABLE, chunk_rows, run_id=cfg.run_id)  # the table is the folder, whole
     written = tables.count(spark, ctx.rt, TABLE)
     return StageResult(
         rows_in=len(texts), rows_out=written, tables=[TABLE], metrics={"documents": len(texts), "chunks": written}

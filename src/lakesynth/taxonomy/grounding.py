@@ -170,15 +170,8 @@ def run(ctx: RunContext) -> StageResult:
     for mode in [m for m in APPLIES if m in modes]:
         result.add(llm_stage.run(ctx, step(cfg, mode), pairs.where(F.col("_mode") == mode)))
     # The scores are kept; a new min_score applies to every row at once, with no call paid again.
-    m = g.min_score
-    first_failed = " ".join(f"WHEN {name} < {m} THEN 'grounding:{name}'" for name in CRITERIA)
-    ctx.spark.sql(
-        f"UPDATE {tables.ensure(ctx.spark, ctx.rt, TABLE)} SET "
-        f"keep = (error IS NULL AND relevancy IS NOT NULL AND "
-        + " AND ".join(f"COALESCE({name}, 3) >= {m}" for name in CRITERIA)
-        + "), drop_reason = CASE WHEN error IS NOT NULL OR relevancy IS NULL THEN 'grounding_error' "
-        f"{first_failed} END"
-    ).collect()
+    scores = {name: f"grounding:{name}" for name in CRITERIA}
+    tables.rekeep(ctx.spark, ctx.rt, TABLE, g.min_score, scores=scores, required="relevancy", failed="grounding_error")
     result.metrics.update(tables.verdict_counts(tables.read(ctx.spark, ctx.rt, TABLE)))
     return result
 

@@ -65,8 +65,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from lakesynth.core import tables
 from lakesynth.config import Section, resolve_path
@@ -529,13 +527,12 @@ def run(ctx: RunContext) -> StageResult:
     # Everything is read, checked and resolved before either table is touched.
     found = read_taxonomy(t.path) if t.path else read_template(t.topics, t.examples, t.requirements)
     leaves = with_documents(found.leaves, cfg.documents.path)
-    frames = []
-    for table, rows in ((LEAVES, leaves), (EXAMPLES, found.examples)):
-        frame = spark.createDataFrame(rows, schema=T.StructType(table.schema.fields[:-2]))
-        frame = frame.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
-        frames.append((tables.ensure(spark, ctx.rt, table), tables.conform(frame, table)))
-    for fqn, frame in frames:
-        frame.write.mode("overwrite").insertInto(fqn)  # each table is the taxonomy, whole
+    frames = [
+        (table, spark.createDataFrame(rows, schema=table.row_schema))
+        for table, rows in ((LEAVES, leaves), (EXAMPLES, found.examples))
+    ]
+    for table, frame in frames:
+        tables.overwrite(spark, ctx.rt, table, frame, run_id=cfg.run_id)  # each table is the taxonomy, whole
     knowledge = sum(leaf["kind"] == "knowledge" for leaf in leaves)
     return StageResult(
         rows_in=len(found.examples),

@@ -25,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 from pydantic import Field
-from pyspark.sql import functions as F
 
 from lakesynth.core import tables
 from lakesynth.tools import spec as toolspec
@@ -122,9 +121,7 @@ def run(ctx: RunContext) -> StageResult:
         checked = calls.select("call_id", "source_id", "calls", "problem", "category").mapInPandas(
             functools.partial(_check, tools=tools, pool=pool), schema
         )
-        rows = checked.withColumn("run_id", F.lit(ctx.cfg.run_id)).withColumn("created_at", F.current_timestamp())
-        fqn = tables.ensure(ctx.spark, ctx.rt, TABLE)
-        tables.conform(rows, TABLE).write.mode("overwrite").insertInto(fqn)  # cheap to check again, always whole
+        tables.overwrite(ctx.spark, ctx.rt, TABLE, checked, run_id=ctx.cfg.run_id)  # cheap to check again, always whole
     written = tables.read(ctx.spark, ctx.rt, TABLE)
     counts = tables.verdict_counts(written)
     return StageResult(rows_in=n, rows_out=n, tables=[TABLE], metrics={**counts, "workers": workers})

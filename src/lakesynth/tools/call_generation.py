@@ -26,7 +26,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from lakesynth.core import llm_stage
 from lakesynth.core import tables
@@ -255,8 +254,8 @@ def _parse(batches: Iterator[pd.DataFrame], *, columns: list[str]) -> Iterator[p
 
 def to_rows(replies: DataFrame) -> DataFrame:
     """Replies -> rows: the query and its calls as `[{"name", "arguments"}]` (null where the request failed)."""
-    columns = [c for c in TABLE.names if c not in ("run_id", "created_at")]
-    schema = T.StructType([T.StructField(c, dict(TABLE.columns)[c]) for c in columns])
+    columns = TABLE.row_names
+    schema = TABLE.row_schema
     return replies.mapInPandas(functools.partial(_parse, columns=columns), schema)
 
 

@@ -145,11 +145,9 @@ def run(ctx: RunContext) -> StageResult:
         return StageResult(metrics={"disabled": "tools.relevance.enabled is false"})
     threshold = cfg.quality.relevance.threshold
     result = llm_stage.run(ctx, step(ctx), judged_rows(ctx))
-    ctx.spark.sql(
-        f"UPDATE {ctx.rt.fqn(TABLE.name)} SET keep = COALESCE(error IS NULL AND score >= {threshold}, FALSE), "
-        f"drop_reason = CASE WHEN error IS NOT NULL OR score IS NULL THEN 'relevance_error' "
-        f"WHEN score < {threshold} THEN 'relevance' END"
-    ).collect()
+    tables.rekeep(
+        ctx.spark, ctx.rt, TABLE, threshold, scores={"score": "relevance"}, required="score", failed="relevance_error"
+    )
     result.metrics.update(tables.verdict_counts(tables.read(ctx.spark, ctx.rt, TABLE)))
     return result
 

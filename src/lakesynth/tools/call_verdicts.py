@@ -127,13 +127,11 @@ def run(ctx: RunContext) -> StageResult:
     rows, groups = duplicates.mark(ctx, rows, dedup, id="call_id", text="query", block="function", best=F.lit(0))
     drop_reason = F.coalesce("_earlier", "_duplicate")
     out = rows.select(
-        *[c for c in TABLE.names if c not in ("keep", "drop_reason", "run_id", "created_at")],
+        *[c for c in TABLE.row_names if c not in ("keep", "drop_reason")],
         drop_reason.isNull().alias("keep"),
         drop_reason.alias("drop_reason"),
-        F.lit(cfg.run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
     )
-    tables.overwrite(spark, rt, TABLE, out)  # derived whole from the checks
+    tables.overwrite(spark, rt, TABLE, out, run_id=cfg.run_id)  # derived whole from the checks
     written = tables.read(spark, rt, TABLE)
     n = written.count()
     exact = written.where("exact_group IS NOT NULL").select("exact_group").distinct().count()

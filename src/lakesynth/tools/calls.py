@@ -40,7 +40,7 @@ def run(ctx: RunContext) -> StageResult:
     cfg = ctx.cfg
     if not cfg.tools.calls and not cfg.tools.seeds:
         raise StageSkipped("no calls to verify or generate from: pass --calls FILE.jsonl or --seeds FILE.jsonl")
-    columns = [n for n in TABLE.names if n not in ("run_id", "created_at")]
+    columns = TABLE.row_names
     schema = ", ".join(f"{c} string" for c in columns)
     rows = toolspec.read_pairs(cfg.tools.calls) if cfg.tools.calls else []
     frame = ctx.spark.createDataFrame([[r[c] for c in columns] for r in rows], schema=schema)
@@ -58,9 +58,7 @@ def run(ctx: RunContext) -> StageResult:
                 F.lit(GENERATED).alias("source"),
             )
         )
-    frame = frame.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
-    fqn = tables.ensure(ctx.spark, ctx.rt, TABLE)
-    tables.conform(frame, TABLE).write.mode("overwrite").insertInto(fqn)  # the table mirrors its sources
+    tables.overwrite(ctx.spark, ctx.rt, TABLE, frame, run_id=cfg.run_id)  # the table mirrors its sources
     generated = tables.read(ctx.spark, ctx.rt, TABLE).where(F.col("source") == GENERATED).count()
     metrics = {"from_file": len(rows), "generated": generated, "unreadable": sum(1 for r in rows if r["problem"])}
     n = len(rows) + generated

@@ -141,11 +141,8 @@ def run(ctx: RunContext) -> StageResult:
             row[f"{variant}_reply"] = reply
             row[f"{variant}_match"] = ast_match.calls_match(expected[i], ast_match.parse_reply(reply), tools)
         rows.append(row)
-    schema = tables.T.StructType([f for f in TABLE.schema.fields if f.name not in ("run_id", "created_at")])
-    frame = spark.createDataFrame(rows, schema=schema)
-    frame = frame.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
-    fqn = tables.ensure(spark, rt, TABLE)
-    tables.conform(frame, TABLE).write.mode("overwrite").insertInto(fqn)  # the latest adapter's comparison
+    frame = spark.createDataFrame(rows, schema=TABLE.row_schema)
+    tables.overwrite(spark, rt, TABLE, frame, run_id=cfg.run_id)  # the latest adapter's comparison
     return StageResult(
         rows_in=len(rows), rows_out=len(rows), tables=[TABLE], metrics={"split": split, **accuracy(rows)}
     )

@@ -116,7 +116,7 @@ def run(ctx: RunContext) -> StageResult:
     )
     rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
     schema = T.StructType(
-        [T.StructField(n, t) for n, t in TABLE.columns if n not in ("split", "n_tokens", "run_id", "created_at")]
+        [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
         + [T.StructField(examples.SPLIT_TEXT, S)]
     )
     frame = spark.createDataFrame(rows, schema=schema)
@@ -130,13 +130,7 @@ def run(ctx: RunContext) -> StageResult:
         seed=fmt.seed,
     )
     valid = examples.fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
-    written = valid.select(
-        *[c for c in TABLE.names if c not in ("run_id", "created_at")],
-        F.lit(cfg.run_id).alias("run_id"),
-        F.current_timestamp().alias("created_at"),
-    )
-    fqn = tables.ensure(spark, rt, TABLE)
-    tables.conform(written, TABLE).write.mode("overwrite").insertInto(fqn)  # derived whole from the verdicts
+    tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)  # derived from the verdicts
     table = tables.read(spark, rt, TABLE)
     folder = Path(rt.files_dir(TABLE.name))
     files = {}

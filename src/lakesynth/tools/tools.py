@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
-from pyspark.sql import functions as F
 
 from lakesynth.core import tables
 from lakesynth.tools import spec as toolspec
@@ -95,10 +94,8 @@ def run(ctx: RunContext) -> StageResult:
     if not cfg.tools.spec:
         raise StageSkipped("no tools spec: pass --tools FILE (a JSON tools file or a Python module)")
     rows = read(cfg)  # everything is checked before the table is touched
-    frame = ctx.spark.createDataFrame(rows, schema=tables.T.StructType(TABLE.schema.fields[:-2]))
-    frame = frame.withColumn("run_id", F.lit(cfg.run_id)).withColumn("created_at", F.current_timestamp())
-    fqn = tables.ensure(ctx.spark, ctx.rt, TABLE)
-    tables.conform(frame, TABLE).write.mode("overwrite").insertInto(fqn)  # the table is the spec, whole
+    frame = ctx.spark.createDataFrame(rows, schema=TABLE.row_schema)
+    tables.overwrite(ctx.spark, ctx.rt, TABLE, frame, run_id=cfg.run_id)  # the table is the spec, whole
     return StageResult(
         rows_in=len(rows),
         rows_out=len(rows),
