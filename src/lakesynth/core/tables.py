@@ -1,6 +1,7 @@
-"""Table contracts and Delta I/O; the only module that creates or writes a table (tests/test_tables.py checks).
+"""Table contracts and Delta I/O; the only module that writes a table (tests/test_tables.py checks the source).
 
-Every table is created from its contract's DDL (all columns nullable) before its first write. A table a stage
+Every table is created from its contract's DDL (all columns nullable) before its first write (the embedded
+engine only registers, at start, the tables it finds under the warehouse: engine.register_tables). A table a stage
 adds to is written with `upsert` (an append, or one SQL MERGE by key, so a rerun never duplicates a row); one a
 stage derives whole each run, with `overwrite`. Both stamp each row's lineage (`run_id`, `created_at`), so a
 stage hands over its own columns only. A verdict table's stored scores meet a new threshold with `rekeep`.
