@@ -121,7 +121,7 @@ def test_a_topup_round_asks_only_the_short_leaves_under_their_next_round(spark, 
     ctx = context(cfg)
     for stage in (documents, taxonomy, leaf_generation):
         stage.STAGE.run(ctx)
-    result = leaf_generation.run(ctx.for_topup({KNOWLEDGE: 2}))
+    result = leaf_generation.STAGE.execute(ctx, {KNOWLEDGE: 2})
     assert result.metrics["requests_per_mode"] == {"freeform": 0, "grounded": 0, "knowledge": 3}
     assert result.metrics["topup_rounds"] == [1]
     rows = [r.asDict() for r in tables.read(spark, where(cfg), leaf_generation.TABLE).collect()]

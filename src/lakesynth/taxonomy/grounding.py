@@ -27,6 +27,7 @@ from lakesynth.llm import stage as llm_stage
 from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
 from lakesynth.llm.stage import LLMStep
+from lakesynth.taxonomy import switch
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, S
 from lakesynth.core.templates import render
@@ -157,11 +158,7 @@ def step(cfg, mode: str) -> LLMStep:
 
 def run(ctx: RunContext) -> StageResult:
     cfg = ctx.cfg
-    if not cfg.taxonomy.enabled:
-        return StageResult(metrics={"disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"})
     g = cfg.taxonomy.grounding
-    if not g.enabled:
-        return StageResult(metrics={"disabled": "taxonomy.grounding.enabled is false"})
     # Unfiltered by its own verdicts: a pair whose judgement failed is judged again.
     pairs = ctx.read("leaf_pairs", kept=False).where(F.col("error").isNull() & F.col("question").isNotNull())
     pairs = pairs.withColumn("_mode", pair_mode(F.col("kind"), F.col("context")))
@@ -192,4 +189,5 @@ STAGE = Stage(
     writes=(TABLE,),
     config=GroundingConfig,
     section="taxonomy.grounding",
+    off=switch.no_taxonomy,
 )
