@@ -103,7 +103,6 @@ def configure(args: argparse.Namespace, job_stages: Collection[str]) -> tuple[Co
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
     cfg = registry.load_config(config_file(args), overrides + list(args.overrides))
-    sources = job_sources.of_job(job_stages) if job_stages else ()
     set_keys = [item.partition("=")[0].strip() for item in args.overrides]  # a --set of a source is the user's
     clear = job_sources.cleared(args, sources, kept=set_keys)
     set_aside = [key for key in clear if job_sources.value(cfg, key)]
