@@ -20,20 +20,23 @@ from lakesynth.core.stage import RunContext
 class Rounds:
     rounds: int  # rounds run
     paid: int  # rows the generating stages asked for
-    short_before: int  # items short before the first round
     missing: dict[str, int]  # item -> rows still missing after the last round
 
 
 def top_up(
-    ctx: RunContext, stage: str, names: tuple[str, ...], shortfall: Callable[[], dict[str, int]], max_rounds: int,
+    ctx: RunContext,
+    stage: str,
+    names: tuple[str, ...],
+    missing: dict[str, int],
+    shortfall: Callable[[], dict[str, int]],
+    max_rounds: int,
     short_of: str,
-) -> Rounds:  # fmt: skip
-    """Run the stages `names` as rounds while `shortfall()` names items, at most `max_rounds` times; each round
-    prints its line (`stage: round 1: 3 seed(s) short of 2`, `short_of` the rest) and each stage's, as the runner
-    does."""
+) -> Rounds:
+    """Run the stages `names` as rounds for what is `missing` (item -> rows), counted again by `shortfall()` after
+    each round, at most `max_rounds` times; each round prints its line (`stage: round 1: 3 seed(s) short of 2`,
+    `short_of` the rest) and each stage's, as the runner does."""
     stages = registry.default_stages()
-    missing = shortfall()
-    done = Rounds(0, 0, len(missing), missing)
+    done = Rounds(0, 0, missing)
     while done.missing and done.rounds < max_rounds:
         done.rounds += 1
         print(f"{stage}: round {done.rounds}: {len(done.missing)} {short_of}", flush=True)

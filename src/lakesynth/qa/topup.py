@@ -56,17 +56,17 @@ def off(cfg) -> str:
 
 
 def run(ctx: RunContext) -> StageResult:
-    target = ctx.cfg.quality.target_per_seed
-    done = rounds.top_up(
-        ctx, "topup", ROUND, lambda: shortfall(ctx, target), ctx.cfg.quality.max_rounds, f"seed(s) short of {target}"
-    )
+    target, max_rounds = ctx.cfg.quality.target_per_seed, ctx.cfg.quality.max_rounds
+    missing = shortfall(ctx, target)
+    again = lambda: shortfall(ctx, target)
+    done = rounds.top_up(ctx, "topup", ROUND, missing, again, max_rounds, f"seed(s) short of {target}")
     seeds = ctx.read("seed_questions").count()
     return StageResult(
         rows_in=seeds,
         rows_out=done.paid,
         metrics={
             "rounds": done.rounds,
-            "seeds_short_before": done.short_before,
+            "seeds_short_before": len(missing),
             "seeds_short": len(done.missing),
             "short": why_short(ctx, done.missing),
         },

@@ -54,15 +54,16 @@ def why_short(ctx: RunContext, kept: dict[str, int], missing: dict[str, int]) ->
 def run(ctx: RunContext) -> StageResult:
     t = ctx.cfg.taxonomy
     before = kept_per_leaf(ctx)
-    missing = lambda: shortfall(kept_per_leaf(ctx), t.per_leaf)
-    done = rounds.top_up(ctx, "leaf_topup", ROUND, missing, t.max_rounds, f"leaf/leaves short of {t.per_leaf}")
+    missing = shortfall(before, t.per_leaf)
+    again = lambda: shortfall(kept_per_leaf(ctx), t.per_leaf)
+    done = rounds.top_up(ctx, "leaf_topup", ROUND, missing, again, t.max_rounds, f"leaf/leaves short of {t.per_leaf}")
     kept = kept_per_leaf(ctx) if done.rounds else before
     return StageResult(
         rows_in=len(before),
         rows_out=done.paid,
         metrics={
             "rounds": done.rounds,
-            "leaves_short_before": done.short_before,
+            "leaves_short_before": len(missing),
             "leaves_short": len(done.missing),
             "kept_per_leaf_before": before,
             "kept_per_leaf_after": kept,
