@@ -63,9 +63,9 @@ class Stage:
     fine-tune writes files only).
 
     What the runner does around a stage is declared here too, so the runner, the CLI and the tracker name no stage:
-    `off` says why the config switches it off (beside its section's `enabled`, checked for every stage), `top_up` is how a top-up
-    round (core/rounds.py) asks it for the rows its items still miss, `figures` draws its MLflow figures from its
-    summary entry, and `sources` are the inputs its job reads that a command-line flag names."""
+    `off` says why the config switches it off (its section's `enabled` is checked for every stage besides), `top_up`
+    is how a top-up round (core/rounds.py) asks it for the rows its items still miss, `figures` draws its MLflow
+    figures from its summary entry, and `sources` are the inputs of its job that a command-line flag names."""
 
     name: str
     help: str
@@ -121,7 +121,7 @@ class RunContext:
         self._shared: dict = {}
 
     def with_settings(self, overrides: list[str]) -> RunContext:
-        """This context (same engine, endpoints and contracts) with a task's fixed `--set` overrides applied."""
+        """This context (same engine, shared resources and contracts) with a task's fixed `--set` overrides applied."""
         from lakesynth.config import with_overrides
 
         task_ctx = copy.copy(self)

@@ -2,9 +2,9 @@
 
 With `quality.target_per_seed` set, a seed left with fewer kept pairs than that after the quality gate
 (`pair_verdicts`) asks the teacher again for the questions it misses, and the new questions go through the same
-stages (critic, answers, judge, relevance, dedup), in at most `quality.max_rounds` rounds (core/rounds.py). Each stage only pays for what
-is new, so a rerun on the same data pays nothing. The summary names the seeds that stayed short, and why: the
-drop reasons of their pairs.
+stages (critic, answers, judge, relevance, dedup), in at most `quality.max_rounds` rounds (core/rounds.py: the
+questions stage's `top_up` asks for them). Each stage only pays for what is new, so a rerun on the same data pays
+nothing. The summary names the seeds that stayed short, and why: the drop reasons of their pairs.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ grounding check drops), each asking the teacher for one pair, in one of three mo
 Each mode has its own structured reply (a grounded reply must carry a context, the others cannot), so each mode is
 one run of the shared loop, as call_generation runs one per category. A request is one row, keyed by `pair_id`, a
 stable hash of (leaf, round, index): a rerun pays only for what is missing or whose prompt changed, and a larger
-per_leaf asks only for the new indices. Round 0 is the plan; a top-up round (`top_up`: leaf -> kept pairs still
-missing, from the leaf_topup stage's rounds) adds requests under the leaf's next round number, and a later plain run asks
-again for any of them that failed. Rows of a removed leaf, of a round-0 index past the plan, or of a top-up round
+per_leaf asks only for the new indices. Round 0 is the plan; a top-up round (its `top_up`: leaf -> kept pairs
+still missing, from the leaf_topup stage's rounds) adds requests under the leaf's next round number, and a later
+plain run asks again for any of them that failed. Rows of a removed leaf, of a round-0 index past the plan, or of a top-up round
 whose chunk is gone are deleted.
 """
 
