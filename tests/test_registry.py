@@ -16,7 +16,7 @@ from conftest import ROOT
 from lakesynth import pipeline
 from lakesynth.core import command, registry
 from lakesynth.errors import ConfigError
-from lakesynth.core.stage import Stage
+from lakesynth.core.stage import Stage, StageResult
 from lakesynth.core.tables import Table
 
 SRC = ROOT / "src" / "lakesynth"
@@ -85,6 +85,25 @@ def test_help_lists_exactly_the_registered_stages():
     shown = _lakesynth("--help").stdout
     for name, stage in registry.default_stages().items():
         assert re.search(rf"^\s+{name}\b", shown, re.M), name
+
+
+def test_a_stage_switched_off_says_why_the_same_way_for_every_stage():
+    """The runner asks each stage's declaration (Stage.why_off) whether it runs: by default its section's `enabled`;
+    what it reports is one line, whichever stage it is."""
+    stages = registry.default_stages()
+    cfg = registry.load_config(ROOT / "conf" / "lakesynth.yml")
+    switched = [s for s in stages.values() if s.off is None and s.config and "enabled" in s.config.model_fields]
+    assert {s.name for s in switched} >= {"critic", "judge", "relevance", "preference", "export", "evaluate"}
+    for stage in switched:
+        off = registry.load_config(ROOT / "conf" / "lakesynth.yml", [f"{stage.config_key}.enabled=false"])
+        assert stage.why_off(off) == f"{stage.config_key}.enabled is false"
+    assert stages["topup"].why_off(cfg) == "quality.target_per_seed is 0"
+    assert stages["format"].why_off(cfg) == stages["call_verdicts"].why_off(cfg) == ""
+    # call_verdicts' `enabled` switches its dedup only: the verdicts are combined whatever it says.
+    no_dedup = registry.load_config(ROOT / "conf" / "lakesynth.yml", ["tools.dedup.enabled=false"])
+    assert stages["call_verdicts"].why_off(no_dedup) == ""
+    off = StageResult(metrics={"disabled": "quality.critic.enabled is false"})
+    assert off.line("critic", 0.01) == "critic: off (quality.critic.enabled is false)"
 
 
 def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():

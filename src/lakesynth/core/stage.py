@@ -63,7 +63,7 @@ class Stage:
     fine-tune writes files only).
 
     What the runner does around a stage is declared here too, so the runner, the CLI and the tracker name no stage:
-    `off` says why the config switches it off (its section's `enabled` is checked for every stage besides), `top_up`
+    `off` says why the config switches it off (default: its section's `enabled` is false, `disabled()`), `top_up`
     is how a top-up round (core/rounds.py) asks it for the rows its items still miss, `figures` draws its MLflow
     figures from its summary entry, and `sources` are the inputs of its job that a command-line flag names."""
 
@@ -85,16 +85,8 @@ class Stage:
         return self.section or self.name
 
     def why_off(self, cfg: Config) -> str:
-        """Why `cfg` switches this stage off, or "": its `off` (an input it lacks), else its section's `enabled`."""
-        reason = self.off(cfg) if self.off is not None else ""
-        if reason:
-            return reason
-        section = cfg
-        for part in self.config_key.split("."):
-            section = getattr(section, part, None)
-        if "enabled" in getattr(type(section), "model_fields", {}) and not section.enabled:
-            return f"{self.config_key}.enabled is false"
-        return ""
+        """Why `cfg` switches this stage off, or "": its `off`, else its section's `enabled` (disabled())."""
+        return self.off(cfg) if self.off is not None else disabled(cfg, self.config_key)
 
     def execute(self, ctx: RunContext, missing: dict[str, int] | None = None) -> StageResult:
         """The stage under `ctx`: an empty result that says why when the config switches it off, else its work (with
@@ -107,6 +99,16 @@ class Stage:
         if self.top_up is None:
             raise TypeError(f"stage '{self.name}' declares no top_up")
         return self.top_up(ctx, missing)
+
+
+def disabled(cfg: Config, key: str) -> str:
+    """`<key>.enabled is false` when the section at dotted `key` has an `enabled` that is false, else ""."""
+    section = cfg
+    for part in key.split("."):
+        section = getattr(section, part, None)
+    if "enabled" in getattr(type(section), "model_fields", {}) and not section.enabled:
+        return f"{key}.enabled is false"
+    return ""
 
 
 class RunContext:

@@ -28,7 +28,7 @@ from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
 from lakesynth.llm.stage import LLMStep
 from lakesynth.taxonomy import switch
-from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, S
 from lakesynth.core.templates import render
 
@@ -189,5 +189,5 @@ STAGE = Stage(
     writes=(TABLE,),
     config=GroundingConfig,
     section="taxonomy.grounding",
-    off=switch.no_taxonomy,
+    off=lambda cfg: switch.no_taxonomy(cfg) or disabled(cfg, "taxonomy.grounding"),
 )

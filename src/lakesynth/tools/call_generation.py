@@ -35,7 +35,7 @@ from lakesynth.config import LLMStageConfig
 from lakesynth.errors import SeedError
 from lakesynth.llm.stage import LLMStep
 from lakesynth.core.sources import Source
-from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import S
 from lakesynth.core.templates import render
 
@@ -311,5 +311,9 @@ STAGE = Stage(
         ),
     ),
     # verifying --calls alone is a complete job: the stages after this one go on
-    off=lambda cfg: "" if cfg.tools.seeds else "no seeds to generate from (--seeds FILE.jsonl, tools.seeds)",
+    off=lambda cfg: (
+        disabled(cfg, "tools.generation")
+        if cfg.tools.seeds
+        else "no seeds to generate from (--seeds FILE.jsonl, tools.seeds)"
+    ),
 )
