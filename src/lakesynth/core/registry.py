@@ -1,9 +1,9 @@
 """The stage registry: every stage, found where it declares itself; everything else about stages is read here.
 
 A stage module declares `STAGE = Stage(...)` at its top level; `default_stages()` finds those modules in the
-package and imports them. The CLI's subcommands, the config's stage sections, the table contracts, the local
-runner's graph check and `lakesynth stages` all come from it, so adding a stage is writing its module and
-adding its task to a job in `resources/`. It is built on demand: no registry lives at import time.
+package and imports them. The CLI's subcommands and input flags, the config's stage sections, the table contracts,
+the local runner's graph check, what it reports of a stage switched off, the MLflow figures and `lakesynth stages`
+all come from it, so adding a stage is writing its module and adding its task to a job in `resources/`. It is built on demand: no registry lives at import time.
 """
 
 from __future__ import annotations

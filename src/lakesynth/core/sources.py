@@ -1,4 +1,5 @@
 """Which inputs a run reads: a flag that names a source of the job replaces the config's sources of that job.
+A stage declares the sources it reads (`Stage.sources`); a job's are those of its stages (registry.sources).
 
 The packaged config names the samples' sources (the bank seeds, the toy bank's tools, seed pairs and calls). A
 user's `--tools` must not be checked against the sample's seed pairs, nor a `--taxonomy` mixed with the sample's
