@@ -74,7 +74,7 @@ def test_a_reply_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark,
 def test_disabled_critic_keeps_every_question(spark, llm_cfg):
     seeds.run(context(llm_cfg))
     questions.run(context(llm_cfg))
-    result = critic.run(context(llm_cfg))
+    result = critic.STAGE.execute(context(llm_cfg))
     assert result.metrics == {"disabled": "quality.critic.enabled is false"}
     all_questions = tables.read(spark, where(llm_cfg), questions.TABLE).count()
     assert context(llm_cfg).read("synthetic_questions").count() == all_questions

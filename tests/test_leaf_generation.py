@@ -121,7 +121,7 @@ def test_a_topup_round_asks_only_the_short_leaves_under_their_next_round(spark, 
     ctx = context(cfg)
     for stage in (documents, taxonomy, leaf_generation):
         stage.STAGE.run(ctx)
-    result = leaf_generation.run(ctx.for_topup({KNOWLEDGE: 2}))
+    result = leaf_generation.STAGE.execute(ctx, {KNOWLEDGE: 2})
     assert result.metrics["requests_per_mode"] == {"freeform": 0, "grounded": 0, "knowledge": 3}
     assert result.metrics["topup_rounds"] == [1]
     rows = [r.asDict() for r in tables.read(spark, where(cfg), leaf_generation.TABLE).collect()]
@@ -137,5 +137,7 @@ def test_a_topup_round_asks_only_the_short_leaves_under_their_next_round(spark, 
 
 def test_without_a_taxonomy_the_three_stages_succeed_disabled(llm_cfg):
     ctx = context(llm_cfg)
-    for stage in (leaf_generation, grounding, leaf_topup):
-        assert "disabled" in stage.STAGE.run(ctx).metrics
+    for stage in (leaf_generation, grounding, leaf_topup):  # the runner's call: the stage's switch, then its work
+        assert stage.STAGE.execute(ctx).metrics == {
+            "disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"
+        }

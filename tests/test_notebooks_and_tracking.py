@@ -17,6 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from test_cli import lakesynth
 
+from lakesynth.core import run_log
 from lakesynth.report import notebook
 from lakesynth.report import tracking
 from lakesynth.llm.standin import StandIn, StandInOptions
@@ -231,7 +232,6 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
     from conftest import where
 
     from lakesynth import pipeline
-    from lakesynth.report import tracking
 
     cfg = llm_cfg.model_copy(update={"finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})})
     summary = pipeline.run(cfg, ["seed", "questions", "responses", "format", "finetune"], root=ROOT)
@@ -249,7 +249,7 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
     assert log["finetune"].reason == "finetune.backend is none"
     pipeline.run(cfg, ["format"], root=ROOT)  # a rerun of a task in the same run replaces its row
     assert spark.table(where(cfg).fqn("run_log")).count() == 5
-    assert tracking.RUN_LOG.name == "run_log"
+    assert run_log.RUN_LOG.name == "run_log"
 
 
 def test_a_notebook_reads_where_the_last_local_run_wrote(small_run):

@@ -119,7 +119,7 @@ def test_dpo_and_kto_files_load_with_datasets_and_pass_trls_format_checks(spark,
 def test_preference_is_off_by_default_and_candidates_are_checked(llm_cfg):
     from pydantic import ValidationError
 
-    assert preference.run(context(llm_cfg)).metrics == {"disabled": "preference.enabled is false"}
+    assert preference.STAGE.execute(context(llm_cfg)).metrics == {"disabled": "preference.enabled is false"}
     with pytest.raises(ValidationError, match="unique"):
         preference.PreferenceConfig(candidates=[{"name": "a"}, {"name": "a"}])
     with pytest.raises(ValidationError, match="at least 2"):

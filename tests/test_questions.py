@@ -144,7 +144,7 @@ def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
     )
     cfg = llm_cfg.model_copy(update={"seeds": llm_cfg.seeds.model_copy(update={"path": path})})
     seeds.run(context(cfg))
-    call = llm.Call(context(cfg).endpoint(), cfg.teacher, questions.output_model(3), 0.5, 64)
+    call = llm.Call(llm.endpoint(context(cfg)), cfg.teacher, questions.output_model(3), 0.5, 64)
     source = tables.read(spark, where(cfg), seeds.TABLE).withColumnRenamed("question", "seed_question")
     (req,) = llm_stage.requests(source, questions.step(cfg), call).collect()
     prompt = req.request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import subprocess
@@ -12,12 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from lakesynth import cli
 from lakesynth import pipeline
-from lakesynth.core import registry
-from lakesynth.config import Config
+from lakesynth.core import command, registry
 from lakesynth.errors import ConfigError
-from lakesynth.core.stage import Stage
+from lakesynth.core.stage import Stage, StageResult
 from lakesynth.core.tables import Table
 
 SRC = ROOT / "src" / "lakesynth"
@@ -31,35 +30,19 @@ def _lakesynth(*args):
 
 def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     stages = registry.default_stages()
-    qa = [
-        "seed",  # first: dedup reads seed_questions (each verdict's source_id), which ties break on
-        "documents",
-        "questions",
-        "taxonomy",  # after documents, whose folder it resolves patterns against; nothing links it to seed yet
-        "critic",
-        "leaf_generation",
-        "responses",
-        "grounding",
-        "judge",
-        "relevance",
-        "leaf_topup",  # after grounding, whose verdicts it reads; it writes through leaf_generation and grounding
-        "dedup",
-        "format",
-        "topup",  # it writes through other stages, so data flow alone places it anywhere after dedup
-        "preference",
-        "export",
-        "finetune",  # after format, preference and tool_format, whose files it reads; the evaluations after it
-        "evaluate",
-    ]
-    function_calling = ["tools", "call_generation", "calls", "call_format", "call_execution", "call_semantic"]
-    function_calling += ["call_relevance", "call_verdicts"]
-    function_calling += ["tool_format", "tool_export", "tool_evaluate"]
-    assert set(stages) == set(qa + function_calling)
+    jobs = {job: {stage for stage, _ in graph.values()} for job, graph in pipeline.job_graphs(ROOT).items()}
+    assert set(stages) == set().union(*jobs.values())  # every registered stage runs in a job, and only those
     assert list(stages).index("finetune") > list(stages).index("tool_format")
-    for flow in (qa, function_calling):  # each job's stages in data-flow order (the two jobs interleave)
-        assert [s for s in stages if s in flow] == flow
-    for stage in stages.values():
-        assert isinstance(stage, Stage) and stage.help and callable(stage.run)
+    for job_stages in jobs.values():  # each job's stages in data-flow order (the two jobs interleave)
+        flow = [s for s in stages if s in job_stages]
+        for name in flow:
+            first = {w for w in flow for t in stages[w].writes if t.name in stages[name].reads} | set(
+                stages[name].after
+            )
+            assert all(flow.index(w) < flow.index(name) for w in first & set(flow) - {name}), name
+    declared_in = {importlib.import_module(m).STAGE.name: m for m in registry.stage_modules()}
+    for name, stage in stages.items():  # each stage runs its own module's code, never another stage's
+        assert isinstance(stage, Stage) and stage.help and stage.run.__module__ == declared_in[name], name
         assert all(isinstance(t, Table) for t in stage.writes)
     # Every table a stage reads is written by some registered stage.
     written = set(registry.contracts(stages))
@@ -67,8 +50,13 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     # The config model has one section per stage that declares one, under its key.
     fields = registry.config_model().model_fields
     assert {"seeds", "questions", "responses", "format", "finetune", "quality"} <= set(fields)
-    assert registry.load_config(ROOT / "conf" / "lakesynth.yml").quality.critic.enabled is False
-    assert issubclass(registry.config_model(), Config)
+    cfg = registry.load_config(ROOT / "conf" / "lakesynth.yml")
+    assert cfg.quality.critic.enabled is False
+    for stage in (s for s in stages.values() if s.config is not None):  # each stage's section: its model, its key
+        section = cfg
+        for part in stage.config_key.split("."):
+            section = getattr(section, part)
+        assert isinstance(section, stage.config), stage.name
 
 
 def test_stages_command_agrees_with_the_job_files():
@@ -91,12 +79,31 @@ def test_stages_command_agrees_with_the_job_files():
 
 
 def test_help_lists_exactly_the_registered_stages():
-    parser = cli._parser()
+    parser = command._parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert set(commands) == {"run", "stages", *registry.default_stages()}
     shown = _lakesynth("--help").stdout
     for name, stage in registry.default_stages().items():
         assert re.search(rf"^\s+{name}\b", shown, re.M), name
+
+
+def test_a_stage_switched_off_says_why_the_same_way_for_every_stage():
+    """The runner asks each stage's declaration (Stage.why_off) whether it runs: by default its section's `enabled`;
+    what it reports is one line, whichever stage it is."""
+    stages = registry.default_stages()
+    cfg = registry.load_config(ROOT / "conf" / "lakesynth.yml")
+    switched = [s for s in stages.values() if s.off is None and s.config and "enabled" in s.config.model_fields]
+    assert {s.name for s in switched} >= {"critic", "judge", "relevance", "preference", "export", "evaluate"}
+    for stage in switched:
+        off = registry.load_config(ROOT / "conf" / "lakesynth.yml", [f"{stage.config_key}.enabled=false"])
+        assert stage.why_off(off) == f"{stage.config_key}.enabled is false"
+    assert stages["topup"].why_off(cfg) == "quality.target_per_seed is 0"
+    assert stages["format"].why_off(cfg) == stages["call_verdicts"].why_off(cfg) == ""
+    # call_verdicts' `enabled` switches its dedup only: the verdicts are combined whatever it says.
+    no_dedup = registry.load_config(ROOT / "conf" / "lakesynth.yml", ["tools.dedup.enabled=false"])
+    assert stages["call_verdicts"].why_off(no_dedup) == ""
+    off = StageResult(metrics={"disabled": "quality.critic.enabled is false"})
+    assert off.line("critic", 0.01) == "critic: off (quality.critic.enabled is false)"
 
 
 def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():

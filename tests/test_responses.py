@@ -49,7 +49,7 @@ def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg,
 
 def test_requests_carry_rules_scope_and_question(spark, llm_cfg):
     _prepare(spark, llm_cfg)
-    call = llm.Call(context(llm_cfg).endpoint(), llm_cfg.teacher, responses.Answer, 0.3, 100)
+    call = llm.Call(llm.endpoint(context(llm_cfg)), llm_cfg.teacher, responses.Answer, 0.3, 100)
     reqs = llm_stage.requests(tables.read(spark, where(llm_cfg), questions.TABLE), responses.step(llm_cfg), call)
     out = reqs.where("NOT in_scope").limit(1).collect()[0]
     inside = reqs.where("in_scope").limit(1).collect()[0]

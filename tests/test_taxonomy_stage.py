@@ -165,7 +165,7 @@ def test_a_knowledge_pattern_that_matches_nothing_names_the_leaf_and_the_pattern
 
 def test_nothing_configured_is_disabled_and_bad_settings_are_config_errors(spark, cfg, tmp_path):
     for stage in (taxonomy, documents):
-        result = stage.run(context(cfg))
+        result = stage.STAGE.execute(context(cfg))
         assert "disabled" in result.metrics and result.tables == []
     assert not spark.catalog.tableExists(where(cfg).fqn(documents.TABLE.name))
     config = write(tmp_path / "c.yml", "taxonomy:\n  topics: topics.txt\n")

@@ -12,7 +12,7 @@ from conftest import ROOT
 from test_notebooks_and_tracking import _execute, _images, _text
 
 from lakesynth.qa import format as chat_jsonl
-from lakesynth.report import insights
+from lakesynth.qa import insights
 from lakesynth import pipeline
 from lakesynth.core import registry
 from lakesynth.core import tables

@@ -39,17 +39,17 @@ import yaml
 from lakesynth.core import bundle
 from lakesynth.report import notebook
 from lakesynth.core import registry
+from lakesynth.core import run_log
 from lakesynth.llm import serverless
 from lakesynth.core import tables
 from lakesynth.report import tracking
-from lakesynth.core.bundle import project_root
+from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.config import Config
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
-DEFAULT_JOB = "lakesynth"
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
     def report(key: str, stage: str, files: dict[str, str] | None = None) -> None:
         """What a task did, in MLflow and in the run_log table."""
         tracker.stage(key, summary["stages"][key])
-        tracking.record(ctx, key, registered.get(stage), summary["stages"][key], files or {})
+        run_log.record(ctx, key, registered.get(stage), summary["stages"][key], files or {})
 
     try:
         for key in order(graph):
@@ -232,7 +232,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
                 task_ctx = ctx.with_settings(settings[key]) if settings and key in settings else ctx
                 pruned = task_ctx.prune(registered[stage])
                 try:
-                    result = registered[stage].run(task_ctx)
+                    result = registered[stage].execute(task_ctx)
                 finally:  # a refused connection from a UDF is the cause of whatever the stage says
                     if serverless.armed():
                         serverless.check(key)
@@ -271,14 +271,14 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             print(result.line(key, seconds), flush=True)
             report(key, stage, result.files)
         if summary["stages"]:
-            touched[tracking.RUN_LOG.name] = tracking.RUN_LOG
+            touched[run_log.RUN_LOG.name] = run_log.RUN_LOG
         for name, table in touched.items():
             summary["tables"][name] = {
                 "table": ctx.rt.fqn(name),
                 "location": tables.location(ctx.rt, table, ctx.spark),
                 "rows": tables.count(ctx.spark, ctx.rt, table),
             }
-        tracker.finish(summary, ctx)
+        tracker.finish(summary, ctx, {key: registered.get(graph[key][0]) for key in summary["stages"]})
         try:  # where this run wrote, for the notebooks (locally)
             notebook.remember(ctx.rt, cfg.run_id)
         except OSError as exc:  # a notebook convenience, never the run's failure

@@ -51,6 +51,9 @@ def load_with_sources(root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     return merged, sources
 
 
+DEFAULT_JOB = "lakesynth"  # the job `lakesynth run` runs unless --job names another
+
+
 def project_root(start: Path) -> Path | None:
     """The nearest folder at or above `start` holding a databricks.yml, or None."""
     for folder in [start, *start.parents]:

@@ -357,7 +357,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
 
 def _endpoint(ctx: RunContext, teacher: TeacherConfig, via: str) -> llm.Endpoint:
     """Where the requests go: the built-in's endpoint for BUILTIN, else the configured one, opened once per run."""
-    return _builtin(ctx.rt, teacher.model) if via == BUILTIN else ctx.endpoint(teacher)
+    return _builtin(ctx.rt, teacher.model) if via == BUILTIN else llm.endpoint(ctx, teacher)
 
 
 def _builtin(rt: Runtime, model: str) -> llm.Endpoint:

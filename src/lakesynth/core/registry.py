@@ -1,9 +1,9 @@
 """The stage registry: every stage, found where it declares itself; everything else about stages is read here.
 
 A stage module declares `STAGE = Stage(...)` at its top level; `default_stages()` finds those modules in the
-package and imports them. The CLI's subcommands, the config's stage sections, the table contracts, the local
-runner's graph check and `lakesynth stages` all come from it, so adding a stage is writing its module and
-adding its task to a job in `resources/`. It is built on demand: no registry lives at import time.
+package and imports them. The CLI's subcommands and input flags, the config's stage sections, the table contracts,
+the local runner's graph check, what it reports of a stage switched off, the MLflow figures and `lakesynth stages`
+all come from it, so adding a stage is writing its module and adding its task to a job in `resources/`. It is built on demand: no registry lives at import time.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import functools
 import graphlib
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from pydantic import Field, create_model
 
 from lakesynth import config
 from lakesynth.errors import ConfigError
-from lakesynth.core.stage import Stage
+from lakesynth.core.run_log import RUN_LOG
+from lakesynth.core.sources import Source
+from lakesynth.core.stage import RunContext, Stage
 from lakesynth.core.tables import Table
 
 _DECLARES = re.compile(r"^STAGE = Stage\(", re.M)
@@ -69,8 +71,6 @@ def default_stages() -> dict[str, Stage]:
 def contracts(stages: Mapping[str, Stage]) -> dict[str, Table]:
     """Table name -> contract, for every table a stage writes (one writer per contract), and the run log the
     runner writes."""
-    from lakesynth.report.tracking import RUN_LOG
-
     found: dict[str, Table] = {RUN_LOG.name: RUN_LOG}
     for stage in stages.values():
         for table in stage.writes:
@@ -78,6 +78,12 @@ def contracts(stages: Mapping[str, Stage]) -> dict[str, Table]:
                 raise ConfigError(f"stage '{stage.name}' declares table '{table.name}' with a different contract")
             found[table.name] = table
     return found
+
+
+def sources(stages: Mapping[str, Stage], names: Collection[str] = ()) -> tuple[Source, ...]:
+    """The inputs the stages `names` (default: every stage) declare, in their order: a job's sources, whose flags
+    replace the config's (sources.py)."""
+    return tuple(dict.fromkeys(s for name in (names or stages) if name in stages for s in stages[name].sources))
 
 
 @functools.cache
@@ -159,6 +165,4 @@ def graph_problems(
 
 def open_context(path: str | Path | None = None, overrides: list[str] | None = None):
     """A run context on the config at `path`, with every registered table: what a notebook starts from."""
-    from lakesynth.core.stage import RunContext
-
     return RunContext(load_config(path, overrides), contracts(default_stages()))

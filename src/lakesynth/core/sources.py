@@ -1,4 +1,5 @@
 """Which inputs a run reads: a flag that names a source of the job replaces the config's sources of that job.
+A stage declares the sources it reads (`Stage.sources`); a job's are those of its stages (registry.sources).
 
 The packaged config names the samples' sources (the bank seeds, the toy bank's tools, seed pairs and calls). A
 user's `--tools` must not be checked against the sample's seed pairs, nor a `--taxonomy` mixed with the sample's
@@ -19,36 +20,28 @@ from lakesynth.config import Config
 
 @dataclass(frozen=True)
 class Source:
-    """One input of a job: the flag that names it, the config keys it sets, and those it replaces."""
+    """One input of a job, declared by the stage that reads it (`Stage.sources`): the flag that names it, the
+    config keys it sets, and those it replaces. The command line's flags are the registered stages' sources."""
 
     flag: str  # argparse dest: "tools", "seeds", ...
     keys: tuple[str, ...]  # the config keys this source is (the first is the one the flag sets)
     replaces: tuple[str, ...]  # config keys cleared when the flag is given and no flag names them
+    help: str = ""  # the flag's help, this source's part of it
+    use_case: bool = False  # the data it names is shaped by the config's use case (its rules, its system prompt)
 
 
 # The Q&A job's seed sources: seed questions, your own pairs, a taxonomy (its documents belong to it). One names
 # what the run learns from, so it replaces the others.
-_QA_SEEDS = ("seeds.path", "seeds.pairs", "taxonomy.path", "taxonomy.topics", "taxonomy.examples",
-             "taxonomy.requirements", "documents.path")  # fmt: skip
-QA = (
-    Source("seeds", ("seeds.path",), _QA_SEEDS),
-    Source("pairs", ("seeds.pairs",), _QA_SEEDS),
-    Source("taxonomy", ("taxonomy.path",), _QA_SEEDS),
-    Source("documents", ("documents.path",), ()),  # a knowledge leaf's documents: replaces no seed source
-)
-# The function-calling job: another spec makes the sample's implementations, pairs and seeds meaningless; pairs
-# to verify and seeds to generate from are each what the run is about, so either replaces the other.
-TOOLS = (
-    Source("tools", ("tools.spec",), ("tools.functions", "tools.calls", "tools.seeds")),
-    Source("functions", ("tools.functions",), ()),
-    Source("calls", ("tools.calls",), ("tools.seeds",)),
-    Source("seeds", ("tools.seeds",), ("tools.calls",)),
-)
+QA_SEEDS = ("seeds.path", "seeds.pairs", "taxonomy.path", "taxonomy.topics", "taxonomy.examples",
+            "taxonomy.requirements", "documents.path")  # fmt: skip
 
 
-def of_job(stages: Collection[str]) -> tuple[Source, ...]:
-    """The sources of the job that runs these stages: the function-calling job's, else the Q&A job's."""
-    return TOOLS if "tools" in stages or "call_generation" in stages else QA
+def flag_keys(sources: tuple[Source, ...]) -> dict[str, str]:
+    """flag -> the config key it sets: the first source that declares the flag (a job's own sources first)."""
+    keys: dict[str, str] = {}
+    for source in sources:
+        keys.setdefault(source.flag, source.keys[0])
+    return keys
 
 
 def _given(args: argparse.Namespace, sources: tuple[Source, ...]) -> list[Source]:
@@ -98,7 +91,7 @@ def describe(
     text = "sources " + (", ".join(used) if used else "none")
     if set_aside:
         text += "; not used: the config's " + ", ".join(set_aside)
-        if sources is QA and not any(k.startswith("use_case") for k in set_keys):
+        if any(s.use_case for s in sources) and not any(k.startswith("use_case") for k in set_keys):
             # The use case is no source, but the config's (the sample's bank rules) would shape the user's data.
             text += (
                 f"; use case '{cfg.use_case.name}' of the config: its rules and system prompt shape this data "

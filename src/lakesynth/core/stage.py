@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from lakesynth.core import engine
 from lakesynth.core import tables
 from lakesynth.config import Config
 from lakesynth.core.runtime import Runtime
+from lakesynth.core.sources import Source
 from lakesynth.core.tables import Table
 
 
@@ -47,6 +47,8 @@ class StageResult:
         self.model, self.prompt_version = part.model, part.prompt_version
 
     def line(self, stage: str, seconds: float) -> str:
+        if "disabled" in self.metrics:  # a stage off (Stage.off), or with nothing to work on: said the same way
+            return f"{stage}: off ({self.metrics['disabled']})"
         extra = "".join(f", {k} {v}" for k, v in self.metrics.items() if not isinstance(v, dict | list))
         return f"{stage}: ok, {self.rows_in} in, {self.rows_out} out, {self.errors} errors{extra}, {seconds:.1f} s"
 
@@ -58,7 +60,12 @@ class Stage:
     `reads` names the tables it reads (their contracts belong to the stages that write them); `writes` holds
     the contracts of the tables it writes. `config` is its section of the config file, under `section`
     (default: the stage's name). `after` names stages it follows when its job runs them, though no table links them (a
-    fine-tune writes files only)."""
+    fine-tune writes files only).
+
+    What the runner does around a stage is declared here too, so the runner, the CLI and the tracker name no stage:
+    `off` says why the config switches it off (default: its section's `enabled` is false, `disabled()`), `top_up`
+    is how a top-up round (core/rounds.py) asks it for the rows its items still miss, `figures` draws its MLflow
+    figures from its summary entry, and `sources` are the inputs of its job that a command-line flag names."""
 
     name: str
     help: str
@@ -68,45 +75,55 @@ class Stage:
     config: type[BaseModel] | None = None
     section: str = ""
     after: tuple[str, ...] = ()  # stages it follows, when its job has them, though no table links them
+    off: Callable[[Config], str] | None = None  # why `cfg` switches it off (a line naming the key), or ""
+    top_up: Callable[[RunContext, dict[str, int]], StageResult] | None = None  # a round: item -> rows missing
+    figures: Callable[[RunContext, dict[str, Any]], dict[str, Any]] | None = None  # summary entry -> {path: figure}
+    sources: tuple[Source, ...] = ()
 
     @property
     def config_key(self) -> str:
         return self.section or self.name
 
+    def why_off(self, cfg: Config) -> str:
+        """Why `cfg` switches this stage off, or "": its `off`, else its section's `enabled` (disabled())."""
+        return self.off(cfg) if self.off is not None else disabled(cfg, self.config_key)
+
+    def execute(self, ctx: RunContext, missing: dict[str, int] | None = None) -> StageResult:
+        """The stage under `ctx`: an empty result that says why when the config switches it off, else its work (with
+        `missing`, its top-up for those items). What the runner and a top-up round call, every stage alike."""
+        reason = self.why_off(ctx.cfg)
+        if reason:
+            return StageResult(metrics={"disabled": reason})
+        if missing is None:
+            return self.run(ctx)
+        if self.top_up is None:
+            raise TypeError(f"stage '{self.name}' declares no top_up")
+        return self.top_up(ctx, missing)
+
+
+def disabled(cfg: Config, key: str) -> str:
+    """`<key>.enabled is false` when the section at dotted `key` has an `enabled` that is false, else ""."""
+    section = cfg
+    for part in key.split("."):
+        section = getattr(section, part, None)
+    if "enabled" in getattr(type(section), "model_fields", {}) and not section.enabled:
+        return f"{key}.enabled is false"
+    return ""
+
 
 class RunContext:
-    """What the stages of one run share: config, runtime, the Spark session and the teacher endpoint
-    (both started on first use), and the contracts of every registered table, by name."""
+    """What the stages of one run share: config, runtime, the Spark session (started on first use), the resources
+    opened once per run (`shared`: the LLM layer's endpoints), and the contracts of every registered table, by name."""
 
     def __init__(self, cfg: Config, contracts: Mapping[str, Table] | None = None, rt: Runtime | None = None) -> None:
         self.cfg = cfg
         self.rt = rt or Runtime.resolve(cfg)
         self.contracts = dict(contracts or {})
         self._stack = contextlib.ExitStack()
-        self._endpoints: dict = {}
-        self.topup: dict[str, int] | None = None  # a top-up round: seed_id -> questions still missing
-
-    def for_topup(self, missing: dict[str, int]) -> RunContext:
-        """This context (same engine, endpoints and contracts) for a top-up round: the questions stage then asks
-        only the seeds in `missing` for that many more questions."""
-        round_ctx = copy.copy(self)
-        round_ctx.topup = missing
-        return round_ctx
-
-    def topup_round(self, names: tuple[str, ...], missing: dict[str, int], number: int) -> dict[str, StageResult]:
-        """Run the stages `names`, in order, as top-up round `number` for `missing` (for_topup), each printing its
-        line as the runner does; their results by name. A stage runs others by name: it never imports them."""
-        from lakesynth.core import registry
-
-        stages, round_ctx, results = registry.default_stages(), self.for_topup(missing), {}
-        for name in names:
-            started = time.monotonic()
-            results[name] = stages[name].run(round_ctx)
-            print("  " + results[name].line(f"{name} (round {number})", time.monotonic() - started), flush=True)
-        return results
+        self._shared: dict = {}
 
     def with_settings(self, overrides: list[str]) -> RunContext:
-        """This context (same engine, endpoints and contracts) with a task's fixed `--set` overrides applied."""
+        """This context (same engine, shared resources and contracts) with a task's fixed `--set` overrides applied."""
         from lakesynth.config import with_overrides
 
         task_ctx = copy.copy(self)
@@ -117,16 +134,12 @@ class RunContext:
     def spark(self):
         return engine.get_spark(self.rt)
 
-    def endpoint(self, teacher=None):
-        """The endpoint of `teacher` (default: the configured teacher), opened once per run: the embedded teacher
-        starts here on first use and stops with the run, shared by every stage that calls it."""
-        from lakesynth import llm
-
-        teacher = teacher or self.cfg.teacher
-        key = (teacher.base_url, teacher.model, teacher.api_key_env, teacher.gguf_path)
-        if key not in self._endpoints:
-            self._endpoints[key] = self._stack.enter_context(llm.open_endpoint(teacher))
-        return self._endpoints[key]
+    def shared(self, key, open_cm: Callable[[], contextlib.AbstractContextManager]):
+        """The resource under `key`, opened on first use (`open_cm()`, a context manager) and closed with the run:
+        one per run, shared by every stage and task context of it (an embedded teacher starts once)."""
+        if key not in self._shared:
+            self._shared[key] = self._stack.enter_context(open_cm())
+        return self._shared[key]
 
     def read(self, table: str | Table, *, kept: bool = True):
         """A table by name (or contract), checked against its contract; created empty if it is missing. With

@@ -14,7 +14,8 @@ write-once files, as Volumes need) before the stage writes its table. A stage ki
 finds the journal and pays again only for the requests in flight and the last `teacher.journal_flush_s`
 of results.
 
-    auth.py      Endpoint, Auth, open_endpoint (the embedded teacher, Databricks Model Serving, any URL)
+    auth.py      Endpoint, Auth, open_endpoint (the embedded teacher, Databricks Model Serving, any URL), and
+                 endpoint (opened once per run, through ctx.shared)
     journal.py   Result, Journal, clear_journal
     pool.py      Call, the pool of requests, retries, shared rate limits, preflight
     throttle.py  adaptive concurrency (AIMD on 429s), per endpoint and process; concurrency_trace
@@ -24,7 +25,7 @@ of results.
 """
 
 from lakesynth.llm.ai_query import ai_query_udf
-from lakesynth.llm.auth import Endpoint, open_endpoint
+from lakesynth.llm.auth import Endpoint, endpoint, open_endpoint
 from lakesynth.llm.embeddings import embed
 from lakesynth.llm.journal import Journal, Result, clear_journal
 from lakesynth.llm.pool import RETRYABLE, Call, InvalidOutput, preflight
@@ -42,6 +43,7 @@ __all__ = [
     "clear_journal",
     "concurrency_trace",
     "embed",
+    "endpoint",
     "open_endpoint",
     "preflight",
     "reset_concurrency",

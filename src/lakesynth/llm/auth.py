@@ -96,6 +96,14 @@ def open_endpoint(teacher: TeacherConfig, *, embeddings: bool = False) -> Iterat
     yield Endpoint(teacher.base_url.rstrip("/"), teacher.model, SecretStr(key or "unused"))
 
 
+def endpoint(ctx, teacher: TeacherConfig | None = None) -> Endpoint:
+    """The endpoint of `teacher` (default: the configured teacher), opened once per run (`ctx.shared`): the
+    embedded teacher starts on first use and stops with the run, shared by every stage that calls it."""
+    teacher = teacher or ctx.cfg.teacher
+    key = ("endpoint", teacher.base_url, teacher.model, teacher.api_key_env, teacher.gguf_path)
+    return ctx.shared(key, lambda: open_endpoint(teacher))
+
+
 def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
     """Model Serving through databricks-sdk's unified auth (env vars, profile, notebook or job identity)."""
     try:

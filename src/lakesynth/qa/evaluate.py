@@ -219,8 +219,6 @@ def figure(result: dict):
 
 def run(ctx: RunContext) -> StageResult:
     cfg, rt = ctx.cfg, ctx.rt
-    if not cfg.evaluate.enabled:
-        return StageResult(metrics={"disabled": "evaluate.enabled is false"})
     if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
         raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
     trained = adapters.trained(cfg, rt)
@@ -271,4 +269,5 @@ STAGE = Stage(
     writes=(ANSWERS, TABLE),
     config=EvaluateConfig,
     after=("finetune",),
+    figures=lambda ctx, entry: {"evaluate/base_vs_tuned.png": figure(entry)} if "base_score" in entry else {},
 )

@@ -119,8 +119,6 @@ questions and the use case's rules, then checked and deduplicated.
 
 def run(ctx: RunContext) -> StageResult:
     export = ctx.cfg.export
-    if not export.enabled:
-        return StageResult(metrics={"disabled": "export.enabled is false"})
     exporting.datasets_module()
     splits = examples(ctx)
     if not splits:

@@ -29,6 +29,7 @@ from lakesynth.training.examples import (  # noqa: F401 - the checks and the spl
     fill_empty_splits,
 )
 from lakesynth.core.runtime import Runtime
+from lakesynth.qa import insights
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
 
@@ -168,4 +169,7 @@ STAGE = Stage(
     after=("leaf_topup",),
     writes=(TABLE,),
     config=FormatConfig,
+    figures=lambda ctx, entry: {
+        f"report/{name}.png": figure for name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items()
+    },
 )

@@ -261,8 +261,6 @@ def write_files(ctx: RunContext) -> tuple[dict[str, str], dict[str, int]]:
 def run(ctx: RunContext) -> StageResult:
     cfg = ctx.cfg
     p = cfg.preference
-    if not p.enabled:
-        return StageResult(metrics={"disabled": "preference.enabled is false"})
     questions = (
         ctx.read("training_chat")
         .where(F.col("shape") == "chat")

@@ -197,9 +197,10 @@ def topup_prompts(batch: pd.DataFrame, *, template: str, rules: str, missing: di
     return requests
 
 
-def _topup(ctx: RunContext, seeds: DataFrame) -> StageResult:
-    """A top-up round: each seed short of kept questions asks for what it misses; its other questions stay."""
-    q, missing = ctx.cfg.questions, ctx.topup or {}
+def top_up(ctx: RunContext, missing: dict[str, int]) -> StageResult:
+    """A top-up round (core/rounds.py): each seed in `missing` asks for the questions it misses; its other
+    questions stay."""
+    q, seeds = ctx.cfg.questions, ctx.read("seed_questions")
     have = ctx.read(TABLE).where("error IS NULL").groupBy("seed_id").agg(F.collect_list("question").alias("have"))
     short = seeds.where(F.col("seed_id").isin(list(missing))).join(have, "seed_id", "left")
     short = short.withColumnRenamed("question", "seed_question")
@@ -229,8 +230,6 @@ def _topup(ctx: RunContext, seeds: DataFrame) -> StageResult:
 
 def run(ctx: RunContext) -> StageResult:
     seeds = ctx.read("seed_questions")
-    if ctx.topup is not None:
-        return _topup(ctx, seeds)
     if ctx.cfg.seeds.pairs:  # the user's own pairs: each question is its seed's one question, nothing generated
         return llm_stage.imported(
             ctx, TABLE, seeds.select(F.col("seed_id").alias("question_id"), "seed_id", "topic", "in_scope", "question")
@@ -245,4 +244,5 @@ STAGE = Stage(
     reads=("seed_questions",),
     writes=(TABLE,),
     config=QuestionsConfig,
+    top_up=top_up,
 )

@@ -20,6 +20,7 @@ from pyspark.sql import types as T
 from lakesynth.core import tables
 from lakesynth.config import Section, resolve_path
 from lakesynth.errors import SeedError
+from lakesynth.core.sources import QA_SEEDS, Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S
 
@@ -255,8 +256,6 @@ def normalize_pairs(raw: DataFrame, *, source: str) -> DataFrame:
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     pairs = bool(cfg.seeds.pairs)
-    if not pairs and not cfg.seeds.path:  # a taxonomy alone is the seed source (`taxonomy.path`)
-        return StageResult(metrics={"disabled": "seeds.path is empty: no seed questions"})
     if pairs:
         raw, source = _raw(spark, cfg.seeds.pairs, PAIR_REQUIRED, PAIR_OPTIONAL, "pairs")
     else:
@@ -291,4 +290,15 @@ STAGE = Stage(
     writes=(TABLE,),
     config=SeedsConfig,
     section="seeds",
+    sources=(
+        Source("seeds", ("seeds.path",), QA_SEEDS, "seed file (.csv/.jsonl) or table:<catalog.schema.table>", True),
+        Source(
+            "pairs",
+            ("seeds.pairs",),
+            QA_SEEDS,
+            "your own question/answer pairs (.csv/.jsonl or table:<name>) to run the quality gate on",
+            True,
+        ),
+    ),
+    off=lambda cfg: "" if cfg.seeds.pairs or cfg.seeds.path else "seeds.path is empty: no seed questions",
 )

@@ -2,9 +2,9 @@
 
 With `quality.target_per_seed` set, a seed left with fewer kept pairs than that after the quality gate
 (`pair_verdicts`) asks the teacher again for the questions it misses, and the new questions go through the same
-stages (critic, answers, judge, relevance, dedup), in at most `quality.max_rounds` rounds. Each stage only pays for what
-is new, so a rerun on the same data pays nothing. The summary names the seeds that stayed short, and why: the
-drop reasons of their pairs.
+stages (critic, answers, judge, relevance, dedup), in at most `quality.max_rounds` rounds (core/rounds.py: the
+questions stage's `top_up` asks for them). Each stage only pays for what is new, so a rerun on the same data pays
+nothing. The summary names the seeds that stayed short, and why: the drop reasons of their pairs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic import Field
 from pyspark.sql import functions as F
 
 from lakesynth.config import Section
+from lakesynth.core import rounds
 from lakesynth.core.stage import RunContext, Stage, StageResult
 
 ROUND = ("questions", "critic", "responses", "judge", "relevance", "dedup")  # the stages a new question goes through
@@ -47,28 +48,27 @@ def why_short(ctx: RunContext, missing: dict[str, int]) -> dict[str, str]:
     }
 
 
+def off(cfg) -> str:
+    """Why there is no top-up: no target, or the user's own pairs (never added to)."""
+    if not cfg.quality.target_per_seed:
+        return "quality.target_per_seed is 0"
+    return "seeds.pairs: your own pairs are not added to" if cfg.seeds.pairs else ""
+
+
 def run(ctx: RunContext) -> StageResult:
-    quality = ctx.cfg.quality
-    if not quality.target_per_seed:
-        return StageResult(metrics={"disabled": "quality.target_per_seed is 0"})
-    if ctx.cfg.seeds.pairs:
-        return StageResult(metrics={"disabled": "seeds.pairs: your own pairs are not added to"})
-    missing = shortfall(ctx, quality.target_per_seed)
-    before, rounds, paid = len(missing), 0, 0
-    while missing and rounds < quality.max_rounds:
-        rounds += 1
-        print(f"topup: round {rounds}: {len(missing)} seed(s) short of {quality.target_per_seed}", flush=True)
-        paid += ctx.topup_round(ROUND, missing, rounds)["questions"].rows_out
-        missing = shortfall(ctx, quality.target_per_seed)
+    target, max_rounds = ctx.cfg.quality.target_per_seed, ctx.cfg.quality.max_rounds
+    missing = shortfall(ctx, target)
+    again = lambda: shortfall(ctx, target)
+    done = rounds.top_up(ctx, "topup", ROUND, missing, again, max_rounds, f"seed(s) short of {target}")
     seeds = ctx.read("seed_questions").count()
     return StageResult(
         rows_in=seeds,
-        rows_out=paid,
+        rows_out=done.paid,
         metrics={
-            "rounds": rounds,
-            "seeds_short_before": before,
-            "seeds_short": len(missing),
-            "short": why_short(ctx, missing),
+            "rounds": done.rounds,
+            "seeds_short_before": len(missing),
+            "seeds_short": len(done.missing),
+            "short": why_short(ctx, done.missing),
         },
     )
 
@@ -81,4 +81,5 @@ STAGE = Stage(
     reads=("seed_questions", "pair_verdicts"),
     config=TopupConfig,
     section="quality",
+    off=off,
 )

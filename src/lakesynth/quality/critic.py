@@ -117,8 +117,6 @@ def step(cfg) -> LLMStep:
 
 
 def run(ctx: RunContext) -> StageResult:
-    if not ctx.cfg.quality.critic.enabled:
-        return StageResult(metrics={"disabled": "quality.critic.enabled is false"})
     # Unfiltered by its own verdicts: a question whose review failed is asked again.
     questions = ctx.read("synthetic_questions", kept=False).where(
         F.col("error").isNull() & F.col("question").isNotNull()

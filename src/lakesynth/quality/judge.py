@@ -109,8 +109,6 @@ def step(cfg) -> LLMStep:
 
 
 def run(ctx: RunContext) -> StageResult:
-    if not ctx.cfg.quality.judge.enabled:
-        return StageResult(metrics={"disabled": "quality.judge.enabled is false"})
     # Unfiltered by its own verdicts: a pair whose judgement failed is judged again.
     answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
     return llm_stage.run(ctx, step(ctx.cfg), answered)

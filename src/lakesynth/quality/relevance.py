@@ -108,8 +108,6 @@ def step(ctx: RunContext) -> LLMStep:
 
 def run(ctx: RunContext) -> StageResult:
     relevance = ctx.cfg.quality.relevance
-    if not relevance.enabled:
-        return StageResult(metrics={"disabled": "quality.relevance.enabled is false"})
     answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
     result = llm_stage.run(ctx, step(ctx), answered)
     # The scores are kept; a new threshold applies to every row at once, with no call paid again.

@@ -1,5 +1,5 @@
-"""Run metadata: the `run_log` Delta table (one row per stage run, for SQL without MLflow) and MLflow tracking,
-one MLflow run per pipeline run, shared by every task of the job.
+"""MLflow tracking: one MLflow run per pipeline run, shared by every task of the job (the `run_log` table, the same
+record for SQL without MLflow, is core/run_log.py's).
 
 Tasks of a Databricks job run in separate processes; each finds the run by its `lakesynth.run_id`
 tag (the job's run id) and logs into it; tasks that start together create the experiment and the run
@@ -13,22 +13,19 @@ overwrite one another's.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from lakesynth.core import tables
 from lakesynth.config import Config
 from lakesynth.errors import LakesynthError
 from lakesynth.core.runtime import Runtime
-from lakesynth.core.tables import L, S
+from lakesynth.core.run_log import params_of
 
 log = logging.getLogger(__name__)
 RUN_TAG = "lakesynth.run_id"
-LONG_TEXT = ("template", "rules", "system_prompt")
 
 
 def tracking_uri(cfg: Config, rt: Runtime) -> str:
@@ -119,10 +116,10 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             entry.setdefault("warnings", []).append(self._warn(f"metrics not logged to MLflow ({_describe(exc)})", key))
 
-    def finish(self, summary: dict[str, Any], ctx) -> None:
-        """The run summary, sample rows of each table, the report's plots and the checks' verdicts, as artifacts;
-        each part on its own, so that one failing loses only itself. The summary gets this process's tracking
-        warnings."""
+    def finish(self, summary: dict[str, Any], ctx, stages: dict | None = None) -> None:
+        """The run summary, sample rows of each table, the stages' figures (`stages`: task -> its Stage) and the
+        checks' verdicts, as artifacts; each part on its own, so that one failing loses only itself. The summary
+        gets this process's tracking warnings."""
         if self.mlflow:
             client = self.mlflow.MlflowClient()
             self._attempt(
@@ -132,7 +129,7 @@ class Tracker:
             for name in summary.get("tables", {}):
                 self._attempt(f"sample rows of {name}", lambda name=name: self._sample(client, ctx, name))
             drawings: dict[str, Any] = {}
-            self._attempt("the plots", lambda: drawings.update(self._figures(summary, ctx)))
+            self._attempt("the plots", lambda: drawings.update(self._figures(summary, ctx, stages or {})))
             for what, draw in drawings.items():
                 self._attempt(what, lambda draw=draw: self._plot(client, draw))
             self._attempt("the checks' verdicts", lambda: self._quality(client, summary, ctx))
@@ -165,36 +162,14 @@ class Tracker:
             for figure in figures.values():
                 plt.close(figure)
 
-    def _figures(self, summary: dict[str, Any], ctx) -> dict[str, Any]:
-        """What to plot -> a function drawing its figures ({artifact path: figure}), for what this run made."""
-        stages = summary.get("stages", {})
+    def _figures(self, summary: dict[str, Any], ctx, stages: dict) -> dict[str, Any]:
+        """What to plot -> a function drawing its figures ({artifact path: figure}): the figures each stage that ran
+        here declares (`Stage.figures`), from its summary entry."""
         figures: dict[str, Any] = {}
-        if "training_chat" in summary.get("tables", {}):
-            from lakesynth.report import insights
-
-            figures["the report's plots"] = lambda: {
-                f"report/{name}.png": figure for name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items()
-            }
-        evaluated = stages.get("evaluate", {})
-        if evaluated.get("status") == "ok" and "base_score" in evaluated:
-            from lakesynth.qa import evaluate
-
-            figures["the evaluation's plot"] = lambda: {"evaluate/base_vs_tuned.png": evaluate.figure(evaluated)}
-        balanced = stages.get("leaf_topup", {})
-        if balanced.get("status") == "ok" and balanced.get("kept_per_leaf_after"):
-            from lakesynth.report import insights
-
-            counts = {"before": balanced.get("kept_per_leaf_before", {}), "after": balanced["kept_per_leaf_after"]}
-            figures["the taxonomy's plot"] = lambda: {
-                "taxonomy/kept_per_leaf.png": insights.leaf_figure(counts, ctx.cfg.taxonomy.per_leaf)
-            }
-        scored = stages.get("tool_evaluate", {})
-        if scored.get("status") == "ok" and scored.get("examples"):
-            from lakesynth.tools import tool_evaluate
-
-            figures["the tool evaluation's plot"] = lambda: {
-                "tool_evaluate/accuracy_by_category.png": tool_evaluate.figure(scored)
-            }
+        for key, entry in summary.get("stages", {}).items():
+            stage = stages.get(key)
+            if stage is not None and stage.figures and entry.get("status") == "ok" and "disabled" not in entry:
+                figures[f"the figures of {key}"] = lambda stage=stage, entry=entry: stage.figures(ctx, entry)
         return figures
 
     def _warn(self, message: str, task: str = "mlflow") -> str:
@@ -383,87 +358,3 @@ def _number(value: Any) -> bool:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
-
-
-D = tables.T.DoubleType()
-RUN_LOG = tables.contract(
-    "run_log",
-    [
-        ("entry_id", S),
-        ("task", S),
-        ("stage", S),
-        ("status", S),
-        ("reason", S),
-        ("model", S),
-        ("prompt_version", S),
-        ("parameters", S),
-        ("rows_in", L),
-        ("rows_out", L),
-        ("errors", L),
-        ("prompt_tokens", L),
-        ("completion_tokens", L),
-        ("cost_usd", D),
-        ("seconds", D),
-        ("files", S),
-        ("metrics", S),
-    ],
-    key="entry_id",
-    parent="run_id",
-)
-
-
-def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) -> None:
-    """One `run_log` row for a stage run (ok, skipped or failed): which run, stage, model, parameters and prompt
-    made what, how many rows, tokens, cost and seconds, and the files it wrote. A rerun of the task in the same
-    run replaces its row. The parameters are the stage's config section with long texts hashed; no secret is in
-    the config. A failure to write it is a warning, never the stage's failure."""
-    import json
-
-    section = _section(ctx.cfg, stage.config_key) if stage is not None and stage.config is not None else {}
-    row = {
-        "entry_id": f"{ctx.cfg.run_id}|{task}",
-        "task": task,
-        "stage": stage.name if stage is not None else task,
-        "status": entry["status"],
-        "reason": entry.get("error") or entry.get("reason"),
-        "model": entry.get("model"),  # as the LLM loop called it and recorded it on the rows
-        "prompt_version": entry.get("prompt_version"),
-        "parameters": json.dumps(params_of(section), sort_keys=True),
-        **{k: entry.get(k) for k in ("rows_in", "rows_out", "errors", "prompt_tokens", "completion_tokens")},
-        "cost_usd": entry.get("cost_usd"),
-        "seconds": entry.get("seconds"),
-        "files": json.dumps(files, sort_keys=True) if files else None,
-    }
-    # The stage's own figures (a check's kept and dropped, the evaluation's scores ...), as in the summary.
-    own = {k: v for k, v in entry.items() if k not in row and k not in ("error", "cost_usd")}
-    row["metrics"] = json.dumps(own, sort_keys=True, default=str) if own else None
-    try:
-        frame = ctx.spark.createDataFrame([row], schema=RUN_LOG.row_schema)
-        tables.upsert(ctx.spark, ctx.rt, RUN_LOG, frame, run_id=ctx.cfg.run_id)
-    except Exception as exc:  # noqa: BLE001 - the run log must never fail the stage it describes
-        log.warning("run_log: could not record %s: %s", task, exc)
-        print(f"{task}: warning: run_log not written ({type(exc).__name__}: {exc})", flush=True)
-
-
-def _section(cfg: Config, dotted: str) -> dict:
-    value: Any = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part, None)
-    return value.model_dump() if hasattr(value, "model_dump") else {}
-
-
-def params_of(section: dict) -> dict[str, str]:
-    """A config section as `params` flattens the whole config: long texts as short hashes."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, child in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, child)
-        elif prefix.rsplit(".", 1)[-1] in LONG_TEXT and value:
-            flat[f"{prefix}_sha"] = hashlib.sha256(str(value).encode()).hexdigest()[:12]
-        else:
-            flat[prefix] = str(value)[:500]
-
-    walk("", section)
-    return flat

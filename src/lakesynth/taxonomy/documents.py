@@ -41,6 +41,7 @@ from lakesynth.core import tables
 from lakesynth.config import Section, resolve_path
 from lakesynth.taxonomy.document_paths import MARKDOWN, PDF, SUFFIXES
 from lakesynth.errors import SeedError
+from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, L, S
 
@@ -378,8 +379,6 @@ def _chunk_batches(batches: Iterator[pd.DataFrame], budget_tokens: int, overlap_
 def run(ctx: RunContext) -> StageResult:
     cfg, spark = ctx.cfg, ctx.spark
     d = cfg.documents
-    if not d.path:
-        return StageResult(metrics={"disabled": "no documents: pass --documents DIR (documents.path)"})
     # Read on the driver: every document is checked (an unreadable or empty one is named, all at once) before the
     # table is touched, which reading on the executors could only report as a task failure. The chunking runs on the
     # executors: Spark slices a local relation over its default parallelism, so no repartition (a shuffle of every
@@ -407,4 +406,15 @@ STAGE = Stage(
     run=run,
     writes=(TABLE,),
     config=DocumentsConfig,
+    # A knowledge leaf's documents: replaces no seed source.
+    sources=(
+        Source(
+            "documents",
+            ("documents.path",),
+            (),
+            "folder of markdown, text and PDF knowledge documents (or /Volumes/...)",
+            True,
+        ),
+    ),
+    off=lambda cfg: "" if cfg.documents.path else "no documents: pass --documents DIR (documents.path)",
 )

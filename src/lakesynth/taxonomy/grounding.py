@@ -27,7 +27,8 @@ from lakesynth.core import llm_stage
 from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
 from lakesynth.core.llm_stage import LLMStep
-from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.taxonomy import switch
+from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, S
 from lakesynth.core.templates import render
 
@@ -157,11 +158,7 @@ def step(cfg, mode: str) -> LLMStep:
 
 def run(ctx: RunContext) -> StageResult:
     cfg = ctx.cfg
-    if not cfg.taxonomy.enabled:
-        return StageResult(metrics={"disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"})
     g = cfg.taxonomy.grounding
-    if not g.enabled:
-        return StageResult(metrics={"disabled": "taxonomy.grounding.enabled is false"})
     # Unfiltered by its own verdicts: a pair whose judgement failed is judged again.
     pairs = ctx.read("leaf_pairs", kept=False).where(F.col("error").isNull() & F.col("question").isNotNull())
     pairs = pairs.withColumn("_mode", pair_mode(F.col("kind"), F.col("context")))
@@ -185,4 +182,5 @@ STAGE = Stage(
     writes=(TABLE,),
     config=GroundingConfig,
     section="taxonomy.grounding",
+    off=lambda cfg: switch.no_taxonomy(cfg) or disabled(cfg, "taxonomy.grounding"),
 )

@@ -12,9 +12,9 @@ grounding check drops), each asking the teacher for one pair, in one of three mo
 Each mode has its own structured reply (a grounded reply must carry a context, the others cannot), so each mode is
 one run of the shared loop, as call_generation runs one per category. A request is one row, keyed by `pair_id`, a
 stable hash of (leaf, round, index): a rerun pays only for what is missing or whose prompt changed, and a larger
-per_leaf asks only for the new indices. Round 0 is the plan; a top-up round (`ctx.topup`: leaf -> kept pairs still
-missing, from the leaf_topup stage) adds requests under the leaf's next round number, and a later plain run asks
-again for any of them that failed. Rows of a removed leaf, of a round-0 index past the plan, or of a top-up round
+per_leaf asks only for the new indices. Round 0 is the plan; a top-up round (its `top_up`: leaf -> kept pairs
+still missing, from the leaf_topup stage's rounds) adds requests under the leaf's next round number, and a later
+plain run asks again for any of them that failed. Rows of a removed leaf, of a round-0 index past the plan, or of a top-up round
 whose chunk is gone are deleted.
 """
 
@@ -35,6 +35,7 @@ from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
 from lakesynth.errors import StageError
 from lakesynth.core.llm_stage import LLMStep
+from lakesynth.taxonomy import switch
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
@@ -273,16 +274,19 @@ def _inputs(ctx: RunContext) -> tuple[list[dict], dict[str, list[dict]], dict[st
     return leaves, examples, chunks
 
 
-def plan(ctx: RunContext, leaves: list[dict], examples: dict, chunks: dict) -> tuple[list[dict], bool]:
-    """The requests of this run, and whether they are the whole plan (a plain run) or only a top-up round's."""
+def plan(
+    ctx: RunContext, leaves: list[dict], examples: dict, chunks: dict, missing: dict[str, int] | None = None
+) -> tuple[list[dict], bool]:
+    """The requests of this run, and whether they are the whole plan (a plain run) or only those of a top-up
+    round for `missing` (leaf -> kept pairs still missing)."""
     g, per_leaf = ctx.cfg.taxonomy.generation, ctx.cfg.taxonomy.per_leaf
     by_leaf = {leaf["leaf"]: leaf for leaf in leaves}
     have = [r.asDict() for r in ctx.read(TABLE, kept=False).select("leaf", "round", "index", "chunk_id").collect()]
-    if ctx.topup is not None:  # a top-up round: the short leaves' missing pairs, under each one's next round
+    if missing is not None:  # a top-up round: the short leaves' missing pairs, under each one's next round
         rows, had = [], {}
         for h in have:
             had.setdefault(h["leaf"], []).append(h)
-        for name, need in sorted(ctx.topup.items()):
+        for name, need in sorted(missing.items()):
             if name not in by_leaf or need <= 0:
                 continue
             own = had.get(name, [])
@@ -309,16 +313,13 @@ def plan(ctx: RunContext, leaves: list[dict], examples: dict, chunks: dict) -> t
     return rows, True
 
 
-def run(ctx: RunContext) -> StageResult:
+def run(ctx: RunContext, missing: dict[str, int] | None = None) -> StageResult:
+    """The plan's requests, or with `missing` a top-up round's (its `top_up`, core/rounds.py)."""
     cfg = ctx.cfg
-    if not cfg.taxonomy.enabled:
-        return StageResult(metrics={"disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"})
-    if not cfg.taxonomy.per_leaf:
-        return StageResult(metrics={"disabled": "taxonomy.per_leaf is 0"})
     leaves, examples, chunks = _inputs(ctx)
     if not leaves:
         return StageResult(metrics={"disabled": "taxonomy_leaves is empty: run the taxonomy stage first"})
-    planned, whole = plan(ctx, leaves, examples, chunks)
+    planned, whole = plan(ctx, leaves, examples, chunks, missing)
     names = [c.split()[0] for c in PLAN_SCHEMA.split(", ")]
     source = ctx.spark.createDataFrame(pd.DataFrame(planned, columns=names), PLAN_SCHEMA)
     texts = ctx.read("document_chunks").select("chunk_id", F.col("text").alias("context"))
@@ -344,4 +345,6 @@ STAGE = Stage(
     writes=(TABLE,),
     config=LeafGenerationConfig,
     section="taxonomy.generation",
+    off=switch.no_pairs,
+    top_up=run,
 )

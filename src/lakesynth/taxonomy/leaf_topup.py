@@ -2,8 +2,9 @@
 
 After the grounding check, a leaf with fewer kept pairs (`leaf_pairs` generated without error and not dropped by
 `grounding_verdicts`) than `taxonomy.per_leaf` asks the teacher again for what it misses: a round runs the
-leaf_generation stage for those leaves only (`ctx.for_topup`: leaf -> pairs missing, asked under the leaf's next
-round number, with the generation's spare share) and then the grounding check, at most `taxonomy.max_rounds` rounds.
+leaf_generation stage for those leaves only (its `top_up`: leaf -> pairs missing, asked under the leaf's next
+round number, with the generation's spare share) and then the grounding check, at most `taxonomy.max_rounds` rounds
+(core/rounds.py).
 Each stage pays only for what is new, so a rerun on the same data pays nothing. The summary shows the kept pairs
 per leaf before and after (`kept_per_leaf_before`, `kept_per_leaf_after`) and names the leaves that stayed short,
 with the drop reasons of their pairs.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from pyspark.sql import functions as F
 
+from lakesynth.core import rounds
+from lakesynth.taxonomy import switch
 from lakesynth.core.stage import RunContext, Stage, StageResult
 
 ROUND = ("leaf_generation", "grounding")  # the stages a leaf's new requests go through
@@ -50,31 +53,43 @@ def why_short(ctx: RunContext, kept: dict[str, int], missing: dict[str, int]) ->
 
 def run(ctx: RunContext) -> StageResult:
     t = ctx.cfg.taxonomy
-    if not t.enabled:
-        return StageResult(metrics={"disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"})
-    if not t.per_leaf:
-        return StageResult(metrics={"disabled": "taxonomy.per_leaf is 0"})
     before = kept_per_leaf(ctx)
-    kept, rounds, paid = before, 0, 0
-    missing = shortfall(kept, t.per_leaf)
-    while missing and rounds < t.max_rounds:
-        rounds += 1
-        print(f"leaf_topup: round {rounds}: {len(missing)} leaf/leaves short of {t.per_leaf}", flush=True)
-        paid += ctx.topup_round(ROUND, missing, rounds)["leaf_generation"].rows_out
-        kept = kept_per_leaf(ctx)
-        missing = shortfall(kept, t.per_leaf)
+    missing = shortfall(before, t.per_leaf)
+    again = lambda: shortfall(kept_per_leaf(ctx), t.per_leaf)
+    done = rounds.top_up(ctx, "leaf_topup", ROUND, missing, again, t.max_rounds, f"leaf/leaves short of {t.per_leaf}")
+    kept = kept_per_leaf(ctx) if done.rounds else before
     return StageResult(
         rows_in=len(before),
-        rows_out=paid,
+        rows_out=done.paid,
         metrics={
-            "rounds": rounds,
-            "leaves_short_before": len(shortfall(before, t.per_leaf)),
-            "leaves_short": len(missing),
+            "rounds": done.rounds,
+            "leaves_short_before": len(missing),
+            "leaves_short": len(done.missing),
             "kept_per_leaf_before": before,
             "kept_per_leaf_after": kept,
-            "short": why_short(ctx, kept, missing),
+            "short": why_short(ctx, kept, done.missing),
         },
     )
+
+
+def figure(counts: dict[str, dict[str, int]], target: int = 0):
+    """Kept pairs per leaf after the first round and after the top-up rounds, with the per-leaf target."""
+    import matplotlib.pyplot as plt
+
+    leaves = sorted(set(counts.get("before", {})) | set(counts.get("after", {})))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(leaves) + 2), 3.5))
+    for offset, name, color in ((-0.2, "before", "grey"), (0.2, "after", "tab:blue")):
+        heights = [counts.get(name, {}).get(leaf, 0) for leaf in leaves]
+        label = "first round" if name == "before" else "after top-up"
+        ax.bar([i + offset for i in range(len(leaves))], heights, 0.4, color=color, label=label)
+    if target:
+        ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"per_leaf {target}")
+    ax.set_xticks(range(len(leaves)), [leaf.rsplit("/", 1)[-1] for leaf in leaves], rotation=20, ha="right")
+    ax.set_ylabel("kept pairs")
+    ax.set_title("Kept examples per taxonomy leaf")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 STAGE = Stage(
@@ -83,4 +98,15 @@ STAGE = Stage(
     "in bounded rounds (taxonomy.max_rounds)",
     run=run,
     reads=("taxonomy_leaves", "leaf_pairs", "grounding_verdicts"),
+    off=switch.no_pairs,
+    figures=lambda ctx, entry: (
+        {
+            "taxonomy/kept_per_leaf.png": figure(
+                {"before": entry.get("kept_per_leaf_before", {}), "after": entry["kept_per_leaf_after"]},
+                ctx.cfg.taxonomy.per_leaf,
+            )
+        }
+        if entry.get("kept_per_leaf_after")
+        else {}
+    ),
 )

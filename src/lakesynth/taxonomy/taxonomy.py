@@ -70,6 +70,7 @@ from lakesynth.core import tables
 from lakesynth.config import Section, resolve_path
 from lakesynth.taxonomy.document_paths import resolve
 from lakesynth.errors import SeedError
+from lakesynth.core.sources import QA_SEEDS, Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 
@@ -520,10 +521,6 @@ def with_documents(leaves: list[dict], documents_root: str) -> list[dict]:
 def run(ctx: RunContext) -> StageResult:
     cfg, spark = ctx.cfg, ctx.spark
     t = cfg.taxonomy
-    if not t.enabled:
-        return StageResult(
-            metrics={"disabled": "no taxonomy: pass --taxonomy DIR, or set taxonomy.topics, examples and requirements"}
-        )
     # Everything is read, checked and resolved before either table is touched.
     found = read_taxonomy(t.path) if t.path else read_template(t.topics, t.examples, t.requirements)
     leaves = with_documents(found.leaves, cfg.documents.path)
@@ -549,5 +546,19 @@ STAGE = Stage(
     run=run,
     writes=(LEAVES, EXAMPLES),
     config=TaxonomyConfig,
+    sources=(
+        Source(
+            "taxonomy",
+            ("taxonomy.path",),
+            QA_SEEDS,
+            "InstructLab taxonomy folder (qna.yaml leaves, versions 1-3) to generate from",
+            True,
+        ),
+    ),
+    off=lambda cfg: (
+        ""
+        if cfg.taxonomy.enabled
+        else "no taxonomy: pass --taxonomy DIR, or set taxonomy.topics, examples and requirements"
+    ),
     after=("documents",),  # its knowledge leaves' patterns name files of the documents folder (not rows of a table)
 )

@@ -55,8 +55,6 @@ def run(ctx: RunContext) -> StageResult:
 
     cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
     settings = cfg.tools.execution
-    if not settings.enabled:
-        return StageResult(metrics={"disabled": "tools.execution.enabled is false"})
     tools = ctx.read("tools").select("module", "module_sha").where(F.col("module").isNotNull()).limit(1).collect()
     if not tools:
         # A check not run, not a failure: call_verdicts says `execution: not run` on every row and the job goes on.

@@ -108,8 +108,6 @@ def checking_pool(tools: dict[str, str], workers: int) -> Iterator[str]:
 
 def run(ctx: RunContext) -> StageResult:
     settings = ctx.cfg.tools.format
-    if not settings.enabled:
-        return StageResult(metrics={"disabled": "tools.format.enabled is false"})
     tools = {r.name: r.parameters for r in ctx.read("tools").select("name", "parameters").collect()}
     calls = ctx.read("tool_calls", kept=False)
     schema = "call_id string, source_id string, issues string, keep boolean, drop_reason string"

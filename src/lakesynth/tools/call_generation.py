@@ -33,7 +33,8 @@ from lakesynth.tools import spec as toolspec
 from lakesynth.config import LLMStageConfig
 from lakesynth.errors import SeedError
 from lakesynth.core.llm_stage import LLMStep
-from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.core.sources import Source
+from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import S
 from lakesynth.core.templates import render
 
@@ -261,10 +262,6 @@ def to_rows(replies: DataFrame) -> DataFrame:
 
 def run(ctx: RunContext) -> StageResult:
     cfg, g = ctx.cfg, ctx.cfg.tools.generation
-    if not cfg.tools.seeds:  # verifying --calls alone is a complete job: the stages after this one go on
-        return StageResult(metrics={"disabled": "no seeds to generate from (--seeds FILE.jsonl, tools.seeds)"})
-    if not g.enabled:
-        return StageResult(metrics={"disabled": "tools.generation.enabled is false"})
     specs = {r.name: json.loads(r.spec)["function"] for r in ctx.read("tools").collect()}
     params = {name: spec["parameters"] for name, spec in specs.items()}
     seeds = read_seeds(cfg.tools.seeds, toolspec.validators(params))
@@ -304,4 +301,18 @@ STAGE = Stage(
     writes=(TABLE,),
     config=CallGenerationConfig,
     section="tools.generation",
+    sources=(
+        Source(
+            "seeds",
+            ("tools.seeds",),
+            ("tools.calls",),
+            "in the function-calling job, a JSONL of seed query/function_calls pairs to generate from",
+        ),
+    ),
+    # verifying --calls alone is a complete job: the stages after this one go on
+    off=lambda cfg: (
+        disabled(cfg, "tools.generation")
+        if cfg.tools.seeds
+        else "no seeds to generate from (--seeds FILE.jsonl, tools.seeds)"
+    ),
 )

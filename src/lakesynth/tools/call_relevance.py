@@ -141,8 +141,6 @@ def judged_rows(ctx: RunContext) -> DataFrame:
 
 def run(ctx: RunContext) -> StageResult:
     cfg = ctx.cfg
-    if not cfg.tools.relevance.enabled:
-        return StageResult(metrics={"disabled": "tools.relevance.enabled is false"})
     threshold = cfg.quality.relevance.threshold
     result = llm_stage.run(ctx, step(ctx), judged_rows(ctx))
     tables.rekeep(

@@ -117,8 +117,6 @@ def step(cfg, tools: str) -> LLMStep:
 
 
 def run(ctx: RunContext) -> StageResult:
-    if not ctx.cfg.tools.semantic.enabled:
-        return StageResult(metrics={"disabled": "tools.semantic.enabled is false"})
     specs = [json.loads(r.spec)["function"] for r in ctx.read("tools").orderBy("name").select("spec").collect()]
     tools = "\n".join(json.dumps(s, ensure_ascii=False, sort_keys=True) for s in specs)
     passed_format = ctx.read("call_format_verdicts", kept=False).where("keep").select("call_id")

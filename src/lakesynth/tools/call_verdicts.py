@@ -165,4 +165,5 @@ STAGE = Stage(
     writes=(TABLE,),
     config=CallDedupConfig,
     section="tools.dedup",
+    off=lambda cfg: "",  # always on: its section's `enabled` switches its dedup only, the verdicts are always combined
 )

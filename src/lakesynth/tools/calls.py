@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from lakesynth.core import tables
 from lakesynth.tools import spec as toolspec
 from lakesynth.errors import StageSkipped
+from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S
 
@@ -71,4 +72,13 @@ STAGE = Stage(
     run=run,
     reads=("tools", "generated_calls"),
     writes=(TABLE,),
+    # Pairs to verify and seeds to generate from are each what the run is about: either replaces the other.
+    sources=(
+        Source(
+            "calls",
+            ("tools.calls",),
+            ("tools.seeds",),
+            "function-calling job: JSONL of query/function_calls pairs to verify",
+        ),
+    ),
 )

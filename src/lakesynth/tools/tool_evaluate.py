@@ -99,8 +99,6 @@ def run(ctx: RunContext) -> StageResult:
 
     cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
     settings = cfg.tools.evaluate
-    if not settings.enabled:
-        return StageResult(metrics={"disabled": "tools.evaluate.enabled is false"})
     if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
         raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
     if cfg.tools.output.style != "json_content":
@@ -157,4 +155,7 @@ STAGE = Stage(
     config=ToolEvaluateConfig,
     section="tools.evaluate",
     after=("finetune",),
+    figures=lambda ctx, entry: (
+        {"tool_evaluate/accuracy_by_category.png": figure(entry)} if entry.get("examples") else {}
+    ),
 )

@@ -98,8 +98,6 @@ and dedup.
 
 def run(ctx: RunContext) -> StageResult:
     export = ctx.cfg.export
-    if not export.enabled:
-        return StageResult(metrics={"disabled": "export.enabled is false"})
     exporting.datasets_module()
     splits = pairs(ctx)
     if not splits:

@@ -19,6 +19,7 @@ from lakesynth.core import tables
 from lakesynth.tools import spec as toolspec
 from lakesynth.config import Section, resolve_path
 from lakesynth.errors import SeedError, StageSkipped
+from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S
 
@@ -110,4 +111,19 @@ STAGE = Stage(
     run=run,
     writes=(TABLE,),
     config=ToolsConfig,
+    # Another spec makes the sample's implementations, pairs and seeds meaningless.
+    sources=(
+        Source(
+            "tools",
+            ("tools.spec",),
+            ("tools.functions", "tools.calls", "tools.seeds"),
+            "function-calling job: OpenAI tools file (.json) or a typed Python module",
+        ),
+        Source(
+            "functions",
+            ("tools.functions",),
+            (),
+            "function-calling job: Python module implementing a JSON spec's tools",
+        ),
+    ),
 )

@@ -111,14 +111,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from databricks.sdk import WorkspaceClient
 
-    from lakesynth import cli
+    from lakesynth.core import command
 
     params = job_parameters(WorkspaceClient().jobs, args.command)
     if params["finetune_backend"] == "none":
         print("finetune: skipped (job parameter finetune_backend is none)", flush=True)
         return
     run_id = params.get("run_id") or "ai_runtime-" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    cfg = cli.build_config(cli.parse_args(task_argv(args.command, params, args.settings, run_id)))
+    cfg = command.build_config(command.parse_args(task_argv(args.command, params, args.settings, run_id)))
     print(json.dumps(train(cfg)), flush=True)
 
 

@@ -1,8 +1,8 @@
-"""The dataset report's figures: topics before/after, lengths, error rates per stage, split balance.
+"""The Q&A dataset's report figures: topics before/after, lengths, error rates per stage, split balance.
 
 Every figure is drawn from small Spark aggregates (per topic, per length bucket), never from the
 rows themselves, so the report costs the same for 1k and 1M examples. Used by the report notebook
-and logged to MLflow at the end of each run.
+and logged to MLflow at the end of each run, as the figures of the format stage (`Stage.figures`).
 """
 
 from __future__ import annotations
@@ -126,23 +126,3 @@ def leaf_counts(spark: SparkSession, rt: Runtime) -> dict[str, dict[str, int]]:
         return {}
     before = _counts(kept.where(F.col("round") == 0), "leaf")
     return {"before": {leaf: before.get(leaf, 0) for leaf in sorted(after)}, "after": dict(sorted(after.items()))}
-
-
-def leaf_figure(counts: dict[str, dict[str, int]], target: int = 0):
-    """Kept pairs per leaf after the first round and after the top-up rounds, with the per-leaf target."""
-    import matplotlib.pyplot as plt
-
-    leaves = sorted(set(counts.get("before", {})) | set(counts.get("after", {})))
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(leaves) + 2), 3.5))
-    for offset, name, color in ((-0.2, "before", "grey"), (0.2, "after", "tab:blue")):
-        heights = [counts.get(name, {}).get(leaf, 0) for leaf in leaves]
-        label = "first round" if name == "before" else "after top-up"
-        ax.bar([i + offset for i in range(len(leaves))], heights, 0.4, color=color, label=label)
-    if target:
-        ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"per_leaf {target}")
-    ax.set_xticks(range(len(leaves)), [leaf.rsplit("/", 1)[-1] for leaf in leaves], rotation=20, ha="right")
-    ax.set_ylabel("kept pairs")
-    ax.set_title("Kept examples per taxonomy leaf")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
