@@ -16,7 +16,8 @@ from conftest import ROOT, context, where, write
 from lakesynth.taxonomy import documents
 from lakesynth.core import registry
 from lakesynth.core import tables
-from lakesynth.taxonomy import taxonomy
+from lakesynth.taxonomy import qna, taxonomy
+from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS
 from lakesynth.errors import ConfigError, SeedError
 
 FIXTURE = ROOT / "tests" / "fixtures" / "taxonomy"
@@ -90,9 +91,9 @@ def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark,
     assert leaves["compositional_skills/writing/freeform/plain_language"]["documents"] is None
 
     examples = _rows(spark, cfg, taxonomy.EXAMPLES)
-    expected = taxonomy.read_taxonomy(FIXTURE).examples
+    expected = qna.read_taxonomy(FIXTURE).examples
     assert read.rows_out == len(examples) == len(expected)
-    assert [{k: r[k] for k in taxonomy.EXAMPLE_COLUMNS} for r in examples] == sorted(
+    assert [{k: r[k] for k in EXAMPLE_COLUMNS} for r in examples] == sorted(
         expected, key=lambda r: r["example_id"]
     )
     knowledge = [r for r in examples if r["leaf"] == "knowledge/science/biology/lichens"]
