@@ -17,6 +17,7 @@ from lakesynth.taxonomy import documents
 from lakesynth.core import registry
 from lakesynth.core import tables
 from lakesynth.taxonomy import qna, taxonomy
+from lakesynth.taxonomy.chunks import CHUNK_COLUMNS, chunk_documents
 from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS
 from lakesynth.errors import ConfigError, SeedError
 
@@ -103,8 +104,8 @@ def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark,
     chunks = _rows(spark, cfg, documents.TABLE)
     assert {r["source"] for r in chunks} == {"lichens.md", "field/notes.pdf"}
     assert sum(r["source"] == "field/notes.pdf" for r in chunks) >= 4
-    expected = sorted(documents.chunk_documents(docs, 120, 10), key=lambda r: r["chunk_id"])
-    assert [{k: r[k] for k in documents.CHUNK_COLUMNS} for r in chunks] == expected
+    expected = sorted(chunk_documents(docs, 120, 10), key=lambda r: r["chunk_id"])
+    assert [{k: r[k] for k in CHUNK_COLUMNS} for r in chunks] == expected
     assert all(r["tokens"] <= 120 for r in chunks)
 
     # A rerun writes the same rows (the tables are the inputs, whole), and a removed document leaves the table.

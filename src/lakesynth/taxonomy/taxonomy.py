@@ -22,7 +22,7 @@ from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 from lakesynth.errors import SeedError
-from lakesynth.taxonomy.document_paths import resolve
+from lakesynth.taxonomy.document_files import resolve
 from lakesynth.taxonomy.qna import read_taxonomy
 from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS, LEAF_COLUMNS, listed
 from lakesynth.taxonomy.template import read_template
