@@ -40,7 +40,8 @@ BURST_S = 1.0  # a rate limit lets one second's worth of its budget go at once
 
 
 class Requests(Protocol):
-    """What a pool needs of the Call it runs (call.py): the endpoint and its limits, the body's fixed part, the parse."""
+    """What a pool needs of the Call it runs: the endpoint and its limits, the body's fixed part, the parse. A
+    protocol, so that this module need not import call.py, which imports it."""
 
     @property
     def endpoint(self) -> Endpoint: ...
