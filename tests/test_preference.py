@@ -100,9 +100,7 @@ def test_dpo_and_kto_files_load_with_datasets_and_pass_trls_format_checks(spark,
     from lakesynth.training import student
 
     result = preference.run(context(pref_cfg))
-    tokenizer = AutoTokenizer.from_pretrained(
-        student.packaged_student(Path(pref_cfg.teacher.model_cache).expanduser())
-    )
+    tokenizer = AutoTokenizer.from_pretrained(student.packaged_student(Path(pref_cfg.teacher.model_cache).expanduser()))
     dpo = load_dataset("json", data_files=result.files["dpo_jsonl"], split="train")
     assert set(dpo.column_names) == {"prompt", "chosen", "rejected"} and len(dpo) > 0
     example = dpo[0]

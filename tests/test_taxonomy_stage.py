@@ -94,9 +94,7 @@ def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark,
     examples = _rows(spark, cfg, taxonomy.EXAMPLES)
     expected = qna.read_taxonomy(FIXTURE).examples
     assert read.rows_out == len(examples) == len(expected)
-    assert [{k: r[k] for k in EXAMPLE_COLUMNS} for r in examples] == sorted(
-        expected, key=lambda r: r["example_id"]
-    )
+    assert [{k: r[k] for k in EXAMPLE_COLUMNS} for r in examples] == sorted(expected, key=lambda r: r["example_id"])
     knowledge = [r for r in examples if r["leaf"] == "knowledge/science/biology/lichens"]
     assert len(knowledge) >= 15 and all(r["context"] and r["question"] and r["answer"] for r in knowledge)
 
