@@ -8,7 +8,7 @@ to eight sentences, about 950 words a document on average, and one document in t
 chunker meets headings, paragraphs, code and (at the default 400-word budget) sentence cuts and overlap. Measured on
 the same folder, `--rounds` times interleaved (median, spread beside it):
 
-- the chunker alone: `documents.chunk_documents` in one Python process (reading the files included);
+- the chunker alone: `chunks.chunk_documents` in one Python process (reading the files included);
 - the documents stage: `documents.run` on the embedded engine (the clock starts once the engine is up): every file
   read on the driver, chunked by `mapInPandas` on the executors (in-process here), the table overwritten;
 - for reference, the same stage with the chunking on the driver: `chunk_documents`, then the rows shipped with
@@ -76,10 +76,10 @@ def write_documents(folder: Path, n: int) -> tuple[int, int]:
 
 
 def _chunker(folder: Path, ctx) -> tuple[float, int]:
-    from lakesynth.taxonomy import documents
+    from lakesynth.taxonomy import chunks
 
     started = time.monotonic()
-    rows = documents.chunk_documents(folder)
+    rows = chunks.chunk_documents(folder)
     return time.monotonic() - started, len(rows)
 
 
@@ -93,12 +93,12 @@ def _stage(folder: Path, ctx) -> tuple[float, int]:
 
 def _stage_on_driver(folder: Path, ctx) -> tuple[float, int]:
     """The reference: the same stage, chunked on the driver and the rows shipped to the engine."""
-    from lakesynth.taxonomy import documents
+    from lakesynth.taxonomy import chunks, documents
     from lakesynth.core import tables
 
     started = time.monotonic()
     d = ctx.cfg.documents
-    rows = documents.chunk_documents(d.path, d.budget_tokens, d.overlap_tokens)
+    rows = chunks.chunk_documents(d.path, d.budget_tokens, d.overlap_tokens)
     frame = ctx.spark.createDataFrame(rows, schema=documents.TABLE.row_schema)
     tables.overwrite(ctx.spark, ctx.rt, documents.TABLE, frame, run_id="bench")
     return time.monotonic() - started, tables.count(ctx.spark, ctx.rt, documents.TABLE)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/leaves.py [--leaves 10,100,1000] [--rounds 3] [--per-leaf 2]
 
 (also section 8 of benchmarks/run.py, which writes RESULTS.md). Each size gets its own deterministic InstructLab
-taxonomy (qna.yaml version 3, valid for `taxonomy.read_taxonomy`), its leaves in turn a freeform skill (five seed
+taxonomy (qna.yaml version 3, valid for `qna.read_taxonomy`), its leaves in turn a freeform skill (five seed
 questions and answers), a grounded skill (five, each with a small markdown table as its context) and a knowledge
 leaf (five seed contexts of three questions and answers each, and its own generated markdown document of about 950
 words, benchmarks/chunking.py's, named by `document.patterns`), 100 leaves a folder. The teacher is the stand-in

@@ -10,6 +10,7 @@ import pytest
 from conftest import context, where
 
 from lakesynth.qa import format as chat_jsonl
+from lakesynth.training.checks import chat_violation
 from lakesynth.qa import questions
 from lakesynth.qa import responses
 from lakesynth.qa import seed as seeds
@@ -41,7 +42,7 @@ U, A, SYS = (
     ],
 )
 def test_chat_rules(messages, problem):
-    got = chat_jsonl.chat_violation(messages, max_tokens=50)
+    got = chat_violation(messages, max_tokens=50)
     assert got == problem if problem is None else problem in got
 
 
@@ -70,7 +71,7 @@ def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
             lines[split] = [json.loads(line) for line in fh]
         for example in lines[split]:
             assert set(example) == {"messages"}
-            assert chat_jsonl.chat_violation(example["messages"], 2048) is None
+            assert chat_violation(example["messages"], 2048) is None
             assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
     assert len(lines["train"]) + len(lines["val"]) == answered
     assert lines["train"] and lines["val"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lakesynth.taxonomy.document_paths import resolve
-from lakesynth.taxonomy.documents import CHUNK_COLUMNS, chunk, chunk_documents, read_document, read_documents
+from lakesynth.taxonomy.chunks import CHUNK_COLUMNS, chunk, chunk_documents
+from lakesynth.taxonomy.document_files import read_document, read_documents, resolve
 from lakesynth.errors import SeedError
 
 DOCS = Path(__file__).parent / "fixtures" / "taxonomy_docs"

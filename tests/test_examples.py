@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lakesynth.training import examples
+from lakesynth.training import examples, splits
 
 TOOLS = [
     {
@@ -144,7 +144,7 @@ def test_a_stratified_split_gives_every_stratum_its_exact_share(spark):
     rows += [("twice-a", "Query get_balance simple 0?", "get_balance", "simple")]
     frame = spark.createDataFrame(rows, "example_id string, text string, function string, category string")
     split = functools.partial(
-        examples.stratified_split,
+        splits.stratified_split,
         by="text",
         strata=["function", "category"],
         val_fraction=0.2,

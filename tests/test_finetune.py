@@ -10,17 +10,15 @@ import pytest
 from conftest import ROOT, context, where, write
 from databricks.bundles.jobs import Job
 
-from lakesynth.training import adapters
-from lakesynth.training import ai_runtime
-from lakesynth.qa import format as chat_jsonl
-from lakesynth import cli
-from lakesynth.training import finetune
-from lakesynth import pipeline
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
+from lakesynth import cli, pipeline
 from lakesynth.errors import ConfigError, StageError, StageSkipped
 from lakesynth.llm.standin import StandIn
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
+from lakesynth.training import adapters, ai_runtime, finetune, student
+from lakesynth.training.backends import ai_runtime as ai_runtime_backend
+from lakesynth.training.backends import local
 
 
 @pytest.fixture
@@ -41,9 +39,7 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     data = load_dataset("json", data_files=files, split=None)
     assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
     tokenizer = AutoTokenizer.from_pretrained(
-        finetune.importlib.import_module("lakesynth.training.train").packaged_student(
-            finetune.Path(jsonl_cfg.teacher.model_cache).expanduser()
-        )
+        student.packaged_student(Path(jsonl_cfg.teacher.model_cache).expanduser())
     )
     text = tokenizer.apply_chat_template(data["train"][0]["messages"], tokenize=False)
     assert "<|im_start|>assistant" in text and data["train"][0]["messages"][-1]["content"] in text
@@ -139,14 +135,14 @@ def test_ai_runtime_command_for_dpo_passes_the_method_and_beta(cfg):
     cfg = _dpo(cfg, beta=0.25)
     files = finetune.split_files(where(cfg), "dpo")
     assert files["val"] == f"/Volumes/main/{cfg.schema_}/lakesynth/training_preference/dpo/val.jsonl"
-    line = finetune.ai_runtime_command(cfg, where(cfg), files, "/Workspace/x").splitlines()[3]
-    assert line.startswith(f"python /Workspace/x/train_sft.py --method dpo --train {files['train']} ")
+    line = ai_runtime_backend.ai_runtime_command(cfg, where(cfg), files, "/Workspace/x").splitlines()[3]
+    assert line.startswith(f"python /Workspace/x/train.py --method dpo --train {files['train']} ")
     assert line.endswith("--mlflow --beta 0.25")
-    assert finetune.ai_runtime_submission(cfg, "/Workspace/x/run.sh")["run_name"] == "lakesynth-dpo-test-run"
+    assert ai_runtime_backend.ai_runtime_submission(cfg, "/Workspace/x/run.sh")["run_name"] == "lakesynth-dpo-test-run"
 
 
 def test_missing_training_extra_is_a_skip_that_says_how_to_install(spark, jsonl_cfg, monkeypatch):
-    monkeypatch.setattr(finetune, "TRAINING_LIBS", ("torch", "no_such_training_lib"))
+    monkeypatch.setattr(local, "TRAINING_LIBS", ("torch", "no_such_training_lib"))
     with pytest.raises(StageSkipped, match=r"missing no_such_training_lib.*pip install"):
         finetune.run(context(jsonl_cfg))
 
@@ -155,17 +151,17 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
     os.environ["DATABRICKS_RUNTIME_VERSION"] = "17.3"
     cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"base_model": "org/student"})})
     files = finetune.split_files(where(cfg))
-    script = finetune.ai_runtime_command(cfg, where(cfg), files, "/Workspace/Users/me/.lakesynth/test-run")
+    script = ai_runtime_backend.ai_runtime_command(cfg, where(cfg), files, "/Workspace/Users/me/.lakesynth/test-run")
     assert script.splitlines()[2] == (
         "pip install --quiet transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.16.0"
     )
     assert script.splitlines()[3] == (
-        f"python /Workspace/Users/me/.lakesynth/test-run/train_sft.py --method sft --train {files['train']} "
+        f"python /Workspace/Users/me/.lakesynth/test-run/train.py --method sft --train {files['train']} "
         f"--val {files['val']} "
         f"--out /Volumes/main/{cfg.schema_}/lakesynth/finetune/test-run --max-steps 20 --learning-rate 0.0002 "
         "--lora-r 16 --batch-size 2 --max-length 256 --mlflow --model org/student"
     )
-    submission = finetune.ai_runtime_submission(cfg, "/Workspace/Users/me/.lakesynth/test-run/run.sh")
+    submission = ai_runtime_backend.ai_runtime_submission(cfg, "/Workspace/Users/me/.lakesynth/test-run/run.sh")
     assert submission == {
         "run_name": "lakesynth-sft-test-run",
         "tasks": [

@@ -418,9 +418,9 @@ def test_server_messages_in_row_errors_are_redacted(server):
 def test_a_huge_retry_after_is_capped(server, monkeypatch):
     import time
 
-    from lakesynth.llm import pool
+    from lakesynth.llm import retry
 
-    monkeypatch.setattr(pool, "MAX_RETRY_AFTER_S", 0.2)
+    monkeypatch.setattr(retry, "MAX_RETRY_AFTER_S", 0.2)
     server.reset(fault_rate=1.0, faults=("huge_retry_after",))
     started = time.monotonic()
     (result,) = _call(server, max_retries=0, max_throttle_retries=2).run(_requests(1))
@@ -430,15 +430,15 @@ def test_a_huge_retry_after_is_capped(server, monkeypatch):
 
 
 def test_backoff_honours_retry_after_up_to_the_cap_and_jitters():
-    from lakesynth.llm import pool
+    from lakesynth.llm import retry
 
-    asked = pool.RetryableStatus(429, "slow down", (), retry_after=86400.0)
-    waits = {pool._backoff(1, asked) for _ in range(20)}
-    assert all(pool.MAX_RETRY_AFTER_S <= w <= 1.25 * pool.MAX_RETRY_AFTER_S for w in waits) and len(waits) > 1
-    short = pool.RetryableStatus(429, "slow down", (), retry_after=0.5)
-    assert all(0.5 <= pool._backoff(1, short) <= 0.625 for _ in range(20))
-    plain = pool.RetryableStatus(503, "busy", ())
-    assert all(0 <= pool._backoff(3, plain) <= 2.0 for _ in range(20))
+    asked = retry.RetryableStatus(429, "slow down", (), retry_after=86400.0)
+    waits = {retry.backoff(1, asked) for _ in range(20)}
+    assert all(retry.MAX_RETRY_AFTER_S <= w <= 1.25 * retry.MAX_RETRY_AFTER_S for w in waits) and len(waits) > 1
+    short = retry.RetryableStatus(429, "slow down", (), retry_after=0.5)
+    assert all(0.5 <= retry.backoff(1, short) <= 0.625 for _ in range(20))
+    plain = retry.RetryableStatus(503, "busy", ())
+    assert all(0 <= retry.backoff(3, plain) <= 2.0 for _ in range(20))
 
 
 def test_retry_after_and_error_bodies_are_read_in_every_common_shape():
@@ -447,25 +447,25 @@ def test_retry_after_and_error_bodies_are_read_in_every_common_shape():
 
     import httpx2
 
-    from lakesynth.llm import pool
+    from lakesynth.llm import retry
 
-    assert pool._retry_after(httpx2.Headers({"retry-after-ms": "20", "retry-after": "9"})) == pytest.approx(0.02)
-    assert pool._retry_after(httpx2.Headers({"Retry-After": "7"})) == 7.0
+    assert retry.retry_after(httpx2.Headers({"retry-after-ms": "20", "retry-after": "9"})) == pytest.approx(0.02)
+    assert retry.retry_after(httpx2.Headers({"Retry-After": "7"})) == 7.0
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < pool._retry_after(httpx2.Headers({"retry-after": later})) <= 31
-    assert pool._retry_after(httpx2.Headers({"retry-after": "soon"})) is None
-    assert pool._retry_after(httpx2.Headers({})) is None
+    assert 25 < retry.retry_after(httpx2.Headers({"retry-after": later})) <= 31
+    assert retry.retry_after(httpx2.Headers({"retry-after": "soon"})) is None
+    assert retry.retry_after(httpx2.Headers({})) is None
 
     openai_body = (
         b'{"error": {"message": "too long", "type": "invalid_request_error", "code": "context_length_exceeded"}}'
     )
-    assert pool._error_detail(openai_body) == ("too long", ("context_length_exceeded", "invalid_request_error"))
+    assert retry.error_detail(openai_body) == ("too long", ("context_length_exceeded", "invalid_request_error"))
     vllm_body = b'{"error": {"message": "bad", "type": "BadRequestError", "code": 400}}'
-    assert pool._error_detail(vllm_body) == ("bad", ("BadRequestError",))
+    assert retry.error_detail(vllm_body) == ("bad", ("BadRequestError",))
     databricks_body = b'{"error_code": "BAD_REQUEST", "message": "Input is too long."}'
-    assert pool._error_detail(databricks_body) == ("Input is too long.", ("BAD_REQUEST",))
-    assert pool._error_detail(b'{"detail": "Not Found"}') == ("Not Found", ())
-    assert pool._error_detail(b"<html>bad gateway</html>") == ("<html>bad gateway</html>", ())
+    assert retry.error_detail(databricks_body) == ("Input is too long.", ("BAD_REQUEST",))
+    assert retry.error_detail(b'{"detail": "Not Found"}') == ("Not Found", ())
+    assert retry.error_detail(b"<html>bad gateway</html>") == ("<html>bad gateway</html>", ())
 
 
 def test_connections_refused_mid_run_become_row_errors(server):

@@ -97,12 +97,10 @@ def test_dpo_and_kto_files_load_with_datasets_and_pass_trls_format_checks(spark,
     from transformers import AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_unpair_preference_dataset
 
-    from lakesynth.training import train as train_sft
+    from lakesynth.training import student
 
     result = preference.run(context(pref_cfg))
-    tokenizer = AutoTokenizer.from_pretrained(
-        train_sft.packaged_student(Path(pref_cfg.teacher.model_cache).expanduser())
-    )
+    tokenizer = AutoTokenizer.from_pretrained(student.packaged_student(Path(pref_cfg.teacher.model_cache).expanduser()))
     dpo = load_dataset("json", data_files=result.files["dpo_jsonl"], split="train")
     assert set(dpo.column_names) == {"prompt", "chosen", "rejected"} and len(dpo) > 0
     example = dpo[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import ROOT, write
 
-from lakesynth.training import examples
+from lakesynth.quality.normalize import normalized_text
 from lakesynth import pipeline
 from lakesynth.core import registry
 from lakesynth.core import tables
@@ -89,7 +89,7 @@ def _check_follows_sources(spark, rt: Runtime) -> None:
         )
         assert in_file == in_table, f"{split}.jsonl does not match training_chat"
     questions = spark.table(rt.fqn("training_chat")).selectExpr("split", "messages[1].content AS q")
-    normalised = questions.select("split", examples.normalized_text("q").alias("q")).distinct()
+    normalised = questions.select("split", normalized_text("q").alias("q")).distinct()
     assert normalised.groupBy("q").count().where("count > 1").count() == 0
     verdicts = _rows(spark, rt, "pair_verdicts")  # a generated pair's source is its seed
     assert len(verdicts) and (verdicts.source_id == verdicts.seed_id).all()

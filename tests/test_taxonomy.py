@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from lakesynth.errors import SeedError
-from lakesynth.taxonomy.taxonomy import EXAMPLE_COLUMNS, LEAF_COLUMNS, read_taxonomy, read_template, slug
+from lakesynth.taxonomy.qna import read_taxonomy
+from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS, LEAF_COLUMNS
+from lakesynth.taxonomy.template import read_template, slug
 
 FIXTURE = Path(__file__).parent / "fixtures" / "taxonomy"
 FREEFORM = "compositional_skills/writing/freeform/plain_language"

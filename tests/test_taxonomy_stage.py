@@ -16,7 +16,9 @@ from conftest import ROOT, context, where, write
 from lakesynth.taxonomy import documents
 from lakesynth.core import registry
 from lakesynth.core import tables
-from lakesynth.taxonomy import taxonomy
+from lakesynth.taxonomy import qna, taxonomy
+from lakesynth.taxonomy.chunks import CHUNK_COLUMNS, chunk_documents
+from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS
 from lakesynth.errors import ConfigError, SeedError
 
 FIXTURE = ROOT / "tests" / "fixtures" / "taxonomy"
@@ -90,11 +92,9 @@ def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark,
     assert leaves["compositional_skills/writing/freeform/plain_language"]["documents"] is None
 
     examples = _rows(spark, cfg, taxonomy.EXAMPLES)
-    expected = taxonomy.read_taxonomy(FIXTURE).examples
+    expected = qna.read_taxonomy(FIXTURE).examples
     assert read.rows_out == len(examples) == len(expected)
-    assert [{k: r[k] for k in taxonomy.EXAMPLE_COLUMNS} for r in examples] == sorted(
-        expected, key=lambda r: r["example_id"]
-    )
+    assert [{k: r[k] for k in EXAMPLE_COLUMNS} for r in examples] == sorted(expected, key=lambda r: r["example_id"])
     knowledge = [r for r in examples if r["leaf"] == "knowledge/science/biology/lichens"]
     assert len(knowledge) >= 15 and all(r["context"] and r["question"] and r["answer"] for r in knowledge)
 
@@ -102,8 +102,8 @@ def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark,
     chunks = _rows(spark, cfg, documents.TABLE)
     assert {r["source"] for r in chunks} == {"lichens.md", "field/notes.pdf"}
     assert sum(r["source"] == "field/notes.pdf" for r in chunks) >= 4
-    expected = sorted(documents.chunk_documents(docs, 120, 10), key=lambda r: r["chunk_id"])
-    assert [{k: r[k] for k in documents.CHUNK_COLUMNS} for r in chunks] == expected
+    expected = sorted(chunk_documents(docs, 120, 10), key=lambda r: r["chunk_id"])
+    assert [{k: r[k] for k in CHUNK_COLUMNS} for r in chunks] == expected
     assert all(r["tokens"] <= 120 for r in chunks)
 
     # A rerun writes the same rows (the tables are the inputs, whole), and a removed document leaves the table.

@@ -39,7 +39,8 @@ from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig, TeacherConfig
 from lakesynth.errors import EndpointError, StageError
 from lakesynth.llm import ai_query
-from lakesynth.llm.pool import THROTTLED, InvalidOutput, validate_output
+from lakesynth.llm.call import validate_output
+from lakesynth.llm.retry import THROTTLED, InvalidOutput
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, StageResult

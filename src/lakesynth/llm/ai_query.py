@@ -23,7 +23,7 @@ from lakesynth.llm import serverless
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import ConfigError
 from lakesynth.llm.auth import Endpoint
-from lakesynth.llm.pool import Call
+from lakesynth.llm.call import Call
 from lakesynth.llm.schema import response_format
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import numpy as np
 from lakesynth.config import TeacherConfig
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint
-from lakesynth.llm.pool import RETRYABLE_STATUS, _backoff, _retry_after
+from lakesynth.llm.retry import RETRYABLE_STATUS, backoff, retry_after
 from lakesynth.llm.throttle import is_throttle
 
 
@@ -50,8 +50,8 @@ def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str
                 renewed = True
                 continue
             if status in RETRYABLE_STATUS or status >= 500:
-                retry_after = _retry_after(response.headers)
-                raise _Retry(retry_after, is_throttle(status, retry_after))
+                asked = retry_after(response.headers)
+                raise _Retry(asked, is_throttle(status, asked))
         except (httpx.RequestError, _Retry) as exc:
             if getattr(exc, "throttled", False):
                 throttled += 1
@@ -62,7 +62,7 @@ def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str
             if tries > budget:
                 attempts = failed + throttled
                 raise EndpointError(f"embeddings at {url}: no reply after {attempts} attempts ({exc!r})") from None
-            time.sleep(_backoff(tries, exc))
+            time.sleep(backoff(tries, exc))
             continue
         if not response.is_success:
             raise EndpointError(

@@ -16,14 +16,13 @@ import functools
 import hashlib
 import logging
 import time
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.training import adapters
+from lakesynth.training import evaluation
 from lakesynth.quality import criteria as judging
 from lakesynth.core import llm_stage
 from lakesynth.core import tables
@@ -90,12 +89,6 @@ TABLE = tables.contract(
 VARIANTS = ("base", "tuned")
 
 
-def held_out(cfg) -> str:
-    if cfg.evaluate.split != "auto":
-        return cfg.evaluate.split
-    return "test" if cfg.format.test_fraction else "val"
-
-
 def tuned_first(example_id: str) -> bool:
     """Which answer the judge reads first, drawn per example: position bias favours neither student."""
     return hashlib.sha256(example_id.encode()).digest()[0] % 2 == 1
@@ -104,7 +97,6 @@ def tuned_first(example_id: str) -> bool:
 def generate(ctx: RunContext, examples: list, trained: dict) -> int:
     """The answers of both students still missing for this adapter into `student_answers`; returns how many."""
     from lakesynth.training import student
-    from lakesynth.training import train as train_sft
 
     rt, spark = ctx.rt, ctx.spark
     done = {
@@ -118,7 +110,7 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
     if not any(todo.values()):
         return 0
     rows = []
-    model_dir = trained["student"] or str(train_sft.packaged_student(Path(ctx.cfg.teacher.model_cache).expanduser()))
+    model_dir = evaluation.student_dir(ctx.cfg, trained)
     with student.loaded(model_dir, trained["adapter"]) as (model, tokenizer):
         for variant, chosen in todo.items():
             if not chosen:
@@ -219,12 +211,8 @@ def figure(result: dict):
 
 def run(ctx: RunContext) -> StageResult:
     cfg, rt = ctx.cfg, ctx.rt
-    if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
-        raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
-    trained = adapters.trained(cfg, rt)
-    if trained is None:
-        raise StageSkipped("no fine-tuned adapter on the current training files here: run the finetune stage first")
-    split = held_out(cfg)
+    trained = evaluation.fine_tuned(cfg, rt, "training files")
+    split = evaluation.held_out(cfg, cfg.evaluate.split)
     chat = ctx.read("training_chat").where(F.col("split") == split)
     examples = chat.select("example_id", "messages").orderBy("example_id").limit(cfg.evaluate.max_examples).collect()
     if not examples:

@@ -71,8 +71,6 @@ def card(ctx: RunContext, splits: dict, made: dict, pairs: dict) -> str:
     topic_rows = "\n".join(
         f"| {t} | " + " | ".join(str(c.get(s, 0)) for s in sorted(splits)) + " |" for t, c in sorted(topics.items())
     )
-    made_rows = exporting.made_by_rows(made)
-    dropped_rows = "\n".join(f"| {k} | {v} |" for k, v in made["dropped"].items()) or "| (none) | 0 |"
     return f"""---
 license: {ctx.cfg.export.license}
 task_categories:
@@ -103,17 +101,7 @@ questions and the use case's rules, then checked and deduplicated.
 |---|{"---|" * len(splits)}
 {topic_rows}
 
-## What made it
-
-| stage | model | prompt version |
-|---|---|---|
-{made_rows}
-
-## Dropped by the checks (the first check each dropped pair failed)
-
-| reason | rows |
-|---|---|
-{dropped_rows}
+{exporting.provenance_sections(made)}
 """
 
 

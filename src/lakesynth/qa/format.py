@@ -20,14 +20,8 @@ from pyspark.sql import functions as F
 from lakesynth.training import examples
 from lakesynth.core import tables
 from lakesynth.config import Section
-from lakesynth.training.examples import (  # noqa: F401 - the checks and the split, shared with the tools job
-    SPLIT_TEXT,
-    assign_split,
-    chat_violation,
-    check_examples,
-    estimate_tokens,
-    fill_empty_splits,
-)
+from lakesynth.training.checks import check_examples
+from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
 from lakesynth.core.runtime import Runtime
 from lakesynth.qa import insights
 from lakesynth.core.stage import RunContext, Stage, StageResult
@@ -121,7 +115,7 @@ def run(ctx: RunContext) -> StageResult:
     candidates = checked.where(F.col("violation").isNull())
     if checked.where(F.col("leaf").isNotNull()).limit(1).collect():  # a taxonomy: each leaf its share, exactly
         stratum = F.coalesce(F.col("leaf"), F.concat(F.lit("topic:"), F.col("topic")))
-        valid = examples.stratified_split(
+        valid = stratified_split(
             candidates.withColumn("_stratum", stratum), by=SPLIT_TEXT, strata=["_stratum"], **fractions
         ).drop("_stratum")
     else:

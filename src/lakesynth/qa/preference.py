@@ -53,9 +53,9 @@ class Candidate(LLMStageConfig):
     def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
         if not self.gguf_path:
             return super().endpoint(teacher)
-        from lakesynth.training import train as train_sft
+        from lakesynth.training import student
 
-        path = str(train_sft.packaged_student_gguf()) if self.gguf_path == "student" else self.gguf_path
+        path = str(student.packaged_student_gguf()) if self.gguf_path == "student" else self.gguf_path
         model = self.model or Path(path).stem
         return teacher.model_copy(update={"base_url": "", "model": model, "api_key_env": "", "gguf_path": path})
 

@@ -5,7 +5,7 @@ id): the critic's, the judge's and the relevance check's score, reasoning, model
 groups, `keep` and `drop_reason` (the first check that failed: the critic's, the judge's, `relevance`,
 `exact_duplicate`, `near_duplicate`, `semantic_duplicate`). Format reads only the pairs it keeps.
 
-- Exact: the same question once normalised (examples.normalized_text).
+- Exact: the same question once normalised (normalize.normalized_text).
 - Near: Jaccard similarity of the questions' content words (lower case, no stop words, plural `s` dropped) at
   least `threshold`, found by MinHash + LSH bands on the executors (Sail has no pyspark.ml) and verified
   exactly. On content words, a changed or added function word or a reordered phrase is a duplicate, and so is

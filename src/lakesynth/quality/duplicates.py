@@ -22,8 +22,8 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from lakesynth.training import examples
 from lakesynth.core import llm_stage
+from lakesynth.quality.normalize import normalized_text
 from lakesynth.core import tables
 
 STOP_WORDS = frozenset(
@@ -199,7 +199,7 @@ def mark(
     spark = ctx.spark
     alive = F.col("_earlier").isNull()
     if dedup.exact.enabled:
-        key = F.when(F.col(text).isNotNull(), F.sha2(examples.normalized_text(text), 256).substr(1, 16))
+        key = F.when(F.col(text).isNotNull(), F.sha2(normalized_text(text), 256).substr(1, 16))
         size = F.count(F.lit(1)).over(Window.partitionBy(key))
         rows = rows.withColumn("exact_group", F.when(key.isNotNull() & (size > 1), key))
         exact = F.col("exact_group").isNotNull() & ~keeper("exact_group", id, alive, best)

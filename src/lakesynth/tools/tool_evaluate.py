@@ -12,12 +12,11 @@ called: the check is exact.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.training import adapters
+from lakesynth.training import evaluation
 from lakesynth.tools import ast_match
 from lakesynth.core import tables
 from lakesynth.config import Section
@@ -95,18 +94,13 @@ def figure(result: dict):
 
 def run(ctx: RunContext) -> StageResult:
     from lakesynth.training import student
-    from lakesynth.training import train as train_sft
 
     cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
     settings = cfg.tools.evaluate
-    if cfg.finetune.backend == "none":  # off on purpose: say so, not that a fine-tune went missing
-        raise StageSkipped("no fine-tune to evaluate: finetune.backend is none")
+    trained = evaluation.fine_tuned(cfg, rt, "tool examples")
     if cfg.tools.output.style != "json_content":
         raise StageSkipped("the AST evaluation reads json_content replies; set tools.output.style: json_content")
-    trained = adapters.trained(cfg, rt)
-    if trained is None:
-        raise StageSkipped("no fine-tuned adapter on the current tool examples here: run the finetune stage first")
-    split = "test" if cfg.format.test_fraction else "val"
+    split = evaluation.held_out(cfg)
     held = ctx.read("training_tools").where(F.col("split") == split).orderBy("example_id").limit(settings.max_examples)
     examples = held.select("example_id", "category", "messages").collect()
     if not examples:
@@ -123,7 +117,7 @@ def run(ctx: RunContext) -> StageResult:
         )
     prompts = [[{"role": m.role, "content": m.content} for m in e.messages[:-1]] for e in examples]
     expected = [ast_match.parse_reply(e.messages[-1].content) for e in examples]
-    model_dir = trained["student"] or str(train_sft.packaged_student(Path(cfg.teacher.model_cache).expanduser()))
+    model_dir = evaluation.student_dir(cfg, trained)
     replies = {}
     with student.loaded(model_dir, trained["adapter"]) as (model, tokenizer):
         for variant in VARIANTS:

@@ -51,7 +51,6 @@ def card(ctx: RunContext, splits: dict, made: dict) -> str:
     strata_rows = "\n".join(
         f"| {f} | {c} | " + " | ".join(str(n.get(s, 0)) for s in names) + " |" for (f, c), n in sorted(strata.items())
     )
-    dropped_rows = "\n".join(f"| {k} | {v} |" for k, v in made["dropped"].items()) or "| (none) | 0 |"
     return f"""---
 license: {ctx.cfg.export.license}
 task_categories:
@@ -82,17 +81,7 @@ and dedup.
 |---|---|{"---|" * len(names)}
 {strata_rows}
 
-## What made it
-
-| stage | model | prompt version |
-|---|---|---|
-{exporting.made_by_rows(made)}
-
-## Dropped by the checks (the first check each dropped pair failed)
-
-| reason | rows |
-|---|---|
-{dropped_rows}
+{exporting.provenance_sections(made)}
 """
 
 

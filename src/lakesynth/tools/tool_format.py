@@ -11,7 +11,7 @@ Each kept line becomes one `tool_chat` example: the user's query, then the assis
   `apply_chat_template(tools=...)` take them.
 A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. Each example's
 category is the line's own, or read from its calls as the Berkeley Function Calling Leaderboard names them. The
-split is stratified by function and category, exactly (examples.stratified_split): each pair of them gets its
+split is stratified by function and category, exactly (splits.stratified_split): each pair of them gets its
 share of every split, within one example, the examples taken in the order of a seeded hash of the normalised
 query, so a rerun on the same data gives the same split.
 """
@@ -26,7 +26,7 @@ from pydantic import Field
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.training import examples
+from lakesynth.training import checks, examples, splits
 from lakesynth.core import tables
 from lakesynth.config import Section
 from lakesynth.core.stage import RunContext, Stage, StageResult
@@ -117,19 +117,19 @@ def run(ctx: RunContext) -> StageResult:
     rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
     schema = T.StructType(
         [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
-        + [T.StructField(examples.SPLIT_TEXT, S)]
+        + [T.StructField(splits.SPLIT_TEXT, S)]
     )
     frame = spark.createDataFrame(rows, schema=schema)
-    checked = examples.check_examples(frame, max_tokens=fmt.max_tokens)
-    valid = examples.stratified_split(
+    checked = checks.check_examples(frame, max_tokens=fmt.max_tokens)
+    valid = splits.stratified_split(
         checked.where(F.col("violation").isNull()),
-        by=examples.SPLIT_TEXT,
+        by=splits.SPLIT_TEXT,
         strata=["function", "category"],
         val_fraction=fmt.val_fraction,
         test_fraction=fmt.test_fraction,
         seed=fmt.seed,
     )
-    valid = examples.fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
+    valid = splits.fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
     tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)  # derived from the verdicts
     table = tables.read(spark, rt, TABLE)
     folder = Path(rt.files_dir(TABLE.name))

@@ -14,6 +14,10 @@ from lakesynth.config import Config
 from lakesynth.core.runtime import Runtime
 
 
+def output_dir(cfg: Config, rt: Runtime) -> str:
+    return rt.files_dir(f"finetune/{cfg.run_id}")
+
+
 def split_files(rt: Runtime, method: str = "sft", dataset: str = "training_chat") -> dict[str, str]:
     """The train and val JSONL the method trains on: the chat (or tool-calling) examples' files, or the
     preference stage's DPO pairs."""

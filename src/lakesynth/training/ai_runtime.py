@@ -84,17 +84,17 @@ def task_argv(command: str, params: dict[str, str], settings: list[str], run_id:
 def train(cfg, rt=None) -> dict:
     """Train (or find the finished adapter of) `cfg` on this node, into the Volume (`rt`: default, this node's
     runtime, with /Volumes paths whatever the node reports); record it for evaluate. Returns the figures."""
-    from lakesynth.training import adapters
-    from lakesynth.training import finetune
-    from lakesynth.errors import StageError
     from lakesynth.core.runtime import Runtime
+    from lakesynth.errors import StageError
+    from lakesynth.training import adapters
+    from lakesynth.training.backends import local
 
     rt = rt or dataclasses.replace(Runtime.resolve(cfg), databricks=True)
     files = adapters.split_files(rt, cfg.finetune.method, cfg.finetune.dataset)
     for split, path in files.items():
         if not Path(path).is_file():
             raise StageError(f"finetune: no {split} file at {path}; the job's format task writes it first")
-    result = finetune._local(cfg, rt, files)
+    result = local.fine_tune(cfg, rt, files)
     inputs = adapters.input_fingerprint(cfg, files)
     adapter = result.files["adapter"]
     # What the evaluate task looks up for backend ai_runtime (adapters.trained): one whole-file write.

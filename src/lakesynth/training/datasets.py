@@ -71,11 +71,25 @@ def made_by(ctx, stages: tuple[str, ...]) -> dict:
     }
 
 
-def made_by_rows(made: dict) -> str:
-    return "\n".join(
+def provenance_sections(made: dict) -> str:
+    """The card's last sections: what made the data (made_by: stage, models, prompt versions) and what each check
+    dropped (`made["dropped"]`: reason -> rows)."""
+    made_rows = "\n".join(
         f"| {stage} | {', '.join(d['models'])} | {', '.join(p for p in d['prompt_versions'] if p)} |"
         for stage, d in made["made_by"].items()
     )
+    dropped_rows = "\n".join(f"| {k} | {v} |" for k, v in made["dropped"].items()) or "| (none) | 0 |"
+    return f"""## What made it
+
+| stage | model | prompt version |
+|---|---|---|
+{made_rows}
+
+## Dropped by the checks (the first check each dropped pair failed)
+
+| reason | rows |
+|---|---|
+{dropped_rows}"""
 
 
 def push(export: ExportConfig, configs: dict[str, object]) -> str:

@@ -1,6 +1,7 @@
 """Training examples: the shapes a training row can take, and the JSONL line each trainer wants from it.
 
-One contract holds every shape, so every dataset goes through the same split, checks and export:
+One contract holds every shape, so every dataset goes through the same split (splits.py), checks (checks.py) and
+export:
 - `chat`: `messages` (system?, user, assistant ...);
 - `tool_chat`: `messages` whose assistant turns may carry `tool_calls` (and `tool` turns their results),
   with the `tools` offered (a JSON list of OpenAI tool specs);
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -42,13 +43,6 @@ MESSAGE = T.StructType(
 )
 MESSAGES = T.ArrayType(MESSAGE)
 SHAPES = ("chat", "tool_chat", "preference")
-
-
-def normalized_text(column: str) -> F.Column:
-    """Text as duplicates are compared: lower case, whitespace runs as one space, no punctuation at the ends.
-    "How do I block my card?" and "how do I  block my card" are the same question."""
-    text = F.regexp_replace(F.lower(F.col(column)), r"\s+", " ")
-    return F.regexp_replace(text, r"^[\s\p{P}\p{S}]+|[\s\p{P}\p{S}]+$", "")
 
 
 FORMATS = ("openai", "databricks", "trl_sft", "trl_dpo", "trl_kto")
@@ -147,7 +141,7 @@ def to_lines(example: dict, fmt: str) -> list[dict]:
     raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
-def _records(value) -> list[dict]:
+def records(value) -> list[dict]:
     """Spark rows, arrow structs or dicts -> plain dicts (None stays None)."""
     if value is None:
         return []
@@ -166,17 +160,16 @@ def _deep(value):
 
 def json_lines(batches: Iterator, *, fmt: str) -> Iterator:
     """mapInPandas body: each training example's export lines as `value` (compact JSON), keyed by example_id."""
-    import pandas as pd
 
     for batch in batches:
         values, ids = [], []
         for row in batch.to_dict("records"):
             example = {
                 "shape": row.get("shape"),
-                "messages": _records(row.get("messages")),
+                "messages": records(row.get("messages")),
                 "tools": row.get("tools"),
-                "chosen": _records(row.get("chosen")),
-                "rejected": _records(row.get("rejected")),
+                "chosen": records(row.get("chosen")),
+                "rejected": records(row.get("rejected")),
             }
             for line in to_lines(example, fmt):
                 values.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
@@ -215,119 +208,3 @@ def write_jsonl(rows: DataFrame, target: Path, fmt: str) -> None:
         for row in lines.orderBy("example_id", "value").select("value").toLocalIterator():
             out.write(row.value + "\n")
     partial.replace(target)
-
-
-ROLES = ("system", "user", "assistant")
-# Chat-template control tokens must not appear in content: the trainer adds them itself.
-TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "[INST]", "<s>")
-CHARS_PER_TOKEN = 4  # documented estimate where no tokenizer is at hand (about 4 characters per token in English)
-
-
-def estimate_tokens(messages: list[dict]) -> int:
-    """Tokens of an example by the ~4 characters per token estimate, plus 4 per message for the template."""
-    return sum(len(m.get("content") or "") // CHARS_PER_TOKEN + 4 for m in messages)
-
-
-def chat_violation(messages: list[dict], max_tokens: int) -> str | None:
-    """Why an example breaks the chat-completion data rules, or None when it is valid."""
-    if not messages:
-        return "no messages"
-    roles = [m.get("role") for m in messages]
-    if any(r not in ROLES for r in roles):
-        return f"unknown role in {roles}"
-    if "system" in roles[1:]:
-        return "system message not first"
-    turns = roles[1:] if roles[0] == "system" else roles
-    if not turns or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns)):
-        return f"roles do not alternate user/assistant: {roles}"
-    if turns[-1] != "assistant":
-        return "does not end with an assistant message"
-    if any(not (m.get("content") or "").strip() and not m.get("tool_calls") for m in messages):
-        return "empty content"
-    if any(tok in (m.get("content") or "") for m in messages for tok in TEMPLATE_TOKENS):
-        return "contains chat-template tokens"
-    if estimate_tokens(messages) > max_tokens:
-        return f"longer than {max_tokens} tokens (estimated)"
-    return None
-
-
-# The text an example is split by (not a column of the table): its question.
-SPLIT_TEXT = "split_text"
-DRAW = "_split_draw"  # the example's draw in [0, 1) that decides its split
-
-
-def check_examples(chat: DataFrame, *, max_tokens: int) -> DataFrame:
-    """Adds `violation` (None when valid) and `n_tokens` to each example."""
-    schema = T.StructType(
-        chat.schema.fields + [T.StructField("violation", T.StringType()), T.StructField("n_tokens", T.LongType())]
-    )
-    return chat.mapInPandas(functools.partial(_check_batches, max_tokens=max_tokens), schema)
-
-
-def _check_batches(batches: Iterator[pd.DataFrame], *, max_tokens: int) -> Iterator[pd.DataFrame]:
-    for batch in batches:
-        messages = [_records(ms) for ms in batch["messages"]]  # tool_calls as lists, not arrays
-        yield batch.assign(
-            violation=[chat_violation(m, max_tokens) for m in messages], n_tokens=[estimate_tokens(m) for m in messages]
-        )
-
-
-def assign_split(chat: DataFrame, *, by: str, val_fraction: float, test_fraction: float, seed: int) -> DataFrame:
-    """Adds `split`, drawn per example from a seeded hash of its normalised text `by` (examples.normalized_text):
-    adding or removing data never moves an example, the same question (normalised) is in one split only, and
-    each topic gets its share of every split in expectation."""
-    digest = F.sha2(F.concat_ws("|", F.lit(str(seed)), normalized_text(by)), 256)
-    draw = F.conv(F.substring(digest, 1, 8), 16, 10).cast("double") / float(16**8)  # uniform in [0, 1)
-    # No otherwise(): an all-literal CASE is NOT NULL on classic Spark but nullable on Sail (parity suite).
-    split = (
-        F.when(F.col(DRAW) < val_fraction, "val")
-        .when(F.col(DRAW) < val_fraction + test_fraction, "test")
-        .when(F.col("example_id").isNotNull(), "train")
-    )
-    return chat.withColumn(DRAW, draw).withColumn("split", split)
-
-
-def stratified_split(
-    chat: DataFrame, *, by: str, strata: list[str], val_fraction: float, test_fraction: float, seed: int
-) -> DataFrame:
-    """Adds `split` with exact shares per stratum (the values of the `strata` columns), counted in distinct
-    questions (normalised `by`), so a question repeated is in one split only: the whole split gets
-    round(n x fraction) of them, shared among the strata by largest remainder, so each stratum is within one of its
-    share (of val, and of val and test together). Within a stratum the questions are taken in the order of the
-    seeded hash of `by` (as `assign_split` draws), so a rerun on the same data gives the same split; adding data to
-    a stratum can move a question at its boundary, never one of another stratum."""
-    drawn = assign_split(chat, by=by, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).drop("split")
-    texts = drawn.select(*strata, DRAW).distinct()
-    sizes = {tuple(r[c] for c in strata): r["count"] for r in texts.groupBy(*strata).count().collect()}
-    total = sum(sizes.values())
-    quotas = {k: [0, 0] for k in sizes}
-    for i, fraction in enumerate((val_fraction, val_fraction + test_fraction)):  # cumulative: val, then val+test
-        exact = {k: n * fraction for k, n in sizes.items()}
-        floors = {k: int(v) for k, v in exact.items()}
-        short = round(total * fraction) - sum(floors.values())
-        for k in sorted(exact, key=lambda k: (floors[k] - exact[k], str(k)))[: max(0, short)]:
-            floors[k] += 1
-        for k in sizes:
-            quotas[k][i] = floors[k]
-    bounds = drawn.sparkSession.createDataFrame(
-        [[*k, v, t] for k, (v, t) in quotas.items()],
-        ", ".join([*(f"`{c}` {drawn.schema[c].dataType.simpleString()}" for c in strata), "_val int", "_val_test int"]),
-    )
-    rank = F.row_number().over(Window.partitionBy(*strata).orderBy(DRAW))
-    ranked = texts.join(bounds, strata, "left").withColumn("_rank", rank)
-    split = F.when(F.col("_rank") <= F.col("_val"), "val").when(F.col("_rank") <= F.col("_val_test"), "test")
-    chosen = ranked.select(*strata, DRAW, split.when(F.col("_rank").isNotNull(), "train").alias("split"))
-    return drawn.join(chosen, [*strata, DRAW], "left")
-
-
-def fill_empty_splits(split: DataFrame, *, val_fraction: float, test_fraction: float) -> DataFrame:
-    """A split that should get examples but drew none (a small dataset) takes the training question drawn
-    nearest to it, with every example of that question, so a fine-tune always has a validation set. This
-    is the one case in which an example can move: once the split draws examples of its own, it goes back."""
-    counts = {r.split: r["count"] for r in split.groupBy("split").count().collect()}
-    for name, share in (("val", val_fraction), ("test", test_fraction)):
-        if share and not counts.get(name) and counts.get("train", 0) >= 2:
-            nearest = split.where(F.col("split") == "train").agg(F.min(DRAW)).first()[0]
-            split = split.withColumn("split", F.when(F.col(DRAW) == nearest, name).otherwise(F.col("split")))
-            counts = {r.split: r["count"] for r in split.groupBy("split").count().collect()}
-    return split

