@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set teacher.max_concurrency=32 (repeatable)",
+        help="override a config key, e.g. --set endpoints.teacher.max_concurrency=32 (repeatable)",
     )
     common.add_argument("--summary", help="write the run summary JSON to this file")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,7 +108,7 @@ def configure(
         given = getattr(args, flag)
         if given and not (tools_seeds and flag == "seeds"):
             value = given if given.startswith("table:") else str(Path(given).resolve())
-            overrides.append(f"seeds.{'path' if flag == 'seeds' else 'pairs'}={json.dumps(value)}")
+            overrides.append(f"seed.{'path' if flag == 'seeds' else 'pairs'}={json.dumps(value)}")
     for flag, key in (
         ("tools", "tools.spec"),
         ("functions", "tools.functions"),

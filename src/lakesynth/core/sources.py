@@ -28,11 +28,11 @@ class Source:
 
 # The Q&A job's seed sources: seed questions, your own pairs, a taxonomy (its documents belong to it). One names
 # what the run learns from, so it replaces the others.
-_QA_SEEDS = ("seeds.path", "seeds.pairs", "taxonomy.path", "taxonomy.topics", "taxonomy.examples",
+_QA_SEEDS = ("seed.path", "seed.pairs", "taxonomy.path", "taxonomy.topics", "taxonomy.examples_file",
              "taxonomy.requirements", "documents.path")  # fmt: skip
 QA = (
-    Source("seeds", ("seeds.path",), _QA_SEEDS),
-    Source("pairs", ("seeds.pairs",), _QA_SEEDS),
+    Source("seeds", ("seed.path",), _QA_SEEDS),
+    Source("pairs", ("seed.pairs",), _QA_SEEDS),
     Source("taxonomy", ("taxonomy.path",), _QA_SEEDS),
     Source("documents", ("documents.path",), ()),  # a knowledge leaf's documents: replaces no seed source
 )

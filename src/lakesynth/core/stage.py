@@ -118,11 +118,11 @@ class RunContext:
         return engine.get_spark(self.rt)
 
     def endpoint(self, teacher=None):
-        """The endpoint of `teacher` (default: the configured teacher), opened once per run: the embedded teacher
-        starts here on first use and stops with the run, shared by every stage that calls it."""
+        """The endpoint of `teacher` (endpoint settings; default: the `teacher` endpoint's), opened once per run: the
+        embedded teacher starts here on first use and stops with the run, shared by every stage that calls it."""
         from lakesynth import llm
 
-        teacher = teacher or self.cfg.teacher
+        teacher = teacher or self.cfg.endpoint("teacher")
         key = (teacher.base_url, teacher.model, teacher.api_key_env, teacher.gguf_path)
         if key not in self._endpoints:
             self._endpoints[key] = self._stack.enter_context(llm.open_endpoint(teacher))

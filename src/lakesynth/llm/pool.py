@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from lakesynth.core import serverless
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
@@ -77,9 +77,9 @@ THROTTLED = "throttled: "
 # 2. The stage stops (EndpointError): no row could succeed. A Databricks token refused (401) is renewed and
 #    the request sent once more first (see Auth).
 FATAL_STATUS = {
-    401: "the token or API key is missing, wrong or expired (teacher.api_key_env, or Databricks auth)",
+    401: "the token or API key is missing, wrong or expired (the endpoint's api_key_env, or Databricks auth)",
     403: "the credentials may not query this endpoint",
-    404: "no model or endpoint named '{model}' at {base_url} (teacher.model)",
+    404: "no model or endpoint named '{model}' at {base_url} (the endpoint's model)",
 }
 UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)  # before any reply came back
 SHAPE_HINT = "the endpoint rejected the request; does it support response_format json_schema?"  # a preflight's 400
@@ -118,7 +118,7 @@ class Call:
     """How one stage calls the teacher: the endpoint, the output model, generation parameters, limits."""
 
     endpoint: Endpoint
-    teacher: TeacherConfig
+    teacher: EndpointSettings
     output: type[BaseModel]
     temperature: float
     max_tokens: int
@@ -409,7 +409,7 @@ class _Pool:
             raise EndpointError(
                 self.auth.redact(
                     f"{call.label}: cannot reach the teacher at {call.endpoint.base_url} {attempts}: {_name(exc)}. "
-                    "Is the endpoint up and the URL right (teacher.base_url)?"
+                    "Is the endpoint up and the URL right (the endpoint's base_url)?"
                 )
             ) from None
         if isinstance(exc, httpx.TimeoutException):

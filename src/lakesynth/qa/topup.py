@@ -51,8 +51,8 @@ def run(ctx: RunContext) -> StageResult:
     quality = ctx.cfg.quality
     if not quality.target_per_seed:
         return StageResult(metrics={"disabled": "quality.target_per_seed is 0"})
-    if ctx.cfg.seeds.pairs:
-        return StageResult(metrics={"disabled": "seeds.pairs: your own pairs are not added to"})
+    if ctx.cfg.seed.pairs:
+        return StageResult(metrics={"disabled": "seed.pairs: your own pairs are not added to"})
     missing = shortfall(ctx, quality.target_per_seed)
     before, rounds, paid = len(missing), 0, 0
     while missing and rounds < quality.max_rounds:

@@ -81,11 +81,11 @@ class Tracker:
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
         uri = tracking_uri(self.cfg, self.rt)
         if uri.startswith("sqlite:///"):
-            _new_sqlite_store(Path(uri.removeprefix("sqlite:///")), Path(self.cfg.teacher.model_cache).expanduser())
+            _new_sqlite_store(Path(uri.removeprefix("sqlite:///")), Path(self.cfg.model_cache).expanduser())
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
         client = mlflow.MlflowClient(uri)
-        name = experiment_name(self.cfg.mlflow.experiment, self.rt)
+        name = experiment_name(self.cfg.mlflow.pipeline_experiment, self.rt)
         location = None if self.rt.databricks else str(Path(self.rt.warehouse).parent / "mlartifacts")
         run_id, created = join_run(client, experiment(client, name, location), self.cfg.run_id)
         if created:  # only the task that made the run logs the config, so tasks never disagree on a param
@@ -246,7 +246,7 @@ def experiment(client, name: str, location: str | None) -> str:
         if found is not None:
             if found.lifecycle_stage != "active":
                 raise LakesynthError(
-                    f"MLflow experiment {name} is deleted: restore it, or set mlflow.experiment to another name"
+                    f"MLflow experiment {name} is deleted: restore it, or set mlflow.pipeline_experiment to another name"
                 )
             return found.experiment_id
         try:

@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 from lakesynth.llm import stage as llm_stage
 from lakesynth.core import tables
 from lakesynth.tools import spec as toolspec
-from lakesynth.config import LLMStageConfig
+from lakesynth.config import LLMStageConfig, Section
 from lakesynth.errors import SeedError
 from lakesynth.llm.stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
@@ -45,10 +45,9 @@ class Persona(BaseModel):
     tone: str = Field(description="How they write, e.g. 'terse'.")
 
 
-class Personas(BaseModel):
+class Personas(Section):
     """Users to write as: every role with every tone, taken in turn by the requests."""
 
-    model_config = ConfigDict(extra="forbid")
     roles: list[str] = Field(default_factory=list, description="User roles, e.g. 'a small-business owner'.")
     tones: list[str] = Field(default_factory=list, description="Tones, e.g. 'formal', 'hurried'.")
 

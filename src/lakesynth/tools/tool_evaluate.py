@@ -125,7 +125,7 @@ def run(ctx: RunContext) -> StageResult:
         )
     prompts = [[{"role": m.role, "content": m.content} for m in e.messages[:-1]] for e in examples]
     expected = [ast_match.parse_reply(e.messages[-1].content) for e in examples]
-    model_dir = trained["student"] or str(train_sft.packaged_student(Path(cfg.teacher.model_cache).expanduser()))
+    model_dir = trained["student"] or str(train_sft.packaged_student(Path(cfg.model_cache).expanduser()))
     replies = {}
     with student.loaded(model_dir, trained["adapter"]) as (model, tokenizer):
         for variant in VARIANTS:

@@ -120,7 +120,7 @@ def run(ctx: RunContext) -> StageResult:
         + [T.StructField(examples.SPLIT_TEXT, S)]
     )
     frame = spark.createDataFrame(rows, schema=schema)
-    checked = examples.check_examples(frame, max_tokens=fmt.max_tokens)
+    checked = examples.check_examples(frame, max_tokens=fmt.max_example_tokens)
     valid = examples.stratified_split(
         checked.where(F.col("violation").isNull()),
         by=examples.SPLIT_TEXT,

@@ -57,7 +57,7 @@ class FinetuneConfig(Section):
     beta: float = Field(0.1, gt=0, description="dpo: how far the student may move from the base model.")
     batch_size: int = Field(2, ge=1, description="Examples per step.")
     max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
-    experiment: str = Field(
+    training_experiment: str = Field(
         "lakesynth", description="ai_runtime (one-time run): MLflow experiment NAME of the training run (not a path)."
     )
     experiment_directory: str = Field(
@@ -154,7 +154,7 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
             {
                 "task_key": ft.method,
                 "ai_runtime_task": {
-                    "experiment": ft.experiment,
+                    "experiment": ft.training_experiment,
                     **directory,
                     "mlflow_run": name,
                     "deployments": [
@@ -218,7 +218,7 @@ def _local(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
         "batch_size": ft.batch_size,
         "max_length": ft.max_length,
         "seed": cfg.format.seed,
-        "cache_dir": cfg.teacher.model_cache,
+        "cache_dir": cfg.model_cache,
     }
     try:
         if ft.method == "dpo":
