@@ -42,7 +42,7 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
     tokenizer = AutoTokenizer.from_pretrained(
         finetune.importlib.import_module("lakesynth.training.train").packaged_student(
-            finetune.Path(jsonl_cfg.teacher.model_cache).expanduser()
+            finetune.Path(jsonl_cfg.model_cache).expanduser()
         )
     )
     text = tokenizer.apply_chat_template(data["train"][0]["messages"], tokenize=False)

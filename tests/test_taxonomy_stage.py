@@ -74,7 +74,7 @@ def _rows(spark, cfg, table) -> list[dict]:
 
 
 def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark, cfg, docs):
-    cfg = _with(cfg, {"path": str(FIXTURE)}, {"path": str(docs), "budget_tokens": 120, "overlap_tokens": 10})
+    cfg = _with(cfg, {"path": str(FIXTURE)}, {"path": str(docs), "chunk_words": 120, "overlap_words": 10})
     ctx = context(cfg)
     made = documents.run(ctx)
     assert made.metrics == {"documents": 2, "chunks": made.rows_out} and made.rows_in == 2
@@ -172,7 +172,7 @@ def test_nothing_configured_is_disabled_and_bad_settings_are_config_errors(spark
     with pytest.raises(ConfigError, match="examples, requirements unset"):
         registry.load_config(config)
     with pytest.raises(ConfigError, match=r"overlap_tokens \(50\) must be less than budget_tokens \(50\)"):
-        registry.load_config(None, ["documents.budget_tokens=50", "documents.overlap_tokens=50"])
+        registry.load_config(None, ["documents.chunk_words=50", "documents.overlap_words=50"])
     loaded = registry.load_config(write(tmp_path / "d.yml", "taxonomy:\n  path: tree\ndocuments:\n  path: docs\n"))
     assert loaded.taxonomy.path == str(tmp_path / "tree") and loaded.documents.path == str(tmp_path / "docs")
 

@@ -103,7 +103,7 @@ class EndpointConfig(Section):
     max_concurrency: int = Field(
         8,
         ge=1,
-        description="Most requests in flight for a stage (workers x per worker); fewer while the endpoint throttles "
+        description="Most requests in flight for a stage (shared by its llm.partitions); fewer while the endpoint throttles "
         "(adaptive_concurrency).",
     )
     adaptive_concurrency: bool = Field(
@@ -259,7 +259,8 @@ class Config(Section):
     )
     run_id: str = Field("", description="Run id stamped on every row; set per pipeline run (job run id on Databricks).")
     model_cache: str = Field(
-        "~/.cache/lakesynth", description="Where the packaged models (teacher, embeddings, student) are joined and verified."
+        "~/.cache/lakesynth",
+        description="Where the packaged models (teacher, embeddings, student) are joined and verified.",
     )
     use_case: UseCaseConfig = Field(default_factory=UseCaseConfig, description="The use case the data is for.")
     endpoints: dict[str, EndpointConfig] = Field(
@@ -280,7 +281,12 @@ class Config(Section):
         embeddings = value.get("embeddings", {})
         if isinstance(embeddings, dict):
             embeddings = {**EMBEDDINGS, **embeddings}
-        return {"teacher": {}, "judge": {}, **value, "embeddings": embeddings}
+        return {
+            "teacher": {},
+            "judge": {},
+            "embeddings": embeddings,
+            **{k: v for k, v in value.items() if k != "embeddings"},
+        }
 
     def endpoint(self, name: str) -> EndpointSettings:
         """The settings of endpoint `name`: what it sets, the rest from `teacher`, with the run's loop settings."""
@@ -324,7 +330,10 @@ MOVED: tuple[tuple[str, str], ...] = (
     (r"taxonomy\.examples", "renamed taxonomy.examples_file"),
     (r"documents\.budget_tokens", "renamed documents.chunk_words (it counts words)"),
     (r"documents\.overlap_tokens", "renamed documents.overlap_words (it counts words)"),
-    (r"tools\.execution\.workers", "renamed tools.execution.processes"),
+    (
+        r"tools\.(execution|format)\.workers",
+        r"renamed tools.\1.processes (worker processes; llm.partitions are Spark's)",
+    ),
     (
         r"quality\.relevance\.embeddings\..+",
         "set quality.relevance.embeddings_endpoint to a name under endpoints: (batch_size is the endpoint's)",
@@ -446,7 +455,9 @@ def _endpoint_names(section: BaseModel, prefix: str = "") -> list[tuple[str, str
             found.append((prefix + name, value))
         for i, item in enumerate(value if isinstance(value, tuple) else [value]):
             if isinstance(item, BaseModel):
-                found += _endpoint_names(item, f"{prefix}{name}.{i}." if isinstance(value, tuple) else f"{prefix}{name}.")
+                found += _endpoint_names(
+                    item, f"{prefix}{name}.{i}." if isinstance(value, tuple) else f"{prefix}{name}."
+                )
     return found
 
 
@@ -476,7 +487,7 @@ def _section_of(annotation: Any) -> tuple[type[BaseModel], str] | None:
 
 
 def _suggest(key: str, model: type[BaseModel]) -> str:
-    """"; did you mean X?" for the known keys closest to a misspelt one."""
+    """ "; did you mean X?" for the known keys closest to a misspelt one."""
     parts = key.split(".")
     known = {
         ".".join(parts[i] if p == "*" and i < len(parts) else p for i, p in enumerate(k.split(".")))

@@ -63,9 +63,9 @@ class SemanticDedup(Section):
 
 
 class DedupConfig(Section):
-    exact: ExactDedup = Field(default_factory=ExactDedup)
-    near: NearDedup = Field(default_factory=NearDedup)
-    semantic: SemanticDedup = Field(default_factory=SemanticDedup)
+    exact: ExactDedup = Field(default_factory=ExactDedup, description="The same question once normalised.")
+    near: NearDedup = Field(default_factory=NearDedup, description="Nearly the same content words (MinHash + LSH).")
+    semantic: SemanticDedup = Field(default_factory=SemanticDedup, description="Close embeddings within a topic.")
 
 
 TABLE = tables.verdict(

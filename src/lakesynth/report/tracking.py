@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lakesynth.core import tables
-from lakesynth.config import Config
+from lakesynth.config import Config, EndpointConfig
 from lakesynth.errors import LakesynthError
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.tables import L, S
@@ -40,8 +40,11 @@ def tracking_uri(cfg: Config, rt: Runtime) -> str:
 
 
 def params(cfg: Config) -> dict[str, str]:
-    """The config flattened to dotted keys; long texts (prompts, rules) as short hashes."""
-    return params_of(cfg.model_dump(by_alias=True))
+    """The config flattened to dotted keys, each endpoint as resolved (with what it takes from the teacher); long
+    texts (prompts, rules) as short hashes."""
+    own = set(EndpointConfig.model_fields)
+    endpoints = {name: cfg.endpoint(name).model_dump(include=own) for name in cfg.endpoints}
+    return params_of({**cfg.model_dump(by_alias=True), "endpoints": endpoints})
 
 
 class Tracker:

@@ -66,7 +66,7 @@ class CallGenerationConfig(LLMStageConfig):
     )
     examples: int = Field(3, ge=0, le=20, description="Seed pairs of the tool shown per request (few-shot).")
     distractors: int = Field(3, ge=1, le=20, description="multiple: other tools offered beside the right one.")
-    personas: Personas = Field(default_factory=Personas)
+    personas: Personas = Field(default_factory=Personas, description="Users the requests write as (none: no persona).")
     temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=16, description="Completion token limit.")
 
