@@ -89,9 +89,9 @@ def test_the_prompt_carries_scope_rules_and_every_criterion(llm_cfg):
 
 
 def test_the_judge_can_call_its_own_model(spark, llm_cfg, teacher_server):
-    """quality.judge.model (and base_url) name another model than the teacher's; the verdicts record it."""
+    """The judge endpoint (endpoints.judge) names another model than the teacher's; the verdicts record it."""
     _answered(spark, llm_cfg)
-    cfg = _on(llm_cfg, model="judge-model")
+    cfg = _on(with_endpoint(llm_cfg, "judge", model="judge-model"))
     judge.run(context(cfg))
     models = {r.model for r in tables.read(spark, where(cfg), judge.TABLE).collect()}
     assert models == {"judge-model"}
