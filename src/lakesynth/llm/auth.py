@@ -104,7 +104,9 @@ def _databricks_endpoint(teacher: EndpointSettings) -> Endpoint:
         config = _databricks_config(teacher.timeout_s)
         header = config.authenticate().get("Authorization", "")
     except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "no usable credentials"
-        raise EndpointError(f"endpoints.{teacher.name}.base_url=databricks: cannot authenticate to Databricks: {exc}") from None
+        raise EndpointError(
+            f"endpoints.{teacher.name}.base_url=databricks: cannot authenticate to Databricks: {exc}"
+        ) from None
     token = SecretStr(header.removeprefix("Bearer "))
     return Endpoint(f"{config.host.rstrip('/')}/serving-endpoints", teacher.model, token, databricks_auth=True)
 

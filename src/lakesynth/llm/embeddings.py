@@ -1,7 +1,7 @@
 """Embeddings: texts -> unit vectors from an OpenAI-compatible `/embeddings` endpoint, a batch per request.
 
 Retried as chat requests are (408, 409, 429 and 5xx; Retry-After; jittered backoff; a throttle, a 429 or a 503
-with Retry-After, on teacher.max_throttle_retries rather than max_retries); a Databricks token is renewed once
+with Retry-After, on the endpoint's max_throttle_retries rather than max_retries); a Databricks token is renewed once
 after a 401. A batch that still fails raises EndpointError: an embedding has no partial result
 to keep in a row, and the stage that needs it fails whole, with nothing written.
 """

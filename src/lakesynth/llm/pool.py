@@ -71,7 +71,7 @@ class RejectedStatus(StatusError):
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 RETRYABLE = (RetryableStatus, httpx.RequestError, InvalidOutput)  # RequestError: timeouts, refused, reset, ...
 #    A throttle (Throttled: a 429, or a 503 with Retry-After) slows the pool (throttle.py) and is retried on a
-#    budget of its own, teacher.max_throttle_retries, so a burst of them never spends max_retries. Should that
+#    budget of its own, the endpoint's max_throttle_retries, so a burst of them never spends max_retries. Should that
 #    run out too, the row's error starts with THROTTLED, so a stage can leave it out of its failure rate.
 THROTTLED = "throttled: "
 # 2. The stage stops (EndpointError): no row could succeed. A Databricks token refused (401) is renewed and

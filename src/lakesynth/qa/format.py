@@ -39,7 +39,9 @@ class FormatConfig(Section):
         0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none)."
     )
     seed: int = Field(42, description="Seed of the split; the same seed and data always split the same way.")
-    max_example_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
+    max_example_tokens: int = Field(
+        2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token)."
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> FormatConfig:

@@ -340,7 +340,9 @@ class DocumentsConfig(Section):
         description="Folder of markdown, text and PDF documents (relative to the config file; on Databricks a "
         "/Volumes/... path). Knowledge leaves' document.patterns are resolved against it. Empty: no documents.",
     )
-    chunk_words: int = Field(BUDGET_TOKENS, ge=1, description="Most words in a chunk (about 1.3 subword tokens a word).")
+    chunk_words: int = Field(
+        BUDGET_TOKENS, ge=1, description="Most words in a chunk (about 1.3 subword tokens a word)."
+    )
     overlap_words: int = Field(
         OVERLAP_TOKENS, ge=0, description="Words a chunk repeats from the one before it in the same section."
     )
@@ -353,9 +355,7 @@ class DocumentsConfig(Section):
     @model_validator(mode="after")
     def _overlap_below_budget(self) -> DocumentsConfig:
         if self.overlap_words >= self.chunk_words:
-            raise ValueError(
-                f"overlap_words ({self.overlap_words}) must be less than chunk_words ({self.chunk_words})"
-            )
+            raise ValueError(f"overlap_words ({self.overlap_words}) must be less than chunk_words ({self.chunk_words})")
         return self
 
 

@@ -473,9 +473,13 @@ class TaxonomyConfig(Section):
         template = {"topics": self.topics, "examples_file": self.examples_file, "requirements": self.requirements}
         missing = [k for k, v in template.items() if not v]
         if len(missing) not in (0, 3):
-            raise ValueError(f"the template form needs topics, examples_file and requirements; {', '.join(missing)} unset")
+            raise ValueError(
+                f"the template form needs topics, examples_file and requirements; {', '.join(missing)} unset"
+            )
         if self.path and not missing:
-            raise ValueError("set path (an InstructLab tree) or topics/examples_file/requirements (a template), not both")
+            raise ValueError(
+                "set path (an InstructLab tree) or topics/examples_file/requirements (a template), not both"
+            )
         return self
 
     @property
