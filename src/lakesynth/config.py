@@ -177,14 +177,15 @@ class EndpointSettings(EndpointConfig):
     """An endpoint as the LLM layer calls it (`Config.endpoint`): its settings, and the run's that its calls need."""
 
     name: str = Field("teacher", description="Its name under endpoints:, for messages.")
-    journal_flush_s: float = Field(2.0, ge=0, description="llm.journal_flush_s.")
-    model_cache: str = Field("~/.cache/lakesynth", description="model_cache.")
+    journal_flush_s: float = Field(2.0, ge=0, description="The run's llm.journal_flush_s.")
+    model_cache: str = Field("~/.cache/lakesynth", description="The run's model_cache.")
 
 
 EMBEDDINGS = {"base_url": "", "model": "all-MiniLM-L6-v2", "api_key_env": "", "gguf_path": ""}  # packaged, here
 
 
 def default_endpoints() -> dict[str, EndpointConfig]:
+    """The endpoints every config has: the teacher, the judge (as the teacher), the packaged embeddings."""
     return {"teacher": EndpointConfig(), "judge": EndpointConfig(), "embeddings": EndpointConfig(**EMBEDDINGS)}
 
 
@@ -403,14 +404,7 @@ def load_config(
             raise ConfigError(f"{file}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         data = loaded or {}
     refused = _refuse_moved(_leaves(data), f"{file}: ")
-    overridden: set[str] = set()
-    for item in overrides or []:
-        key, value = parse_override(item)
-        refused += _refuse_moved(_leaves({key: value}), "--set ")
-        _set_dotted(data, key, value)
-        overridden.add(key)
-    if refused:
-        raise ConfigError("\n".join(refused))
+    overridden = _apply(data, overrides or [], refused)
     base_dir = file.resolve().parent if file else Path.cwd()
     return _validated(model, data, base_dir, file, overridden)
 
@@ -419,15 +413,21 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """`cfg` with `KEY=VALUE` overrides applied and validated again (its paths are already resolved)."""
     data = cfg.model_dump(by_alias=True)
     data["endpoints"] = {name: e.model_dump(exclude_unset=True) for name, e in cfg.endpoints.items()}
-    keys, refused = set(), []
+    return _validated(type(cfg), data, Path.cwd(), None, _apply(data, overrides, []))
+
+
+def _apply(data: dict, overrides: list[str], refused: list[str]) -> set[str]:
+    """`--set` overrides applied to `data`, the keys they set; a ConfigError naming every old key (with `refused`,
+    those of the file) and where it went."""
+    overridden = set()
     for item in overrides:
         key, value = parse_override(item)
         refused += _refuse_moved(_leaves({key: value}), "--set ")
         _set_dotted(data, key, value)
-        keys.add(key)
+        overridden.add(key)
     if refused:
         raise ConfigError("\n".join(refused))
-    return _validated(type(cfg), data, Path.cwd(), None, keys)
+    return overridden
 
 
 def _validated(model: type[Config], data: dict, base_dir: Path, file: Path | None, overridden: set[str]) -> Config:
