@@ -120,7 +120,7 @@ def test_the_template_form_is_a_one_level_taxonomy(spark, cfg, tmp_path):
     topics = write(tmp_path / "topics.txt", "Tidal pools\nCloud formation\n")
     examples = write(tmp_path / "examples.jsonl", '{"question": "What lives in a rock pool?", "answer": "Crabs."}\n')
     requirements = write(tmp_path / "requirements.txt", "Questions a curious 10-year-old would ask.\n")
-    cfg = _with(cfg, {"topics": topics, "examples": examples, "requirements": requirements})
+    cfg = _with(cfg, {"topics": topics, "examples_file": examples, "requirements": requirements})
     result = taxonomy.run(context(cfg))
     assert result.metrics == {"leaves": 2, "skills": 2, "knowledge": 0} and result.rows_out == 2
     leaves = _rows(spark, cfg, taxonomy.LEAVES)
