@@ -169,9 +169,9 @@ def test_nothing_configured_is_disabled_and_bad_settings_are_config_errors(spark
         assert "disabled" in result.metrics and result.tables == []
     assert not spark.catalog.tableExists(where(cfg).fqn(documents.TABLE.name))
     config = write(tmp_path / "c.yml", "taxonomy:\n  topics: topics.txt\n")
-    with pytest.raises(ConfigError, match="examples, requirements unset"):
+    with pytest.raises(ConfigError, match="examples_file, requirements unset"):
         registry.load_config(config)
-    with pytest.raises(ConfigError, match=r"overlap_tokens \(50\) must be less than budget_tokens \(50\)"):
+    with pytest.raises(ConfigError, match=r"overlap_words \(50\) must be less than chunk_words \(50\)"):
         registry.load_config(None, ["documents.chunk_words=50", "documents.overlap_words=50"])
     loaded = registry.load_config(write(tmp_path / "d.yml", "taxonomy:\n  path: tree\ndocuments:\n  path: docs\n"))
     assert loaded.taxonomy.path == str(tmp_path / "tree") and loaded.documents.path == str(tmp_path / "docs")
