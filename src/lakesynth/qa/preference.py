@@ -48,7 +48,7 @@ class Candidate(LLMStageConfig):
     def _resolve_gguf(cls, value: str | None, info: ValidationInfo) -> str | None:
         if not value or value == "student" or Path(value).is_absolute():
             return value
-        return str((base_dir(info) / value).resolve())  # relative to the config file, as teacher.gguf_path
+        return str((base_dir(info) / value).resolve())  # relative to the config file, as an endpoint's gguf_path
 
     def calls_with(self, cfg) -> EndpointSettings:
         """The named endpoint's settings, or with `gguf_path` the embedded engine serving that GGUF."""
