@@ -120,9 +120,9 @@ async def bare_httpx(url: str, texts: list[str]) -> None:
 def call_run(url: str, texts: list[str]) -> None:
     """The stages' path: `llm.Call.run` with 64 in flight, a journal, validated outputs."""
     from lakesynth import llm
-    from lakesynth.config import TeacherConfig
+    from lakesynth.config import EndpointSettings
 
-    teacher = TeacherConfig(base_url=url, model="standin", max_concurrency=SLOTS, timeout_s=60)
+    teacher = EndpointSettings(base_url=url, model="standin", max_concurrency=SLOTS, timeout_s=60)
     with tempfile.TemporaryDirectory() as journal:
         call = llm.Call(llm.Endpoint(url, "standin"), teacher, GeneratedQuestions, 0.9, MAX_TOKENS, journal)
         results = call.run([(str(i), [{"role": "user", "content": t}]) for i, t in enumerate(texts)])

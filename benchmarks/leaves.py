@@ -8,7 +8,7 @@ questions and answers), a grounded skill (five, each with a small markdown table
 leaf (five seed contexts of three questions and answers each, and its own generated markdown document of about 950
 words, benchmarks/chunking.py's, named by `document.patterns`), 100 leaves a folder. The teacher is the stand-in
 (lakesynth.llm.standin in its own process: 100 ms a request, at most 64 at a time, so at most 640 req/s) with
-`teacher.max_concurrency` 64 and `taxonomy.per_leaf` 2: three requests a leaf (per_leaf and its 0.5 spare, rounded
+`endpoints.teacher.max_concurrency` 64 and `taxonomy.per_leaf` 2: three requests a leaf (per_leaf and its 0.5 spare, rounded
 up). Per size and round, a fresh schema on one embedded engine (started before any clock): the `documents` stage
 chunks the knowledge documents (before the clock; leaf generation reads `document_chunks`), then the clock runs
 over
@@ -125,9 +125,9 @@ def _round(folder: Path, n: int, r: int | str, url: str, per_leaf: int) -> dict:
         f"taxonomy.path={folder / 'taxonomy'}",
         f"documents.path={folder / 'docs'}",
         f"taxonomy.per_leaf={per_leaf}",
-        f"teacher.base_url={url}",
-        "teacher.model=standin",
-        f"teacher.max_concurrency={CAP}",
+        f"endpoints.teacher.base_url={url}",
+        "endpoints.teacher.model=standin",
+        f"endpoints.teacher.max_concurrency={CAP}",
     ]
     ctx = registry.open_context(ROOT / "conf" / "lakesynth.yml", settings)
     ctx.spark.range(1).count()  # the engine is up before the clock starts

@@ -288,8 +288,8 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
             specs = stage_prompts(seeds)
             # Both commands of this size: one warehouse, the stand-in as the teacher, one question per seed.
             on_standin = [
-                *("--warehouse", str(folder / f"wh_util_{n}"), "--set", f"teacher.base_url={url}"),
-                *("--set", "teacher.model=standin", "--set", f"teacher.max_concurrency={CAP}"),
+                *("--warehouse", str(folder / f"wh_util_{n}"), "--set", f"endpoints.teacher.base_url={url}"),
+                *("--set", "endpoints.teacher.model=standin", "--set", f"endpoints.teacher.max_concurrency={CAP}"),
                 *("--set", "questions.per_seed=1", "--set", "mlflow.enabled=false"),
             ]
             bare = {stage: bare_client(url, *spec, CAP) for stage, spec in specs.items()}
@@ -377,7 +377,7 @@ def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
     from lakesynth.core.templates import render
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=2", "questions.max_tokens=400"])
-    teacher, per_seed = cfg.teacher, cfg.questions.per_seed
+    teacher, per_seed = cfg.endpoint("teacher"), cfg.questions.per_seed
     topics = ["cards", "transfers", "accounts", "fraud", "investment advice", "tax advice"]
     prompts = [
         render(
@@ -491,11 +491,11 @@ def memory_run(folder: Path, url: str, rows: int, remote: str | None) -> tuple[i
         "--warehouse",
         str(folder / f"wh_mem_{tag}_{rows}"),
         "--set",
-        f"teacher.base_url={url}",
+        f"endpoints.teacher.base_url={url}",
         "--set",
-        "teacher.model=standin",
+        "endpoints.teacher.model=standin",
         "--set",
-        "teacher.max_concurrency=256",
+        "endpoints.teacher.max_concurrency=256",
         "--set",
         f"questions.per_seed={PER_SEED}",
         "--set",

@@ -17,7 +17,7 @@ import time
 from pydantic import BaseModel, ConfigDict
 
 from lakesynth import llm
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.llm.standin import StandIn, StandInOptions
 
@@ -35,7 +35,7 @@ def run(server: StandIn, n: int, workers: int, latency_ms: float, adaptive: bool
     server.reset(latency_ms=latency_ms, **faults)
     reset_concurrency()
     endpoint = llm.Endpoint(server.base_url, "standin")
-    teacher = TeacherConfig(
+    teacher = EndpointSettings(
         base_url=server.base_url, model="standin", max_concurrency=16, timeout_s=10, adaptive_concurrency=adaptive
     )
     call = llm.Call(endpoint, teacher, Questions, temperature=0.5, max_tokens=256)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lakesynth.core import registry
-from lakesynth.config import Config
+from lakesynth.config import Config, EndpointConfig
 from lakesynth.core.engine import get_spark
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext
@@ -74,10 +74,14 @@ def teacher_server():
 def llm_cfg(cfg, teacher_server) -> Config:
     """`cfg` with the teacher pointed at the stand-in, which starts each test with no faults and zero counts."""
     teacher_server.reset()
-    teacher = cfg.teacher.model_copy(
-        update={"base_url": teacher_server.base_url, "model": "standin", "max_concurrency": 16, "timeout_s": 5}
-    )
-    return cfg.model_copy(update={"teacher": teacher})
+    return with_endpoint(cfg, base_url=teacher_server.base_url, model="standin", max_concurrency=16, timeout_s=5)
+
+
+def with_endpoint(cfg: Config, name: str = "teacher", **settings) -> Config:
+    """`cfg` with endpoint `name` (added if missing) changed, as `--set endpoints.<name>.<key>=...` would."""
+    own = cfg.endpoints.get(name) or EndpointConfig.model_construct(_fields_set=set())
+    endpoints = {**cfg.endpoints, name: own.model_copy(update=settings)}
+    return cfg.model_copy(update={"endpoints": endpoints})
 
 
 def context(cfg: Config) -> RunContext:

@@ -7,7 +7,7 @@ from pydantic import SecretStr
 from test_llm import Questions, _requests
 
 from lakesynth import llm
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth
 from lakesynth.llm.standin import StandIn
@@ -26,13 +26,13 @@ def workspace(monkeypatch):
     server.stop()
 
 
-def _call(teacher: TeacherConfig) -> llm.Call:
+def _call(teacher: EndpointSettings) -> llm.Call:
     with llm.open_endpoint(teacher) as endpoint:
         return llm.Call(endpoint, teacher, Questions, temperature=0.5, max_tokens=256)
 
 
-def _teacher() -> TeacherConfig:
-    return TeacherConfig(base_url="databricks", model="standin", max_retries=0, timeout_s=5)
+def _teacher() -> EndpointSettings:
+    return EndpointSettings(base_url="databricks", model="standin", max_retries=0, timeout_s=5)
 
 
 def test_an_expired_token_is_renewed_and_the_request_sent_once_more(workspace):

@@ -229,7 +229,10 @@ def test_bad_parameters_and_cycles_are_named(merged):
 
 def _embedding_models(cfg) -> str:
     """The model of every embeddings setting pointed at Databricks Model Serving, joined."""
-    settings = (cfg.quality.relevance.embeddings, cfg.quality.dedup.semantic)
+    settings = (
+        cfg.endpoint(cfg.quality.relevance.embeddings_endpoint),
+        cfg.endpoint(cfg.quality.dedup.semantic.endpoint),
+    )
     return ",".join(sorted({e.model for e in settings if e.base_url == "databricks"}))
 
 
@@ -241,7 +244,7 @@ VARIABLES = {
     "volume": ("vol_x", lambda cfg: cfg.volume, "all"),
     "teacher_endpoint": (
         "endpoint-x",
-        lambda cfg: cfg.teacher.model,
+        lambda cfg: cfg.endpoint("teacher").model,
         ("questions", "critic", "responses", "judge", "relevance", "topup", "preference", "evaluate", "call_semantic"),
     ),
     "questions_per_seed": ("7", lambda cfg: str(cfg.questions.per_seed), ("questions", "topup")),

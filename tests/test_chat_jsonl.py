@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import context, where
+from conftest import context, where, with_endpoint
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.training.checks import chat_violation
@@ -53,7 +53,7 @@ def _pipeline(spark, cfg):
 
 
 def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
-    cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"max_retries": 0})})
+    cfg = with_endpoint(llm_cfg, max_retries=0)
     seeds.run(context(cfg))
     questions.run(context(cfg))
     teacher_server.reset(fault_rate=0.1, faults=("500",), seed=2)
@@ -82,7 +82,7 @@ def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
 
 def test_too_long_examples_are_counted_not_written(spark, llm_cfg):
     _pipeline(spark, llm_cfg)
-    cfg = llm_cfg.model_copy(update={"format": llm_cfg.format.model_copy(update={"max_tokens": 16})})
+    cfg = llm_cfg.model_copy(update={"format": llm_cfg.format.model_copy(update={"max_example_tokens": 16})})
     result = chat_jsonl.run(context(cfg))
     assert result.rows_out == 0 and result.errors == tables.count(spark, where(cfg), responses.TABLE)
     assert list(result.metrics["violations"]) == ["longer than 16 tokens (estimated)"]

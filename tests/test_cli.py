@@ -67,9 +67,9 @@ def test_bad_seed_file_exits_nonzero_with_named_error(tmp_path):
 
 
 def test_bad_config_exits_2_naming_key(tmp_path):
-    proc = lakesynth("run", "--set", "teacher.max_concurrency=0", "--warehouse", str(tmp_path / "wh"))
+    proc = lakesynth("run", "--set", "endpoints.teacher.max_concurrency=0", "--warehouse", str(tmp_path / "wh"))
     assert proc.returncode == 2
-    assert "--set teacher.max_concurrency" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--set endpoints.teacher.max_concurrency" in proc.stderr and "Traceback" not in proc.stderr
 
 
 TRAVEL = ROOT / "tests" / "fixtures" / "travel"  # a travel agency's tools: another spec than the bank sample's
@@ -101,13 +101,13 @@ def test_a_flag_naming_a_source_sets_aside_the_configs_sources_it_replaces():
                        stages=tools_job)  # fmt: skip
     assert cfg.tools.seeds == str(TRAVEL / "seeds.jsonl")  # a --set is the user's own: kept
     cfg, line = configure("--taxonomy", str(GARDENING))
-    assert cfg.taxonomy.path == str(GARDENING) and cfg.seeds.path == ""
-    assert line.startswith(f"sources --taxonomy {GARDENING}; not used: the config's seeds.path; use case 'bank'")
+    assert cfg.taxonomy.path == str(GARDENING) and cfg.seed.path == ""
+    assert line.startswith(f"sources --taxonomy {GARDENING}; not used: the config's seed.path; use case 'bank'")
     assert "--set use_case.rules_file=" in line  # the sample's rules would shape the user's data: said so
     _, line = configure("--taxonomy", str(GARDENING), "--set", "use_case.system_prompt=Be a gardener.")
-    assert line == f"sources --taxonomy {GARDENING}; not used: the config's seeds.path"
+    assert line == f"sources --taxonomy {GARDENING}; not used: the config's seed.path"
     cfg, line = configure()  # no flag: the config's sources, said so
-    assert cfg.seeds.path.endswith("bank/seeds.csv") and line == f"sources seeds.path {cfg.seeds.path} (config)"
+    assert cfg.seed.path.endswith("bank/seeds.csv") and line == f"sources seed.path {cfg.seed.path} (config)"
 
 
 def _first_line(proc) -> str:
@@ -123,7 +123,7 @@ def test_another_spec_runs_the_tools_job_to_the_end_on_the_packaged_config(tmp_p
         *("run", "--job", "lakesynth_tools", "--tools", str(TRAVEL / "tools.json")),
         *("--functions", str(TRAVEL / "functions.py"), "--calls", str(TRAVEL / "calls.jsonl")),
         *("--warehouse", str(tmp_path / "wh"), "--summary", str(summary)),
-        *("--set", f"teacher.base_url={teacher_server.base_url}", "--set", "teacher.model=standin"),
+        *("--set", f"endpoints.teacher.base_url={teacher_server.base_url}", "--set", "endpoints.teacher.model=standin"),
         *("--set", "finetune.backend=none"),
         cwd=tmp_path,
     )
@@ -146,15 +146,15 @@ def test_a_taxonomy_alone_is_the_only_seed_source_on_the_packaged_config(tmp_pat
     summary = tmp_path / "summary.json"
     proc = lakesynth(
         *("run", "--taxonomy", str(GARDENING), "--warehouse", str(tmp_path / "wh"), "--summary", str(summary)),
-        *("--set", f"teacher.base_url={teacher_server.base_url}", "--set", "teacher.model=standin"),
+        *("--set", f"endpoints.teacher.base_url={teacher_server.base_url}", "--set", "endpoints.teacher.model=standin"),
         *("--set", "taxonomy.per_leaf=3", "--set", "taxonomy.max_rounds=10", "--set", "finetune.backend=none"),
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"; sources --taxonomy {GARDENING}; not used: the config's seeds.path; use case" in _first_line(proc)
+    assert f"; sources --taxonomy {GARDENING}; not used: the config's seed.path; use case" in _first_line(proc)
     report = json.loads(summary.read_text())
     stages = report["stages"]
-    assert stages["seed"]["disabled"].startswith("seeds.path is empty")
+    assert stages["seed"]["disabled"].startswith("seed.path is empty")
     assert stages["questions"]["rows_out"] == 0 and stages["responses"]["rows_out"] == 0  # no bank question
     leaf = "compositional_skills/gardening/seasonal_tasks"
     examples = stages["format"]["examples_per_leaf"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from conftest import context, where
+from conftest import context, where, with_endpoint
 
 from lakesynth.quality import critic
 from lakesynth.qa import questions
@@ -53,7 +53,7 @@ def test_every_question_gets_a_verdict_and_only_kept_ones_are_answered(spark, ll
 
 def test_a_reply_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, llm_cfg, teacher_server):
     cfg = _on(llm_cfg, max_failure_rate=1.0)
-    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"max_retries": 0})})
+    cfg = with_endpoint(cfg, max_retries=0)
     seeds.run(context(cfg))
     questions.run(context(cfg))
     teacher_server.reset(fault_rate=0.3, faults=("malformed", "schema"), seed=3)

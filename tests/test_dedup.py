@@ -4,7 +4,7 @@ matters stay, and every answered pair has one row in pair_verdicts saying why it
 from __future__ import annotations
 
 import pytest
-from conftest import context, where
+from conftest import context, where, with_endpoint
 from pyspark.sql import functions as F
 
 from lakesynth.qa import format as chat_jsonl
@@ -161,8 +161,9 @@ def test_semantic_duplicates_by_embeddings_within_a_topic(spark, cfg, teacher_se
     """The stand-in embeds a text as its words: same words in another order are one question to it, as a
     paraphrase is to a real embedding model; different words are not."""
     teacher_server.reset()
-    semantic = {"enabled": True, "base_url": teacher_server.base_url, "model": "embed", "threshold": 0.95}
+    semantic = {"enabled": True, "threshold": 0.95}
     settings = dedup.DedupConfig.model_validate({"near": {"enabled": False}, "semantic": semantic})
+    cfg = with_endpoint(cfg, "embeddings", base_url=teacher_server.base_url, model="embed")
     cfg = cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"dedup": settings})})
     # Not the negation controls: to a bag of words, "with" / "with no injuries" are twins (a real model tells them apart).
     controls = CONTROLS[:6]
@@ -179,9 +180,9 @@ def test_semantic_duplicates_by_embeddings_within_a_topic(spark, cfg, teacher_se
 def test_the_packaged_embedding_model_serves_real_embeddings(tmp_path):
     """The embedded default: all-MiniLM-L6-v2 from PyPI, unpacked once, behind /v1/embeddings here."""
     from lakesynth import llm
-    from lakesynth.config import TeacherConfig
+    from lakesynth.config import EndpointSettings
 
-    teacher = TeacherConfig(model="all-MiniLM-L6-v2", model_cache=str(tmp_path / "cache"), timeout_s=60)
+    teacher = EndpointSettings(model="all-MiniLM-L6-v2", model_cache=str(tmp_path / "cache"), timeout_s=60)
     texts = ["How do I block my card?", "How can I freeze my bank card?", "What is today's mortgage rate?"]
     with llm.open_endpoint(teacher, embeddings=True) as endpoint:
         vectors = llm.embed(endpoint, teacher, texts, batch=2)

@@ -27,9 +27,9 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
         [
             f"warehouse={warehouse}",
             f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"seeds.path={seeds}",
-            f"teacher.base_url={teacher_server.base_url}",
-            "teacher.model=standin",
+            f"seed.path={seeds}",
+            f"endpoints.teacher.base_url={teacher_server.base_url}",
+            "endpoints.teacher.model=standin",
             "mlflow.enabled=false",
             "quality.judge.enabled=true",
             "run_id=export-test",

@@ -22,9 +22,9 @@ def _args(tmp_path, server, *extra):
         "--warehouse",
         str(tmp_path / "wh"),
         "--set",
-        f"teacher.base_url={server.base_url}",
+        f"endpoints.teacher.base_url={server.base_url}",
         "--set",
-        "teacher.model=standin",
+        "endpoints.teacher.model=standin",
         *extra,
     ]
 
@@ -62,9 +62,9 @@ def test_sigkill_halfway_then_rerun_loses_nothing_and_repays_only_in_flight(tmp_
             "--set",
             "mlflow.enabled=false",
             "--set",
-            f"teacher.max_concurrency={concurrency}",
+            f"endpoints.teacher.max_concurrency={concurrency}",
             "--set",
-            "teacher.journal_flush_s=0",  # a file per request: the kill loses only what was in flight
+            "llm.journal_flush_s=0",  # a file per request: the kill loses only what was in flight
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -109,7 +109,7 @@ def test_endpoint_failures_stop_the_stage_before_any_row(tmp_path, teacher_serve
             tmp_path,
             teacher_server,
             "--set",
-            "teacher.api_key_env=LAKESYNTH_TEST_KEY",
+            "endpoints.teacher.api_key_env=LAKESYNTH_TEST_KEY",
             "--summary",
             str(tmp_path / "s.json"),
         ),
@@ -129,9 +129,9 @@ def test_unreachable_endpoint_is_named(tmp_path):
         "--warehouse",
         str(tmp_path / "wh"),
         "--set",
-        "teacher.base_url=http://127.0.0.1:9/v1",
+        "endpoints.teacher.base_url=http://127.0.0.1:9/v1",
         "--set",
-        "teacher.max_retries=0",
+        "endpoints.teacher.max_retries=0",
     )
     assert proc.returncode == 1 and "cannot reach the teacher at http://127.0.0.1:9/v1" in proc.stdout
     assert _table(tmp_path, "synthetic_questions") is None or len(_table(tmp_path, "synthetic_questions")) == 0
@@ -147,9 +147,9 @@ def test_planted_secret_never_leaks(tmp_path, teacher_server):
             tmp_path,
             teacher_server,
             "--set",
-            "teacher.api_key_env=LAKESYNTH_TEST_KEY",
+            "endpoints.teacher.api_key_env=LAKESYNTH_TEST_KEY",
             "--set",
-            "teacher.max_retries=0",
+            "endpoints.teacher.max_retries=0",
             "--set",
             "questions.max_failure_rate=1",
             "--set",
@@ -194,9 +194,9 @@ def test_twenty_percent_faults_of_every_kind_through_both_llm_stages(tmp_path, t
             tmp_path,
             teacher_server,
             "--set",
-            "teacher.max_retries=1",
+            "endpoints.teacher.max_retries=1",
             "--set",
-            "teacher.timeout_s=0.5",
+            "endpoints.teacher.timeout_s=0.5",
             "--summary",
             str(tmp_path / "s.json"),
         ),
@@ -216,7 +216,9 @@ def test_row_failures_of_every_kind_stay_in_their_rows_through_both_llm_stages(t
         "run",
         "--stages",
         "seed,questions,responses",
-        *_args(tmp_path, teacher_server, "--set", "teacher.max_retries=2", "--summary", str(tmp_path / "s.json")),
+        *_args(
+            tmp_path, teacher_server, "--set", "endpoints.teacher.max_retries=2", "--summary", str(tmp_path / "s.json")
+        ),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -124,7 +124,7 @@ def test_the_wheel_carries_the_job_files_and_the_default_config(site):
     assert config.read_bytes() == (ROOT / "conf" / "lakesynth.yml").read_bytes()
     # The files the config names, relative to itself.
     named = yaml.safe_load(config.read_text())
-    for rel in (named["use_case"]["rules_file"], named["seeds"]["path"]):
+    for rel in (named["use_case"]["rules_file"], named["seed"]["path"]):
         assert (config.parent / rel).read_bytes() == (ROOT / "conf" / rel).read_bytes()
 
 

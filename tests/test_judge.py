@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from conftest import context, where
+from conftest import context, where, with_endpoint
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.quality import judge
@@ -66,7 +66,7 @@ def test_a_stricter_minimum_drops_more_and_a_new_criterion_is_a_new_prompt(spark
 
 def test_a_judgement_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, llm_cfg, teacher_server):
     cfg = _on(llm_cfg, max_failure_rate=1.0)
-    cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"max_retries": 0})})
+    cfg = with_endpoint(cfg, max_retries=0)
     pairs = _answered(spark, cfg)
     teacher_server.reset(fault_rate=0.3, faults=("malformed", "schema"), seed=4)
     judge.run(context(cfg))
@@ -89,9 +89,9 @@ def test_the_prompt_carries_scope_rules_and_every_criterion(llm_cfg):
 
 
 def test_the_judge_can_call_its_own_model(spark, llm_cfg, teacher_server):
-    """quality.judge.model (and base_url) name another model than the teacher's; the verdicts record it."""
+    """The judge endpoint (endpoints.judge) names another model than the teacher's; the verdicts record it."""
     _answered(spark, llm_cfg)
-    cfg = _on(llm_cfg, model="judge-model")
+    cfg = _on(with_endpoint(llm_cfg, "judge", model="judge-model"))
     judge.run(context(cfg))
     models = {r.model for r in tables.read(spark, where(cfg), judge.TABLE).collect()}
     assert models == {"judge-model"}

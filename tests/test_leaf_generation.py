@@ -25,7 +25,7 @@ def _cfg(cfg, **changes):
     return cfg.model_copy(
         update={
             "taxonomy": cfg.taxonomy.model_copy(update=t),
-            "documents": cfg.documents.model_copy(update={"path": str(DOCS), "budget_tokens": 80, "overlap_tokens": 8}),
+            "documents": cfg.documents.model_copy(update={"path": str(DOCS), "chunk_words": 80, "overlap_words": 8}),
         }
     )
 

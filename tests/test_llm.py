@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from lakesynth import llm
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import ConfigError, EndpointError
 from lakesynth.llm.standin import StandIn, StandInOptions
 
@@ -24,7 +24,7 @@ class Questions(BaseModel):
 
 def _call(server: StandIn, tmp_path=None, **teacher) -> llm.Call:
     settings = {"max_retries": 3, "timeout_s": 5, "throttle_patience_s": 0, **teacher}  # patience: see test_throttling
-    cfg = TeacherConfig(base_url=server.base_url, model="standin", **settings)
+    cfg = EndpointSettings(base_url=server.base_url, model="standin", **settings)
     return llm.Call(
         llm.Endpoint(server.base_url, "standin"),
         cfg,
@@ -244,14 +244,14 @@ def test_unreachable_endpoint_raises_clearly():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
-    call = llm.Call(llm.Endpoint(url, "m"), TeacherConfig(base_url=url, max_retries=1), Questions, 0.5, 64)
+    call = llm.Call(llm.Endpoint(url, "m"), EndpointSettings(base_url=url, max_retries=1), Questions, 0.5, 64)
     with pytest.raises(EndpointError, match=f"cannot reach the teacher at {url}"):
         call.run(_requests(2))
 
 
 def test_key_comes_from_named_env_var_and_never_prints(monkeypatch):
     monkeypatch.setenv("LAKESYNTH_TEST_KEY", SECRET)
-    teacher = TeacherConfig(base_url="http://127.0.0.1:9/v1", api_key_env="LAKESYNTH_TEST_KEY")
+    teacher = EndpointSettings(base_url="http://127.0.0.1:9/v1", api_key_env="LAKESYNTH_TEST_KEY")
     with llm.open_endpoint(teacher) as endpoint:
         assert endpoint.api_key.get_secret_value() == SECRET
         assert SECRET not in repr(endpoint) and SECRET not in str(endpoint)
@@ -261,14 +261,14 @@ def test_key_comes_from_named_env_var_and_never_prints(monkeypatch):
 
 
 def test_cost_estimate_only_where_prices_are_configured():
-    priced = TeacherConfig(price_per_million_prompt_tokens=1.0, price_per_million_completion_tokens=4.0)
+    priced = EndpointSettings(price_per_million_prompt_tokens=1.0, price_per_million_completion_tokens=4.0)
     assert priced.cost(1000, 500) == pytest.approx(0.003)
-    assert TeacherConfig().cost(1000, 500) is None
+    assert EndpointSettings().cost(1000, 500) is None
 
 
 def test_embedded_teacher_answers_a_structured_request(tmp_path):
     """The real packaged model, no endpoint configured: a valid object comes back."""
-    teacher = TeacherConfig(embedded_slots=2, embedded_context=2048)
+    teacher = EndpointSettings(embedded_slots=2, embedded_context=2048)
     with llm.open_endpoint(teacher) as endpoint:
         assert endpoint.base_url.startswith("http://127.0.0.1:")
         call = llm.Call(endpoint, teacher, Questions, temperature=0.2, max_tokens=400)
@@ -296,7 +296,7 @@ def test_embedded_teacher_answers_a_structured_request(tmp_path):
 def test_databricks_endpoint_uses_unified_auth_and_hides_the_token(monkeypatch):
     monkeypatch.setenv("DATABRICKS_HOST", "https://dbc-0123.cloud.databricks.com")
     monkeypatch.setenv("DATABRICKS_TOKEN", SECRET)
-    teacher = TeacherConfig(base_url="databricks", model="databricks-meta-llama-3-3-70b-instruct", timeout_s=1)
+    teacher = EndpointSettings(base_url="databricks", model="databricks-meta-llama-3-3-70b-instruct", timeout_s=1)
     with llm.open_endpoint(teacher) as endpoint:
         assert endpoint.base_url == "https://dbc-0123.cloud.databricks.com/serving-endpoints"
         assert endpoint.model == "databricks-meta-llama-3-3-70b-instruct"
@@ -345,7 +345,7 @@ def test_local_ai_query_checks_its_response_format_against_the_model(spark, serv
     import pandas as pd
 
     udf = llm.ai_query_udf(
-        llm.Call(llm.Endpoint(server.base_url, "standin"), TeacherConfig(), Answer, 0.1, 64, label="answers"),
+        llm.Call(llm.Endpoint(server.base_url, "standin"), EndpointSettings(), Answer, 0.1, 64, label="answers"),
         workers=1,
     )
     params = pd.DataFrame({"max_tokens": [64], "temperature": [0.1]})

@@ -37,11 +37,11 @@ def _run_on_standin(tmp: Path, *args: str, tracking: bool) -> None:
             "--warehouse",
             str(tmp / "wh"),
             "--set",
-            f"teacher.base_url={server.base_url}",
+            f"endpoints.teacher.base_url={server.base_url}",
             "--set",
-            "teacher.model=standin",
+            "endpoints.teacher.model=standin",
             "--set",
-            "teacher.api_key_env=LAKESYNTH_NB_KEY",
+            "endpoints.teacher.api_key_env=LAKESYNTH_NB_KEY",
             "--set",
             "finetune.backend=none",
             *[arg.format(server=server.base_url) for arg in args],
@@ -73,9 +73,9 @@ def small_run(tmp_path_factory):
         "--set",
         "quality.relevance.threshold=0.84",
         "--set",
-        "quality.relevance.embeddings.base_url={server}",
+        "endpoints.embeddings.base_url={server}",
         "--set",
-        "quality.relevance.embeddings.api_key_env=LAKESYNTH_NB_KEY",
+        "endpoints.embeddings.api_key_env=LAKESYNTH_NB_KEY",
         "--summary",
         str(tmp / "s.json"),
         tracking=True,
@@ -190,7 +190,9 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     assert metrics["dedup.dropped"] == metrics["judge.dropped"] + metrics["dedup.dropped.relevance"] > 0
     assert run.data.tags["stage.finetune"] == "skipped"
     params = run.data.params
-    assert params["teacher.model"] == "standin" and params["teacher.api_key_env"] == "LAKESYNTH_NB_KEY"
+    assert (
+        params["endpoints.teacher.model"] == "standin" and params["endpoints.teacher.api_key_env"] == "LAKESYNTH_NB_KEY"
+    )
     assert "questions.template_sha" in params and "questions.template" not in params
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples", "report"} <= artifacts and "summary-nb-run.json" in artifacts

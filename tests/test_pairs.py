@@ -31,9 +31,9 @@ def _cfg(warehouse, server, pairs: str, *overrides: str):
         [
             f"warehouse={warehouse}",
             f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"seeds.pairs={pairs}",
-            f"teacher.base_url={server.base_url}",
-            "teacher.model=standin",
+            f"seed.pairs={pairs}",
+            f"endpoints.teacher.base_url={server.base_url}",
+            "endpoints.teacher.model=standin",
             "mlflow.enabled=false",
             *overrides,
         ],
@@ -48,7 +48,7 @@ def test_own_pairs_run_through_the_gate_with_nothing_generated(spark, warehouse,
     stages = summary["stages"]
     assert all(s["status"] == "ok" for s in stages.values()), stages
     for stage in ("questions", "responses"):
-        assert stages[stage]["imported"] == 4 and stages[stage]["generation"] == "skipped: seeds.pairs given"
+        assert stages[stage]["imported"] == 4 and stages[stage]["generation"] == "skipped: seed.pairs given"
     assert teacher_server.stats.completions == 4 + 1  # the judge's calls and its preflight, nothing else
     rt = Runtime.resolve(cfg)
     seeds = spark.table(rt.fqn("seed_questions")).toPandas()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import context, where
+from conftest import context, where, with_endpoint
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.qa import preference
@@ -100,7 +100,7 @@ def test_dpo_and_kto_files_load_with_datasets_and_pass_trls_format_checks(spark,
     from lakesynth.training import student
 
     result = preference.run(context(pref_cfg))
-    tokenizer = AutoTokenizer.from_pretrained(student.packaged_student(Path(pref_cfg.teacher.model_cache).expanduser()))
+    tokenizer = AutoTokenizer.from_pretrained(student.packaged_student(Path(pref_cfg.model_cache).expanduser()))
     dpo = load_dataset("json", data_files=result.files["dpo_jsonl"], split="train")
     assert set(dpo.column_names) == {"prompt", "chosen", "rejected"} and len(dpo) > 0
     example = dpo[0]
@@ -131,10 +131,10 @@ def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, l
     seeds_file = write(tmp_path / "s.csv", "topic,question,in_scope\ncards,How do I block my card?,yes\n")
     cfg = llm_cfg.model_copy(
         update={
-            "seeds": llm_cfg.seeds.model_copy(update={"path": str(seeds_file)}),
+            "seed": llm_cfg.seed.model_copy(update={"path": str(seeds_file)}),
             "questions": llm_cfg.questions.model_copy(update={"per_seed": 1}),
             "format": llm_cfg.format.model_copy(update={"val_fraction": 0.0}),
-            "teacher": llm_cfg.teacher.model_copy(update={"timeout_s": 120, "max_retries": 0}),  # a real model
+            "endpoints": with_endpoint(llm_cfg, timeout_s=120, max_retries=0).endpoints,  # a real model
         }
     )
     student = preference.Candidate(

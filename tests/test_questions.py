@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import context, where, write
+from conftest import context, where, with_endpoint, write
 
 from lakesynth import llm
 from lakesynth.core import llm_stage
@@ -71,7 +71,7 @@ def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, t
 
 
 def test_failed_seeds_keep_an_error_row_then_a_rerun_fills_them(spark, llm_cfg, teacher_server):
-    cfg = _with(llm_cfg, teacher={"max_retries": 0})
+    cfg = with_endpoint(llm_cfg, max_retries=0)
     seeds.run(context(cfg))
     teacher_server.reset(fault_rate=0.5, faults=("schema",), seed=11)
     try:
@@ -142,9 +142,9 @@ def test_seed_text_with_template_syntax_stays_literal(spark, llm_cfg, tmp_path):
     path = write(
         tmp_path / "t.jsonl", json.dumps({"topic": "odd {{ topic }}", "question": tricky, "in_scope": 1}) + "\n"
     )
-    cfg = llm_cfg.model_copy(update={"seeds": llm_cfg.seeds.model_copy(update={"path": path})})
+    cfg = llm_cfg.model_copy(update={"seed": llm_cfg.seed.model_copy(update={"path": path})})
     seeds.run(context(cfg))
-    call = llm.Call(llm.endpoint(context(cfg)), cfg.teacher, questions.output_model(3), 0.5, 64)
+    call = llm.Call(llm.endpoint(context(cfg)), cfg.endpoint("teacher"), questions.output_model(3), 0.5, 64)
     source = tables.read(spark, where(cfg), seeds.TABLE).withColumnRenamed("question", "seed_question")
     (req,) = llm_stage.requests(source, questions.step(cfg), call).collect()
     prompt = req.request

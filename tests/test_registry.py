@@ -49,7 +49,7 @@ def test_every_stage_module_declares_one_stage_with_its_tables_and_config():
     assert {t for s in stages.values() for t in s.reads} <= written
     # The config model has one section per stage that declares one, under its key.
     fields = registry.config_model().model_fields
-    assert {"seeds", "questions", "responses", "format", "finetune", "quality"} <= set(fields)
+    assert {"seed", "questions", "responses", "format", "finetune", "quality"} <= set(fields)
     cfg = registry.load_config(ROOT / "conf" / "lakesynth.yml")
     assert cfg.quality.critic.enabled is False
     for stage in (s for s in stages.values() if s.config is not None):  # each stage's section: its model, its key

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import context, where
+from conftest import context, where, with_endpoint
 
 from lakesynth.qa import questions
 from lakesynth.quality import relevance
@@ -14,10 +14,11 @@ from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
 
 
-def _cfg(llm_cfg, server, **settings):
-    embeddings = {"base_url": server.base_url, "model": "embed"}
-    section = relevance.RelevanceConfig.model_validate({"enabled": True, "embeddings": embeddings, **settings})
-    return llm_cfg.model_copy(update={"quality": llm_cfg.quality.model_copy(update={"relevance": section})})
+def _cfg(llm_cfg, server, embeddings=None, **settings):
+    """Relevance on, its embeddings from `server` (or the endpoint settings `embeddings`)."""
+    section = relevance.RelevanceConfig.model_validate({"enabled": True, **settings})
+    cfg = with_endpoint(llm_cfg, "embeddings", **(embeddings or {"base_url": server.base_url, "model": "embed"}))
+    return cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"relevance": section})})
 
 
 def test_every_answered_pair_gets_a_score_and_a_verdict(spark, llm_cfg, teacher_server):
@@ -57,8 +58,7 @@ def test_a_text_that_cannot_be_embedded_is_its_rows_error_and_the_replies_are_ke
     questions.run(context(llm_cfg))
     responses.run(context(llm_cfg))
     answered = tables.read(spark, where(llm_cfg), responses.TABLE).where("error IS NULL").count()
-    teacher = llm_cfg.teacher.model_copy(update={"max_retries": 0})
-    cfg = _cfg(llm_cfg.model_copy(update={"teacher": teacher}), teacher_server, embeddings={
+    cfg = _cfg(with_endpoint(llm_cfg, max_retries=0), teacher_server, embeddings={
         "base_url": "http://127.0.0.1:9/v1", "model": "nowhere"})  # fmt: skip
     with pytest.raises(StageError, match="requests failed"):
         relevance.run(context(cfg))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import context, where
+from conftest import context, where, with_endpoint
 from pyspark.sql import types as T
 
 from lakesynth import llm
@@ -23,7 +23,7 @@ def _prepare(spark, cfg):
 def test_sql_has_the_batch_inference_shape(cfg):
     cfg = cfg.model_copy(update={"responses": cfg.responses.model_copy(update={"max_tokens": 300, "temperature": 0.2})})
     step = responses.step(cfg)
-    call = llm.Call(llm.Endpoint("databricks", "my-endpoint"), cfg.teacher, step.output, 0.2, 300)
+    call = llm.Call(llm.Endpoint("databricks", "my-endpoint"), cfg.endpoint("teacher"), step.output, 0.2, 300)
     sql = ai_query.chat_sql("pending", ["question_id"], endpoint="my-endpoint", call=call)
     assert "ai_query(\n    'my-endpoint',\n    request," in sql
     assert "modelParameters => named_struct('max_tokens', 300, 'temperature', 0.2)" in sql
@@ -49,7 +49,7 @@ def test_every_question_gets_an_answer_with_reasoning_kept_apart(spark, llm_cfg,
 
 def test_requests_carry_rules_scope_and_question(spark, llm_cfg):
     _prepare(spark, llm_cfg)
-    call = llm.Call(llm.endpoint(context(llm_cfg)), llm_cfg.teacher, responses.Answer, 0.3, 100)
+    call = llm.Call(llm.endpoint(context(llm_cfg)), llm_cfg.endpoint("teacher"), responses.Answer, 0.3, 100)
     reqs = llm_stage.requests(tables.read(spark, where(llm_cfg), questions.TABLE), responses.step(llm_cfg), call)
     out = reqs.where("NOT in_scope").limit(1).collect()[0]
     inside = reqs.where("in_scope").limit(1).collect()[0]
@@ -58,7 +58,7 @@ def test_requests_carry_rules_scope_and_question(spark, llm_cfg):
 
 
 def test_failed_answers_keep_their_error_and_a_rerun_fills_only_them(spark, llm_cfg, teacher_server):
-    cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"max_retries": 0})})
+    cfg = with_endpoint(llm_cfg, max_retries=0)
     n_questions = _prepare(spark, cfg)
     teacher_server.reset(fault_rate=0.3, faults=("malformed", "500"), seed=5)
     responses.run(context(cfg))
@@ -112,8 +112,8 @@ def test_parse_reads_struct_field_names_from_the_schema(spark):
 
 
 def test_small_chunks_write_the_same_rows_and_pay_each_request_once(spark, llm_cfg, teacher_server):
-    """teacher.chunk_rows bounds memory: many chunks, each merged before the next, same result."""
-    cfg = llm_cfg.model_copy(update={"teacher": llm_cfg.teacher.model_copy(update={"chunk_rows": 7})})
+    """llm.chunk_rows bounds memory: many chunks, each merged before the next, same result."""
+    cfg = llm_cfg.model_copy(update={"llm": llm_cfg.llm.model_copy(update={"chunk_rows": 7})})
     seeds.run(context(cfg))
     teacher_server.reset()
     q = questions.run(context(cfg))

@@ -14,7 +14,7 @@ from lakesynth.errors import SeedError
 
 
 def _ingest(spark, cfg, path):
-    cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"path": path})})
+    cfg = cfg.model_copy(update={"seed": cfg.seed.model_copy(update={"path": path})})
     return seeds.run(context(cfg)), cfg
 
 

@@ -45,13 +45,13 @@ def _config(warehouse, schema, server, seeds: str, *overrides: str):
         [
             f"warehouse={warehouse}",
             f"schema={schema}",
-            f"seeds.path={seeds}",
-            f"teacher.base_url={server.base_url}",
-            "teacher.model=standin",
+            f"seed.path={seeds}",
+            f"endpoints.teacher.base_url={server.base_url}",
+            "endpoints.teacher.model=standin",
             "quality.critic.enabled=true",
             "quality.judge.enabled=true",
             "quality.relevance.enabled=true",
-            f"quality.relevance.embeddings.base_url={server.base_url}",
+            f"endpoints.embeddings.base_url={server.base_url}",
             "quality.relevance.threshold=-1",
             "mlflow.enabled=false",
             *overrides,
@@ -145,10 +145,10 @@ def test_adding_seeds_moves_no_example_to_another_split(spark, warehouse, teache
 
 def test_append_mode_keeps_removed_seeds(spark, warehouse, teacher_server, tmp_path):
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    cfg = _config(warehouse, schema, teacher_server, _seeds(tmp_path / "a.csv", range(4)), "seeds.mode=append")
+    cfg = _config(warehouse, schema, teacher_server, _seeds(tmp_path / "a.csv", range(4)), "seed.mode=append")
     rt = Runtime.resolve(cfg)
     pipeline.run(cfg, ["seed"], root=ROOT)
-    cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"path": _seeds(tmp_path / "b.csv", [9])})})
+    cfg = cfg.model_copy(update={"seed": cfg.seed.model_copy(update={"path": _seeds(tmp_path / "b.csv", [9])})})
     summary = pipeline.run(cfg, ["seed"], root=ROOT)
     assert (
         summary["stages"]["seed"]["removed"] == 0
@@ -163,7 +163,14 @@ def test_a_second_run_on_the_same_schema_stops_at_once_and_names_the_first(tmp_p
     seeds = _seeds(tmp_path / "seeds.csv", range(6))
     args = [
         *("run", "--stages", "seed,questions,responses,format", "--warehouse", str(tmp_path / "wh"), "--schema", "s1"),
-        *("--seeds", seeds, "--set", f"teacher.base_url={teacher_server.base_url}", "--set", "teacher.model=standin"),
+        *(
+            "--seeds",
+            seeds,
+            "--set",
+            f"endpoints.teacher.base_url={teacher_server.base_url}",
+            "--set",
+            "endpoints.teacher.model=standin",
+        ),
         *("--set", "mlflow.enabled=false"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

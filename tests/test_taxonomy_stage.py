@@ -76,7 +76,7 @@ def _rows(spark, cfg, table) -> list[dict]:
 
 
 def test_taxonomy_and_documents_become_tables_and_a_rerun_changes_nothing(spark, cfg, docs):
-    cfg = _with(cfg, {"path": str(FIXTURE)}, {"path": str(docs), "budget_tokens": 120, "overlap_tokens": 10})
+    cfg = _with(cfg, {"path": str(FIXTURE)}, {"path": str(docs), "chunk_words": 120, "overlap_words": 10})
     ctx = context(cfg)
     made = documents.run(ctx)
     assert made.metrics == {"documents": 2, "chunks": made.rows_out} and made.rows_in == 2
@@ -120,7 +120,7 @@ def test_the_template_form_is_a_one_level_taxonomy(spark, cfg, tmp_path):
     topics = write(tmp_path / "topics.txt", "Tidal pools\nCloud formation\n")
     examples = write(tmp_path / "examples.jsonl", '{"question": "What lives in a rock pool?", "answer": "Crabs."}\n')
     requirements = write(tmp_path / "requirements.txt", "Questions a curious 10-year-old would ask.\n")
-    cfg = _with(cfg, {"topics": topics, "examples": examples, "requirements": requirements})
+    cfg = _with(cfg, {"topics": topics, "examples_file": examples, "requirements": requirements})
     result = taxonomy.run(context(cfg))
     assert result.metrics == {"leaves": 2, "skills": 2, "knowledge": 0} and result.rows_out == 2
     leaves = _rows(spark, cfg, taxonomy.LEAVES)
@@ -169,10 +169,10 @@ def test_nothing_configured_is_disabled_and_bad_settings_are_config_errors(spark
         assert "disabled" in result.metrics and result.tables == []
     assert not spark.catalog.tableExists(where(cfg).fqn(documents.TABLE.name))
     config = write(tmp_path / "c.yml", "taxonomy:\n  topics: topics.txt\n")
-    with pytest.raises(ConfigError, match="examples, requirements unset"):
+    with pytest.raises(ConfigError, match="examples_file, requirements unset"):
         registry.load_config(config)
-    with pytest.raises(ConfigError, match=r"overlap_tokens \(50\) must be less than budget_tokens \(50\)"):
-        registry.load_config(None, ["documents.budget_tokens=50", "documents.overlap_tokens=50"])
+    with pytest.raises(ConfigError, match=r"overlap_words \(50\) must be less than chunk_words \(50\)"):
+        registry.load_config(None, ["documents.chunk_words=50", "documents.overlap_words=50"])
     loaded = registry.load_config(write(tmp_path / "d.yml", "taxonomy:\n  path: tree\ndocuments:\n  path: docs\n"))
     assert loaded.taxonomy.path == str(tmp_path / "tree") and loaded.documents.path == str(tmp_path / "docs")
 

@@ -26,8 +26,8 @@ def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_serv
         [
             f"warehouse={warehouse}",
             f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"teacher.base_url={teacher_server.base_url}",
-            "teacher.model=standin",
+            f"endpoints.teacher.base_url={teacher_server.base_url}",
+            "endpoints.teacher.model=standin",
             "mlflow.enabled=false",
             "finetune.backend=none",
             "taxonomy.max_rounds=10",  # the stand-in's verdicts are random: a leaf may need several rounds
@@ -36,7 +36,7 @@ def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_serv
     )
     summary = pipeline.run(cfg, root=ROOT)
     assert all(s["status"] in ("ok", "skipped") for s in summary["stages"].values()), summary["stages"]
-    assert summary["stages"]["seed"]["disabled"].startswith("seeds.path is empty")
+    assert summary["stages"]["seed"]["disabled"].startswith("seed.path is empty")
     spark_rows = tables.read(spark, Runtime.resolve(cfg), chat_jsonl.TABLE).collect()
     per_leaf = {}
     for r in spark_rows:

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from lakesynth import llm
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.llm.throttle import AdaptiveConcurrency, concurrency_trace, reset_concurrency
 from lakesynth.llm.standin import StandIn, StandInOptions
 
@@ -32,7 +32,7 @@ def server():
 
 def _call(server: StandIn, **teacher) -> llm.Call:
     settings = {"timeout_s": 5, "throttle_patience_s": 0, **teacher}  # no patience unless a test is about it
-    cfg = TeacherConfig(base_url=server.base_url, model="standin", **settings)
+    cfg = EndpointSettings(base_url=server.base_url, model="standin", **settings)
     return llm.Call(llm.Endpoint(server.base_url, "standin"), cfg, Questions, temperature=0.5, max_tokens=256)
 
 

@@ -118,7 +118,7 @@ def test_the_hf_style_renders_with_a_real_tool_calling_chat_template(spark, cfg)
 
     summary = _run(cfg, "hf")
     line = next(x for x in _lines(summary) if x["messages"][0]["content"].startswith("What are my checking"))
-    gguf = embedded.packaged_model(Path(cfg.teacher.model_cache).expanduser())
+    gguf = embedded.packaged_model(Path(cfg.model_cache).expanduser())
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     text = tokenizer.apply_chat_template(line["messages"], tools=line["tools"], tokenize=False)
     assert "<tools>" in text and '"name": "transfer_money"' in text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, context, where, write
+from conftest import ROOT, context, where, with_endpoint, write
 
 from lakesynth.tools import call_generation
 from lakesynth.tools import call_relevance
@@ -380,22 +380,15 @@ def test_relevance_and_dedup_of_calls_with_the_quality_gates_settings(spark, llm
         {"id": "none", "query": "Should I buy gold?", "function_calls": []},
     ]
     calls_file = write(tmp_path / "calls.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
-    embeddings = {"base_url": teacher_server.base_url, "model": "embed"}
+    embedding = with_endpoint(llm_cfg, "embeddings", base_url=teacher_server.base_url, model="embed")
 
     def configured(threshold):
         quality = llm_cfg.quality.model_copy(
-            update={
-                "relevance": llm_cfg.quality.relevance.model_copy(
-                    update={
-                        "threshold": threshold,
-                        "embeddings": llm_cfg.quality.relevance.embeddings.model_validate(embeddings),
-                    }
-                )
-            }
+            update={"relevance": llm_cfg.quality.relevance.model_copy(update={"threshold": threshold})}
         )
         relevance = llm_cfg.tools.relevance.model_copy(update={"enabled": True})
         semantic = llm_cfg.tools.semantic.model_copy(update={"enabled": False})
-        cfg = _tools_cfg(llm_cfg, calls=calls_file, seeds="", relevance=relevance, semantic=semantic)
+        cfg = _tools_cfg(embedding, calls=calls_file, seeds="", relevance=relevance, semantic=semantic)
         return cfg.model_copy(update={"quality": quality})
 
     stages = [

@@ -20,9 +20,9 @@ def _cfg(warehouse, server, seeds, *overrides):
         [
             f"warehouse={warehouse}",
             f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"seeds.path={seeds}",
-            f"teacher.base_url={server.base_url}",
-            "teacher.model=standin",
+            f"seed.path={seeds}",
+            f"endpoints.teacher.base_url={server.base_url}",
+            "endpoints.teacher.model=standin",
             "mlflow.enabled=false",
             "questions.per_seed=2",
             "quality.judge.enabled=true",  # the stand-in judge drops about half the pairs

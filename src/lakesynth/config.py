@@ -7,14 +7,16 @@ file, so the model that reaches Spark executors is self-contained.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from lakesynth.errors import ConfigError
 
@@ -82,7 +84,10 @@ class UseCaseConfig(Section):
         return data
 
 
-class TeacherConfig(Section):
+class EndpointConfig(Section):
+    """One named endpoint (`endpoints.<name>`): where a stage sends its requests and how hard it may push them.
+    Every endpoint but `teacher` takes what it does not set from `teacher`."""
+
     base_url: str = Field(
         "",
         description="OpenAI-compatible base URL; empty = the embedded teacher; "
@@ -98,20 +103,13 @@ class TeacherConfig(Section):
     max_concurrency: int = Field(
         8,
         ge=1,
-        description="Most requests in flight for a stage (workers x per worker); fewer while the endpoint throttles "
+        description="Most requests in flight for a stage (shared by its llm.partitions); fewer while the endpoint throttles "
         "(adaptive_concurrency).",
     )
     adaptive_concurrency: bool = Field(
         True,
         description="Fewer requests in flight while the endpoint throttles (429, or 503 with Retry-After), and more "
         "again as they succeed (AIMD, between 1 and max_concurrency), per endpoint and process.",
-    )
-    workers: int = Field(1, ge=1, description="Spark partitions a stage spreads its LLM calls over.")
-    chunk_rows: int = Field(
-        5000,
-        ge=1,
-        description="Pending rows an LLM stage calls, stages and merges at a time: bounds memory and what a crash "
-        "can cost.",
     )
     timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request, in seconds.")
     max_retries: int = Field(
@@ -130,13 +128,6 @@ class TeacherConfig(Section):
         description="A throttled request is given up only once it has also been throttled for this long: an "
         "endpoint at capacity that asks for short waits would otherwise spend max_throttle_retries in seconds.",
     )
-    journal_flush_s: float = Field(
-        2.0,
-        ge=0,
-        description="Seconds a worker buffers finished requests before writing them as a new journal file "
-        "(journal files are written once: Volumes cannot append). A crash loses at most the requests in flight "
-        "and the last interval's results; 0 writes one file per request.",
-    )
     requests_per_minute: int | None = Field(None, ge=1, description="Client-side request rate limit per stage.")
     tokens_per_minute: int | None = Field(None, ge=1, description="Client-side token rate limit per stage.")
     price_per_million_prompt_tokens: float | None = Field(None, ge=0, description="For the cost estimate.")
@@ -145,7 +136,7 @@ class TeacherConfig(Section):
     embedded_slots: int = Field(4, ge=1, description="Parallel slots (continuous batching) of the embedded teacher.")
     embedded_context: int = Field(4096, ge=512, description="Context tokens per slot of the embedded teacher.")
     embedded_threads: int = Field(0, ge=0, description="CPU threads of the embedded teacher (0 = all cores).")
-    model_cache: str = Field("~/.cache/lakesynth", description="Where the packaged model is joined and verified.")
+    batch_size: int = Field(64, ge=1, le=2048, description="Texts per request, where the endpoint embeds.")
 
     @field_validator("api_key_env")
     @classmethod
@@ -182,24 +173,39 @@ def secret_from_env(name: str) -> str | None:
     return os.environ.get(name) if name else None
 
 
-class EmbeddingsConfig(Section):
-    """Where a check gets embeddings: any OpenAI-compatible /embeddings endpoint, reached as the teacher is."""
+class EndpointSettings(EndpointConfig):
+    """An endpoint as the LLM layer calls it (`Config.endpoint`): its settings, and the run's that its calls need."""
 
-    base_url: str = Field(
-        "", description='Embeddings endpoint: "" = the packaged all-MiniLM-L6-v2 here; "databricks"; or a URL.'
+    name: str = Field("teacher", description="Its name under endpoints:, for messages.")
+    journal_flush_s: float = Field(2.0, ge=0, description="The run's llm.journal_flush_s.")
+    model_cache: str = Field("~/.cache/lakesynth", description="The run's model_cache.")
+
+
+EMBEDDINGS = {"base_url": "", "model": "all-MiniLM-L6-v2", "api_key_env": "", "gguf_path": ""}  # packaged, here
+
+
+def default_endpoints() -> dict[str, EndpointConfig]:
+    """The endpoints every config has: the teacher, the judge (as the teacher), the packaged embeddings."""
+    return {"teacher": EndpointConfig(), "judge": EndpointConfig(), "embeddings": EndpointConfig(**EMBEDDINGS)}
+
+
+class LLMLoopConfig(Section):
+    """How an LLM stage spreads, batches and journals its calls, whatever endpoint it calls."""
+
+    partitions: int = Field(1, ge=1, description="Spark partitions a stage spreads its LLM calls over.")
+    chunk_rows: int = Field(
+        5000,
+        ge=1,
+        description="Pending rows an LLM stage calls, stages and merges at a time: bounds memory and what a crash "
+        "can cost.",
     )
-    model: str = Field("all-MiniLM-L6-v2", description="Embedding model (e.g. databricks-gte-large-en).")
-    api_key_env: str = Field("", description="Environment variable holding the endpoint's key, if it needs one.")
-    batch_size: int = Field(64, ge=1, le=2048, description="Texts per embeddings request.")
-
-    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
-        """The embeddings endpoint, configured as the teacher is (timeouts, retries, cache) but for its URL."""
-        return teacher.model_copy(
-            update={"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env, "gguf_path": ""}
-        )
-
-
-ENDPOINT_KEYS = ("base_url", "model", "api_key_env")  # what an LLM stage may set to call its own endpoint
+    journal_flush_s: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds a worker buffers finished requests before writing them as a new journal file "
+        "(journal files are written once: Volumes cannot append). A crash loses at most the requests in flight "
+        "and the last interval's results; 0 writes one file per request.",
+    )
 
 
 class LLMStageConfig(Section):
@@ -214,21 +220,11 @@ class LLMStageConfig(Section):
     max_failure_rate: float = Field(
         0.5, ge=0, le=1, description="The stage fails (after writing its rows) when more rows than this failed."
     )
-    base_url: str | None = Field(
-        None, description="This stage's own endpoint, as teacher.base_url takes it; unset: the teacher's."
-    )
-    model: str | None = Field(None, description="This stage's own model; unset: the teacher's.")
-    api_key_env: str | None = Field(None, description="The key of this stage's own endpoint; unset: the teacher's.")
+    endpoint: str = Field("teacher", description="The endpoint (a name under endpoints:) this stage calls.")
 
-    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
-        """The teacher settings this stage calls with: the teacher's, but for the endpoint fields set here."""
-        own = {k: v for k in ENDPOINT_KEYS if (v := getattr(self, k)) is not None}
-        return teacher.model_copy(update=own) if own else teacher
-
-    def defaulting_to(self, other: LLMStageConfig) -> LLMStageConfig:
-        """These settings, with `other`'s endpoint fields where this section sets none (the pair judge's endpoint
-        for a stage that judges as it does)."""
-        return self.model_copy(update={k: getattr(other, k) for k in ENDPOINT_KEYS if getattr(self, k) is None})
+    def calls_with(self, cfg: Config) -> EndpointSettings:
+        """The endpoint settings this stage's requests go out with."""
+        return cfg.endpoint(self.endpoint)
 
     @model_validator(mode="before")
     @classmethod
@@ -244,9 +240,9 @@ class LLMStageConfig(Section):
 class MlflowConfig(Section):
     enabled: bool = Field(True, description="Track each pipeline run as one MLflow run.")
     tracking_uri: str = Field("", description="Empty: `databricks` on Databricks, else sqlite beside the warehouse.")
-    experiment: str = Field(
+    pipeline_experiment: str = Field(
         "lakesynth",
-        description="Experiment name; on Databricks a bare name becomes /Shared/<name>-<catalog>.<schema> (one per "
+        description="MLflow experiment of the pipeline runs; on Databricks a bare name becomes /Shared/<name>-<catalog>.<schema> (one per "
         "deployed target), a workspace path is taken as given.",
     )
 
@@ -263,9 +259,45 @@ class Config(Section):
         description="Local warehouse directory (made absolute against the working dir).",
     )
     run_id: str = Field("", description="Run id stamped on every row; set per pipeline run (job run id on Databricks).")
-    use_case: UseCaseConfig = Field(default_factory=UseCaseConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    model_cache: str = Field(
+        "~/.cache/lakesynth",
+        description="Where the packaged models (teacher, embeddings, student) are joined and verified.",
+    )
+    use_case: UseCaseConfig = Field(default_factory=UseCaseConfig, description="The use case the data is for.")
+    endpoints: dict[str, EndpointConfig] = Field(
+        default_factory=default_endpoints,
+        description="The endpoints stages call, by name (a stage's `endpoint` key). `teacher` is the default; every "
+        "other takes what it does not set from it. `judge` (the checks' default: the teacher's settings) and "
+        "`embeddings` (the embedding checks': the packaged all-MiniLM-L6-v2, here) always exist; add your own.",
+    )
+    llm: LLMLoopConfig = Field(default_factory=LLMLoopConfig, description="The LLM stages' loop.")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking of pipeline runs.")
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _default_endpoints(cls, value: Any) -> Any:
+        """`judge` and `embeddings` exist unless set; a set `embeddings` still defaults to the packaged model."""
+        if not isinstance(value, dict):
+            return value
+        embeddings = value.get("embeddings", {})
+        if isinstance(embeddings, dict):
+            embeddings = {**EMBEDDINGS, **embeddings}
+        return {
+            "teacher": {},
+            "judge": {},
+            "embeddings": embeddings,
+            **{k: v for k, v in value.items() if k != "embeddings"},
+        }
+
+    def endpoint(self, name: str) -> EndpointSettings:
+        """The settings of endpoint `name`: what it sets, the rest from `teacher`, with the run's loop settings."""
+        if name not in self.endpoints:
+            raise ConfigError(f"unknown endpoint '{name}' (known: {', '.join(self.endpoints)})")
+        own = self.endpoints[name]
+        merged = {**self.endpoints["teacher"].model_dump(), **own.model_dump(include=own.model_fields_set)}
+        return EndpointSettings.model_construct(
+            **merged, name=name, journal_flush_s=self.llm.journal_flush_s, model_cache=self.model_cache
+        )
 
     @field_validator("catalog", "schema_", "volume")
     @classmethod
@@ -284,6 +316,51 @@ class Config(Section):
 
     def fqn(self, table: str) -> str:
         return f"{self.catalog}.{self.schema_}.{table}"
+
+
+# Keys that moved or were renamed, refused with where they went (old dotted key, as a pattern -> what to do).
+MOVED: tuple[tuple[str, str], ...] = (
+    (r"teacher\.workers", "moved to llm.partitions"),
+    (r"teacher\.(chunk_rows|journal_flush_s)", r"moved to llm.\1"),
+    (r"teacher\.model_cache", "moved to model_cache"),
+    (r"teacher\.(.+)", r"moved to endpoints.teacher.\1"),
+    (r"seeds\.(.+)", r"moved to seed.\1 (the section is named after its stage)"),
+    (r"mlflow\.experiment", "renamed mlflow.pipeline_experiment"),
+    (r"finetune\.experiment", "renamed finetune.training_experiment"),
+    (r"format\.max_tokens", "renamed format.max_example_tokens (the longest example kept, not a completion limit)"),
+    (r"taxonomy\.examples", "renamed taxonomy.examples_file"),
+    (r"documents\.budget_tokens", "renamed documents.chunk_words (it counts words)"),
+    (r"documents\.overlap_tokens", "renamed documents.overlap_words (it counts words)"),
+    (
+        r"tools\.(execution|format)\.workers",
+        r"renamed tools.\1.processes (worker processes; llm.partitions are Spark's)",
+    ),
+    (
+        r"quality\.relevance\.embeddings\..+",
+        "set quality.relevance.embeddings_endpoint to a name under endpoints: (batch_size is the endpoint's)",
+    ),
+    (r"quality\.dedup\.semantic\.batch_size", "moved to endpoints.embeddings.batch_size (or the endpoint it names)"),
+    (r"(?!endpoints\.)(.+)\.(base_url|model|api_key_env)", r"set \1.endpoint to a name under endpoints:"),
+)
+
+
+def moved(key: str) -> str | None:
+    """What became of an old dotted key (None: it did not move)."""
+    for pattern, new in MOVED:
+        if match := re.fullmatch(pattern, key):
+            return match.expand(new)
+    return None
+
+
+def _leaves(data: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a config's leaves (a list's items by index)."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    found = [k for key, value in items for k in _leaves(value, f"{prefix}{key}.")]
+    return found or ([prefix[:-1]] if prefix else [])
+
+
+def _refuse_moved(keys: list[str], source: str) -> list[str]:
+    return [f"{source}{key}: {new}" for key in keys if (new := moved(key))]
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -320,44 +397,115 @@ def load_config(
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ConfigError(f"{file}: cannot read config: {exc.strerror}") from exc
+            raise ConfigError(f"{file.absolute()}: cannot read config: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{file.absolute()}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         data = loaded or {}
-    overridden: set[str] = set()
-    for item in overrides or []:
-        key, value = parse_override(item)
-        _set_dotted(data, key, value)
-        overridden.add(key)
+    refused = _refuse_moved(_leaves(data), f"{file}: ")
+    overridden = _apply(data, overrides or [], refused)
     base_dir = file.resolve().parent if file else Path.cwd()
-    try:
-        return model.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, file, overridden)) from None
+    return _validated(model, data, base_dir, file, overridden)
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """`cfg` with `KEY=VALUE` overrides applied and validated again (its paths are already resolved)."""
     data = cfg.model_dump(by_alias=True)
-    keys = set()
+    data["endpoints"] = {name: e.model_dump(exclude_unset=True) for name, e in cfg.endpoints.items()}
+    return _validated(type(cfg), data, Path.cwd(), None, _apply(data, overrides, []))
+
+
+def _apply(data: dict, overrides: list[str], refused: list[str]) -> set[str]:
+    """`--set` overrides applied to `data`, the keys they set; a ConfigError naming every old key (with `refused`,
+    those of the file) and where it went."""
+    overridden = set()
     for item in overrides:
         key, value = parse_override(item)
+        refused += _refuse_moved(_leaves({key: value}), "--set ")
         _set_dotted(data, key, value)
-        keys.add(key)
+        overridden.add(key)
+    if refused:
+        raise ConfigError("\n".join(refused))
+    return overridden
+
+
+def _validated(model: type[Config], data: dict, base_dir: Path, file: Path | None, overridden: set[str]) -> Config:
+    """`data` as `model`, or a ConfigError naming each wrong key, where it was set, and the keys meant."""
     try:
-        return type(cfg).model_validate(data, context={"base_dir": Path.cwd()})
+        cfg = model.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, None, keys)) from None
+        raise ConfigError(_describe(exc, file, overridden, model)) from None
+    unknown = [
+        f"{_source(key, file, overridden)}{key}: unknown endpoint '{name}' (known: {', '.join(cfg.endpoints)})"
+        for key, name in _endpoint_names(cfg)
+        if name not in cfg.endpoints
+    ]
+    if unknown:
+        raise ConfigError("\n".join(unknown))
+    return cfg
 
 
-def _describe(exc: ValidationError, file: Path | None, overridden: set[str]) -> str:
+def _endpoint_names(section: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, endpoint name) of every key that names an endpoint (`endpoint`, `*_endpoint`)."""
+    found = []
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, str) and (name == "endpoint" or name.endswith("_endpoint")):
+            found.append((prefix + name, value))
+        for i, item in enumerate(value if isinstance(value, tuple) else [value]):
+            if isinstance(item, BaseModel):
+                found += _endpoint_names(
+                    item, f"{prefix}{name}.{i}." if isinstance(value, tuple) else f"{prefix}{name}."
+                )
+    return found
+
+
+def keys(model: type[BaseModel], prefix: str = "") -> dict[str, tuple[Any, FieldInfo]]:
+    """Every dotted key of a config model -> (its type, its field), sections first then their keys; `*` stands
+    for any name of a map (`endpoints.*.model`) or index of a list (`preference.candidates.*.name`)."""
+    found: dict[str, tuple[Any, FieldInfo]] = {}
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        found[key] = (field.annotation, field)
+        inner = _section_of(field.annotation)
+        if inner is not None:
+            found.update(keys(inner[0], f"{key}{inner[1]}."))
+    return found
+
+
+def _section_of(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """The section model a field holds, directly or as the values of a map or the items of a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    args = [a for a in get_args(annotation) if a is not Ellipsis]
+    if get_origin(annotation) in (dict, tuple, list) and args:
+        item = args[-1]
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item, ".*"
+    return None
+
+
+def _suggest(key: str, model: type[BaseModel]) -> str:
+    """ "; did you mean X?" for the known keys closest to a misspelt one."""
+    parts = key.split(".")
+    known = {
+        ".".join(parts[i] if p == "*" and i < len(parts) else p for i, p in enumerate(k.split(".")))
+        for k in keys(model)
+    }
+    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.8)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _source(key: str, file: Path | None, overridden: set[str]) -> str:
+    return "--set " if any(key == o or key.startswith(o + ".") for o in overridden) else f"{file or 'config'}: "
+
+
+def _describe(exc: ValidationError, file: Path | None, overridden: set[str], model: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join("schema" if p == "schema_" else str(p) for p in err["loc"])
-        source = "--set " if any(key == o or key.startswith(o + ".") for o in overridden) else f"{file or 'config'}: "
         got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{source}{key}: {msg}{got}")
+        msg = "unknown key" + _suggest(key, model) if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{_source(key, file, overridden)}{key}: {msg}{got}")
     return "\n".join(lines)

@@ -66,11 +66,16 @@ def session(engine: str, warehouse: str):
 def cases(spark, standin: str) -> dict:
     cfg = load_config(
         ROOT / "conf" / "lakesynth.yml",
-        [f"teacher.base_url={standin}", "teacher.model=standin", "run_id=parity", "questions.per_seed=2"],
+        [
+            f"endpoints.teacher.base_url={standin}",
+            "endpoints.teacher.model=standin",
+            "run_id=parity",
+            "questions.per_seed=2",
+        ],
     )
     endpoint = llm.Endpoint(standin, "standin")
-    qcall = llm.Call(endpoint, cfg.teacher, questions.output_model(2), 0.5, 128, label="parity")
-    rcall = llm.Call(endpoint, cfg.teacher, responses.Answer, 0.3, 128)
+    qcall = llm.Call(endpoint, cfg.endpoint("teacher"), questions.output_model(2), 0.5, 128, label="parity")
+    rcall = llm.Call(endpoint, cfg.endpoint("teacher"), responses.Answer, 0.3, 128)
     raw = spark.createDataFrame(
         [
             (1, "cards", "Lost my card {{ x }}?", "yes", None, '{"k": 1}'),

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set teacher.max_concurrency=32 (repeatable)",
+        help="override a config key, e.g. --set endpoints.teacher.max_concurrency=32 (repeatable)",
     )
     common.add_argument("--summary", help="write the run summary JSON to this file")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -1,7 +1,7 @@
 """The one loop every LLM stage runs: a stage supplies two hooks, "rows -> requests" and "replies -> rows".
 
 The loop owns what no stage should repeat: rendering the requests and their fingerprints, what is still to pay for
-(`tables.pending`), a one-token preflight, chunks of `teacher.chunk_rows`, the calls, staging so no plan calls the
+(`tables.pending`), a one-token preflight, chunks of `llm.chunk_rows`, the calls, staging so no plan calls the
 endpoint twice, the MERGE, the totals, clearing the journal and the failure rate. Its guarantees hold for every
 stage on it: a failed call is a row with its error, a rerun pays only for what is missing, memory is bounded by a
 chunk.
@@ -36,7 +36,7 @@ from pyspark.sql import types as T
 
 from lakesynth import llm
 from lakesynth.core import tables
-from lakesynth.config import LLMStageConfig, TeacherConfig
+from lakesynth.config import LLMStageConfig, EndpointSettings
 from lakesynth.errors import EndpointError, StageError
 from lakesynth.llm import ai_query
 from lakesynth.llm.call import validate_output
@@ -59,7 +59,7 @@ TOKENS_FROM = {
 }
 
 
-def route(rt: Runtime, teacher: TeacherConfig) -> str:
+def route(rt: Runtime, teacher: EndpointSettings) -> str:
     """How `teacher`'s requests are sent from Spark: BUILTIN (Databricks' ai_query; when emulating serverless, its
     local stand-in), DRIVER (serverless, an endpoint outside the workspace) or LOCAL (lakesynth's ai_query UDF)."""
     if not rt.serverless:
@@ -77,7 +77,7 @@ class LLMStep:
             functools.partial): it runs in a UDF, which never reaches the network.
         rows: replies -> rows. Given the replies (the request columns, `prompt_version`, `fingerprint` and
             REPLY_FIELDS), the rows of `table`; the write adds `run_id` and `created_at`.
-        rows_per_request: rows a request writes, so a chunk holds about `teacher.chunk_rows` written rows.
+        rows_per_request: rows a request writes, so a chunk holds about `llm.chunk_rows` written rows.
         replace_by: a regenerated `key` replaces all of its old rows with the same value of this column.
         metrics: extra summary figures from a chunk's staged rows, summed over chunks.
         json_schema: the schema the endpoint is asked for, when narrower than `output`'s (llm.Call).
@@ -267,7 +267,7 @@ class LLMTotals:
         if agg.failed and len(self.errors) < 3:
             self.errors += [r.error for r in rows.where("error IS NOT NULL").select("error").limit(3).collect()]
 
-    def metrics(self, teacher: TeacherConfig) -> dict[str, Any]:
+    def metrics(self, teacher: EndpointSettings) -> dict[str, Any]:
         metrics: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
         cost = teacher.cost(self.prompt_tokens, self.completion_tokens)
         if cost is not None:
@@ -290,7 +290,7 @@ def check_failure_rate(stage: str, totals: LLMTotals, attempted: int, limit: flo
 def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     """Call the teacher for every row of `source` that `step.table` lacks a successful row for, chunk by chunk."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
-    teacher = step.settings.endpoint(cfg.teacher)  # the teacher's, unless the stage names its own endpoint
+    teacher = step.settings.calls_with(cfg)  # the endpoint the stage names (default: the teacher)
     via = route(rt, teacher)
     call = llm.Call(
         _endpoint(ctx, teacher, via),
@@ -321,7 +321,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         llm.preflight(call, [(str(r[step.key]), [{"role": "user", "content": r.request}]) for r in first])
     totals, started = LLMTotals(), time.time()
     reset_concurrency(call.endpoint)  # the stage's own course of the endpoint's limit, in its summary
-    parts = tables.chunks(source, step.key, attempted, max(1, cfg.teacher.chunk_rows // step.rows_per_request))
+    parts = tables.chunks(source, step.key, attempted, max(1, cfg.llm.chunk_rows // step.rows_per_request))
     for number, part in enumerate(parts, start=1):
         chunk_call = dataclasses.replace(
             call, label=step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
@@ -330,7 +330,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         if via == DRIVER:
             replies = _from_driver(ctx, step, todo, chunk_call)
         else:
-            replies = _from_ai_query(ctx, step, todo.repartition(cfg.teacher.workers), chunk_call, via)
+            replies = _from_ai_query(ctx, step, todo.repartition(cfg.llm.partitions), chunk_call, via)
         # Staged again: the MERGE reads its source more than once, and the totals too.
         staged = tables.materialize(spark, rt, f"{step.name}_rows", step.rows(replies))
         tables.upsert(spark, rt, step.table, staged, run_id=cfg.run_id, replace_by=step.replace_by)
@@ -356,7 +356,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     return _with_verdict_counts(ctx, step, result)
 
 
-def _endpoint(ctx: RunContext, teacher: TeacherConfig, via: str) -> llm.Endpoint:
+def _endpoint(ctx: RunContext, teacher: EndpointSettings, via: str) -> llm.Endpoint:
     """Where the requests go: the built-in's endpoint for BUILTIN, else the configured one, opened once per run."""
     return _builtin(ctx.rt, teacher.model) if via == BUILTIN else llm.endpoint(ctx, teacher)
 
@@ -389,7 +389,7 @@ def _from_ai_query(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Ca
     """The chunk's replies from one ai_query statement, staged once (the statement must run exactly once)."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     if not rt.databricks:  # registered again per chunk: the UDF carries the chunk's progress label
-        spark.udf.register("ai_query", llm.ai_query_udf(call, workers=cfg.teacher.workers))
+        spark.udf.register("ai_query", llm.ai_query_udf(call, workers=cfg.llm.partitions))
     carried = [c for c in todo.columns if c != "request"]
     model = call.endpoint.model
     answered = _statement(
@@ -402,7 +402,7 @@ def _from_ai_query(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Ca
 
 
 def _from_driver(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Call) -> DataFrame:
-    """The chunk's replies, its requests sent from this (the driver) process: at most `teacher.chunk_rows` of them
+    """The chunk's replies, its requests sent from this (the driver) process: at most `llm.chunk_rows` of them
     are held here at once, and each finished one is journaled, so a crash costs only the requests in flight."""
     spark, rt = ctx.spark, ctx.rt
     batch = todo.toPandas()
@@ -412,7 +412,7 @@ def _from_driver(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Call
 
 
 def embed(
-    ctx: RunContext, rows: DataFrame, *, teacher: TeacherConfig, batch: int, name: str, per_row: bool = False
+    ctx: RunContext, rows: DataFrame, *, teacher: EndpointSettings, batch: int, name: str, per_row: bool = False
 ) -> DataFrame:
     """`rows` (with a `text` column) with `vector`, the unit embedding of its text, staged. The same routes as the
     chat requests (`route`): one `ai_query` statement (the built-in on Databricks, lakesynth's UDF here), or the
@@ -485,11 +485,11 @@ def mean_cosines(vectors: DataFrame, key: str) -> DataFrame:
     return vectors.groupBy(key).applyInPandas(score, f"{key} string, score double, embed_error string")
 
 
-IMPORTED = "imported"  # the model of a row that came from the user's own pairs (seeds.pairs), not from a call
+IMPORTED = "imported"  # the model of a row that came from the user's own pairs (seed.pairs), not from a call
 
 
 def imported(ctx: RunContext, table: Table, rows: DataFrame) -> StageResult:
-    """Write rows the user brought (`seeds.pairs`) into an LLM stage's table, as if answered by a model named
+    """Write rows the user brought (`seed.pairs`) into an LLM stage's table, as if answered by a model named
     `imported`: no call is made, and the checks downstream see them as any other rows."""
     filled = rows.select(
         *rows.columns,
@@ -503,5 +503,5 @@ def imported(ctx: RunContext, table: Table, rows: DataFrame) -> StageResult:
     tables.upsert(ctx.spark, ctx.rt, table, filled, run_id=ctx.cfg.run_id)
     n = rows.count()
     return StageResult(
-        rows_in=n, rows_out=n, tables=[table], metrics={"imported": n, "generation": "skipped: seeds.pairs given"}
+        rows_in=n, rows_out=n, tables=[table], metrics={"imported": n, "generation": "skipped: seed.pairs given"}
     )

@@ -32,7 +32,7 @@ class Source:
 
 # The Q&A job's seed sources: seed questions, your own pairs, a taxonomy (its documents belong to it). One names
 # what the run learns from, so it replaces the others.
-QA_SEEDS = ("seeds.path", "seeds.pairs", "taxonomy.path", "taxonomy.topics", "taxonomy.examples",
+QA_SEEDS = ("seed.path", "seed.pairs", "taxonomy.path", "taxonomy.topics", "taxonomy.examples_file",
             "taxonomy.requirements", "documents.path")  # fmt: skip
 
 

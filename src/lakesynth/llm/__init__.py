@@ -11,7 +11,7 @@ the one table that decides).
 
 Each finished request goes to a journal (JSON lines keyed by its fingerprint, buffered and written as
 write-once files, as Volumes need) before the stage writes its table. A stage killed halfway and rerun
-finds the journal and pays again only for the requests in flight and the last `teacher.journal_flush_s`
+finds the journal and pays again only for the requests in flight and the last `llm.journal_flush_s`
 of results.
 
     auth.py      Endpoint, Auth, open_endpoint (the embedded teacher, Databricks Model Serving, any URL), and

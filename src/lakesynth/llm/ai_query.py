@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lakesynth.llm import serverless
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import ConfigError
 from lakesynth.llm.auth import Endpoint
 from lakesynth.llm.call import Call
@@ -162,7 +162,7 @@ def ai_query_udf(call: Call, *, workers: int):
     return pandas_udf(reply_type(T.StringType()))(ai_query)
 
 
-def embeddings_udf(endpoint: Endpoint, teacher: TeacherConfig, *, batch: int):
+def embeddings_udf(endpoint: Endpoint, teacher: EndpointSettings, *, batch: int):
     """The local `ai_query(endpoint, text, failOnError => …)` of an embeddings endpoint: ARRAY<FLOAT> per text, or
     the row's error."""
     from pyspark.sql.functions import pandas_udf

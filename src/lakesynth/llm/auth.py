@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import ConfigError, EndpointError
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Auth:
 
 
 @contextlib.contextmanager
-def open_endpoint(teacher: TeacherConfig, *, embeddings: bool = False) -> Iterator[Endpoint]:
+def open_endpoint(teacher: EndpointSettings, *, embeddings: bool = False) -> Iterator[Endpoint]:
     """The configured endpoint; starts (and finally stops) the embedded teacher, or with `embeddings` the
     embedded embedding model, when none is set."""
     if teacher.embedded:
@@ -92,25 +92,29 @@ def open_endpoint(teacher: TeacherConfig, *, embeddings: bool = False) -> Iterat
         return
     key = teacher.api_key()
     if teacher.api_key_env and not key:
-        raise ConfigError(f"teacher.api_key_env: environment variable {teacher.api_key_env} is not set")
+        raise ConfigError(
+            f"endpoints.{teacher.name}.api_key_env: environment variable {teacher.api_key_env} is not set"
+        )
     yield Endpoint(teacher.base_url.rstrip("/"), teacher.model, SecretStr(key or "unused"))
 
 
-def endpoint(ctx, teacher: TeacherConfig | None = None) -> Endpoint:
-    """The endpoint of `teacher` (default: the configured teacher), opened once per run (`ctx.shared`): the
+def endpoint(ctx, teacher: EndpointSettings | None = None) -> Endpoint:
+    """The endpoint of `teacher` (endpoint settings; default: the `teacher` endpoint's), opened once per run (`ctx.shared`): the
     embedded teacher starts on first use and stops with the run, shared by every stage that calls it."""
-    teacher = teacher or ctx.cfg.teacher
+    teacher = teacher or ctx.cfg.endpoint("teacher")
     key = ("endpoint", teacher.base_url, teacher.model, teacher.api_key_env, teacher.gguf_path)
     return ctx.shared(key, lambda: open_endpoint(teacher))
 
 
-def _databricks_endpoint(teacher: TeacherConfig) -> Endpoint:
+def _databricks_endpoint(teacher: EndpointSettings) -> Endpoint:
     """Model Serving through databricks-sdk's unified auth (env vars, profile, notebook or job identity)."""
     try:
         config = _databricks_config(teacher.timeout_s)
         header = config.authenticate().get("Authorization", "")
     except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "no usable credentials"
-        raise EndpointError(f"teacher.base_url=databricks: cannot authenticate to Databricks: {exc}") from None
+        raise EndpointError(
+            f"endpoints.{teacher.name}.base_url=databricks: cannot authenticate to Databricks: {exc}"
+        ) from None
     token = SecretStr(header.removeprefix("Bearer "))
     return Endpoint(f"{config.host.rstrip('/')}/serving-endpoints", teacher.model, token, databricks_auth=True)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.llm import serverless
 from lakesynth.llm.auth import Endpoint
 from lakesynth.llm.journal import Result
@@ -34,7 +34,7 @@ class Call:
     """How one stage calls the teacher: the endpoint, the output model, generation parameters, limits."""
 
     endpoint: Endpoint
-    teacher: TeacherConfig
+    teacher: EndpointSettings
     output: type[BaseModel]
     temperature: float
     max_tokens: int

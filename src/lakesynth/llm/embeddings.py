@@ -1,7 +1,7 @@
 """Embeddings: texts -> unit vectors from an OpenAI-compatible `/embeddings` endpoint, a batch per request.
 
 Retried as chat requests are (408, 409, 429 and 5xx; Retry-After; jittered backoff; a throttle, a 429 or a 503
-with Retry-After, on teacher.max_throttle_retries rather than max_retries); a Databricks token is renewed once
+with Retry-After, on the endpoint's max_throttle_retries rather than max_retries); a Databricks token is renewed once
 after a 401. A batch that still fails raises EndpointError: an embedding has no partial result
 to keep in a row, and the stage that needs it fails whole, with nothing written.
 """
@@ -13,7 +13,7 @@ import time
 import httpx2 as httpx
 import numpy as np
 
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.retry import RETRYABLE_STATUS, backoff, retry_after
@@ -25,7 +25,7 @@ class _Retry(Exception):
         self.retry_after, self.throttled = retry_after, throttled
 
 
-def embed(endpoint: Endpoint, teacher: TeacherConfig, texts: list[str], *, batch: int = 64) -> np.ndarray:
+def embed(endpoint: Endpoint, teacher: EndpointSettings, texts: list[str], *, batch: int = 64) -> np.ndarray:
     """One L2-normalised float32 row per text, in order."""
     auth = Auth(endpoint, teacher.timeout_s)
     url = f"{endpoint.base_url}/embeddings"
@@ -37,7 +37,7 @@ def embed(endpoint: Endpoint, teacher: TeacherConfig, texts: list[str], *, batch
     return found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
 
 
-def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str], teacher: TeacherConfig) -> list:
+def _one(client: httpx.Client, url: str, auth: Auth, model: str, texts: list[str], teacher: EndpointSettings) -> list:
     renewed = False
     failed = throttled = 0
     while True:

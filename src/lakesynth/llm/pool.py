@@ -13,7 +13,7 @@ from typing import Protocol
 import httpx2 as httpx
 from tqdm import tqdm
 
-from lakesynth.config import TeacherConfig
+from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
@@ -46,7 +46,7 @@ class Requests(Protocol):
     @property
     def endpoint(self) -> Endpoint: ...
     @property
-    def teacher(self) -> TeacherConfig: ...
+    def teacher(self) -> EndpointSettings: ...
     @property
     def label(self) -> str: ...
     @property
@@ -214,7 +214,7 @@ class Pool:
             raise EndpointError(
                 self.auth.redact(
                     f"{call.label}: cannot reach the teacher at {call.endpoint.base_url} {attempts}: {_name(exc)}. "
-                    "Is the endpoint up and the URL right (teacher.base_url)?"
+                    "Is the endpoint up and the URL right (the endpoint's base_url)?"
                 )
             ) from None
         if isinstance(exc, httpx.TimeoutException):

@@ -3,7 +3,7 @@
 Pay-per-token endpoints limit tokens and queries per minute and answer 429 past them. Rather than guess the
 limit, the requests in flight follow the endpoint's answers, as NeMo Data Designer's async engine does:
 one more per round trip of successes (additive increase), a quarter fewer on a throttle (multiplicative
-decrease), between 1 and `teacher.max_concurrency` (a pool's share of it). The state is one per endpoint
+decrease), between 1 and an endpoint's `max_concurrency` (a pool's share of it). The state is one per endpoint
 (base URL and model) in the process, so the pools that come and go (batches, chunks, the local `ai_query`
 UDF's calls) meet the limit where the last one left it; `concurrency_trace` reads it for a stage's
 summary and `reset_concurrency` starts a stage afresh.

@@ -39,6 +39,7 @@ class EvaluateConfig(LLMStageConfig):
     """Which examples the students answer, how long they may answer, and the judge's comparison call."""
 
     enabled: bool = Field(True, description="Compare the base and the fine-tuned student after each local fine-tune.")
+    endpoint: str = Field("judge", description="The endpoint the comparing judge calls (a name under endpoints:).")
     split: Literal["auto", "test", "val"] = Field("auto", description="Held-out split; auto: test if any, else val.")
     max_examples: int = Field(50, ge=1, description="At most this many examples of the split (by example_id).")
     max_new_tokens: int = Field(160, ge=8, description="Longest student answer, in tokens.")
@@ -169,7 +170,7 @@ def step(cfg) -> LLMStep:
         columns=("example_id", "question_id", "topic", "split", "inputs", "in_scope", "question", "tuned_first")
         + ("answer_1", "answer_2"),
         output=judging.comparison_model(2, criteria),
-        settings=e.defaulting_to(judged),
+        settings=e,
         template=e.template + "".join(c.model_dump_json() for c in criteria),
         prompts=functools.partial(
             judging.compare_prompts, template=e.template, rules=cfg.use_case.rules, criteria=criteria, n=2

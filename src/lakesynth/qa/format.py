@@ -34,7 +34,9 @@ class FormatConfig(Section):
         0.0, ge=0, lt=1, description="Share of each topic's examples in a test split (0: none)."
     )
     seed: int = Field(42, description="Seed of the split; the same seed and data always split the same way.")
-    max_tokens: int = Field(2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token).")
+    max_example_tokens: int = Field(
+        2048, ge=16, description="Longest example kept, in tokens (estimated at 4 chars/token)."
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> FormatConfig:
@@ -109,7 +111,7 @@ def run(ctx: RunContext) -> StageResult:
     chat = to_chat_rows(responses, system_prompt=system).unionByName(
         leaf_chat_rows(pairs, system_prompt=system, with_context=cfg.taxonomy.context_in_prompt)
     )
-    checked = tables.materialize(spark, rt, "training_chat", check_examples(chat, max_tokens=fmt.max_tokens))
+    checked = tables.materialize(spark, rt, "training_chat", check_examples(chat, max_tokens=fmt.max_example_tokens))
     rows_in = responses.count() + pairs.count()
     fractions = {"val_fraction": fmt.val_fraction, "test_fraction": fmt.test_fraction, "seed": fmt.seed}
     candidates = checked.where(F.col("violation").isNull())

@@ -25,15 +25,15 @@ from lakesynth.training import examples
 from lakesynth.quality import criteria as judging
 from lakesynth.core import llm_stage
 from lakesynth.core import tables
-from lakesynth.config import LLMStageConfig, TeacherConfig, base_dir
+from lakesynth.config import LLMStageConfig, EndpointSettings, base_dir
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, D, S
 
 
 class Candidate(LLMStageConfig):
-    """One source of candidate answers: the teacher (default) at this temperature, its own endpoint or model, or
-    a GGUF served by the embedded engine (`gguf_path: student`: the packaged base student)."""
+    """One source of candidate answers: the teacher (default) at this temperature, another named endpoint, or a
+    GGUF served by the embedded engine (`gguf_path: student`: the packaged base student)."""
 
     DEFAULT_TEMPLATE: ClassVar[str] = "responses.j2"
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Short name, recorded with each answer.")
@@ -48,20 +48,21 @@ class Candidate(LLMStageConfig):
     def _resolve_gguf(cls, value: str | None, info: ValidationInfo) -> str | None:
         if not value or value == "student" or Path(value).is_absolute():
             return value
-        return str((base_dir(info) / value).resolve())  # relative to the config file, as teacher.gguf_path
+        return str((base_dir(info) / value).resolve())  # relative to the config file, as an endpoint's gguf_path
 
-    def endpoint(self, teacher: TeacherConfig) -> TeacherConfig:
+    def calls_with(self, cfg) -> EndpointSettings:
+        """The named endpoint's settings, or with `gguf_path` the embedded engine serving that GGUF."""
         if not self.gguf_path:
-            return super().endpoint(teacher)
+            return super().calls_with(cfg)
         from lakesynth.training import student
 
         path = str(student.packaged_student_gguf()) if self.gguf_path == "student" else self.gguf_path
-        model = self.model or Path(path).stem
-        return teacher.model_copy(update={"base_url": "", "model": model, "api_key_env": "", "gguf_path": path})
+        update = {"base_url": "", "model": Path(path).stem, "api_key_env": "", "gguf_path": path}
+        return super().calls_with(cfg).model_copy(update=update)
 
 
 class PreferenceConfig(LLMStageConfig):
-    """The candidates, and the pair judge's call that compares them (its endpoint and criteria: quality.judge's)."""
+    """The candidates, and the judge's call that compares them (its criteria: quality.judge's)."""
 
     enabled: bool = Field(False, description="Make DPO/KTO preference pairs from the training set's questions.")
     candidates: tuple[Candidate, ...] = Field(
@@ -69,6 +70,7 @@ class PreferenceConfig(LLMStageConfig):
         min_length=2,
         description="Where the candidate answers come from (at least two).",
     )
+    endpoint: str = Field("judge", description="The endpoint the comparing judge calls (a name under endpoints:).")
     min_margin: float = Field(
         0.5, ge=0, description="Smallest rating gap (judge's scale) between chosen and rejected for a kept pair."
     )
@@ -190,9 +192,8 @@ def to_pair_rows(replies: DataFrame, *, criteria, n: int, min_margin: float, sys
 
 
 def compare_step(cfg) -> LLMStep:
-    """The comparison, on the pair judge's endpoint unless `preference` names its own."""
+    """The comparison, on the endpoint `preference.endpoint` names (the judge's by default)."""
     p, judged = cfg.preference, cfg.quality.judge
-    settings = p.defaulting_to(judged)
     n, criteria = len(p.candidates), judged.criteria
     return LLMStep(
         name="preference",
@@ -207,7 +208,7 @@ def compare_step(cfg) -> LLMStep:
             *[f"{field}_{i}" for i in range(1, n + 1) for field in ("candidate", "answer", "model")],
         ),
         output=judging.comparison_model(n, criteria),
-        settings=settings,
+        settings=p,
         template=p.template + "".join(c.model_dump_json() for c in criteria),
         prompts=functools.partial(
             judging.compare_prompts, template=p.template, rules=cfg.use_case.rules, criteria=criteria, n=n

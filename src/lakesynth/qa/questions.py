@@ -230,7 +230,7 @@ def top_up(ctx: RunContext, missing: dict[str, int]) -> StageResult:
 
 def run(ctx: RunContext) -> StageResult:
     seeds = ctx.read("seed_questions")
-    if ctx.cfg.seeds.pairs:  # the user's own pairs: each question is its seed's one question, nothing generated
+    if ctx.cfg.seed.pairs:  # the user's own pairs: each question is its seed's one question, nothing generated
         return llm_stage.imported(
             ctx, TABLE, seeds.select(F.col("seed_id").alias("question_id"), "seed_id", "topic", "in_scope", "question")
         )

@@ -64,7 +64,7 @@ def step(cfg) -> LLMStep:
 def run(ctx: RunContext) -> StageResult:
     questions = ctx.read("synthetic_questions")
     answerable = questions.where(F.col("error").isNull() & F.col("question").isNotNull())
-    if ctx.cfg.seeds.pairs:  # the user's own pairs: the answer came in with the question (seed metadata)
+    if ctx.cfg.seed.pairs:  # the user's own pairs: the answer came in with the question (seed metadata)
         answers = ctx.read("seed_questions").select(
             "seed_id", F.get_json_object("metadata", "$.answer").alias("answer")
         )

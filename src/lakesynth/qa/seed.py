@@ -255,11 +255,11 @@ def normalize_pairs(raw: DataFrame, *, source: str) -> DataFrame:
 
 def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
-    pairs = bool(cfg.seeds.pairs)
+    pairs = bool(cfg.seed.pairs)
     if pairs:
-        raw, source = _raw(spark, cfg.seeds.pairs, PAIR_REQUIRED, PAIR_OPTIONAL, "pairs")
+        raw, source = _raw(spark, cfg.seed.pairs, PAIR_REQUIRED, PAIR_OPTIONAL, "pairs")
     else:
-        raw, source = _raw(spark, cfg.seeds.path, REQUIRED, OPTIONAL, "seed")
+        raw, source = _raw(spark, cfg.seed.path, REQUIRED, OPTIONAL, "seed")
     problems = pair_problems(raw) if pairs else find_problems(raw)
     listed = problems.orderBy("_row").limit(200).collect()
     if listed:
@@ -270,13 +270,13 @@ def run(ctx: RunContext) -> StageResult:
         what = "pairs" if pairs else "seeds"
         raise SeedError(f"{source}: invalid {what}, nothing was written (rows are 1-based data records):\n{detail}")
     rows_in = raw.count()
-    name = source if (cfg.seeds.pairs or cfg.seeds.path).startswith("table:") else Path(source).name
+    name = source if (cfg.seed.pairs or cfg.seed.path).startswith("table:") else Path(source).name
     seeds = (normalize_pairs if pairs else normalize)(raw, source=name)
     before = tables.count(spark, rt, TABLE)
     same = ("question", "topic", "in_scope", "category", "metadata")
     changed = "NOT (" + " AND ".join(f"t.{c} <=> s.{c}" for c in same) + ")"
     tables.upsert(spark, rt, TABLE, seeds, run_id=cfg.run_id, update_when=changed)
-    removed = tables.delete_absent(spark, rt, TABLE, "seed_id", seeds) if cfg.seeds.mode == "mirror" else 0
+    removed = tables.delete_absent(spark, rt, TABLE, "seed_id", seeds) if cfg.seed.mode == "mirror" else 0
     after = tables.count(spark, rt, TABLE)
     return StageResult(
         rows_in=rows_in, rows_out=after - before + removed, errors=0, tables=[TABLE], metrics={"removed": removed}
@@ -289,16 +289,15 @@ STAGE = Stage(
     run=run,
     writes=(TABLE,),
     config=SeedsConfig,
-    section="seeds",
-    sources=(
-        Source("seeds", ("seeds.path",), QA_SEEDS, "seed file (.csv/.jsonl) or table:<catalog.schema.table>", True),
+        sources=(
+        Source("seeds", ("seed.path",), QA_SEEDS, "seed file (.csv/.jsonl) or table:<catalog.schema.table>", True),
         Source(
             "pairs",
-            ("seeds.pairs",),
+            ("seed.pairs",),
             QA_SEEDS,
             "your own question/answer pairs (.csv/.jsonl or table:<name>) to run the quality gate on",
             True,
         ),
     ),
-    off=lambda cfg: "" if cfg.seeds.pairs or cfg.seeds.path else "seeds.path is empty: no seed questions",
+    off=lambda cfg: "" if cfg.seed.pairs or cfg.seed.path else "seed.path is empty: no seed questions",
 )

@@ -52,7 +52,7 @@ def off(cfg) -> str:
     """Why there is no top-up: no target, or the user's own pairs (never added to)."""
     if not cfg.quality.target_per_seed:
         return "quality.target_per_seed is 0"
-    return "seeds.pairs: your own pairs are not added to" if cfg.seeds.pairs else ""
+    return "seed.pairs: your own pairs are not added to" if cfg.seed.pairs else ""
 
 
 def run(ctx: RunContext) -> StageResult:

@@ -24,25 +24,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakesynth.quality import duplicates
 from lakesynth.core import llm_stage
 from lakesynth.core import tables
-from lakesynth.config import EmbeddingsConfig, Section
+from lakesynth.config import Section
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 
 D = tables.T.DoubleType()
 
 
-class ExactDedup(BaseModel):
+class ExactDedup(Section):
     enabled: bool = Field(True, description="Drop a question equal to another once normalised.")
 
 
-class NearDedup(BaseModel):
+class NearDedup(Section):
     enabled: bool = Field(True, description="Drop a question whose content words nearly equal another's.")
     threshold: float = Field(
         0.8,
@@ -55,16 +55,17 @@ class NearDedup(BaseModel):
     bands: int = Field(16, ge=1, description="LSH bands; more bands find more candidates (verified exactly).")
 
 
-class SemanticDedup(EmbeddingsConfig):
+class SemanticDedup(Section):
     enabled: bool = Field(False, description="Drop a question whose embedding is close to another's (costs calls).")
     threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity at which two questions match.")
     block_by: Literal["topic", "none"] = Field("topic", description="Compare within each topic, or across all.")
+    endpoint: str = Field("embeddings", description="The endpoint (a name under endpoints:) that embeds the questions.")
 
 
 class DedupConfig(Section):
-    exact: ExactDedup = Field(default_factory=ExactDedup)
-    near: NearDedup = Field(default_factory=NearDedup)
-    semantic: SemanticDedup = Field(default_factory=SemanticDedup)
+    exact: ExactDedup = Field(default_factory=ExactDedup, description="The same question once normalised.")
+    near: NearDedup = Field(default_factory=NearDedup, description="Nearly the same content words (MinHash + LSH).")
+    semantic: SemanticDedup = Field(default_factory=SemanticDedup, description="Close embeddings within a topic.")
 
 
 TABLE = tables.verdict(

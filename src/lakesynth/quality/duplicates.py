@@ -146,11 +146,12 @@ def semantic_pairs(
     """Pairs of rows whose `text` embeddings are at least `semantic.threshold` alike (a SemanticDedup), compared
     within each value of `block` (or across all, with `semantic.block_by` "none")."""
     blocks = F.col(block) if semantic.block_by != "none" else F.lit("all")
+    endpoint = ctx.cfg.endpoint(semantic.endpoint)
     embedded = llm_stage.embed(
         ctx,
         rows.select(F.col(id).alias("id"), blocks.alias("block"), F.col(text).alias("text")),
-        teacher=semantic.endpoint(ctx.cfg.teacher),
-        batch=semantic.batch_size,
+        teacher=endpoint,
+        batch=endpoint.batch_size,
         name=f"{id}_embeddings",  # named by the caller's id: the two jobs' dedups never share one
     )
     close = embedded.groupBy("block").applyInPandas(

@@ -47,6 +47,7 @@ each an object with the keys "reasoning" (string) and "score" (1, 2 or 3)."""
 
 class JudgeConfig(LLMStageConfig):
     enabled: bool = Field(False, description="Score each answered pair and keep only those that pass.")
+    endpoint: str = Field("judge", description="The endpoint (a name under endpoints:) this check calls.")
     criteria: tuple[Criterion, ...] = Field(CRITERIA, description="The criteria, each with its min_score.")
     template: str = Field(TEMPLATE, description="The judge's Jinja prompt (rules, question, answer, criteria).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")

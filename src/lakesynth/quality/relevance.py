@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 
 from lakesynth.core import llm_stage
 from lakesynth.core import tables
-from lakesynth.config import EmbeddingsConfig, LLMStageConfig
+from lakesynth.config import LLMStageConfig
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S
@@ -38,7 +38,9 @@ class RelevanceConfig(LLMStageConfig):
     enabled: bool = Field(False, description="Drop pairs whose answer does not answer their question.")
     questions: int = Field(3, ge=1, le=10, description="Reverse questions generated per answer.")
     threshold: float = Field(0.5, ge=-1, le=1, description="The lowest mean cosine a kept pair may have.")
-    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    embeddings_endpoint: str = Field(
+        "embeddings", description="The endpoint (a name under endpoints:) that embeds the questions."
+    )
     template: str = Field(TEMPLATE, description="The reverse-query Jinja prompt (answer, count).")
     temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(256, ge=16, description="Completion token limit.")
@@ -85,7 +87,7 @@ def to_verdict_rows(replies: DataFrame, *, embed: Callable[[DataFrame], DataFram
 def step(ctx: RunContext) -> LLMStep:
     cfg = ctx.cfg
     r = cfg.quality.relevance
-    embeddings = r.embeddings.endpoint(cfg.teacher)
+    embeddings = cfg.endpoint(r.embeddings_endpoint)
     return LLMStep(
         name="relevance",
         table=TABLE,
@@ -93,13 +95,13 @@ def step(ctx: RunContext) -> LLMStep:
         columns=("question_id", "seed_id", "topic", "in_scope", "question", "answer"),
         output=ReverseQuestions,
         settings=r,
-        template=f"{r.template}|{r.questions}|{r.embeddings.model}",  # another count or model, another version
-        fingerprint_extra={"embeddings_model": r.embeddings.model},  # another model: scored again
+        template=f"{r.template}|{r.questions}|{embeddings.model}",  # another count or model, another version
+        fingerprint_extra={"embeddings_model": embeddings.model},  # another model: scored again
         prompts=functools.partial(prompts, template=r.template, count=r.questions),
         rows=functools.partial(
             to_verdict_rows,
             embed=functools.partial(
-                llm_stage.embed, ctx, per_row=True, teacher=embeddings, batch=r.embeddings.batch_size, name="relevance"
+                llm_stage.embed, ctx, per_row=True, teacher=embeddings, batch=embeddings.batch_size, name="relevance"
             ),
             threshold=r.threshold,
         ),

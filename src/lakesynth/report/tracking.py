@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lakesynth.config import Config
+from lakesynth.config import Config, EndpointConfig
 from lakesynth.errors import LakesynthError
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.run_log import params_of
@@ -37,8 +37,11 @@ def tracking_uri(cfg: Config, rt: Runtime) -> str:
 
 
 def params(cfg: Config) -> dict[str, str]:
-    """The config flattened to dotted keys; long texts (prompts, rules) as short hashes."""
-    return params_of(cfg.model_dump(by_alias=True))
+    """The config flattened to dotted keys, each endpoint as resolved (with what it takes from the teacher); long
+    texts (prompts, rules) as short hashes."""
+    own = set(EndpointConfig.model_fields)
+    endpoints = {name: cfg.endpoint(name).model_dump(include=own) for name in cfg.endpoints}
+    return params_of({**cfg.model_dump(by_alias=True), "endpoints": endpoints})
 
 
 class Tracker:
@@ -78,11 +81,11 @@ class Tracker:
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
         uri = tracking_uri(self.cfg, self.rt)
         if uri.startswith("sqlite:///"):
-            _new_sqlite_store(Path(uri.removeprefix("sqlite:///")), Path(self.cfg.teacher.model_cache).expanduser())
+            _new_sqlite_store(Path(uri.removeprefix("sqlite:///")), Path(self.cfg.model_cache).expanduser())
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)  # otherwise MLflow asks the Spark session for one
         client = mlflow.MlflowClient(uri)
-        name = experiment_name(self.cfg.mlflow.experiment, self.rt)
+        name = experiment_name(self.cfg.mlflow.pipeline_experiment, self.rt)
         location = None if self.rt.databricks else str(Path(self.rt.warehouse).parent / "mlartifacts")
         run_id, created = join_run(client, experiment(client, name, location), self.cfg.run_id)
         if created:  # only the task that made the run logs the config, so tasks never disagree on a param
@@ -221,7 +224,7 @@ def experiment(client, name: str, location: str | None) -> str:
         if found is not None:
             if found.lifecycle_stage != "active":
                 raise LakesynthError(
-                    f"MLflow experiment {name} is deleted: restore it, or set mlflow.experiment to another name"
+                    f"MLflow experiment {name} is deleted: restore it, or set mlflow.pipeline_experiment to another name"
                 )
             return found.experiment_id
         try:

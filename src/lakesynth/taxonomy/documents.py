@@ -31,9 +31,11 @@ class DocumentsConfig(Section):
         description="Folder of markdown, text and PDF documents (relative to the config file; on Databricks a "
         "/Volumes/... path). Knowledge leaves' document.patterns are resolved against it. Empty: no documents.",
     )
-    budget_tokens: int = Field(BUDGET_TOKENS, ge=1, description="Most tokens (words) in a chunk.")
-    overlap_tokens: int = Field(
-        OVERLAP_TOKENS, ge=0, description="Tokens (words) a chunk repeats from the one before it in the same section."
+    chunk_words: int = Field(
+        BUDGET_TOKENS, ge=1, description="Most words in a chunk (about 1.3 subword tokens a word)."
+    )
+    overlap_words: int = Field(
+        OVERLAP_TOKENS, ge=0, description="Words a chunk repeats from the one before it in the same section."
     )
 
     @field_validator("path")
@@ -43,10 +45,8 @@ class DocumentsConfig(Section):
 
     @model_validator(mode="after")
     def _overlap_below_budget(self) -> DocumentsConfig:
-        if self.overlap_tokens >= self.budget_tokens:
-            raise ValueError(
-                f"overlap_tokens ({self.overlap_tokens}) must be less than budget_tokens ({self.budget_tokens})"
-            )
+        if self.overlap_words >= self.chunk_words:
+            raise ValueError(f"overlap_words ({self.overlap_words}) must be less than chunk_words ({self.chunk_words})")
         return self
 
 
@@ -80,7 +80,7 @@ def run(ctx: RunContext) -> StageResult:
         schema=T.StructType([T.StructField("source", S), T.StructField("text", S)]),
     )
     chunk_rows = docs.mapInPandas(
-        functools.partial(_chunk_batches, budget_tokens=d.budget_tokens, overlap_tokens=d.overlap_tokens),
+        functools.partial(_chunk_batches, budget_tokens=d.chunk_words, overlap_tokens=d.overlap_words),
         CHUNK_SCHEMA,
     )
     tables.overwrite(spark, ctx.rt, TABLE, chunk_rows, run_id=cfg.run_id)  # the table is the folder, whole

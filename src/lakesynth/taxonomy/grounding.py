@@ -66,6 +66,7 @@ First write "reasoning": one or two sentences per criterion. Then give the score
 
 class GroundingConfig(LLMStageConfig):
     enabled: bool = Field(True, description="Score each taxonomy pair's grounding and keep only those that pass.")
+    endpoint: str = Field("judge", description="The endpoint (a name under endpoints:) this check calls.")
     min_score: int = Field(2, ge=1, le=3, description="The lowest score (1-3) a kept pair may have on a criterion.")
     template: str = Field(TEMPLATE, description="The grounding judge's Jinja prompt (mode, context, question, ...).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
@@ -149,7 +150,7 @@ def step(cfg, mode: str) -> LLMStep:
         key="pair_id",
         columns=("pair_id", "leaf", "kind", "context", "question", "answer"),
         output=output_model(mode),
-        settings=g.defaulting_to(cfg.quality.judge),
+        settings=g,
         template=g.template,
         prompts=functools.partial(prompts, template=g.template, mode=mode),
         rows=functools.partial(to_verdict_rows, mode=mode, min_score=g.min_score),

@@ -34,7 +34,7 @@ class TaxonomyConfig(Section):
         "", description="InstructLab taxonomy folder (qna.yaml leaves, versions 1-3), relative to the config."
     )
     topics: str = Field("", description="Template form: seed topics file, one a line (each becomes a leaf).")
-    examples: str = Field("", description="Template form: examples file, JSONL of any fields.")
+    examples_file: str = Field("", description="Template form: examples file, JSONL of any fields.")
     requirements: str = Field("", description="Template form: requirements text file (every leaf's description).")
     per_leaf: int = Field(10, ge=0, description="Kept examples each leaf must reach (0: no per-leaf top-up).")
     max_rounds: int = Field(
@@ -44,19 +44,23 @@ class TaxonomyConfig(Section):
         True, description="Training data: a grounded example's context in the user turn, before its question."
     )
 
-    @field_validator("path", "topics", "examples", "requirements")
+    @field_validator("path", "topics", "examples_file", "requirements")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
         return resolve_path(value, info)
 
     @model_validator(mode="after")
     def _one_form(self) -> TaxonomyConfig:
-        template = {"topics": self.topics, "examples": self.examples, "requirements": self.requirements}
+        template = {"topics": self.topics, "examples_file": self.examples_file, "requirements": self.requirements}
         missing = [k for k, v in template.items() if not v]
         if len(missing) not in (0, 3):
-            raise ValueError(f"the template form needs topics, examples and requirements; {', '.join(missing)} unset")
+            raise ValueError(
+                f"the template form needs topics, examples_file and requirements; {', '.join(missing)} unset"
+            )
         if self.path and not missing:
-            raise ValueError("set path (an InstructLab tree) or topics/examples/requirements (a template), not both")
+            raise ValueError(
+                "set path (an InstructLab tree) or topics/examples_file/requirements (a template), not both"
+            )
         return self
 
     @property
@@ -104,7 +108,7 @@ def run(ctx: RunContext) -> StageResult:
     cfg, spark = ctx.cfg, ctx.spark
     t = cfg.taxonomy
     # Everything is read, checked and resolved before either table is touched.
-    found = read_taxonomy(t.path) if t.path else read_template(t.topics, t.examples, t.requirements)
+    found = read_taxonomy(t.path) if t.path else read_template(t.topics, t.examples_file, t.requirements)
     leaves = with_documents(found.leaves, cfg.documents.path)
     frames = [
         (table, spark.createDataFrame(rows, schema=table.row_schema))

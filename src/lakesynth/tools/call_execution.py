@@ -26,7 +26,7 @@ class CallExecutionConfig(Section):
     enabled: bool = Field(True, description="Run each call against the implementations, when they are given.")
     timeout_s: float = Field(5.0, gt=0, description="Longest a call may run.")
     memory_mb: int = Field(512, ge=64, description="Address-space limit of each worker process.")
-    workers: int = Field(2, ge=1, description="Worker processes (reused across calls).")
+    processes: int = Field(2, ge=1, description="Worker processes (reused across calls).")
     chunk_rows: int = Field(1000, ge=1, description="Rows run and written at a time.")
 
 
@@ -76,7 +76,7 @@ def run(ctx: RunContext) -> StageResult:
     written = 0
     if todo:
         with sandbox.Sandbox(
-            module, workers=settings.workers, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb
+            module, workers=settings.processes, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb
         ) as box:
             for start in range(0, len(todo), settings.chunk_rows):
                 part = todo[start : start + settings.chunk_rows]

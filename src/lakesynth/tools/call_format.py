@@ -9,7 +9,7 @@ simple: one; parallel: two or more), else `category_mismatch`. `issues` lists ev
 message; `toolspec.call_issues`); `drop_reason` names the first rule, e.g. `format:missing_required`. An empty list
 of calls is a valid answer (no tool fits the query).
 Runs on the executors. On the embedded engine, whose Python UDFs share the driver's interpreter, a large table is
-checked by a pool of processes (`tools.format.workers`), so the check uses every core.
+checked by a pool of processes (`tools.format.processes`), so the check uses every core.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from lakesynth.core.tables import S
 
 class CallFormatConfig(Section):
     enabled: bool = Field(True, description="Check every call against its tool's JSON Schema.")
-    workers: int = Field(
+    processes: int = Field(
         0, ge=0, le=64, description="Processes checking in parallel on the embedded engine (0: one per core)."
     )
 
@@ -114,7 +114,7 @@ def run(ctx: RunContext) -> StageResult:
     n = calls.count()
     # On Databricks the executors' Python workers check in parallel; a pool is for the embedded engine, and only
     # for enough rows to pay for starting it.
-    workers = 1 if ctx.rt.databricks or n < POOL_MIN_ROWS else settings.workers or os.cpu_count() or 1
+    workers = 1 if ctx.rt.databricks or n < POOL_MIN_ROWS else settings.processes or os.cpu_count() or 1
     with checking_pool(tools, workers) as pool:
         checked = calls.select("call_id", "source_id", "calls", "problem", "category").mapInPandas(
             functools.partial(_check, tools=tools, pool=pool), schema

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from lakesynth.core import llm_stage
 from lakesynth.core import tables
 from lakesynth.tools import spec as toolspec
-from lakesynth.config import LLMStageConfig
+from lakesynth.config import LLMStageConfig, Section
 from lakesynth.errors import SeedError
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.sources import Source
@@ -45,10 +45,9 @@ class Persona(BaseModel):
     tone: str = Field(description="How they write, e.g. 'terse'.")
 
 
-class Personas(BaseModel):
+class Personas(Section):
     """Users to write as: every role with every tone, taken in turn by the requests."""
 
-    model_config = ConfigDict(extra="forbid")
     roles: list[str] = Field(default_factory=list, description="User roles, e.g. 'a small-business owner'.")
     tones: list[str] = Field(default_factory=list, description="Tones, e.g. 'formal', 'hurried'.")
 
@@ -67,7 +66,7 @@ class CallGenerationConfig(LLMStageConfig):
     )
     examples: int = Field(3, ge=0, le=20, description="Seed pairs of the tool shown per request (few-shot).")
     distractors: int = Field(3, ge=1, le=20, description="multiple: other tools offered beside the right one.")
-    personas: Personas = Field(default_factory=Personas)
+    personas: Personas = Field(default_factory=Personas, description="Users the requests write as (none: no persona).")
     temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=16, description="Completion token limit.")
 

@@ -2,7 +2,7 @@
 
 The teacher sees only a pair's calls and what they returned, writes the reply the assistant would give from them
 (`response`), then `quality.relevance.questions` requests a user could have made that these calls answer. The
-pair's score is the mean cosine of their embeddings with the original query (`quality.relevance.embeddings`); below
+pair's score is the mean cosine of their embeddings with the original query (`quality.relevance.embeddings_endpoint`); below
 `quality.relevance.threshold` it is dropped (`relevance`). Calls that answer something other than what was asked
 score low. Judged: pairs with at least one call that passed the format check, and the execution and semantic checks
 where those ran (a query no tool fits has no calls to ask from). A reply that does not parse is the row's error
@@ -99,6 +99,7 @@ def to_verdict_rows(replies: DataFrame, *, embed: Callable[[DataFrame], DataFram
 def step(ctx: RunContext) -> LLMStep:
     cfg = ctx.cfg
     own, shared = cfg.tools.relevance, cfg.quality.relevance
+    embeddings = cfg.endpoint(shared.embeddings_endpoint)
     return LLMStep(
         name="call_relevance",
         table=TABLE,
@@ -106,8 +107,8 @@ def step(ctx: RunContext) -> LLMStep:
         columns=("call_id", "source_id", "query", "calls", "results"),
         output=ReverseQueries,
         settings=own,
-        template=f"{own.template}|{shared.questions}|{shared.embeddings.model}",  # another count or model: again
-        fingerprint_extra={"embeddings_model": shared.embeddings.model},  # another model: scored again
+        template=f"{own.template}|{shared.questions}|{embeddings.model}",  # another count or model: again
+        fingerprint_extra={"embeddings_model": embeddings.model},  # another model: scored again
         prompts=functools.partial(prompts, template=own.template, count=shared.questions),
         rows=functools.partial(
             to_verdict_rows,
@@ -115,8 +116,8 @@ def step(ctx: RunContext) -> LLMStep:
                 llm_stage.embed,
                 ctx,
                 per_row=True,
-                teacher=shared.embeddings.endpoint(cfg.teacher),
-                batch=shared.embeddings.batch_size,
+                teacher=embeddings,
+                batch=embeddings.batch_size,
                 name="call_relevance",
             ),
             threshold=shared.threshold,

@@ -53,6 +53,7 @@ The example passes only if all three answers are yes.
 
 class CallSemanticConfig(LLMStageConfig):
     enabled: bool = Field(True, description="Have the judge check that the calls do what each query asks.")
+    endpoint: str = Field("judge", description="The endpoint (a name under endpoints:) this check calls.")
     template: str = Field(TEMPLATE, description="The semantic checker's Jinja prompt (tools, query, calls, results).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(384, ge=16, description="Completion token limit.")
@@ -102,14 +103,14 @@ def to_verdict_rows(replies: DataFrame) -> DataFrame:
 
 
 def step(cfg, tools: str) -> LLMStep:
-    s, judged = cfg.tools.semantic, cfg.quality.judge
+    s = cfg.tools.semantic
     return LLMStep(
         name="call_semantic",
         table=TABLE,
         key="call_id",
         columns=("call_id", "source_id", "query", "calls", "results"),
         output=Judgement,
-        settings=s.defaulting_to(judged),
+        settings=s,
         template=s.template,
         prompts=functools.partial(prompts, template=s.template, tools=tools),
         rows=to_verdict_rows,

@@ -120,7 +120,7 @@ def run(ctx: RunContext) -> StageResult:
         + [T.StructField(splits.SPLIT_TEXT, S)]
     )
     frame = spark.createDataFrame(rows, schema=schema)
-    checked = checks.check_examples(frame, max_tokens=fmt.max_tokens)
+    checked = checks.check_examples(frame, max_tokens=fmt.max_example_tokens)
     valid = splits.stratified_split(
         checked.where(F.col("violation").isNull()),
         by=splits.SPLIT_TEXT,

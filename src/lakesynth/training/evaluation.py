@@ -32,4 +32,4 @@ def held_out(cfg: Config, split: str = "auto") -> str:
 
 def student_dir(cfg: Config, trained: dict) -> str:
     """The folder of the student the fine-tune started from: its base model, or the packaged student."""
-    return trained["student"] or str(student.packaged_student(Path(cfg.teacher.model_cache).expanduser()))
+    return trained["student"] or str(student.packaged_student(Path(cfg.model_cache).expanduser()))

@@ -78,7 +78,7 @@ def ai_runtime_submission(cfg: Config, command_path: str) -> dict:
             {
                 "task_key": ft.method,
                 "ai_runtime_task": {
-                    "experiment": ft.experiment,
+                    "experiment": ft.training_experiment,
                     **directory,
                     "mlflow_run": name,
                     "deployments": [

@@ -41,7 +41,7 @@ def fine_tune(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
         return _local_result(metrics, reused=out)
     out = adapters.output_dir(cfg, rt)
     settings = {
-        "model": ft.base_model or str(student.packaged_student(Path(cfg.teacher.model_cache).expanduser())),
+        "model": ft.base_model or str(student.packaged_student(Path(cfg.model_cache).expanduser())),
         "method": ft.method,
         "beta": ft.beta,
         "max_steps": ft.max_steps,
