@@ -9,6 +9,7 @@ from pyspark.sql import types as T
 
 from lakesynth.core import llm_stage
 from lakesynth.qa import responses
+from lakesynth.llm import ai_query
 from lakesynth.llm.ai_query import NO_REPLY
 
 S = T.StringType()
@@ -119,7 +120,7 @@ def test_the_builtins_replies_are_checked_against_the_output_model(spark):
     rows = [("ok", (REPLY, None)), ("short", ('{"reasoning": "r"}', None)), ("failed", (None, "429: slow"))]
     schema = T.StructType([T.StructField("key", S), T.StructField("response", _struct(S, "errorMessage"))])
     replies = llm_stage.ai_query_replies(spark.createDataFrame(rows, schema), model="m")
-    got = {r.key: r for r in llm_stage.validated(replies, responses.Answer).collect()}
+    got = {r.key: r for r in ai_query.validated(replies, responses.Answer).collect()}
     assert json.loads(got["ok"].output) == ANSWER and got["ok"].error is None
     assert got["short"].output is None and got["short"].raw_output == '{"reasoning": "r"}'
     assert got["short"].error == "InvalidOutput: output did not match Answer: answer: Field required"

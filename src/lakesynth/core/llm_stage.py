@@ -39,8 +39,7 @@ from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig, EndpointSettings
 from lakesynth.errors import EndpointError, StageError
 from lakesynth.llm import ai_query
-from lakesynth.llm.call import validate_output
-from lakesynth.llm.retry import THROTTLED, InvalidOutput
+from lakesynth.llm.retry import THROTTLED
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, StageResult
@@ -167,26 +166,6 @@ def ai_query_replies(answered: DataFrame, *, model: str) -> DataFrame:
     )
 
 
-def validated(replies: DataFrame, output: type[BaseModel]) -> DataFrame:
-    """The built-in's replies checked against the output model, as the pool checks its own: one that does not match
-    becomes its row's error (InvalidOutput, the text kept as `raw_output`), so it is never read as an answer and is
-    asked again on the next run. No network: a UDF may do it on serverless."""
-    return replies.mapInPandas(functools.partial(_validate, output=output), replies.schema)
-
-
-def _validate(batches: Iterator[pd.DataFrame], *, output: type[BaseModel]) -> Iterator[pd.DataFrame]:
-    for batch in batches:
-        texts, errors, raws = list(batch["output"]), list(batch["error"]), list(batch["raw_output"])
-        for i, text in enumerate(texts):
-            if text is None or errors[i] is not None:
-                continue
-            try:
-                texts[i] = json.dumps(validate_output(output, text), ensure_ascii=False)
-            except InvalidOutput as exc:
-                errors[i], texts[i], raws[i] = f"InvalidOutput: {exc}", None, text
-        yield batch.assign(output=texts, error=errors, raw_output=raws)
-
-
 JOURNAL_SCHEMA = "fingerprint STRING, prompt_tokens BIGINT, completion_tokens BIGINT, latency_ms BIGINT, attempts INT"
 
 
@@ -207,36 +186,6 @@ def with_journal_accounting(ctx: RunContext, replies: DataFrame, journal: str) -
     for c in ACCOUNTING:
         joined = joined.withColumn(c, F.coalesce(F.col(c), F.col(f"_{c}")))
     return joined.select(*replies.columns)
-
-
-USAGE_SQL = """SELECT COALESCE(SUM(u.input_token_count), 0) AS prompt_tokens,
-  COALESCE(SUM(u.output_token_count), 0) AS completion_tokens, COUNT(*) AS requests
-FROM system.serving.endpoint_usage u
-JOIN system.serving.served_entities e ON u.served_entity_id = e.served_entity_id
-WHERE e.endpoint_name = '{endpoint}' AND u.requester = current_user()
-  AND u.request_time BETWEEN timestamp_seconds({since}) AND timestamp_seconds({until})"""
-
-
-def platform_usage(spark, endpoint: str, since: float, until: float) -> tuple[dict[str, int] | None, str]:
-    """Tokens the built-in ai_query spent on `endpoint` between `since` and `until` (epoch seconds, so no session
-    time zone shifts the window), from the platform's serving usage system table (`ai_query` reports none per row),
-    and where the figures come from. Best-effort: the table needs usage tracking on the endpoint and SELECT on
-    `system.serving`, it lags behind the calls, and it cannot tell this stage's requests from those another task
-    of this identity sent to the same endpoint meanwhile (the Q&A job's two branches run at once)."""
-    try:
-        sql = USAGE_SQL.format(endpoint=ai_query.literal(endpoint), since=int(since), until=int(until) + 1)
-        row = spark.sql(sql).collect()[0]
-    except Exception as exc:  # noqa: BLE001 - any engine error means the same: the table cannot be read
-        first = (str(exc).splitlines() or [""])[0][:160]
-        return None, (
-            "not reported: ai_query gives no tokens per row, and system.serving.endpoint_usage could not be read "
-            f"({type(exc).__name__}: {first})"
-        )
-    source = (
-        "system.serving.endpoint_usage (this identity's requests to the endpoint while the stage ran, any other task's "
-        "at the same time included; it may lag)"
-    )
-    return {"prompt_tokens": int(row.prompt_tokens), "completion_tokens": int(row.completion_tokens)}, source
 
 
 @dataclass
@@ -346,7 +295,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     if trace:
         result.metrics["concurrency"] = trace
     if via == BUILTIN and not rt.serving:
-        usage, result.metrics["tokens_from"] = platform_usage(spark, teacher.model, started, time.time())
+        usage, result.metrics["tokens_from"] = ai_query.platform_usage(spark, teacher.model, started, time.time())
         if usage:
             totals.prompt_tokens, totals.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
     else:
@@ -397,7 +346,7 @@ def _from_ai_query(ctx: RunContext, step: LLMStep, todo: DataFrame, call: llm.Ca
     )
     replies = ai_query_replies(answered, model=model)
     if via == BUILTIN:  # the local UDF validated each reply in the pool; the platform's did not
-        replies = validated(replies, step.output)
+        replies = ai_query.validated(replies, step.output)
     return with_journal_accounting(ctx, replies, call.journal_dir) if call.journal_dir else replies
 
 

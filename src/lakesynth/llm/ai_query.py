@@ -1,4 +1,5 @@
-"""ai_query: the statement every model call from Spark is, and the local stand-in of Databricks' built-in.
+"""ai_query: the statement every model call from Spark is, the local stand-in of Databricks' built-in, and what
+its replies need (a check against the output model; tokens from the platform's usage table).
 
 On Databricks, serverless compute lets no UDF reach the network, so a chunk of requests is one SQL statement
 calling the built-in `ai_query` (batch inference the platform runs). Locally the same SQL text runs against a
@@ -13,7 +14,9 @@ The request is one string: foundation-model and external-model endpoints take no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,11 +26,13 @@ from lakesynth.llm import serverless
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import ConfigError
 from lakesynth.llm.auth import Endpoint
-from lakesynth.llm.call import Call
+from lakesynth.llm.call import Call, validate_output
+from lakesynth.llm.retry import InvalidOutput
 from lakesynth.llm.schema import response_format
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column
+    from pydantic import BaseModel
+    from pyspark.sql import Column, DataFrame
     from pyspark.sql.types import StructField
 
 # `failOnError => false` wraps the reply in a struct of two fields, named `result`/`errorMessage` in Databricks'
@@ -241,3 +246,53 @@ def _as_text(error: Column, dtype) -> Column:
     if isinstance(dtype, T.StructType | T.ArrayType | T.MapType):
         return F.to_json(error)
     return error.cast("string")
+
+
+def validated(replies: DataFrame, output: type[BaseModel]) -> DataFrame:
+    """The built-in's replies checked against the output model, as the pool checks its own: one that does not match
+    becomes its row's error (InvalidOutput, the text kept as `raw_output`), so it is never read as an answer and is
+    asked again on the next run. No network: a UDF may do it on serverless."""
+    return replies.mapInPandas(functools.partial(_validate, output=output), replies.schema)
+
+
+def _validate(batches: Iterator[pd.DataFrame], *, output: type[BaseModel]) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        texts, errors, raws = list(batch["output"]), list(batch["error"]), list(batch["raw_output"])
+        for i, text in enumerate(texts):
+            if text is None or errors[i] is not None:
+                continue
+            try:
+                texts[i] = json.dumps(validate_output(output, text), ensure_ascii=False)
+            except InvalidOutput as exc:
+                errors[i], texts[i], raws[i] = f"InvalidOutput: {exc}", None, text
+        yield batch.assign(output=texts, error=errors, raw_output=raws)
+
+
+USAGE_SQL = """SELECT COALESCE(SUM(u.input_token_count), 0) AS prompt_tokens,
+  COALESCE(SUM(u.output_token_count), 0) AS completion_tokens, COUNT(*) AS requests
+FROM system.serving.endpoint_usage u
+JOIN system.serving.served_entities e ON u.served_entity_id = e.served_entity_id
+WHERE e.endpoint_name = '{endpoint}' AND u.requester = current_user()
+  AND u.request_time BETWEEN timestamp_seconds({since}) AND timestamp_seconds({until})"""
+
+
+def platform_usage(spark, endpoint: str, since: float, until: float) -> tuple[dict[str, int] | None, str]:
+    """Tokens the built-in ai_query spent on `endpoint` between `since` and `until` (epoch seconds, so no session
+    time zone shifts the window), from the platform's serving usage system table (`ai_query` reports none per row),
+    and where the figures come from. Best-effort: the table needs usage tracking on the endpoint and SELECT on
+    `system.serving`, it lags behind the calls, and it cannot tell this stage's requests from those another task
+    of this identity sent to the same endpoint meanwhile (the Q&A job's two branches run at once)."""
+    try:
+        sql = USAGE_SQL.format(endpoint=literal(endpoint), since=int(since), until=int(until) + 1)
+        row = spark.sql(sql).collect()[0]
+    except Exception as exc:  # noqa: BLE001 - any engine error means the same: the table cannot be read
+        first = (str(exc).splitlines() or [""])[0][:160]
+        return None, (
+            "not reported: ai_query gives no tokens per row, and system.serving.endpoint_usage could not be read "
+            f"({type(exc).__name__}: {first})"
+        )
+    source = (
+        "system.serving.endpoint_usage (this identity's requests to the endpoint while the stage ran, any other task's "
+        "at the same time included; it may lag)"
+    )
+    return {"prompt_tokens": int(row.prompt_tokens), "completion_tokens": int(row.completion_tokens)}, source
