@@ -135,7 +135,9 @@ def test_a_topup_round_asks_only_the_short_leaves_under_their_next_round(spark, 
     assert again.metrics["deleted"] == 0 and teacher_server.stats.completions == paid
 
 
-def test_without_a_taxonomy_the_three_stages_succeed_disabled(llm_cfg):
+def test_without_a_taxonomy_the_three_stages_succeed_disabled(llm_cfg, teacher_server):
     ctx = context(llm_cfg)
     for stage in (leaf_generation, grounding, leaf_topup):
-        assert "disabled" in stage.STAGE.run(ctx).metrics
+        result = stage.STAGE.run(ctx)
+        assert result.metrics == {"disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"}
+    assert teacher_server.stats.requests == 0
