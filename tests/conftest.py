@@ -52,6 +52,11 @@ def cfg(warehouse, tmp_path) -> Config:
     def test_x(cfg):
         assert cfg.schema_.startswith("t_")
     """
+    return sample_config(warehouse)
+
+
+def sample_config(warehouse: Path) -> Config:
+    """The sample config on `warehouse`, in a new schema: `cfg`, or a module fixture's own."""
     return registry.load_config(
         ROOT / "conf" / "lakesynth.yml",
         [f"warehouse={warehouse}", f"schema=t_{uuid.uuid4().hex[:10]}", "run_id=test-run"],
@@ -74,6 +79,11 @@ def teacher_server():
 def llm_cfg(cfg, teacher_server) -> Config:
     """`cfg` with the teacher pointed at the stand-in, which starts each test with no faults and zero counts."""
     teacher_server.reset()
+    return on_standin(cfg, teacher_server)
+
+
+def on_standin(cfg: Config, teacher_server: StandIn) -> Config:
+    """`cfg` with the teacher pointed at the stand-in: `llm_cfg`, or a module fixture's own."""
     teacher = cfg.teacher.model_copy(
         update={"base_url": teacher_server.base_url, "model": "standin", "max_concurrency": 16, "timeout_s": 5}
     )
@@ -88,6 +98,34 @@ def context(cfg: Config) -> RunContext:
 def where(cfg: Config) -> Runtime:
     """The runtime of `cfg`, for the table layer: `tables.read(spark, where(cfg), questions.TABLE)`."""
     return Runtime.resolve(cfg)
+
+
+def run_once(warehouse: Path, teacher_server: StandIn, *stages) -> Config:
+    """A schema of its own with `stages` run on the stand-in, for a module fixture that tests copy (`copy_schema`)."""
+    cfg = on_standin(sample_config(warehouse), teacher_server)
+    teacher_server.reset()
+    for stage in stages:
+        stage.run(context(cfg))
+    return cfg
+
+
+def copy_schema(spark, source: Config, target: Config) -> Config:
+    """Copy the tables and files of `source`'s schema into `target`'s (a fresh one) and return `target`: a module
+    runs its upstream stages once, and each test changes a copy of its own.
+
+    @pytest.fixture(scope="module")
+    def answered(spark, warehouse, teacher_server):
+        return run_once(warehouse, teacher_server, seeds, questions, responses)
+    def test_x(spark, answered, llm_cfg):
+        cfg = copy_schema(spark, answered, llm_cfg)
+    """
+    src, dst = (Path(where(c).table_location("_")).parent for c in (source, target))
+    shutil.copytree(src, dst)
+    for log_dir in sorted(dst.glob("*/_delta_log")):
+        table = where(target).fqn(log_dir.parent.name)
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{target.catalog}`.`{target.schema_}`")
+        spark.sql(f"CREATE TABLE {table} USING DELTA LOCATION '{log_dir.parent}'")
+    return target
 
 
 @pytest.fixture(autouse=True)
