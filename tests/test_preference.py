@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import context, where
+from conftest import context, copy_schema, run_once, where
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.qa import preference
@@ -22,13 +22,16 @@ def _on(cfg, **changes):
     return cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"enabled": True, **changes})})
 
 
+@pytest.fixture(scope="module")
+def training_set(spark, warehouse, teacher_server):
+    """The training set made on the stand-in, once for the module."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses, chat_jsonl)
+
+
 @pytest.fixture
-def pref_cfg(spark, llm_cfg):
-    """The training set made on the stand-in, preference on, a margin between the judge's steps."""
-    cfg = _on(llm_cfg, min_margin=0.75)
-    for stage in (seeds, questions, responses, chat_jsonl):
-        stage.run(context(cfg))
-    return cfg
+def pref_cfg(spark, training_set, llm_cfg):
+    """A copy of the training set, preference on, a margin between the judge's steps."""
+    return copy_schema(spark, training_set, _on(llm_cfg, min_margin=0.75))
 
 
 def _ratings(scores: str, n: int) -> list[float]:
