@@ -30,6 +30,28 @@ if _main.__spec__ is None and not hasattr(_main, "__file__"):
     _main.__file__ = str(Path(__file__).with_name("xdist_main.py"))
 
 
+# The files that take longest, handed out first. `--dist loadfile` gives a worker a whole file, and xdist's own order
+# (most tests first, turned off in pyproject.toml) left the one-test whole-job files for last, run by one worker
+# while the other sat idle. Longest first keeps both busy to the end; a file missing here only starts later.
+LONGEST_FIRST = (
+    "test_pipeline.py",
+    "test_installed.py",
+    "test_tool_training.py",
+    "test_faults.py",
+    "test_serverless.py",
+    "test_parity.py",
+    "test_evaluate.py",
+    "test_finetune.py",
+    "test_taxonomy_training.py",
+    "test_notebooks_and_tracking.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def warehouse(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("warehouse")
