@@ -127,9 +127,10 @@ def where(cfg: Config) -> Runtime:
     return Runtime.resolve(cfg)
 
 
-def run_once(warehouse: Path, teacher_server: StandIn, *stages) -> Config:
-    """A schema of its own with `stages` run on the stand-in, for a module fixture that tests copy (`copy_schema`)."""
-    cfg = on_standin(sample_config(warehouse), teacher_server)
+def run_once(warehouse: Path, teacher_server: StandIn, *stages, change=lambda cfg: cfg) -> Config:
+    """A schema of its own with `stages` run on the stand-in (the config as `change` returns it), for a module
+    fixture that tests copy (`copy_schema`)."""
+    cfg = change(on_standin(sample_config(warehouse), teacher_server))
     teacher_server.reset()
     for stage in stages:
         stage.run(context(cfg))

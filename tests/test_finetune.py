@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, context, copy_schema, on_standin, sample_config, where, write
+from conftest import ROOT, context, copy_schema, run_once, where, write
 from databricks.bundles.jobs import Job
 
 from lakesynth.training import adapters
@@ -31,10 +31,7 @@ def _one_question_per_seed(cfg):
 @pytest.fixture(scope="module")
 def formatted(spark, warehouse, teacher_server):
     """The train/val JSONL made on the stand-in teacher, once for the module."""
-    cfg = _one_question_per_seed(on_standin(sample_config(warehouse), teacher_server))
-    for stage in (seeds, questions, responses, chat_jsonl):
-        stage.run(context(cfg))
-    return cfg
+    return run_once(warehouse, teacher_server, seeds, questions, responses, chat_jsonl, change=_one_question_per_seed)
 
 
 @pytest.fixture
