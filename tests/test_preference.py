@@ -132,8 +132,8 @@ def test_preference_is_off_by_default_and_candidates_are_checked(llm_cfg):
 
 def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, llm_cfg, tmp_path, monkeypatch):
     """`gguf_path: student`: the packaged SmolLM2 GGUF, served by the embedded engine beside the stand-in teacher.
-    The engine's server is a second stand-in that knows only the student's name: the real model's answers are
-    tests/test_llm.py's; here, which file is served, under which name, and that the student's rows come from it."""
+    The engine's server is a second stand-in that knows only the student's name (the engine serving a real GGUF is
+    tests/test_llm.py's): here, which file is served, under which name, and that the student's rows come from it."""
     from conftest import write
 
     from lakesynth.llm import embedded
