@@ -38,17 +38,17 @@ if _main.__spec__ is None and not hasattr(_main, "__file__"):
 # The files that take longest, handed out first. `--dist loadfile` gives a worker a whole file, and xdist's own order
 # (most tests first, turned off in pyproject.toml) left the one-test whole-job files for last, run by one worker
 # while the other sat idle. Longest first keeps both busy to the end; a file missing here only starts later.
-LONGEST_FIRST = (  # from single-file runs with --durations on 2 shared cores, 2026-12-06
+LONGEST_FIRST = (  # from single-file runs with --durations on 2 cores, 2026-12-06
     "test_pipeline.py",
     "test_installed.py",
-    "test_faults.py",
-    "test_serverless.py",
-    "test_finetune.py",
+    "test_tool_training.py",
     "test_notebooks_and_tracking.py",
     "test_parity.py",
     "test_taxonomy_training.py",
-    "test_tool_training.py",
+    "test_cli.py",
     "test_evaluate.py",
+    "test_faults.py",
+    "test_tools.py",
 )
 
 
