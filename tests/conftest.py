@@ -11,7 +11,12 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
+# One torch thread per worker, set before anything imports torch (and inherited by the CLI processes tests start).
+# Two workers share two cores: torch's own two threads each spun waiting for the other, descheduled, and a local
+# fine-tune and evaluation took 6.7 times the CPU (181 s against 27 s) and 3.5 times as long.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 from lakesynth.core import registry
 from lakesynth.config import Config, EndpointConfig
@@ -28,6 +33,28 @@ ROOT = Path(__file__).resolve().parents[1]
 _main = sys.modules["__main__"]
 if _main.__spec__ is None and not hasattr(_main, "__file__"):
     _main.__file__ = str(Path(__file__).with_name("xdist_main.py"))
+
+
+# The files that take longest, handed out first. `--dist loadfile` gives a worker a whole file, and xdist's own order
+# (most tests first, turned off in pyproject.toml) left the one-test whole-job files for last, run by one worker
+# while the other sat idle. Longest first keeps both busy to the end; a file missing here only starts later.
+LONGEST_FIRST = (  # from single-file runs with --durations on 2 cores, 2026-12-06
+    "test_pipeline.py",
+    "test_installed.py",
+    "test_tool_training.py",
+    "test_notebooks_and_tracking.py",
+    "test_parity.py",
+    "test_taxonomy_training.py",
+    "test_cli.py",
+    "test_evaluate.py",
+    "test_faults.py",
+    "test_tools.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +79,11 @@ def cfg(warehouse, tmp_path) -> Config:
     def test_x(cfg):
         assert cfg.schema_.startswith("t_")
     """
+    return sample_config(warehouse)
+
+
+def sample_config(warehouse: Path) -> Config:
+    """The sample config on `warehouse`, in a new schema: `cfg`, or a module fixture's own."""
     return registry.load_config(
         ROOT / "conf" / "lakesynth.yml",
         [f"warehouse={warehouse}", f"schema=t_{uuid.uuid4().hex[:10]}", "run_id=test-run"],
@@ -74,6 +106,11 @@ def teacher_server():
 def llm_cfg(cfg, teacher_server) -> Config:
     """`cfg` with the teacher pointed at the stand-in, which starts each test with no faults and zero counts."""
     teacher_server.reset()
+    return on_standin(cfg, teacher_server)
+
+
+def on_standin(cfg: Config, teacher_server: StandIn) -> Config:
+    """`cfg` with the teacher pointed at the stand-in: `llm_cfg`, or a module fixture's own."""
     return with_endpoint(cfg, base_url=teacher_server.base_url, model="standin", max_concurrency=16, timeout_s=5)
 
 
@@ -92,6 +129,35 @@ def context(cfg: Config) -> RunContext:
 def where(cfg: Config) -> Runtime:
     """The runtime of `cfg`, for the table layer: `tables.read(spark, where(cfg), questions.TABLE)`."""
     return Runtime.resolve(cfg)
+
+
+def run_once(warehouse: Path, teacher_server: StandIn, *stages, change=lambda cfg: cfg) -> Config:
+    """A schema of its own with `stages` run on the stand-in (the config as `change` returns it), for a module
+    fixture that tests copy (`copy_schema`)."""
+    cfg = change(on_standin(sample_config(warehouse), teacher_server))
+    teacher_server.reset()
+    for stage in stages:
+        stage.run(context(cfg))
+    return cfg
+
+
+def copy_schema(spark, source: Config, target: Config) -> Config:
+    """Copy the tables and files of `source`'s schema into `target`'s (a fresh one) and return `target`: a module
+    runs its upstream stages once, and each test changes a copy of its own.
+
+    @pytest.fixture(scope="module")
+    def answered(spark, warehouse, teacher_server):
+        return run_once(warehouse, teacher_server, seeds, questions, responses)
+    def test_x(spark, answered, llm_cfg):
+        cfg = copy_schema(spark, answered, llm_cfg)
+    """
+    src, dst = (Path(where(c).table_location("_")).parent for c in (source, target))
+    shutil.copytree(src, dst)
+    for log_dir in sorted(dst.glob("*/_delta_log")):
+        table = where(target).fqn(log_dir.parent.name)
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{target.catalog}`.`{target.schema_}`")
+        spark.sql(f"CREATE TABLE {table} USING DELTA LOCATION '{log_dir.parent}'")
+    return target
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import context, where, with_endpoint
+from conftest import context, copy_schema, run_once, where, with_endpoint
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.training.checks import chat_violation
@@ -46,10 +46,10 @@ def test_chat_rules(messages, problem):
     assert got == problem if problem is None else problem in got
 
 
-def _pipeline(spark, cfg):
-    seeds.run(context(cfg))
-    questions.run(context(cfg))
-    responses.run(context(cfg))
+@pytest.fixture(scope="module")
+def answered(spark, warehouse, teacher_server):
+    """Seed, questions and responses, run once for the module; each test formats a copy."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses)
 
 
 def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
@@ -80,17 +80,16 @@ def test_format_writes_valid_stratified_jsonl(spark, llm_cfg, teacher_server):
     assert {r.example_id: r.split for r in tables.read(spark, where(cfg), chat_jsonl.TABLE).collect()} == before
 
 
-def test_too_long_examples_are_counted_not_written(spark, llm_cfg):
-    _pipeline(spark, llm_cfg)
+def test_too_long_examples_are_counted_not_written(spark, answered, llm_cfg):
+    copy_schema(spark, answered, llm_cfg)
     cfg = llm_cfg.model_copy(update={"format": llm_cfg.format.model_copy(update={"max_example_tokens": 16})})
     result = chat_jsonl.run(context(cfg))
     assert result.rows_out == 0 and result.errors == tables.count(spark, where(cfg), responses.TABLE)
     assert list(result.metrics["violations"]) == ["longer than 16 tokens (estimated)"]
 
 
-def test_the_files_go_to_the_volume_the_job_names(spark, llm_cfg):
-    cfg = llm_cfg.model_copy(update={"volume": "other"})
-    _pipeline(spark, cfg)
+def test_the_files_go_to_the_volume_the_job_names(spark, answered, llm_cfg):
+    cfg = copy_schema(spark, answered, llm_cfg.model_copy(update={"volume": "other"}))
     result = chat_jsonl.run(context(cfg))
     folder = Path(cfg.warehouse) / "main" / cfg.schema_ / "other" / "training_chat"
     assert result.files == {"train_jsonl": str(folder / "train.jsonl"), "val_jsonl": str(folder / "val.jsonl")}

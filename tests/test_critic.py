@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pandas as pd
-from conftest import context, where, with_endpoint
+import pytest
+from conftest import context, copy_schema, run_once, where, with_endpoint
 
 from lakesynth.quality import critic
 from lakesynth.qa import questions
@@ -19,10 +20,14 @@ def _on(cfg, **changes):
     return cfg.model_copy(update={"quality": quality})
 
 
-def test_every_question_gets_a_verdict_and_only_kept_ones_are_answered(spark, llm_cfg, teacher_server):
-    cfg = _on(llm_cfg)
-    seeds.run(context(cfg))
-    questions.run(context(cfg))
+@pytest.fixture(scope="module")
+def asked(spark, warehouse, teacher_server):
+    """Seed and questions, run once for the module; each test works on a copy."""
+    return run_once(warehouse, teacher_server, seeds, questions)
+
+
+def test_every_question_gets_a_verdict_and_only_kept_ones_are_answered(spark, asked, llm_cfg, teacher_server):
+    cfg = copy_schema(spark, asked, _on(llm_cfg))
     asked = tables.read(spark, where(cfg), questions.TABLE).where("error IS NULL").count()
     teacher_server.reset()
     result = critic.run(context(cfg))
@@ -51,11 +56,10 @@ def test_every_question_gets_a_verdict_and_only_kept_ones_are_answered(spark, ll
     assert again.metrics["skipped"] == asked and teacher_server.stats.requests == 0
 
 
-def test_a_reply_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, llm_cfg, teacher_server):
+def test_a_reply_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, asked, llm_cfg, teacher_server):
     cfg = _on(llm_cfg, max_failure_rate=1.0)
     cfg = with_endpoint(cfg, max_retries=0)
-    seeds.run(context(cfg))
-    questions.run(context(cfg))
+    copy_schema(spark, asked, cfg)
     teacher_server.reset(fault_rate=0.3, faults=("malformed", "schema"), seed=3)
     critic.run(context(cfg))
     verdicts = tables.read(spark, where(cfg), critic.TABLE)
@@ -71,9 +75,8 @@ def test_a_reply_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark,
     assert tables.read(spark, where(cfg), critic.TABLE).where("error IS NOT NULL").count() == 0
 
 
-def test_disabled_critic_keeps_every_question(spark, llm_cfg):
-    seeds.run(context(llm_cfg))
-    questions.run(context(llm_cfg))
+def test_disabled_critic_keeps_every_question(spark, asked, llm_cfg):
+    copy_schema(spark, asked, llm_cfg)
     result = critic.STAGE.execute(context(llm_cfg))
     assert result.metrics == {"disabled": "quality.critic.enabled is false"}
     all_questions = tables.read(spark, where(llm_cfg), questions.TABLE).count()

@@ -19,8 +19,10 @@ from lakesynth.errors import StageSkipped
 
 
 def _cfg(llm_cfg):
+    """A short fine-tune on one question per seed: the fine-tune's val-loss passes cost a forward per val example."""
     return llm_cfg.model_copy(
         update={
+            "questions": llm_cfg.questions.model_copy(update={"per_seed": 1}),
             "finetune": llm_cfg.finetune.model_copy(update={"max_steps": 2, "max_length": 64, "learning_rate": 1e-3}),
             "evaluate": llm_cfg.evaluate.model_copy(update={"max_examples": 3, "max_new_tokens": 12}),
         }

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, context, where, write
+from conftest import ROOT, context, copy_schema, run_once, where, write
 from databricks.bundles.jobs import Job
 
 from lakesynth import cli, pipeline
@@ -21,14 +21,21 @@ from lakesynth.training.backends import ai_runtime as ai_runtime_backend
 from lakesynth.training.backends import local
 
 
+def _one_question_per_seed(cfg):
+    """Fewer examples: the fine-tune's val-loss passes cost a forward per val example."""
+    return cfg.model_copy(update={"questions": cfg.questions.model_copy(update={"per_seed": 1})})
+
+
+@pytest.fixture(scope="module")
+def formatted(spark, warehouse, teacher_server):
+    """The train/val JSONL made on the stand-in teacher, once for the module."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses, chat_jsonl, change=_one_question_per_seed)
+
+
 @pytest.fixture
-def jsonl_cfg(spark, llm_cfg):
-    """A config whose train/val JSONL exist (stand-in teacher)."""
-    seeds.run(context(llm_cfg))
-    questions.run(context(llm_cfg))
-    responses.run(context(llm_cfg))
-    chat_jsonl.run(context(llm_cfg))
-    return llm_cfg
+def jsonl_cfg(spark, formatted, llm_cfg):
+    """A config whose train/val JSONL exist (stand-in teacher): a copy of the module's."""
+    return copy_schema(spark, formatted, _one_question_per_seed(llm_cfg))
 
 
 def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_cfg):

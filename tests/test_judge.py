@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from conftest import context, where, with_endpoint
+import pytest
+from conftest import context, copy_schema, run_once, where, with_endpoint
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.quality import judge
@@ -22,15 +23,20 @@ def _on(cfg, **changes):
     return cfg.model_copy(update={"quality": quality})
 
 
-def _answered(spark, cfg):
-    for stage in (seeds, questions, responses):
-        stage.run(context(cfg))
+@pytest.fixture(scope="module")
+def answered(spark, warehouse, teacher_server):
+    """Seed, questions and responses, run once for the module; each test judges a copy."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses)
+
+
+def _answered(spark, answered, cfg):
+    copy_schema(spark, answered, cfg)
     return tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").count()
 
 
-def test_low_scores_are_dropped_with_their_reason_and_nothing_is_lost(spark, llm_cfg, teacher_server):
+def test_low_scores_are_dropped_with_their_reason_and_nothing_is_lost(spark, answered, llm_cfg, teacher_server):
     cfg = _on(llm_cfg)
-    pairs = _answered(spark, cfg)
+    pairs = _answered(spark, answered, cfg)
     teacher_server.reset()
     result = judge.run(context(cfg))
     verdicts = tables.read(spark, where(cfg), judge.TABLE).collect()
@@ -54,20 +60,20 @@ def test_low_scores_are_dropped_with_their_reason_and_nothing_is_lost(spark, llm
     assert tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").count() == pairs
 
 
-def test_a_stricter_minimum_drops_more_and_a_new_criterion_is_a_new_prompt(spark, llm_cfg, teacher_server):
+def test_a_stricter_minimum_drops_more_and_a_new_criterion_is_a_new_prompt(spark, answered, llm_cfg, teacher_server):
     strict = tuple(c.model_copy(update={"min_score": 3}) for c in judge.CRITERIA)
     cfg = _on(llm_cfg, criteria=strict)
-    pairs = _answered(spark, cfg)
+    pairs = _answered(spark, answered, cfg)
     result = judge.run(context(cfg))
     kept = tables.read(spark, where(cfg), judge.TABLE).where("keep").collect()
     assert all(json.loads(v.scores)["quality"]["score"] == 3 for v in kept) and result.rows_out == pairs
     assert judge.step(cfg).prompt_version != judge.step(_on(llm_cfg)).prompt_version
 
 
-def test_a_judgement_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, llm_cfg, teacher_server):
+def test_a_judgement_that_does_not_parse_is_the_rows_error_and_is_asked_again(spark, answered, llm_cfg, teacher_server):
     cfg = _on(llm_cfg, max_failure_rate=1.0)
     cfg = with_endpoint(cfg, max_retries=0)
-    pairs = _answered(spark, cfg)
+    pairs = _answered(spark, answered, cfg)
     teacher_server.reset(fault_rate=0.3, faults=("malformed", "schema"), seed=4)
     judge.run(context(cfg))
     failed = tables.read(spark, where(cfg), judge.TABLE).where("error IS NOT NULL")
@@ -88,9 +94,9 @@ def test_the_prompt_carries_scope_rules_and_every_criterion(llm_cfg):
     assert "quality:" in text and "scope:" in text and "Should I buy gold?" in text
 
 
-def test_the_judge_can_call_its_own_model(spark, llm_cfg, teacher_server):
+def test_the_judge_can_call_its_own_model(spark, answered, llm_cfg, teacher_server):
     """The judge endpoint (endpoints.judge) names another model than the teacher's; the verdicts record it."""
-    _answered(spark, llm_cfg)
+    _answered(spark, answered, llm_cfg)
     cfg = _on(with_endpoint(llm_cfg, "judge", model="judge-model"))
     judge.run(context(cfg))
     models = {r.model for r in tables.read(spark, where(cfg), judge.TABLE).collect()}

@@ -135,9 +135,10 @@ def test_a_topup_round_asks_only_the_short_leaves_under_their_next_round(spark, 
     assert again.metrics["deleted"] == 0 and teacher_server.stats.completions == paid
 
 
-def test_without_a_taxonomy_the_three_stages_succeed_disabled(llm_cfg):
+def test_without_a_taxonomy_the_three_stages_succeed_disabled(llm_cfg, teacher_server):
     ctx = context(llm_cfg)
     for stage in (leaf_generation, grounding, leaf_topup):  # the runner's call: the stage's switch, then its work
         assert stage.STAGE.execute(ctx).metrics == {
             "disabled": "no taxonomy: pass --taxonomy DIR (taxonomy.path) or a template"
         }
+    assert teacher_server.stats.requests == 0

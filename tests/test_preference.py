@@ -3,11 +3,12 @@ thin margins are kept as rows with their reason, and the DPO/KTO files are what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
-from conftest import context, where, with_endpoint
+from conftest import context, copy_schema, run_once, where
 
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.qa import preference
@@ -21,13 +22,16 @@ def _on(cfg, **changes):
     return cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"enabled": True, **changes})})
 
 
+@pytest.fixture(scope="module")
+def training_set(spark, warehouse, teacher_server):
+    """The training set made on the stand-in, once for the module."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses, chat_jsonl)
+
+
 @pytest.fixture
-def pref_cfg(spark, llm_cfg):
-    """The training set made on the stand-in, preference on, a margin between the judge's steps."""
-    cfg = _on(llm_cfg, min_margin=0.75)
-    for stage in (seeds, questions, responses, chat_jsonl):
-        stage.run(context(cfg))
-    return cfg
+def pref_cfg(spark, training_set, llm_cfg):
+    """A copy of the training set, preference on, a margin between the judge's steps."""
+    return copy_schema(spark, training_set, _on(llm_cfg, min_margin=0.75))
 
 
 def _ratings(scores: str, n: int) -> list[float]:
@@ -124,17 +128,32 @@ def test_preference_is_off_by_default_and_candidates_are_checked(llm_cfg):
         preference.PreferenceConfig(candidates=[{"name": "a"}])
 
 
-def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, llm_cfg, tmp_path):
-    """`gguf_path: student`: the packaged SmolLM2 GGUF, served by the embedded engine beside the stand-in teacher."""
+def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, llm_cfg, tmp_path, monkeypatch):
+    """`gguf_path: student`: the packaged SmolLM2 GGUF, served by the embedded engine beside the stand-in teacher.
+    The engine's server is a second stand-in that knows only the student's name (the engine serving a real GGUF is
+    tests/test_llm.py's): here, which file is served, under which name, and that the student's rows come from it."""
     from conftest import write
 
+    from lakesynth.llm import embedded
+    from lakesynth.llm.standin import StandIn, StandInOptions
+    from lakesynth.training import train
+
+    name = "SmolLM2-135M-Instruct.Q4_1"
+    served = []
+
+    @contextlib.contextmanager
+    def serve(teacher):
+        served.append((teacher.gguf_path, teacher.model))
+        yield student_server.base_url
+
+    student_server = StandIn(StandInOptions(models=(name,))).start()
+    monkeypatch.setattr(embedded, "serve", serve)
     seeds_file = write(tmp_path / "s.csv", "topic,question,in_scope\ncards,How do I block my card?,yes\n")
     cfg = llm_cfg.model_copy(
         update={
             "seed": llm_cfg.seed.model_copy(update={"path": str(seeds_file)}),
             "questions": llm_cfg.questions.model_copy(update={"per_seed": 1}),
             "format": llm_cfg.format.model_copy(update={"val_fraction": 0.0}),
-            "endpoints": with_endpoint(llm_cfg, timeout_s=120, max_retries=0).endpoints,  # a real model
         }
     )
     student = preference.Candidate(
@@ -143,9 +162,13 @@ def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, l
     cfg = _on(cfg, candidates=(preference.Candidate(name="teacher"), student))
     for stage in (seeds, questions, responses, chat_jsonl):
         stage.run(context(cfg))
-    with context(cfg) as ctx:
-        result = preference.run(ctx)
+    try:
+        with context(cfg) as ctx:
+            result = preference.run(ctx)
+    finally:
+        student_server.stop()
+    assert served == [(str(train.packaged_student_gguf()), name)]
     rows = tables.read(spark, where(cfg), preference.CANDIDATES).where("candidate = 'student'").collect()
     assert rows and result.metrics["student_answered"] == len(rows)
-    assert all(r.model == "SmolLM2-135M-Instruct.Q4_1" for r in rows)
-    assert all(r.answer or r.error for r in rows)  # a reply, or why not (a 135M model may ramble past max_tokens)
+    assert all(r.model == name and r.answer and r.error is None for r in rows)
+    assert student_server.stats.completions == len(rows) + 1  # and its one-token preflight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from chispa import assert_df_equality
 from conftest import context, where, with_endpoint, write
 
 from lakesynth import llm
@@ -53,13 +54,15 @@ def test_every_seed_gets_its_questions_with_lineage_and_accounting(spark, llm_cf
 def test_rerun_makes_no_request_and_changed_prompt_regenerates(spark, llm_cfg, teacher_server):
     seeds.run(context(llm_cfg))
     questions.run(context(llm_cfg))
-    before = sorted(tables.read(spark, where(llm_cfg), questions.TABLE).select("question_id", "question").collect())
+    before = tables.read(spark, where(llm_cfg), questions.TABLE).select("question_id", "question")
+    before = spark.createDataFrame(before.collect(), before.schema)  # the rows now, not the table later
     teacher_server.reset()
     again = questions.run(context(llm_cfg))
     assert teacher_server.stats.requests == 0 and again.rows_out == 0
-    assert (
-        sorted(tables.read(spark, where(llm_cfg), questions.TABLE).select("question_id", "question").collect())
-        == before
+    assert_df_equality(
+        tables.read(spark, where(llm_cfg), questions.TABLE).select("question_id", "question"),
+        before,
+        ignore_row_order=True,
     )
     changed = _with(llm_cfg, questions={"template": llm_cfg.questions.template + "\nBe brief."})
     questions.run(context(changed))
@@ -124,13 +127,20 @@ def test_to_question_rows_drops_empty_copies_and_duplicates(spark):
         GENERATED,
     )
     rows = questions.to_question_rows(generated, keep=5)
-    got = sorted((r.seed_id, r.question, r.error is not None, r.prompt_tokens) for r in rows.collect())
-    assert got == [
-        ("s1", "New card?", False, 10),
-        ("s1", "PIN reset?", False, 0),
-        ("s2", None, True, 3),
-        ("s3", None, True, 3),
-    ]
+    assert_df_equality(
+        rows.selectExpr("seed_id", "question", "error IS NOT NULL AS failed", "prompt_tokens"),
+        spark.createDataFrame(
+            [
+                ("s1", "New card?", False, 10),
+                ("s1", "PIN reset?", False, 0),
+                ("s2", None, True, 3),
+                ("s3", None, True, 3),
+            ],
+            "seed_id string, question string, failed boolean, prompt_tokens bigint",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
     errors = {r.seed_id: r.error for r in rows.where("error IS NOT NULL").collect()}
     assert errors["s2"].startswith("NoUsableQuestions: the teacher returned 2 question(s)")
     assert errors["s3"] == "InvalidOutput: x"

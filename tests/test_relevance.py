@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import context, where, with_endpoint
+import pytest
+from conftest import context, copy_schema, run_once, where, with_endpoint
 
 from lakesynth.qa import questions
 from lakesynth.quality import relevance
@@ -21,10 +22,14 @@ def _cfg(llm_cfg, server, embeddings=None, **settings):
     return cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"relevance": section})})
 
 
-def test_every_answered_pair_gets_a_score_and_a_verdict(spark, llm_cfg, teacher_server):
-    seeds.run(context(llm_cfg))
-    questions.run(context(llm_cfg))
-    responses.run(context(llm_cfg))
+@pytest.fixture(scope="module")
+def answered(spark, warehouse, teacher_server):
+    """Seed, questions and responses, run once for the module; each test checks a copy."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses)
+
+
+def test_every_answered_pair_gets_a_score_and_a_verdict(spark, answered, llm_cfg, teacher_server):
+    copy_schema(spark, answered, llm_cfg)
     answered = tables.read(spark, where(llm_cfg), responses.TABLE).where("error IS NULL").count()
     # The stand-in's reverse questions share few words with the originals: their scores spread below 1.
     cfg = _cfg(llm_cfg, teacher_server, threshold=0.2)
@@ -47,16 +52,14 @@ def test_every_answered_pair_gets_a_score_and_a_verdict(spark, llm_cfg, teacher_
     assert rescored.metrics["skipped"] == 0 and rescored.rows_out == answered
 
 
-def test_a_text_that_cannot_be_embedded_is_its_rows_error_and_the_replies_are_kept(spark, llm_cfg, teacher_server):
+def test_a_text_that_cannot_be_embedded_is_its_rows_error_and_the_replies_are_kept(
+    spark, answered, llm_cfg, teacher_server
+):
     """The reverse questions are paid for before they are embedded: an embeddings endpoint that fails leaves every
     row written with its error (asked again on the next run), never a stage that drops its paid replies."""
-    import pytest
-
     from lakesynth.errors import StageError
 
-    seeds.run(context(llm_cfg))
-    questions.run(context(llm_cfg))
-    responses.run(context(llm_cfg))
+    copy_schema(spark, answered, llm_cfg)
     answered = tables.read(spark, where(llm_cfg), responses.TABLE).where("error IS NULL").count()
     cfg = _cfg(with_endpoint(llm_cfg, max_retries=0), teacher_server, embeddings={
         "base_url": "http://127.0.0.1:9/v1", "model": "nowhere"})  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chispa import assert_df_equality
 from conftest import context, where, with_endpoint
 from pyspark.sql import types as T
 
@@ -100,15 +101,21 @@ def test_parse_reads_struct_field_names_from_the_schema(spark):
         ],
         schema,
     )
-    got = {
-        r.question_id: (r.answer, r.error)
-        for r in responses.to_response_rows(llm_stage.ai_query_replies(answered, model="m")).collect()
-    }
-    assert got == {
-        "q1": ("A.", None),
-        "q2": (None, "RateLimitError: slow down"),
-        "q3": (None, "EmptyAnswer: the reply had no answer"),
-    }
+    assert_df_equality(
+        responses.to_response_rows(llm_stage.ai_query_replies(answered, model="m")).select(
+            "question_id", "answer", "error"
+        ),
+        spark.createDataFrame(
+            [
+                ("q1", "A.", None),
+                ("q2", None, "RateLimitError: slow down"),
+                ("q3", None, "EmptyAnswer: the reply had no answer"),
+            ],
+            "question_id string, answer string, error string",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
 
 
 def test_small_chunks_write_the_same_rows_and_pay_each_request_once(spark, llm_cfg, teacher_server):

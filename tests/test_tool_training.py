@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import mmap
+import struct
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, where
+from conftest import ROOT, copy_schema, sample_config, where
 
 from lakesynth.tools import ast_match
 from lakesynth import pipeline
@@ -25,13 +27,25 @@ TOOLS = {
 }
 
 
-def _run(cfg, style: str) -> dict:
+def _styled(cfg, style: str):
     no_judge = cfg.tools.semantic.model_copy(update={"enabled": False})
     output = cfg.tools.output.model_copy(update={"style": style})
     tools_cfg = cfg.tools.model_copy(update={"semantic": no_judge, "output": output})
-    cfg = cfg.model_copy(update={"tools": tools_cfg})
-    stages = ["tools", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts", "tool_format"]
-    return pipeline.run(cfg, stages, job="lakesynth_tools", root=ROOT)
+    return cfg.model_copy(update={"tools": tools_cfg})
+
+
+@pytest.fixture(scope="module")
+def checked(spark, warehouse):
+    """The sample's calls through every check (the semantic one off), once for the module; tests format copies."""
+    cfg = _styled(sample_config(warehouse), "json_content")
+    stages = ["tools", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts"]
+    pipeline.run(cfg, stages, job="lakesynth_tools", root=ROOT)
+    return cfg
+
+
+def _run(spark, checked, cfg, style: str) -> dict:
+    copy_schema(spark, checked, cfg)
+    return pipeline.run(_styled(cfg, style), ["tool_format"], job="lakesynth_tools", root=ROOT)
 
 
 def _lines(summary: dict) -> list[dict]:
@@ -42,8 +56,8 @@ def _lines(summary: dict) -> list[dict]:
     ]
 
 
-def test_json_content_examples_are_what_databricks_fine_tuning_reads(spark, cfg):
-    summary = _run(cfg, "json_content")
+def test_json_content_examples_are_what_databricks_fine_tuning_reads(spark, checked, cfg):
+    summary = _run(spark, checked, cfg, "json_content")
     assert summary["stages"]["tool_format"]["status"] == "ok", summary["stages"]["tool_format"]
     rows = tables.read(spark, where(cfg), tool_format.TABLE).collect()
     assert {r.example_id for r in rows} == {
@@ -68,8 +82,8 @@ def test_json_content_examples_are_what_databricks_fine_tuning_reads(spark, cfg)
 
 
 @pytest.mark.parametrize("style", ["openai", "hf"])
-def test_tool_call_styles_for_openai_and_trl(spark, cfg, style):
-    summary = _run(cfg, style)
+def test_tool_call_styles_for_openai_and_trl(spark, checked, cfg, style):
+    summary = _run(spark, checked, cfg, style)
     lines = _lines(summary)
     parallel = next(x for x in lines if x["messages"][0]["content"] == "What are my checking and savings balances?")
     calls = parallel["messages"][1]["tool_calls"]
@@ -110,16 +124,48 @@ def test_a_spec_and_seeds_without_implementations_make_training_data_in_every_st
         assert all(("tools" in line) == (style != "json_content") for line in lines)
 
 
-def test_the_hf_style_renders_with_a_real_tool_calling_chat_template(spark, cfg):
-    """Qwen2.5's own chat template (read from the packaged teacher's GGUF) renders the tools and the calls."""
-    from transformers import AutoTokenizer
+def _gguf_string(path: Path, key: str) -> str:
+    """One string of a GGUF file's metadata. Reading the file's whole tokenizer (transformers, or gguf's reader)
+    takes over a minute on 2 cores for 151k tokens; this steps over them."""
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+
+        def string_end(at: int) -> int:
+            return at + 8 + struct.unpack_from("<Q", data, at)[0]
+
+        (count,), at = struct.unpack_from("<Q", data, 16), 24  # magic, version, tensor count, then the key count
+        for _ in range(count):
+            name, at = data[at + 8 : string_end(at)].decode(), string_end(at)
+            (kind,), at = struct.unpack_from("<I", data, at), at + 4
+            if name == key and kind == 8:
+                return data[at + 8 : string_end(at)].decode()
+            if kind == 8:
+                at = string_end(at)
+            elif kind == 9:  # an array: element type, length, elements
+                (element, length), at = struct.unpack_from("<IQ", data, at), at + 12
+                for _ in range(length if element == 8 else 0):
+                    at = string_end(at)
+                at += 0 if element == 8 else sizes[element] * length
+            else:
+                at += sizes[kind]
+    raise KeyError(f"{path}: no {key}")
+
+
+def test_the_hf_style_renders_with_a_real_tool_calling_chat_template(spark, checked, cfg):
+    """Qwen2.5's own chat template (read from the packaged teacher's GGUF) renders the tools and the calls, through
+    transformers' apply_chat_template as TRL calls it."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     from lakesynth.llm import embedded
 
-    summary = _run(cfg, "hf")
+    summary = _run(spark, checked, cfg, "hf")
     line = next(x for x in _lines(summary) if x["messages"][0]["content"].startswith("What are my checking"))
     gguf = embedded.packaged_model(Path(cfg.model_cache).expanduser())
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    template = _gguf_string(gguf, "tokenizer.chat_template")
+    assert "Qwen" in template
+    vocabulary = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))  # rendering tokenizes nothing
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=vocabulary, chat_template=template)
     text = tokenizer.apply_chat_template(line["messages"], tools=line["tools"], tokenize=False)
     assert "<tools>" in text and '"name": "transfer_money"' in text
     assert text.count('<tool_call>\n{"name": "get_balance", "arguments": {"account": ') == 2  # the two calls
