@@ -93,8 +93,8 @@ def _stage(folder: Path, ctx) -> tuple[float, int]:
 
 def _stage_on_driver(folder: Path, ctx) -> tuple[float, int]:
     """The reference: the same stage, chunked on the driver and the rows shipped to the engine."""
-    from lakesynth.taxonomy import chunks, documents
     from lakesynth.core import tables
+    from lakesynth.taxonomy import chunks, documents
 
     started = time.monotonic()
     d = ctx.cfg.documents

@@ -242,9 +242,8 @@ def score(found: dict[str, str], planted: list[list[str]], controls: dict[str, l
 
 
 def _run_lakesynth(path: str, warehouse: str) -> tuple[float, dict[str, str]]:
-    from lakesynth.quality import dedup
-    from lakesynth.quality import duplicates
     from lakesynth.core import registry
+    from lakesynth.quality import dedup, duplicates
 
     ctx = registry.open_context(ROOT / "conf" / "lakesynth.yml", [f"warehouse={warehouse}", "schema=bench_dedup"])
     ctx.spark.range(1).count()  # the engine is up before the clock starts

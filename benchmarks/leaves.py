@@ -114,10 +114,8 @@ def write_taxonomy(folder: Path, n: int) -> dict[str, int]:
 
 def _round(folder: Path, n: int, r: int | str, url: str, per_leaf: int) -> dict:
     """One run of size `n` on a fresh schema; the warehouse is shared (one embedded engine per warehouse)."""
-    from lakesynth.taxonomy import documents
-    from lakesynth.taxonomy import leaf_generation
     from lakesynth.core import registry
-    from lakesynth.taxonomy import taxonomy
+    from lakesynth.taxonomy import documents, leaf_generation, taxonomy
 
     settings = [
         f"warehouse={folder.parent / 'warehouse'}",

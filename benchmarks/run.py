@@ -197,10 +197,9 @@ def stage_prompts(seeds: Path) -> dict[str, tuple[list[str], dict, int]]:
     generated question it would answer): prompts, output schema, max_tokens."""
     import csv
 
-    from lakesynth.qa import questions
-    from lakesynth.qa import responses
     from lakesynth.core.registry import load_config
     from lakesynth.core.templates import render
+    from lakesynth.qa import questions, responses
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=1"])
     rows = list(csv.DictReader(seeds.open(encoding="utf-8")))
@@ -246,9 +245,8 @@ def check_prompts(warehouse: Path) -> dict[str, tuple[list[str], dict, int]]:
     max_tokens."""
     from deltalake import DeltaTable
 
-    from lakesynth.quality import critic
-    from lakesynth.quality import judge
     from lakesynth.core.registry import load_config
+    from lakesynth.quality import critic, judge
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=1", *CHECKS[1::2]])
     (schema,) = {p.parent for p in warehouse.glob("*/*/synthetic_questions")}
@@ -371,10 +369,10 @@ def utilisation(folder: Path, sizes: list[int]) -> list[tuple]:
 
 def embedded_efficiency(folder: Path, n_seeds: int) -> list[tuple]:
     """The same prompts, schema and parameters both ways: the raw server with a bare client, then the stage."""
-    from lakesynth.llm import embedded
-    from lakesynth.qa import questions
     from lakesynth.core.registry import load_config
     from lakesynth.core.templates import render
+    from lakesynth.llm import embedded
+    from lakesynth.qa import questions
 
     cfg = load_config(ROOT / "conf" / "lakesynth.yml", ["questions.per_seed=2", "questions.max_tokens=400"])
     teacher, per_seed = cfg.endpoint("teacher"), cfg.questions.per_seed

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict
 
 from lakesynth import llm
 from lakesynth.config import EndpointSettings
-from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.llm.standin import StandIn, StandInOptions
+from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 
 RANDOM_429 = {"fault_rate": 0.3, "faults": ("429",), "retry_after_ms": (50, 200), "seed": 1}
 AT_CAPACITY = {"throttle_above": 4, "retry_after_ms": (50, 200)}

@@ -18,8 +18,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-from lakesynth.core import registry
 from lakesynth.config import Config, EndpointConfig
+from lakesynth.core import registry
 from lakesynth.core.engine import get_spark
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lakesynth.core import bundle
 from lakesynth import pipeline
+from lakesynth.core import bundle
 
 REF = re.compile(r"\$\{([^}]+)\}|\{\{\s*job\.(parameters\.\w+|run_id)\s*\}\}")
 

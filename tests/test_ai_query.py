@@ -8,9 +8,9 @@ import pytest
 from pyspark.sql import types as T
 
 from lakesynth.core import llm_stage
-from lakesynth.qa import responses
 from lakesynth.llm import ai_query
 from lakesynth.llm.ai_query import NO_REPLY
+from lakesynth.qa import responses
 
 S = T.StringType()
 REPLY = '{"reasoning": "r", "answer": "A."}'

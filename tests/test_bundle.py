@@ -17,10 +17,8 @@ from conftest import ROOT
 from databricks.bundles.jobs import Job
 from deployment import Deployed
 
-from lakesynth.core import bundle
-from lakesynth import cli
-from lakesynth import pipeline
-from lakesynth.core import registry
+from lakesynth import cli, pipeline
+from lakesynth.core import bundle, registry
 from lakesynth.errors import ConfigError
 
 SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "databricks-bundle-schema.json").read_text())

@@ -10,11 +10,11 @@ import pytest
 from conftest import ROOT, context, where, write
 from jsonschema import Draft202012Validator
 
-from lakesynth.tools import call_generation
 from lakesynth.core import tables
+from lakesynth.errors import SeedError
+from lakesynth.tools import call_generation
 from lakesynth.tools import spec as toolspec
 from lakesynth.tools.call_generation import CallGenerationConfig
-from lakesynth.errors import SeedError
 
 SAMPLE = ROOT / "conf" / "tools"
 SPECS = {t["function"]["name"]: t["function"] for t in toolspec.read_spec(str(SAMPLE / "tools.json"))}

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import context, copy_schema, run_once, where, with_endpoint
 
-from lakesynth.qa import format as chat_jsonl
-from lakesynth.training.checks import chat_violation
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
+from lakesynth.training.checks import chat_violation
 
 U, A, SYS = (
     {"role": "user", "content": "Hi?"},

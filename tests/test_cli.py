@@ -12,8 +12,8 @@ import deltalake
 from conftest import ROOT, write
 
 from lakesynth.core import registry
-from lakesynth.qa import seed as seeds
 from lakesynth.core.engine import register_tables
+from lakesynth.qa import seed as seeds
 
 
 def lakesynth(*args, cwd=ROOT, env=None, tracking=False):

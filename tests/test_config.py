@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, write
 
-from lakesynth.errors import ConfigError
 from lakesynth.core.registry import load_config
+from lakesynth.errors import ConfigError
 
 SAMPLE = ROOT / "conf" / "lakesynth.yml"
 

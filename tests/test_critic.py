@@ -6,11 +6,10 @@ import pandas as pd
 import pytest
 from conftest import context, copy_schema, run_once, where, with_endpoint
 
-from lakesynth.quality import critic
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
+from lakesynth.quality import critic
 
 
 def _on(cfg, **changes):

@@ -7,12 +7,10 @@ import pytest
 from conftest import context, where, with_endpoint
 from pyspark.sql import functions as F
 
-from lakesynth.qa import format as chat_jsonl
-from lakesynth.quality import dedup
-from lakesynth.quality import duplicates
-from lakesynth.quality import judge
-from lakesynth.qa import responses
 from lakesynth.core import tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import responses
+from lakesynth.quality import dedup, duplicates, judge
 
 # (id, question): groups of duplicates, each listed best first, and controls.
 EXACT = [("e1", "How do I block my card?"), ("e2", "how do I  block my card"), ("e3", "How do I block my card ?")]

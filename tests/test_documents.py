@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from lakesynth.errors import SeedError
 from lakesynth.taxonomy.chunks import CHUNK_COLUMNS, chunk, chunk_documents
 from lakesynth.taxonomy.document_files import read_document, read_documents, resolve
-from lakesynth.errors import SeedError
 
 DOCS = Path(__file__).parent / "fixtures" / "taxonomy_docs"
 WORD = re.compile(r"\S+")

@@ -8,14 +8,12 @@ import json
 import pytest
 from conftest import context, where
 
-from lakesynth.qa import format as chat_jsonl
-from lakesynth.qa import evaluate
-from lakesynth.training import finetune
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
 from lakesynth.errors import StageSkipped
+from lakesynth.qa import evaluate, questions, responses
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import seed as seeds
+from lakesynth.training import finetune
 
 
 def _cfg(llm_cfg):

@@ -80,9 +80,9 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
 def test_tool_export_writes_the_kept_pairs_in_the_xlam_layout(spark, llm_cfg):
     """The function-calling job's export: query, answers and tools as JSON text, as xlam-function-calling-60k."""
     from lakesynth.core import tables
-    from lakesynth.tools import tool_format
-    from lakesynth.tools import spec as toolspec
     from lakesynth.core.runtime import Runtime as R
+    from lakesynth.tools import spec as toolspec
+    from lakesynth.tools import tool_format
 
     tools = llm_cfg.tools.model_copy(
         update={"seeds": "", "semantic": llm_cfg.tools.semantic.model_copy(update={"enabled": False})}

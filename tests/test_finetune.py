@@ -45,9 +45,7 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     files = finetune.split_files(where(jsonl_cfg))
     data = load_dataset("json", data_files=files, split=None)
     assert set(data) == {"train", "val"} and len(data["train"]) > len(data["val"]) > 0
-    tokenizer = AutoTokenizer.from_pretrained(
-        student.packaged_student(Path(jsonl_cfg.model_cache).expanduser())
-    )
+    tokenizer = AutoTokenizer.from_pretrained(student.packaged_student(Path(jsonl_cfg.model_cache).expanduser()))
     text = tokenizer.apply_chat_template(data["train"][0]["messages"], tokenize=False)
     assert "<|im_start|>assistant" in text and data["train"][0]["messages"][-1]["content"] in text
 

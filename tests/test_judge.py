@@ -8,12 +8,11 @@ import pandas as pd
 import pytest
 from conftest import context, copy_schema, run_once, where, with_endpoint
 
-from lakesynth.qa import format as chat_jsonl
-from lakesynth.quality import judge
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
+from lakesynth.quality import judge
 
 
 def _on(cfg, **changes):

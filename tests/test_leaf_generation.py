@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from conftest import ROOT, context, where
 
-from lakesynth.taxonomy import documents
-from lakesynth.taxonomy import grounding
-from lakesynth.taxonomy import leaf_generation
-from lakesynth.taxonomy import leaf_topup
 from lakesynth.core import tables
-from lakesynth.taxonomy import taxonomy
+from lakesynth.taxonomy import documents, grounding, leaf_generation, leaf_topup, taxonomy
 
 FIXTURE = ROOT / "tests" / "fixtures" / "taxonomy"
 DOCS = ROOT / "tests" / "fixtures" / "taxonomy_docs"

@@ -18,9 +18,8 @@ from nbclient.exceptions import CellExecutionError
 from test_cli import lakesynth
 
 from lakesynth.core import run_log
-from lakesynth.report import notebook
-from lakesynth.report import tracking
 from lakesynth.llm.standin import StandIn, StandInOptions
+from lakesynth.report import notebook, tracking
 
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
 DEV_SCHEMA = "dev_standin_lakesynth_dev"  # as a dev deploy names the schema (`mode: development` prefixes it)
@@ -385,9 +384,9 @@ def test_mlflow_failures_while_logging_are_warnings_in_the_summary(cfg, tmp_path
     its folder should be): each is a warning in the stage's entry and the summary, and nothing raises."""
     import mlflow
 
-    from lakesynth.report import tracking
     from lakesynth.core.runtime import Runtime
     from lakesynth.core.stage import RunContext
+    from lakesynth.report import tracking
 
     cfg = cfg.model_copy(
         update={"warehouse": str(tmp_path / "wh"), "mlflow": cfg.mlflow.model_copy(update={"enabled": True})}

@@ -12,8 +12,8 @@ from conftest import ROOT, write
 
 from lakesynth import pipeline
 from lakesynth.core import registry
-from lakesynth.errors import SeedError
 from lakesynth.core.runtime import Runtime
+from lakesynth.errors import SeedError
 
 STAGES = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "format"]
 PAIRS = [
@@ -85,8 +85,8 @@ def test_bad_pairs_are_named_and_nothing_is_written(spark, warehouse, teacher_se
     rows = [{"id": "a", "question": "Q?", "answer": " "}, {"id": "a", "question": "R?", "answer": "yes"}]
     pairs = write(tmp_path / "bad.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cfg = _cfg(warehouse, teacher_server, pairs)
-    from lakesynth.qa import seed as seeds
     from lakesynth.core.stage import RunContext
+    from lakesynth.qa import seed as seeds
 
     with pytest.raises(SeedError, match="invalid pairs") as error:
         seeds.run(RunContext(cfg, registry.contracts(registry.default_stages())))
@@ -100,8 +100,8 @@ def test_bad_pairs_are_named_and_nothing_is_written(spark, warehouse, teacher_se
 def test_pair_verdicts_left_by_an_older_version_are_made_again(spark, warehouse, teacher_server, tmp_path):
     """pair_verdicts is derived whole each run: one without `source_id` (an older version's) is recreated, not
     refused."""
-    from lakesynth.quality import dedup
     from lakesynth.core import tables
+    from lakesynth.quality import dedup
 
     pairs = write(tmp_path / "pairs.jsonl", json.dumps(PAIRS[0]) + "\n")
     cfg = _cfg(warehouse, teacher_server, pairs)

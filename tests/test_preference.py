@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import context, copy_schema, run_once, where
 
-from lakesynth.qa import format as chat_jsonl
-from lakesynth.qa import preference
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import preference, questions, responses
+from lakesynth.qa import seed as seeds
 
 
 def _on(cfg, **changes):
@@ -136,7 +134,7 @@ def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, l
 
     from lakesynth.llm import embedded
     from lakesynth.llm.standin import StandIn, StandInOptions
-    from lakesynth.training import train
+    from lakesynth.training.student import packaged_student_gguf
 
     name = "SmolLM2-135M-Instruct.Q4_1"
     served = []
@@ -167,7 +165,7 @@ def test_the_base_student_answers_as_a_candidate_on_the_embedded_engine(spark, l
             result = preference.run(ctx)
     finally:
         student_server.stop()
-    assert served == [(str(train.packaged_student_gguf()), name)]
+    assert served == [(str(packaged_student_gguf()), name)]
     rows = tables.read(spark, where(cfg), preference.CANDIDATES).where("candidate = 'student'").collect()
     assert rows and result.metrics["student_answered"] == len(rows)
     assert all(r.model == name and r.answer and r.error is None for r in rows)

@@ -8,11 +8,10 @@ from chispa import assert_df_equality
 from conftest import context, where, with_endpoint, write
 
 from lakesynth import llm
-from lakesynth.core import llm_stage
+from lakesynth.core import llm_stage, tables
+from lakesynth.errors import StageError
 from lakesynth.qa import questions
 from lakesynth.qa import seed as seeds
-from lakesynth.core import tables
-from lakesynth.errors import StageError
 
 # What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.
 GENERATED = (

@@ -15,9 +15,9 @@ from conftest import ROOT
 
 from lakesynth import pipeline
 from lakesynth.core import command, registry
-from lakesynth.errors import ConfigError
 from lakesynth.core.stage import Stage, StageResult
 from lakesynth.core.tables import Table
+from lakesynth.errors import ConfigError
 
 SRC = ROOT / "src" / "lakesynth"
 

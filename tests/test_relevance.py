@@ -8,11 +8,10 @@ import json
 import pytest
 from conftest import context, copy_schema, run_once, where, with_endpoint
 
-from lakesynth.qa import questions
-from lakesynth.quality import relevance
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
+from lakesynth.quality import relevance
 
 
 def _cfg(llm_cfg, server, embeddings=None, **settings):

@@ -7,12 +7,10 @@ from conftest import context, where, with_endpoint
 from pyspark.sql import types as T
 
 from lakesynth import llm
-from lakesynth.core import llm_stage
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
-from lakesynth.core import tables
+from lakesynth.core import llm_stage, tables
 from lakesynth.llm import ai_query
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
 
 
 def _prepare(spark, cfg):

@@ -8,9 +8,9 @@ import pytest
 from chispa import assert_df_equality
 from conftest import context, where, write
 
-from lakesynth.qa import seed as seeds
 from lakesynth.core import tables
 from lakesynth.errors import SeedError
+from lakesynth.qa import seed as seeds
 
 
 def _ingest(spark, cfg, path):

@@ -13,9 +13,9 @@ from conftest import ROOT
 
 from lakesynth import pipeline
 from lakesynth.core import registry
-from lakesynth.llm import serverless
-from lakesynth.errors import LakesynthError
 from lakesynth.core.runtime import EMULATE_ENV, Runtime
+from lakesynth.errors import LakesynthError
+from lakesynth.llm import serverless
 
 
 def _settings(warehouse, standin: str, *extra: str):

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from conftest import ROOT, write
 
-from lakesynth.quality.normalize import normalized_text
 from lakesynth import pipeline
-from lakesynth.core import registry
-from lakesynth.core import tables
+from lakesynth.core import registry, tables
 from lakesynth.core.runtime import Runtime
+from lakesynth.quality.normalize import normalized_text
 
 TOPICS = ("cards", "loans", "fraud", "savings")
 DERIVED = (

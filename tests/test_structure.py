@@ -70,11 +70,7 @@ def test_imports_form_no_cycle():
 @pytest.mark.parametrize("layer", sorted(ABOVE))
 def test_a_layer_imports_nothing_above_it(layer):
     wrong = {
-        f"{m} imports {d}"
-        for m, deps in GRAPH.items()
-        if _layer(m) == layer
-        for d in deps
-        if _layer(d) in ABOVE[layer]
+        f"{m} imports {d}" for m, deps in GRAPH.items() if _layer(m) == layer for d in deps if _layer(d) in ABOVE[layer]
     }
     assert not wrong, sorted(wrong)
 

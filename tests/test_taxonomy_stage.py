@@ -13,13 +13,11 @@ import deltalake
 import pytest
 from conftest import ROOT, context, where, write
 
-from lakesynth.taxonomy import documents
-from lakesynth.core import registry
-from lakesynth.core import tables
-from lakesynth.taxonomy import qna, taxonomy
+from lakesynth.core import registry, tables
+from lakesynth.errors import ConfigError, SeedError
+from lakesynth.taxonomy import documents, qna, taxonomy
 from lakesynth.taxonomy.chunks import CHUNK_COLUMNS, chunk_documents
 from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS
-from lakesynth.errors import ConfigError, SeedError
 
 FIXTURE = ROOT / "tests" / "fixtures" / "taxonomy"
 DOCS = ROOT / "tests" / "fixtures" / "taxonomy_docs"

@@ -11,12 +11,11 @@ from pathlib import Path
 from conftest import ROOT
 from test_notebooks_and_tracking import _execute, _images, _text
 
+from lakesynth import pipeline
+from lakesynth.core import registry, tables
+from lakesynth.core.runtime import Runtime
 from lakesynth.qa import format as chat_jsonl
 from lakesynth.qa import insights
-from lakesynth import pipeline
-from lakesynth.core import registry
-from lakesynth.core import tables
-from lakesynth.core.runtime import Runtime
 
 
 def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_server):
@@ -70,4 +69,3 @@ def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_serv
     outputs = _execute("03_dataset_report", warehouse, f"schema={cfg.schema_}", "taxonomy.per_leaf=4")
     text = _text(outputs)
     assert "No taxonomy" not in text and "knowledge/science/biology/lichens" in text and len(_images(outputs)) >= 1
-

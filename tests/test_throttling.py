@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 from lakesynth import llm
 from lakesynth.config import EndpointSettings
-from lakesynth.llm.throttle import AdaptiveConcurrency, concurrency_trace, reset_concurrency
 from lakesynth.llm.standin import StandIn, StandInOptions
+from lakesynth.llm.throttle import AdaptiveConcurrency, concurrency_trace, reset_concurrency
 
 
 class Questions(BaseModel):

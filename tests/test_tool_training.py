@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, copy_schema, sample_config, where
 
-from lakesynth.tools import ast_match
 from lakesynth import pipeline
 from lakesynth.core import tables
-from lakesynth.tools import tool_format
+from lakesynth.tools import ast_match, tool_format
 
 TOOLS = {
     "get_balance": {"type": "object", "properties": {"account": {"type": "string"}}, "required": ["account"]},

@@ -8,15 +8,11 @@ import json
 import pytest
 from conftest import ROOT, context, where, with_endpoint, write
 
-from lakesynth.tools import call_generation
-from lakesynth.tools import call_relevance
-from lakesynth.tools import call_semantic
-from lakesynth.tools import call_verdicts
 from lakesynth import pipeline
 from lakesynth.core import tables
-from lakesynth.tools import tools
-from lakesynth.tools import spec as toolspec
 from lakesynth.errors import SeedError
+from lakesynth.tools import call_generation, call_relevance, call_semantic, call_verdicts, tools
+from lakesynth.tools import spec as toolspec
 
 SAMPLE = ROOT / "conf" / "tools"
 # conf/tools/calls.jsonl: each line's id and the verdict it must get (the last line is not JSON: its line number).

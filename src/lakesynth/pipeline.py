@@ -36,18 +36,14 @@ from typing import Any
 
 import yaml
 
-from lakesynth.core import bundle
-from lakesynth.report import notebook
-from lakesynth.core import registry
-from lakesynth.core import run_log
-from lakesynth.llm import serverless
-from lakesynth.core import tables
-from lakesynth.report import tracking
-from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.config import Config
-from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
+from lakesynth.core import bundle, registry, run_log, tables
+from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage
+from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
+from lakesynth.llm import serverless
+from lakesynth.report import notebook, tracking
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.qa import format as chat_jsonl
 from lakesynth import llm
 from lakesynth.core import llm_stage
-from lakesynth.qa import questions
-from lakesynth.qa import responses
-from lakesynth.qa import seed as seeds
-from lakesynth.llm import ai_query
 from lakesynth.core.registry import load_config
+from lakesynth.llm import ai_query
+from lakesynth.qa import format as chat_jsonl
+from lakesynth.qa import questions, responses
+from lakesynth.qa import seed as seeds
 
 # What the LLM loop hands the questions stage's rows hook, once the reply's fields are columns.
 GENERATED = (

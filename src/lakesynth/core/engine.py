@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from pyspark.sql import SparkSession
 
-from lakesynth.errors import ConfigError
 from lakesynth.core.runtime import REMOTE_ENV, Runtime
+from lakesynth.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -35,16 +35,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth import llm
+from lakesynth.config import EndpointSettings, LLMStageConfig
 from lakesynth.core import tables
-from lakesynth.config import LLMStageConfig, EndpointSettings
-from lakesynth.errors import EndpointError, StageError
-from lakesynth.llm import ai_query
-from lakesynth.llm.retry import THROTTLED
-from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, StageResult
 from lakesynth.core.tables import S, Table
 from lakesynth.core.templates import prompt_version
+from lakesynth.errors import EndpointError, StageError
+from lakesynth.llm import ai_query
+from lakesynth.llm.retry import THROTTLED
+from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 
 # What the loop adds to a request's columns once it is answered; a stage's `rows` hook reads `output`
 # (the reply as JSON text, valid against the stage's output model) or `error`.

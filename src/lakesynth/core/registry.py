@@ -18,11 +18,11 @@ from pathlib import Path
 from pydantic import Field, create_model
 
 from lakesynth import config
-from lakesynth.errors import ConfigError
 from lakesynth.core.run_log import RUN_LOG
 from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage
 from lakesynth.core.tables import Table
+from lakesynth.errors import ConfigError
 
 _DECLARES = re.compile(r"^STAGE = Stage\(", re.M)
 PACKAGE = Path(__file__).resolve().parent.parent  # the lakesynth package: stages live in its subpackages

@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lakesynth.core import engine
-from lakesynth.core import tables
 from lakesynth.config import Config
+from lakesynth.core import engine, tables
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.sources import Source
 from lakesynth.core.tables import Table

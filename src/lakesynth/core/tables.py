@@ -17,8 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.errors import TableSchemaError
 from lakesynth.core.runtime import Runtime
+from lakesynth.errors import TableSchemaError
 
 S, B, L, INT, D, TS = T.StringType(), T.BooleanType(), T.LongType(), T.IntegerType(), T.DoubleType(), T.TimestampType()
 

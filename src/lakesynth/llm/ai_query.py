@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lakesynth.llm import serverless
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import ConfigError
+from lakesynth.llm import serverless
 from lakesynth.llm.auth import Endpoint
 from lakesynth.llm.call import Call, validate_output
 from lakesynth.llm.retry import InvalidOutput

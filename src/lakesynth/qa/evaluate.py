@@ -22,15 +22,14 @@ from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.training import evaluation
-from lakesynth.quality import criteria as judging
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
-from lakesynth.errors import StageSkipped
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, D, S
+from lakesynth.errors import StageSkipped
+from lakesynth.quality import criteria as judging
+from lakesynth.training import evaluation
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lakesynth.training import datasets as exporting
-from lakesynth.errors import StageError
 from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.errors import StageError
+from lakesynth.training import datasets as exporting
 
 CHECKS = ("question_verdicts", "pair_verdicts")  # every check's drops: the critic's, then each pair's first
 # The LLM stages whose models the card names (the chat data's, not the function-calling job's).

@@ -17,15 +17,15 @@ from pydantic import Field, model_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.training import examples
-from lakesynth.core import tables
 from lakesynth.config import Section
-from lakesynth.training.checks import check_examples
-from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
+from lakesynth.core import tables
 from lakesynth.core.runtime import Runtime
-from lakesynth.qa import insights
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
+from lakesynth.qa import insights
+from lakesynth.training import examples
+from lakesynth.training.checks import check_examples
+from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
 
 
 class FormatConfig(Section):

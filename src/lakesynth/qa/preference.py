@@ -20,15 +20,14 @@ from pydantic import Field, ValidationInfo, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.qa import answers as answering
-from lakesynth.training import examples
-from lakesynth.quality import criteria as judging
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
-from lakesynth.config import LLMStageConfig, EndpointSettings, base_dir
+from lakesynth.config import EndpointSettings, LLMStageConfig, base_dir
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, D, S
+from lakesynth.qa import answers as answering
+from lakesynth.quality import criteria as judging
+from lakesynth.training import examples
 
 
 class Candidate(LLMStageConfig):

@@ -15,9 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S

@@ -14,13 +14,12 @@ from typing import ClassVar
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
-from lakesynth.qa.answers import Answer, prompts, to_response_rows
 from lakesynth.config import LLMStageConfig
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S
+from lakesynth.qa.answers import Answer, prompts, to_response_rows
 
 
 class ResponsesConfig(LLMStageConfig):

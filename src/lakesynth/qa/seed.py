@@ -17,12 +17,12 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.core import tables
 from lakesynth.config import Section, resolve_path
-from lakesynth.errors import SeedError
+from lakesynth.core import tables
 from lakesynth.core.sources import QA_SEEDS, Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S
+from lakesynth.errors import SeedError
 
 
 class SeedsConfig(Section):
@@ -289,7 +289,7 @@ STAGE = Stage(
     run=run,
     writes=(TABLE,),
     config=SeedsConfig,
-        sources=(
+    sources=(
         Source("seeds", ("seed.path",), QA_SEEDS, "seed file (.csv/.jsonl) or table:<catalog.schema.table>", True),
         Source(
             "pairs",

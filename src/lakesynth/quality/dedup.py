@@ -28,12 +28,11 @@ from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.quality import duplicates
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import Section
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
+from lakesynth.quality import duplicates
 
 D = tables.T.DoubleType()
 

@@ -22,9 +22,8 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
+from lakesynth.core import llm_stage, tables
 from lakesynth.quality.normalize import normalized_text
-from lakesynth.core import tables
 
 STOP_WORDS = frozenset(
     "a an the and or but if then so to of in on at by for with from into onto about as is are was were be been "

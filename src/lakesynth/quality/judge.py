@@ -17,14 +17,13 @@ from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
-from lakesynth.quality.criteria import CRITERIA, Criterion, output_model
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
+from lakesynth.quality.criteria import CRITERIA, Criterion, output_model
 
 TEMPLATE = """You judge answers written to train a customer-service chatbot.
 

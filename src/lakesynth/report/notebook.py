@@ -21,12 +21,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lakesynth
+from lakesynth.config import packaged_config
 from lakesynth.core import registry
 from lakesynth.core.bundle import project_root
-from lakesynth.config import packaged_config
-from lakesynth.errors import LakesynthError
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext
+from lakesynth.errors import LakesynthError
 
 LAST_RUN = "_lakesynth_last_run.json"  # in the warehouse folder, beside the catalogs (not a table: no _delta_log)
 WIDGETS = ("catalog", "schema", "volume")

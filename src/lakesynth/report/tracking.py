@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from lakesynth.config import Config, EndpointConfig
-from lakesynth.errors import LakesynthError
-from lakesynth.core.runtime import Runtime
 from lakesynth.core.run_log import params_of
+from lakesynth.core.runtime import Runtime
+from lakesynth.errors import LakesynthError
 
 log = logging.getLogger(__name__)
 RUN_TAG = "lakesynth.run_id"

@@ -15,8 +15,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pyspark.sql import types as T
 
 from lakesynth.config import Section, resolve_path
-from lakesynth.core.sources import Source
 from lakesynth.core import tables
+from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, L, S
 from lakesynth.taxonomy.chunks import BUDGET_TOKENS, CHUNK_COLUMNS, OVERLAP_TOKENS, chunk

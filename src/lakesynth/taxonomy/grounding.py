@@ -23,14 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
-from lakesynth.taxonomy import switch
 from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, S
 from lakesynth.core.templates import render
+from lakesynth.taxonomy import switch
 
 CRITERIA = {
     "faithfulness": "Every claim of the answer is supported by the context; nothing is added from elsewhere.",

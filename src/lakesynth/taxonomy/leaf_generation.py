@@ -30,15 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
-from lakesynth.errors import StageError
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
-from lakesynth.taxonomy import switch
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
+from lakesynth.errors import StageError
+from lakesynth.taxonomy import switch
 
 MODES = ("freeform", "grounded", "knowledge")
 

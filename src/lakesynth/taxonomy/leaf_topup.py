@@ -15,8 +15,8 @@ from __future__ import annotations
 from pyspark.sql import functions as F
 
 from lakesynth.core import rounds
-from lakesynth.taxonomy import switch
 from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.taxonomy import switch
 
 ROUND = ("leaf_generation", "grounding")  # the stages a leaf's new requests go through
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lakesynth.config import Section, resolve_path
-from lakesynth.errors import SeedError
-from lakesynth.core.sources import QA_SEEDS, Source
 from lakesynth.core import tables
+from lakesynth.core.sources import QA_SEEDS, Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
+from lakesynth.errors import SeedError
 from lakesynth.taxonomy.document_files import resolve
 from lakesynth.taxonomy.qna import read_taxonomy
 from lakesynth.taxonomy.rows import EXAMPLE_COLUMNS, LEAF_COLUMNS, listed

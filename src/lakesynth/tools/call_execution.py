@@ -15,11 +15,11 @@ import json
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.core import tables
 from lakesynth.config import Section
-from lakesynth.errors import StageSkipped
+from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import D, S
+from lakesynth.errors import StageSkipped
 
 
 class CallExecutionConfig(Section):

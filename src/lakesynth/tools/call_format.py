@@ -26,11 +26,11 @@ from concurrent.futures import ProcessPoolExecutor
 import pandas as pd
 from pydantic import Field
 
-from lakesynth.core import tables
-from lakesynth.tools import spec as toolspec
 from lakesynth.config import Section
+from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S
+from lakesynth.tools import spec as toolspec
 
 
 class CallFormatConfig(Section):
@@ -92,7 +92,7 @@ def checking_pool(tools: dict[str, str], workers: int) -> Iterator[str]:
     if workers <= 1:
         yield ""
         return
-    from lakesynth.tools import sandbox# pebble's: imported where a pool is opened, as call_execution does
+    from lakesynth.tools import sandbox  # pebble's: imported where a pool is opened, as call_execution does
 
     token, hidden = uuid.uuid4().hex, sandbox.hide_main()
     context = multiprocessing.get_context(sandbox.start_method())

@@ -27,16 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
-from lakesynth.tools import spec as toolspec
 from lakesynth.config import LLMStageConfig, Section
-from lakesynth.errors import SeedError
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import S
 from lakesynth.core.templates import render
+from lakesynth.errors import SeedError
+from lakesynth.tools import spec as toolspec
 
 
 class Persona(BaseModel):

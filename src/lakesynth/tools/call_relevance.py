@@ -20,9 +20,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.core import llm_stage
-from lakesynth.core import tables
 from lakesynth.config import LLMStageConfig
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S

@@ -16,11 +16,11 @@ from __future__ import annotations
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.quality import duplicates
-from lakesynth.core import tables
 from lakesynth.config import Section
+from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S
+from lakesynth.quality import duplicates
 
 D = tables.T.DoubleType()
 

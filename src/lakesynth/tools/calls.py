@@ -14,11 +14,11 @@ from __future__ import annotations
 from pyspark.sql import functions as F
 
 from lakesynth.core import tables
-from lakesynth.tools import spec as toolspec
-from lakesynth.errors import StageSkipped
 from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import S
+from lakesynth.errors import StageSkipped
+from lakesynth.tools import spec as toolspec
 
 TABLE = tables.contract(
     "tool_calls",

@@ -16,13 +16,13 @@ import json
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.training import evaluation
-from lakesynth.tools import ast_match
-from lakesynth.core import tables
 from lakesynth.config import Section
-from lakesynth.errors import StageSkipped
+from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S
+from lakesynth.errors import StageSkipped
+from lakesynth.tools import ast_match
+from lakesynth.training import evaluation
 
 VARIANTS = ("base", "tuned")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from lakesynth.training import datasets as exporting
-from lakesynth.errors import StageError
 from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.errors import StageError
+from lakesynth.training import datasets as exporting
 
 CONFIG = "tools"  # the dataset config's name: beside the chat data's `default` in one Hub repo
 MADE_BY = ("call_generation", "call_semantic", "call_relevance")  # the LLM stages whose models the card names

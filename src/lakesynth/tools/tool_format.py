@@ -26,11 +26,11 @@ from pydantic import Field
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakesynth.training import checks, examples, splits
-from lakesynth.core import tables
 from lakesynth.config import Section
+from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
+from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
 SYSTEM = """You are an assistant that answers by calling functions. The functions you can call:

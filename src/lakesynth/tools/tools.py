@@ -15,13 +15,13 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from lakesynth.core import tables
-from lakesynth.tools import spec as toolspec
 from lakesynth.config import Section, resolve_path
-from lakesynth.errors import SeedError, StageSkipped
+from lakesynth.core import tables
 from lakesynth.core.sources import Source
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, S
+from lakesynth.errors import SeedError, StageSkipped
+from lakesynth.tools import spec as toolspec
 
 
 class ToolsConfig(Section):

@@ -105,7 +105,9 @@ def train(cfg, rt=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lakesynth.training.ai_runtime", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lakesynth.training.ai_runtime", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--command", required=True, help="the path of the script the ai_runtime_task runs ($0)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
