@@ -184,6 +184,14 @@ def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
         "responses.max_tokens=400",
         "--set",
         "endpoints.teacher.embedded_slots=4",
+        # One llama.cpp thread: make test runs two workers on two cores, and the teacher's threads spin while the
+        # other worker holds a core (311 s in the suite with both cores, alone 87 s; one thread: 102 s alone).
+        "--set",
+        "endpoints.teacher.embedded_threads=1",
+        # A reply cut at max_tokens is retried (max_retries, 3): four more 400-token answers took 250 s where none
+        # took 60. Here a cut reply is its row's error at once, which the test accepts as it accepts any error.
+        "--set",
+        "endpoints.teacher.max_retries=0",
         "--set",
         "finetune.max_steps=2",
         "--set",
