@@ -268,7 +268,9 @@ def test_cost_estimate_only_where_prices_are_configured():
 
 def test_embedded_teacher_answers_a_structured_request(tmp_path):
     """The real packaged model, no endpoint configured: a valid object comes back."""
-    teacher = EndpointSettings(embedded_slots=2, embedded_context=2048, embedded_threads=1)  # no spinning beside the other worker
+    teacher = EndpointSettings(
+        embedded_slots=2, embedded_context=2048, embedded_threads=1
+    )  # no spinning beside the other worker
     with llm.open_endpoint(teacher) as endpoint:
         assert endpoint.base_url.startswith("http://127.0.0.1:")
         call = llm.Call(endpoint, teacher, Questions, temperature=0.2, max_tokens=400)

@@ -242,8 +242,8 @@ class MlflowConfig(Section):
     tracking_uri: str = Field("", description="Empty: `databricks` on Databricks, else sqlite beside the warehouse.")
     pipeline_experiment: str = Field(
         "lakesynth",
-        description="MLflow experiment of the pipeline runs; on Databricks a bare name becomes /Shared/<name>-<catalog>.<schema> (one per "
-        "deployed target), a workspace path is taken as given.",
+        description="MLflow experiment of the pipeline runs; on Databricks a bare name becomes "
+        "/Shared/<name>-<catalog>.<schema> (one per deployed target), a workspace path is taken as given.",
     )
 
 

@@ -123,7 +123,7 @@ def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{rt.catalog}`.`{rt.schema}`")
     where = "" if rt.databricks else f" LOCATION '{location(rt, table)}'"
     spark.sql(f"CREATE TABLE IF NOT EXISTS {fqn} ({table.ddl}) USING DELTA{where}")
-    actual = {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
+    actual = _columns(spark, fqn)
     for name, dtype in table.columns:
         if actual.get(name) != dtype.simpleString():
             got = actual.get(name, "missing")
@@ -140,12 +140,16 @@ def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame, *
     again from its contract: the run derives every row of it, so nothing is lost, where `ensure` would stop on it."""
     fqn = rt.fqn(table.name)
     if spark.catalog.tableExists(fqn):
-        actual = {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
-        if actual != {n: t.simpleString() for n, t in table.columns}:
+        if _columns(spark, fqn) != {n: t.simpleString() for n, t in table.columns}:
             spark.sql(f"DROP TABLE IF EXISTS {fqn}")
             if not rt.databricks:  # an external table's files stay behind a DROP: its new log starts clean
                 shutil.rmtree(location(rt, table), ignore_errors=True)
     conform(stamped(rows, run_id), table).write.mode("overwrite").insertInto(ensure(spark, rt, table))
+
+
+def _columns(spark: SparkSession, fqn: str) -> dict[str, str]:
+    """An existing table's columns: name -> type, as its contract's DDL writes them."""
+    return {f.name: f.dataType.simpleString() for f in spark.table(fqn).schema.fields}
 
 
 def read(spark: SparkSession, rt: Runtime, table: Table) -> DataFrame:

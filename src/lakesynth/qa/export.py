@@ -10,7 +10,6 @@ dataset is pushed to the Hub; otherwise the summary says why not. Off by default
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lakesynth.core.stage import RunContext, Stage, StageResult
@@ -117,8 +116,7 @@ def run(ctx: RunContext) -> StageResult:
     if pairs:
         configs["preference"] = exporting.write_config(folder, "preference", pairs, "preference")
     made = provenance(ctx)
-    (folder / "README.md").write_text(card(ctx, splits, made, pairs), encoding="utf-8")
-    (folder / "provenance.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
+    exporting.write_card(folder, card(ctx, splits, made, pairs), made)
     metrics = {f"{s}_examples": len(r) for s, r in sorted(splits.items())}
     metrics.update({f"{s}_preference_pairs": len(r) for s, r in sorted(pairs.items())})
     metrics["hub"] = exporting.push(export, configs)

@@ -98,8 +98,7 @@ def run(ctx: RunContext) -> StageResult:
         for r in ctx.read("call_verdicts", kept=False).where("NOT keep").groupBy("drop_reason").count().collect()
     }
     made = {**exporting.made_by(ctx, MADE_BY), "dropped": dict(sorted(dropped.items()))}
-    (folder / "README.md").write_text(card(ctx, splits, made), encoding="utf-8")
-    (folder / "provenance.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
+    exporting.write_card(folder, card(ctx, splits, made), made)
     metrics = {f"{s}_pairs": len(r) for s, r in sorted(splits.items())}
     metrics["hub"] = exporting.push(export, {CONFIG: dataset})
     rows = sum(len(r) for r in splits.values())

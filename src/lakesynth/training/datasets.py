@@ -6,6 +6,7 @@ metadata, what made the data (from run_log), and the push to the Hugging Face Hu
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +91,12 @@ def provenance_sections(made: dict) -> str:
 | reason | rows |
 |---|---|
 {dropped_rows}"""
+
+
+def write_card(folder: Path, card: str, made: dict) -> None:
+    """The dataset card (README.md) and what made the data (provenance.json), beside the exported configs."""
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    (folder / "provenance.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
 
 
 def push(export: ExportConfig, configs: dict[str, object]) -> str:
