@@ -184,11 +184,6 @@ class EndpointSettings(EndpointConfig):
 EMBEDDINGS = {"base_url": "", "model": "all-MiniLM-L6-v2", "api_key_env": "", "gguf_path": ""}  # packaged, here
 
 
-def default_endpoints() -> dict[str, EndpointConfig]:
-    """The endpoints every config has: the teacher, the judge (as the teacher), the packaged embeddings."""
-    return {"teacher": EndpointConfig(), "judge": EndpointConfig(), "embeddings": EndpointConfig(**EMBEDDINGS)}
-
-
 class LLMLoopConfig(Section):
     """How an LLM stage spreads, batches and journals its calls, whatever endpoint it calls."""
 
@@ -265,7 +260,8 @@ class Config(Section):
     )
     use_case: UseCaseConfig = Field(default_factory=UseCaseConfig, description="The use case the data is for.")
     endpoints: dict[str, EndpointConfig] = Field(
-        default_factory=default_endpoints,
+        default_factory=dict,
+        validate_default=True,  # the validator below adds the endpoints every config has
         description="The endpoints stages call, by name (a stage's `endpoint` key). `teacher` is the default; every "
         "other takes what it does not set from it. `judge` (the checks' default: the teacher's settings) and "
         "`embeddings` (the embedding checks': the packaged all-MiniLM-L6-v2, here) always exist; add your own.",
