@@ -91,7 +91,7 @@ def configure(args: argparse.Namespace, job_stages: Collection[str]) -> tuple[Co
     for flag, key in job_sources.flag_keys((*sources, *registry.sources(stages))).items():
         given = getattr(args, flag, None)
         if given:
-            value = given if given.startswith("table:") else str(Path(given).resolve())
+            value = given if given.startswith(("table:", "mcp:")) else str(Path(given).resolve())
             overrides.append(f"{key}={json.dumps(value)}")
     for flag, key in (
         ("warehouse", "warehouse"),

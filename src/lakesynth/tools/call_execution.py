@@ -1,10 +1,12 @@
 """Call execution check: the calls that passed the format check, run with their arguments against the user's
 implementations -> `call_execution_verdicts`.
 
-Each call runs in a reused pool of worker processes with a timeout and a memory limit (sandbox.py); an exception,
-a timeout or a crash fails the row with the error kept (`drop_reason` `execution:<ErrorType>`), and every call's
-result is stored, for the semantic check and the responses to read. A row is run once per version of the module
-(its hash): a rerun on the same implementations calls nothing again. Without implementations it is skipped, and the
+Each call runs in a reused pool of worker processes with a timeout and a memory limit (sandbox.py), or, for an
+`mcp:` spec, through one session with the MCP server, `processes` calls in flight (mcp_server.py); an exception
+(an MCP `isError` result), a timeout or a crash fails the row with the error kept (`drop_reason`
+`execution:<ErrorType>`), and every call's result is stored, for the semantic check and the responses to read. A
+row is run once per version of the module (its hash; a server's: its tool listing's): a rerun on the same
+implementations calls nothing again. Without implementations it is skipped, and the
 stages after it go on: each row's `execution` in call_verdicts says `not run`.
 """
 
@@ -26,7 +28,9 @@ class CallExecutionConfig(Section):
     enabled: bool = Field(True, description="Run each call against the implementations, when they are given.")
     timeout_s: float = Field(5.0, gt=0, description="Longest a call may run.")
     memory_mb: int = Field(512, ge=64, description="Address-space limit of each worker process.")
-    processes: int = Field(2, ge=1, description="Worker processes (reused across calls).")
+    processes: int = Field(
+        2, ge=1, description="Worker processes (reused across calls); with an MCP server, its calls in flight at once."
+    )
     chunk_rows: int = Field(1000, ge=1, description="Rows run and written at a time.")
 
 
@@ -51,7 +55,7 @@ def verdict(outcomes: list) -> tuple[list[dict], bool, str | None]:
 
 
 def run(ctx: RunContext) -> StageResult:
-    from lakesynth.tools import sandbox
+    from lakesynth.tools import mcp_server, sandbox
 
     cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
     settings = cfg.tools.execution
@@ -59,7 +63,7 @@ def run(ctx: RunContext) -> StageResult:
     if not tools:
         # A check not run, not a failure: call_verdicts says `execution: not run` on every row and the job goes on.
         raise StageSkipped(
-            "not run: no implementations to run the calls with (pass --functions FILE.py, or a .py --tools); "
+            "not run: no implementations to run the calls with (pass --functions FILE.py, a .py --tools or mcp:); "
             "call_verdicts records execution as not run"
         )
     module, sha = tools[0]["module"], tools[0]["module_sha"]
@@ -75,9 +79,15 @@ def run(ctx: RunContext) -> StageResult:
     )
     written = 0
     if todo:
-        with sandbox.Sandbox(
-            module, workers=settings.processes, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb
-        ) as box:
+        if mcp_server.is_mcp(module):
+            runner = mcp_server.McpTools(
+                module, cfg.tools.mcp, timeout_s=settings.timeout_s, concurrency=settings.processes
+            )
+        else:
+            runner = sandbox.Sandbox(
+                module, workers=settings.processes, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb
+            )
+        with runner as box:
             for start in range(0, len(todo), settings.chunk_rows):
                 part = todo[start : start + settings.chunk_rows]
                 calls = [(r.call_id, c) for r in part for c in json.loads(r.calls)]

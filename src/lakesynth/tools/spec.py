@@ -6,6 +6,7 @@ A spec file is what OpenAI's API takes: a list of tools, `{"tools": [...]}` or `
 its public functions from their type hints (through pydantic, as `TypeAdapter` reads them; hints written as strings,
 as `from __future__ import annotations` leaves them, are evaluated in the module first) and docstrings (Google
 style `Args:`); a parameter without a type hint, or one whose hint names nothing the module defines, is an error.
+An MCP server (`mcp:<command or URL>`, mcp_server.py) gives the tools it lists, each checked as a file's are.
 Calls come as the APIGen seed format (`{"function_name", "arguments": {...}}`) or as OpenAI `tool_calls`
 (`{"function": {"name", "arguments": "<JSON>"}}`) and are kept as `[{"name", "arguments"}]`. A JSONL of such pairs
 (`--calls`, `--seeds`) is read by `read_pairs`, and `call_issues` checks calls against the tools' JSON Schemas.
@@ -39,6 +40,14 @@ def read_spec(path: str) -> list[dict]:
     if not isinstance(data, list) or not data:
         raise SeedError(f'{path}: expected a list of tools, {{"tools": [...]}} or {{"functions": [...]}}')
     return [_tool(item, f"{path}: tool {i + 1}") for i, item in enumerate(data)]
+
+
+def list_spec(spec: str, settings) -> list[dict]:
+    """The tools an MCP server lists (`mcp:<command or URL>`; `settings` its McpConfig), validated."""
+    from lakesynth.tools import mcp_server
+
+    with mcp_server.McpTools(spec, settings) as server:
+        return [_tool(item, f"{spec}: tool {item['name']!r}") for item in server.tools]
 
 
 def _tool(item: Any, where: str) -> dict:

@@ -1,0 +1,259 @@
+"""Tools from an MCP server (`--tools mcp:<command or URL>`): its tools listed as OpenAI specs, and calls run
+through it (`tools/call`) with the sandbox's outcomes, for the tools stage and the execution check.
+
+`mcp:python server.py` starts the server as a subprocess and speaks to it over stdio; `mcp:https://...` (or
+http) speaks Streamable HTTP. A tool's spec is the server's listing, unchanged: `name`, `description`, and its
+`inputSchema` as the `parameters`. One client session serves a whole stage run, its calls sent `processes` at a
+time; each call has the execution check's timeout. A call that times out, a result the server marks `isError`
+(the tool raised) or any other failure of one call is that call's `Outcome`, never an exception: it fails only
+its row, and the session goes on.
+
+An http(s) server's bearer token comes from the environment variable `tools.mcp.token_env` names, or, with
+`tools.mcp.databricks_auth`, from databricks-sdk's unified auth (a job's or notebook's identity, a profile, env
+vars), renewed as the SDK renews it: Databricks' managed MCP servers (Unity Catalog functions at
+`https://<workspace>/api/2.0/mcp/functions/<catalog>/<schema>`) are reached this way. The token is read where the
+session opens and is redacted from every error and outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shlex
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from typing_extensions import Self
+
+from lakesynth.config import Section, secret_from_env
+from lakesynth.errors import ConfigError, SeedError
+from lakesynth.tools.sandbox import Outcome
+
+PREFIX = "mcp:"
+
+
+class McpConfig(Section):
+    """How to reach an MCP server named by `--tools mcp:...`."""
+
+    token_env: str = Field(
+        "", description="Environment variable holding the bearer token of an http(s) MCP server (its NAME)."
+    )
+    databricks_auth: bool = Field(
+        False,
+        description="Sign requests to an https MCP server with databricks-sdk unified auth (Databricks managed MCP).",
+    )
+    connect_timeout_s: float = Field(
+        30.0, gt=0, description="Longest the server may take to start and answer the handshake or the tool listing."
+    )
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name_not_token(cls, value: str) -> str:
+        if value and not value.replace("_", "a").isalnum():
+            raise ValueError("must be the NAME of an environment variable, not a token")
+        return value
+
+
+def is_mcp(spec: str | None) -> bool:
+    """Whether a `tools.spec` names an MCP server rather than a file."""
+    return bool(spec) and spec.startswith(PREFIX)
+
+
+def target(spec: str) -> str:
+    """The command or URL after `mcp:`; an empty one is an error naming the spec."""
+    rest = spec.removeprefix(PREFIX).strip()
+    if not rest:
+        raise SeedError(f"{spec!r}: name the MCP server after mcp: (a command, or an http(s) URL)")
+    return rest
+
+
+def _is_url(rest: str) -> bool:
+    return urlsplit(rest).scheme in ("http", "https")
+
+
+def specs_sha(specs: list[dict]) -> str:
+    """The listing's hash: the execution check's version of the tools, as a module's hash is for the sandbox."""
+    return hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def to_spec(tool: Any) -> dict:
+    """An MCP tool as an OpenAI function: its inputSchema is the parameters, as the server gives it."""
+    return {"name": tool.name, "description": tool.description or "", "parameters": tool.input_schema}
+
+
+def result_value(result: Any) -> Any:
+    """A tool's result as JSON: its structuredContent when it gives one; else its one text block (parsed when it
+    is JSON); else the list of its blocks (texts, other blocks as MCP writes them)."""
+    if result.structured_content is not None:
+        return result.structured_content
+    values = []
+    for block in result.content:
+        if block.type == "text":
+            try:
+                values.append(json.loads(block.text))
+            except ValueError:
+                values.append(block.text)
+        else:
+            values.append(block.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return values[0] if len(values) == 1 else values
+
+
+class McpTools:
+    """One session with the MCP server of `spec`, used as the Sandbox is (`run(calls) -> [Outcome]`).
+
+    `with McpTools("mcp:python server.py", settings, timeout_s=5) as server: outcomes = server.run(calls)`
+    """
+
+    def __init__(self, spec: str, settings: McpConfig, *, timeout_s: float = 5.0, concurrency: int = 2):
+        self.spec, self.target = spec, target(spec)
+        self.settings = settings
+        self.timeout_s = float(timeout_s)
+        self.concurrency = concurrency
+        self._stack: contextlib.ExitStack | None = None
+        self._portal = None
+        self._client = None
+        self._signer = None  # the Auth that signs http requests: it knows every token sent, to redact them
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start (or reach) the server and list its tools; a SeedError names the spec if it cannot."""
+        from anyio.from_thread import start_blocking_portal
+
+        self._stack = contextlib.ExitStack()
+        try:
+            self._portal = self._stack.enter_context(start_blocking_portal())
+            self._client = self._stack.enter_context(self._portal.wrap_async_context_manager(self._session()))
+            self.tools: list[dict] = self._portal.call(self._list)  # OpenAI function specs, in the server's order
+        except ConfigError:
+            self.close()
+            raise
+        except Exception as failure:  # noqa: BLE001 - spawn, connect, handshake and listing errors alike
+            self.close()
+            raise SeedError(f"{self.spec}: cannot use the MCP server: {self._describe(failure)}") from None
+
+    def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            with contextlib.suppress(Exception):  # a server that will not stop is killed by the SDK; nothing to add
+                stack.close()
+
+    @contextlib.asynccontextmanager
+    async def _session(self):
+        from mcp import Client, StdioServerParameters
+
+        # The handshake and listing get connect_timeout_s; each tools/call gets the execution check's timeout.
+        options = {"read_timeout_seconds": self.settings.connect_timeout_s, "cache": None}
+        if _is_url(self.target):
+            from mcp.client.streamable_http import streamable_http_client
+            from mcp.shared._httpx_utils import create_mcp_http_client
+
+            async with (
+                create_mcp_http_client(auth=self._auth()) as http,
+                Client(streamable_http_client(self.target, http_client=http), **options) as client,
+            ):
+                yield client
+            return
+        try:
+            command = shlex.split(self.target)
+        except ValueError as exc:
+            raise SeedError(f"{self.spec}: not a command line: {exc}") from None
+        server = StdioServerParameters(command=command[0], args=command[1:])
+        async with Client(server, **options) as client:
+            yield client
+
+    def _auth(self):
+        """httpx2 auth that sets the bearer header on every request (the Databricks one renewed by the SDK)."""
+        import httpx2
+
+        from lakesynth.llm.auth import Auth, Endpoint
+
+        s = self.settings
+        token = secret_from_env(s.token_env)
+        if s.token_env and not token:
+            raise ConfigError(f"tools.mcp.token_env: environment variable {s.token_env} is not set")
+        if not token and not s.databricks_auth:
+            return None
+        parts = urlsplit(self.target)
+        endpoint = Endpoint(f"{parts.scheme}://{parts.netloc}", "mcp", SecretStr(token or "unused"), s.databricks_auth)
+        signer = self._signer = Auth(endpoint, s.connect_timeout_s)
+
+        class Bearer(httpx2.Auth):
+            def auth_flow(self, request):
+                request.headers.update(signer.header())
+                yield request
+
+        return Bearer()
+
+    async def _list(self) -> list[dict]:
+        tools, cursor = [], None
+        while True:
+            page = await self._client.list_tools(cursor=cursor)
+            tools += page.tools
+            cursor = page.next_cursor
+            if not cursor:
+                return [to_spec(t) for t in tools]
+
+    def run(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
+        """Run every call (tool name, arguments), `concurrency` at a time; outcomes in input order."""
+        if self._client is None:
+            raise RuntimeError("McpTools not started: use it as a context manager or call start()")
+        return self._portal.call(self._run_all, calls)
+
+    async def _run_all(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
+        import anyio
+
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        limit = anyio.Semaphore(self.concurrency)
+
+        async def one(i: int, name: str, arguments: Any) -> None:
+            async with limit:
+                outcomes[i] = await self._call(name, arguments)
+
+        async with anyio.create_task_group() as group:
+            for i, (name, arguments) in enumerate(calls):
+                group.start_soon(one, i, name, arguments)
+        return outcomes
+
+    async def _call(self, name: str, arguments: Any) -> Outcome:
+        from mcp import MCPError
+        from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+        if not isinstance(arguments, dict) or not all(isinstance(key, str) for key in arguments):
+            return Outcome(False, None, "TypeError: arguments must be a JSON object", 0.0)
+        start = time.perf_counter()
+        try:
+            result = await self._client.call_tool(name, arguments, read_timeout_seconds=self.timeout_s)
+        except MCPError as error:
+            seconds = time.perf_counter() - start
+            if error.code == REQUEST_TIMEOUT:
+                return Outcome(False, None, f"Timeout: no result within {self.timeout_s:g} s", self.timeout_s)
+            if error.code == CONNECTION_CLOSED:
+                return Outcome(False, None, f"Crash: the MCP server closed the connection ({error.message})", seconds)
+            return Outcome(False, None, self._redact(f"MCPError: {error.message}"), seconds)
+        except Exception as failure:  # noqa: BLE001 - transport errors, a reply that does not validate
+            return Outcome(False, None, self._describe(failure), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        value = result_value(result)
+        if result.is_error:
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            return Outcome(False, None, self._redact(f"ToolError: {text}"), seconds)
+        return Outcome(True, self._redact(json.dumps(value, ensure_ascii=False)), None, seconds)
+
+    def _describe(self, error: BaseException) -> str:
+        """`Type: message`, the first of a group's errors (anyio raises groups), without any token."""
+        while getattr(error, "exceptions", None):
+            error = error.exceptions[0]
+        text = str(error)
+        return self._redact(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+
+    def _redact(self, text: str) -> str:
+        return self._signer.redact(text) if self._signer is not None else text

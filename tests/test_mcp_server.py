@@ -1,0 +1,168 @@
+"""Tools from an MCP server: a local server, started by the test over stdio with the mcp SDK, serves three tools
+(one answers, one hangs, one raises); the tools job lists, generates, executes and verifies through it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import anyio
+import pytest
+from conftest import ROOT, where, write
+
+from lakesynth import pipeline
+from lakesynth.core import tables
+from lakesynth.errors import ConfigError, SeedError
+from lakesynth.tools import call_execution, call_generation, call_verdicts, mcp_server, tools
+
+SERVER = '''"""A bank's tools over MCP (stdio): one answers, one never does, one raises."""
+import time
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("bank")
+
+
+@server.tool()
+def get_balance(account_id: str) -> dict:
+    """The balance of an account."""
+    return {"account_id": account_id, "balance": 1520.4}
+
+
+@server.tool()
+def wait_for_settlement(transfer_id: str) -> str:
+    """Wait until a transfer settles."""
+    time.sleep(600)
+    return transfer_id
+
+
+@server.tool()
+def check_fraud(card_last_digits: str) -> str:
+    """Ask the fraud service about a card."""
+    raise RuntimeError("the fraud service is down")
+
+
+if __name__ == "__main__":
+    server.run()
+'''
+
+# Each tool, a query that calls it, and the verdict its rows get.
+PAIRS = {
+    "get_balance": ("What is the balance of account A-1?", {"account_id": "A-1"}, None),
+    "wait_for_settlement": ("Has transfer T-9 settled?", {"transfer_id": "T-9"}, "execution:Timeout"),
+    "check_fraud": ("Is my card ending 4821 flagged?", {"card_last_digits": "4821"}, "execution:ToolError"),
+}
+STAGES = ["tools", "call_generation", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts"]
+
+
+def _jsonl(path, ids):
+    lines = [
+        {"id": f"{prefix}-{name}", "query": query, "function_calls": [{"function_name": name, "arguments": args}]}
+        for prefix in ids
+        for name, (query, args, _) in PAIRS.items()
+    ]
+    return write(path, "".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _listed(server_file: str) -> dict:
+    """The server's own listing, in process (no stdio): what the tools table must hold, unchanged."""
+    spec = importlib.util.spec_from_file_location("mcp_bank_server", server_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    async def listing():
+        from mcp import Client
+
+        async with Client(module.server) as client:
+            return (await client.list_tools()).tools
+
+    return {t.name: t for t in anyio.run(listing)}
+
+
+def test_the_tools_job_lists_generates_executes_and_verifies_through_an_mcp_server(
+    spark, llm_cfg, teacher_server, tmp_path
+):
+    server_file = write(tmp_path / "bank_server.py", SERVER)
+    t = llm_cfg.tools
+    cfg = llm_cfg.model_copy(
+        update={
+            "tools": t.model_copy(
+                update={
+                    "spec": f"mcp:{sys.executable} {server_file}",
+                    "functions": "",
+                    "calls": _jsonl(tmp_path / "calls.jsonl", ["given"]),
+                    "seeds": _jsonl(tmp_path / "seeds.jsonl", ["seed"]),
+                    "generation": t.generation.model_copy(update={"per_function": 1, "mix": {"simple": 1.0}}),
+                    "execution": t.execution.model_copy(update={"timeout_s": 1.0}),
+                }
+            )
+        }
+    )
+    summary = pipeline.run(cfg, STAGES, job="lakesynth_tools", root=ROOT)
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+
+    # Listed: each tool's name, description and inputSchema as the server defines them.
+    listed = _listed(server_file)
+    rows = {r.name: r for r in tables.read(spark, where(cfg), tools.TABLE).collect()}
+    assert set(rows) == set(PAIRS) == set(listed)
+    for name, row in rows.items():
+        assert json.loads(row.parameters) == listed[name].input_schema
+        assert row.description == listed[name].description and row.implemented
+        assert row.module == cfg.tools.spec and row.source == cfg.tools.spec
+
+    # Generated: one pair per tool, by the stand-in teacher, decoded against the listed schemas.
+    generated = tables.read(spark, where(cfg), call_generation.TABLE).collect()
+    assert sorted(g.function for g in generated) == sorted(PAIRS)
+    assert all(g.error is None and json.loads(g.calls)[0]["name"] in PAIRS for g in generated)
+
+    # Executed and verified: every row by the tool it calls; the hang and the error fail only their own rows.
+    verdicts = tables.read(spark, where(cfg), call_verdicts.TABLE).collect()
+    assert len(verdicts) == 2 * len(PAIRS)
+    for v in verdicts:
+        calls = json.loads(v.calls)
+        name = calls[0]["name"]
+        expected = PAIRS[name][2]
+        results = json.loads(v.execution_results)
+        assert (v.drop_reason if expected else v.execution) == (expected or "passed"), (v.source_id, results)
+        if name == "get_balance":
+            assert results[0]["result"] == {"account_id": calls[0]["arguments"]["account_id"], "balance": 1520.4}
+            assert v.semantic_model == "standin"  # judged, with the server's result
+        elif name == "wait_for_settlement":
+            assert results[0]["error"] == "Timeout: no result within 1 s" and not v.keep
+        else:
+            assert results[0]["error"] == "ToolError: Error executing tool check_fraud" and not v.keep
+    failing = sum(PAIRS[json.loads(v.calls)[0]["name"]][2] is not None for v in verdicts)
+    assert summary["stages"]["call_verdicts"]["execution"]["failed"] == failing >= 2  # the given hang and error
+
+    # A rerun against the same listing calls nothing again.
+    again = pipeline.run(cfg, ["tools", "call_execution"], job="lakesynth_tools", root=ROOT)
+    assert again["stages"]["call_execution"]["rows_out"] == 0
+    assert tables.read(spark, where(cfg), call_execution.TABLE).count() == 2 * len(PAIRS)
+
+
+def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp_path):
+    from lakesynth import cli
+    from lakesynth.config import packaged_config
+
+    spec = "mcp:python server.py --port 0"
+    args = cli.parse_args(["run", "--config", str(packaged_config()), "--tools", spec])
+    cfg, line = cli.configure(args, ["tools", "call_generation", "calls"])
+    assert cfg.tools.spec == spec and line.startswith(f"sources --tools {spec};")
+    assert tools.implementations(cfg) == spec and cfg.tools.functions == ""  # the server runs its own tools
+    missing = f"mcp:{tmp_path / 'no-such-server'}"
+    with pytest.raises(SeedError, match=f"{missing}: cannot use the MCP server: FileNotFoundError"):
+        tools.read(cfg.model_copy(update={"tools": cfg.tools.model_copy(update={"spec": missing})}))
+
+
+def test_an_http_server_token_comes_from_its_variable_and_is_never_shown(monkeypatch):
+    settings = mcp_server.McpConfig(token_env="LAKESYNTH_TEST_MCP_TOKEN", connect_timeout_s=2)
+    with pytest.raises(ConfigError, match="tools.mcp.token_env: environment variable LAKESYNTH_TEST_MCP_TOKEN"):
+        mcp_server.McpTools("mcp:http://127.0.0.1:9/mcp", settings).start()
+    token = "s3cret-token-value"
+    monkeypatch.setenv("LAKESYNTH_TEST_MCP_TOKEN", token)
+    with pytest.raises(SeedError, match="mcp:http://127.0.0.1:9/mcp: cannot use the MCP server") as refused:
+        mcp_server.McpTools("mcp:http://127.0.0.1:9/mcp", settings).start()
+    assert token not in str(refused.value) and refused.value.__cause__ is None
+    with pytest.raises(ValueError, match="NAME of an environment variable"):
+        mcp_server.McpConfig(token_env="Bearer abc.def")
