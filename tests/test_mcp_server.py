@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 
 import anyio
 import pytest
@@ -16,12 +21,15 @@ from lakesynth.core import tables
 from lakesynth.errors import ConfigError, SeedError
 from lakesynth.tools import call_execution, call_generation, call_verdicts, mcp_server, tools
 
-SERVER = '''"""A bank's tools over MCP (stdio): one answers, one never does, one raises."""
+SERVER = '''"""A bank's tools over MCP: one answers, one never does, one raises. Over stdio, or with `http PORT` over
+Streamable HTTP, answering only requests that carry the bearer token of $BANK_TOKEN."""
+import os
+import sys
 import time
 
 from mcp.server.mcpserver import MCPServer
 
-server = MCPServer("bank")
+server = MCPServer("bank", log_level="CRITICAL")  # quiet, and no traceback to render before an error reply
 
 
 @server.tool()
@@ -43,8 +51,25 @@ def check_fraud(card_last_digits: str) -> str:
     raise RuntimeError("the fraud service is down")
 
 
+def guarded(app):
+    async def asgi(scope, receive, send):
+        headers = dict(scope.get("headers") or [])
+        if scope["type"] == "http" and headers.get(b"authorization") != f"Bearer {os.environ['BANK_TOKEN']}".encode():
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+        await app(scope, receive, send)
+
+    return asgi
+
+
 if __name__ == "__main__":
-    server.run()
+    if sys.argv[1:2] == ["http"]:
+        import uvicorn
+
+        uvicorn.run(guarded(server.streamable_http_app()), host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
+    else:
+        server.run()
 '''
 
 # Each tool, a query that calls it, and the verdict its rows get.
@@ -94,7 +119,7 @@ def test_the_tools_job_lists_generates_executes_and_verifies_through_an_mcp_serv
                     "calls": _jsonl(tmp_path / "calls.jsonl", ["given"]),
                     "seeds": _jsonl(tmp_path / "seeds.jsonl", ["seed"]),
                     "generation": t.generation.model_copy(update={"per_function": 1, "mix": {"simple": 1.0}}),
-                    "execution": t.execution.model_copy(update={"timeout_s": 1.0}),
+                    "execution": t.execution.model_copy(update={"timeout_s": 2.0}),
                 }
             )
         }
@@ -129,7 +154,7 @@ def test_the_tools_job_lists_generates_executes_and_verifies_through_an_mcp_serv
             assert results[0]["result"] == {"account_id": calls[0]["arguments"]["account_id"], "balance": 1520.4}
             assert v.semantic_model == "standin"  # judged, with the server's result
         elif name == "wait_for_settlement":
-            assert results[0]["error"] == "Timeout: no result within 1 s" and not v.keep
+            assert results[0]["error"] == "Timeout: no result within 2 s" and not v.keep
         else:
             assert results[0]["error"] == "ToolError: Error executing tool check_fraud" and not v.keep
     failing = sum(PAIRS[json.loads(v.calls)[0]["name"]][2] is not None for v in verdicts)
@@ -153,16 +178,58 @@ def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp
     missing = f"mcp:{tmp_path / 'no-such-server'}"
     with pytest.raises(SeedError, match=f"{missing}: cannot use the MCP server: FileNotFoundError"):
         tools.read(cfg.model_copy(update={"tools": cfg.tools.model_copy(update={"spec": missing})}))
+    # Calls checked against one listing are never run on a server that now lists other tools.
+    changed = f"mcp:{sys.executable} {write(tmp_path / 'bank_server.py', SERVER)}"
+    with pytest.raises(SeedError, match="the server's tools changed since they were listed: run the tools stage"):
+        mcp_server.McpTools(changed, cfg.tools.mcp, listing_sha="0" * 16).start()
 
 
-def test_an_http_server_token_comes_from_its_variable_and_is_never_shown(monkeypatch):
-    settings = mcp_server.McpConfig(token_env="LAKESYNTH_TEST_MCP_TOKEN", connect_timeout_s=2)
+@pytest.fixture
+def http_server(tmp_path):
+    """The bank's server over Streamable HTTP on a free port, guarded by a bearer token: (URL, token)."""
+    token, port = "s3cret-token-value", _free_port()
+    server_file = write(tmp_path / "bank_server.py", SERVER)
+    env = {**os.environ, "BANK_TOKEN": token}
+    process = subprocess.Popen([sys.executable, server_file, "http", str(port)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp", token
+    finally:
+        process.kill()  # its hung call would hold a graceful shutdown
+        process.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_http_server_is_listed_and_called_with_the_token_of_its_variable_never_shown(http_server, monkeypatch):
+    url, token = http_server
+    settings = mcp_server.McpConfig(token_env="LAKESYNTH_TEST_MCP_TOKEN", connect_timeout_s=10)
     with pytest.raises(ConfigError, match="tools.mcp.token_env: environment variable LAKESYNTH_TEST_MCP_TOKEN"):
-        mcp_server.McpTools("mcp:http://127.0.0.1:9/mcp", settings).start()
-    token = "s3cret-token-value"
+        mcp_server.McpTools(f"mcp:{url}", settings).start()
     monkeypatch.setenv("LAKESYNTH_TEST_MCP_TOKEN", token)
-    with pytest.raises(SeedError, match="mcp:http://127.0.0.1:9/mcp: cannot use the MCP server") as refused:
-        mcp_server.McpTools("mcp:http://127.0.0.1:9/mcp", settings).start()
-    assert token not in str(refused.value) and refused.value.__cause__ is None
+    with mcp_server.McpTools(f"mcp:{url}", settings, timeout_s=2) as server:
+        assert [t["name"] for t in server.tools] == list(PAIRS)
+        balance, hang, error = server.run([(name, args) for _, args, _ in PAIRS.values() for name in [_name(args)]])
+    assert json.loads(balance.result) == {"account_id": "A-1", "balance": 1520.4}
+    assert (
+        hang.error == "Timeout: no result within 2 s" and error.error == "ToolError: Error executing tool check_fraud"
+    )
+    # A wrong token is refused; the error names the server, never the token.
+    monkeypatch.setenv("LAKESYNTH_TEST_MCP_TOKEN", "wrong-token-value")
+    with pytest.raises(SeedError, match=f"mcp:{url}: cannot use the MCP server") as refused:
+        mcp_server.McpTools(f"mcp:{url}", settings).start()
+    assert "wrong-token-value" not in str(refused.value) and refused.value.__cause__ is None
     with pytest.raises(ValueError, match="NAME of an environment variable"):
         mcp_server.McpConfig(token_env="Bearer abc.def")
+
+
+def _name(arguments: dict) -> str:
+    return next(name for name, (_, args, _) in PAIRS.items() if args == arguments)

@@ -81,7 +81,7 @@ def run(ctx: RunContext) -> StageResult:
     if todo:
         if mcp_server.is_mcp(module):
             runner = mcp_server.McpTools(
-                module, cfg.tools.mcp, timeout_s=settings.timeout_s, concurrency=settings.processes
+                module, cfg.tools.mcp, timeout_s=settings.timeout_s, concurrency=settings.processes, listing_sha=sha
             )
         else:
             runner = sandbox.Sandbox(

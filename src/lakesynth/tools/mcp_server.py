@@ -75,7 +75,8 @@ def _is_url(rest: str) -> bool:
 
 
 def specs_sha(specs: list[dict]) -> str:
-    """The listing's hash: the execution check's version of the tools, as a module's hash is for the sandbox."""
+    """The hash of a listing (its functions' specs): the execution check's version of the tools, as a module's
+    hash is for the sandbox."""
     return hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,8 +108,17 @@ class McpTools:
     `with McpTools("mcp:python server.py", settings, timeout_s=5) as server: outcomes = server.run(calls)`
     """
 
-    def __init__(self, spec: str, settings: McpConfig, *, timeout_s: float = 5.0, concurrency: int = 2):
+    def __init__(
+        self,
+        spec: str,
+        settings: McpConfig,
+        *,
+        timeout_s: float = 5.0,
+        concurrency: int = 2,
+        listing_sha: str | None = None,
+    ):
         self.spec, self.target = spec, target(spec)
+        self.listing_sha = listing_sha  # the listing the calls were checked against: the server must still list it
         self.settings = settings
         self.timeout_s = float(timeout_s)
         self.concurrency = concurrency
@@ -139,6 +149,11 @@ class McpTools:
         except Exception as failure:  # noqa: BLE001 - spawn, connect, handshake and listing errors alike
             self.close()
             raise SeedError(f"{self.spec}: cannot use the MCP server: {self._describe(failure)}") from None
+        if self.listing_sha is not None and specs_sha(self.tools) != self.listing_sha:
+            self.close()
+            raise SeedError(
+                f"{self.spec}: the server's tools changed since they were listed: run the tools stage again"
+            )
 
     def close(self) -> None:
         if self._stack is not None:

@@ -83,7 +83,7 @@ def read(cfg) -> list[dict]:
     module = implementations(cfg)
     if mcp_server.is_mcp(module):
         # The server runs what it lists; its listing is the version a rerun of the execution check compares.
-        defined, sha = set(names), mcp_server.specs_sha(specs)
+        defined, sha = set(names), mcp_server.specs_sha([s["function"] for s in specs])
     else:
         defined = set(toolspec.functions(toolspec.load_module(module))) if module else set()
         sha = hashlib.sha256(Path(module).read_bytes()).hexdigest()[:16] if module else None
