@@ -22,7 +22,7 @@ import hashlib
 import json
 import shlex
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -30,7 +30,9 @@ from typing_extensions import Self
 
 from lakesynth.config import Section, secret_from_env
 from lakesynth.errors import ConfigError, SeedError
-from lakesynth.tools.sandbox import Outcome
+
+if TYPE_CHECKING:
+    from lakesynth.tools.sandbox import Outcome
 
 PREFIX = "mcp:"
 
@@ -241,6 +243,8 @@ class McpTools:
     async def _call(self, name: str, arguments: Any) -> Outcome:
         from mcp import MCPError
         from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+        from lakesynth.tools.sandbox import Outcome  # late (pebble): every run imports this module
 
         if not isinstance(arguments, dict) or not all(isinstance(key, str) for key in arguments):
             return Outcome(False, None, "TypeError: arguments must be a JSON object", 0.0)
