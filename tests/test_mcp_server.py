@@ -233,3 +233,37 @@ def test_an_http_server_is_listed_and_called_with_the_token_of_its_variable_neve
 
 def _name(arguments: dict) -> str:
     return next(name for name, (_, args, _) in PAIRS.items() if args == arguments)
+
+
+CRASHING = '''import os
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("crashing", log_level="CRITICAL")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Say it back."""
+    return text
+
+
+@server.tool()
+def shut_down(code: int) -> str:
+    """Kill the server."""
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    server.run()
+'''
+
+
+def test_a_call_that_kills_the_server_fails_only_its_own_row(tmp_path):
+    spec = f"mcp:{sys.executable} {write(tmp_path / 'crashing.py', CRASHING)}"
+    with mcp_server.McpTools(spec, mcp_server.McpConfig(), timeout_s=10, concurrency=2) as server:
+        first, crash, last = server.run([("echo", {"text": "a"}), ("shut_down", {"code": 3}), ("echo", {"text": "b"})])
+        # A str result is structuredContent as the SDK's server gives it, under its output schema's "result".
+        assert [json.loads(o.result) for o in (first, last)] == [{"result": "a"}, {"result": "b"}]
+        assert crash.error.startswith("Crash: the MCP server closed the connection") and crash.result is None
+        assert server.run([("echo", {"text": "c"})])[0].ok  # on a restarted server

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from lakesynth.tools.sandbox import Outcome
 
 PREFIX = "mcp:"
+CRASH = "Crash:"  # the error of a call the server died on, as the sandbox names a dead worker's
 
 
 class McpConfig(Section):
@@ -85,6 +86,10 @@ def specs_sha(specs: list[dict]) -> str:
 def to_spec(tool: Any) -> dict:
     """An MCP tool as an OpenAI function: its inputSchema is the parameters, as the server gives it."""
     return {"name": tool.name, "description": tool.description or "", "parameters": tool.input_schema}
+
+
+def _crashed(outcome: Outcome) -> bool:
+    return bool(outcome.error) and outcome.error.startswith(CRASH)
 
 
 def result_value(result: Any) -> Any:
@@ -220,10 +225,26 @@ class McpTools:
                 return [to_spec(t) for t in tools]
 
     def run(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
-        """Run every call (tool name, arguments), `concurrency` at a time; outcomes in input order."""
+        """Run every call (tool name, arguments), `concurrency` at a time; outcomes in input order.
+
+        A server that dies fails every call in flight and after it. Each of those runs again alone on a
+        restarted server, so that only a call that kills the server fails (a crash of its own row, as a sandbox
+        worker's is); a call the dying server had begun may so run twice."""
         if self._client is None:
             raise RuntimeError("McpTools not started: use it as a context manager or call start()")
-        return self._portal.call(self._run_all, calls)
+        outcomes = self._portal.call(self._run_all, calls)
+        crashed = [i for i, o in enumerate(outcomes) if _crashed(o)]
+        dead = bool(crashed)
+        for i in crashed:
+            if dead:
+                self.close()
+                self.start()
+            outcomes[i] = self._portal.call(self._call, *calls[i])
+            dead = _crashed(outcomes[i])
+        if dead:
+            self.close()
+            self.start()  # the next run() starts on a live server
+        return outcomes
 
     async def _run_all(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
         import anyio
@@ -256,7 +277,7 @@ class McpTools:
             if error.code == REQUEST_TIMEOUT:
                 return Outcome(False, None, f"Timeout: no result within {self.timeout_s:g} s", self.timeout_s)
             if error.code == CONNECTION_CLOSED:
-                return Outcome(False, None, f"Crash: the MCP server closed the connection ({error.message})", seconds)
+                return Outcome(False, None, f"{CRASH} the MCP server closed the connection ({error.message})", seconds)
             return Outcome(False, None, self._redact(f"MCPError: {error.message}"), seconds)
         except Exception as failure:  # noqa: BLE001 - transport errors, a reply that does not validate
             return Outcome(False, None, self._describe(failure), time.perf_counter() - start)
