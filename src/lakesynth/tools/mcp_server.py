@@ -175,11 +175,14 @@ class McpTools:
         # The handshake and listing get connect_timeout_s; each tools/call gets the execution check's timeout.
         options = {"read_timeout_seconds": self.settings.connect_timeout_s, "cache": None}
         if _is_url(self.target):
+            import httpx2
             from mcp.client.streamable_http import streamable_http_client
-            from mcp.shared._httpx_utils import create_mcp_http_client
 
+            # No read timeout on the connection: the server's event stream stays open, and the session bounds
+            # each request (connect_timeout_s, or a call's timeout).
+            timeout = httpx2.Timeout(self.settings.connect_timeout_s, read=None)
             async with (
-                create_mcp_http_client(auth=self._auth()) as http,
+                httpx2.AsyncClient(auth=self._auth(), timeout=timeout) as http,
                 Client(streamable_http_client(self.target, http_client=http), **options) as client,
             ):
                 yield client
