@@ -42,23 +42,21 @@ class Chain:
 
 
 def plan(stages: Mapping[str, Stage], names: Collection[str] | None = None) -> list[Chain]:
-    """The chains of the stages `names` (default: every registered stage), from their table contracts."""
+    """The chains of generated rows, from every registered table contract; with `names`, those whose generating
+    stage is one of `names` (the job's stages). A chain's steps are its tables' whatever stage wrote them."""
     order = list(stages)
-    writer = {t.name: s.name for s in stages.values() for t in s.writes if names is None or s.name in names}
-    owned = {t.name: t for s in stages.values() for t in s.writes if t.name in writer}
+    writer = {t.name: s.name for s in stages.values() for t in s.writes}
+    owned = {t.name: t for s in stages.values() for t in s.writes}
     judged = {t.verdict_of for t in owned.values() if t.verdict_of}
+    made = _generated_tables(owned, judged)
     chains = []
     for root in (owned[n] for n in sorted(judged) if n in owned and not owned[n].verdict_of):
-        if root.parent_table in judged:
-            continue  # made from generated rows: a step of their chain
+        if root.parent_table in judged or (names is not None and writer[root.name] not in names):
+            continue  # made from generated rows (a step of their chain), or another job's
         members = {root.name}
         for t in sorted(owned.values(), key=lambda t: order.index(writer[t.name])):
-            if (
-                not t.verdict_of
-                and t.parent_table in members
-                and t.parent == t.key == root.key
-                and "split" not in t.names
-            ):
+            same_rows = t.parent_table in members and t.parent == t.key == root.key
+            if not t.verdict_of and same_rows and "split" not in t.names:
                 members.add(t.name)
         steps = [
             Step(writer[t.name], t, "check" if t.verdict_of else "made")
@@ -70,7 +68,7 @@ def plan(stages: Mapping[str, Stage], names: Collection[str] | None = None) -> l
         training = [
             Step(writer[t.name], t, "training")
             for t in owned.values()
-            if "split" in t.names and not t.verdict_of and t.parent_table in _generated_tables(owned, judged)
+            if "split" in t.names and not t.verdict_of and t.parent_table in made
         ]
         chains.append(Chain(root, writer[root.name], tuple(steps + training)))
     return chains
@@ -284,7 +282,7 @@ def spend(ctx: RunContext, stages: Mapping[str, Stage], names, chains: list[Chai
             cost = None if cost is None or priced is None else cost + priced
     tokens = prompt + completion
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
-    if kept:
+    if kept and tokens:
         out["tokens_per_1000_kept"] = round(tokens * 1000 / kept)
     if cost is not None and tokens:
         out["cost_usd"] = round(cost, 4)
