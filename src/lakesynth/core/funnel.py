@@ -219,6 +219,13 @@ def summary(ctx: RunContext, stages: Mapping[str, Stage], names: Collection[str]
     return out
 
 
+def of_run(ctx: RunContext, stages: Mapping[str, Stage]) -> dict[str, Any]:
+    """The funnel of the job that run `ctx.cfg.run_id` ran (the stages its run_log rows name), else of every
+    generated table there (an export or report run on its own)."""
+    ran = ctx.read("run_log", kept=False).where(F.col("run_id") == ctx.cfg.run_id).select("stage").distinct()
+    return summary(ctx, stages, {r.stage for r in ran.collect()}) or summary(ctx, stages)
+
+
 def _brief(f: dict) -> dict:
     """A group's funnel in short: generated, kept, the splits, and the drops per step that dropped any."""
     dropped = {s["step"]: s["dropped"] for s in f["steps"] if s["dropped"]}

@@ -66,10 +66,7 @@ def made_by(ctx, stages: tuple[str, ...]) -> dict:
         found[r.stage]["models"].add(r.model)
         found[r.stage]["prompt_versions"].add(r.prompt_version)
     config = cfg.model_dump_json(exclude={"run_id"}).encode()
-    # The yield funnel of the job this run ran (the stages run_log has for it; every stage's for an export run alone).
-    ran = ctx.read("run_log").where(F.col("run_id") == cfg.run_id).select("stage").distinct().collect()
-    stages = registry.default_stages()
-    yields = funnel.summary(ctx, stages, {r.stage for r in ran}) or funnel.summary(ctx, stages)
+    yields = funnel.of_run(ctx, registry.default_stages())  # the yield funnel of the job this run ran
     return {
         "run_id": cfg.run_id,
         "config_sha256": hashlib.sha256(config).hexdigest()[:16],
