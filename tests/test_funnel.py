@@ -3,6 +3,7 @@ its first failed step with that step's reason), and whatever ends with none kept
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
 
@@ -12,6 +13,8 @@ from conftest import ROOT, context, write
 from lakesynth import pipeline
 from lakesynth.core import funnel, registry
 from lakesynth.core.runtime import Runtime
+from lakesynth.report import page
+from lakesynth.report.notebook import NotebookContext
 
 STAGES = ["seed", "questions", "critic", "responses", "dedup", "format"]
 LONG = "Open the app, then Cards, then Block. " * 40  # about 380 tokens: over the planted format limit of 200
@@ -98,10 +101,30 @@ def test_every_generated_row_lands_in_exactly_one_cell(spark, planted):
     assert spend["cost_usd"] == round(cost, 4) and spend["cost_per_1000_kept_usd"] == round(cost * 1000 / f["kept"], 4)
 
 
-def test_a_topic_with_none_kept_is_a_warning(planted):
-    _, summary = planted
+def test_a_topic_with_none_kept_is_a_warning_in_the_summary_and_the_report(planted, tmp_path):
+    cfg, summary = planted
     f = summary["funnel"]
     empty = [t for t, g in f["by"]["topic"].items() if not g["kept"]]
     assert "statements" in empty  # its one pair is too long to keep
-    for topic in empty:
-        assert any(w.startswith(f"topic '{topic}': 0 kept examples") for w in summary["warnings"])
+    warned = [w for w in summary["warnings"] if w.startswith("topic 'statements': 0 kept examples")]
+    assert len(warned) == 1 and all(any(w.startswith(f"topic '{t}'") for w in f["warnings"]) for t in empty)
+    ctx = NotebookContext(cfg, registry.contracts(registry.default_stages()), Runtime.resolve(cfg))
+    page.render(ctx, registry.default_stages(), tmp_path / "report.html")
+    assert html.escape(warned[0]) in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_step_that_keeps_nothing_is_a_warning():
+    """From outcome counts alone: a check that dropped all it saw, and a category requested but never made."""
+    cells = [
+        {"step": "call_format", "drop_reason": "format:args", "split": None, "count": 3},
+        {"step": None, "drop_reason": None, "split": "train", "count": 0},
+    ]
+    found = funnel.funnel(cells, ["call_format", "call_semantic"])
+    found["by"] = {"category": {"simple": {"generated": 3, "kept": 0, "dropped": {"call_format": 3}, "splits": {}},
+                                "irrelevance": {"generated": 0, "kept": 0, "dropped": {}, "splits": {}}}}  # fmt: skip
+    assert funnel.warnings(found) == [
+        "no example kept: all 3 generated rows were dropped",
+        "call_format kept none of the 3 rows it saw (format:args 3)",
+        "category 'simple': 0 kept examples, all 3 dropped (call_format 3)",
+        "category 'irrelevance': 0 kept examples, none generated",
+    ]
