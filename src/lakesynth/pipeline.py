@@ -266,7 +266,8 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
             report(key, stage, result.files)
-        _funnel(ctx, summary, registered, [stage for stage, _ in graph.values()])
+        ran = [graph[key][0] for key, entry in summary["stages"].items() if entry["status"] == "ok"]
+        _funnel(ctx, summary, registered, [stage for stage, _ in graph.values()], ran)
         if summary["stages"]:
             touched[run_log.RUN_LOG.name] = run_log.RUN_LOG
         for name, table in touched.items():
@@ -286,11 +287,12 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
     return summary
 
 
-def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stage], names: list[str]) -> None:
-    """The run's yield funnel (core/funnel.py) into the summary, its line and warnings onto stdout, and a `funnel`
-    row into run_log. Describing the run never fails it: a problem is a warning."""
+def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stage], names: list[str], ran) -> None:
+    """The yield funnel of the job (the stages `names`; core/funnel.py) into the summary, its line and warnings
+    onto stdout, and a `funnel` row into run_log, when a stage that `ran` changed it. Describing the run never
+    fails it: a problem is a warning."""
     try:
-        found = funnel.summary(ctx, registered, names)
+        found = funnel.summary(ctx, registered, names) if funnel.touched(registered, names, ran) else {}
     except Exception as exc:  # describing the run never fails it
         log.debug("funnel failed", exc_info=True)
         summary.setdefault("warnings", []).append(f"no yield funnel: {type(exc).__name__}: {exc}")

@@ -74,6 +74,13 @@ def plan(stages: Mapping[str, Stage], names: Collection[str] | None = None) -> l
     return chains
 
 
+def touched(stages: Mapping[str, Stage], names: Collection[str] | None, ran: Collection[str]) -> bool:
+    """Whether the stages that `ran` wrote a table of a chain (its rows, a check on them, where they end): else
+    the funnel is as it was, and a task of a Databricks job (a process of its own) need not compute it again."""
+    tables = {n for c in plan(stages, names) for n in (c.root.name, *(s.table.name for s in c.steps))}
+    return any(t.name in tables for name in ran if name in stages for t in stages[name].writes)
+
+
 def _generated_tables(owned: Mapping[str, Table], judged: set[str]) -> set[str]:
     """The generated tables and those made from them: what a training table's parent may be."""
     found = {n for n in judged if n in owned and not owned[n].verdict_of}
