@@ -13,7 +13,8 @@ from conftest import ROOT, context, write
 from lakesynth import pipeline
 from lakesynth.core import funnel, registry
 from lakesynth.core.runtime import Runtime
-from lakesynth.report import page
+from lakesynth.errors import ConfigError
+from lakesynth.report import page, show
 from lakesynth.report.notebook import NotebookContext
 
 STAGES = ["seed", "questions", "critic", "responses", "dedup", "format"]
@@ -128,3 +129,22 @@ def test_a_step_that_keeps_nothing_is_a_warning():
         "category 'simple': 0 kept examples, all 3 dropped (call_format 3)",
         "category 'irrelevance': 0 kept examples, none generated",
     ]
+
+
+def test_show_puts_a_tables_rows_beside_its_checks_verdicts(spark, planted):
+    """A generated table with the verdicts of the checks that judge it (the critic's here), and a bad condition
+    named rather than a trace."""
+    cfg, _ = planted
+    ctx = NotebookContext(cfg, registry.contracts(registry.default_stages()), Runtime.resolve(cfg))
+    stages = registry.default_stages()
+    dropped = show.frame(ctx, stages, "synthetic_questions", dropped=True).toPandas()
+    critic = spark.table(Runtime.resolve(cfg).fqn("question_verdicts")).where("NOT keep").toPandas()
+    assert sorted(dropped.question_id) == sorted(critic.question_id) and len(dropped)
+    assert set(dropped.drop_reason) == set(critic.drop_reason) and dropped.critic_reasoning.notna().all()
+    assert not dropped.keep.any()
+    loans = show.frame(ctx, stages, "synthetic_questions", where="topic = 'loans'").toPandas()
+    assert set(loans.topic) == {"loans"} and len(loans) == 2
+    with pytest.raises(ConfigError, match="--where 'no_such_column = 1' is not a condition on its columns"):
+        show.frame(ctx, stages, "synthetic_questions", where="no_such_column = 1")
+    with pytest.raises(ConfigError, match="no table named 'pairs'"):
+        show.frame(ctx, stages, "pairs")

@@ -67,17 +67,20 @@ def look(args) -> int:
         args.schema or "",
         args.volume or "",
         warehouse=str(folder or ""),
-        config=args.config or "",
+        config=str(config_file(args) or ""),  # as `run` finds it here: its endpoints' prices price the funnel
         overrides=args.overrides,
     )
-    stages = registry.default_stages()
-    if args.command == "show":
-        show.show(ctx, stages, args.table, n=args.n, where=args.where, dropped=args.dropped)
-        return 0
-    out = Path(args.out) if args.out else Path(ctx.rt.warehouse).parent / "report.html"
-    run_id = notebook.last_run(Path(ctx.rt.warehouse)).get("run_id", "")
-    settled = ctx.with_settings([f"run_id={json.dumps(run_id)}"]) if run_id else ctx
-    written = page.render(settled, stages, out.resolve(), run_id)
+    with ctx:
+        if not any(ctx.exists(name) for name in ctx.contracts):
+            raise notebook.NoTables(f"no tables in {ctx.where()}: run `lakesynth run` first, or give --warehouse")
+        stages = registry.default_stages()
+        if args.command == "show":
+            show.show(ctx, stages, args.table, n=args.n, where=args.where, dropped=args.dropped)
+            return 0
+        out = Path(args.out) if args.out else Path(ctx.rt.warehouse).parent / "report.html"
+        run_id = notebook.last_run(Path(ctx.rt.warehouse)).get("run_id", "")
+        settled = ctx.with_settings([f"run_id={json.dumps(run_id)}"]) if run_id else ctx
+        written = page.render(settled, stages, out.resolve(), run_id)
     print(f"report: {written}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -49,7 +50,12 @@ def frame(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, where: 
         first = F.coalesce(*reasons) if reasons else F.lit(None).cast("string")
         rows = rows.withColumn("drop_reason", first).withColumn("keep", first.isNull()).drop(*reasons)
     if where:
-        rows = rows.where(where)
+        try:
+            rows = rows.where(where)
+            _ = rows.schema  # analysed here, so a bad condition is named, not a trace
+        except (AnalysisException, ParseException) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"show {table}: --where {where!r} is not a condition on its columns: {first}") from exc
     if dropped:
         rows = rows.where(~F.coalesce(F.col("keep"), F.lit(False)))
     return rows
