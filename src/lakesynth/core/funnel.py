@@ -337,11 +337,7 @@ def line(f: dict) -> str:
     parts = [f"{f['generated']} generated"] + [f"{s['step']} {s['kept']}" for s in f["steps"]]
     splits = ", ".join(f"{n} {k}" for k, n in f["splits"].items())
     spend_ = f.get("spend", {})
-    cost = (
-        f"; ${spend_['cost_per_1000_kept_usd']} per 1,000 kept"
-        if "cost_per_1000_kept_usd" in spend_
-        else f"; {spend_['tokens_per_1000_kept']:,} tokens per 1,000 kept"
-        if "tokens_per_1000_kept" in spend_
-        else ""
-    )
+    per = [f"{spend_['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend_ else []
+    per += [f"${spend_['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend_ else []
+    cost = f"; {', '.join(per)} per 1,000 kept" if per else ""
     return f"funnel: {' -> '.join(parts)} -> {f['kept']} kept" + (f" ({splits})" if splits else "") + cost

@@ -121,7 +121,8 @@ def _dropped(ctx: NotebookContext, stages: dict[str, Stage]) -> str:
         sample = rows.withColumn("_n", F.row_number().over(first)).where(f"_n <= {EXAMPLES}").drop("_n").toPandas()
         if sample.empty:
             continue
-        keep = [c for c in sample.columns if c not in show.HIDDEN and sample[c].notna().any() and c != "keep"]
+        keep = [c for c in sample.columns if c == contract.key or not show.hidden(c) and sample[c].notna().any()]
+        keep.remove("keep")
         sample = sample[keep].sort_values("drop_reason").map(lambda v: show.cell(v) if isinstance(v, str) else v)
         parts.append(f"<h3>{html.escape(name)}</h3>" + sample.to_html(index=False))
     return "<h2>Dropped rows, a few per reason</h2>" + ("".join(parts) or "<p>Nothing dropped.</p>")

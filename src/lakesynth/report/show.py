@@ -2,8 +2,8 @@
 
 A verdict table (`pair_verdicts`, `call_verdicts`, ...) carries its `keep` and `drop_reason`; any other table gets
 those of the checks that judge it (the registry's verdict tables on it, in stage order: `keep` is false where one
-dropped the row, `drop_reason` the first one's reason), with each check's score, reasoning and error. Columns that are empty in every row shown, and a call's
-bookkeeping (fingerprint, tokens, latency ...), are left out; long texts are cut.
+dropped the row, `drop_reason` the first one's reason), with each check's score, reasoning and error. Columns that are empty in every row shown, a call's
+bookkeeping (fingerprint, tokens, latency ...), ids and models are left out; long texts are cut.
 """
 
 from __future__ import annotations
@@ -72,16 +72,22 @@ def show(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, n: int =
     total = rows.count()
     shown = [r.asDict() for r in rows.orderBy(contract.key).limit(n).collect()]
     first = [contract.key, "keep", "drop_reason"]
-    names = first + [c for c in rows.columns if c not in first and c not in HIDDEN]
+    names = first + [c for c in rows.columns if c not in first and not hidden(c)]
     names = [c for c in names if c in first or any(r.get(c) not in (None, "") for r in shown)]
     what = "dropped rows" if dropped else "rows"
     grid = Grid(title=f"{table}: {len(shown)} of {total} {what} ({ctx.where()})", show_lines=True)
     for name in names:
-        grid.add_column(name, overflow="fold", max_width=60 if name not in first else None)
+        grid.add_column(name, overflow="fold", no_wrap=name in first, max_width=None if name in first else 60)
     for r in shown:
         grid.add_row(*[cell(r.get(c)) for c in names])
     (console or Console()).print(grid)
     return shown
+
+
+def hidden(column: str) -> bool:
+    """A column left out of the table shown: lineage, a call's bookkeeping, another row's id, a model or prompt
+    version (`lakesynth show` is for reading the rows and why they were dropped; the table has the rest)."""
+    return column in HIDDEN or column.endswith(("_id", "model", "prompt_version"))
 
 
 def cell(value: Any) -> str:
