@@ -4,8 +4,8 @@ with a dataset card that says what made it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import uuid
+from pathlib import Path
 
 import datasets
 import pandas as pd
