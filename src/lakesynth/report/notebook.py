@@ -6,8 +6,9 @@ the job fills from its parameters (`base_parameters`): a dev deploy's schema car
 no config file knows. Locally, `lakesynth run` leaves a small marker in its warehouse (LAST_RUN: the catalog,
 schema and volume it wrote), and a copy naming the warehouse in this machine's state folder (runtime.state_dir);
 the notebook reads the last run's warehouse, else the project's default place, unless told another (a folder
-relative to the notebook's, where Jupyter runs it, would find nothing). The config is found from the package (the packaged default, or the project's conf/ beside src/), never
-from the working folder, which serverless does not guarantee.
+relative to the notebook's, where Jupyter runs it, would find nothing). The config is found from the package (the
+packaged default, or the project's conf/ beside src/), never from the working folder, which serverless does not
+guarantee.
 
 A notebook that finds none of the tables it shows stops with NoTables, naming where it looked, instead of
 creating empty tables (as a stage's read does) or failing later with "Table or view not found".
@@ -76,7 +77,8 @@ def open_tables(
     Each of catalog, schema and volume is, first found: the widget of that name (on Databricks, where a job's
     `base_parameters` fill it), the argument, locally the last run's (LAST_RUN in the warehouse), else the
     config's. The warehouse (local only) is the argument, else the last local run's (`remember`), else
-    `<project>/.lakesynth/warehouse`, where `lakesynth run` in the project writes by default. `overrides` (`KEY=VALUE`) apply last.
+    `<project>/.lakesynth/warehouse`, where `lakesynth run` in the project writes by default. `overrides`
+    (`KEY=VALUE`) apply last.
     """
     chosen = {"catalog": catalog, "schema": schema, "volume": volume}
     settings: list[str] = []
