@@ -41,7 +41,8 @@ def render(ctx: NotebookContext, stages: dict[str, Stage], out: Path, run_id: st
     parts.append(_scores(ctx))
     parts.append(_dropped(ctx, stages))
     parts.append(_dataset(ctx))
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>lakesynth report</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    head = f"<head><meta charset='utf-8'><title>lakesynth report</title><style>{STYLE}</style></head>"
+    page = f"<!doctype html><html>{head}<body>{''.join(parts)}</body></html>"
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.with_name(f".{out.name}.part")
     scratch.write_text(page, encoding="utf-8")
@@ -79,7 +80,8 @@ def _funnel(found: dict[str, Any]) -> str:
         ]
         groups.append(f"<h3>Per {group}</h3>" + pd.DataFrame(rows).fillna(0).to_html(index=False))
     return (
-        "<h2>Yield funnel</h2><p>Every generated row is kept (in a split) or counted once, under the first step that dropped it.</p>"
+        "<h2>Yield funnel</h2><p>Every generated row is kept (in a split) or counted once, under the first step "
+        "that dropped it.</p>"
         f"{image}{pd.DataFrame(drawn.rows(found)).to_html(index=False)}"
         f"<p>Tokens: {spend.get('prompt_tokens', 0):,} prompt, {spend.get('completion_tokens', 0):,} completion"
         + (f"; {spend['tokens_per_1000_kept']:,} per 1,000 kept" if "tokens_per_1000_kept" in spend else "")

@@ -2,8 +2,9 @@
 
 A verdict table (`pair_verdicts`, `call_verdicts`, ...) carries its `keep` and `drop_reason`; any other table gets
 those of the checks that judge it (the registry's verdict tables on it, in stage order: `keep` is false where one
-dropped the row, `drop_reason` the first one's reason), with each check's score, reasoning and error. Columns that are empty in every row shown, a call's
-bookkeeping (fingerprint, tokens, latency ...), ids and models are left out; long texts are cut.
+dropped the row, `drop_reason` the first one's reason), with each check's score, reasoning and error. Columns
+that are empty in every row shown, a call's bookkeeping (fingerprint, tokens, latency ...), ids and models are left
+out; long texts are cut.
 """
 
 from __future__ import annotations
