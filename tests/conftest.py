@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from pathlib import Path
 # Two workers share two cores: torch's own two threads each spun waiting for the other, descheduled, and a local
 # fine-tune and evaluation took 6.7 times the CPU (181 s against 27 s) and 3.5 times as long.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Where runs record the last one (for `lakesynth report` and the notebooks): never the user's own, from a test.
+os.environ.setdefault("LAKESYNTH_STATE_DIR", tempfile.mkdtemp(prefix="lakesynth-state-"))
 
 import pytest  # noqa: E402
 

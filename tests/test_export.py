@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -64,6 +65,14 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
     dropped = summary["stages"]["judge"]["dropped"]
     assert made["dropped"] == summary["stages"]["dedup"]["dropped"] and set(dropped) <= set(made["dropped"])
     assert "| questions | standin |" in text and f"`{cfg.run_id}`" in text
+    # The yield funnel, as the run's summary has it: generated, each check, kept per split.
+    assert made["funnel"]["generated"] == summary["funnel"]["generated"] > 0
+    assert (
+        made["funnel"]["splits"] == summary["funnel"]["splits"] == {"train": len(chat), "val": dataset["val"].num_rows}
+    )
+    judge = next(s for s in made["funnel"]["steps"] if s["step"] == "judge")
+    assert judge["dropped"] == sum(dropped.values()) and "## Yield funnel" in text
+    assert f"| judge | {judge['in']} | {judge['dropped']} | {judge['kept']} |" in text
     # The kept preference pairs, as their own config of the dataset, in the shape TRL's DPO trainer reads.
     pairs = datasets.load_from_disk(f"{folder}/preference")
     kept = sum(1 for line in open(summary["files"]["dpo_jsonl"], encoding="utf-8")) + sum(
@@ -111,5 +120,17 @@ def test_tool_export_writes_the_kept_pairs_in_the_xlam_layout(spark, llm_cfg):
         assert row["function"] == (answers[0]["name"] if answers else "none")
     parquet = pd.read_parquet(f"{folder}/parquet/tools/train.parquet")
     assert len(parquet) == dataset["train"].num_rows
-    meta = yaml.safe_load(open(f"{folder}/README.md", encoding="utf-8").read().split("---")[1])
+    card = Path(folder, "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---")[1])
     assert [c["config_name"] for c in meta["configs"]] == ["tools"]
+    # The funnel per tool and category, in the card too; a tool or category with none kept is a warning (here the
+    # planted calls of three tools all fail a check).
+    f = summary["funnel"]
+    assert "## Yield funnel" in card and f"{f['generated']} generated, {f['kept']} kept" in card
+    assert sum(g["generated"] for g in f["by"]["function"].values()) == f["generated"]  # every pair has one
+    assert 0 < sum(g["generated"] for g in f["by"]["category"].values()) <= f["generated"]  # where a line gives one
+    for group in ("function", "category"):
+        for value, g in f["by"][group].items():
+            warned = any(w.startswith(f"{group} '{value}': 0 kept") for w in summary["warnings"])
+            assert (not g["kept"]) == warned, (group, value)
+    assert f["by"]["function"]["list_transactions"]["kept"] == 0

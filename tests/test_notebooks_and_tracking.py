@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import deltalake
 import nbformat
 import pytest
 from conftest import ROOT
@@ -23,11 +24,12 @@ from lakesynth.report import notebook, tracking
 
 SECRET = "sk-lakesynth-PLANTED-mlflow-77"
 DEV_SCHEMA = "dev_standin_lakesynth_dev"  # as a dev deploy names the schema (`mode: development` prefixes it)
+STATE = "LAKESYNTH_STATE_DIR"  # runtime.STATE_ENV: where a run records itself as the last one
 
 
-def _run_on_standin(tmp: Path, *args: str, tracking: bool) -> None:
+def _run_on_standin(tmp: Path, *args: str, tracking: bool, env: dict | None = None) -> None:
     """A pipeline run on the stand-in (fine-tune off), its key planted in the environment; `{server}` in an
-    argument is the stand-in's URL."""
+    argument is the stand-in's URL; `env` more of the process's environment."""
     server = StandIn(StandInOptions(api_key=SECRET)).start()
     os.environ["LAKESYNTH_NB_KEY"] = SECRET
     try:
@@ -45,6 +47,7 @@ def _run_on_standin(tmp: Path, *args: str, tracking: bool) -> None:
             "finetune.backend=none",
             *[arg.format(server=server.base_url) for arg in args],
             tracking=tracking,
+            env=env,
         )
     finally:
         del os.environ["LAKESYNTH_NB_KEY"]
@@ -78,6 +81,7 @@ def small_run(tmp_path_factory):
         "--summary",
         str(tmp / "s.json"),
         tracking=True,
+        env={STATE: str(tmp / "state")},  # where it records itself as the last run, for `lakesynth report`
     )
     return tmp
 
@@ -119,9 +123,17 @@ def test_notebook_runs_headless(small_run, name):
 def test_the_dataset_report_shows_each_figure_once_and_the_quality_gate(small_run):
     outputs = _execute("03_dataset_report", small_run / "wh")
     images = _images(outputs)
-    # topics, lengths, splits, kept/dropped per reason, scores; each once (no error chart: there are no errors)
-    assert len(images) == len(set(images)) == 5
+    # funnel, topics, lengths, splits, kept/dropped per reason, scores; each once (no error chart: no errors)
+    assert len(images) == len(set(images)) == 6
     text = _text(outputs)
+    # The yield funnel's steps, as the run's summary has them, down to the kept examples per split.
+    found = json.loads((small_run / "s.json").read_text())["funnel"]
+    for step in found["steps"]:
+        assert re.search(rf"^{step['step']} +{step['in']} +{step['dropped']} +{step['kept']}\b", text, re.MULTILINE), (
+            step
+        )
+    splits = ", ".join(f"{k} {v}" for k, v in found["splits"].items())
+    assert re.search(rf"^kept +{found['kept']} +0 +{found['kept']} +{splits}$", text, re.MULTILINE)
     assert "No errors" in text
     for check in ("critic", "judge", "relevance"):
         assert re.search(rf"^{check}: [1-9]\d* dropped$", text, re.MULTILINE)
@@ -137,7 +149,7 @@ def test_the_dataset_report_says_so_when_the_checks_are_off(small_run):
     _run_on_standin(small_run, "--schema", "gate_off", tracking=False)  # the checks but dedup off, as by default
     outputs = _execute("03_dataset_report", small_run / "wh", schema="gate_off")
     images = _images(outputs)
-    assert len(images) == len(set(images)) == 3  # topics, lengths, splits: no empty chart for the quality gate
+    assert len(images) == len(set(images)) == 4  # funnel, topics, lengths, splits: no empty quality gate chart
     text = _text(outputs)
     assert "critic: off" in text and "The judge is off" in text and "The relevance check is off" in text
     assert "Nothing dropped: all 72 answered pairs kept." in text and "No rejected rows." in text
@@ -201,6 +213,14 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     checks = {"critic": "question_verdicts", "judge": "answer_verdicts", "relevance": "relevance_verdicts"}
     drop_reasons = {f"{check}_drop_reasons.json" for check in (*checks, "dedup")}
     assert quality == drop_reasons | {f"{table}_scores.png" for table in checks.values()}
+    # The yield funnel: its plot and figures, and its counts as metrics.
+    found = json.loads((small_run / "s.json").read_text())["funnel"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "funnel")} == {
+        "funnel/funnel.png",
+        "funnel/funnel.json",
+    }
+    assert metrics["funnel.generated"] == found["generated"] and metrics["funnel.kept"] == found["kept"] > 0
+    assert metrics["funnel.judge.dropped"] == next(s["dropped"] for s in found["steps"] if s["step"] == "judge") > 0
     judged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/quality/judge_drop_reasons.json")
     assert judged["dropped"]["judge:scope"] == metrics["judge.dropped.judge_scope"]
     # A later task of the same job run logs into the same MLflow run.
@@ -236,11 +256,15 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
 
     cfg = llm_cfg.model_copy(update={"finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})})
     summary = pipeline.run(cfg, ["seed", "questions", "responses", "format", "finetune"], root=ROOT)
-    assert summary["tables"]["run_log"]["rows"] == 5
+    assert summary["tables"]["run_log"]["rows"] == 6
     log = {r.task: r for r in spark.table(where(cfg).fqn("run_log")).collect()}
     assert {t: r.status for t, r in log.items()} == {
-        "seed": "ok", "questions": "ok", "responses": "ok", "format": "ok", "finetune": "skipped"
+        "seed": "ok", "questions": "ok", "responses": "ok", "format": "ok", "finetune": "skipped", "funnel": "ok"
     }  # fmt: skip
+    # The run's yield funnel, as its summary has it: every question, kept ones in training_chat.
+    found = json.loads(log["funnel"].metrics)["funnel"]
+    assert found == summary["funnel"] and found["generated"] == 72
+    assert found["kept"] == summary["stages"]["format"]["rows_out"]
     q = log["questions"]
     assert q.run_id == cfg.run_id and q.model == "standin" and q.rows_in == 24 and q.prompt_tokens > 0
     assert len(q.prompt_version) == 12 and json.loads(q.parameters)["per_seed"] == "3"
@@ -249,8 +273,55 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
     assert json.loads(log["format"].metrics)["val_examples"] == summary["stages"]["format"]["val_examples"]
     assert log["finetune"].reason == "finetune.backend is none"
     pipeline.run(cfg, ["format"], root=ROOT)  # a rerun of a task in the same run replaces its row
-    assert spark.table(where(cfg).fqn("run_log")).count() == 5
+    assert spark.table(where(cfg).fqn("run_log")).count() == 6
     assert run_log.RUN_LOG.name == "run_log"
+
+
+def test_show_prints_dropped_pairs_beside_their_reasons(small_run, tmp_path):
+    """`lakesynth show pair_verdicts --dropped -n 5`, from a folder with no warehouse of its own: the last run's,
+    five dropped pairs, each with its reason and what its checks said, as an independent reader sees them."""
+    proc = lakesynth(
+        "show", "pair_verdicts", "--dropped", "-n", "5", "--schema", DEV_SCHEMA,
+        cwd=tmp_path, env={STATE: str(small_run / "state"), "COLUMNS": "1000"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    shown = re.findall(r"^│ ([0-9a-f]{16}) +│ False +│ ([\w:]+) +│", proc.stdout, re.MULTILINE)
+    verdicts = deltalake.DeltaTable(str(small_run / "wh" / "main" / DEV_SCHEMA / "pair_verdicts")).to_pandas()
+    dropped = verdicts[~verdicts.keep.astype(bool)].sort_values("question_id").head(5)
+    assert shown == list(zip(dropped.question_id, dropped.drop_reason)) and len(shown) == 5
+    assert f"pair_verdicts: 5 of {len(verdicts[~verdicts.keep.astype(bool)])} dropped rows" in proc.stdout
+    assert "Stand-in reasoning" in proc.stdout  # the checks' reasoning beside the reason
+
+
+def test_report_writes_the_last_runs_report_as_html_with_no_path_given(small_run, tmp_path):
+    """`lakesynth report` from a folder with no warehouse of its own: the last run's report, beside its warehouse,
+    with the funnel plot and table, the warnings, each check's scores and a few dropped rows per reason."""
+    last = json.loads((small_run / "wh" / notebook.LAST_RUN).read_text())
+    proc = lakesynth("report", cwd=tmp_path, env={STATE: str(small_run / "state")})
+    assert proc.returncode == 0, proc.stderr
+    out = small_run / "report.html"
+    assert proc.stdout.strip().endswith(f"report: {out}") and f"main.{last['schema']}" in proc.stdout
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "<h2>Yield funnel</h2>" in page and "<h2>Warnings</h2>" in page
+    assert page.count("data:image/png;base64,") >= 2 and "<td>generated</td>" in page
+    if last["schema"] == DEV_SCHEMA:  # the checks ran there: their scores and dropped rows
+        assert "<h3>pair_verdicts</h3>" in page and "judge:scope" in page
+
+
+def test_the_dataset_report_opened_with_only_a_config_finds_the_last_run(small_run, tmp_path):
+    """Opened as a new user would, from a notebooks folder outside any project with only `config_path` set: it
+    reads the last run's warehouse, not one relative to the notebook's folder."""
+    last = json.loads((small_run / "wh" / notebook.LAST_RUN).read_text())
+    folder = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", folder)
+    book = _book("03_dataset_report", folder, config_path=str(ROOT / "conf" / "lakesynth.yml"))
+    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(
+        env={**os.environ, STATE: str(small_run / "state")}
+    )
+    outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert f"tables in main.{last['schema']} (warehouse {small_run / 'wh'})" in _text(outputs)
+    assert not (folder / ".lakesynth").exists()
 
 
 def test_a_notebook_reads_where_the_last_local_run_wrote(small_run):

@@ -58,6 +58,17 @@ def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, llm_cfg,
         assert {"irrelevance": n == 0, "parallel": 2 <= n <= 4}.get(g.category, n == 1), (g.category, g.calls)
         assert everything[request_id].calls == g.calls and everything[request_id].category == g.category
     assert {g.category for g in generated.values()} == set(cfg.tools.generation.mix)
+    # The yield funnel: every pair kept (in training_tools) or dropped once; each requested category and tool has
+    # its line, and one with no kept example is a warning.
+    f = summary["funnel"]
+    assert f["generated"] == len(everything) and f["kept"] == summary["tables"]["training_tools"]["rows"]
+    assert f["kept"] + sum(s["dropped"] for s in f["steps"]) == f["generated"]
+    assert set(cfg.tools.generation.mix) <= set(f["by"]["category"])
+    assert {g.function for g in generated.values()} <= set(f["by"]["function"])
+    for group in ("category", "function"):
+        for value, g in f["by"][group].items():
+            warned = any(w.startswith(f"{group} '{value}': 0 kept") for w in summary["warnings"])
+            assert warned == (not g["kept"]), (group, value, g)
     # The semantic checker (the stand-in judge) sees exactly the lines that passed format and execution.
     judged = {r.source_id: r for r in tables.read(spark, where(cfg), call_semantic.TABLE).collect()}
     judged = {k: v for k, v in judged.items() if k not in generated}

@@ -57,6 +57,34 @@ def print_stage_map(rows: list[dict], as_json: bool) -> None:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
 
 
+def look(args) -> int:
+    """`show` and `report`: read the tables the last run wrote (notebook.find_warehouse), never write one."""
+    from lakesynth.report import notebook, page, show
+
+    folder = notebook.find_warehouse(args.warehouse or "")
+    ctx = notebook.open_tables(
+        args.catalog or "",
+        args.schema or "",
+        args.volume or "",
+        warehouse=str(folder or ""),
+        config=str(config_file(args) or ""),  # as `run` finds it here: its endpoints' prices price the funnel
+        overrides=args.overrides,
+    )
+    with ctx:
+        if not any(ctx.exists(name) for name in ctx.contracts):
+            raise notebook.NoTables(f"no tables in {ctx.where()}: run `lakesynth run` first, or give --warehouse")
+        stages = registry.default_stages()
+        if args.command == "show":
+            show.show(ctx, stages, args.table, n=args.n, where=args.where, dropped=args.dropped)
+            return 0
+        out = Path(args.out) if args.out else Path(ctx.rt.warehouse).parent / "report.html"
+        run_id = notebook.last_run(Path(ctx.rt.warehouse)).get("run_id", "")
+        settled = ctx.with_settings([f"run_id={json.dumps(run_id)}"]) if run_id else ctx
+        written = page.render(settled, stages, out.resolve(), run_id)
+    print(f"report: {written}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """The entry point: exits with the run's code (SystemExit), never returns one."""
     code = _main(argv)
@@ -84,6 +112,8 @@ def _main(argv: list[str] | None = None) -> int:
                 print("\n".join(problems), file=sys.stderr)
                 return 2
             return 0
+        if args.command in ("show", "report"):
+            return look(args)
         job = getattr(args, "job", pipeline.DEFAULT_JOB)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None

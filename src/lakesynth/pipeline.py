@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from lakesynth.config import Config
-from lakesynth.core import bundle, registry, run_log, tables
+from lakesynth.core import bundle, funnel, registry, run_log, tables
 from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage
@@ -266,6 +266,8 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
             report(key, stage, result.files)
+        ran = [graph[key][0] for key, entry in summary["stages"].items() if entry["status"] == "ok"]
+        _funnel(ctx, summary, registered, [stage for stage, _ in graph.values()], ran)
         if summary["stages"]:
             touched[run_log.RUN_LOG.name] = run_log.RUN_LOG
         for name, table in touched.items():
@@ -283,6 +285,27 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
         serverless.disarm()
         ctx.close()
     return summary
+
+
+def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stage], names: list[str], ran) -> None:
+    """The yield funnel of the job (the stages `names`; core/funnel.py) into the summary, its line and warnings
+    onto stdout, and a `funnel` row into run_log, when a stage that `ran` changed it. Describing the run never
+    fails it: a problem is a warning."""
+    try:
+        found = funnel.summary(ctx, registered, names) if funnel.touched(registered, names, ran) else {}
+    except Exception as exc:  # describing the run never fails it
+        log.debug("funnel failed", exc_info=True)
+        summary.setdefault("warnings", []).append(f"no yield funnel: {type(exc).__name__}: {exc}")
+        print(f"funnel: warning: not computed ({type(exc).__name__}: {exc})", flush=True)
+        return
+    if not found:
+        return
+    summary["funnel"] = found
+    print(funnel.line(found), flush=True)
+    for warning in found["warnings"]:
+        print(f"warning: {warning}", flush=True)
+    summary.setdefault("warnings", []).extend(found["warnings"])
+    run_log.record(ctx, "funnel", None, {"status": "ok", "funnel": found}, {})
 
 
 def goes_on_after_skip(stage: Stage | None) -> bool:

@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     stages.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
     for name, stage in registered.items():
         sub.add_parser(name, parents=[common], help=stage.help)
+    show = sub.add_parser("show", parents=[common], help="print a table's rows beside their verdicts and reasons")
+    show.add_argument("table", help="a table of the pipeline, e.g. pair_verdicts or synthetic_responses")
+    show.add_argument("-n", type=int, default=10, help="rows to print (default: %(default)s)")
+    show.add_argument("--where", default="", help="a SQL condition on the table's columns, e.g. \"topic = 'cards'\"")
+    show.add_argument("--dropped", action="store_true", help="only the rows a check dropped")
+    report = sub.add_parser("report", parents=[common], help="write the dataset report of the last run as HTML")
+    report.add_argument("--out", default="", help="the HTML file (default: report.html beside the warehouse)")
     return parser
 
 

@@ -17,6 +17,14 @@ REMOTE_ENV = "LAKESYNTH_SPARK_REMOTE"
 # does (model calls through ai_query or the driver, no network from any other UDF: serverless.py), and
 # `base_url: databricks` endpoints are answered there.
 EMULATE_ENV = "LAKESYNTH_EMULATE_SERVERLESS"
+# Where this machine keeps what outlives a run (where the last run wrote, for `lakesynth report` and the notebooks).
+STATE_ENV = "LAKESYNTH_STATE_DIR"
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """STATE_ENV, else ~/.cache/lakesynth."""
+    env = os.environ if environ is None else environ
+    return Path(env.get(STATE_ENV) or "~/.cache/lakesynth").expanduser()
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ local run's warehouse elsewhere; and a read that never creates a table.
 On Databricks a notebook task gets the deployed target's names as widgets (`catalog`, `schema`, `volume`), which
 the job fills from its parameters (`base_parameters`): a dev deploy's schema carries the `dev_<user>_` prefix that
 no config file knows. Locally, `lakesynth run` leaves a small marker in its warehouse (LAST_RUN: the catalog,
-schema and volume it wrote) and the notebook reads the warehouse at the project's default place unless told
-another. The config is found from the package (the packaged default, or the project's conf/ beside src/), never
-from the working folder, which serverless does not guarantee.
+schema and volume it wrote), and a copy naming the warehouse in this machine's state folder (runtime.state_dir);
+the notebook reads the last run's warehouse, else the project's default place, unless told another (a folder
+relative to the notebook's, where Jupyter runs it, would find nothing). The config is found from the package (the
+packaged default, or the project's conf/ beside src/), never from the working folder, which serverless does not
+guarantee.
 
 A notebook that finds none of the tables it shows stops with NoTables, naming where it looked, instead of
 creating empty tables (as a stage's read does) or failing later with "Table or view not found".
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,10 +27,11 @@ import lakesynth
 from lakesynth.config import packaged_config
 from lakesynth.core import registry
 from lakesynth.core.bundle import project_root
-from lakesynth.core.runtime import Runtime
+from lakesynth.core.runtime import Runtime, state_dir
 from lakesynth.core.stage import RunContext
 from lakesynth.errors import LakesynthError
 
+log = logging.getLogger(__name__)
 LAST_RUN = "_lakesynth_last_run.json"  # in the warehouse folder, beside the catalogs (not a table: no _delta_log)
 WIDGETS = ("catalog", "schema", "volume")
 
@@ -72,8 +76,9 @@ def open_tables(
 
     Each of catalog, schema and volume is, first found: the widget of that name (on Databricks, where a job's
     `base_parameters` fill it), the argument, locally the last run's (LAST_RUN in the warehouse), else the
-    config's. The warehouse (local only) is the argument, else `<project>/.lakesynth/warehouse`, where
-    `lakesynth run` in the project writes by default. `overrides` (`KEY=VALUE`) apply last.
+    config's. The warehouse (local only) is the argument, else the last local run's (`remember`), else
+    `<project>/.lakesynth/warehouse`, where `lakesynth run` in the project writes by default. `overrides`
+    (`KEY=VALUE`) apply last.
     """
     chosen = {"catalog": catalog, "schema": schema, "volume": volume}
     settings: list[str] = []
@@ -82,7 +87,7 @@ def open_tables(
             dbutils.widgets.text(name, chosen[name], f"{name} (empty: the config's)")
             chosen[name] = dbutils.widgets.get(name).strip() or chosen[name]
     else:
-        folder = Path(warehouse).expanduser().resolve() if warehouse else default_warehouse()
+        folder = Path(warehouse).expanduser().resolve() if warehouse else last_warehouse() or default_warehouse()
         if folder is not None:
             settings.append(f"warehouse={json.dumps(str(folder))}")
             last = last_run(folder)
@@ -137,9 +142,34 @@ def remember(rt: Runtime, run_id: str) -> None:
         "run_id": run_id,
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    scratch = folder / f".{LAST_RUN}.{os.getpid()}"
+    _write(folder / LAST_RUN, marker)
+    # And on this machine, where the last run wrote: a notebook or `lakesynth report` opened anywhere finds it.
+    try:
+        _write(state_dir() / LAST_RUN, {**marker, "warehouse": str(folder)})
+    except OSError as exc:
+        log.warning("could not record the last run in %s: %s", state_dir(), exc)
+
+
+def _write(path: Path, marker: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}")
     scratch.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-    os.replace(scratch, folder / LAST_RUN)
+    os.replace(scratch, path)
+
+
+def last_warehouse() -> Path | None:
+    """The warehouse the last local run on this machine wrote (`remember`), if it is still there."""
+    found = last_run(state_dir()).get("warehouse")
+    return Path(found) if found and (Path(found) / LAST_RUN).is_file() else None
+
+
+def find_warehouse(given: str = "", here: Path | None = None) -> Path | None:
+    """The warehouse a command reads: `given`, else the one a run from `here` (the working folder) wrote by
+    default, else the last run's on this machine, else the project's default."""
+    if given:
+        return Path(given).expanduser().resolve()
+    local = (here or Path.cwd()) / ".lakesynth" / "warehouse"
+    return local.resolve() if (local / LAST_RUN).is_file() else last_warehouse() or default_warehouse()
 
 
 def last_run(warehouse: Path) -> dict[str, str]:

@@ -136,6 +136,8 @@ class Tracker:
             for what, draw in drawings.items():
                 self._attempt(what, lambda draw=draw: self._plot(client, draw))
             self._attempt("the checks' verdicts", lambda: self._quality(client, summary, ctx))
+            if summary.get("funnel"):
+                self._attempt("the yield funnel", lambda: self._funnel(client, summary["funnel"]))
         if self.warnings:
             summary.setdefault("warnings", []).extend(w for w in self.warnings if w not in summary["warnings"])
 
@@ -200,6 +202,26 @@ class Tracker:
                 figure = score_figure(counts, f"{name}: rows per score")
                 client.log_figure(self.run_id, figure, f"quality/{name}_scores.png")
                 plt.close(figure)
+
+    def _funnel(self, client, found: dict[str, Any]) -> None:
+        """The run's yield funnel (core/funnel.py): `funnel/funnel.json`, its plot `funnel/funnel.png`, and metrics
+        `funnel.generated`, `funnel.kept`, `funnel.<step>.dropped` and the tokens (cost) per 1,000 kept."""
+        import matplotlib.pyplot as plt
+        from mlflow.entities import Metric
+
+        from lakesynth.report import funnel
+
+        client.log_dict(self.run_id, found, "funnel/funnel.json")
+        figure = funnel.figure(found)
+        try:
+            client.log_figure(self.run_id, figure, "funnel/funnel.png")
+        finally:
+            plt.close(figure)
+        numbers = {"generated": found["generated"], "kept": found["kept"]}
+        numbers.update({f"{s['step']}.dropped": s["dropped"] for s in found["steps"]})
+        numbers.update({k: v for k, v in found.get("spend", {}).items() if k.endswith(("_kept", "_usd"))})
+        now = int(time.time() * 1000)
+        client.log_batch(self.run_id, metrics=[Metric(f"funnel.{k}", float(v), now, 0) for k, v in numbers.items()])
 
 
 SETTLE_S = 0.5  # least wait, after creating a run, for the runs a racing task created (see join_run)

@@ -14,6 +14,7 @@ from pydantic import Field
 from pyspark.sql import functions as F
 
 from lakesynth.config import Section, secret_from_env
+from lakesynth.core import funnel, registry
 from lakesynth.errors import StageSkipped
 
 
@@ -65,10 +66,12 @@ def made_by(ctx, stages: tuple[str, ...]) -> dict:
         found[r.stage]["models"].add(r.model)
         found[r.stage]["prompt_versions"].add(r.prompt_version)
     config = cfg.model_dump_json(exclude={"run_id"}).encode()
+    yields = funnel.of_run(ctx, registry.default_stages())  # the yield funnel of the job this run ran
     return {
         "run_id": cfg.run_id,
         "config_sha256": hashlib.sha256(config).hexdigest()[:16],
         "made_by": {k: {n: sorted(v) for n, v in d.items()} for k, d in sorted(found.items())},
+        **({"funnel": yields} if yields else {}),
     }
 
 
@@ -80,7 +83,7 @@ def provenance_sections(made: dict) -> str:
         for stage, d in made["made_by"].items()
     )
     dropped_rows = "\n".join(f"| {k} | {v} |" for k, v in made["dropped"].items()) or "| (none) | 0 |"
-    return f"""## What made it
+    return f"""{funnel_section(made.get("funnel"))}## What made it
 
 | stage | model | prompt version |
 |---|---|---|
@@ -111,3 +114,33 @@ def push(export: ExportConfig, configs: dict[str, object]) -> str:
         extra = {} if name == "default" else {"config_name": name}
         dataset.push_to_hub(export.hub_repo, token=token, private=export.private, **extra)
     return export.hub_repo
+
+
+def funnel_section(found: dict | None) -> str:
+    """The card's yield funnel: generated, what each step kept and dropped (and why), kept per split, the tokens
+    (cost) per 1,000 kept, and what ended with none kept; "" without a funnel."""
+    if not found:
+        return ""
+    steps = "\n".join(
+        f"| {s['step']} | {s['in']} | {s['dropped']} | {s['kept']} | "
+        f"{', '.join(f'{k} {v}' for k, v in s['reasons'].items())} |"
+        for s in found["steps"]
+    )
+    splits = ", ".join(f"{k} {v}" for k, v in found["splits"].items())
+    spend = found.get("spend", {})
+    per = [f"{spend['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend else []
+    per += [f"${spend['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend else []
+    warnings = "".join(f"- warning: {w}\n" for w in found.get("warnings", []))
+    return f"""## Yield funnel
+
+{found["generated"]} generated, {found["kept"]} kept ({splits or "no split yet"}){
+        f"; per 1,000 kept: {' or '.join(per)}" if per else ""
+    }. Every generated row is kept or counted once, under the first step that dropped it.
+
+| step | in | dropped | kept | reasons |
+|---|---|---|---|---|
+| generated | {found["generated"]} | 0 | {found["generated"]} | |
+{steps}
+
+{warnings}
+"""
