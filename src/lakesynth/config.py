@@ -69,7 +69,7 @@ def _packaged_prompt(name: str) -> str:
 
 
 class UseCaseConfig(Section):
-    name: str = Field("bank", description="Short name of the use case, recorded with every run.")
+    name: str = Field("default", description="Short name of the use case, recorded with every run.")
     rules_file: str | None = Field(None, description="Markdown file with the domain rules and tone of voice.")
     rules: str = Field("", description="The domain rules text; read from rules_file when that is set.")
     system_prompt: str | None = Field(
