@@ -201,6 +201,12 @@ class LLMLoopConfig(Section):
         "(journal files are written once: Volumes cannot append). A crash loses at most the requests in flight "
         "and the last interval's results; 0 writes one file per request.",
     )
+    progress_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between the plain progress lines (done/total, errors, rate, ETA) an LLM stage prints "
+        "where no terminal shows its progress bar: a task or CI log, output piped to a file.",
+    )
 
 
 class LLMStageConfig(Section):

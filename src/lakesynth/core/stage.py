@@ -51,7 +51,7 @@ class StageResult:
         # Rows already there from an earlier run (an LLM stage's `skipped`, the seed stage's `stored`): on a rerun
         # "12 in, 0 out" read like data lost, so the line says they are kept.
         stored = self.metrics.get("skipped") or self.metrics.get("stored") or 0
-        said = ("skipped", "stored") if stored else ()
+        said = ("skipped", "stored")
         out = f"{self.rows_out} new ({stored} already stored)" if stored else f"{self.rows_out} out"
         extra = "".join(
             f", {k} {v}" for k, v in self.metrics.items() if not isinstance(v, dict | list) and k not in said

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
+from lakesynth.llm import progress
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
 from lakesynth.llm.retry import (
@@ -87,6 +88,10 @@ class Pool:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.in_flight),
         )
         self.bar = tqdm(total=0, desc=call.label, unit="req", mininterval=1.0, file=sys.stderr, disable=None)
+        # Without a terminal (the bar is off): the stage's progress lines, else this pool's own.
+        self.lines = progress.current(call.label)
+        self.own_lines = None if self.lines or progress.terminal() else progress.Lines(call.label, last=False)
+        self.lines = self.lines or self.own_lines
         self.request_rate = _rate_limit(endpoint, "requests", teacher.requests_per_minute, workers)
         self.token_rate = _rate_limit(endpoint, "tokens", teacher.tokens_per_minute, workers)
         for rate in (self.request_rate, self.token_rate):
@@ -103,6 +108,8 @@ class Pool:
         """Results for one batch; `done` holds the journal's successes for its fingerprints."""
         self.bar.total += len(keys)
         self.bar.refresh()
+        if self.own_lines:
+            self.own_lines.add_total(len(keys))
         # A fixed set of tasks pulls the requests in order: memory follows the requests in flight, not the
         # batch. Twice the limit, so a request waiting out a backoff does not leave a slot idle.
         results: list[Result] = [None] * len(keys)  # type: ignore[list-item]
@@ -116,6 +123,8 @@ class Pool:
                 else:
                     results[i] = await self.one(key, encoded, fp)
                 self.bar.update()
+                if self.lines:
+                    self.lines.update(errors=results[i].error is not None)
 
         await asyncio.gather(*(worker() for _ in range(min(2 * self.in_flight, len(keys)))))
         self.journal.flush()
@@ -240,6 +249,8 @@ class Pool:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         self.bar.close()
+        if self.own_lines:
+            self.own_lines.close()
         self.journal.close()
         await self.client.aclose()
 
