@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +40,30 @@ def test_a_stage_with_its_output_piped_prints_progress_lines(tmp_path, teacher_s
     assert done == sorted(done) and all(int(m[2]) == 24 for m in lines)
     assert (lines[-1][1], lines[-1][3]) == ("24", "0")  # the last: done = total, no errors
     assert "ETA" in " ".join(m.string for m in lines if 0 < int(m[1]) < 24)
+
+
+def test_ctrl_c_ends_the_run_within_seconds_and_the_rerun_pays_only_what_had_not_finished(tmp_path, teacher_server):
+    teacher_server.reset(latency_ms=200)  # 24 requests two at a time: about 2.4 s of them
+    args = run_args(teacher_server, tmp_path, "--set", "endpoints.teacher.max_concurrency=2")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 120
+    while teacher_server.stats.completions < 6 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10 and proc.returncode == 130, err
+    assert "interrupted: finished requests are kept" in err
+    interrupted = teacher_server.stats.requests
+    assert interrupted < 20  # it stopped: 24 questions requests and a preflight make a whole run
+
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env(), check=False)
+    assert rerun.returncode == 0 and "questions: ok, 24 in, 72 out, 0 errors" in rerun.stdout, rerun.stderr
+    paid = teacher_server.stats.requests
+
+    teacher_server.reset()
+    whole = run_args(teacher_server, tmp_path / "whole")
+    assert subprocess.run(whole, cwd=ROOT, capture_output=True, timeout=300, env=env(), check=False).returncode == 0
+    # Every request paid once over both runs, but the rerun's preflight and the two that were in flight.
+    assert teacher_server.stats.requests <= paid <= teacher_server.stats.requests + 1 + 2

@@ -17,6 +17,9 @@ from lakesynth import pipeline
 from lakesynth.core import registry, starter
 from lakesynth.core.command import build_config, config_file, configure, describe_config, neutral, parse_args
 from lakesynth.errors import ConfigError, LakesynthError
+from lakesynth.llm import stop
+
+INTERRUPTED = "interrupted: finished requests are kept; rerun the same command to resume where it stopped"
 
 __all__ = ["build_config", "config_file", "configure", "describe_config", "main", "parse_args"]
 
@@ -121,13 +124,14 @@ def _main(argv: list[str] | None = None) -> int:
         config = describe_config(config_file(args), neutral_default=neutral(args))
         line = f"lakesynth: {config}; {jobs.describe(job)}; {sources}"
         print(line, file=sys.stderr, flush=True)
-        summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
+        with stop.on_interrupt(INTERRUPTED):
+            summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
     except LakesynthError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the teacher and engine are already stopped; finished calls are journaled
-        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
-        return 130
+        print(INTERRUPTED, file=sys.stderr)
+        return stop.EXIT_CODE
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

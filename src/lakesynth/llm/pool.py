@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
-from lakesynth.llm import progress
+from lakesynth.llm import progress, stop
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
 from lakesynth.llm.retry import (
@@ -70,6 +70,7 @@ class Pool:
         self.preflight = preflight  # a 400 stops the stage (the request's shape is what a preflight checks)
         self.answered = False  # has the endpoint answered any request of this pool yet?
         self.journal = Journal(call.journal_dir, teacher.journal_flush_s)
+        stop.register(self.journal)  # a Ctrl-C writes its finished requests at once
         self.in_flight = max(1, -(-teacher.max_concurrency // workers))
         # The pool's share of max_concurrency is the most in flight; the endpoint's throttles decide how many
         # of them are used (shared with every pool of this process that calls it).
@@ -117,6 +118,8 @@ class Pool:
 
         async def worker() -> None:
             for i, (key, encoded, fp) in todo:
+                if stop.requested():  # Ctrl-C: no new requests; the process is ending
+                    return
                 hit = done.get(fp)
                 if hit:
                     results[i] = dataclasses.replace(hit, key=key, from_journal=True)
@@ -252,6 +255,7 @@ class Pool:
         if self.own_lines:
             self.own_lines.close()
         self.journal.close()
+        stop.unregister(self.journal)
         await self.client.aclose()
 
 
