@@ -126,6 +126,9 @@ def test_the_wheel_carries_the_job_files_and_the_default_config(site):
     named = yaml.safe_load(config.read_text())
     for rel in (named["use_case"]["rules_file"], named["seed"]["path"]):
         assert (config.parent / rel).read_bytes() == (ROOT / "conf" / rel).read_bytes()
+    # The templates `lakesynth init` writes a project from.
+    for template in (ROOT / "src" / "lakesynth" / "starter").iterdir():
+        assert (site / "lakesynth" / "starter" / template.name).read_bytes() == template.read_bytes()
 
 
 def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_path):
