@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Self, TextIO
 
 DEFAULT_INTERVAL_S = 30.0
 _open: dict[str, Lines] = {}  # stage name -> its progress lines, while it runs
@@ -88,6 +88,12 @@ class Lines:
             print(text, file=self.file, flush=True)
         except (OSError, ValueError):  # the stream went away (a closed pipe): progress is never the run's failure
             pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if not self._stop.is_set():
