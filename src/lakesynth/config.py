@@ -31,7 +31,8 @@ def packaged_config() -> Path:
 
 def default_config_file() -> Path | None:
     """The config used without --config: conf/lakesynth.yml in the working folder if it exists (a project
-    checkout), else the packaged default (an installed lakesynth run from any folder), else none."""
+    checkout), else the packaged one (an installed lakesynth run from any folder: the command line takes its
+    settings and sources, not its bank use case; core/command.py's `neutral`), else none."""
     if DEFAULT_CONFIG.is_file():
         return DEFAULT_CONFIG
     packaged = packaged_config()
