@@ -92,7 +92,7 @@ def config_file(args: argparse.Namespace) -> Path | None:
     config packaged in the wheel (with `neutral`'s overrides)."""
     if args.config:
         sample = SAMPLES.get(args.config)
-        return packaged_config().with_name(sample) if sample and not Path(args.config).exists() else Path(args.config)
+        return packaged_config().with_name(sample) if sample and not Path(args.config).is_file() else Path(args.config)
     return default_config_file()
 
 
