@@ -49,7 +49,7 @@ def test_seed_stage_writes_delta_readable_by_another_reader_and_session(tmp_path
     assert spark.table("main.cli.seed_questions").count() == 24
     # A second process adds nothing.
     again = lakesynth("seed", "--warehouse", str(warehouse), "--schema", "cli")
-    assert again.returncode == 0 and "24 in, 0 out" in again.stdout
+    assert again.returncode == 0 and "seed: ok, 24 in, 0 new (24 already stored), 0 errors" in again.stdout
 
 
 def test_bad_seed_file_exits_nonzero_with_named_error(tmp_path):
@@ -61,6 +61,12 @@ def test_bad_seed_file_exits_nonzero_with_named_error(tmp_path):
     report = json.loads(summary.read_text())
     assert report["stages"]["seed"]["status"] == "failed"
     assert not (tmp_path / "wh" / "main" / "lakesynth_dev" / seeds.TABLE.name).exists()  # checked before any table
+    # One line names every stage the failure stopped, in run order (not one line per stage).
+    stopped = [k for k, s in report["stages"].items() if s.get("stopped")]
+    assert len(stopped) > 5 and stopped[0] == "questions"
+    assert [line for line in proc.stdout.splitlines() if "seed failed" in line] == [
+        f"not run (seed failed): {', '.join(stopped)}"
+    ]
 
 
 def test_bad_config_exits_2_naming_key(tmp_path):
@@ -126,7 +132,9 @@ def test_another_spec_runs_the_tools_job_to_the_end_on_the_packaged_config(tmp_p
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     first = _first_line(proc)
-    assert "(packaged default)" in first and f"sources --tools {TRAVEL / 'tools.json'}, --functions" in first
+    assert (
+        "config: domain-neutral default" in first and f"sources --tools {TRAVEL / 'tools.json'}, --functions" in first
+    )
     assert first.endswith("; not used: the config's tools.seeds")
     stages = json.loads(summary.read_text())["stages"]
     assert stages["call_generation"]["disabled"].startswith("no seeds to generate from")
@@ -148,7 +156,9 @@ def test_a_taxonomy_alone_is_the_only_seed_source_on_the_packaged_config(tmp_pat
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"; sources --taxonomy {GARDENING}; not used: the config's seed.path; use case" in _first_line(proc)
+    first = _first_line(proc)  # no config of its own: no domain's use case comes along, nothing to warn of
+    assert "config: domain-neutral default" in first
+    assert first.endswith(f"; sources --taxonomy {GARDENING}; not used: the config's seed.path")
     report = json.loads(summary.read_text())
     stages = report["stages"]
     assert stages["seed"]["disabled"].startswith("seed.path is empty")

@@ -27,7 +27,7 @@ def _cfg(llm_cfg):
     )
 
 
-def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher_server):
+def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher_server, capsys):
     cfg = _cfg(llm_cfg)
     for stage in (seeds, questions, responses, chat_jsonl):
         stage.run(context(cfg))
@@ -35,7 +35,11 @@ def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher
         evaluate.run(context(cfg))
     adapter = finetune.run(context(cfg)).files["adapter"]
     teacher_server.reset()
+    capsys.readouterr()
     result = evaluate.run(context(cfg))
+    # No terminal here (pytest captures stderr): each student's answers end with a progress line, done = total.
+    said = capsys.readouterr().err
+    assert "evaluate base student: 3/3 done, 0 errors" in said and "evaluate tuned student: 3/3 done" in said
     rt = where(cfg)
     held_out = tables.read(spark, rt, chat_jsonl.TABLE).where("split = 'val'").orderBy("example_id").limit(3)
     ids = [r.example_id for r in held_out.collect()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def _dpo(cfg, **settings):
     return cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"method": "dpo", **settings})})
 
 
-def test_local_dpo_trains_a_lora_adapter_and_records_the_rewards(cfg):
+def test_local_dpo_trains_a_lora_adapter_and_records_the_rewards(cfg, capsys):
     files = finetune.split_files(where(cfg), "dpo")
     assert files["train"].endswith("/training_preference/dpo/train.jsonl")
     write(Path(files["train"]), "\n".join(_dpo_line(*pair) for pair in PAIRS[:6]) + "\n")
@@ -109,6 +110,8 @@ def test_local_dpo_trains_a_lora_adapter_and_records_the_rewards(cfg):
     assert os.path.isfile(os.path.join(result.files["adapter"], "adapter_config.json"))
     saved = json.loads(Path(result.files["adapter"]).parent.joinpath("metrics.json").read_text())
     assert saved["method"] == "dpo" and saved["reward_margin_after"] == m["reward_margin_after"]
+    # No terminal here (pytest captures stderr): plain progress lines, the last at the last step.
+    assert re.findall(r"^finetune: step (\d+)/2", capsys.readouterr().err, re.MULTILINE)[-1] == "2"
 
 
 def test_dpo_without_the_preference_files_says_which_stage_to_run(cfg):

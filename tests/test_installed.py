@@ -126,6 +126,9 @@ def test_the_wheel_carries_the_job_files_and_the_default_config(site):
     named = yaml.safe_load(config.read_text())
     for rel in (named["use_case"]["rules_file"], named["seed"]["path"]):
         assert (config.parent / rel).read_bytes() == (ROOT / "conf" / rel).read_bytes()
+    # The templates `lakesynth init` writes a project from.
+    for template in (ROOT / "src" / "lakesynth" / "starter").iterdir():
+        assert (site / "lakesynth" / "starter" / template.name).read_bytes() == template.read_bytes()
 
 
 def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_path):
@@ -144,7 +147,10 @@ def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_pat
     assert "RETURNED" in proc.stderr
     assert "seed: ok, 2 in, 2 out, 0 errors" in proc.stdout
     config, job = _packaged(site, "conf", "lakesynth.yml"), _packaged(site, "resources", "lakesynth.job.yml")
-    assert f"lakesynth: config {config} (packaged default); job lakesynth from {job} (packaged)" in proc.stderr
+    first = next(line for line in proc.stderr.splitlines() if line.startswith("lakesynth: "))
+    assert first.startswith(f"lakesynth: config: domain-neutral default (no domain rules, a generic system prompt; "
+                            f"the settings of {config}); `lakesynth init` writes a project of your own")  # fmt: skip
+    assert f"; job lakesynth from {job} (packaged)" in first
     table = json.loads(summary.read_text())["tables"]["seed_questions"]
     assert table["rows"] == 2 and len(deltalake.DeltaTable(table["location"]).to_pandas()) == 2
 
@@ -214,7 +220,7 @@ def test_a_single_stage_task_needs_no_bundle_files(site, workspace, tmp_path):
     # The same stage with no config file at all: the packaged default, and its packaged seed file.
     proc = lakesynth(site, tmp_path / "bare", "seed", "--catalog", "main", "--schema", "s2", "--run-id", "7", *tail)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "(packaged default)" in proc.stderr and "seed: ok" in proc.stdout
+    assert "config: domain-neutral default" in proc.stderr and "seed: ok" in proc.stdout
 
 
 def test_a_failing_stage_makes_the_entry_point_raise(site, tmp_path):

@@ -14,9 +14,12 @@ import sys
 from pathlib import Path
 
 from lakesynth import pipeline
-from lakesynth.core import registry
-from lakesynth.core.command import build_config, config_file, configure, describe_config, parse_args
-from lakesynth.errors import LakesynthError
+from lakesynth.core import registry, starter
+from lakesynth.core.command import build_config, config_file, configure, describe_config, neutral, parse_args
+from lakesynth.errors import ConfigError, LakesynthError
+from lakesynth.llm import stop
+
+INTERRUPTED = "interrupted: finished requests are kept; rerun the same command to resume where it stopped"
 
 __all__ = ["build_config", "config_file", "configure", "describe_config", "main", "parse_args"]
 
@@ -85,6 +88,27 @@ def look(args) -> int:
     return 0
 
 
+def init(args) -> int:
+    """`lakesynth init`: the starting project, and what to do next."""
+    graphs = pipeline.locate_jobs(Path.cwd()).graphs()
+    if args.job not in graphs:
+        raise ConfigError(f"--job {args.job}: no such job (known: {', '.join(graphs)})")
+    folder = Path(args.folder)
+    project = starter.init(
+        folder, job_stages=[stage for stage, _ in graphs[args.job].values()], name=args.name, title=args.title
+    )
+    print("wrote " + ", ".join(str(p.relative_to(project.folder)) for p in project.files) + f" in {project.folder}")
+    job = "" if args.job == pipeline.DEFAULT_JOB else f" --job {args.job}"
+    where = "" if folder.resolve() == Path.cwd().resolve() else f"\n  cd {folder}"
+    print(
+        "next: write your rules in conf/rules.md and your seed questions in conf/seeds.csv"
+        + (", your tools in conf/functions.py and example calls in conf/tool_seeds.jsonl" if job else "")
+        + f", then:{where}\n  lakesynth preview{job}   # a few seeds through every stage, nothing stored"
+        + f"\n  lakesynth run{job}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """The entry point: exits with the run's code (SystemExit), never returns one."""
     code = _main(argv)
@@ -114,6 +138,8 @@ def _main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("show", "report"):
             return look(args)
+        if args.command == "init":
+            return init(args)
         job = getattr(args, "job", pipeline.DEFAULT_JOB)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
@@ -125,15 +151,17 @@ def _main(argv: list[str] | None = None) -> int:
             job = next((name for name, graph in graphs.items() if args.command in graph), job)
         cfg, sources = configure(args, [stage for stage, _ in graphs.get(job, {}).values()])
         # One line on stderr (stdout carries the stages' lines): what this run was read from.
-        line = f"lakesynth: {describe_config(config_file(args))}; {jobs.describe(job)}; {sources}"
+        config = describe_config(config_file(args), neutral_default=neutral(args))
+        line = f"lakesynth: {config}; {jobs.describe(job)}; {sources}"
         print(line, file=sys.stderr, flush=True)
-        summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
+        with stop.on_interrupt(INTERRUPTED):
+            summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
     except LakesynthError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the teacher and engine are already stopped; finished calls are journaled
-        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
-        return 130
+        print(INTERRUPTED, file=sys.stderr)
+        return stop.EXIT_CODE
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -31,7 +31,8 @@ def packaged_config() -> Path:
 
 def default_config_file() -> Path | None:
     """The config used without --config: conf/lakesynth.yml in the working folder if it exists (a project
-    checkout), else the packaged default (an installed lakesynth run from any folder), else none."""
+    checkout), else the packaged one (an installed lakesynth run from any folder: the command line takes its
+    settings and sources, not its bank use case; core/command.py's `neutral`), else none."""
     if DEFAULT_CONFIG.is_file():
         return DEFAULT_CONFIG
     packaged = packaged_config()
@@ -69,7 +70,7 @@ def _packaged_prompt(name: str) -> str:
 
 
 class UseCaseConfig(Section):
-    name: str = Field("bank", description="Short name of the use case, recorded with every run.")
+    name: str = Field("default", description="Short name of the use case, recorded with every run.")
     rules_file: str | None = Field(None, description="Markdown file with the domain rules and tone of voice.")
     rules: str = Field("", description="The domain rules text; read from rules_file when that is set.")
     system_prompt: str | None = Field(
@@ -200,6 +201,12 @@ class LLMLoopConfig(Section):
         description="Seconds a worker buffers finished requests before writing them as a new journal file "
         "(journal files are written once: Volumes cannot append). A crash loses at most the requests in flight "
         "and the last interval's results; 0 writes one file per request.",
+    )
+    progress_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between the plain progress lines (done/total, errors, rate, ETA) an LLM stage prints "
+        "where no terminal shows its progress bar: a task or CI log, output piped to a file.",
     )
 
 

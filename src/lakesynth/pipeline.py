@@ -206,6 +206,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
         serverless.arm()
     tracker = tracking.Tracker(cfg, ctx.rt).start()
     touched: dict[str, tables.Table] = {}
+    not_run: dict[str, list[str]] = {}  # why -> the stages it stopped: one line each, after the stages
 
     def report(key: str, stage: str, files: dict[str, str] | None = None) -> None:
         """What a task did, in MLflow and in the run_log table."""
@@ -220,7 +221,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             stopped = _stopped(deps, summary["stages"], graph, registered)
             if stopped:
                 summary["stages"][key] = {"status": "skipped", "reason": stopped, "stopped": True}
-                print(f"{key}: skipped ({stopped})", flush=True)
+                not_run.setdefault(stopped, []).append(key)
                 report(key, stage)
                 continue
             started = time.monotonic()
@@ -266,6 +267,8 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
             report(key, stage, result.files)
+        for why, keys in not_run.items():
+            print(f"not run ({why}): {', '.join(keys)}", flush=True)
         ran = [graph[key][0] for key, entry in summary["stages"].items() if entry["status"] == "ok"]
         _funnel(ctx, summary, registered, [stage for stage, _ in graph.values()], ran)
         if summary["stages"]:

@@ -19,12 +19,27 @@ from lakesynth.core import registry
 from lakesynth.core import sources as job_sources
 from lakesynth.core.bundle import DEFAULT_JOB
 
+# The packaged samples a --config may name: the bank chatbot (and the toy bank's tools), the taxonomy sample.
+SAMPLES = {"bank": "lakesynth.yml", "taxonomy": "taxonomy.yml"}
+GENERIC_SYSTEM_PROMPT = "You are a helpful assistant. Answer accurately and concisely; say so when you do not know."
+# A run with no config of its own keeps the packaged sample's settings and sources, not its domain: no rules, a
+# generic system prompt, no bank customers as the tool requests' personas.
+NEUTRAL_USE_CASE = [
+    "use_case.name=default",
+    "use_case.rules_file=''",
+    "use_case.rules=''",
+    f"use_case.system_prompt={json.dumps(GENERIC_SYSTEM_PROMPT)}",
+    "tools.generation.personas.roles=[]",
+]
+
 
 def _parser() -> argparse.ArgumentParser:
     registered = registry.default_stages()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", help="pipeline config YAML (default: conf/lakesynth.yml here if it exists, else the packaged one)"
+        "--config",
+        help="pipeline config YAML, or a packaged sample by name (" + ", ".join(SAMPLES) + "); default: "
+        "conf/lakesynth.yml here if it exists, else a domain-neutral default (no domain rules, a generic system prompt)",
     )
     helps: dict[str, list[str]] = {}  # each input's flag, as the stages that read it declare it (Stage.sources)
     for source in registry.sources(registered):
@@ -42,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set endpoints.teacher.max_concurrency=32 (repeatable)",
+        help="override a config key, e.g. --set endpoints.teacher.max_concurrency=32 (repeatable); a relative file "
+        "path given here (use_case.rules_file=my_rules.md, seed.path=...) is relative to the working folder",
     )
     common.add_argument("--summary", help="write the run summary JSON to this file")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -51,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run every task of a bundle job, in order")
     run.add_argument("--stages", help="comma-separated subset of the job's tasks to run")
     run.add_argument("--job", default=DEFAULT_JOB, help="the bundle job to run (default: %(default)s)")
+    init = sub.add_parser(
+        "init", help="write a starting project of your own domain: config, rules, seeds (and tools) templates"
+    )
+    init.add_argument("folder", nargs="?", default=".", help="where to write it (default: here); files go in conf/")
+    init.add_argument("--job", default=DEFAULT_JOB, help="the job it is for (default: %(default)s); "
+                      "the function-calling job's adds a functions template and seed pairs")  # fmt: skip
+    init.add_argument("--name", help="the use case's name (default: the folder's name)")
+    init.add_argument("--title", help="what the assistant is of, in the prompts (default: from the name)")
     stages = sub.add_parser("stages", help="list each job's stages in order, with the tables they read and write")
     stages.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
     for name, stage in registered.items():
@@ -71,15 +95,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def config_file(args: argparse.Namespace) -> Path | None:
-    """--config, else conf/lakesynth.yml in the working folder, else the config packaged in the wheel."""
-    return Path(args.config) if args.config else default_config_file()
+    """--config (a file, or a packaged sample by name), else conf/lakesynth.yml in the working folder, else the
+    config packaged in the wheel (with `neutral`'s overrides)."""
+    if args.config:
+        sample = SAMPLES.get(args.config)
+        return packaged_config().with_name(sample) if sample and not Path(args.config).is_file() else Path(args.config)
+    return default_config_file()
 
 
-def describe_config(file: Path | None) -> str:
+def neutral(args: argparse.Namespace) -> bool:
+    """Whether this run takes the domain-neutral default: no config of its own (no --config, no conf/lakesynth.yml
+    here), so the packaged sample's settings and sources without its use case (NEUTRAL_USE_CASE)."""
+    return not args.config and config_file(args) == packaged_config()
+
+
+def describe_config(file: Path | None, *, neutral_default: bool = False) -> str:
     if file is None:
         return "config none (built-in defaults)"
-    packaged = " (packaged default)" if file == packaged_config() else ""
+    if neutral_default:
+        return (
+            "config: domain-neutral default (no domain rules, a generic system prompt; the settings of "
+            f"{file.absolute()}); `lakesynth init` writes a project of your own, `--config bank` runs the bank sample"
+        )
+    packaged = " (packaged sample)" if file.parent == packaged_config().parent else ""
     return f"config {file.absolute()}{packaged}"
+
+
+def _from_here(item: str, path_keys: Collection[str]) -> str:
+    """A `--set` of a file path, made absolute against the working folder (a path typed on the command line is
+    the user's, not the config file's folder's); any other override as given."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    value = raw.strip().strip("'\"")
+    is_path = key in path_keys or key.endswith("_file")
+    if not sep or not is_path or not value or value.startswith("table:") or "://" in value or Path(value).is_absolute():
+        return item
+    return f"{key}={json.dumps(str(Path(value).resolve()))}"
 
 
 def build_config(args: argparse.Namespace, job_stages: Collection[str] = ()) -> Config:
@@ -109,7 +160,10 @@ def configure(args: argparse.Namespace, job_stages: Collection[str]) -> tuple[Co
     ):
         if getattr(args, flag):
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
-    cfg = registry.load_config(config_file(args), overrides + list(args.overrides))
+    path_keys = {key for source in registry.sources(stages) for key in source.keys}
+    given = [_from_here(item, path_keys) for item in args.overrides]
+    defaults = NEUTRAL_USE_CASE if neutral(args) else []
+    cfg = registry.load_config(config_file(args), defaults + overrides + given)
     set_keys = [item.partition("=")[0].strip() for item in args.overrides]  # a --set of a source is the user's
     clear = job_sources.cleared(args, sources, kept=set_keys)
     set_aside = [key for key in clear if job_sources.value(cfg, key)]

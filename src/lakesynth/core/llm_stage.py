@@ -42,7 +42,7 @@ from lakesynth.core.stage import RunContext, StageResult
 from lakesynth.core.tables import S, Table
 from lakesynth.core.templates import prompt_version
 from lakesynth.errors import EndpointError, StageError
-from lakesynth.llm import ai_query
+from lakesynth.llm import ai_query, progress
 from lakesynth.llm.retry import THROTTLED
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 
@@ -271,21 +271,26 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     totals, started = LLMTotals(), time.time()
     reset_concurrency(call.endpoint)  # the stage's own course of the endpoint's limit, in its summary
     parts = tables.chunks(source, step.key, attempted, max(1, cfg.llm.chunk_rows // step.rows_per_request))
-    for number, part in enumerate(parts, start=1):
-        chunk_call = dataclasses.replace(
-            call, label=step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
-        )
-        todo = pending(part)
-        if via == DRIVER:
-            replies = _from_driver(ctx, step, todo, chunk_call)
-        else:
-            replies = _from_ai_query(ctx, step, todo.repartition(cfg.llm.partitions), chunk_call, via)
-        # Staged again: the MERGE reads its source more than once, and the totals too.
-        staged = tables.materialize(spark, rt, f"{step.name}_rows", step.rows(replies))
-        tables.upsert(spark, rt, step.table, staged, run_id=cfg.run_id, replace_by=step.replace_by)
-        totals.add(staged, group=step.key)
-        if step.metrics:
-            totals.extra.update(step.metrics(staged))
+    with progress.stage(step.name, attempted, interval=cfg.llm.progress_s) as lines:
+        requested = 0
+        for number, part in enumerate(parts, start=1):
+            chunk_call = dataclasses.replace(
+                call, label=step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
+            )
+            todo = pending(part)
+            if via == DRIVER:
+                replies = _from_driver(ctx, step, todo, chunk_call)
+            else:
+                replies = _from_ai_query(ctx, step, todo.repartition(cfg.llm.partitions), chunk_call, via)
+            # Staged again: the MERGE reads its source more than once, and the totals too.
+            staged = tables.materialize(spark, rt, f"{step.name}_rows", step.rows(replies))
+            tables.upsert(spark, rt, step.table, staged, run_id=cfg.run_id, replace_by=step.replace_by)
+            totals.add(staged, group=step.key)
+            if step.metrics:
+                totals.extra.update(step.metrics(staged))
+            if lines and rt.databricks:  # the requests ran on the executors: the line counts merged chunks
+                requested += replies.count()  # staged: one row per request
+                lines.reached(requested)
     if call.journal_dir:
         llm.clear_journal(call.journal_dir)
     result.rows_out, result.errors = totals.rows, totals.failed

@@ -91,7 +91,8 @@ def describe(
     text = "sources " + (", ".join(used) if used else "none")
     if set_aside:
         text += "; not used: the config's " + ", ".join(set_aside)
-        if any(s.use_case for s in sources) and not any(k.startswith("use_case") for k in set_keys):
+        domain = cfg.use_case.rules  # the domain-neutral default has none: nothing of another domain comes along
+        if domain and any(s.use_case for s in sources) and not any(k.startswith("use_case") for k in set_keys):
             # The use case is no source, but the config's (the sample's bank rules) would shape the user's data.
             text += (
                 f"; use case '{cfg.use_case.name}' of the config: its rules and system prompt shape this data "

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Journal:
         self.flush_s = flush_s
         self._lines: list[str] = []
         self._since = 0.0  # when the oldest buffered line came (time.monotonic)
+        self._lock = threading.Lock()  # the pool's loop appends; a Ctrl-C writes from the main thread (stop.py)
 
     def load(self, wanted: set[str]) -> dict[str, Result]:
         """Successful results for the `wanted` fingerprints (a torn last line from a killed process is
@@ -65,21 +67,29 @@ class Journal:
         """Buffer one finished request; flush once the buffer is `flush_s` old."""
         if not self.folder:
             return
-        if not self._lines:
-            self._since = time.monotonic()
         # vars(), not asdict(): the same fields in the same order, without a deep copy of the output.
-        self._lines.append(json.dumps(vars(result), ensure_ascii=False) + "\n")
+        line = json.dumps(vars(result), ensure_ascii=False) + "\n"
+        with self._lock:
+            if not self._lines:
+                self._since = time.monotonic()
+            self._lines.append(line)
         if time.monotonic() - self._since >= self.flush_s:
             self.flush()
 
     def flush(self) -> None:
         """Write the buffer as a new file in one write, no temp file and rename (a rename on a Volume is a copy):
         a reader, or a crash, that meets the file half written finds a torn last line, which `load` skips."""
-        if not self._lines:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if not lines:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{uuid.uuid4().hex}.jsonl").write_text("".join(self._lines), encoding="utf-8")
-        self._lines = []
+        (self.folder / f"{uuid.uuid4().hex}.jsonl").write_text("".join(lines), encoding="utf-8")
+
+    def flush_now(self) -> None:
+        """Write what is buffered, and from now on every result as it comes (the run is being stopped)."""
+        self.flush_s = 0.0
+        self.flush()
 
     def close(self) -> None:
         self.flush()

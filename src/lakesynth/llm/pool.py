@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
+from lakesynth.llm import progress, stop
 from lakesynth.llm.auth import Auth, Endpoint
 from lakesynth.llm.journal import Journal, Result
 from lakesynth.llm.retry import (
@@ -69,6 +70,7 @@ class Pool:
         self.preflight = preflight  # a 400 stops the stage (the request's shape is what a preflight checks)
         self.answered = False  # has the endpoint answered any request of this pool yet?
         self.journal = Journal(call.journal_dir, teacher.journal_flush_s)
+        stop.register(self.journal)  # a Ctrl-C writes its finished requests at once
         self.in_flight = max(1, -(-teacher.max_concurrency // workers))
         # The pool's share of max_concurrency is the most in flight; the endpoint's throttles decide how many
         # of them are used (shared with every pool of this process that calls it).
@@ -87,6 +89,10 @@ class Pool:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.in_flight),
         )
         self.bar = tqdm(total=0, desc=call.label, unit="req", mininterval=1.0, file=sys.stderr, disable=None)
+        # Without a terminal (the bar is off): the stage's progress lines, else this pool's own.
+        self.lines = progress.current(call.label)
+        self.own_lines = None if self.lines or progress.terminal() else progress.Lines(call.label, last=False)
+        self.lines = self.lines or self.own_lines
         self.request_rate = _rate_limit(endpoint, "requests", teacher.requests_per_minute, workers)
         self.token_rate = _rate_limit(endpoint, "tokens", teacher.tokens_per_minute, workers)
         for rate in (self.request_rate, self.token_rate):
@@ -103,6 +109,8 @@ class Pool:
         """Results for one batch; `done` holds the journal's successes for its fingerprints."""
         self.bar.total += len(keys)
         self.bar.refresh()
+        if self.own_lines:
+            self.own_lines.add_total(len(keys))
         # A fixed set of tasks pulls the requests in order: memory follows the requests in flight, not the
         # batch. Twice the limit, so a request waiting out a backoff does not leave a slot idle.
         results: list[Result] = [None] * len(keys)  # type: ignore[list-item]
@@ -110,12 +118,16 @@ class Pool:
 
         async def worker() -> None:
             for i, (key, encoded, fp) in todo:
+                if stop.requested():  # Ctrl-C: no new requests; the process is ending
+                    return
                 hit = done.get(fp)
                 if hit:
                     results[i] = dataclasses.replace(hit, key=key, from_journal=True)
                 else:
                     results[i] = await self.one(key, encoded, fp)
                 self.bar.update()
+                if self.lines:
+                    self.lines.update(errors=results[i].error is not None)
 
         await asyncio.gather(*(worker() for _ in range(min(2 * self.in_flight, len(keys)))))
         self.journal.flush()
@@ -240,7 +252,10 @@ class Pool:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         self.bar.close()
+        if self.own_lines:
+            self.own_lines.close()
         self.journal.close()
+        stop.unregister(self.journal)
         await self.client.aclose()
 
 

@@ -20,7 +20,7 @@ import json
 import random
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 EMBEDDING_DIM = 64
@@ -83,6 +83,7 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
     runs: dict = field(default_factory=dict)  # Jobs API: run id -> {"polls", "state", "body"}
     cancelled: list = field(default_factory=list)
+    prompts: deque = field(default_factory=lambda: deque(maxlen=1000))  # the latest chat requests' messages, as sent
 
     def as_dict(self) -> dict:
         return {
@@ -230,6 +231,7 @@ class StandIn:
         if wrong_key or self.stats.requests <= opts.expire_first:
             return 401, {}, {"error": {"message": "Invalid or expired access token", "type": "authentication_error"}}
         request = json.loads(body)
+        self.stats.prompts.append(request.get("messages"))
         if opts.models and request.get("model") not in opts.models:
             return 404, {}, {"error": {"message": f"The model `{request.get('model')}` does not exist"}}
         fmt = request.get("response_format") or {}

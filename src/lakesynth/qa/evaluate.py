@@ -119,7 +119,13 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
             started = time.monotonic()
             prompts = [[{"role": m.role, "content": m.content} for m in e.messages[:-1]] for e in chosen]
             replies = student.answer(
-                model, tokenizer, prompts, tuned=variant == "tuned", max_new_tokens=ctx.cfg.evaluate.max_new_tokens
+                model,
+                tokenizer,
+                prompts,
+                tuned=variant == "tuned",
+                max_new_tokens=ctx.cfg.evaluate.max_new_tokens,
+                label=f"evaluate {variant} student",
+                progress_s=ctx.cfg.llm.progress_s,
             )
             each = (time.monotonic() - started) / len(chosen)
             rows += [

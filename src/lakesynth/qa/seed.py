@@ -107,6 +107,13 @@ def read_seed_file(path: str, required=REQUIRED, optional=OPTIONAL, extra_hint: 
 
 
 def _parse_csv(path: str, text: str) -> pd.DataFrame:
+    # Lines that start with '#' above the header are comments (a template's notes); below it, every line is data.
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    text = "".join(lines)
+    if not text.strip():
+        raise SeedError(f"{path}: no header line (topic,question,in_scope) after the comments")
     if text.lstrip()[:1] in ("{", "["):
         raise SeedError(f"{path}: looks like JSON, not CSV; name it .jsonl or convert it")
     import csv
@@ -279,7 +286,11 @@ def run(ctx: RunContext) -> StageResult:
     removed = tables.delete_absent(spark, rt, TABLE, "seed_id", seeds) if cfg.seed.mode == "mirror" else 0
     after = tables.count(spark, rt, TABLE)
     return StageResult(
-        rows_in=rows_in, rows_out=after - before + removed, errors=0, tables=[TABLE], metrics={"removed": removed}
+        rows_in=rows_in,
+        rows_out=after - before + removed,
+        errors=0,
+        tables=[TABLE],
+        metrics={"removed": removed, "stored": rows_in - (after - before + removed)},  # already in the table
     )
 
 

@@ -122,7 +122,13 @@ def run(ctx: RunContext) -> StageResult:
     with student.loaded(model_dir, trained["adapter"]) as (model, tokenizer):
         for variant in VARIANTS:
             replies[variant] = student.answer(
-                model, tokenizer, prompts, tuned=variant == "tuned", max_new_tokens=settings.max_new_tokens
+                model,
+                tokenizer,
+                prompts,
+                tuned=variant == "tuned",
+                max_new_tokens=settings.max_new_tokens,
+                label=f"tool_evaluate {variant} student",
+                progress_s=cfg.llm.progress_s,
             )
     rows = []
     for i, e in enumerate(examples):

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from lakesynth.llm import progress
+
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 
 
@@ -74,14 +76,24 @@ def loaded(model_dir: str, adapter: str | None) -> Iterator:
 
 
 def answer(
-    model, tokenizer, prompts: list[list[dict]], *, tuned: bool, max_new_tokens: int = 160, batch_size: int = 8
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    *,
+    tuned: bool,
+    max_new_tokens: int = 160,
+    batch_size: int = 8,
+    label: str = "student",
+    progress_s: float = progress.DEFAULT_INTERVAL_S,
 ) -> list[str]:
-    """Each prompt's reply; with `tuned` false, the adapter is switched off (the base student)."""
+    """Each prompt's reply; with `tuned` false, the adapter is switched off (the base student). Without a terminal,
+    a progress line (`label`: done/total ...) every `progress_s` seconds: on a CPU this takes minutes."""
     import torch
 
     replies: list[str] = []
     off = nullcontext() if tuned or not hasattr(model, "disable_adapter") else model.disable_adapter()
-    with off, torch.no_grad():
+    lines = None if progress.terminal() else progress.Lines(label, len(prompts), interval=progress_s, unit="answers")
+    with off, torch.no_grad(), lines or nullcontext():
         for start in range(0, len(prompts), batch_size):
             texts = [
                 tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
@@ -93,4 +105,6 @@ def answer(
             )
             new = out[:, batch["input_ids"].shape[1] :]
             replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            if lines:
+                lines.update(len(texts))
     return replies

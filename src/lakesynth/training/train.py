@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +116,31 @@ def _trainer(method: str, beta: float):
     return SFTTrainer, SFTConfig, load_split
 
 
+def _progress_lines(every_s: float):
+    """A callback that prints `finetune: step 40/200, loss 1.234, 2.1 s/step, ETA 5 min` at most every `every_s`
+    seconds and at the last step: without a terminal, the trainer's bar shows nothing a log can follow."""
+    from transformers import TrainerCallback
+
+    class Lines(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = self.said = time.monotonic()
+            self.loss = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.loss = (logs or {}).get("loss", self.loss)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now, step, total = time.monotonic(), state.global_step, state.max_steps
+            if now - self.said < every_s and step < total:
+                return
+            self.said, each = now, (now - self.started) / max(step, 1)
+            loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
+            eta = f", ETA {round(each * (total - step))} s" if step < total else ""
+            print(f"finetune: step {step}/{total}{loss}, {each:.1f} s/step{eta}", file=sys.stderr, flush=True)
+
+    return Lines()
+
+
 def train(
     train_path: str,
     val_path: str,
@@ -129,6 +155,7 @@ def train(
     max_length: int = 256,
     beta: float = 0.1,
     seed: int = 42,
+    progress_s: float = 30.0,
 ) -> dict:
     """LoRA SFT or DPO of the student in folder `model` for `max_steps` steps; returns the metrics, also written to
     `<out_dir>/metrics.json`. SFT reports the validation loss; DPO also its implicit rewards on val: accuracy is the
@@ -144,9 +171,11 @@ def train(
         max_length=max_length,
         seed=seed,
     )
+    quiet = not sys.stderr.isatty()  # a task or CI log: plain lines every progress_s instead of a redrawn bar
     trainer = trainer_class(
         model=student,  # DPO: with a peft_config and no ref_model, the reference is this model with the adapter off
-        args=config(**common),
+        args=config(**common, disable_tqdm=quiet),
+        callbacks=[_progress_lines(progress_s)] if quiet else None,
         train_dataset=read(train_path),
         eval_dataset=read(val_path),
         processing_class=tokenizer,

@@ -1,0 +1,59 @@
+"""`lakesynth init`: a starting project of the user's own domain, so that no run has to borrow the packaged bank
+sample's rules. It writes conf/lakesynth.yml (found by a run from that folder), the rules and seed templates it
+names and, for a job that reads tools, a module of example functions and seed pairs. The templates are the files in
+starter/, with `$name`, `$title` and `$schema` filled in (string.Template: YAML and Python braces stay as they are).
+Nothing is asked interactively, and no existing file is overwritten.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from lakesynth.core import registry
+from lakesynth.errors import ConfigError
+
+# (template in starter/, file written under <folder>/conf/), for every job; then those of a job that reads tools.
+COMMON = (("lakesynth.yml", "lakesynth.yml"), ("rules.md", "rules.md"), ("seeds.csv", "seeds.csv"))
+TOOLS = (("functions.py.tmpl", "functions.py"), ("tool_seeds.jsonl", "tool_seeds.jsonl"))
+
+
+@dataclass(frozen=True)
+class Project:
+    folder: Path
+    files: list[Path]
+
+
+def slug(text: str) -> str:
+    """A name fit for a schema and a use case: lower case letters, digits and underscores."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "my_domain"
+
+
+def init(folder: Path, *, job_stages: list[str], name: str | None = None, title: str | None = None) -> Project:
+    """Write the starting project into `folder`/conf; a ConfigError naming every file already there (nothing is
+    written then). `job_stages` are the stages of the job it is for: one that reads tools gets the tools' files."""
+    folder = folder.resolve()
+    name = slug(name or folder.name)
+    title = title or name.replace("_", " ").title()
+    tools = any(source.flag == "tools" for source in registry.sources(registry.default_stages(), job_stages))
+    pairs = COMMON + (TOOLS if tools else ())
+    targets = [(template, folder / "conf" / target) for template, target in pairs]
+    present = [str(path) for _, path in targets if path.exists()]
+    if present:
+        raise ConfigError(
+            f"lakesynth init: {', '.join(present)} already exist(s); nothing was written "
+            "(move them away, or init another folder)"
+        )
+    values = {"name": name, "title": title, "schema": f"lakesynth_{name}"}
+    starter = resources.files("lakesynth") / "starter"
+    texts = {template: Template(starter.joinpath(template).read_text(encoding="utf-8")).substitute(values)
+             for template, _ in pairs}  # fmt: skip
+    if tools:
+        texts["lakesynth.yml"] += Template(starter.joinpath("tools.yml").read_text(encoding="utf-8")).substitute(values)
+    for template, path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(texts[template], encoding="utf-8")
+    return Project(folder, [path for _, path in targets])

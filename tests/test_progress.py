@@ -1,0 +1,69 @@
+"""Issue 27: a run you can watch and stop. Without a terminal an LLM stage prints plain progress lines; Ctrl-C ends
+the run within seconds, and the rerun pays only for what was not finished."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE = re.compile(r"^questions: (\d+)/(\d+) done, (\d+) errors, [\d.]+ req/s")
+
+
+def run_args(server, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "lakesynth.cli", "run", "--stages", "seed,questions",
+        "--warehouse", str(tmp_path / "wh"), "--set", f"endpoints.teacher.base_url={server.base_url}",
+        "--set", "endpoints.teacher.model=standin", "--set", "mlflow.enabled=false", *extra,
+    ]  # fmt: skip
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def test_a_stage_with_its_output_piped_prints_progress_lines(tmp_path, teacher_server):
+    # 24 requests, two at a time, 0.25 s each: about 3 s of requests, a line every 0.4 s.
+    teacher_server.reset(latency_ms=250)
+    args = run_args(teacher_server, tmp_path, "--set", "endpoints.teacher.max_concurrency=2")
+    args += ["--set", "llm.progress_s=0.4"]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env(), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [m for m in map(LINE.match, proc.stderr.splitlines()) if m]
+    assert len(lines) >= 4, proc.stderr
+    done = [int(m[1]) for m in lines]
+    assert done == sorted(done) and all(int(m[2]) == 24 for m in lines)
+    assert (lines[-1][1], lines[-1][3]) == ("24", "0")  # the last: done = total, no errors
+    assert "ETA" in " ".join(m.string for m in lines if 0 < int(m[1]) < 24)
+
+
+def test_ctrl_c_ends_the_run_within_seconds_and_the_rerun_pays_only_what_had_not_finished(tmp_path, teacher_server):
+    teacher_server.reset(latency_ms=200)  # 24 requests two at a time: about 2.4 s of them
+    args = run_args(teacher_server, tmp_path, "--set", "endpoints.teacher.max_concurrency=2")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 120
+    while teacher_server.stats.completions < 6 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10 and proc.returncode == 130, err
+    assert "interrupted: finished requests are kept" in err
+    interrupted = teacher_server.stats.requests
+    assert interrupted < 20  # it stopped: 24 questions requests and a preflight make a whole run
+
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env(), check=False)
+    assert rerun.returncode == 0 and "questions: ok, 24 in, 72 out, 0 errors" in rerun.stdout, rerun.stderr
+    paid = teacher_server.stats.requests
+
+    teacher_server.reset()
+    whole = run_args(teacher_server, tmp_path / "whole")
+    assert subprocess.run(whole, cwd=ROOT, capture_output=True, timeout=300, env=env(), check=False).returncode == 0
+    # Every request paid once over both runs, but the rerun's preflight and the two that were in flight.
+    assert teacher_server.stats.requests <= paid <= teacher_server.stats.requests + 1 + 2
