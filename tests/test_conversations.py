@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import deltalake
+import pandas as pd
 import pytest
 from conftest import ROOT, context, copy_schema, run_once, where
 from test_cli import lakesynth
@@ -85,11 +86,15 @@ def test_every_conversation_has_its_turns_in_order_and_the_jsonl_trains(spark, a
     assert teacher_server.stats.completions - teacher_server.stats.probes == expected  # one call a message
     # Each request carries the whole dialog so far: a fourth turn's reply is asked with every message before it.
     longest = next(c for c, n in last.items() if n == 4)
-    group = conversations.joined(
+    stored = conversations.stored(
         spark.createDataFrame(pairs[pairs.question_id == longest]), spark.createDataFrame(turns)
     )
-    planned = conversations.plan_round(group.toPandas(), turn=4, role="assistant", c=cfg.conversations)
-    (request,) = conversations.prompts(planned, template=cfg.conversations.assistant.template, rules="rules")
+    planned = conversations.plan_round(
+        stored.toPandas().iloc[0].to_dict(), turn=4, role="assistant", c=cfg.conversations
+    )
+    (request,) = conversations.prompts(
+        pd.DataFrame([planned]), template=cfg.conversations.assistant.template, rules="rules"
+    )
     earlier = turns[(turns.conversation_id == longest) & ((turns.turn < 4) | (turns.role == "user"))]
     texts = [*pairs.set_index("question_id").loc[longest, ["question", "answer"]], *earlier.content]
     assert len(texts) == 7 and all(t in request[0]["content"] for t in texts)

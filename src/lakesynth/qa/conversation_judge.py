@@ -88,25 +88,25 @@ DECIDED = (
 )
 
 
-def judged_turns(group: pd.DataFrame) -> pd.DataFrame:
-    """One row per stored assistant turn of the conversation, with the dialog before it (the pair, then the stored
-    messages up to the user message it answers). A turn whose earlier messages are not all stored is left out."""
-    first = group.iloc[0]
-    rows, out = dialogs.history(group), []
-    for i, row in enumerate(rows):
-        if row["role"] != "assistant" or not dialogs.contiguous(rows, i + 1):
+def judged_turns(row: dict) -> list[dict]:
+    """One row per stored assistant turn of the conversation (dialogs.with_stored), with the dialog before it (the
+    pair, then the stored messages up to the user message it answers). A turn whose earlier messages are not all
+    stored is left out."""
+    rows, out = dialogs.history(row["stored"]), []
+    for i, message in enumerate(rows):
+        if message["role"] != "assistant" or not dialogs.contiguous(rows, i + 1):
             continue
         out.append(
             {
-                "turn_id": f"{first['conversation_id']}:{int(row['turn'])}:assistant",
-                "conversation_id": first["conversation_id"],
-                "turn": int(row["turn"]),
-                "in_scope": bool(rows[i - 1]["turn_in_scope"]),
-                "dialog": dialogs.as_json(dialogs.messages(first["question"], first["answer"], rows[:i])),
-                "answer": row["content"],
+                "turn_id": f"{row['conversation_id']}:{int(message['turn'])}:assistant",
+                "conversation_id": row["conversation_id"],
+                "turn": int(message["turn"]),
+                "in_scope": bool(rows[i - 1]["in_scope"]),
+                "dialog": dialogs.as_json(dialogs.messages(row["question"], row["answer"], rows[:i])),
+                "answer": message["content"],
             }
         )
-    return pd.DataFrame(out, columns=[c.split()[0] for c in JUDGED.split(", ")])
+    return out
 
 
 def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria) -> list[list[dict]]:
@@ -145,19 +145,18 @@ def step(cfg) -> LLMStep:
     )
 
 
-def decide(group: pd.DataFrame, *, seed: int, turns: tuple[int, int], on_bad_turn: str) -> pd.DataFrame:
-    """The conversation's verdict from its turns' (rows of the pair joined with its messages and their verdicts):
-    its first bad turn, if any, drops it or truncates it before that turn."""
-    first = group.iloc[0]
-    cid = str(first["conversation_id"])
+def decide(row: dict, *, seed: int, turns: tuple[int, int], on_bad_turn: str) -> dict:
+    """The conversation's verdict from its stored messages and their verdicts (dialogs.with_stored): its first bad
+    turn, if any, drops it or truncates it before that turn."""
+    cid = str(row["conversation_id"])
     last = dialogs.last_turn(cid, seed, turns)
-    by_message = {(int(r["turn"]), r["role"]): r for r in dialogs.history(group)}
+    by_message = {(int(r["turn"]), r["role"]): r for r in dialogs.history(row["stored"])}
     bad, reason = None, None
     for turn in range(2, last + 1):
         user, reply = by_message.get((turn, "user")), by_message.get((turn, "assistant"))
         if user is None or reply is None:
             bad, reason = turn, "not_generated"
-        elif pd.isna(reply["verdict_keep"]):
+        elif reply["verdict_keep"] is None:
             bad, reason = turn, "not_judged"
         elif not reply["verdict_keep"]:
             bad, reason = turn, reply["verdict_reason"]
@@ -170,10 +169,8 @@ def decide(group: pd.DataFrame, *, seed: int, turns: tuple[int, int], on_bad_tur
             kept_turns, truncated = bad - 1, named
         else:
             kept_turns, keep, drop = 0, False, named
-    return pd.DataFrame(
-        [[cid, first["seed_id"], first["topic"], last, kept_turns, bad, truncated, keep, drop]],
-        columns=[c.split()[0] for c in DECIDED.split(", ")],
-    )
+    values = [cid, row["seed_id"], row["topic"], last, kept_turns, bad, truncated, keep, drop]
+    return dict(zip(dialogs.names(DECIDED), values))
 
 
 def figures(ctx: RunContext, entry: dict) -> dict:
@@ -201,28 +198,23 @@ def run(ctx: RunContext) -> StageResult:
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     c = cfg.conversations
     pairs = ctx.read("synthetic_responses").where(F.col("error").isNull() & F.col("answer").isNotNull())
-    turns = ctx.read("conversation_turns", kept=False)
-    base = pairs.select(
-        F.col("question_id").alias("conversation_id"), "seed_id", "topic", "in_scope", "question", "answer"
-    )
-    ok = turns.where(F.col("error").isNull() & F.col("content").isNotNull()).select(
-        "conversation_id", "turn", "role", F.col("in_scope").alias("turn_in_scope"), "content"
-    )
-    source = base.join(ok, "conversation_id").groupBy("conversation_id").applyInPandas(judged_turns, JUDGED)
+    ok = ctx.read("conversation_turns", kept=False).where(F.col("error").isNull() & F.col("content").isNotNull())
+    messages = ok.select("conversation_id", "turn", "role", "in_scope", "content")
+    judged = functools.partial(dialogs.each_row, each=judged_turns, ddl=JUDGED)
+    source = dialogs.with_stored(pairs, messages).mapInPandas(judged, JUDGED)
     source = tables.materialize(spark, rt, "conversation_judge_turns", source)
     result = llm_stage.run(ctx, step(cfg), source)
     verdicts = tables.read(spark, rt, TABLE).select(
         "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
     )
-    judged = ok.withColumn("turn_id", F.concat_ws(":", "conversation_id", "turn", "role")).join(
-        verdicts, "turn_id", "left"
+    with_verdicts = ok.join(verdicts, "turn_id", "left").select(
+        "conversation_id", "turn", "role", "verdict_keep", "verdict_reason"
     )
-
-    def decided(group):  # a closure, not a partial: the engine reads a partial's hints as an unknown UDF type
-        return decide(group, seed=c.seed, turns=c.turns, on_bad_turn=c.on_bad_turn)
-
-    rows = base.join(judged.drop("turn_id"), "conversation_id", "left").groupBy("conversation_id")
-    tables.overwrite(spark, rt, CONVERSATIONS, rows.applyInPandas(decided, DECIDED), run_id=cfg.run_id)
+    each = functools.partial(decide, seed=c.seed, turns=c.turns, on_bad_turn=c.on_bad_turn)
+    rows = dialogs.with_stored(pairs, with_verdicts).mapInPandas(
+        functools.partial(dialogs.each_row, each=each, ddl=DECIDED), DECIDED
+    )
+    tables.overwrite(spark, rt, CONVERSATIONS, rows, run_id=cfg.run_id)
     written = tables.read(spark, rt, CONVERSATIONS)
     kept = written.where("keep")
     result.tables = [TABLE, CONVERSATIONS]

@@ -128,57 +128,44 @@ PLANNED = (
     "turn_id string, conversation_id string, seed_id string, topic string, turn int, role string, kind string, "
     "persona string, in_scope boolean, dialog string"
 )
-COLUMNS = tuple(c.split()[0] for c in PLANNED.split(", "))
+COLUMNS = tuple(dialogs.names(PLANNED))
 
 
-def joined(pairs: DataFrame, turns: DataFrame) -> DataFrame:
-    """Each kept pair beside its stored messages that succeeded (none: one row with nulls), for grouping by
-    conversation."""
-    ok = turns.where(F.col("error").isNull() & F.col("content").isNotNull()).select(
-        "conversation_id", "turn", "role", "kind", F.col("in_scope").alias("turn_in_scope"), "content"
-    )
-    base = pairs.select(
-        F.col("question_id").alias("conversation_id"), "seed_id", "topic", "in_scope", "question", "answer"
-    )
-    return base.join(ok, "conversation_id", "left")
+def stored(pairs: DataFrame, turns: DataFrame) -> DataFrame:
+    """Each kept pair with its stored messages that succeeded (dialogs.with_stored)."""
+    ok = turns.where(F.col("error").isNull() & F.col("content").isNotNull())
+    return dialogs.with_stored(pairs, ok.select("conversation_id", "turn", "role", "kind", "in_scope", "content"))
 
 
-def plan_round(group: pd.DataFrame, *, turn: int, role: str, c: ConversationsConfig) -> pd.DataFrame:
+def plan_round(row: dict, *, turn: int, role: str, c: ConversationsConfig) -> dict | None:
     """The conversation's message `role` of `turn`, if it is due: its turns reach that far and every message
     before it is stored. The user's kind is drawn (pushback only after a refused message); the assistant's
     row takes its turn's user message's kind and scope."""
-    first = group.iloc[0]
-    cid = str(first["conversation_id"])
+    cid = str(row["conversation_id"])
     upto = 2 * (turn - 2) + ROLE_INDEX[role]
-    rows = dialogs.history(group)
+    rows = dialogs.history(row["stored"])
     if turn > dialogs.last_turn(cid, c.seed, c.turns) or not dialogs.contiguous(rows, upto):
-        return pd.DataFrame(columns=list(COLUMNS))
+        return None
     rows = rows[:upto]
-    user_scopes = [bool(first["in_scope"])] + [bool(r["turn_in_scope"]) for r in rows if r["role"] == "user"]
+    user_scopes = [bool(row["in_scope"])] + [bool(r["in_scope"]) for r in rows if r["role"] == "user"]
     if role == "user":
         kind = dialogs.next_kind(cid, turn, c.seed, c.mix, refused=not user_scopes[-1])
-        in_scope = False if kind in dialogs.OUT_OF_SCOPE else bool(first["in_scope"])
+        in_scope = False if kind in dialogs.OUT_OF_SCOPE else bool(row["in_scope"])
     else:
         kind, in_scope = rows[-1]["kind"], user_scopes[-1]
     who = dialogs.persona(cid, c.seed, c.personas.all())
-    dialog = dialogs.messages(first["question"], first["answer"], rows)
-    return pd.DataFrame(
-        [
-            {
-                "turn_id": f"{cid}:{turn}:{role}",
-                "conversation_id": cid,
-                "seed_id": first["seed_id"],
-                "topic": first["topic"],
-                "turn": turn,
-                "role": role,
-                "kind": kind,
-                "persona": who.model_dump_json() if who else None,
-                "in_scope": in_scope,
-                "dialog": dialogs.as_json(dialog),
-            }
-        ],
-        columns=list(COLUMNS),
-    )
+    return {
+        "turn_id": f"{cid}:{turn}:{role}",
+        "conversation_id": cid,
+        "seed_id": row["seed_id"],
+        "topic": row["topic"],
+        "turn": turn,
+        "role": role,
+        "kind": kind,
+        "persona": who.model_dump_json() if who else None,
+        "in_scope": in_scope,
+        "dialog": dialogs.as_json(dialogs.messages(row["question"], row["answer"], rows)),
+    }
 
 
 ROLE_INDEX = {r: i for i, r in enumerate(dialogs.ROLES)}
@@ -238,12 +225,9 @@ def step(cfg, role: str) -> LLMStep:
 def due(ctx: RunContext, pairs: DataFrame, turn: int, role: str) -> DataFrame:
     """The messages of round (`turn`, `role`): one per conversation that has reached it, planned, staged once (the
     LLM loop reads its source several times)."""
-    c = ctx.cfg.conversations
-
-    def plan(group):  # a closure, not a partial: the engine reads a partial's hints as an unknown UDF type
-        return plan_round(group, turn=turn, role=role, c=c)
-
-    rows = joined(pairs, ctx.read(TABLE, kept=False)).groupBy("conversation_id").applyInPandas(plan, PLANNED)
+    each = functools.partial(plan_round, turn=turn, role=role, c=ctx.cfg.conversations)
+    plan = functools.partial(dialogs.each_row, each=each, ddl=PLANNED)
+    rows = stored(pairs, ctx.read(TABLE, kept=False)).mapInPandas(plan, PLANNED)
     return tables.materialize(ctx.spark, ctx.rt, "conversations_due", rows)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame
@@ -65,11 +66,21 @@ def next_kind(conversation_id: str, turn: int, seed: int, mix: dict[str, float],
     return kind
 
 
-def history(group: pd.DataFrame) -> list[dict]:
-    """A conversation's stored turns (rows of the pair joined with its `conversation_turns`, null where it has none),
-    in order: turn, then user before assistant."""
-    rows = group.dropna(subset=["turn"]).to_dict("records")
-    return sorted(rows, key=lambda r: (int(r["turn"]), ROLES.index(r["role"])))
+def with_stored(pairs: DataFrame, stored: DataFrame) -> DataFrame:
+    """One row per pair (`conversation_id`, `seed_id`, `topic`, `in_scope`, `question`, `answer`) with `stored`, its
+    messages (the rows of `stored`, all but their `conversation_id`, as structs; null for none). One aggregation,
+    then plain rows: a pandas function per group costs the engine milliseconds a conversation."""
+    fields = [c for c in stored.columns if c != "conversation_id"]
+    grouped = stored.groupBy("conversation_id").agg(F.collect_list(F.struct(*fields)).alias("stored"))
+    base = pairs.select(
+        F.col("question_id").alias("conversation_id"), "seed_id", "topic", "in_scope", "question", "answer"
+    )
+    return base.join(grouped, "conversation_id", "left")
+
+
+def history(stored) -> list[dict]:
+    """A conversation's stored messages (`with_stored`), in order: turn, then user before assistant."""
+    return sorted(examples.records(stored), key=lambda r: (int(r["turn"]), ROLES.index(r["role"])))
 
 
 def contiguous(rows: list[dict], upto: int) -> bool:
@@ -94,6 +105,21 @@ def transcript(dialog: list[dict]) -> str:
 
 def as_json(dialog: list[dict]) -> str:
     return json.dumps(dialog, ensure_ascii=False)
+
+
+def names(ddl: str) -> list[str]:
+    """The column names of a DDL schema string ("a string, b int")."""
+    return [c.split()[0] for c in ddl.split(", ")]
+
+
+def each_row(batches: Iterator[pd.DataFrame], *, each, ddl: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the rows `each(row)` makes (None, a dict, or a list of them) of every row, as `ddl`."""
+    for batch in batches:
+        out = []
+        for row in batch.to_dict("records"):
+            made = each(row)
+            out += made if isinstance(made, list) else [made] if made else []
+        yield pd.DataFrame(out, columns=names(ddl))
 
 
 def draw_column(*parts) -> F.Column:
