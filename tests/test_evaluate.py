@@ -85,7 +85,9 @@ def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(
     from lakesynth.config import with_overrides
     from lakesynth.qa import conversation_judge, conversations
 
-    cfg = with_overrides(_cfg(llm_cfg), ["conversations.enabled=true", "conversations.turns=[1, 2]"])
+    settings = ["conversations.enabled=true", "conversations.turns=[1, 1]", "finetune.max_length=192"]
+    settings += ["evaluate.max_examples=2"]
+    cfg = with_overrides(_cfg(llm_cfg), settings)
     for stage in (seeds, questions, responses, conversations):
         stage.run(context(cfg))
     good = json.dumps({c: {"reasoning": "scripted", "score": 3} for c in ("quality", "scope")})
@@ -95,7 +97,7 @@ def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(
     teacher_server.reset()
     result = evaluate.run(context(cfg))
     rt = where(cfg)
-    held_out = tables.read(spark, rt, chat_jsonl.TABLE).where("split = 'val'").orderBy("example_id").limit(3).collect()
+    held_out = tables.read(spark, rt, chat_jsonl.TABLE).where("split = 'val'").orderBy("example_id").limit(2).collect()
     items = evaluate.items(held_out)
     for item_id, example, before, turn in items:  # each turn asked on the reference dialog before its reply
         replies = [i for i, m in enumerate(example.messages) if m.role == "assistant"]

@@ -281,7 +281,7 @@ def run(ctx: RunContext) -> StageResult:
     result = llm_stage.run(ctx, step(cfg), compared(whole, "example_id"))
     turns = [i for i in asked if i[0] != i[1].example_id]
     current = tables.read(ctx.spark, rt, TABLE).where(F.col("inputs") == trained["inputs"])
-    common = [n for n, _ in COMPARED]
+    common = [n for n, _ in COMPARED] + ["error"]
     judged = current.join(first.select("example_id"), "example_id").select(common)
     if turns:
         result.add(llm_stage.run(ctx, step(cfg, TURNS), compared(turn_rows(ctx, turns), "item_id")))
