@@ -147,6 +147,10 @@ def test_a_bad_third_turn_drops_or_truncates_exactly_those_conversations(
             assert row.keep and row.kept_turns == 2 and row.truncated_by == "judge:quality@turn3"
     hit = sum(n >= 3 for n in last.values())
     assert result.metrics["bad_turn"] == {3: hit}
+    figures = conversation_judge.STAGE.figures(context(cfg), result.metrics)  # what MLflow and the report get
+    assert set(figures) == {"conversations/turns_per_conversation.png", "conversations/drops_by_turn.png"}
+    heights = [p.get_height() for p in figures["conversations/drops_by_turn.png"].axes[0].patches]
+    assert heights == [hit]
     chat_format.run(context(cfg))
     examples = tables.read(spark, where(cfg), chat_format.TABLE).toPandas().set_index("question_id")
     for cid, n in last.items():
