@@ -215,26 +215,23 @@ def run(ctx: RunContext) -> StageResult:
         functools.partial(dialogs.each_row, each=each, ddl=DECIDED), DECIDED
     )
     tables.overwrite(spark, rt, CONVERSATIONS, rows, run_id=cfg.run_id)
-    written = tables.read(spark, rt, CONVERSATIONS)
-    kept = written.where("keep")
     result.tables = [TABLE, CONVERSATIONS]
-    result.metrics.update(
-        {
-            "conversations_kept": kept.count(),
-            "conversations_truncated": kept.where("truncated_by IS NOT NULL").count(),
-            "conversations_dropped": {
-                r.reason: r["count"]
-                for r in written.where("NOT keep")
-                .select(F.regexp_replace("drop_reason", "@turn[0-9]+$", "").alias("reason"))
-                .groupBy("reason")
-                .count()
-                .collect()
-            },
-            "turns_per_conversation": _counts(kept, "kept_turns"),
-            "bad_turn": _counts(written.where("bad_turn IS NOT NULL"), "bad_turn"),
-        }
-    )
+    result.metrics.update(counts(tables.read(spark, rt, CONVERSATIONS)))
     return result
+
+
+def counts(decided: DataFrame) -> dict:
+    """What `conversation_verdicts` says, for the summary, MLflow and the report: conversations kept, truncated and
+    dropped (by reason), the turns of each kept one, and the turn at which each bad one went wrong."""
+    kept = decided.where("keep")
+    reasons = decided.where("NOT keep").select(F.regexp_replace("drop_reason", "@turn[0-9]+$", "").alias("reason"))
+    return {
+        "conversations_kept": kept.count(),
+        "conversations_truncated": kept.where("truncated_by IS NOT NULL").count(),
+        "conversations_dropped": {r.reason: r["count"] for r in reasons.groupBy("reason").count().collect()},
+        "turns_per_conversation": _counts(kept, "kept_turns"),
+        "bad_turn": _counts(decided.where("bad_turn IS NOT NULL"), "bad_turn"),
+    }
 
 
 def _counts(rows: DataFrame, column: str) -> dict[int, int]:
