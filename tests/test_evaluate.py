@@ -86,7 +86,7 @@ def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(
     from lakesynth.qa import conversation_judge, conversations
 
     settings = ["conversations.enabled=true", "conversations.turns=[1, 1]", "finetune.max_length=192"]
-    settings += ["evaluate.max_examples=2"]
+    settings += ["evaluate.max_examples=2", "format.val_fraction=0.1"]  # the fine-tune's val loss: few examples
     cfg = with_overrides(_cfg(llm_cfg), settings)
     for stage in (seeds, questions, responses, conversations):
         stage.run(context(cfg))
