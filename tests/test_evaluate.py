@@ -83,3 +83,39 @@ def test_no_fine_tune_on_purpose_is_said_so(cfg):
     for stage in (evaluate, tool_evaluate):
         with pytest.raises(StageSkipped, match="^no fine-tune to evaluate: finetune.backend is none$"):
             stage.run(context(off))
+
+
+def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(spark, llm_cfg, teacher_server):
+    from lakesynth.config import with_overrides
+    from lakesynth.qa import conversation_judge, conversations
+
+    settings = ["conversations.enabled=true", "conversations.turns=[1, 1]", "finetune.max_length=192"]
+    settings += ["evaluate.max_examples=2", "format.val_fraction=0.1"]  # the fine-tune's val loss: few examples
+    cfg = with_overrides(_cfg(llm_cfg), settings)
+    for stage in (seeds, questions, responses, conversations):
+        stage.run(context(cfg))
+    good = json.dumps({c: {"reasoning": "scripted", "score": 3} for c in ("quality", "scope")})
+    teacher_server.reset(replies=(("(turn ", good),))
+    for stage in (conversation_judge, chat_jsonl, finetune):
+        stage.run(context(cfg))
+    teacher_server.reset()
+    result = evaluate.run(context(cfg))
+    rt = where(cfg)
+    held_out = tables.read(spark, rt, chat_jsonl.TABLE).where("split = 'val'").orderBy("example_id").limit(2).collect()
+    items = evaluate.items(held_out)
+    for item_id, example, before, turn in items:  # each turn asked on the reference dialog before its reply
+        replies = [i for i, m in enumerate(example.messages) if m.role == "assistant"]
+        assert item_id == f"{example.example_id}@{turn}" and len(before) == replies[turn - 1]
+        assert [m["content"] for m in before] == [m.content for m in example.messages[: len(before)]]
+    assert {len(e.messages) for e in held_out} <= {5, 7} and len(items) == sum(
+        (len(e.messages) - 1) // 2 for e in held_out
+    )
+    answers = tables.read(spark, rt, evaluate.ANSWERS).collect()
+    assert sorted(a.answer_id for a in answers) == sorted(f"{i[0]}:{v}" for i in items for v in ("base", "tuned"))
+    rows = tables.read(spark, rt, evaluate.TURNS).toPandas()
+    assert sorted(rows.item_id) == sorted(i[0] for i in items) and rows.error.isna().all()
+    assert set(rows.turn) == {i[3] for i in items} and tables.count(spark, rt, evaluate.TABLE) == 0
+    m = result.metrics
+    assert m["judged"] == m["dialog_turns"] == len(items) and set(m["by_turn"]) == set(rows.turn)
+    assert m["base_score"] == round(rows.base_rating.mean(), 3)
+    assert teacher_server.stats.completions - teacher_server.stats.probes == len(items)

@@ -334,3 +334,19 @@ def test_the_gpu_task_reuses_the_adapter_of_the_same_data_and_settings(cfg, tmp_
     assert got["reused"] == str(earlier) and got["rows_out"] == 0
     remote = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"backend": "ai_runtime"})})
     assert adapters.trained(remote, rt)["adapter"] == str(earlier / "adapter")
+
+
+def test_a_conversation_teaches_every_assistant_turn_on_the_dialog_before_it(tmp_path):
+    from lakesynth.training import train
+
+    def turn(role, text):
+        return {"role": role, "content": text}
+
+    single = [turn("system", "s"), turn("user", "q"), turn("assistant", "a")]
+    dialog = single + [turn("user", "q2"), turn("assistant", "a2"), turn("user", "q3"), turn("assistant", "a3")]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (single, dialog)), encoding="utf-8")
+    pairs = train.load_split(str(path))
+    assert [p["completion"][0]["content"] for p in pairs] == ["a", "a", "a2", "a3"]
+    assert [len(p["prompt"]) for p in pairs] == [2, 2, 4, 6]
+    assert pairs[3]["prompt"] == dialog[:6]

@@ -8,6 +8,7 @@ file, so the model that reaches Spark executors is self-contained.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
 from importlib import resources
@@ -237,6 +238,24 @@ class LLMStageConfig(Section):
         elif not data.get("template") and cls.DEFAULT_TEMPLATE:
             data["template"] = _packaged_prompt(cls.DEFAULT_TEMPLATE)
         return data
+
+
+class Persona(BaseModel):
+    """A simulated user: who they are and how they write (the tools job's requests, the conversations' user)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(description="Who the user is, e.g. 'a retired teacher'.")
+    tone: str = Field(description="How they write, e.g. 'terse'.")
+
+
+class Personas(Section):
+    """Users to write as: every role with every tone, taken in turn by the requests."""
+
+    roles: list[str] = Field(default_factory=list, description="User roles, e.g. 'a small-business owner'.")
+    tones: list[str] = Field(default_factory=list, description="Tones, e.g. 'formal', 'hurried'.")
+
+    def all(self) -> list[Persona]:
+        return [Persona(role=r, tone=t) for r, t in itertools.product(self.roles, self.tones or ["plain"])]
 
 
 class MlflowConfig(Section):

@@ -67,6 +67,8 @@ class StandInOptions:
     items: int = 3
     run_polls: int = 1  # Jobs API: a submitted run terminates on this poll (0: never, until cancelled)
     run_result: str = "SUCCESS"  # Jobs API: how a submitted run ends
+    # Scripted replies: a chat request whose messages contain the text (the first that matches) gets the reply.
+    replies: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -78,6 +80,7 @@ class StandInOptions:
 class Stats:
     requests: int = 0
     completions: int = 0
+    probes: int = 0  # chat requests for one token (a stage's preflight)
     in_flight: int = 0
     max_in_flight: int = 0
     faults: Counter = field(default_factory=Counter)
@@ -89,6 +92,7 @@ class Stats:
         return {
             "requests": self.requests,
             "completions": self.completions,
+            "probes": self.probes,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "faults": dict(self.faults),
@@ -232,6 +236,7 @@ class StandIn:
             return 401, {}, {"error": {"message": "Invalid or expired access token", "type": "authentication_error"}}
         request = json.loads(body)
         self.stats.prompts.append(request.get("messages"))
+        self.stats.probes += request.get("max_tokens") == 1
         if opts.models and request.get("model") not in opts.models:
             return 404, {}, {"error": {"message": f"The model `{request.get('model')}` does not exist"}}
         fmt = request.get("response_format") or {}
@@ -266,6 +271,8 @@ class StandIn:
         seed = hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
         answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
+        text = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
+        answer = next((reply for marker, reply in opts.replies if marker in text), answer)
         finish = "stop"
         if fault == "malformed":
             answer = answer[: len(answer) // 2] + "}}oops"

@@ -8,6 +8,11 @@ neither always comes first; `student_evaluation` keeps both answers, both rating
 The summary reports `base_score` and `tuned_score` (mean rating on the judge's 1-3 scale), `win_rate` (tuned over
 base, a tie counting half) and each one's scope compliance. It measures what it says: a small student after a few
 steps may well not win.
+
+A held-out conversation (conversations.enabled) is evaluated turn by turn: at each assistant turn both students
+answer the reference dialog so far, and the judge compares the two replies given that dialog, into
+`dialog_evaluation` (one row per turn, `item_id` `<example_id>@<turn>`); the summary's figures cover both tables,
+and `by_turn` gives each turn's mean ratings.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import functools
 import hashlib
 import logging
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -26,8 +31,9 @@ from lakesynth.config import LLMStageConfig
 from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
-from lakesynth.core.tables import B, D, S
+from lakesynth.core.tables import INT, B, D, S
 from lakesynth.errors import StageSkipped
+from lakesynth.qa import dialogs
 from lakesynth.quality import criteria as judging
 from lakesynth.training import evaluation
 
@@ -63,26 +69,34 @@ ANSWERS = tables.contract(
     parent="example_id",
     parent_table="training_chat",
 )
+# What a comparison row holds, for a whole example (student_evaluation) or a conversation's turn (dialog_evaluation).
+COMPARED = [
+    ("example_id", S),
+    ("question_id", S),
+    ("topic", S),
+    ("split", S),
+    ("inputs", S),
+    ("tuned_first", B),
+    ("base_answer", S),
+    ("tuned_answer", S),
+    ("base_rating", D),
+    ("tuned_rating", D),
+    ("winner", S),
+    ("base_scope_ok", B),
+    ("tuned_scope_ok", B),
+    ("scores", S),
+]
 TABLE = tables.contract(
     "student_evaluation",
-    [
-        ("example_id", S),
-        ("question_id", S),
-        ("topic", S),
-        ("split", S),
-        ("inputs", S),
-        ("tuned_first", B),
-        ("base_answer", S),
-        ("tuned_answer", S),
-        ("base_rating", D),
-        ("tuned_rating", D),
-        ("winner", S),
-        ("base_scope_ok", B),
-        ("tuned_scope_ok", B),
-        ("scores", S),
-    ]
-    + tables.LLM_ACCOUNTING,
+    COMPARED + tables.LLM_ACCOUNTING,
     key="example_id",
+    parent="example_id",
+    parent_table="training_chat",
+)
+TURNS = tables.contract(
+    "dialog_evaluation",
+    [("item_id", S), ("turn", INT), *COMPARED] + tables.LLM_ACCOUNTING,
+    key="item_id",
     parent="example_id",
     parent_table="training_chat",
 )
@@ -94,8 +108,24 @@ def tuned_first(example_id: str) -> bool:
     return hashlib.sha256(example_id.encode()).digest()[0] % 2 == 1
 
 
-def generate(ctx: RunContext, examples: list, trained: dict) -> int:
-    """The answers of both students still missing for this adapter into `student_answers`; returns how many."""
+def items(examples: list) -> list[tuple[str, Any, list[dict], int]]:
+    """What the students answer, as (item id, example, the messages before the answer, turn): a single-turn
+    example's answer (item id: the example's), and every assistant turn of a conversation, given the reference
+    dialog before it (item id `<example_id>@<turn>`)."""
+    out = []
+    for e in examples:
+        messages = [{"role": m.role, "content": m.content} for m in e.messages]
+        replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if len(replies) == 1:
+            out.append((e.example_id, e, messages[:-1], 1))
+        else:
+            out += [(f"{e.example_id}@{k}", e, messages[:i], k) for k, i in enumerate(replies, start=1)]
+    return out
+
+
+def generate(ctx: RunContext, asked: list, trained: dict) -> int:
+    """The answers of both students still missing for this adapter into `student_answers` (answer id
+    `<item id>:<variant>`); returns how many."""
     from lakesynth.training import student
 
     rt, spark = ctx.rt, ctx.spark
@@ -106,7 +136,7 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
         .select("answer_id")
         .collect()
     }
-    todo = {v: [e for e in examples if f"{e.example_id}:{v}" not in done] for v in VARIANTS}
+    todo = {v: [i for i in asked if f"{i[0]}:{v}" not in done] for v in VARIANTS}
     if not any(todo.values()):
         return 0
     rows = []
@@ -117,7 +147,7 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
                 continue
             log.info("evaluate: the %s student answers %d questions", variant, len(chosen))
             started = time.monotonic()
-            prompts = [[{"role": m.role, "content": m.content} for m in e.messages[:-1]] for e in chosen]
+            prompts = [before for _, _, before, _ in chosen]
             replies = student.answer(
                 model,
                 tokenizer,
@@ -129,9 +159,9 @@ def generate(ctx: RunContext, examples: list, trained: dict) -> int:
             )
             each = (time.monotonic() - started) / len(chosen)
             rows += [
-                (f"{e.example_id}:{variant}", e.example_id, variant, model_dir, trained["adapter"])
+                (f"{item}:{variant}", e.example_id, variant, model_dir, trained["adapter"])
                 + (trained["inputs"], reply, each)
-                for e, reply in zip(chosen, replies)
+                for (item, e, _, _), reply in zip(chosen, replies)
             ]
     tables.upsert(spark, rt, ANSWERS, spark.createDataFrame(rows, schema=ANSWERS.row_schema), run_id=ctx.cfg.run_id)
     return len(rows)
@@ -165,14 +195,18 @@ def to_evaluation_rows(replies: DataFrame, *, criteria) -> DataFrame:
     )
 
 
-def step(cfg) -> LLMStep:
+def step(cfg, table: tables.Table = TABLE) -> LLMStep:
+    """The comparing judge's calls: per example into `student_evaluation`, or per conversation turn (its
+    `question` the dialog so far) into `dialog_evaluation`."""
     e, judged = cfg.evaluate, cfg.quality.judge
     criteria = judged.criteria
+    per_turn = ("item_id", "turn") if table is TURNS else ()
     return LLMStep(
-        name="evaluate",
-        table=TABLE,
-        key="example_id",
-        columns=("example_id", "question_id", "topic", "split", "inputs", "in_scope", "question", "tuned_first")
+        name="evaluate" if table is TABLE else "evaluate_turns",
+        table=table,
+        key=table.key,
+        columns=per_turn
+        + ("example_id", "question_id", "topic", "split", "inputs", "in_scope", "question", "tuned_first")
         + ("answer_1", "answer_2"),
         output=judging.comparison_model(2, criteria),
         settings=e,
@@ -220,47 +254,106 @@ def run(ctx: RunContext) -> StageResult:
     trained = evaluation.fine_tuned(cfg, rt, "training files")
     split = evaluation.held_out(cfg, cfg.evaluate.split)
     chat = ctx.read("training_chat").where(F.col("split") == split)
-    examples = chat.select("example_id", "messages").orderBy("example_id").limit(cfg.evaluate.max_examples).collect()
+    held = chat.select("example_id", "question_id", "topic", "split", "messages").orderBy("example_id")
+    examples = held.limit(cfg.evaluate.max_examples).collect()
     if not examples:
         raise StageSkipped(f"the {split} split of training_chat is empty: nothing to evaluate on")
-    generated = generate(ctx, examples, trained)
+    asked = items(examples)
+    generated = generate(ctx, asked, trained)
     answers = tables.read(ctx.spark, rt, ANSWERS).where(F.col("inputs") == trained["inputs"])
+    item = F.regexp_extract("answer_id", r"^(.*):[a-z]+$", 1)
     ids = [e.example_id for e in examples]
     first = ctx.spark.createDataFrame([(i, tuned_first(i)) for i in ids], "example_id string, tuned_first boolean")
 
-    def side(variant: str) -> DataFrame:
-        return answers.where(F.col("variant") == variant).select("example_id", F.col("answer").alias(variant))
+    def side(variant: str, key: str) -> DataFrame:
+        return answers.where(F.col("variant") == variant).select(item.alias(key), F.col("answer").alias(variant))
 
-    source = (
-        chat.select("example_id", "question_id", "topic", "split")
-        .join(first, "example_id")
-        .join(ctx.read("synthetic_responses", kept=False).select("question_id", "question", "in_scope"), "question_id")
-        .join(side("base"), "example_id")
-        .join(side("tuned"), "example_id")
-        .select(
-            "*",
-            F.lit(trained["inputs"]).alias("inputs"),
-            F.when(F.col("tuned_first"), F.col("tuned")).otherwise(F.col("base")).alias("answer_1"),
-            F.when(F.col("tuned_first"), F.col("base")).otherwise(F.col("tuned")).alias("answer_2"),
+    def compared(rows: DataFrame, key: str) -> DataFrame:
+        return (
+            rows.join(side("base", key), key)
+            .join(side("tuned", key), key)
+            .select(
+                "*",
+                F.lit(trained["inputs"]).alias("inputs"),
+                F.when(F.col("tuned_first"), F.col("tuned")).otherwise(F.col("base")).alias("answer_1"),
+                F.when(F.col("tuned_first"), F.col("base")).otherwise(F.col("tuned")).alias("answer_2"),
+            )
         )
+
+    pairs = ctx.read("synthetic_responses", kept=False).select("question_id", "question", "in_scope")
+    whole = (
+        chat.select("example_id", "question_id", "topic", "split").join(first, "example_id").join(pairs, "question_id")
     )
-    result = llm_stage.run(ctx, step(cfg), source)
+    result = llm_stage.run(ctx, step(cfg), compared(whole, "example_id"))
+    turns = [i for i in asked if i[0] != i[1].example_id]
     current = tables.read(ctx.spark, rt, TABLE).where(F.col("inputs") == trained["inputs"])
-    current = current.join(first.select("example_id"), "example_id")
+    common = [n for n, _ in COMPARED] + ["error"]
+    judged = current.join(first.select("example_id"), "example_id").select(common)
+    if turns:
+        result.add(llm_stage.run(ctx, step(cfg, TURNS), compared(turn_rows(ctx, turns), "item_id")))
+        judged_turns = tables.read(ctx.spark, rt, TURNS).where(F.col("inputs") == trained["inputs"])
+        judged_turns = judged_turns.join(
+            ctx.spark.createDataFrame([(i[0],) for i in turns], "item_id string"), "item_id"
+        )
+        judged = judged.unionByName(judged_turns.select(common))
     result.rows_in = len(examples)
-    result.tables = [ANSWERS, TABLE]
+    result.tables = [ANSWERS, TABLE, TURNS]
     result.metrics.update(
-        split=split, examples=len(examples), generated=generated, adapter=trained["adapter"], **summary(current)
+        split=split,
+        examples=len(examples),
+        generated=generated,
+        adapter=trained["adapter"],
+        **summary(judged),
     )
+    if turns:
+        result.metrics["dialog_turns"] = len(turns)
+        result.metrics["by_turn"] = by_turn(judged_turns)
     return result
+
+
+def turn_rows(ctx: RunContext, turns: list) -> DataFrame:
+    """One row per conversation turn the students answered: the dialog before it as the judge's `question`, and
+    whether the message it answers is in scope (the pair's question for turn 1, else its user message's)."""
+    scopes = {
+        (r.conversation_id, r.turn): r.in_scope
+        for r in ctx.read("conversation_turns", kept=False)
+        .where("role = 'user'")
+        .join(
+            ctx.spark.createDataFrame([(i[1].question_id,) for i in turns], "conversation_id string"), "conversation_id"
+        )
+        .select("conversation_id", "turn", "in_scope")
+        .collect()
+    }
+    pairs = {
+        r.question_id: r.in_scope
+        for r in ctx.read("synthetic_responses", kept=False)
+        .join(ctx.spark.createDataFrame([(i[1].question_id,) for i in turns], "question_id string"), "question_id")
+        .select("question_id", "in_scope")
+        .collect()
+    }
+    rows = [
+        (item, k, e.example_id, e.question_id, e.topic, e.split, tuned_first(item))
+        + (bool(pairs.get(e.question_id)) if k == 1 else bool(scopes.get((e.question_id, k))),)
+        + (dialogs.transcript([m for m in before if m["role"] != "system"]),)
+        for item, e, before, k in turns
+    ]
+    schema = "item_id string, turn int, example_id string, question_id string, topic string, split string"
+    return ctx.spark.createDataFrame(rows, schema + ", tuned_first boolean, in_scope boolean, question string")
+
+
+def by_turn(rows: DataFrame) -> dict:
+    """Each conversation turn's mean ratings, base and tuned: where in a dialog the fine-tune helps or hurts."""
+    judged = rows.where(F.col("error").isNull()).groupBy("turn")
+    means = judged.agg(F.avg("base_rating").alias("base"), F.avg("tuned_rating").alias("tuned")).collect()
+    return {r.turn: {"base": round(r.base, 3), "tuned": round(r.tuned, 3)} for r in sorted(means, key=lambda r: r.turn)}
 
 
 STAGE = Stage(
     name="evaluate",
     help="base vs fine-tuned student on the held-out split, judged side by side (score, win rate, scope)",
     run=run,
-    reads=("training_chat", "synthetic_responses"),
-    writes=(ANSWERS, TABLE),
+    reads=("training_chat", "synthetic_responses", "conversation_turns"),
+    writes=(ANSWERS, TABLE, TURNS),
     config=EvaluateConfig,
     after=("finetune",),
     figures=lambda ctx, entry: {"evaluate/base_vs_tuned.png": figure(entry)} if "base_score" in entry else {},

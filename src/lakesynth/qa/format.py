@@ -7,6 +7,9 @@ with their `leaf` and, for knowledge, their `chunk_id`; a pair with a context ca
 the question (`taxonomy.context_in_prompt`), so the student learns to answer from documents. Each example's split
 is a seeded hash of its normalised question, so it never moves when data is added or removed, and a question is in
 one split; with a taxonomy, the split is stratified by leaf (each leaf its share of every split, exactly).
+With `conversations.enabled`, a kept conversation (conversation_verdicts) replaces its pair's example, for a
+`conversations.share` of them drawn per pair: the pair, then its turns up to the last kept one, in the same split
+as the pair's question.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from lakesynth.core import tables
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
-from lakesynth.qa import insights
+from lakesynth.qa import dialogs, insights
 from lakesynth.training import examples
 from lakesynth.training.checks import check_examples
 from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
@@ -58,16 +61,18 @@ TABLE = tables.contract(
 EXPORT_FORMAT = "databricks"
 
 
-def chat_examples(rows: DataFrame, ids: list, asked, *, system_prompt: str | None) -> DataFrame:
+def chat_examples(rows: DataFrame, ids: list, asked, *, system_prompt: str | None, later=None) -> DataFrame:
     """One `chat` example per answered row (`answer` set, no `error`): `ids` first (example_id, question_id,
-    seed_id, topic, leaf, chunk_id), then the turns (system, the user's `asked`, the assistant's `answer`)."""
+    seed_id, topic, leaf, chunk_id), then the turns (system, the user's `asked`, the assistant's `answer`, and a
+    conversation's `later` messages)."""
     turns = examples.prompt_turns(asked, system_prompt) + [examples.message_column("assistant", F.col("answer"))]
+    messages = F.array(*turns) if later is None else F.concat(F.array(*turns).cast(examples.MESSAGES), later)
     answered = rows.where(F.col("error").isNull() & F.col("answer").isNotNull() & (F.trim("answer") != ""))
     return answered.select(
         *ids,
         F.col("question").alias(SPLIT_TEXT),
         F.lit("chat").alias("shape"),
-        F.array(*turns).cast(examples.MESSAGES).alias("messages"),
+        messages.cast(examples.MESSAGES).alias("messages"),
         F.lit(None).cast("string").alias("tools"),
         F.lit(None).cast(examples.MESSAGES).alias("chosen"),
         F.lit(None).cast(examples.MESSAGES).alias("rejected"),
@@ -80,6 +85,19 @@ def to_chat_rows(responses: DataFrame, *, system_prompt: str | None) -> DataFram
     ids = [F.col("question_id").alias("example_id"), "question_id", "seed_id", "topic"]
     ids += [none.alias("leaf"), none.alias("chunk_id")]
     return chat_examples(responses, ids, F.col("question"), system_prompt=system_prompt)
+
+
+def conversation_rows(
+    responses: DataFrame, later: DataFrame, *, system_prompt: str | None, share: float, seed: int
+) -> DataFrame:
+    """One `chat` example per kept conversation that the `share` draw takes (qa.dialogs.later_messages: the pair,
+    then its later messages), split and deduplicated by its first question as the pair's own example would be."""
+    chosen = later.where(dialogs.draw_column(seed, "share", F.col("conversation_id")) < share)
+    pairs = responses.join(chosen.withColumnRenamed("conversation_id", "question_id"), "question_id")
+    none = F.lit(None).cast("string")
+    ids = [F.concat(F.col("question_id"), F.lit(":conversation")).alias("example_id"), "question_id", "seed_id"]
+    ids += ["topic", none.alias("leaf"), none.alias("chunk_id")]
+    return chat_examples(pairs, ids, F.col("question"), system_prompt=system_prompt, later=F.col("later"))
 
 
 CONTEXT_SEPARATOR = "\n\n"  # between a knowledge example's context and its question, in the user turn
@@ -108,8 +126,20 @@ def run(ctx: RunContext) -> StageResult:
     if not cfg.taxonomy.enabled:
         pairs = pairs.limit(0)
     fmt, system = cfg.format, cfg.use_case.system_prompt
-    chat = to_chat_rows(responses, system_prompt=system).unionByName(
-        leaf_chat_rows(pairs, system_prompt=system, with_context=cfg.taxonomy.context_in_prompt)
+    conversations = ctx.read("conversation_turns", kept=False)
+    verdicts = ctx.read("conversation_verdicts", kept=False)
+    if not cfg.conversations.enabled:
+        verdicts = verdicts.limit(0)
+    c = cfg.conversations
+    dialogs_kept = conversation_rows(
+        responses, dialogs.later_messages(conversations, verdicts), system_prompt=system, share=c.share, seed=c.seed
+    )
+    # Never a pair and its own conversation: they share the first user turn, which dedup keys on.
+    singles = responses.join(dialogs_kept.select("question_id"), "question_id", "left_anti")
+    chat = (
+        to_chat_rows(singles, system_prompt=system)
+        .unionByName(dialogs_kept)
+        .unionByName(leaf_chat_rows(pairs, system_prompt=system, with_context=cfg.taxonomy.context_in_prompt))
     )
     checked = tables.materialize(spark, rt, "training_chat", check_examples(chat, max_tokens=fmt.max_example_tokens))
     rows_in = responses.count() + pairs.count()
@@ -161,7 +191,7 @@ STAGE = Stage(
     name="format",
     help="turn answered questions and kept taxonomy pairs into training_chat and one chat JSONL file per split",
     run=run,
-    reads=("synthetic_responses", "leaf_pairs"),
+    reads=("synthetic_responses", "leaf_pairs", "conversation_turns", "conversation_verdicts"),
     after=("leaf_topup",),
     writes=(TABLE,),
     config=FormatConfig,

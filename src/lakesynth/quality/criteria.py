@@ -8,9 +8,11 @@ from typing import Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakesynth.config import Section
+from lakesynth.core import llm_stage
 from lakesynth.core.templates import render
 
 SCALE = (1, 3)  # the judge's scores, lowest and highest
@@ -49,6 +51,24 @@ def output_model(criteria: tuple[Criterion, ...]) -> type[BaseModel]:
     """The reply: one Score per criterion, in order."""
     fields = {c.name: (Score, Field(description=c.description)) for c in criteria}
     return create_model("Judgement", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def verdict_rows(replies: DataFrame, *, criteria: tuple[Criterion, ...], dropped: tuple[str, ...]) -> DataFrame:
+    """Replies -> verdict rows (the request columns but `dropped`): the scores as JSON (`{criterion: {reasoning,
+    score}}`), `keep` when every criterion reaches its min_score, else `judge:<the first that did not>`."""
+    reply = llm_stage.parsed(replies, output_model(criteria))
+    scores = [reply.getField(c.name).getField("score").cast("int") for c in criteria]
+    failed = F.coalesce(
+        *[F.when(s < c.min_score, F.lit(f"judge:{c.name}")) for s, c in zip(scores, criteria)], F.lit(None)
+    )
+    ok = F.col("error").isNull()
+    return replies.select(
+        *[c for c in replies.columns if c not in ("output", *dropped)],
+        F.when(ok, F.col("output")).alias("scores"),
+        F.least(*scores).alias("min_score") if len(scores) > 1 else scores[0].alias("min_score"),
+        (ok & failed.isNull()).alias("keep"),
+        F.when(~ok, F.lit("judge_error")).otherwise(failed).alias("drop_reason"),
+    )
 
 
 COMPARE_TEMPLATE = """You compare answers written to train a customer-service chatbot.

@@ -14,7 +14,6 @@ import json
 
 import pandas as pd
 from pydantic import Field
-from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakesynth.config import LLMStageConfig
@@ -23,7 +22,7 @@ from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
-from lakesynth.quality.criteria import CRITERIA, Criterion, output_model
+from lakesynth.quality.criteria import CRITERIA, Criterion, output_model, verdict_rows
 
 TEMPLATE = """You judge answers written to train a customer-service chatbot.
 
@@ -75,24 +74,6 @@ def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria: tuple[C
     ]
 
 
-def to_verdict_rows(replies: DataFrame, *, criteria: tuple[Criterion, ...]) -> DataFrame:
-    """Replies -> rows: the scores as JSON (`{criterion: {reasoning, score}}`), `keep` when every criterion
-    reaches its min_score, else `judge:<the first that did not>`."""
-    reply = llm_stage.parsed(replies, output_model(criteria))
-    scores = [reply.getField(c.name).getField("score").cast("int") for c in criteria]
-    failed = F.coalesce(
-        *[F.when(s < c.min_score, F.lit(f"judge:{c.name}")) for s, c in zip(scores, criteria)], F.lit(None)
-    )
-    ok = F.col("error").isNull()
-    return replies.select(
-        *[c for c in replies.columns if c not in ("output", "question", "answer")],
-        F.when(ok, F.col("output")).alias("scores"),
-        F.least(*scores).alias("min_score") if len(scores) > 1 else scores[0].alias("min_score"),
-        (ok & failed.isNull()).alias("keep"),
-        F.when(~ok, F.lit("judge_error")).otherwise(failed).alias("drop_reason"),
-    )
-
-
 def step(cfg) -> LLMStep:
     j = cfg.quality.judge
     return LLMStep(
@@ -104,7 +85,7 @@ def step(cfg) -> LLMStep:
         settings=j,
         template=j.template + json.dumps([c.model_dump() for c in j.criteria]),  # a new criterion, a new version
         prompts=functools.partial(prompts, template=j.template, rules=cfg.use_case.rules, criteria=j.criteria),
-        rows=functools.partial(to_verdict_rows, criteria=j.criteria),
+        rows=functools.partial(verdict_rows, criteria=j.criteria, dropped=("question", "answer")),
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import itertools
 import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakesynth.config import LLMStageConfig, Section
+from lakesynth.config import LLMStageConfig, Personas
 from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.sources import Source
@@ -36,22 +35,6 @@ from lakesynth.core.tables import S
 from lakesynth.core.templates import render
 from lakesynth.errors import SeedError
 from lakesynth.tools import spec as toolspec
-
-
-class Persona(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: str = Field(description="Who the user is, e.g. 'a retired teacher'.")
-    tone: str = Field(description="How they write, e.g. 'terse'.")
-
-
-class Personas(Section):
-    """Users to write as: every role with every tone, taken in turn by the requests."""
-
-    roles: list[str] = Field(default_factory=list, description="User roles, e.g. 'a small-business owner'.")
-    tones: list[str] = Field(default_factory=list, description="Tones, e.g. 'formal', 'hurried'.")
-
-    def all(self) -> list[Persona]:
-        return [Persona(role=r, tone=t) for r, t in itertools.product(self.roles, self.tones or ["plain"])]
 
 
 class CallGenerationConfig(LLMStageConfig):

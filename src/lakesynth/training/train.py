@@ -22,13 +22,22 @@ from pathlib import Path
 
 
 def load_split(path: str):
-    """The chat JSONL as prompt/completion pairs, so the loss counts the answer only."""
+    """The chat JSONL as prompt/completion pairs, so the loss counts the answers only: one pair per assistant
+    message, on the messages before it (a conversation teaches every turn, not only its last)."""
     from datasets import load_dataset
 
     data = load_dataset("json", data_files=path, split="train")
-    return data.map(
-        lambda ex: {"prompt": ex["messages"][:-1], "completion": ex["messages"][-1:]}, remove_columns=data.column_names
-    )
+    return data.map(_per_reply, batched=True, remove_columns=data.column_names)
+
+
+def _per_reply(batch: dict) -> dict:
+    prompts, completions = [], []
+    for messages in batch["messages"]:
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                prompts.append(messages[:i])
+                completions.append([message])
+    return {"prompt": prompts, "completion": completions}
 
 
 def _student(model_dir: str):

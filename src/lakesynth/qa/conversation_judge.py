@@ -1,0 +1,252 @@
+"""Conversation judge stage: `conversation_turns` -> `turn_verdicts` (each assistant turn judged) and
+`conversation_verdicts` (each conversation kept, truncated or dropped, naming the turn).
+
+Every assistant turn after the pair is scored with the pair judge's criteria (`quality.judge.criteria`: by default
+quality and scope compliance), given the whole dialog before it and whether the message it answers is in scope; its
+row in `turn_verdicts` keeps the scores with their reasoning, the model, `keep` and `drop_reason`
+(`judge:<criterion>`, or `judge_error`, judged again on the next run). A conversation's first bad turn (a failed
+verdict, a verdict or message that failed, a message not yet generated) decides it, as `conversations.on_bad_turn`
+says: `drop` drops it (`drop_reason` `judge:quality@turn3`), `truncate` keeps it up to the turn before when at least
+one follow-up turn remains there (`truncated_by` names the turn), else drops it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pandas as pd
+from pydantic import Field
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from lakesynth.config import LLMStageConfig
+from lakesynth.core import llm_stage, tables
+from lakesynth.core.llm_stage import LLMStep
+from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
+from lakesynth.core.tables import INT, B, S
+from lakesynth.core.templates import render
+from lakesynth.qa import dialogs
+from lakesynth.quality.criteria import output_model, verdict_rows
+
+TEMPLATE = """You judge conversations written to train a customer-service chatbot, one assistant turn at a time.
+
+Domain rules of the chatbot:
+{{ rules }}
+
+The conversation before the reply:
+
+{{ transcript }}
+
+The customer's last message is {{ "IN scope: the chatbot must answer it" if in_scope else "OUT of scope: the chatbot must redirect it" }}.
+
+The assistant's reply (turn {{ turn }} of the conversation):
+{{ answer }}
+
+Score this reply, in the light of the whole conversation, on each criterion from 1 to 3. For each, first write
+"reasoning" (one or two sentences), then the "score".
+{% for c in criteria %}- {{ c.name }}: {{ c.description }}
+{% endfor %}
+Answer with a JSON object with one key per criterion ({{ criteria | map(attribute="name") | join(", ") }}),
+each an object with the keys "reasoning" (string) and "score" (1, 2 or 3)."""
+
+
+class ConversationJudgeConfig(LLMStageConfig):
+    endpoint: str = Field("judge", description="The endpoint (a name under endpoints:) that judges the turns.")
+    template: str = Field(TEMPLATE, description="The judge's Jinja prompt (rules, transcript, answer, criteria).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int = Field(512, ge=16, description="Completion token limit.")
+
+
+TABLE = tables.verdict(
+    "turn_verdicts",
+    [("turn_id", S), ("conversation_id", S), ("turn", INT), ("in_scope", B), ("scores", S), ("min_score", INT)]
+    + tables.LLM_ACCOUNTING,
+    judges="conversation_turns",
+    key="turn_id",
+)
+CONVERSATIONS = tables.contract(
+    "conversation_verdicts",
+    [
+        ("conversation_id", S),
+        ("seed_id", S),
+        ("topic", S),
+        ("turns", INT),
+        ("kept_turns", INT),
+        ("bad_turn", INT),
+        ("truncated_by", S),
+    ]
+    + tables.VERDICT,
+    key="conversation_id",
+    parent="conversation_id",
+    parent_table="synthetic_responses",
+)
+JUDGED = "turn_id string, conversation_id string, turn int, in_scope boolean, dialog string, answer string"
+DECIDED = (
+    "conversation_id string, seed_id string, topic string, turns int, kept_turns int, bad_turn int, "
+    "truncated_by string, keep boolean, drop_reason string"
+)
+
+
+def judged_turns(row: dict) -> list[dict]:
+    """One row per stored assistant turn of the conversation (dialogs.with_stored), with the dialog before it (the
+    pair, then the stored messages up to the user message it answers). A turn whose earlier messages are not all
+    stored is left out."""
+    rows, out = dialogs.history(row["stored"]), []
+    for i, message in enumerate(rows):
+        if message["role"] != "assistant" or not dialogs.contiguous(rows, i + 1):
+            continue
+        out.append(
+            {
+                "turn_id": f"{row['conversation_id']}:{int(message['turn'])}:assistant",
+                "conversation_id": row["conversation_id"],
+                "turn": int(message["turn"]),
+                "in_scope": bool(rows[i - 1]["in_scope"]),
+                "dialog": dialogs.as_json(dialogs.messages(row["question"], row["answer"], rows[:i])),
+                "answer": message["content"],
+            }
+        )
+    return out
+
+
+def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria) -> list[list[dict]]:
+    """Rows -> requests: one judgement per assistant turn, the dialog before it in full."""
+    return [
+        [
+            {
+                "role": "user",
+                "content": render(
+                    template,
+                    rules=rules,
+                    transcript=dialogs.transcript(json.loads(row["dialog"])),
+                    in_scope=bool(row["in_scope"]),
+                    turn=int(row["turn"]),
+                    answer=row["answer"],
+                    criteria=criteria,
+                ),
+            }
+        ]
+        for row in batch.to_dict("records")
+    ]
+
+
+def step(cfg) -> LLMStep:
+    j, criteria = cfg.conversations.judge, cfg.quality.judge.criteria
+    return LLMStep(
+        name="conversation_judge",
+        table=TABLE,
+        key="turn_id",
+        columns=("turn_id", "conversation_id", "turn", "in_scope", "dialog", "answer"),
+        output=output_model(criteria),
+        settings=j,
+        template=j.template + json.dumps([c.model_dump() for c in criteria]),  # a new criterion, a new version
+        prompts=functools.partial(prompts, template=j.template, rules=cfg.use_case.rules, criteria=criteria),
+        rows=functools.partial(verdict_rows, criteria=criteria, dropped=("dialog", "answer")),
+    )
+
+
+def decide(row: dict, *, seed: int, turns: tuple[int, int], on_bad_turn: str) -> dict:
+    """The conversation's verdict from its stored messages and their verdicts (dialogs.with_stored): its first bad
+    turn, if any, drops it or truncates it before that turn."""
+    cid = str(row["conversation_id"])
+    last = dialogs.last_turn(cid, seed, turns)
+    by_message = {(int(r["turn"]), r["role"]): r for r in dialogs.history(row["stored"])}
+    bad, reason = None, None
+    for turn in range(2, last + 1):
+        user, reply = by_message.get((turn, "user")), by_message.get((turn, "assistant"))
+        if user is None or reply is None:
+            bad, reason = turn, "not_generated"
+        elif reply["verdict_keep"] is None:
+            bad, reason = turn, "not_judged"
+        elif not reply["verdict_keep"]:
+            bad, reason = turn, reply["verdict_reason"]
+        if bad:
+            break
+    kept_turns, keep, drop, truncated = last, True, None, None
+    if bad:
+        named = f"{reason}@turn{bad}"
+        if on_bad_turn == "truncate" and bad - 1 >= 2:
+            kept_turns, truncated = bad - 1, named
+        else:
+            kept_turns, keep, drop = 0, False, named
+    values = [cid, row["seed_id"], row["topic"], last, kept_turns, bad, truncated, keep, drop]
+    return dict(zip(dialogs.names(DECIDED), values))
+
+
+def figures(ctx: RunContext, entry: dict) -> dict:
+    """Turns per kept conversation, and the turn at which conversations were dropped or truncated."""
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for key, name, label in (
+        ("turns_per_conversation", "turns_per_conversation", "turns (the pair is turn 1)"),
+        ("bad_turn", "drops_by_turn", "first bad turn (dropped or truncated there)"),
+    ):
+        counts = entry.get(key) or {}
+        if not counts:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.bar([str(k) for k in counts], list(counts.values()), color="tab:blue")
+        ax.set_xlabel(label)
+        ax.set_ylabel("conversations")
+        fig.tight_layout()
+        out[f"conversations/{name}.png"] = fig
+    return out
+
+
+def run(ctx: RunContext) -> StageResult:
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    c = cfg.conversations
+    pairs = ctx.read("synthetic_responses").where(F.col("error").isNull() & F.col("answer").isNotNull())
+    ok = ctx.read("conversation_turns", kept=False).where(F.col("error").isNull() & F.col("content").isNotNull())
+    messages = ok.select("conversation_id", "turn", "role", "in_scope", "content")
+    judged = functools.partial(dialogs.each_row, each=judged_turns, ddl=JUDGED)
+    source = dialogs.with_stored(pairs, messages).mapInPandas(judged, JUDGED)
+    source = tables.materialize(spark, rt, "conversation_judge_turns", source)
+    result = llm_stage.run(ctx, step(cfg), source)
+    verdicts = tables.read(spark, rt, TABLE).select(
+        "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
+    )
+    with_verdicts = ok.join(verdicts, "turn_id", "left").select(
+        "conversation_id", "turn", "role", "verdict_keep", "verdict_reason"
+    )
+    each = functools.partial(decide, seed=c.seed, turns=c.turns, on_bad_turn=c.on_bad_turn)
+    rows = dialogs.with_stored(pairs, with_verdicts).mapInPandas(
+        functools.partial(dialogs.each_row, each=each, ddl=DECIDED), DECIDED
+    )
+    tables.overwrite(spark, rt, CONVERSATIONS, rows, run_id=cfg.run_id)
+    result.tables = [TABLE, CONVERSATIONS]
+    result.metrics.update(counts(tables.read(spark, rt, CONVERSATIONS)))
+    return result
+
+
+def counts(decided: DataFrame) -> dict:
+    """What `conversation_verdicts` says, for the summary, MLflow and the report: conversations kept, truncated and
+    dropped (by reason), the turns of each kept one, and the turn at which each bad one went wrong."""
+    kept = decided.where("keep")
+    reasons = decided.where("NOT keep").select(F.regexp_replace("drop_reason", "@turn[0-9]+$", "").alias("reason"))
+    return {
+        "conversations_kept": kept.count(),
+        "conversations_truncated": kept.where("truncated_by IS NOT NULL").count(),
+        "conversations_dropped": {r.reason: r["count"] for r in reasons.groupBy("reason").count().collect()},
+        "turns_per_conversation": _counts(kept, "kept_turns"),
+        "bad_turn": _counts(decided.where("bad_turn IS NOT NULL"), "bad_turn"),
+    }
+
+
+def _counts(rows: DataFrame, column: str) -> dict[int, int]:
+    return dict(sorted((r[column], r["count"]) for r in rows.groupBy(column).count().collect()))
+
+
+STAGE = Stage(
+    name="conversation_judge",
+    help="judge each assistant turn of the conversations (the pair judge's criteria) and keep, truncate or drop "
+    "each conversation, into turn_verdicts and conversation_verdicts",
+    run=run,
+    reads=("synthetic_responses", "conversation_turns"),
+    writes=(TABLE, CONVERSATIONS),
+    config=ConversationJudgeConfig,
+    section="conversations.judge",
+    off=lambda cfg: disabled(cfg, "conversations"),
+    figures=figures,
+)

@@ -1,0 +1,150 @@
+"""What the conversation stages share: each conversation's plan, drawn from seeded hashes (its number of turns, its
+persona, the kind of each next user message), and its dialog so far, rebuilt from the pair and the stored turns.
+
+A conversation grows from one kept pair (`synthetic_responses`): turn 1 is the pair's question and answer; turns 2,
+3 ... are the stored rows of `conversation_turns`, a user message then the assistant's reply. The plan depends only
+on the conversation's id and the config, so every stage and every rerun draws the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakesynth.config import Persona
+from lakesynth.training import examples
+
+# The kinds of next user message, as the simulated user is asked for them.
+KINDS = {
+    "follow_up": "a follow-up question on the assistant's last answer, going further on the same subject",
+    "clarification": "a request to clarify or explain something in the assistant's last answer",
+    "pushback": "pushback after the assistant declined: the customer insists, gives a reason, and asks again for "
+    "what was refused",
+    "off_topic": "a switch to another subject the assistant must not help with (out of scope under its rules)",
+    "correction": "a correction of a wrong assumption made earlier in the conversation (a detail the assistant "
+    "assumed, or one the customer stated wrongly before)",
+}
+OUT_OF_SCOPE = ("off_topic", "pushback")  # kinds whose message asks for what the rules refuse
+ROLES = ("user", "assistant")  # the two rows of a turn, in order
+
+
+def draw(*parts) -> float:
+    """A number in [0, 1) from a hash of `parts`: the same parts, the same draw, on any machine."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
+def last_turn(conversation_id: str, seed: int, turns: tuple[int, int]) -> int:
+    """The conversation's last turn: 1 (the pair) plus its follow-up turns, drawn in the `turns` range."""
+    low, high = turns
+    return 1 + low + int(draw(seed, "turns", conversation_id) * (high - low + 1))
+
+
+def persona(conversation_id: str, seed: int, personas: list[Persona]) -> Persona | None:
+    """The user the conversation's messages are written as (None: no personas configured)."""
+    if not personas:
+        return None
+    return personas[int(draw(seed, "persona", conversation_id) * len(personas))]
+
+
+def next_kind(conversation_id: str, turn: int, seed: int, mix: dict[str, float], refused: bool) -> str:
+    """The kind of the user message opening `turn`, drawn from `mix`; pushback only after a refused message."""
+    weights = {k: w for k, w in mix.items() if w > 0 and (k != "pushback" or refused)}
+    if not weights:
+        return "follow_up"
+    point, total = draw(seed, "kind", conversation_id, turn) * sum(weights.values()), 0.0
+    for kind, weight in weights.items():
+        total += weight
+        if point < total:
+            return kind
+    return kind
+
+
+def with_stored(pairs: DataFrame, stored: DataFrame) -> DataFrame:
+    """One row per pair (`conversation_id`, `seed_id`, `topic`, `in_scope`, `question`, `answer`) with `stored`, its
+    messages (the rows of `stored`, all but their `conversation_id`, as structs; null for none). One aggregation,
+    then plain rows: a pandas function per group costs the engine milliseconds a conversation."""
+    fields = [c for c in stored.columns if c != "conversation_id"]
+    grouped = stored.groupBy("conversation_id").agg(F.collect_list(F.struct(*fields)).alias("stored"))
+    base = pairs.select(
+        F.col("question_id").alias("conversation_id"), "seed_id", "topic", "in_scope", "question", "answer"
+    )
+    return base.join(grouped, "conversation_id", "left")
+
+
+def history(stored) -> list[dict]:
+    """A conversation's stored messages (`with_stored`), in order: turn, then user before assistant."""
+    return sorted(examples.records(stored), key=lambda r: (int(r["turn"]), ROLES.index(r["role"])))
+
+
+def contiguous(rows: list[dict], upto: int) -> bool:
+    """Whether `rows` are exactly the first `upto` messages after the pair: turn 2's user and assistant, then
+    turn 3's ... with no gap and no duplicate."""
+    expected = [(2 + i // 2, ROLES[i % 2]) for i in range(upto)]
+    return [(int(r["turn"]), r["role"]) for r in rows[:upto]] == expected and len(rows) >= upto
+
+
+def messages(question: str, answer: str, rows: list[dict]) -> list[dict]:
+    """The dialog as chat messages: the pair, then the stored turns' contents."""
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}] + [
+        {"role": r["role"], "content": r["content"]} for r in rows
+    ]
+
+
+def transcript(dialog: list[dict]) -> str:
+    """The dialog as the text a request carries: every message, named by who wrote it."""
+    names = {"user": "Customer", "assistant": "Assistant"}
+    return "\n\n".join(f"{names[m['role']]}: {m['content']}" for m in dialog)
+
+
+def as_json(dialog: list[dict]) -> str:
+    return json.dumps(dialog, ensure_ascii=False)
+
+
+def names(ddl: str) -> list[str]:
+    """The column names of a DDL schema string ("a string, b int")."""
+    return [c.split()[0] for c in ddl.split(", ")]
+
+
+def each_row(batches: Iterator[pd.DataFrame], *, each, ddl: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the rows `each(row)` makes (None, a dict, or a list of them) of every row, as `ddl`."""
+    for batch in batches:
+        out = []
+        for row in batch.to_dict("records"):
+            made = each(row)
+            out += made if isinstance(made, list) else [made] if made else []
+        yield pd.DataFrame(out, columns=names(ddl))
+
+
+def draw_column(*parts) -> F.Column:
+    """`draw` in the engine: the same number for the same parts (columns or values)."""
+    text = F.concat_ws("|", *[p if isinstance(p, F.Column) else F.lit(str(p)) for p in parts])
+    return F.conv(F.substring(F.sha2(text, 256), 1, 13), 16, 10).cast("double") / float(16**13)
+
+
+def later_messages(turns: DataFrame, verdicts: DataFrame) -> DataFrame:
+    """One row per kept conversation (`conversation_verdicts`): `conversation_id` and `later`, its messages after the
+    pair up to its last kept turn, in order, as examples.MESSAGE."""
+    kept = verdicts.where("keep").select("conversation_id", "kept_turns")
+    ok = turns.where(F.col("error").isNull() & F.col("content").isNotNull()).join(kept, "conversation_id")
+    ok = ok.where(F.col("turn") <= F.col("kept_turns"))
+    order = F.when(F.col("role") == "user", 0).otherwise(1)
+    stored = ok.groupBy("conversation_id").agg(
+        F.sort_array(F.collect_list(F.struct("turn", order.alias("order"), "role", "content"))).alias("stored")
+    )
+    later = F.transform(
+        "stored",
+        lambda m: F.struct(
+            m["role"].alias("role"),
+            m["content"].alias("content"),
+            F.lit(None).cast(T.ArrayType(examples.TOOL_CALL)).alias("tool_calls"),
+            F.lit(None).cast("string").alias("tool_call_id"),
+        ),
+    )
+    return stored.select("conversation_id", later.cast(examples.MESSAGES).alias("later"))

@@ -1,0 +1,226 @@
+"""Conversations: kept pairs continued into dialogs, judged per assistant turn, and written as multi-turn chat data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import deltalake
+import pandas as pd
+import pytest
+from conftest import ROOT, context, copy_schema, run_once, where
+from test_cli import lakesynth
+
+from lakesynth.config import with_overrides
+from lakesynth.core import registry, tables
+from lakesynth.qa import conversation_judge, conversations, dialogs, questions, responses
+from lakesynth.qa import format as chat_format
+from lakesynth.qa import seed as seeds
+from lakesynth.training.checks import chat_violation
+
+ON = ["questions.per_seed=1", "conversations.enabled=true", "conversations.turns=[1, 3]"]
+
+
+def _score(value: int) -> str:
+    """A scripted judgement: every default criterion at `value`."""
+    return json.dumps({c: {"reasoning": f"scripted {value}", "score": value} for c in ("quality", "scope")})
+
+
+def _judged(**low: int) -> tuple[tuple[str, str], ...]:
+    """Stand-in replies for the conversation judge: 3 everywhere, 1 at the turns named (turn number -> 1)."""
+    rules = [(f"(turn {t} of the conversation)", _score(1)) for t in low.values()]
+    return (*rules, ("(turn ", _score(3)))
+
+
+@pytest.fixture(scope="module")
+def answered(spark, warehouse, teacher_server):
+    """One question per seed, answered, once for the module; each test continues a copy into conversations."""
+    return run_once(warehouse, teacher_server, seeds, questions, responses, change=lambda c: with_overrides(c, ON))
+
+
+def _conversations(spark, answered, llm_cfg, *settings):
+    cfg = copy_schema(spark, answered, with_overrides(llm_cfg, ON + list(settings)))
+    pairs = tables.read(spark, where(cfg), responses.TABLE).where("error IS NULL").toPandas()
+    return cfg, pairs
+
+
+def _last_turns(cfg, pairs) -> dict[str, int]:
+    c = cfg.conversations
+    return {qid: dialogs.last_turn(qid, c.seed, c.turns) for qid in pairs.question_id}
+
+
+def test_every_conversation_has_its_turns_in_order_and_the_jsonl_trains(spark, answered, llm_cfg, teacher_server):
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+    from trl.data_utils import is_conversational
+
+    from lakesynth.training import student
+
+    cfg, pairs = _conversations(spark, answered, llm_cfg)
+    teacher_server.reset(replies=_judged())
+    result = conversations.run(context(cfg))
+    last = _last_turns(cfg, pairs)
+    assert set(last.values()) == {2, 3, 4}, "the drawn turns cover the configured range"
+    expected = sum(2 * (n - 1) for n in last.values())
+    assert result.rows_out == expected and result.errors == 0 and result.metrics["rounds"] == 6
+    turns = tables.read(spark, where(cfg), conversations.TABLE).toPandas()
+    assert len(turns) == expected and turns.turn_id.is_unique
+    for cid, rows in turns.groupby("conversation_id"):
+        rows = rows.assign(order=rows.role.map({"user": 0, "assistant": 1})).sort_values(["turn", "order"])
+        assert list(zip(rows.turn, rows.role)) == [
+            (t, r) for t in range(2, last[cid] + 1) for r in ("user", "assistant")
+        ]
+        assert rows.content.str.strip().str.len().gt(0).all() and rows.persona.notna().all()
+        users = rows[rows.role == "user"]
+        assert set(users.kind) <= set(dialogs.KINDS)
+        scopes = [bool(pairs.set_index("question_id").in_scope[cid])] + list(users.in_scope)
+        for i, kind in enumerate(users.kind):  # pushback only after a message the assistant had to refuse
+            assert kind != "pushback" or not scopes[i]
+            assert scopes[i + 1] == (False if kind in dialogs.OUT_OF_SCOPE else scopes[0])
+        replies = rows[rows.role == "assistant"]
+        assert list(replies.kind) == list(users.kind) and list(replies.in_scope) == list(users.in_scope)
+    assert teacher_server.stats.completions - teacher_server.stats.probes == expected  # one call a message
+    # Each request carries the whole dialog so far: a fourth turn's reply is asked with every message before it.
+    longest = next(c for c, n in last.items() if n == 4)
+    stored = conversations.stored(
+        spark.createDataFrame(pairs[pairs.question_id == longest]), spark.createDataFrame(turns)
+    )
+    planned = conversations.plan_round(
+        stored.toPandas().iloc[0].to_dict(), turn=4, role="assistant", c=cfg.conversations
+    )
+    (request,) = conversations.prompts(
+        pd.DataFrame([planned]), template=cfg.conversations.assistant.template, rules="rules"
+    )
+    earlier = turns[(turns.conversation_id == longest) & ((turns.turn < 4) | (turns.role == "user"))]
+    texts = [*pairs.set_index("question_id").loc[longest, ["question", "answer"]], *earlier.content]
+    assert len(texts) == 7 and all(t in request[0]["content"] for t in texts)
+    judged = conversation_judge.run(context(cfg))
+    assert judged.metrics["conversations_kept"] == len(pairs) and judged.metrics["conversations_truncated"] == 0
+    assert judged.metrics["turns_per_conversation"] == {n: list(last.values()).count(n) for n in (2, 3, 4)}
+    formatted = chat_format.run(context(cfg))
+    examples = tables.read(spark, where(cfg), chat_format.TABLE).toPandas()
+    assert len(examples) == len(pairs) and set(examples.example_id.str.endswith(":conversation")) == {True}
+    for row in examples.itertuples():
+        messages = [{"role": m["role"], "content": m["content"]} for m in row.messages]
+        assert chat_violation(messages, 10_000) is None
+        assert len(messages) == 1 + 2 * last[row.question_id]  # the system prompt, then every turn
+        assert messages[1]["content"] == pairs.set_index("question_id").question[row.question_id]
+    data = load_dataset("json", data_files={s: formatted.files[f"{s}_jsonl"] for s in ("train", "val")})
+    assert sum(len(d) for d in data.values()) == len(pairs)
+    tokenizer = AutoTokenizer.from_pretrained(student.packaged_student(Path(cfg.model_cache).expanduser()))
+    longest = max(data["train"], key=lambda e: len(e["messages"]))
+    assert len(longest["messages"]) == 9 and is_conversational(longest)
+    text = tokenizer.apply_chat_template(longest["messages"], tokenize=False)
+    assert text.count("<|im_start|>assistant") == 4 and longest["messages"][-1]["content"] in text
+    # A rerun pays for nothing.
+    teacher_server.reset()
+    again = conversations.run(context(cfg))
+    assert again.rows_out == 0 and teacher_server.stats.requests == 0
+
+
+@pytest.mark.parametrize("on_bad_turn", ["drop", "truncate"])
+def test_a_bad_third_turn_drops_or_truncates_exactly_those_conversations(
+    spark, answered, llm_cfg, teacher_server, on_bad_turn
+):
+    cfg, pairs = _conversations(spark, answered, llm_cfg, f"conversations.on_bad_turn={on_bad_turn}")
+    teacher_server.reset(replies=_judged(bad=3))
+    conversations.run(context(cfg))
+    result = conversation_judge.run(context(cfg))
+    last = _last_turns(cfg, pairs)
+    verdicts = tables.read(spark, where(cfg), conversation_judge.TABLE).toPandas()
+    assert set(verdicts[~verdicts.keep].turn) == {3}
+    assert (verdicts[~verdicts.keep].drop_reason == "judge:quality").all()
+    assert set(verdicts[verdicts.turn == 3].conversation_id) == {c for c, n in last.items() if n >= 3}
+    decided = tables.read(spark, where(cfg), conversation_judge.CONVERSATIONS).toPandas().set_index("conversation_id")
+    assert set(decided.index) == set(last)
+    for cid, n in last.items():
+        row = decided.loc[cid]
+        if n < 3:
+            assert row.keep and row.kept_turns == 2 and row.drop_reason is None and row.truncated_by is None
+        elif on_bad_turn == "drop":
+            assert not row.keep and row.drop_reason == "judge:quality@turn3" and row.bad_turn == 3
+        else:
+            assert row.keep and row.kept_turns == 2 and row.truncated_by == "judge:quality@turn3"
+    hit = sum(n >= 3 for n in last.values())
+    assert result.metrics["bad_turn"] == {3: hit}
+    figures = conversation_judge.STAGE.figures(context(cfg), result.metrics)  # what MLflow and the report get
+    assert set(figures) == {"conversations/turns_per_conversation.png", "conversations/drops_by_turn.png"}
+    heights = [p.get_height() for p in figures["conversations/drops_by_turn.png"].axes[0].patches]
+    assert heights == [hit]
+    chat_format.run(context(cfg))
+    examples = tables.read(spark, where(cfg), chat_format.TABLE).toPandas().set_index("question_id")
+    for cid, n in last.items():
+        messages = examples.loc[cid].messages
+        if n >= 3 and on_bad_turn == "drop":  # the conversation is gone; its pair stays as a single example
+            assert len(messages) == 3 and not examples.loc[cid].example_id.endswith(":conversation")
+        else:
+            assert len(messages) == 1 + 2 * 2
+
+
+def test_share_mixes_single_turn_examples_and_conversations(spark, answered, llm_cfg, teacher_server):
+    cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.share=0.5", "conversations.turns=[1, 1]")
+    teacher_server.reset(replies=_judged())
+    conversations.run(context(cfg))
+    conversation_judge.run(context(cfg))
+    chat_format.run(context(cfg))
+    examples = tables.read(spark, where(cfg), chat_format.TABLE).toPandas()
+    dialogs_in = examples.example_id.str.endswith(":conversation")
+    assert examples.question_id.is_unique and len(examples) == len(pairs)  # never a pair and its conversation
+    drawn = {q for q in pairs.question_id if dialogs.draw(cfg.conversations.seed, "share", q) < 0.5}
+    assert set(examples[dialogs_in].question_id) == drawn and 0 < len(drawn) < len(pairs)
+
+
+def _table(tmp_path, name):
+    path = tmp_path / "wh" / "main" / "lakesynth_dev" / name
+    return deltalake.DeltaTable(str(path)).to_pandas()
+
+
+def test_sigkill_mid_stage_then_rerun_repays_only_in_flight_and_leaves_no_gap(tmp_path, teacher_server):
+    settings = [f"--set={s}" for s in ON]
+    args = [
+        "--warehouse",
+        str(tmp_path / "wh"),
+        *settings,
+        "--set",
+        f"endpoints.teacher.base_url={teacher_server.base_url}",
+    ]
+    args += ["--set", "endpoints.teacher.model=standin"]
+    teacher_server.reset()
+    assert lakesynth("run", "--stages", "seed,questions,responses", *args).returncode == 0
+    pairs = _table(tmp_path, "synthetic_responses")
+    cfg = registry.load_config(ROOT / "conf" / "lakesynth.yml", ON)
+    last = _last_turns(cfg, pairs)
+    total = sum(2 * (n - 1) for n in last.values())
+    concurrency = 4
+    teacher_server.reset(latency_ms=40)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakesynth.cli", "conversations", *args, "--set", "mlflow.enabled=false"]
+        + ["--set", f"endpoints.teacher.max_concurrency={concurrency}", "--set", "llm.journal_flush_s=0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while teacher_server.stats.completions < total * 0.6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = teacher_server.stats.as_dict()
+    stored = _table(tmp_path, "conversation_turns")
+    assert 0 < len(stored) < total, "the kill must land after a round was stored and before the last"
+    teacher_server.reset()
+    rerun = lakesynth("conversations", *args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    paid = killed["requests"] - killed["probes"] + teacher_server.stats.requests - teacher_server.stats.probes
+    assert 0 <= paid - total <= concurrency  # only what was in flight at the kill is paid twice
+    rows = _table(tmp_path, "conversation_turns")
+    assert len(rows) == total and rows.turn_id.is_unique and rows.error.isna().all()
+    for cid, group in rows.groupby("conversation_id"):
+        got = sorted(zip(group.turn, group.role.map({"user": 0, "assistant": 1})))
+        assert got == [(t, r) for t in range(2, last[cid] + 1) for r in (0, 1)]  # no gap, no duplicate
+    before = stored.set_index("turn_id").fingerprint
+    assert (rows.set_index("turn_id").fingerprint[before.index] == before).all()  # stored turns were not redone
