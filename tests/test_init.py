@@ -100,9 +100,17 @@ def test_a_run_with_no_config_of_its_own_applies_no_domain(tmp_path, teacher_ser
     assert system == {command.GENERIC_SYSTEM_PROMPT}
 
     teacher_server.reset()
-    bank = lakesynth(*args, "--config", "bank", *on_standin(teacher_server, tmp_path / "bank"), cwd=empty)
+    bank_args = ("run", "--config", "bank", "--stages", "seed,questions", *on_standin(teacher_server, tmp_path))
+    bank = lakesynth(*bank_args, cwd=empty)  # its own seeds (mirror mode), on the same warehouse
     assert bank.returncode == 0, bank.stdout + bank.stderr
     assert "(packaged sample)" in bank.stderr.splitlines()[0] and BANK in prompts(teacher_server)
+    # The bank sample's seeds went to its own schema: the user's one seed is still there, and only it.
+    shown = lakesynth(
+        "show", "seed_questions", "--warehouse", str(tmp_path / "wh"), "--schema", command.NEUTRAL_SCHEMA, cwd=empty
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "seed_questions: 1 of 1 rows" in shown.stdout and "roses" in shown.stdout
+    assert f"/{command.NEUTRAL_SCHEMA}/" in json.loads(summary.read_text())["files"]["train_jsonl"]
 
 
 def test_a_file_set_on_the_command_line_is_relative_to_the_working_folder(tmp_path, monkeypatch):

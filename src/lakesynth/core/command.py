@@ -23,9 +23,12 @@ from lakesynth.core.bundle import DEFAULT_JOB
 SAMPLES = {"bank": "lakesynth.yml", "taxonomy": "taxonomy.yml"}
 GENERIC_SYSTEM_PROMPT = "You are a helpful assistant. Answer accurately and concisely; say so when you do not know."
 # A run with no config of its own keeps the packaged sample's settings and sources, not its domain: no rules, a
-# generic system prompt, no bank customers as the tool requests' personas.
+# generic system prompt, no bank customers as the tool requests' personas; and a schema of its own, so that the bank
+# sample (`--config bank`, mirror mode) run on the same warehouse never replaces the user's seeds.
+NEUTRAL_SCHEMA = "lakesynth_default"
 NEUTRAL_USE_CASE = [
     "use_case.name=default",
+    f"schema={NEUTRAL_SCHEMA}",
     "use_case.rules_file=''",
     "use_case.rules=''",
     f"use_case.system_prompt={json.dumps(GENERIC_SYSTEM_PROMPT)}",
