@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lakesynth import cli
-from lakesynth.core import command
+from lakesynth.core import command, registry, starter
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK = "Northwind"  # in the sample's rules and system prompt, nowhere else
@@ -111,6 +113,14 @@ def test_a_run_with_no_config_of_its_own_applies_no_domain(tmp_path, teacher_ser
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "seed_questions: 1 of 1 rows" in shown.stdout and "roses" in shown.stdout
     assert f"/{command.NEUTRAL_SCHEMA}/" in json.loads(summary.read_text())["files"]["train_jsonl"]
+
+
+@pytest.mark.parametrize("title", ["Acme: garden tools", "Acme #1 garden shop"])
+def test_a_title_with_yaml_syntax_is_written_as_the_title(tmp_path, title):
+    project = starter.init(tmp_path / "acme", job_stages=["seed"], title=title)
+    cfg = registry.load_config(project.folder / "conf" / "lakesynth.yml")
+    assert cfg.use_case.system_prompt == f"You are the assistant of {title}. Be friendly, concise and correct."
+    assert (cfg.use_case.name, cfg.schema_) == ("acme", "lakesynth_acme")
 
 
 def test_a_file_set_on_the_command_line_is_relative_to_the_working_folder(tmp_path, monkeypatch):

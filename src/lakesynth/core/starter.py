@@ -1,12 +1,14 @@
 """`lakesynth init`: a starting project of the user's own domain, so that no run has to borrow the packaged bank
 sample's rules. It writes conf/lakesynth.yml (found by a run from that folder), the rules and seed templates it
 names and, for a job that reads tools, a module of example functions and seed pairs. The templates are the files in
-starter/, with `$name`, `$title` and `$schema` filled in (string.Template: YAML and Python braces stay as they are).
+starter/, with `$name`, `$title`, `$schema` and `$system_prompt` filled in (string.Template: YAML and Python braces
+stay as they are; a value in the YAML is quoted there, so a title with `: ` or ` #` stays the title).
 Nothing is asked interactively, and no existing file is overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -37,7 +39,7 @@ def init(folder: Path, *, job_stages: list[str], name: str | None = None, title:
     written then). `job_stages` are the stages of the job it is for: one that reads tools gets the tools' files."""
     folder = folder.resolve()
     name = slug(name or folder.name)
-    title = title or name.replace("_", " ").title()
+    title = " ".join((title or name.replace("_", " ").title()).split())  # one line: it goes into comments too
     tools = any(source.flag == "tools" for source in registry.sources(registry.default_stages(), job_stages))
     pairs = COMMON + (TOOLS if tools else ())
     targets = [(template, folder / "conf" / target) for template, target in pairs]
@@ -47,7 +49,8 @@ def init(folder: Path, *, job_stages: list[str], name: str | None = None, title:
             f"lakesynth init: {', '.join(present)} already exist(s); nothing was written "
             "(move them away, or init another folder)"
         )
-    values = {"name": name, "title": title, "schema": f"lakesynth_{name}"}
+    prompt = f"You are the assistant of {title}. Be friendly, concise and correct."
+    values = {"name": name, "title": title, "schema": f"lakesynth_{name}", "system_prompt": json.dumps(prompt)}
     starter = resources.files("lakesynth") / "starter"
     texts = {template: Template(starter.joinpath(template).read_text(encoding="utf-8")).substitute(values)
              for template, _ in pairs}  # fmt: skip
