@@ -130,3 +130,17 @@ def test_a_file_set_on_the_command_line_is_relative_to_the_working_folder(tmp_pa
     cfg, _ = cli.configure(args, ["seed", "questions"])
     assert cfg.use_case.rules == "Only gardening questions.\n"
     assert cfg.use_case.rules_file == str(tmp_path / "mine.md")
+
+
+def test_an_mcp_server_or_url_given_on_the_command_line_is_no_file(tmp_path, monkeypatch):
+    """--tools and --set tools.spec take the same values: an MCP server or a URL as given, a file from here."""
+    monkeypatch.chdir(tmp_path)
+    server = "mcp:python -m my_tools.server"
+    for flags in (["--tools", server], ["--set", f"tools.spec={server}"]):
+        cfg, _ = cli.configure(cli.parse_args(["run", "--job", "lakesynth_tools", *flags]), ["tools"])
+        assert cfg.tools.spec == server
+    url = "mcp:http://127.0.0.1:8000/mcp"
+    cfg, _ = cli.configure(cli.parse_args(["run", "--set", f"tools.spec={url}"]), ["tools"])
+    assert cfg.tools.spec == url
+    cfg, _ = cli.configure(cli.parse_args(["run", "--tools", "mine.json"]), ["tools"])
+    assert cfg.tools.spec == str(tmp_path / "mine.json")
