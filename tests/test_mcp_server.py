@@ -175,6 +175,14 @@ def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp
     cfg, line = cli.configure(args, ["tools", "call_generation", "calls"])
     assert cfg.tools.spec == spec and line.startswith(f"sources --tools {spec};")
     assert tools.implementations(cfg) == spec and cfg.tools.functions == ""  # the server runs its own tools
+    # A server runs only its own listing: as the implementations of another spec it could never be checked.
+    args = cli.parse_args(["run", "--config", str(packaged_config()), "--functions", spec])
+    with pytest.raises(ConfigError) as refused:
+        cli.configure(args, ["tools", "call_generation", "calls"])
+    assert str(refused.value).endswith(
+        f"--set tools.functions: Value error, an MCP server runs the tools it lists: give it as tools.spec "
+        f"(--tools {spec}), not as tools.functions, which takes a file (got {spec!r})"
+    )
     missing = f"mcp:{tmp_path / 'no-such-server'}"
     with pytest.raises(SeedError, match=f"{missing}: cannot use the MCP server: FileNotFoundError"):
         tools.read(cfg.model_copy(update={"tools": cfg.tools.model_copy(update={"spec": missing})}))

@@ -43,6 +43,12 @@ class ToolsConfig(Section):
     @field_validator("spec", "functions", "calls", "seeds")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if mcp_server.is_mcp(value) and info.field_name != "spec":
+            # A server runs only what it lists: a spec from a file could name a function it lacks, unchecked.
+            raise ValueError(
+                f"an MCP server runs the tools it lists: give it as tools.spec (--tools {value}), not as "
+                f"tools.{info.field_name}, which takes a file"
+            )
         return value if mcp_server.is_mcp(value) else resolve_path(value, info)
 
 
