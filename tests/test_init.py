@@ -115,6 +115,21 @@ def test_a_run_with_no_config_of_its_own_applies_no_domain(tmp_path, teacher_ser
     assert f"/{command.NEUTRAL_SCHEMA}/" in json.loads(summary.read_text())["files"]["train_jsonl"]
 
 
+def test_init_keeps_local_runs_out_of_git_and_says_how_to_deploy(tmp_path, capsys):
+    cli.main(["init", str(tmp_path / "fresh")])
+    assert (tmp_path / "fresh" / ".gitignore").read_text(encoding="utf-8") == ".lakesynth/\n"
+    said = capsys.readouterr().out
+    assert said.startswith("wrote conf/lakesynth.yml, conf/rules.md, conf/seeds.csv, .gitignore in ")
+    assert said.rstrip().endswith(
+        "to deploy to Databricks: copy conf/ over the conf/ of a clone of the lakesynth repository (the bundle), "
+        "then `databricks bundle deploy --var catalog=<catalog>` there (README: Deploy to Databricks)"
+    )
+    (tmp_path / "mine" / ".gitignore").parent.mkdir()
+    (tmp_path / "mine" / ".gitignore").write_text("*.pyc", encoding="utf-8")  # the user's own: added to
+    cli.main(["init", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / ".gitignore").read_text(encoding="utf-8") == "*.pyc\n.lakesynth/\n"
+
+
 @pytest.mark.parametrize("title", ["Acme: garden tools", "Acme #1 garden shop"])
 def test_a_title_with_yaml_syntax_is_written_as_the_title(tmp_path, title):
     project = starter.init(tmp_path / "acme", job_stages=["seed"], title=title)

@@ -105,6 +105,8 @@ def init(args) -> int:
         + (", your tools in conf/functions.py and example calls in conf/tool_seeds.jsonl" if job else "")
         + f", then:{where}\n  lakesynth preview{job}   # a few seeds through every stage, nothing stored"
         + f"\n  lakesynth run{job}"
+        + "\nto deploy to Databricks: copy conf/ over the conf/ of a clone of the lakesynth repository (the bundle), "
+        "then `databricks bundle deploy --var catalog=<catalog>` there (README: Deploy to Databricks)"
     )
     return 0
 
