@@ -162,7 +162,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the teacher and engine are already stopped; finished calls are journaled
-        print(INTERRUPTED, file=sys.stderr)
+        stop.say(INTERRUPTED)
         return stop.EXIT_CODE
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
