@@ -192,6 +192,43 @@ def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp
         mcp_server.McpTools(changed, cfg.tools.mcp, listing_sha="0" * 16).start()
 
 
+WHERE_SERVER = '''"""A stdio server that says where it runs and which of the test's variables it was given."""
+import os
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("where", log_level="CRITICAL")
+
+
+@server.tool()
+def where() -> dict:
+    """The server's working folder and variables."""
+    return {"cwd": os.getcwd(), "given": os.environ.get("WHERE_GIVEN"), "other": os.environ.get("WHERE_OTHER")}
+
+
+if __name__ == "__main__":
+    server.run()
+'''
+
+
+def test_a_stdio_server_runs_in_the_configs_folder_with_the_variables_it_names(tmp_path, monkeypatch):
+    from lakesynth.core import registry
+
+    conf = tmp_path / "conf"
+    write(conf / "where_server.py", WHERE_SERVER)
+    config = f"tools:\n  spec: mcp:{sys.executable} where_server.py\n  mcp:\n    env: [WHERE_GIVEN]\n"
+    cfg = registry.load_config(write(conf / "lakesynth.yml", config))
+    assert (cfg.tools.mcp.cwd, cfg.tools.mcp.env) == (str(conf), ["WHERE_GIVEN"])
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative server file is found in the config's folder all the same
+    monkeypatch.setenv("WHERE_OTHER", "not passed on")
+    with pytest.raises(ConfigError, match="^tools.mcp.env: environment variable.s. WHERE_GIVEN not set$"):
+        mcp_server.McpTools(cfg.tools.spec, cfg.tools.mcp).start()
+    monkeypatch.setenv("WHERE_GIVEN", "passed on")
+    with mcp_server.McpTools(cfg.tools.spec, cfg.tools.mcp, timeout_s=10) as server:
+        (outcome,) = server.run([("where", {})])
+    assert json.loads(outcome.result) == {"cwd": str(conf), "given": "passed on", "other": None}
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """The bank's server over Streamable HTTP on a free port, guarded by a bearer token: (URL, token)."""

@@ -33,7 +33,8 @@ class ToolsConfig(Section):
     spec: str = Field(
         "",
         description="OpenAI tools file (.json), a Python module of typed, documented functions, or an MCP server: "
-        "`mcp:<command>` (stdio, run in the working directory) or `mcp:<http(s) URL>` (Streamable HTTP).",
+        "`mcp:<command>` (stdio, run in the config file's folder: tools.mcp.cwd) or `mcp:<http(s) URL>` "
+        "(Streamable HTTP).",
     )
     functions: str = Field("", description="Python module implementing a JSON spec's functions (execution check).")
     calls: str = Field("", description="JSONL of query + function_calls (or tool_calls) pairs to verify.")
