@@ -13,9 +13,15 @@ import pytest
 
 from lakesynth import cli
 from lakesynth.core import command, registry, starter
+from lakesynth.report import show
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK = "Northwind"  # in the sample's rules and system prompt, nowhere else
+STARTER_OFF = (
+    "quality.critic.enabled is false",
+    "quality.judge.enabled is false",
+    "quality.relevance.enabled is false",
+)
 
 
 def lakesynth(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -68,6 +74,10 @@ def test_init_writes_a_project_of_your_own_that_runs_both_jobs(tmp_path, teacher
     assert stages["format"]["status"] == "ok" and stages["format"]["rows_out"] > 0
     asked = prompts(teacher_server)
     assert "Never promise a delivery date" in asked and BANK not in asked
+    # The starter's checks are off but dedup: `show --dropped` says so (an empty list reads as "all kept").
+    shown = lakesynth("show", "pair_verdicts", "--dropped", "--warehouse", str(tmp_path / "wh"), cwd=project)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert shown.stdout.rstrip().endswith(f"checks off, which drop nothing: {'; '.join(STARTER_OFF)}")
 
     teacher_server.reset()
     summary = tmp_path / "tools.json"
@@ -128,6 +138,17 @@ def test_init_keeps_local_runs_out_of_git_and_says_how_to_deploy(tmp_path, capsy
     (tmp_path / "mine" / ".gitignore").write_text("*.pyc", encoding="utf-8")  # the user's own: added to
     cli.main(["init", str(tmp_path / "mine")])
     assert (tmp_path / "mine" / ".gitignore").read_text(encoding="utf-8") == "*.pyc\n.lakesynth/\n"
+
+
+def test_show_dropped_names_the_checks_that_are_off(tmp_path):
+    project = starter.init(tmp_path / "acme", job_stages=["seed"])
+    stages = registry.default_stages()
+    contracts = registry.contracts(stages)
+    cfg = registry.load_config(project.folder / "conf" / "lakesynth.yml")
+    assert show.checks_off(cfg, contracts, stages, "pair_verdicts") == list(STARTER_OFF)  # and dedup's, on
+    assert show.checks_off(cfg, contracts, stages, "synthetic_responses") == list(STARTER_OFF[1:])
+    judged = registry.load_config(project.folder / "conf" / "lakesynth.yml", ["quality.judge.enabled=true"])
+    assert show.checks_off(judged, contracts, stages, "pair_verdicts") == [STARTER_OFF[0], STARTER_OFF[2]]
 
 
 @pytest.mark.parametrize("title", ["Acme: garden tools", "Acme #1 garden shop"])
