@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from pathlib import Path
 # Two workers share two cores: torch's own two threads each spun waiting for the other, descheduled, and a local
 # fine-tune and evaluation took 6.7 times the CPU (181 s against 27 s) and 3.5 times as long.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Where runs record the last one (for `lakesynth report` and the notebooks): never the user's own, from a test.
-os.environ.setdefault("LAKESYNTH_STATE_DIR", tempfile.mkdtemp(prefix="lakesynth-state-"))
 
 import pytest  # noqa: E402
 
@@ -58,6 +55,16 @@ LONGEST_FIRST = (  # from single-file runs with --durations on 2 cores, 2026-12-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory):
+    """Where runs record the last one (for `lakesynth report` and the notebooks; the CLI processes tests start
+    inherit it): never the user's own, from a test, and under pytest's temporary folders, which pytest prunes."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LAKESYNTH_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

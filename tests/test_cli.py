@@ -49,7 +49,7 @@ def test_seed_stage_writes_delta_readable_by_another_reader_and_session(tmp_path
     assert spark.table("main.cli.seed_questions").count() == 24
     # A second process adds nothing.
     again = lakesynth("seed", "--warehouse", str(warehouse), "--schema", "cli")
-    assert again.returncode == 0 and "seed: ok, 24 in, 0 new (24 already stored), 0 errors" in again.stdout
+    assert again.returncode == 0 and "seed: ok, 24 in (24 already stored), 0 new, 0 errors" in again.stdout
 
 
 def test_bad_seed_file_exits_nonzero_with_named_error(tmp_path):

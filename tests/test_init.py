@@ -9,11 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lakesynth import cli
-from lakesynth.core import command
+from lakesynth.core import command, registry, starter
+from lakesynth.report import show
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK = "Northwind"  # in the sample's rules and system prompt, nowhere else
+STARTER_OFF = (
+    "quality.critic.enabled is false",
+    "quality.judge.enabled is false",
+    "quality.relevance.enabled is false",
+)
 
 
 def lakesynth(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -66,6 +74,10 @@ def test_init_writes_a_project_of_your_own_that_runs_both_jobs(tmp_path, teacher
     assert stages["format"]["status"] == "ok" and stages["format"]["rows_out"] > 0
     asked = prompts(teacher_server)
     assert "Never promise a delivery date" in asked and BANK not in asked
+    # The starter's checks are off but dedup: `show --dropped` says so (an empty list reads as "all kept").
+    shown = lakesynth("show", "pair_verdicts", "--dropped", "--warehouse", str(tmp_path / "wh"), cwd=project)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert shown.stdout.rstrip().endswith(f"checks off, which drop nothing: {'; '.join(STARTER_OFF)}")
 
     teacher_server.reset()
     summary = tmp_path / "tools.json"
@@ -100,9 +112,51 @@ def test_a_run_with_no_config_of_its_own_applies_no_domain(tmp_path, teacher_ser
     assert system == {command.GENERIC_SYSTEM_PROMPT}
 
     teacher_server.reset()
-    bank = lakesynth(*args, "--config", "bank", *on_standin(teacher_server, tmp_path / "bank"), cwd=empty)
+    bank_args = ("run", "--config", "bank", "--stages", "seed,questions", *on_standin(teacher_server, tmp_path))
+    bank = lakesynth(*bank_args, cwd=empty)  # its own seeds (mirror mode), on the same warehouse
     assert bank.returncode == 0, bank.stdout + bank.stderr
     assert "(packaged sample)" in bank.stderr.splitlines()[0] and BANK in prompts(teacher_server)
+    # The bank sample's seeds went to its own schema: the user's one seed is still there, and only it.
+    shown = lakesynth(
+        "show", "seed_questions", "--warehouse", str(tmp_path / "wh"), "--schema", command.NEUTRAL_SCHEMA, cwd=empty
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "seed_questions: 1 of 1 rows" in shown.stdout and "roses" in shown.stdout
+    assert f"/{command.NEUTRAL_SCHEMA}/" in json.loads(summary.read_text())["files"]["train_jsonl"]
+
+
+def test_init_keeps_local_runs_out_of_git_and_says_how_to_deploy(tmp_path, capsys):
+    cli.main(["init", str(tmp_path / "fresh")])
+    assert (tmp_path / "fresh" / ".gitignore").read_text(encoding="utf-8") == ".lakesynth/\n"
+    said = capsys.readouterr().out
+    assert said.startswith("wrote conf/lakesynth.yml, conf/rules.md, conf/seeds.csv, .gitignore in ")
+    assert said.rstrip().endswith(
+        "to deploy to Databricks: copy conf/ over the conf/ of a clone of the lakesynth repository (the bundle), "
+        "then `databricks bundle deploy --var catalog=<catalog>` there (README: Deploy to Databricks)"
+    )
+    (tmp_path / "mine" / ".gitignore").parent.mkdir()
+    (tmp_path / "mine" / ".gitignore").write_text("*.pyc", encoding="utf-8")  # the user's own: added to
+    cli.main(["init", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / ".gitignore").read_text(encoding="utf-8") == "*.pyc\n.lakesynth/\n"
+
+
+def test_show_dropped_names_the_checks_that_are_off(tmp_path):
+    project = starter.init(tmp_path / "acme", job_stages=["seed"])
+    stages = registry.default_stages()
+    contracts = registry.contracts(stages)
+    cfg = registry.load_config(project.folder / "conf" / "lakesynth.yml")
+    assert show.checks_off(cfg, contracts, stages, "pair_verdicts") == list(STARTER_OFF)  # and dedup's, on
+    assert show.checks_off(cfg, contracts, stages, "synthetic_responses") == list(STARTER_OFF[1:])
+    judged = registry.load_config(project.folder / "conf" / "lakesynth.yml", ["quality.judge.enabled=true"])
+    assert show.checks_off(judged, contracts, stages, "pair_verdicts") == [STARTER_OFF[0], STARTER_OFF[2]]
+
+
+@pytest.mark.parametrize("title", ["Acme: garden tools", "Acme #1 garden shop"])
+def test_a_title_with_yaml_syntax_is_written_as_the_title(tmp_path, title):
+    project = starter.init(tmp_path / "acme", job_stages=["seed"], title=title)
+    cfg = registry.load_config(project.folder / "conf" / "lakesynth.yml")
+    assert cfg.use_case.system_prompt == f"You are the assistant of {title}. Be friendly, concise and correct."
+    assert (cfg.use_case.name, cfg.schema_) == ("acme", "lakesynth_acme")
 
 
 def test_a_file_set_on_the_command_line_is_relative_to_the_working_folder(tmp_path, monkeypatch):
@@ -112,3 +166,17 @@ def test_a_file_set_on_the_command_line_is_relative_to_the_working_folder(tmp_pa
     cfg, _ = cli.configure(args, ["seed", "questions"])
     assert cfg.use_case.rules == "Only gardening questions.\n"
     assert cfg.use_case.rules_file == str(tmp_path / "mine.md")
+
+
+def test_an_mcp_server_or_url_given_on_the_command_line_is_no_file(tmp_path, monkeypatch):
+    """--tools and --set tools.spec take the same values: an MCP server or a URL as given, a file from here."""
+    monkeypatch.chdir(tmp_path)
+    server = "mcp:python -m my_tools.server"
+    for flags in (["--tools", server], ["--set", f"tools.spec={server}"]):
+        cfg, _ = cli.configure(cli.parse_args(["run", "--job", "lakesynth_tools", *flags]), ["tools"])
+        assert cfg.tools.spec == server
+    url = "mcp:http://127.0.0.1:8000/mcp"
+    cfg, _ = cli.configure(cli.parse_args(["run", "--set", f"tools.spec={url}"]), ["tools"])
+    assert cfg.tools.spec == url
+    cfg, _ = cli.configure(cli.parse_args(["run", "--tools", "mine.json"]), ["tools"])
+    assert cfg.tools.spec == str(tmp_path / "mine.json")

@@ -175,6 +175,14 @@ def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp
     cfg, line = cli.configure(args, ["tools", "call_generation", "calls"])
     assert cfg.tools.spec == spec and line.startswith(f"sources --tools {spec};")
     assert tools.implementations(cfg) == spec and cfg.tools.functions == ""  # the server runs its own tools
+    # A server runs only its own listing: as the implementations of another spec it could never be checked.
+    args = cli.parse_args(["run", "--config", str(packaged_config()), "--functions", spec])
+    with pytest.raises(ConfigError) as refused:
+        cli.configure(args, ["tools", "call_generation", "calls"])
+    assert str(refused.value).endswith(
+        f"--set tools.functions: Value error, an MCP server runs the tools it lists: give it as tools.spec "
+        f"(--tools {spec}), not as tools.functions, which takes a file (got {spec!r})"
+    )
     missing = f"mcp:{tmp_path / 'no-such-server'}"
     with pytest.raises(SeedError, match=f"{missing}: cannot use the MCP server: FileNotFoundError"):
         tools.read(cfg.model_copy(update={"tools": cfg.tools.model_copy(update={"spec": missing})}))
@@ -182,6 +190,43 @@ def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp
     changed = f"mcp:{sys.executable} {write(tmp_path / 'bank_server.py', SERVER)}"
     with pytest.raises(SeedError, match="the server's tools changed since they were listed: run the tools stage"):
         mcp_server.McpTools(changed, cfg.tools.mcp, listing_sha="0" * 16).start()
+
+
+WHERE_SERVER = '''"""A stdio server that says where it runs and which of the test's variables it was given."""
+import os
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("where", log_level="CRITICAL")
+
+
+@server.tool()
+def where() -> dict:
+    """The server's working folder and variables."""
+    return {"cwd": os.getcwd(), "given": os.environ.get("WHERE_GIVEN"), "other": os.environ.get("WHERE_OTHER")}
+
+
+if __name__ == "__main__":
+    server.run()
+'''
+
+
+def test_a_stdio_server_runs_in_the_configs_folder_with_the_variables_it_names(tmp_path, monkeypatch):
+    from lakesynth.core import registry
+
+    conf = tmp_path / "conf"
+    write(conf / "where_server.py", WHERE_SERVER)
+    config = f"tools:\n  spec: mcp:{sys.executable} where_server.py\n  mcp:\n    env: [WHERE_GIVEN]\n"
+    cfg = registry.load_config(write(conf / "lakesynth.yml", config))
+    assert (cfg.tools.mcp.cwd, cfg.tools.mcp.env) == (str(conf), ["WHERE_GIVEN"])
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative server file is found in the config's folder all the same
+    monkeypatch.setenv("WHERE_OTHER", "not passed on")
+    with pytest.raises(ConfigError, match="^tools.mcp.env: environment variable.s. WHERE_GIVEN not set$"):
+        mcp_server.McpTools(cfg.tools.spec, cfg.tools.mcp).start()
+    monkeypatch.setenv("WHERE_GIVEN", "passed on")
+    with mcp_server.McpTools(cfg.tools.spec, cfg.tools.mcp, timeout_s=10) as server:
+        (outcome,) = server.run([("where", {})])
+    assert json.loads(outcome.result) == {"cwd": str(conf), "given": "passed on", "other": None}
 
 
 @pytest.fixture

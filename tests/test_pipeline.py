@@ -75,7 +75,7 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
     assert paid == 24 + questions + 3 + 3  # every request once, plus one preflight per LLM stage
     again = lakesynth(*args)
     assert again.returncode == 0 and teacher_server.stats.completions == paid
-    assert "questions: ok, 24 in, 0 new (24 already stored)" in again.stdout
+    assert "questions: ok, 24 in (24 already done), 0 new, 0 errors" in again.stdout
     assert _summary(tmp_path / "s.json")["stages"]["evaluate"]["generated"] == 0  # nor a student's answer
     # Same data, same settings: the fine-tune is not paid for twice either.
     rerun = _summary(tmp_path / "s.json")["stages"]["finetune"]

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
+
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^questions: (\d+)/(\d+) done, (\d+) errors, [\d.]+ req/s")
 
@@ -45,7 +47,8 @@ def test_a_stage_with_its_output_piped_prints_progress_lines(tmp_path, teacher_s
 def test_ctrl_c_ends_the_run_within_seconds_and_the_rerun_pays_only_what_had_not_finished(tmp_path, teacher_server):
     teacher_server.reset(latency_ms=200)  # 24 requests two at a time: about 2.4 s of them
     args = run_args(teacher_server, tmp_path, "--set", "endpoints.teacher.max_concurrency=2")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    tracked = [*args, "--set", "mlflow.enabled=true"]  # the interrupted run only: its MLflow run says KILLED
+    proc = subprocess.Popen(tracked, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     deadline = time.monotonic() + 120
     while teacher_server.stats.completions < 6 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -54,7 +57,10 @@ def test_ctrl_c_ends_the_run_within_seconds_and_the_rerun_pays_only_what_had_not
     sent = time.monotonic()
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - sent < 10 and proc.returncode == 130, err
-    assert "interrupted: finished requests are kept" in err
+    assert err.count("interrupted: finished requests are kept") == 1, err
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # beside the warehouse
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [(r.info.status, r.data.tags["stage.questions"]) for r in runs] == [("KILLED", "interrupted")]
     interrupted = teacher_server.stats.requests
     assert interrupted < 20  # it stopped: 24 questions requests and a preflight make a whole run
 

@@ -104,6 +104,14 @@ def test_a_stage_switched_off_says_why_the_same_way_for_every_stage():
     assert stages["call_verdicts"].why_off(no_dedup) == ""
     off = StageResult(metrics={"disabled": "quality.critic.enabled is false"})
     assert off.line("critic", 0.01) == "critic: off (quality.critic.enabled is false)"
+    # A rerun: the input rows done before are said beside "in", whose unit they share (6 seeds, 6 new questions).
+    rerun = StageResult(rows_in=6, rows_out=6, metrics={"skipped": 4, "prompt_tokens": 80})
+    assert (
+        rerun.line("questions", 1.04)
+        == "questions: ok, 6 in (4 already done), 6 new, 0 errors, prompt_tokens 80, 1.0 s"
+    )
+    seeds = StageResult(rows_in=24, metrics={"removed": 0, "stored": 24})
+    assert seeds.line("seed", 0.5) == "seed: ok, 24 in (24 already stored), 0 new, 0 errors, removed 0, 0.5 s"
 
 
 def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():

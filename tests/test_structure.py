@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import os
 import re
 from pathlib import Path
 
@@ -78,3 +79,10 @@ def test_a_layer_imports_nothing_above_it(layer):
 def test_no_stage_module_imports_another():
     wrong = {f"{m} imports {d}" for m in STAGES for d in GRAPH[m] if d in STAGES}
     assert not wrong, sorted(wrong)
+
+
+def test_the_tests_runs_record_themselves_in_pytests_temporary_folder(tmp_path_factory):
+    """conftest's state_dir: a test's run never records itself in the user's ~/.cache/lakesynth, nor leaves a
+    folder behind that pytest would not prune."""
+    state = Path(os.environ["LAKESYNTH_STATE_DIR"])
+    assert state.parent == tmp_path_factory.getbasetemp() and state.name.startswith("state")

@@ -105,6 +105,8 @@ def init(args) -> int:
         + (", your tools in conf/functions.py and example calls in conf/tool_seeds.jsonl" if job else "")
         + f", then:{where}\n  lakesynth preview{job}   # a few seeds through every stage, nothing stored"
         + f"\n  lakesynth run{job}"
+        + "\nto deploy to Databricks: copy conf/ over the conf/ of a clone of the lakesynth repository (the bundle), "
+        "then `databricks bundle deploy --var catalog=<catalog>` there (README: Deploy to Databricks)"
     )
     return 0
 
@@ -160,7 +162,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the teacher and engine are already stopped; finished calls are journaled
-        print(INTERRUPTED, file=sys.stderr)
+        stop.say(INTERRUPTED)
         return stop.EXIT_CODE
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)

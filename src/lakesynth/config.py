@@ -58,6 +58,12 @@ def resolve_path(value: str, info: ValidationInfo) -> str:
     return str((base_dir(info) / value).resolve())
 
 
+def names_a_file(value: str) -> bool:
+    """Whether an input's value is a file path: not empty, a table (`table:`), an MCP server (`mcp:`) or a URL. The
+    command line's flags and `--set`s resolve only these against the working folder."""
+    return bool(value) and not value.startswith(("table:", "mcp:")) and "://" not in value
+
+
 def read_text(path: str, info: ValidationInfo, key: str) -> str:
     file = Path(path) if Path(path).is_absolute() else base_dir(info) / path
     try:

@@ -42,7 +42,7 @@ from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
-from lakesynth.llm import serverless
+from lakesynth.llm import serverless, stop
 from lakesynth.report import notebook, tracking
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,20 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
         tracker.stage(key, summary["stages"][key])
         run_log.record(ctx, key, registered.get(stage), summary["stages"][key], files or {})
 
+    running: list[str] = []  # the task going on
+
+    def interrupted() -> None:
+        """Ctrl-C (llm/stop.py): the MLflow run KILLED, the task going on tagged `interrupted`. No run_log row: the
+        engine stops on SIGINT, and a write to it then hangs (measured: 20 s, no answer)."""
+        tracker.kill(running[0] if running else None)
+
+    stop.add_record(interrupted)
     try:
         for key in order(graph):
             stage, deps = graph[key]
             if stages and key not in stages:
                 continue
+            running[:] = [key]
             stopped = _stopped(deps, summary["stages"], graph, registered)
             if stopped:
                 summary["stages"][key] = {"status": "skipped", "reason": stopped, "stopped": True}
@@ -267,6 +276,7 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
             report(key, stage, result.files)
+        running.clear()
         for why, keys in not_run.items():
             print(f"not run ({why}): {', '.join(keys)}", flush=True)
         ran = [graph[key][0] for key, entry in summary["stages"].items() if entry["status"] == "ok"]
@@ -284,7 +294,11 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             notebook.remember(ctx.rt, cfg.run_id)
         except OSError as exc:  # a notebook convenience, never the run's failure
             log.warning("could not record where this run wrote, for the notebooks: %s", exc)
+    except KeyboardInterrupt:
+        stop.record_stop()
+        raise
     finally:
+        stop.remove_record(interrupted)
         serverless.disarm()
         ctx.close()
     return summary

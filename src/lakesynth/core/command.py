@@ -14,7 +14,7 @@ from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lakesynth.config import Config, default_config_file, packaged_config, with_overrides
+from lakesynth.config import Config, default_config_file, names_a_file, packaged_config, with_overrides
 from lakesynth.core import registry
 from lakesynth.core import sources as job_sources
 from lakesynth.core.bundle import DEFAULT_JOB
@@ -23,9 +23,12 @@ from lakesynth.core.bundle import DEFAULT_JOB
 SAMPLES = {"bank": "lakesynth.yml", "taxonomy": "taxonomy.yml"}
 GENERIC_SYSTEM_PROMPT = "You are a helpful assistant. Answer accurately and concisely; say so when you do not know."
 # A run with no config of its own keeps the packaged sample's settings and sources, not its domain: no rules, a
-# generic system prompt, no bank customers as the tool requests' personas.
+# generic system prompt, no bank customers as the tool requests' personas; and a schema of its own, so that the bank
+# sample (`--config bank`, mirror mode) run on the same warehouse never replaces the user's seeds.
+NEUTRAL_SCHEMA = "lakesynth_default"
 NEUTRAL_USE_CASE = [
     "use_case.name=default",
+    f"schema={NEUTRAL_SCHEMA}",
     "use_case.rules_file=''",
     "use_case.rules=''",
     f"use_case.system_prompt={json.dumps(GENERIC_SYSTEM_PROMPT)}",
@@ -128,7 +131,7 @@ def _from_here(item: str, path_keys: Collection[str]) -> str:
     key = key.strip()
     value = raw.strip().strip("'\"")
     is_path = key in path_keys or key.endswith("_file")
-    if not sep or not is_path or not value or value.startswith("table:") or "://" in value or Path(value).is_absolute():
+    if not sep or not is_path or not names_a_file(value) or Path(value).is_absolute():
         return item
     return f"{key}={json.dumps(str(Path(value).resolve()))}"
 
@@ -149,7 +152,7 @@ def configure(args: argparse.Namespace, job_stages: Collection[str]) -> tuple[Co
     for flag, key in job_sources.flag_keys((*sources, *registry.sources(stages))).items():
         given = getattr(args, flag, None)
         if given:
-            value = given if given.startswith(("table:", "mcp:")) else str(Path(given).resolve())
+            value = str(Path(given).resolve()) if names_a_file(given) else given
             overrides.append(f"{key}={json.dumps(value)}")
     for flag, key in (
         ("warehouse", "warehouse"),

@@ -48,15 +48,16 @@ class StageResult:
     def line(self, stage: str, seconds: float) -> str:
         if "disabled" in self.metrics:  # a stage off (Stage.off), or with nothing to work on: said the same way
             return f"{stage}: off ({self.metrics['disabled']})"
-        # Rows already there from an earlier run (an LLM stage's `skipped`, the seed stage's `stored`): on a rerun
-        # "12 in, 0 out" read like data lost, so the line says they are kept.
-        stored = self.metrics.get("skipped") or self.metrics.get("stored") or 0
-        said = ("skipped", "stored")
-        out = f"{self.rows_out} new ({stored} already stored)" if stored else f"{self.rows_out} out"
+        # Input rows done by an earlier run (an LLM stage's `skipped`, the seed stage's `stored`): on a rerun
+        # "12 in, 0 out" read like data lost, so the line says they are kept. They count input rows, so they are
+        # said beside "in" (an LLM stage's output rows are of another unit: 3 questions per seed).
+        said = {"skipped": "done", "stored": "stored"}
+        done = "".join(f" ({self.metrics[k]} already {word})" for k, word in said.items() if self.metrics.get(k))
+        out = f"{self.rows_out} new" if done else f"{self.rows_out} out"
         extra = "".join(
             f", {k} {v}" for k, v in self.metrics.items() if not isinstance(v, dict | list) and k not in said
         )
-        return f"{stage}: ok, {self.rows_in} in, {out}, {self.errors} errors{extra}, {seconds:.1f} s"
+        return f"{stage}: ok, {self.rows_in} in{done}, {out}, {self.errors} errors{extra}, {seconds:.1f} s"
 
 
 @dataclass(frozen=True)

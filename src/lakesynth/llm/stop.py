@@ -7,6 +7,11 @@ the UDF's Python code cannot be aborted. So `on_interrupt` does the keeping itse
 from starting requests and writes every journal's finished requests at once, then raises KeyboardInterrupt for an
 orderly exit; if the process has not ended `grace_s` later, it ends with exit code 130. A second SIGINT ends it at
 once. The rerun reads the journals and pays only for the requests that had not finished.
+
+The run's own record of the stop (`add_record`: its MLflow run KILLED) is written once, in a thread of its own,
+started by the first SIGINT (the KeyboardInterrupt may never reach the runner: pyspark's interrupt call hangs) and
+waited for, at most RECORD_S, by whichever ends the process (a second SIGINT does not wait). The message is printed
+once (`say`).
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from lakesynth.llm.journal import Journal
 
 EXIT_CODE = 130  # 128 + SIGINT, as a shell reports an interrupted command
+RECORD_S = 2.0  # the longest the stop's record may hold up the end (the engine may be stopping under it)
 _requested = threading.Event()
+_said = threading.Event()
 _journals: weakref.WeakSet[Journal] = weakref.WeakSet()  # the open pools' journals
+_records: list[Callable[[], None]] = []  # what records the stop of the run going on (`add_record`)
+_recorder: list[threading.Thread] = []  # the one thread writing them, once started
+_lock = threading.Lock()
 
 
 def register(journal: Journal) -> None:
@@ -47,6 +57,43 @@ def keep_finished() -> None:
         journal.flush_now()
 
 
+def add_record(record: Callable[[], None]) -> None:
+    """A stop of the run that starts now calls `record` (once, bounded: see the module), until `remove_record`."""
+    _recorder.clear()  # an earlier run's stop in this process (a test's, a notebook's) was recorded: not this one's
+    _records.append(record)
+
+
+def remove_record(record: Callable[[], None]) -> None:
+    if record in _records:
+        _records.remove(record)
+
+
+def _write_records() -> None:
+    for record in list(_records):  # noqa: PERF101 - a copy: the list may change under it
+        try:
+            record()
+        except Exception as exc:  # noqa: BLE001 - the record of a stop never changes how it ends
+            print(f"warning: the stop was not recorded ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+
+
+def record_stop(timeout: float = RECORD_S) -> None:
+    """Write the stop's record (once: a later call waits for the first), waiting at most `timeout` s for it."""
+    with _lock:
+        if not _recorder:
+            _recorder.append(threading.Thread(target=_write_records, name="lakesynth-stop", daemon=True))
+            _recorder[0].start()
+    _recorder[0].join(timeout)
+
+
+def say(message: str) -> None:
+    """Print the stop's message on stderr, once however many ways the run ends."""
+    with _lock:
+        if _said.is_set():
+            return
+        _said.set()
+    print(message, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def on_interrupt(message: str, grace_s: float = 3.0) -> Iterator[None]:
     """While the block runs (in the main thread), SIGINT stops the run as the module says; `message` is printed
@@ -54,16 +101,20 @@ def on_interrupt(message: str, grace_s: float = 3.0) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _requested.clear()  # a run before this one in the process (a test's, a notebook's) was stopped: not this one
+    _said.clear()
 
-    def end() -> None:
-        print(message, file=sys.stderr, flush=True)
+    def end(wait: float = RECORD_S) -> None:
+        record_stop(wait)
+        say(message)
         sys.stdout.flush()
         os._exit(EXIT_CODE)  # the engine's call cannot be unwound; the journals are written
 
     def handler(signum, frame) -> None:
         if _requested.is_set():
-            end()
+            end(0)
         keep_finished()
+        record_stop(0)
         watchdog = threading.Timer(grace_s, end)
         watchdog.daemon = True
         watchdog.start()

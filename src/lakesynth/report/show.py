@@ -4,7 +4,7 @@ A verdict table (`pair_verdicts`, `call_verdicts`, ...) carries its `keep` and `
 those of the checks that judge it (the registry's verdict tables on it, in stage order: `keep` is false where one
 dropped the row, `drop_reason` the first one's reason), with each check's score, reasoning and error. Columns
 that are empty in every row shown, a call's bookkeeping (fingerprint, tokens, latency ...), ids and models are left
-out; long texts are cut.
+out; long texts are cut. With --dropped it names the checks that are off (none of them dropped a row).
 """
 
 from __future__ import annotations
@@ -81,8 +81,26 @@ def show(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, n: int =
         grid.add_column(name, overflow="fold", no_wrap=name in first, max_width=None if name in first else 60)
     for r in shown:
         grid.add_row(*[cell(r.get(c)) for c in names])
-    (console or Console()).print(grid)
+    out = console or Console()
+    out.print(grid)
+    off = checks_off(ctx.cfg, ctx.contracts, stages, table) if dropped else []
+    if off:  # a check that did not run dropped nothing: an empty list is not "all kept"
+        out.print(f"checks off, which drop nothing: {'; '.join(off)}", soft_wrap=True)
     return shown
+
+
+def checks_off(cfg, contracts: dict[str, tables.Table], stages: dict[str, Stage], table: str) -> list[str]:
+    """Why each check whose verdicts drop `table`'s rows is off under `cfg` (Stage.why_off), in stage order: for
+    a verdict table, its writer's and those of the verdict tables it combines; else those of the verdict tables on
+    it."""
+    writers = {t.name: s for s in stages.values() for t in s.writes}
+    if contracts[table].verdict_of:
+        writer = writers.get(table)
+        names = [table, *(r for r in (writer.reads if writer else ()) if r in contracts and contracts[r].verdict_of)]
+    else:
+        names = [name for name, c in contracts.items() if c.verdict_of == table]
+    checks = {writers[name].name for name in names if name in writers}
+    return [why for s in stages.values() if s.name in checks and (why := s.why_off(cfg))]
 
 
 def hidden(column: str) -> bool:

@@ -119,6 +119,15 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             entry.setdefault("warnings", []).append(self._warn(f"metrics not logged to MLflow ({_describe(exc)})", key))
 
+    def kill(self, task: str | None) -> None:
+        """The run was stopped (Ctrl-C) during `task`: its MLflow run KILLED, not left RUNNING as if it went on,
+        and the task's stage tag `interrupted`."""
+        if self.mlflow:
+            client = self.mlflow.MlflowClient()
+            if task:
+                self._attempt("the stop", lambda: client.set_tag(self.run_id, f"stage.{task}", "interrupted"))
+            self._attempt("the stop", lambda: client.set_terminated(self.run_id, "KILLED"))
+
     def finish(self, summary: dict[str, Any], ctx, stages: dict | None = None) -> None:
         """The run summary, sample rows of each table, the stages' figures (`stages`: task -> its Stage) and the
         checks' verdicts, as artifacts; each part on its own, so that one failing loses only itself. The summary

@@ -1,7 +1,8 @@
 """Tools from an MCP server (`--tools mcp:<command or URL>`): its tools listed as OpenAI specs, and calls run
 through it (`tools/call`) with the sandbox's outcomes, for the tools stage and the execution check.
 
-`mcp:python server.py` starts the server as a subprocess and speaks to it over stdio; `mcp:https://...` (or
+`mcp:python server.py` starts the server as a subprocess and speaks to it over stdio, in the config file's folder
+(`tools.mcp.cwd`) with the SDK's safe environment and the variables `tools.mcp.env` names; `mcp:https://...` (or
 http) speaks Streamable HTTP. A tool's spec is the server's listing, unchanged: `name`, `description`, and its
 `inputSchema` as the `parameters`. One client session serves a whole stage run, its calls sent `processes` at a
 time; each call has the execution check's timeout. A call that times out, a result the server marks `isError`
@@ -20,15 +21,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shlex
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from typing_extensions import Self
 
-from lakesynth.config import Section, secret_from_env
+from lakesynth.config import Section, resolve_path, secret_from_env
 from lakesynth.errors import ConfigError, SeedError
 
 if TYPE_CHECKING:
@@ -51,13 +53,48 @@ class McpConfig(Section):
     connect_timeout_s: float = Field(
         30.0, gt=0, description="Longest the server may take to start and answer the handshake or the tool listing."
     )
+    env: list[str] = Field(
+        [],
+        description="Environment variables (their NAMES) passed on to a stdio server, which otherwise gets only the "
+        "MCP SDK's safe defaults (HOME, PATH, USER ...): e.g. [SHOP_API_KEY]. One that is not set is an error.",
+    )
+    cwd: str = Field(
+        "",
+        validate_default=True,
+        description="Folder a stdio server's command runs in, relative to the config file; empty: the config "
+        "file's folder (as every other tools.* path resolves, `--tools mcp:...` given on the command line too).",
+    )
 
     @field_validator("token_env")
     @classmethod
     def _env_name_not_token(cls, value: str) -> str:
-        if value and not value.replace("_", "a").isalnum():
+        if value and not _is_name(value):
             raise ValueError("must be the NAME of an environment variable, not a token")
         return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, names: list[str]) -> list[str]:
+        wrong = [name for name in names if not _is_name(name)]
+        if wrong:
+            raise ValueError(f"must be NAMEs of environment variables, not values ({len(wrong)} of them is not)")
+        return names
+
+    @field_validator("cwd")
+    @classmethod
+    def _from_config(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value or ".", info)
+
+    def environment(self) -> dict[str, str]:
+        """The variables `env` names, from this process's environment; a ConfigError names one that is not set."""
+        missing = [name for name in self.env if name not in os.environ]
+        if missing:
+            raise ConfigError(f"tools.mcp.env: environment variable(s) {', '.join(missing)} not set")
+        return {name: os.environ[name] for name in self.env}
+
+
+def _is_name(value: str) -> bool:
+    return value.replace("_", "a").isalnum()
 
 
 def is_mcp(spec: str | None) -> bool:
@@ -191,7 +228,8 @@ class McpTools:
             command = shlex.split(self.target)
         except ValueError as exc:
             raise SeedError(f"{self.spec}: not a command line: {exc}") from None
-        server = StdioServerParameters(command=command[0], args=command[1:])
+        s = self.settings
+        server = StdioServerParameters(command=command[0], args=command[1:], env=s.environment(), cwd=s.cwd)
         async with Client(server, **options) as client:
             yield client
 

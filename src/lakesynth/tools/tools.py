@@ -33,7 +33,8 @@ class ToolsConfig(Section):
     spec: str = Field(
         "",
         description="OpenAI tools file (.json), a Python module of typed, documented functions, or an MCP server: "
-        "`mcp:<command>` (stdio, run in the working directory) or `mcp:<http(s) URL>` (Streamable HTTP).",
+        "`mcp:<command>` (stdio, run in the config file's folder: tools.mcp.cwd) or `mcp:<http(s) URL>` "
+        "(Streamable HTTP).",
     )
     functions: str = Field("", description="Python module implementing a JSON spec's functions (execution check).")
     calls: str = Field("", description="JSONL of query + function_calls (or tool_calls) pairs to verify.")
@@ -43,6 +44,12 @@ class ToolsConfig(Section):
     @field_validator("spec", "functions", "calls", "seeds")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if mcp_server.is_mcp(value) and info.field_name != "spec":
+            # A server runs only what it lists: a spec from a file could name a function it lacks, unchecked.
+            raise ValueError(
+                f"an MCP server runs the tools it lists: give it as tools.spec (--tools {value}), not as "
+                f"tools.{info.field_name}, which takes a file"
+            )
         return value if mcp_server.is_mcp(value) else resolve_path(value, info)
 
 
