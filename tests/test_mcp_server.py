@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -174,6 +175,7 @@ def test_an_mcp_flag_and_key_are_kept_as_given_and_a_missing_server_is_named(tmp
     args = cli.parse_args(["run", "--config", str(packaged_config()), "--tools", spec])
     cfg, line = cli.configure(args, ["tools", "call_generation", "calls"])
     assert cfg.tools.spec == spec and line.startswith(f"sources --tools {spec};")
+    assert cfg.tools.mcp.cwd == str(Path.cwd())  # a command typed here runs here, not in the config's folder
     assert tools.implementations(cfg) == spec and cfg.tools.functions == ""  # the server runs its own tools
     # A server runs only its own listing: as the implementations of another spec it could never be checked.
     args = cli.parse_args(["run", "--config", str(packaged_config()), "--functions", spec])

@@ -154,6 +154,9 @@ def configure(args: argparse.Namespace, job_stages: Collection[str]) -> tuple[Co
         if given:
             value = str(Path(given).resolve()) if names_a_file(given) else given
             overrides.append(f"{key}={json.dumps(value)}")
+            if value.startswith("mcp:") and not any(o.startswith("tools.mcp.cwd") for o in args.overrides):
+                # A server command typed here runs here, as a path typed here is read from here.
+                overrides.append(f"tools.mcp.cwd={json.dumps(str(Path.cwd()))}")
     for flag, key in (
         ("warehouse", "warehouse"),
         ("catalog", "catalog"),

@@ -62,7 +62,8 @@ class McpConfig(Section):
         "",
         validate_default=True,
         description="Folder a stdio server's command runs in, relative to the config file; empty: the config "
-        "file's folder (as every other tools.* path resolves, `--tools mcp:...` given on the command line too).",
+        "file's folder (as every other tools.* path resolves); `--tools mcp:...` typed on the command line runs in "
+        "the working folder.",
     )
 
     @field_validator("token_env")
