@@ -25,10 +25,10 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from typing_extensions import Self
 
-from lakesynth.config import Section, secret_from_env
+from lakesynth.config import EnvName, Section, secret_from_env
 from lakesynth.errors import ConfigError, SeedError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ CRASH = "Crash:"  # the error of a call the server died on, as the sandbox names
 class McpConfig(Section):
     """How to reach an MCP server named by `--tools mcp:...`."""
 
-    token_env: str = Field(
+    token_env: EnvName = Field(
         "", description="Environment variable holding the bearer token of an http(s) MCP server (its NAME)."
     )
     databricks_auth: bool = Field(
@@ -51,13 +51,6 @@ class McpConfig(Section):
     connect_timeout_s: float = Field(
         30.0, gt=0, description="Longest the server may take to start and answer the handshake or the tool listing."
     )
-
-    @field_validator("token_env")
-    @classmethod
-    def _env_name_not_token(cls, value: str) -> str:
-        if value and not value.replace("_", "a").isalnum():
-            raise ValueError("must be the NAME of an environment variable, not a token")
-        return value
 
 
 def is_mcp(spec: str | None) -> bool:

@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.config import Section, secret_from_env
+from lakesynth.config import EnvName, Section, secret_from_env
 from lakesynth.core import funnel, registry
 from lakesynth.errors import StageSkipped
 
@@ -22,7 +22,7 @@ class ExportConfig(Section):
     enabled: bool = Field(False, description="Write the final dataset as a datasets folder and Parquet, with a card.")
     license: str = Field("other", description="The dataset card's license (an SPDX id such as cc-by-4.0, or other).")
     hub_repo: str = Field("", description="Hugging Face dataset repo (org/name) to push to, with HF_TOKEN set.")
-    token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hugging Face token.")
+    token_env: EnvName = Field("HF_TOKEN", description="Environment variable holding the Hugging Face token.")
     private: bool = Field(True, description="Push to the Hub as a private dataset.")
 
 
