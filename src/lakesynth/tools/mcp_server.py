@@ -85,10 +85,24 @@ def _crashed(outcome: Outcome) -> bool:
     return bool(outcome.error) and outcome.error.startswith(CRASH)
 
 
-def result_value(result: Any) -> Any:
-    """A tool's result as JSON: its structuredContent when it gives one; else its one text block (parsed when it
-    is JSON); else the list of its blocks (texts, other blocks as MCP writes them)."""
+def wraps_result(tool: Any) -> bool:
+    """Whether a listed tool's output schema is the wrapper the SDK's server puts around a result that is not an
+    object (`{"result": ...}`, a str's, a list's): the value inside is the tool's result, as the sandbox has it."""
+    schema = getattr(tool, "output_schema", None) or {}
+    return (
+        schema.get("type") == "object"
+        and set(schema.get("properties") or ()) == {"result"}
+        and schema.get("required") == ["result"]
+    )
+
+
+def result_value(result: Any, wrapped: bool = False) -> Any:
+    """A tool's result as JSON: its structuredContent when it gives one (the value under `result` where the tool's
+    output schema is the SDK's wrapper: `wrapped`); else its one text block (parsed when it is JSON); else the list
+    of its blocks (texts, other blocks as MCP writes them)."""
     if result.structured_content is not None:
+        if wrapped and isinstance(result.structured_content, dict) and "result" in result.structured_content:
+            return result.structured_content["result"]
         return result.structured_content
     values = []
     for block in result.content:
@@ -126,6 +140,7 @@ class McpTools:
         self._portal = None
         self._client = None
         self._signer = None  # the Auth that signs http requests: it knows every token sent, to redact them
+        self._wrapped: set[str] = set()  # the tools whose structured results the SDK wraps (wraps_result)
 
     def __enter__(self) -> Self:
         self.start()
@@ -218,6 +233,7 @@ class McpTools:
             tools += page.tools
             cursor = page.next_cursor
             if not cursor:
+                self._wrapped = {t.name for t in tools if wraps_result(t)}
                 return [to_spec(t) for t in tools]
 
     def run(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
@@ -278,7 +294,7 @@ class McpTools:
         except Exception as failure:  # noqa: BLE001 - transport errors, a reply that does not validate
             return Outcome(False, None, self._describe(failure), time.perf_counter() - start)
         seconds = time.perf_counter() - start
-        value = result_value(result)
+        value = result_value(result, name in self._wrapped)
         if result.is_error:
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             return Outcome(False, None, self._redact(f"ToolError: {text}"), seconds)
