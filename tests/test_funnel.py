@@ -87,7 +87,7 @@ def test_each_planted_row_lands_in_its_cell(spark, planted):
         ("dedup", 6, 1, 5, {"exact_duplicate": 1}),
         ("format", 5, 2, 3, {"format:rejected": 2}),
     ]
-    assert f["generated"] == 6 and f["kept"] == 3
+    assert f["generated"] == 6 and f["kept"] == 3 and "pending" not in f
     # The full run prints its funnel and the topic that ends with none kept, and records the funnel.
     assert (
         funnel.line(f) in printed and "funnel: 6 generated -> responses 6 -> dedup 5 -> format 3 -> 3 kept" in printed
@@ -95,6 +95,48 @@ def test_each_planted_row_lands_in_its_cell(spark, planted):
     assert "warning: topic 'statements': 0 kept examples, all 1 dropped (format 1)" in printed.splitlines()
     log = spark.table(Runtime.resolve(cfg).fqn("run_log")).where(f"run_id = '{cfg.run_id}' AND stage = 'funnel'")
     assert log.count() == 1
+
+
+def test_a_partial_run_records_no_funnel_and_warns_of_nothing(spark, warehouse, teacher_server, tmp_path):
+    """`--stages seed,questions`, on a schema where an earlier run (with the critic) left verdicts, answers and
+    training rows: its questions are on their way, not dropped: no funnel line, no warning, no funnel in the
+    summary or the run_log."""
+    pairs = write(tmp_path / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in PAIRS))
+    settings = [
+        f"warehouse={warehouse}",
+        f"schema=t_{uuid.uuid4().hex[:10]}",
+        f"seed.pairs={pairs}",
+        f"endpoints.teacher.base_url={teacher_server.base_url}",
+        "endpoints.teacher.model=standin",
+        "endpoints.teacher.price_per_million_prompt_tokens=2",
+        "endpoints.teacher.price_per_million_completion_tokens=6",
+        "quality.critic.enabled=true",
+        "mlflow.enabled=false",
+    ]
+    first = pipeline.run(
+        registry.load_config(ROOT / "conf" / "lakesynth.yml", [*settings, "run_id=first"]),
+        ["critic", *STAGES],
+        root=ROOT,
+    )
+    # The critic's tokens and cost per 1,000 kept, from its table's measured tokens and the planted prices.
+    f = first["funnel"]
+    spend = f["spend"]
+    tokens = spend["prompt_tokens"] + spend["completion_tokens"]
+    assert tokens > 0 and spend["tokens_per_1000_kept"] == round(tokens * 1000 / f["kept"])
+    cost = (spend["prompt_tokens"] * 2 + spend["completion_tokens"] * 6) / 1e6
+    assert spend["cost_usd"] == round(cost, 4) and spend["cost_per_1000_kept_usd"] == round(cost * 1000 / f["kept"], 4)
+    cfg = registry.load_config(ROOT / "conf" / "lakesynth.yml", [*settings, "run_id=second"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summary = pipeline.run(cfg, ["seed", "questions"], root=ROOT)
+    assert "funnel" not in printed.getvalue() and "warning" not in printed.getvalue(), printed.getvalue()
+    assert "funnel" not in summary and "warnings" not in summary
+    log = spark.table(Runtime.resolve(cfg).fqn("run_log")).where("run_id = 'second'")
+    assert sorted(r.stage for r in log.collect()) == ["questions", "seed"]
+    # Its funnel, as a report reads it: only the steps it ran count; its 6 questions are pending, none kept.
+    f = funnel.of_run(context(cfg), registry.default_stages())
+    assert (f["generated"], f["steps"], f["pending"], f["kept"], f["warnings"]) == (6, [], 6, 0, [])
+    assert funnel.line(f) == "funnel: 6 generated -> 6 pending -> 0 kept"
 
 
 def test_every_generated_row_lands_in_exactly_one_cell(spark, planted):
