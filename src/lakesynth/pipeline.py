@@ -295,13 +295,12 @@ def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stag
     onto stdout, and a `funnel` row into run_log, when a stage that `ran` ends a chain (funnel.ends): a run that
     stops before its end says nothing of rows still on their way (funnel.of_run, for a report, counts them as
     pending). Describing the run never fails it: a problem is a warning."""
-    try:
-        ended = funnel.ends(registered, names, ran)
-        found = funnel.summary(ctx, registered, names) if ended else {}
-    except Exception as exc:  # describing the run never fails it
-        log.debug("funnel failed", exc_info=True)
-        summary.setdefault("warnings", []).append(f"no yield funnel: {type(exc).__name__}: {exc}")
-        print(f"funnel: warning: not computed ({type(exc).__name__}: {exc})", flush=True)
+    if not funnel.ends(registered, names, ran):
+        return
+    found, problem = funnel.guarded(lambda: funnel.summary(ctx, registered, names))
+    if problem:
+        summary.setdefault("warnings", []).append(problem)
+        print(f"warning: {problem}", flush=True)
         return
     if not found:
         return

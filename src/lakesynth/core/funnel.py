@@ -19,7 +19,8 @@ way.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from pyspark.sql import functions as F
 from lakesynth.core.stage import RunContext, Stage
 from lakesynth.core.tables import Table
 
+log = logging.getLogger(__name__)
 GROUPS = ("topic", "leaf", "function", "category")  # what a funnel is broken down by, where a table has it
 NONE = "(none)"  # the split of a kept row of a chain that ends in no training table
 PENDING = "(pending)"  # the split of a row that passed every step that ran, before its training table is written
@@ -254,6 +256,16 @@ def of_run(ctx: RunContext, stages: Mapping[str, Stage]) -> dict[str, Any]:
     generated table there (an export or report run on its own)."""
     ran = stages_run(ctx)
     return summary(ctx, stages, ran, ran) or summary(ctx, stages)
+
+
+def guarded(compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """`compute()`'s funnel, or {} and why not: describing the data (a run's output, a dataset card) never fails
+    the run or the export."""
+    try:
+        return compute(), ""
+    except Exception as exc:  # any failure: the funnel is a description, never the work itself
+        log.debug("funnel failed", exc_info=True)
+        return {}, f"no yield funnel: {type(exc).__name__}: {exc}"
 
 
 def stages_run(ctx: RunContext) -> set[str]:

@@ -66,12 +66,14 @@ def made_by(ctx, stages: tuple[str, ...]) -> dict:
         found[r.stage]["models"].add(r.model)
         found[r.stage]["prompt_versions"].add(r.prompt_version)
     config = cfg.model_dump_json(exclude={"run_id"}).encode()
-    yields = funnel.of_run(ctx, registry.default_stages())  # the yield funnel of the job this run ran
+    yields, problem = funnel.guarded(lambda: funnel.of_run(ctx, registry.default_stages()))  # the job's funnel
+    if problem:  # the card goes without it: the data is the export's work, its description is not
+        print(f"export: warning: {problem}", flush=True)
     return {
         "run_id": cfg.run_id,
         "config_sha256": hashlib.sha256(config).hexdigest()[:16],
         "made_by": {k: {n: sorted(v) for n, v in d.items()} for k, d in sorted(found.items())},
-        **({"funnel": yields} if yields else {}),
+        **({"funnel": yields} if yields else {"funnel_error": problem} if problem else {}),
     }
 
 
