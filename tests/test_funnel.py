@@ -16,8 +16,10 @@ from lakesynth import pipeline
 from lakesynth.core import funnel, registry
 from lakesynth.core.runtime import Runtime
 from lakesynth.errors import ConfigError
+from lakesynth.report import funnel as funnel_report
 from lakesynth.report import page, show
 from lakesynth.report.notebook import NotebookContext
+from lakesynth.training import datasets
 
 STAGES = ["seed", "questions", "responses", "dedup", "format"]
 LONG = "Open the app, then Cards, then Block. " * 40  # about 380 tokens: over the planted format limit of 200
@@ -93,6 +95,10 @@ def test_each_planted_row_lands_in_its_cell(spark, planted):
         funnel.line(f) in printed and "funnel: 6 generated -> responses 6 -> dedup 5 -> format 3 -> 3 kept" in printed
     )
     assert "warning: topic 'statements': 0 kept examples, all 1 dropped (format 1)" in printed.splitlines()
+    # The splits read alike wherever the funnel is written: its line, its table rows and the dataset card.
+    splits = f"train {list(chat.values()).count('train')}, val {list(chat.values()).count('val')}"
+    assert f"-> 3 kept ({splits})" in printed and funnel_report.rows(f)[-1]["reasons"] == splits
+    assert f"3 kept ({splits})" in datasets.funnel_section(f)
     log = spark.table(Runtime.resolve(cfg).fqn("run_log")).where(f"run_id = '{cfg.run_id}' AND stage = 'funnel'")
     assert log.count() == 1
 

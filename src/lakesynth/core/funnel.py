@@ -362,23 +362,24 @@ def warnings(f: dict) -> list[str]:
         found.append(f"no example kept: all {f['generated']} generated rows were dropped")
     for s in f["steps"]:
         if s["in"] and not s["kept"]:
-            found.append(f"{s['step']} kept none of the {s['in']} rows it saw ({_reasons(s['reasons'])})")
+            found.append(f"{s['step']} kept none of the {s['in']} rows it saw ({counts(s['reasons'])})")
     for group, values in f.get("by", {}).items():
         for value, g in values.items():
             if not g["kept"] and not g.get("pending"):
-                why = f"all {g['generated']} dropped ({_reasons(g['dropped'])})" if g["generated"] else "none generated"
+                why = f"all {g['generated']} dropped ({counts(g['dropped'])})" if g["generated"] else "none generated"
                 found.append(f"{group} '{value}': 0 kept examples, {why}")
     return found
 
 
-def _reasons(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items())
+def counts(found: Mapping[str, int]) -> str:
+    """Counts by name as the funnel writes them everywhere (line, warnings, tables, figure, card): `a 3, b 1`."""
+    return ", ".join(f"{k} {v}" for k, v in found.items())
 
 
 def line(f: dict) -> str:
     """The funnel on one line, for the run's output: `funnel: 72 generated -> critic 60 -> ... -> 40 kept (...)`."""
     parts = [f"{f['generated']} generated"] + [f"{s['step']} {s['kept']}" for s in f["steps"]]
-    splits = ", ".join(f"{n} {k}" for k, n in f["splits"].items())
+    splits = counts(f["splits"])
     spend_ = f.get("spend", {})
     per = [f"{spend_['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend_ else []
     per += [f"${spend_['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend_ else []

@@ -124,11 +124,10 @@ def funnel_section(found: dict | None) -> str:
     if not found:
         return ""
     steps = "\n".join(
-        f"| {s['step']} | {s['in']} | {s['dropped']} | {s['kept']} | "
-        f"{', '.join(f'{k} {v}' for k, v in s['reasons'].items())} |"
+        f"| {s['step']} | {s['in']} | {s['dropped']} | {s['kept']} | {funnel.counts(s['reasons'])} |"
         for s in found["steps"]
     )
-    splits = ", ".join(f"{k} {v}" for k, v in found["splits"].items())
+    splits = funnel.counts(found["splits"])
     spend = found.get("spend", {})
     per = [f"{spend['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend else []
     per += [f"${spend['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend else []
