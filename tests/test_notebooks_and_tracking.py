@@ -293,6 +293,12 @@ def test_show_prints_dropped_pairs_beside_their_reasons(small_run, tmp_path):
     assert "Stand-in reasoning" in proc.stdout  # the checks' reasoning beside the reason
 
 
+def test_show_of_an_unknown_table_names_the_tables(small_run, tmp_path):
+    proc = lakesynth("show", "nosuch", cwd=tmp_path, env={STATE: str(small_run / "state")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "show: no table named 'nosuch'; the tables: " in proc.stderr and "pair_verdicts" in proc.stderr
+
+
 def test_report_writes_the_last_runs_report_as_html_with_no_path_given(small_run, tmp_path):
     """`lakesynth report` from a folder with no warehouse of its own: the last run's report, beside its warehouse,
     with the funnel plot and table, the warnings, each check's scores and a few dropped rows per reason."""

@@ -68,8 +68,8 @@ def show(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, n: int =
     from rich.console import Console
     from rich.table import Table as Grid
 
+    rows = frame(ctx, stages, table, where=where, dropped=dropped)  # first: it names an unknown table
     contract = ctx.contracts[table]
-    rows = frame(ctx, stages, table, where=where, dropped=dropped)
     total = rows.count()
     shown = [r.asDict() for r in rows.orderBy(contract.key).limit(n).collect()]
     first = [contract.key, "keep", "drop_reason"]
