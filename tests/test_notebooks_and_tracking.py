@@ -279,18 +279,33 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
 
 def test_show_prints_dropped_pairs_beside_their_reasons(small_run, tmp_path):
     """`lakesynth show pair_verdicts --dropped -n 5`, from a folder with no warehouse of its own: the last run's,
-    five dropped pairs, each with its reason and what its checks said, as an independent reader sees them."""
+    five dropped pairs, each with its reason and what its checks said, one block per row
+    that stays readable piped (80 columns)."""
     proc = lakesynth(
-        "show", "pair_verdicts", "--dropped", "-n", "5", "--schema", DEV_SCHEMA,
-        cwd=tmp_path, env={STATE: str(small_run / "state"), "COLUMNS": "1000"},
-    )  # fmt: skip
+        "show",
+        "pair_verdicts",
+        "--dropped",
+        "-n",
+        "5",
+        "--schema",
+        DEV_SCHEMA,
+        cwd=tmp_path,
+        env={STATE: str(small_run / "state")},
+    )
     assert proc.returncode == 0, proc.stderr
-    shown = re.findall(r"^│ ([0-9a-f]{16}) +│ False +│ ([\w:]+) +│", proc.stdout, re.MULTILINE)
+    title = next(line for line in proc.stdout.splitlines() if line.startswith("pair_verdicts: "))
+    lines = proc.stdout.split(title, 1)[1].splitlines()
+    assert title.endswith(f"(main.{DEV_SCHEMA} (warehouse {small_run / 'wh'}))"), title
+    shown = re.findall(r"^question_id +(\w{16}) *\nkeep +False *\ndrop_reason +([\w:]+) *$", proc.stdout, re.MULTILINE)
     verdicts = deltalake.DeltaTable(str(small_run / "wh" / "main" / DEV_SCHEMA / "pair_verdicts")).to_pandas()
     dropped = verdicts[~verdicts.keep.astype(bool)].sort_values("question_id").head(5)
     assert shown == list(zip(dropped.question_id, dropped.drop_reason)) and len(shown) == 5
     assert f"pair_verdicts: 5 of {len(verdicts[~verdicts.keep.astype(bool)])} dropped rows" in proc.stdout
     assert "Stand-in reasoning" in proc.stdout  # the checks' reasoning beside the reason
+    assert max(map(len, lines)) <= 80 and len(lines) < 5 * 60  # not a grid of 5-character columns
+    for question in dropped.question:  # each question's text, whole, wrapped at the line's end
+        words = " ".join(line.removeprefix("question").strip() for line in lines)
+        assert " ".join(question.split()) in words
 
 
 def test_show_of_an_unknown_table_names_the_tables(small_run, tmp_path):
