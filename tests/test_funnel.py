@@ -143,6 +143,12 @@ def test_a_partial_run_records_no_funnel_and_warns_of_nothing(spark, warehouse, 
     f = funnel.of_run(context(cfg), registry.default_stages())
     assert (f["generated"], f["steps"], f["pending"], f["kept"], f["warnings"]) == (6, [], 6, 0, [])
     assert funnel.line(f) == "funnel: 6 generated -> 6 pending -> 0 kept"
+    assert [(r["step"], r["in"], r["kept"]) for r in funnel_report.rows(f)] == [
+        ("generated", 6, 6),
+        ("pending", 6, 0),
+        ("kept", 0, 0),
+    ]
+    assert "6 generated, 6 pending, 0 kept (no split yet)" in datasets.funnel_section(f)
 
 
 def test_every_generated_row_lands_in_exactly_one_cell(spark, planted):

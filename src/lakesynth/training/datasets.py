@@ -132,9 +132,10 @@ def funnel_section(found: dict | None) -> str:
     per = [f"{spend['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend else []
     per += [f"${spend['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend else []
     warnings = "".join(f"- warning: {w}\n" for w in found.get("warnings", []))
+    pending = f"{found['pending']} pending, " if found.get("pending") else ""  # a step ahead has not run yet
     return f"""## Yield funnel
 
-{found["generated"]} generated, {found["kept"]} kept ({splits or "no split yet"}){
+{found["generated"]} generated, {pending}{found["kept"]} kept ({splits or "no split yet"}){
         f"; per 1,000 kept: {' or '.join(per)}" if per else ""
     }. Every generated row is kept or counted once, under the first step that dropped it.
 
