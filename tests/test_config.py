@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import ROOT, write
 
@@ -69,6 +71,18 @@ def test_identifiers_refuse_what_would_need_quoting(name):
 def test_key_itself_is_refused_as_env_name():
     with pytest.raises(ConfigError, match="endpoints.teacher.api_key_env: .*NAME of an environment variable"):
         load_config(SAMPLE, ["endpoints.teacher.api_key_env=sk-abc123-secret"])
+
+
+@pytest.mark.parametrize("key", ["endpoints.teacher.api_key_env", "tools.mcp.token_env", "export.token_env"])
+@pytest.mark.parametrize("value", ["sk-abc123-secret", "TOKÉN", "Bearer abc.def"])
+def test_every_env_name_is_checked_alike(key, value):
+    """One rule for every key naming a secret's variable: ASCII letters, digits and _ (str.isalnum took É)."""
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: .*NAME of an environment variable \(letters"):
+        load_config(SAMPLE, [f"{key}={value}"])
+    value = load_config(SAMPLE, [f"{key}=MY_TOKEN_2"])
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    assert value == "MY_TOKEN_2"
 
 
 def test_not_yaml_and_missing_file(tmp_path):

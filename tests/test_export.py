@@ -84,6 +84,14 @@ def test_export_writes_a_datasets_folder_parquet_and_a_card(warehouse, teacher_s
     assert pair["chosen_rating"] > pair["rejected_rating"]
     preference = next(c for c in meta["configs"] if c["config_name"] == "preference")
     assert {f["path"] for f in preference["data_files"]} == {f"parquet/preference/{s}.parquet" for s in pairs}
+    # A funnel that cannot be computed (the questions' files gone) leaves the export whole, its card without it.
+    for part in Path(Runtime.resolve(cfg).table_location("synthetic_questions")).glob("*.parquet"):
+        part.unlink()
+    again = pipeline.run(cfg, ["export"], root=ROOT)
+    assert again["stages"]["export"]["status"] == "ok", again["stages"]["export"]
+    made = json.loads(Path(f"{folder}/provenance.json").read_text(encoding="utf-8"))
+    assert "funnel" not in made and made["funnel_error"].startswith("no yield funnel: "), made.get("funnel_error")
+    assert "## Yield funnel" not in Path(f"{folder}/README.md").read_text(encoding="utf-8")
 
 
 def test_tool_export_writes_the_kept_pairs_in_the_xlam_layout(spark, llm_cfg):

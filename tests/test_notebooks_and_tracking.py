@@ -86,6 +86,13 @@ def small_run(tmp_path_factory):
     return tmp
 
 
+@pytest.fixture(autouse=True)
+def own_state(tmp_path, monkeypatch):
+    """Each test's runs record themselves as the last run in a state folder of its own (never the user's, and
+    never one that another test's run changed); a test that reads the fixture's run names its folder."""
+    monkeypatch.setenv(STATE, str(tmp_path / "state"))
+
+
 def _book(name: str, folder: Path = ROOT / "notebooks", **params: object):
     """The notebook with its parameters cell set as papermill (or a job's base_parameters) would set them."""
     book = nbformat.read(folder / f"{name}.ipynb", as_version=4)
@@ -145,9 +152,10 @@ def test_the_dataset_report_shows_each_figure_once_and_the_quality_gate(small_ru
     assert "the answer reads as answering: Stand-in questions" in text
 
 
-def test_the_dataset_report_says_so_when_the_checks_are_off(small_run):
-    _run_on_standin(small_run, "--schema", "gate_off", tracking=False)  # the checks but dedup off, as by default
-    outputs = _execute("03_dataset_report", small_run / "wh", schema="gate_off")
+def test_the_dataset_report_says_so_when_the_checks_are_off(tmp_path):
+    """In a warehouse of its own: the shared one's last run stays the fixture's."""
+    _run_on_standin(tmp_path, "--schema", "gate_off", tracking=False)  # the checks but dedup off, as by default
+    outputs = _execute("03_dataset_report", tmp_path / "wh", schema="gate_off")
     images = _images(outputs)
     assert len(images) == len(set(images)) == 4  # funnel, topics, lengths, splits: no empty quality gate chart
     text = _text(outputs)
@@ -278,19 +286,32 @@ def test_run_log_has_one_row_per_stage_run_for_sql_without_mlflow(spark, llm_cfg
 
 
 def test_show_prints_dropped_pairs_beside_their_reasons(small_run, tmp_path):
-    """`lakesynth show pair_verdicts --dropped -n 5`, from a folder with no warehouse of its own: the last run's,
-    five dropped pairs, each with its reason and what its checks said, as an independent reader sees them."""
+    """`lakesynth show pair_verdicts --dropped -n 5`, from a folder with no warehouse of its own and no --schema:
+    the last run's schema, five dropped pairs, each with its reason and what its checks said, one block per row
+    that stays readable piped (80 columns)."""
     proc = lakesynth(
-        "show", "pair_verdicts", "--dropped", "-n", "5", "--schema", DEV_SCHEMA,
-        cwd=tmp_path, env={STATE: str(small_run / "state"), "COLUMNS": "1000"},
-    )  # fmt: skip
+        "show", "pair_verdicts", "--dropped", "-n", "5", cwd=tmp_path, env={STATE: str(small_run / "state")}
+    )
     assert proc.returncode == 0, proc.stderr
-    shown = re.findall(r"^│ ([0-9a-f]{16}) +│ False +│ ([\w:]+) +│", proc.stdout, re.MULTILINE)
+    title = next(line for line in proc.stdout.splitlines() if line.startswith("pair_verdicts: "))
+    lines = proc.stdout.split(title, 1)[1].splitlines()
+    assert title.endswith(f"(main.{DEV_SCHEMA} (warehouse {small_run / 'wh'}))"), title
+    shown = re.findall(r"^question_id +(\w{16}) *\nkeep +False *\ndrop_reason +([\w:]+) *$", proc.stdout, re.MULTILINE)
     verdicts = deltalake.DeltaTable(str(small_run / "wh" / "main" / DEV_SCHEMA / "pair_verdicts")).to_pandas()
     dropped = verdicts[~verdicts.keep.astype(bool)].sort_values("question_id").head(5)
     assert shown == list(zip(dropped.question_id, dropped.drop_reason)) and len(shown) == 5
     assert f"pair_verdicts: 5 of {len(verdicts[~verdicts.keep.astype(bool)])} dropped rows" in proc.stdout
     assert "Stand-in reasoning" in proc.stdout  # the checks' reasoning beside the reason
+    assert max(map(len, lines)) <= 80 and len(lines) < 5 * 60  # not a grid of 5-character columns
+    for question in dropped.question:  # each question's text, whole, wrapped at the line's end
+        words = " ".join(line.removeprefix("question").strip() for line in lines)
+        assert " ".join(question.split()) in words
+
+
+def test_show_of_an_unknown_table_names_the_tables(small_run, tmp_path):
+    proc = lakesynth("show", "nosuch", cwd=tmp_path, env={STATE: str(small_run / "state")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "show: no table named 'nosuch'; the tables: " in proc.stderr and "pair_verdicts" in proc.stderr
 
 
 def test_report_writes_the_last_runs_report_as_html_with_no_path_given(small_run, tmp_path):
@@ -304,8 +325,8 @@ def test_report_writes_the_last_runs_report_as_html_with_no_path_given(small_run
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>") and "<h2>Yield funnel</h2>" in page and "<h2>Warnings</h2>" in page
     assert page.count("data:image/png;base64,") >= 2 and "<td>generated</td>" in page
-    if last["schema"] == DEV_SCHEMA:  # the checks ran there: their scores and dropped rows
-        assert "<h3>pair_verdicts</h3>" in page and "judge:scope" in page
+    assert last["schema"] == DEV_SCHEMA  # the fixture's run, where the checks ran: their scores and dropped rows
+    assert "<h3>pair_verdicts</h3>" in page and "judge:scope" in page
 
 
 def test_the_dataset_report_opened_with_only_a_config_finds_the_last_run(small_run, tmp_path):

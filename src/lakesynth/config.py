@@ -13,10 +13,19 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from lakesynth.errors import ConfigError
@@ -76,6 +85,17 @@ def _packaged_prompt(name: str) -> str:
     return resources.files("lakesynth").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
+def _env_name(value: str) -> str:
+    """An environment variable's NAME (ASCII letters, digits, `_`), so a key or token pasted in its place is
+    refused before it can reach a config dump or a log."""
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError("must be the NAME of an environment variable (letters, digits, _), not a key or token")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]  # the name of the variable holding a secret, "" for none
+
+
 class UseCaseConfig(Section):
     name: str = Field("default", description="Short name of the use case, recorded with every run.")
     rules_file: str | None = Field(None, description="Markdown file with the domain rules and tone of voice.")
@@ -105,7 +125,7 @@ class EndpointConfig(Section):
         "qwen2.5-coder-0.5b-instruct",
         description="Model name sent with each request (the serving endpoint name on Databricks).",
     )
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         "", description="Name of the environment variable that holds the API key (never the key itself)."
     )
     max_concurrency: int = Field(
@@ -145,13 +165,6 @@ class EndpointConfig(Section):
     embedded_context: int = Field(4096, ge=512, description="Context tokens per slot of the embedded teacher.")
     embedded_threads: int = Field(0, ge=0, description="CPU threads of the embedded teacher (0 = all cores).")
     batch_size: int = Field(64, ge=1, le=2048, description="Texts per request, where the endpoint embeds.")
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name_not_key(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError("must be the NAME of an environment variable, not a key")
-        return value
 
     @field_validator("gguf_path")
     @classmethod

@@ -306,14 +306,15 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
 
 def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stage], names: list[str], ran) -> None:
     """The yield funnel of the job (the stages `names`; core/funnel.py) into the summary, its line and warnings
-    onto stdout, and a `funnel` row into run_log, when a stage that `ran` changed it. Describing the run never
-    fails it: a problem is a warning."""
-    try:
-        found = funnel.summary(ctx, registered, names) if funnel.touched(registered, names, ran) else {}
-    except Exception as exc:  # describing the run never fails it
-        log.debug("funnel failed", exc_info=True)
-        summary.setdefault("warnings", []).append(f"no yield funnel: {type(exc).__name__}: {exc}")
-        print(f"funnel: warning: not computed ({type(exc).__name__}: {exc})", flush=True)
+    onto stdout, and a `funnel` row into run_log, when a stage that `ran` ends a chain (funnel.ends): a run that
+    stops before its end says nothing of rows still on their way (funnel.of_run, for a report, counts them as
+    pending). Describing the run never fails it: a problem is a warning."""
+    if not funnel.ends(registered, names, ran):
+        return
+    found, problem = funnel.guarded(lambda: funnel.summary(ctx, registered, names))
+    if problem:
+        summary.setdefault("warnings", []).append(problem)
+        print(f"warning: {problem}", flush=True)
         return
     if not found:
         return

@@ -9,11 +9,18 @@ Its rows go through, in the stages' data-flow order: the verdict tables that jud
 row dropped where `keep` is not true, for its `drop_reason`), the tables it is made into (same key, its parent:
 `synthetic_responses`; a row with an `error`, or none, is dropped there), and the training tables (a `split`
 column, parent one of those tables): a kept row that reaches none was rejected by the stage writing them.
+
+Only the steps whose stage ran count (`ran`: the stages the run_log has for the run, where given): a row that
+passed them all but has a step ahead that has not run yet is *pending*, neither kept nor dropped, and warns of
+nothing. A run computes its funnel only where it ran the end of a chain (`ends`), so a partial run (`--stages
+seed,questions`, or a Databricks task before the last) neither prints nor records a funnel of rows still on their
+way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +30,10 @@ from pyspark.sql import functions as F
 from lakesynth.core.stage import RunContext, Stage
 from lakesynth.core.tables import Table
 
+log = logging.getLogger(__name__)
 GROUPS = ("topic", "leaf", "function", "category")  # what a funnel is broken down by, where a table has it
-NONE = "(none)"  # the split of a kept row where no training table exists yet
+NONE = "(none)"  # the split of a kept row of a chain that ends in no training table
+PENDING = "(pending)"  # the split of a row that passed every step that ran, before its training table is written
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,12 @@ def plan(stages: Mapping[str, Stage], names: Collection[str] | None = None) -> l
     return chains
 
 
-def touched(stages: Mapping[str, Stage], names: Collection[str] | None, ran: Collection[str]) -> bool:
-    """Whether the stages that `ran` wrote a table of a chain (its rows, a check on them, where they end): else
-    the funnel is as it was, and a task of a Databricks job (a process of its own) need not compute it again."""
-    tables = {n for c in plan(stages, names) for n in (c.root.name, *(s.table.name for s in c.steps))}
-    return any(t.name in tables for name in ran if name in stages for t in stages[name].writes)
+def ends(stages: Mapping[str, Stage], names: Collection[str] | None, ran: Collection[str]) -> bool:
+    """Whether a stage that `ran` writes where a chain of the job's ends (a training table, with a `split`): only
+    then are its rows through every step, and the funnel worth computing, printing and recording (each task of a
+    Databricks job is a process of its own: the one that ends the chain does it)."""
+    ending = {s.stage for c in plan(stages, names) for s in c.steps if s.kind == "training"}
+    return any(name in ending for name in ran)
 
 
 def _generated_tables(owned: Mapping[str, Table], judged: set[str]) -> set[str]:
@@ -92,11 +102,13 @@ def _generated_tables(owned: Mapping[str, Table], judged: set[str]) -> set[str]:
     return found
 
 
-def outcomes(ctx: RunContext, chains: list[Chain]) -> DataFrame | None:
+def outcomes(ctx: RunContext, chains: list[Chain], ran: Collection[str] | None = None) -> DataFrame | None:
     """One row per generated row: `root` (its table), `item` (its key), GROUPS, `step` (the stage that dropped it,
-    null if kept), `drop_reason` and `split` (of a kept one). None when no generated table exists yet."""
+    null if kept), `drop_reason` and `split` (of a kept one; PENDING for one with a step still to run). Only the
+    steps of the stages that `ran` (None: every one with rows) count. None when no generated table exists yet."""
     spark, rt = ctx.spark, ctx.rt
-    exists = {n for c in chains for n in (c.root.name, *(s.table.name for s in c.steps)) if _has_rows(ctx, n)}
+    steps_of = [s for c in chains for s in c.steps if ran is None or s.stage in ran]
+    exists = {n for n in (*(c.root.name for c in chains), *(s.table.name for s in steps_of)) if _has_rows(ctx, n)}
     parts = []
     for chain in chains:
         if chain.root.name not in exists:
@@ -107,8 +119,10 @@ def outcomes(ctx: RunContext, chains: list[Chain]) -> DataFrame | None:
         groups = [F.col(g).alias(f"_{g}_0") for g in GROUPS if g in rows.columns]
         items = rows.select(F.col(chain.root.key).alias("item"), *groups, *reasons)
         steps, columns = ([chain.stage], ["_r0"]) if failed else ([], [])
-        training = [s for s in chain.steps if s.kind == "training" and s.table.name in exists]
-        for i, step in enumerate((s for s in chain.steps if s.kind != "training" and s.table.name in exists), 1):
+        counted = [s for s in chain.steps if s in steps_of and s.table.name in exists]
+        training = [s for s in counted if s.kind == "training"]
+        pending = not training and any(s.kind == "training" for s in chain.steps)  # not where they end, yet
+        for i, step in enumerate((s for s in counted if s.kind != "training"), 1):
             t = spark.table(rt.fqn(step.table.name))
             own = [F.col(g).alias(f"_{g}_{i}") for g in GROUPS if g in t.columns]
             if step.kind == "check":
@@ -154,7 +168,7 @@ def outcomes(ctx: RunContext, chains: list[Chain]) -> DataFrame | None:
                 *groups,
                 step.alias("step"),
                 reason.alias("drop_reason"),
-                F.when(reason.isNull(), F.coalesce("split", F.lit(NONE))).alias("split"),
+                F.when(reason.isNull(), F.coalesce("split", F.lit(PENDING if pending else NONE))).alias("split"),
             )
         )
     if not parts:
@@ -176,7 +190,8 @@ def _exists(ctx: RunContext, name: str) -> bool:
 
 def funnel(cells: list[dict], steps: list[str]) -> dict[str, Any]:
     """A funnel from outcome counts (`cells`: step, drop_reason, split, count): generated, then per step what came
-    in, what it dropped (per reason) and what it kept, then kept and its splits. Every row in exactly one cell."""
+    in, what it dropped (per reason) and what it kept, then the rows still pending (PENDING), kept and its splits.
+    Every row in exactly one cell."""
     generated = sum(c["count"] for c in cells)
     rows, left = [], generated
     for name in steps:
@@ -199,20 +214,30 @@ def funnel(cells: list[dict], steps: list[str]) -> dict[str, Any]:
     for c in cells:
         if c["step"] is None:
             splits[c["split"]] = splits.get(c["split"], 0) + c["count"]
-    return {"generated": generated, "steps": rows, "kept": left, "splits": dict(sorted(splits.items()))}
+    pending = splits.pop(PENDING, 0)
+    out = {"generated": generated, "steps": rows, "kept": left - pending, "splits": dict(sorted(splits.items()))}
+    return {**out, "pending": pending} if pending else out
 
 
-def summary(ctx: RunContext, stages: Mapping[str, Stage], names: Collection[str] | None = None) -> dict[str, Any]:
+def summary(
+    ctx: RunContext,
+    stages: Mapping[str, Stage],
+    names: Collection[str] | None = None,
+    ran: Collection[str] | None = None,
+) -> dict[str, Any]:
     """The run's funnel (`funnel`), per topic, leaf, tool (`function`) and category (`by`), the tokens and cost
-    per 1,000 kept (`spend`) and what ended with none kept (`warnings`); {} when nothing was generated yet."""
+    per 1,000 kept (`spend`) and what ended with none kept (`warnings`); {} when nothing was generated yet. Only
+    the steps of the stages that `ran` (None: every one with rows) count; the rows they passed are pending."""
     chains = plan(stages, names)
-    found = outcomes(ctx, chains)
+    found = outcomes(ctx, chains, ran)
     if found is None:
         return {}
     cells = [r.asDict() for r in found.groupBy("root", *GROUPS, "step", "drop_reason", "split").count().collect()]
     order = list(stages)
     steps = sorted({s for c in chains for s in [c.stage, *(x.stage for x in c.steps)]}, key=order.index)
-    seen = {c["step"] for c in cells} | {x.stage for c in chains for x in c.steps if _has_rows(ctx, x.table.name)}
+    seen = {c["step"] for c in cells} | {
+        x.stage for c in chains for x in c.steps if (ran is None or x.stage in ran) and _has_rows(ctx, x.table.name)
+    }
     steps = [s for s in steps if s in seen]
     out = funnel(cells, steps)
     by: dict[str, dict[str, dict]] = {}
@@ -229,14 +254,31 @@ def summary(ctx: RunContext, stages: Mapping[str, Stage], names: Collection[str]
 def of_run(ctx: RunContext, stages: Mapping[str, Stage]) -> dict[str, Any]:
     """The funnel of the job that run `ctx.cfg.run_id` ran (the stages its run_log rows name), else of every
     generated table there (an export or report run on its own)."""
-    ran = ctx.read("run_log", kept=False).where(F.col("run_id") == ctx.cfg.run_id).select("stage").distinct()
-    return summary(ctx, stages, {r.stage for r in ran.collect()}) or summary(ctx, stages)
+    ran = stages_run(ctx)
+    return summary(ctx, stages, ran, ran) or summary(ctx, stages)
+
+
+def guarded(compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """`compute()`'s funnel, or {} and why not: describing the data (a run's output, a dataset card) never fails
+    the run or the export."""
+    try:
+        return compute(), ""
+    except Exception as exc:  # any failure: the funnel is a description, never the work itself
+        log.debug("funnel failed", exc_info=True)
+        return {}, f"no yield funnel: {type(exc).__name__}: {exc}"
+
+
+def stages_run(ctx: RunContext) -> set[str]:
+    """The stages that run `ctx.cfg.run_id` ran to the end (the run_log's `ok` rows: every process of the job's)."""
+    log = ctx.read("run_log", kept=False).where((F.col("run_id") == ctx.cfg.run_id) & (F.col("status") == "ok"))
+    return {r.stage for r in log.select("stage").distinct().collect()}
 
 
 def _brief(f: dict) -> dict:
     """A group's funnel in short: generated, kept, the splits, and the drops per step that dropped any."""
     dropped = {s["step"]: s["dropped"] for s in f["steps"] if s["dropped"]}
-    return {"generated": f["generated"], "kept": f["kept"], "dropped": dropped, "splits": f["splits"]}
+    out = {"generated": f["generated"], "kept": f["kept"], "dropped": dropped, "splits": f["splits"]}
+    return {**out, "pending": f["pending"]} if f.get("pending") else out
 
 
 def expected(ctx: RunContext, stages: Mapping[str, Stage], names, chains: list[Chain], group: str) -> set[str]:
@@ -313,31 +355,34 @@ def _section(cfg, dotted: str):
 
 
 def warnings(f: dict) -> list[str]:
-    """What ended with no kept example: a step that kept none of its rows, a topic, leaf, tool or category."""
+    """What ended with no kept example: a step that kept none of its rows, a topic, leaf, tool or category (not
+    one with rows pending: they may yet be kept)."""
     found = []
-    if f["generated"] and not f["kept"]:
+    if f["generated"] and not f["kept"] and not f.get("pending"):
         found.append(f"no example kept: all {f['generated']} generated rows were dropped")
     for s in f["steps"]:
         if s["in"] and not s["kept"]:
-            found.append(f"{s['step']} kept none of the {s['in']} rows it saw ({_reasons(s['reasons'])})")
+            found.append(f"{s['step']} kept none of the {s['in']} rows it saw ({counts(s['reasons'])})")
     for group, values in f.get("by", {}).items():
         for value, g in values.items():
-            if not g["kept"]:
-                why = f"all {g['generated']} dropped ({_reasons(g['dropped'])})" if g["generated"] else "none generated"
+            if not g["kept"] and not g.get("pending"):
+                why = f"all {g['generated']} dropped ({counts(g['dropped'])})" if g["generated"] else "none generated"
                 found.append(f"{group} '{value}': 0 kept examples, {why}")
     return found
 
 
-def _reasons(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items())
+def counts(found: Mapping[str, int]) -> str:
+    """Counts by name as the funnel writes them everywhere (line, warnings, tables, figure, card): `a 3, b 1`."""
+    return ", ".join(f"{k} {v}" for k, v in found.items())
 
 
 def line(f: dict) -> str:
     """The funnel on one line, for the run's output: `funnel: 72 generated -> critic 60 -> ... -> 40 kept (...)`."""
     parts = [f"{f['generated']} generated"] + [f"{s['step']} {s['kept']}" for s in f["steps"]]
-    splits = ", ".join(f"{n} {k}" for k, n in f["splits"].items())
+    splits = counts(f["splits"])
     spend_ = f.get("spend", {})
     per = [f"{spend_['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend_ else []
     per += [f"${spend_['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend_ else []
     cost = f"; {', '.join(per)} per 1,000 kept" if per else ""
-    return f"funnel: {' -> '.join(parts)} -> {f['kept']} kept" + (f" ({splits})" if splits else "") + cost
+    pending = f" -> {f['pending']} pending" if f.get("pending") else ""
+    return f"funnel: {' -> '.join(parts)}{pending} -> {f['kept']} kept" + (f" ({splits})" if splits else "") + cost

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from lakesynth.core.funnel import counts
+
 
 def rows(f: dict[str, Any]) -> list[dict[str, Any]]:
-    """The funnel as rows: generated, each step (in, dropped per reason, kept), then kept per split."""
+    """The funnel as rows: generated, each step (in, dropped per reason, kept), the rows still pending (if any),
+    then kept per split."""
     out = [{"step": "generated", "in": f["generated"], "dropped": 0, "kept": f["generated"], "reasons": ""}]
     for s in f["steps"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in s["reasons"].items())
+        reasons = counts(s["reasons"])
         out.append({"step": s["step"], "in": s["in"], "dropped": s["dropped"], "kept": s["kept"], "reasons": reasons})
-    splits = ", ".join(f"{k} {v}" for k, v in f["splits"].items())
-    out.append({"step": "kept", "in": f["kept"], "dropped": 0, "kept": f["kept"], "reasons": splits})
+    if f.get("pending"):  # passed every step that ran; a step ahead has not run yet
+        out.append({"step": "pending", "in": f["pending"], "dropped": 0, "kept": 0, "reasons": ""})
+    out.append({"step": "kept", "in": f["kept"], "dropped": 0, "kept": f["kept"], "reasons": counts(f["splits"])})
     return out
 
 
@@ -30,7 +34,7 @@ def figure(f: dict[str, Any]):
     for i, s in enumerate(steps, 1):
         ax.barh(i, s["kept"], color="tab:green")
         ax.barh(i, s["dropped"], left=s["kept"], color="tab:red")
-        why = ", ".join(f"{k} {v}" for k, v in s["reasons"].items())
+        why = counts(s["reasons"])
         ax.text(
             s["in"],
             i,

@@ -22,6 +22,7 @@ from lakesynth.report.notebook import NoTables, NotebookContext
 
 HIDDEN = {n for n, _ in tables.LLM_ACCOUNTING if n not in ("model", "error")} | set(tables.LINEAGE_NAMES)
 WIDTH = 240  # characters of a cell shown
+GRID_COLUMNS = 5  # more columns than this shrink text to a few characters a line: one block per row instead
 VERDICT_TEXT = ("score", "scores", "reasoning", "error")  # what a check said, shown beside a table it judges
 
 
@@ -64,28 +65,42 @@ def frame(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, where: 
 
 def show(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, n: int = 10, where: str = "",
          dropped: bool = False, console=None) -> list[dict[str, Any]]:  # fmt: skip
-    """Print up to `n` rows of `table` (frame) as a rich table, verdict columns first; returns them."""
+    """Print up to `n` rows of `table` (frame), verdict columns first: a grid while it has at most GRID_COLUMNS
+    columns, else one block per row (`name  value` lines), which stays readable at 80 columns or piped; returns
+    them."""
     from rich.console import Console
     from rich.table import Table as Grid
 
+    rows = frame(ctx, stages, table, where=where, dropped=dropped)  # first: it names an unknown table
     contract = ctx.contracts[table]
-    rows = frame(ctx, stages, table, where=where, dropped=dropped)
     total = rows.count()
     shown = [r.asDict() for r in rows.orderBy(contract.key).limit(n).collect()]
     first = [contract.key, "keep", "drop_reason"]
     names = first + [c for c in rows.columns if c not in first and not hidden(c)]
     names = [c for c in names if c in first or any(r.get(c) not in (None, "") for r in shown)]
     what = "dropped rows" if dropped else "rows"
-    grid = Grid(title=f"{table}: {len(shown)} of {total} {what} ({ctx.where()})", show_lines=True)
-    for name in names:
-        grid.add_column(name, overflow="fold", no_wrap=name in first, max_width=None if name in first else 60)
-    for r in shown:
-        grid.add_row(*[cell(r.get(c)) for c in names])
-    out = console or Console()
-    out.print(grid)
+    title = f"{table}: {len(shown)} of {total} {what} ({ctx.where()})"
+    console = console or Console()
+    if len(names) <= GRID_COLUMNS:
+        grid = Grid(title=title, show_lines=True)
+        for name in names:
+            grid.add_column(name, overflow="fold", no_wrap=name in first, max_width=None if name in first else 60)
+        for r in shown:
+            grid.add_row(*[cell(r.get(c)) for c in names])
+        console.print(grid)
+    else:
+        console.print(title, soft_wrap=True)  # one line, whole, to find and copy from
+        for r in shown:
+            block = Grid.grid(padding=(0, 2))
+            block.add_column(no_wrap=True, style="bold")
+            block.add_column(overflow="fold")
+            for name in names:
+                block.add_row(name, cell(r.get(name)))
+            console.rule()
+            console.print(block, soft_wrap=False)
     off = checks_off(ctx.cfg, ctx.contracts, stages, table) if dropped else []
     if off:  # a check that did not run dropped nothing: an empty list is not "all kept"
-        out.print(f"checks off, which drop nothing: {'; '.join(off)}", soft_wrap=True)
+        console.print(f"checks off, which drop nothing: {'; '.join(off)}", soft_wrap=True)
     return shown
 
 

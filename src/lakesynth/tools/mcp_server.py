@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from typing_extensions import Self
 
-from lakesynth.config import Section, resolve_path, secret_from_env
+from lakesynth.config import EnvName, Section, resolve_path, secret_from_env
 from lakesynth.errors import ConfigError, SeedError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ CRASH = "Crash:"  # the error of a call the server died on, as the sandbox names
 class McpConfig(Section):
     """How to reach an MCP server named by `--tools mcp:...`."""
 
-    token_env: str = Field(
+    token_env: EnvName = Field(
         "", description="Environment variable holding the bearer token of an http(s) MCP server (its NAME)."
     )
     databricks_auth: bool = Field(
@@ -53,7 +53,7 @@ class McpConfig(Section):
     connect_timeout_s: float = Field(
         30.0, gt=0, description="Longest the server may take to start and answer the handshake or the tool listing."
     )
-    env: list[str] = Field(
+    env: list[EnvName] = Field(
         [],
         description="Environment variables (their NAMES) passed on to a stdio server, which otherwise gets only the "
         "MCP SDK's safe defaults (HOME, PATH, USER ...): e.g. [SHOP_API_KEY]. One that is not set is an error.",
@@ -66,21 +66,6 @@ class McpConfig(Section):
         "the working folder.",
     )
 
-    @field_validator("token_env")
-    @classmethod
-    def _env_name_not_token(cls, value: str) -> str:
-        if value and not _is_name(value):
-            raise ValueError("must be the NAME of an environment variable, not a token")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, names: list[str]) -> list[str]:
-        wrong = [name for name in names if not _is_name(name)]
-        if wrong:
-            raise ValueError(f"must be NAMEs of environment variables, not values ({len(wrong)} of them is not)")
-        return names
-
     @field_validator("cwd")
     @classmethod
     def _from_config(cls, value: str, info: ValidationInfo) -> str:
@@ -92,10 +77,6 @@ class McpConfig(Section):
         if missing:
             raise ConfigError(f"tools.mcp.env: environment variable(s) {', '.join(missing)} not set")
         return {name: os.environ[name] for name in self.env}
-
-
-def _is_name(value: str) -> bool:
-    return value.replace("_", "a").isalnum()
 
 
 def is_mcp(spec: str | None) -> bool:
@@ -130,10 +111,24 @@ def _crashed(outcome: Outcome) -> bool:
     return bool(outcome.error) and outcome.error.startswith(CRASH)
 
 
-def result_value(result: Any) -> Any:
-    """A tool's result as JSON: its structuredContent when it gives one; else its one text block (parsed when it
-    is JSON); else the list of its blocks (texts, other blocks as MCP writes them)."""
+def wraps_result(tool: Any) -> bool:
+    """Whether a listed tool's output schema is the wrapper the SDK's server puts around a result that is not an
+    object (`{"result": ...}`, a str's, a list's): the value inside is the tool's result, as the sandbox has it."""
+    schema = getattr(tool, "output_schema", None) or {}
+    return (
+        schema.get("type") == "object"
+        and set(schema.get("properties") or ()) == {"result"}
+        and schema.get("required") == ["result"]
+    )
+
+
+def result_value(result: Any, wrapped: bool = False) -> Any:
+    """A tool's result as JSON: its structuredContent when it gives one (the value under `result` where the tool's
+    output schema is the SDK's wrapper: `wrapped`); else its one text block (parsed when it is JSON); else the list
+    of its blocks (texts, other blocks as MCP writes them)."""
     if result.structured_content is not None:
+        if wrapped and isinstance(result.structured_content, dict) and "result" in result.structured_content:
+            return result.structured_content["result"]
         return result.structured_content
     values = []
     for block in result.content:
@@ -171,6 +166,7 @@ class McpTools:
         self._portal = None
         self._client = None
         self._signer = None  # the Auth that signs http requests: it knows every token sent, to redact them
+        self._wrapped: set[str] = set()  # the tools whose structured results the SDK wraps (wraps_result)
 
     def __enter__(self) -> Self:
         self.start()
@@ -264,6 +260,7 @@ class McpTools:
             tools += page.tools
             cursor = page.next_cursor
             if not cursor:
+                self._wrapped = {t.name for t in tools if wraps_result(t)}
                 return [to_spec(t) for t in tools]
 
     def run(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Outcome]:
@@ -324,7 +321,7 @@ class McpTools:
         except Exception as failure:  # noqa: BLE001 - transport errors, a reply that does not validate
             return Outcome(False, None, self._describe(failure), time.perf_counter() - start)
         seconds = time.perf_counter() - start
-        value = result_value(result)
+        value = result_value(result, name in self._wrapped)
         if result.is_error:
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             return Outcome(False, None, self._redact(f"ToolError: {text}"), seconds)

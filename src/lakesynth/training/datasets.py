@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import Field
 from pyspark.sql import functions as F
 
-from lakesynth.config import Section, secret_from_env
+from lakesynth.config import EnvName, Section, secret_from_env
 from lakesynth.core import funnel, registry
 from lakesynth.errors import StageSkipped
 
@@ -22,7 +22,7 @@ class ExportConfig(Section):
     enabled: bool = Field(False, description="Write the final dataset as a datasets folder and Parquet, with a card.")
     license: str = Field("other", description="The dataset card's license (an SPDX id such as cc-by-4.0, or other).")
     hub_repo: str = Field("", description="Hugging Face dataset repo (org/name) to push to, with HF_TOKEN set.")
-    token_env: str = Field("HF_TOKEN", description="Environment variable holding the Hugging Face token.")
+    token_env: EnvName = Field("HF_TOKEN", description="Environment variable holding the Hugging Face token.")
     private: bool = Field(True, description="Push to the Hub as a private dataset.")
 
 
@@ -66,12 +66,14 @@ def made_by(ctx, stages: tuple[str, ...]) -> dict:
         found[r.stage]["models"].add(r.model)
         found[r.stage]["prompt_versions"].add(r.prompt_version)
     config = cfg.model_dump_json(exclude={"run_id"}).encode()
-    yields = funnel.of_run(ctx, registry.default_stages())  # the yield funnel of the job this run ran
+    yields, problem = funnel.guarded(lambda: funnel.of_run(ctx, registry.default_stages()))  # the job's funnel
+    if problem:  # the card goes without it: the data is the export's work, its description is not
+        print(f"export: warning: {problem}", flush=True)
     return {
         "run_id": cfg.run_id,
         "config_sha256": hashlib.sha256(config).hexdigest()[:16],
         "made_by": {k: {n: sorted(v) for n, v in d.items()} for k, d in sorted(found.items())},
-        **({"funnel": yields} if yields else {}),
+        **({"funnel": yields} if yields else {"funnel_error": problem} if problem else {}),
     }
 
 
@@ -122,18 +124,18 @@ def funnel_section(found: dict | None) -> str:
     if not found:
         return ""
     steps = "\n".join(
-        f"| {s['step']} | {s['in']} | {s['dropped']} | {s['kept']} | "
-        f"{', '.join(f'{k} {v}' for k, v in s['reasons'].items())} |"
+        f"| {s['step']} | {s['in']} | {s['dropped']} | {s['kept']} | {funnel.counts(s['reasons'])} |"
         for s in found["steps"]
     )
-    splits = ", ".join(f"{k} {v}" for k, v in found["splits"].items())
+    splits = funnel.counts(found["splits"])
     spend = found.get("spend", {})
     per = [f"{spend['tokens_per_1000_kept']:,} tokens"] if "tokens_per_1000_kept" in spend else []
     per += [f"${spend['cost_per_1000_kept_usd']}"] if "cost_per_1000_kept_usd" in spend else []
     warnings = "".join(f"- warning: {w}\n" for w in found.get("warnings", []))
+    pending = f"{found['pending']} pending, " if found.get("pending") else ""  # a step ahead has not run yet
     return f"""## Yield funnel
 
-{found["generated"]} generated, {found["kept"]} kept ({splits or "no split yet"}){
+{found["generated"]} generated, {pending}{found["kept"]} kept ({splits or "no split yet"}){
         f"; per 1,000 kept: {' or '.join(per)}" if per else ""
     }. Every generated row is kept or counted once, under the first step that dropped it.
 
