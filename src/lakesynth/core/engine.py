@@ -78,7 +78,10 @@ def _embedded(warehouse: str) -> SparkSession:
     server = SparkConnectServer(ip="127.0.0.1", port=0)
     server.start(background=True)
     host, port = server.listening_address
-    spark = SparkSession.builder.remote(f"sc://{host}:{port}").getOrCreate()
+    # pyspark's client records the calling line of every DataFrame call for the server's error context (and imports
+    # IPython's kernel to leave its frames out); Sail does not use it: ~18 us a call and 0.2 s a process of CPU.
+    debugging = "spark.python.sql.dataFrameDebugging.enabled"
+    spark = SparkSession.builder.remote(f"sc://{host}:{port}").config(debugging, "false").getOrCreate()
     spark._lakesynth_server = server  # keep the server alive as long as the session
     register_tables(spark, warehouse)
     return spark
