@@ -89,11 +89,13 @@ def _embedded(warehouse: str) -> SparkSession:
 
 def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
     """Register every Delta table under the warehouse in Sail's in-memory catalog."""
-    found = []
+    found, schemas = [], set()
     for log_dir in sorted(Path(warehouse).glob("*/*/*/_delta_log")):
         table_dir = log_dir.parent
         catalog, schema, table = table_dir.parts[-3:]
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{catalog}`.`{schema}`")
+        if (catalog, schema) not in schemas:  # once a schema: a statement costs as much CPU as a table's
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{catalog}`.`{schema}`")
+            schemas.add((catalog, schema))
         spark.sql(f"CREATE TABLE IF NOT EXISTS `{catalog}`.`{schema}`.`{table}` USING DELTA LOCATION '{table_dir}'")
         found.append(f"{catalog}.{schema}.{table}")
     log.debug("registered %d tables from %s", len(found), warehouse)
