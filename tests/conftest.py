@@ -163,9 +163,9 @@ def copy_schema(spark, source: Config, target: Config) -> Config:
     """
     src, dst = (Path(where(c).table_location("_")).parent for c in (source, target))
     shutil.copytree(src, dst)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{target.catalog}`.`{target.schema_}`")
     for log_dir in sorted(dst.glob("*/_delta_log")):
         table = where(target).fqn(log_dir.parent.name)
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{target.catalog}`.`{target.schema_}`")
         spark.sql(f"CREATE TABLE {table} USING DELTA LOCATION '{log_dir.parent}'")
     return target
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from lakesynth.config import Config
+from lakesynth.config import YAML_LOADER, Config
 from lakesynth.core import bundle, funnel, registry, run_log, tables
 from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.core.runtime import Runtime
@@ -94,7 +94,7 @@ def packaged_jobs() -> Jobs:
     files: dict[str, Path] = {}
     for path in sorted(folder.glob("*.job.yml")):
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read the packaged job file: {exc}") from exc
         for key, spec in ((data.get("resources") or {}).get("jobs") or {}).items():

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from lakesynth.config import YAML_LOADER
 from lakesynth.errors import ConfigError
 
 
@@ -37,7 +38,7 @@ def load_with_sources(root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     sources: dict[str, Path] = {}
 
     def read(path: Path) -> dict[str, Any]:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER) or {}
         sources.update(dict.fromkeys((data.get("resources") or {}).get("jobs") or {}, path))
         return data
 

@@ -78,7 +78,10 @@ def _embedded(warehouse: str) -> SparkSession:
     server = SparkConnectServer(ip="127.0.0.1", port=0)
     server.start(background=True)
     host, port = server.listening_address
-    spark = SparkSession.builder.remote(f"sc://{host}:{port}").getOrCreate()
+    # pyspark's client records the calling line of every DataFrame call for the server's error context (and imports
+    # IPython's kernel to leave its frames out); Sail does not use it: ~18 us a call and 0.2 s a process of CPU.
+    debugging = "spark.python.sql.dataFrameDebugging.enabled"
+    spark = SparkSession.builder.remote(f"sc://{host}:{port}").config(debugging, "false").getOrCreate()
     spark._lakesynth_server = server  # keep the server alive as long as the session
     register_tables(spark, warehouse)
     return spark
@@ -86,11 +89,13 @@ def _embedded(warehouse: str) -> SparkSession:
 
 def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
     """Register every Delta table under the warehouse in Sail's in-memory catalog."""
-    found = []
+    found, schemas = [], set()
     for log_dir in sorted(Path(warehouse).glob("*/*/*/_delta_log")):
         table_dir = log_dir.parent
         catalog, schema, table = table_dir.parts[-3:]
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{catalog}`.`{schema}`")
+        if (catalog, schema) not in schemas:  # once a schema: a statement costs as much CPU as a table's
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{catalog}`.`{schema}`")
+            schemas.add((catalog, schema))
         spark.sql(f"CREATE TABLE IF NOT EXISTS `{catalog}`.`{schema}`.`{table}` USING DELTA LOCATION '{table_dir}'")
         found.append(f"{catalog}.{schema}.{table}")
     log.debug("registered %d tables from %s", len(found), warehouse)

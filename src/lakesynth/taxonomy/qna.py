@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from lakesynth.config import YAML_LOADER
 from lakesynth.errors import SeedError
 from lakesynth.taxonomy.rows import Taxonomy, example_row, leaf_row, listed, value_type
 
@@ -130,17 +131,13 @@ def _leaf_files(base: Path) -> list[Path]:
     return found
 
 
-# libyaml's safe loader where PyYAML was built with it: reading is most of this stage's time (benchmarks, section 8).
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _read_leaf(file: Path, source: str) -> tuple[dict, list[dict]] | list[str]:
     """A leaf's row and example rows, or the problems that keep it from being read."""
     leaf = Path(source).parent.as_posix()
     if leaf == ".":
         return [f"{source}: a leaf is a folder under the taxonomy root, not the root itself"]
     try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=LOADER)
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=YAML_LOADER)
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{source}: cannot be read: {exc}"]
     except yaml.YAMLError as exc:
