@@ -23,6 +23,7 @@ from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
 from lakesynth.qa import insights
+from lakesynth.quality import signatures
 from lakesynth.training import examples
 from lakesynth.training.checks import check_examples
 from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
@@ -123,9 +124,12 @@ def run(ctx: RunContext) -> StageResult:
     else:
         valid = assign_split(candidates, by=SPLIT_TEXT, **fractions)
     valid = fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
+    # Near duplicates, in the run and against earlier runs' signed examples, share one split.
+    valid, signed, leakage = signatures.split_apart(ctx, valid, examples=TABLE.name, block="topic", text=SPLIT_TEXT)
     # The table is derived whole from the responses: an atomic overwrite keeps it exact.
     tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)
     written = tables.read(spark, rt, TABLE)
+    added = signatures.record(ctx, signed, examples=TABLE.name, job="lakesynth", kept=written)
     violations = {
         r.violation: r["count"]
         for r in checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()
@@ -151,6 +155,8 @@ def run(ctx: RunContext) -> StageResult:
         metrics={
             "excluded_unanswered": excluded,
             "violations": violations,
+            **leakage,
+            "signatures_added": added,
             **({"examples_per_leaf": per_leaf} if per_leaf else {}),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },

@@ -65,6 +65,24 @@ class DedupConfig(Section):
     exact: ExactDedup = Field(default_factory=ExactDedup, description="The same question once normalised.")
     near: NearDedup = Field(default_factory=NearDedup, description="Nearly the same content words (MinHash + LSH).")
     semantic: SemanticDedup = Field(default_factory=SemanticDedup, description="Close embeddings within a topic.")
+    across_runs: bool = Field(
+        False,
+        description="Drop an example that exactly or nearly repeats one an earlier run kept (the signatures table), "
+        "with dedup:earlier_run and that example's id (the screen stage).",
+    )
+    signatures_table: str = Field(
+        "",
+        description="The signatures table, as catalog.schema.table (empty: `signatures` in the run's schema); one "
+        "table can serve several schemas and jobs.",
+    )
+    split_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of content words at which two examples go to one split together (in the "
+        "run, and against earlier runs' signed examples); groups are joined transitively, so a low value chains "
+        "alike questions into one split.",
+    )
 
 
 TABLE = tables.verdict(

@@ -30,6 +30,7 @@ from lakesynth.config import Section
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
+from lakesynth.quality import signatures
 from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
@@ -114,6 +115,7 @@ def run(ctx: RunContext) -> StageResult:
     kept = (
         ctx.read("call_verdicts", kept=False).where("keep").select("call_id", "source_id", "query", "calls", "category")
     )
+    kept = kept.join(ctx.read("tool_calls").select("call_id"), "call_id", "left_semi")  # and every other verdict
     rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
     schema = T.StructType(
         [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
@@ -130,8 +132,13 @@ def run(ctx: RunContext) -> StageResult:
         seed=fmt.seed,
     )
     valid = splits.fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
+    # Near duplicates, in the run and against earlier runs' signed examples, share one split.
+    valid, signed, leakage = signatures.split_apart(
+        ctx, valid, examples=TABLE.name, block="function", text=splits.SPLIT_TEXT
+    )
     tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)  # derived from the verdicts
     table = tables.read(spark, rt, TABLE)
+    added = signatures.record(ctx, signed, examples=TABLE.name, job="lakesynth_tools", kept=table)
     folder = Path(rt.files_dir(TABLE.name))
     files = {}
     for split in ("train", "val", "test"):
@@ -154,6 +161,8 @@ def run(ctx: RunContext) -> StageResult:
         metrics={
             "style": out.style,
             "violations": violations,
+            **leakage,
+            "signatures_added": added,
             "examples_per_function_and_category": dict(sorted(strata.items())),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },
@@ -164,7 +173,7 @@ STAGE = Stage(
     name="tool_format",
     help="turn the kept calls into tool-calling training examples (json_content, openai or hf) and JSONL per split",
     run=run,
-    reads=("tools", "call_verdicts"),
+    reads=("tools", "call_verdicts", "tool_calls"),
     writes=(TABLE,),
     config=ToolOutputConfig,
     section="tools.output",

@@ -1,0 +1,461 @@
+"""The signatures table, and every example's match against it and against evaluation sets, as joins in the engine.
+
+`signatures` holds one row per kept example of every run and job: each Q&A question and taxonomy pair of
+`training_chat`, each tool query of `training_tools` (a conversation's first user turn is signed the same way: add
+its table to the callers). A row holds the example's source (job, run, table, id, split), its normalised-text hash,
+its content words and MinHash bands (duplicates.py), its word n-gram hashes and, when semantic dedup is on, its
+embedding. It lives where `quality.dedup.signatures_table` says (default `signatures` in the run's schema), so one
+table serves several schemas and jobs. A run appends only the examples the table does not hold yet, so an example
+keeps the split it was first given.
+
+Matching: shared MinHash bands give candidates, verified by the exact Jaccard of content words (negated alike), and
+shared n-gram hashes are counted, both as joins in the engine: nothing is collected to the driver, so the driver's
+memory stays flat as the table grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from lakesynth.core import tables
+from lakesynth.core.runtime import Runtime
+from lakesynth.core.stage import StageResult
+from lakesynth.core.tables import S
+from lakesynth.errors import ConfigError
+from lakesynth.quality import duplicates
+from lakesynth.quality.normalize import normalized_text
+
+A = tables.T.ArrayType
+BIGINTS, WORDS, VECTOR = A(tables.L), A(S), A(tables.T.FloatType())
+
+TABLE = tables.contract(
+    "signatures",
+    [
+        ("signature_id", S),  # the example's table and id, hashed: the same example is one row
+        ("job", S),
+        ("source_table", S),  # the example's table, fully named
+        ("example_id", S),
+        ("split", S),
+        ("block", S),  # its topic, leaf or function: what semantic matches are compared within
+        ("text", S),
+        ("text_hash", S),
+        ("words", WORDS),
+        ("negations", S),
+        ("bands", BIGINTS),
+        ("ngram", tables.INT),
+        ("ngrams", BIGINTS),
+        ("embedding", VECTOR),
+    ],
+    key="signature_id",
+    parent="example_id",
+)
+SIGNED = "id string, words array<string>, negations string, bands array<bigint>"
+
+
+def place(rt: Runtime, signatures_table: str) -> Runtime:
+    """The runtime whose schema holds the signatures table: the run's own, or `catalog.schema.table` from
+    `quality.dedup.signatures_table` (the table's name must then be `signatures`' contract name or any other)."""
+    if not signatures_table:
+        return rt
+    parts = signatures_table.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"quality.dedup.signatures_table: expected catalog.schema.table, got '{signatures_table}'")
+    return dataclasses.replace(rt, catalog=parts[0], schema=parts[1])
+
+
+def contract(signatures_table: str) -> tables.Table:
+    """The signatures table's contract under its configured name."""
+    name = signatures_table.split(".")[-1] if signatures_table else TABLE.name
+    return dataclasses.replace(TABLE, name=name)
+
+
+def read(ctx, dedup) -> DataFrame:
+    """Every signature, of every run and job that writes to the configured table."""
+    return tables.read(ctx.spark, place(ctx.rt, dedup.signatures_table), contract(dedup.signatures_table))
+
+
+def signature_id(table_fqn: str, id: Column | str) -> Column:
+    return F.sha2(F.concat_ws("|", F.lit(table_fqn), F.col(id) if isinstance(id, str) else id), 256).substr(1, 32)
+
+
+def _words(text: str) -> Column:
+    return F.filter(F.split(F.lower(F.col(text)), r"[^\p{L}\p{N}]+"), lambda w: w != "")
+
+
+def ngram_hashes(text: str, n: int) -> Column:
+    """The hashes of a text's word n-grams (lower case, letters and digits): a text shorter than `n` words is one
+    n-gram of them all, so a short evaluation item is matched when an example repeats it whole."""
+    grams = F.expr(
+        f"transform(sequence(0, greatest(size(_ngram_words) - {n}, 0)), "
+        f"i -> xxhash64(concat_ws(' ', slice(_ngram_words, i + 1, {n}))))"
+    )
+    return F.when(F.size("_ngram_words") > 0, grams).otherwise(F.array().cast(BIGINTS))
+
+
+def _minhash(batches: Iterator[pd.DataFrame], *, num_perm: int, bands: int) -> Iterator[pd.DataFrame]:
+    with np.errstate(over="ignore"):
+        for batch in batches:
+            words = [duplicates.content_words(t) for t in batch["text"]]
+            yield pd.DataFrame(
+                {
+                    "id": batch["id"],
+                    "words": words,
+                    "negations": [duplicates.negations(w) for w in words],
+                    "bands": duplicates.band_hashes(words, num_perm, bands),
+                }
+            )
+
+
+def sign(rows: DataFrame, near, n: int) -> DataFrame:
+    """`rows` (an `id` and a `text` column, any others kept) with text_hash, words, negations, bands (MinHash of the
+    content words, as `near`, a NearDedup, says), ngram and ngrams (hashes of word `n`-grams)."""
+    minhashed = rows.select("id", "text").mapInPandas(
+        functools.partial(_minhash, num_perm=near.num_perm, bands=near.bands), SIGNED
+    )
+    with_grams = rows.withColumn("_ngram_words", _words("text")).withColumn("ngrams", ngram_hashes("text", n))
+    return (
+        with_grams.drop("_ngram_words")
+        .withColumn("text_hash", F.sha2(normalized_text("text"), 256).substr(1, 32))
+        .withColumn("ngram", F.lit(n))
+        .join(minhashed, "id")
+    )
+
+
+def near_matches(new: DataFrame, old: DataFrame, threshold: float, *, apart: Column | None = None) -> DataFrame:
+    """One row per pair (new `id`, old `id`) whose content words are at least `threshold` alike and negated alike:
+    `new_id`, `old_id`, `similarity`. Candidates share a MinHash band (a join on band and key), then the exact Jaccard
+    is computed in the engine. `apart`, on columns `n.*` and `o.*`, excludes pairs (an example and its own row)."""
+    keys_new = new.select(F.col("id").alias("new_id"), F.posexplode("bands").alias("band", "key"))
+    keys_old = old.select(F.col("id").alias("old_id"), F.posexplode("bands").alias("band", "key"))
+    candidates = keys_new.join(keys_old, ["band", "key"]).select("new_id", "old_id").distinct()
+    n = new.select(F.col("id").alias("new_id"), F.col("words").alias("w_n"), F.col("negations").alias("neg_n"))
+    o = old.select(F.col("id").alias("old_id"), F.col("words").alias("w_o"), F.col("negations").alias("neg_o"))
+    both = candidates.join(n, "new_id").join(o, "old_id").where(F.col("neg_n") == F.col("neg_o"))
+    similarity = F.size(F.array_intersect("w_n", "w_o")) / F.size(F.array_union("w_n", "w_o"))
+    matched = both.select("new_id", "old_id", similarity.alias("similarity")).where(F.col("similarity") >= threshold)
+    return matched
+
+
+def ngram_matches(new: DataFrame, old: DataFrame) -> DataFrame:
+    """One row per pair (new `id`, old `id`) sharing at least one n-gram hash: `new_id`, `old_id`, `shared`."""
+    grams_new = new.select(F.col("id").alias("new_id"), F.explode(F.array_distinct("ngrams")).alias("gram"))
+    grams_old = old.select(F.col("id").alias("old_id"), F.explode(F.array_distinct("ngrams")).alias("gram"))
+    return grams_new.join(grams_old, "gram").groupBy("new_id", "old_id").agg(F.count(F.lit(1)).alias("shared"))
+
+
+def exact_matches(new: DataFrame, old: DataFrame) -> DataFrame:
+    """One row per pair (new `id`, old `id`) with the same normalised text: `new_id`, `old_id`, `similarity` 1."""
+    n = new.select(F.col("id").alias("new_id"), "text_hash")
+    o = old.select(F.col("id").alias("old_id"), "text_hash")
+    return n.join(o, "text_hash").select("new_id", "old_id", F.lit(1.0).alias("similarity"))
+
+
+def best(matches: DataFrame, *order: Column) -> DataFrame:
+    """Of each new id's matches, the first by `order`, then the lowest old id."""
+    rank = F.row_number().over(Window.partitionBy("new_id").orderBy(*order, "old_id"))
+    return matches.withColumn("_rank", rank).where("_rank = 1").drop("_rank")
+
+
+# A screen verdict's own columns (screen.py, call_screen.py): the earlier example matched, the evaluation item matched.
+VERDICT_COLUMNS = [
+    ("text", S),
+    ("earlier_id", S),
+    ("earlier_run", S),
+    ("earlier_table", S),
+    ("earlier_similarity", tables.D),
+    ("contaminated_set", S),
+    ("contaminated_item", S),
+    ("contamination_ngrams", tables.L),
+    ("contamination_similarity", tables.D),
+    ("reasoning", S),
+]
+REPORT = tables.contract(
+    "contamination_report",
+    [("set", S), ("item_id", S), ("item_text", S), ("hits", tables.L), ("examples", WORDS)],
+    key="item_id",
+    parent="set",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A table whose rows become examples, as a screen reads it: its `key` and `text` columns, the column its
+    semantic matches are blocked by, and the example table (`training_chat`, `training_tools`) its rows go to."""
+
+    table: str
+    key: str
+    text: str
+    block: str
+    examples: str
+    verdicts: tables.Table
+
+
+def evaluation_items(ctx, sets) -> DataFrame:
+    """The items of every evaluation set (`decontamination.sets`): `set`, `item_id`, `text`. A missing file, table or
+    column, or an item with no text, stops the run naming it."""
+    spark, frames = ctx.spark, []
+    for i, entry in enumerate(sets):
+        where = f"decontamination.sets[{i}] ({entry.path})"
+        try:
+            if entry.path.startswith("table:"):
+                frame = spark.table(entry.path.removeprefix("table:"))
+            elif entry.path.endswith((".jsonl", ".json")):
+                frame = spark.read.json(entry.path)
+            elif entry.path.endswith(".parquet"):
+                frame = spark.read.parquet(entry.path)
+            else:
+                raise ConfigError(f"{where}: expected a .jsonl, .json or .parquet file or table:<catalog.schema.table>")
+            columns = frame.columns
+        except ConfigError:
+            raise
+        except Exception as exc:  # the engine's own error for a missing file or table
+            raise ConfigError(f"{where}: cannot read it: {str(exc).splitlines()[0]}") from exc
+        for column in (entry.text, entry.id):
+            if column and column not in columns:
+                raise ConfigError(f"{where}: no column '{column}' (columns: {', '.join(columns)})")
+        number = F.row_number().over(Window.orderBy(F.monotonically_increasing_id())).cast(S)
+        item_id = F.col(entry.id).cast(S) if entry.id else number
+        items = frame.select(item_id.alias("item_id"), F.col(entry.text).cast(S).alias("text"))
+        empty = items.where(F.col("text").isNull() | (F.trim("text") == "")).limit(1).collect()
+        if empty:
+            raise ConfigError(f"{where}: item {empty[0].item_id}: column '{entry.text}' is empty")
+        frames.append(items.select(F.lit(entry.name).alias("set"), "item_id", "text"))
+    return functools.reduce(DataFrame.unionByName, frames)
+
+
+def screened(ctx, rows: DataFrame, *, examples: str, name: str) -> tuple[DataFrame, DataFrame | None]:
+    """`rows` (`key`, `text`, `block`) checked against the earlier runs' signatures (with
+    `quality.dedup.across_runs`) and the evaluation sets (`decontamination.sets`): one verdict row per row
+    (`key`, VERDICT_COLUMNS, keep, drop_reason), and the evaluation items hit (`set`, `item_id`, `item_text`, `key`),
+    or None without sets. A row's own signature (the same example signed by an earlier invocation) never matches it."""
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    dedup, dec = cfg.quality.dedup, cfg.decontamination
+    example_fqn = rt.fqn(examples)
+    new = sign(rows.withColumn("id", signature_id(example_fqn, "key")), dedup.near, dec.ngram)
+    new = tables.materialize(spark, rt, f"{name}_signed", new)
+    verdicts = new.select("id", "key", "text")
+    reasons = []
+    if dedup.across_runs:
+        earlier = read(ctx, dedup).where(F.col("run_id") != F.lit(cfg.run_id))
+        old = earlier.select(F.col("signature_id").alias("id"), "text_hash", "words", "negations", "bands")
+        matches = exact_matches(new, old).unionByName(near_matches(new, old, dedup.near.threshold))
+        matches = best(matches.where(F.col("new_id") != F.col("old_id")), F.col("similarity").desc())
+        about = earlier.select(
+            F.col("signature_id").alias("old_id"),
+            F.col("example_id").alias("earlier_id"),
+            F.col("run_id").alias("earlier_run"),
+            F.col("source_table").alias("earlier_table"),
+        )
+        found = matches.join(about, "old_id").select(
+            F.col("new_id").alias("id"),
+            "earlier_id",
+            "earlier_run",
+            "earlier_table",
+            F.col("similarity").alias("earlier_similarity"),
+        )
+        verdicts = verdicts.join(found, "id", "left")
+        reasons.append(F.when(F.col("earlier_id").isNotNull(), F.lit("dedup:earlier_run")))
+    else:
+        verdicts = verdicts.select("*", *[F.lit(None).alias(c) for c in ("earlier_id", "earlier_run", "earlier_table")])
+        verdicts = verdicts.withColumn("earlier_similarity", F.lit(None).cast("double"))
+    hits = None
+    if dec.sets:
+        items = evaluation_items(ctx, dec.sets)
+        items = items.withColumn("id", F.sha2(F.concat_ws("|", "set", "item_id"), 256).substr(1, 32))
+        items = tables.materialize(spark, rt, f"{name}_evaluation_items", sign(items, dedup.near, dec.ngram))
+        by_ngram = ngram_matches(new, items).withColumn("similarity", F.lit(None).cast("double"))
+        by_near = near_matches(new, items, dec.threshold).withColumn("shared", F.lit(None).cast("long"))
+        found = by_ngram.unionByName(by_near)
+        hits = found.join(
+            items.select(F.col("id").alias("old_id"), "set", "item_id", F.col("text").alias("item_text")), "old_id"
+        )
+        hits = hits.join(new.select(F.col("id").alias("new_id"), "key"), "new_id")
+        first = best(hits, F.col("shared").desc_nulls_last(), F.col("similarity").desc())
+        verdicts = verdicts.join(
+            first.select(
+                F.col("new_id").alias("id"),
+                F.col("set").alias("contaminated_set"),
+                F.col("item_id").alias("contaminated_item"),
+                F.col("shared").alias("contamination_ngrams"),
+                F.col("similarity").alias("contamination_similarity"),
+            ),
+            "id",
+            "left",
+        )
+        reasons.insert(
+            0, F.when(F.col("contaminated_set").isNotNull(), F.concat(F.lit("contaminated:"), "contaminated_set"))
+        )
+        hits = hits.select("set", "item_id", "item_text", "key").distinct()
+    else:
+        for column, kind in (("contaminated_set", S), ("contaminated_item", S), ("contamination_ngrams", tables.L),
+                             ("contamination_similarity", tables.D)):  # fmt: skip
+            verdicts = verdicts.withColumn(column, F.lit(None).cast(kind))
+    drop_reason = F.coalesce(*reasons, F.lit(None).cast(S))
+    reasoning = F.concat_ws(
+        "; ",
+        F.when(
+            F.col("contaminated_set").isNotNull(),
+            F.concat(
+                F.lit("matches item "), "contaminated_item", F.lit(" of evaluation set "), "contaminated_set",
+                F.when(F.col("contamination_ngrams").isNotNull(),
+                       F.concat(F.lit(f" ({dec.ngram}-grams shared: "), F.col("contamination_ngrams").cast(S), F.lit(")")))
+                .otherwise(F.concat(F.lit(" (Jaccard "), F.format_number("contamination_similarity", 2), F.lit(")"))),
+            ),
+        ),
+        F.when(
+            F.col("earlier_id").isNotNull(),
+            F.concat(F.lit("repeats example "), "earlier_id", F.lit(" of run "), "earlier_run",
+                     F.lit(" (similarity "), F.format_number("earlier_similarity", 2), F.lit(")")),
+        ),
+    )  # fmt: skip
+    out = verdicts.select(
+        "key",
+        *[c for c, _ in VERDICT_COLUMNS if c != "reasoning"],
+        reasoning.alias("reasoning"),
+        drop_reason.isNull().alias("keep"),
+        drop_reason.alias("drop_reason"),
+    )
+    return out, hits
+
+
+def report(hits: DataFrame) -> DataFrame:
+    """One row per evaluation item hit: its set, id and text, how many examples hit it, and which."""
+    grouped = hits.groupBy("set", "item_id", "item_text")
+    return grouped.agg(F.count(F.lit(1)).alias("hits"), F.sort_array(F.collect_set("key")).alias("examples"))
+
+
+def screen(ctx, sources: tuple[Source, ...], report_table: tables.Table):
+    """A screen stage's work: each source's rows screened (`screened`) into its verdict table, and the evaluation
+    items hit into `report_table`. With nothing to check, the verdict tables are emptied (no row drops nothing)."""
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    checking = cfg.quality.dedup.across_runs or bool(cfg.decontamination.sets)
+    result, all_hits = StageResult(tables=[*(s.verdicts for s in sources), report_table]), None
+    for source in sources:
+        rows = ctx.read(source.table, kept=False)
+        if "answer" in rows.columns:  # only an answered pair becomes an example
+            rows = rows.where(F.col("answer").isNotNull())
+        if "error" in rows.columns:
+            rows = rows.where(F.col("error").isNull())
+        rows = rows.select(
+            F.col(source.key).alias("key"), F.col(source.text).cast(S).alias("text"), F.col(source.block).alias("block")
+        )
+        if not checking:
+            rows = rows.limit(0)
+        out, hits = screened(ctx, rows, examples=source.examples, name=source.verdicts.name)
+        out = out.withColumnRenamed("key", source.key)
+        tables.overwrite(spark, rt, source.verdicts, out.select(source.verdicts.row_names), run_id=cfg.run_id)
+        written = tables.read(spark, rt, source.verdicts)
+        counts = tables.verdict_counts(written)
+        result.rows_in += written.count()
+        result.rows_out += counts["kept"]
+        dropped = result.metrics.setdefault("dropped", {})
+        for reason, n in counts["dropped"].items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        if hits is not None:
+            all_hits = hits if all_hits is None else all_hits.unionByName(hits)
+    if all_hits is None:
+        all_hits = spark.createDataFrame([], "set string, item_id string, item_text string, key string")
+    tables.overwrite(spark, rt, report_table, report(all_hits), run_id=cfg.run_id)
+    if cfg.decontamination.sets:
+        items = evaluation_items(ctx, cfg.decontamination.sets).groupBy("set").count()
+        hit = tables.read(spark, rt, report_table).groupBy("set").agg(F.count(F.lit(1)).alias("hit"))
+        per_set = items.join(hit, "set", "left").collect()  # one row per evaluation set
+        result.metrics["contamination"] = {r.set: {"items": r["count"], "items_hit": r.hit or 0} for r in per_set}
+    return result
+
+
+def _differ(pairs: DataFrame, left: DataFrame, right: DataFrame) -> int:
+    """How many of `pairs` (`new_id`, `old_id`) have their two sides in different splits (`left` by new_id,
+    `right` by old_id, each with `split`)."""
+    both = pairs.join(left.toDF("new_id", "a"), "new_id").join(right.toDF("old_id", "b"), "old_id")
+    return both.where(F.col("a") != F.col("b")).count()
+
+
+def split_apart(ctx, valid: DataFrame, *, examples: str, block: str, text: str) -> tuple[DataFrame, DataFrame, dict]:
+    """`valid` (`example_id`, `text`, `block` and its drawn `split`) with the split of each group of near duplicates
+    made one: an example signed before keeps its split; a group that holds one, or matches an earlier run's signed
+    example (`quality.dedup.split_threshold`), takes the first such split; any other group takes the split drawn for
+    its lowest id. Returns `valid` with the final split, its signed rows (for `record`), both staged, and the
+    leakage before and after: matched pairs whose sides are in different splits."""
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    dedup = cfg.quality.dedup
+    rows = valid.select(
+        F.col("example_id").alias("key"), F.col(text).alias("text"), "split", F.col(block).alias("block")
+    )
+    new = sign(rows.withColumn("id", signature_id(rt.fqn(examples), "key")), dedup.near, cfg.decontamination.ngram)
+    new = tables.materialize(spark, rt, f"{examples}_signed", new)
+    signed = read(ctx, dedup)
+    old = signed.select(F.col("signature_id").alias("id"), "text_hash", "words", "negations", "bands", "split")
+
+    def matched(a: DataFrame, b: DataFrame) -> DataFrame:
+        found = exact_matches(a, b).unionByName(near_matches(a, b, dedup.split_threshold))
+        return found.select("new_id", "old_id").distinct()
+
+    earlier = matched(new, old).where(F.col("new_id") != F.col("old_id"))
+    earlier = earlier.join(old.select(F.col("id").alias("old_id"), F.col("split").alias("earlier_split")), "old_id")
+    fixed = best(earlier, F.lit(0)).select(F.col("new_id").alias("id"), "earlier_split")
+    own = old.select("id", F.col("split").alias("own_split"))
+    inside = matched(new, new).where(F.col("new_id") < F.col("old_id"))
+    # Union-find over the matched pairs alone: the driver holds only the duplicates (as dedup does).
+    grouped = duplicates.groups([(r.new_id, r.old_id, 1.0) for r in inside.collect()], "split", "id")
+    groups = spark.createDataFrame(grouped[["id", "split_group"]], "id string, split_group string")
+    whole = Window.partitionBy("group").orderBy("key").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    steady = F.coalesce("own_split", "earlier_split")
+    final = (
+        new.join(own, "id", "left")
+        .join(fixed, "id", "left")
+        .join(groups, "id", "left")
+        .withColumn("group", F.coalesce("split_group", "id"))
+        .withColumn("drawn", F.col("split"))
+        .withColumn(
+            "split",
+            F.coalesce("own_split", F.first(steady, ignorenulls=True).over(whole), F.first("drawn").over(whole)),
+        )
+    )
+    final = tables.materialize(spark, rt, f"{examples}_split", final.drop("own_split", "earlier_split", "split_group"))
+    drawn, split = final.select("id", "drawn"), final.select("id", "split")
+    earlier_split = old.select("id", "split")
+    leakage = {
+        "leakage_before": _differ(inside, drawn, drawn) + _differ(earlier, drawn, earlier_split),
+        "leakage_after": _differ(inside, split, split) + _differ(earlier, split, earlier_split),
+    }
+    out = valid.drop("split").join(final.select(F.col("key").alias("example_id"), "split"), "example_id")
+    return out, final, leakage
+
+
+def record(ctx, final: DataFrame, *, examples: str, job: str, kept: DataFrame) -> int:
+    """Append to the signatures table the examples of `final` (split_apart's rows) that are in `kept` (the example
+    table as written: `example_id`) and that it does not hold yet; returns how many."""
+    spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
+    dedup = cfg.quality.dedup
+    where, table = place(rt, dedup.signatures_table), contract(dedup.signatures_table)
+    held = read(ctx, dedup).select(F.col("signature_id").alias("id"))
+    rows = final.join(kept.select(F.col("example_id").alias("key")).distinct(), "key", "left_semi")
+    rows = rows.join(held, "id", "left_anti").select(
+        F.col("id").alias("signature_id"),
+        F.lit(job).alias("job"),
+        F.lit(rt.fqn(examples)).alias("source_table"),
+        F.col("key").alias("example_id"),
+        "split",
+        "block",
+        "text",
+        "text_hash",
+        "words",
+        "negations",
+        "bands",
+        "ngram",
+        "ngrams",
+        F.lit(None).cast(VECTOR).alias("embedding"),
+    )
+    rows = tables.materialize(spark, rt, f"{examples}_new_signatures", rows)
+    added = rows.count()
+    if added:
+        tables.upsert(spark, where, table, rows, run_id=cfg.run_id)
+    return added

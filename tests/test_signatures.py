@@ -1,0 +1,135 @@
+"""Every example checked against the whole lakehouse, on bring-your-own pairs (exact planted cases): repeats of an
+earlier run's examples go with the earlier id, controls that differ in a word that matters stay, examples copied
+from an evaluation set go with the item's id, near duplicates share a split, and diversity takes its known values."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+from conftest import ROOT, write
+from pyspark.sql import functions as F
+
+from lakesynth import pipeline
+from lakesynth.core import registry
+from lakesynth.core.runtime import Runtime
+
+STAGES = ["seed", "questions", "responses", "dedup", "screen", "format"]
+ACTIONS = ["open", "close", "block", "renew", "upgrade"]
+PRODUCTS = ["card", "account", "mortgage", "pension", "loan"]
+PLACES = ["online", "abroad", "by phone", "in branch"]
+# Run 1: 100 questions, any two at most 3 of 5 content words alike (Jaccard 0.6, below near dedup's 0.8).
+FIRST = [
+    {"id": f"r1-{i:03d}", "topic": product, "question": f"How do I quickly {action} my {product} {place}?"}
+    for i, (action, product, place) in enumerate(
+        (a, p, w) for a in ACTIONS for p in PRODUCTS for w in PLACES
+    )
+]  # fmt: skip
+
+
+def _repeat(i: int, q: str) -> str:
+    """Run 1's question `q` again: exactly (case, spacing, end punctuation) or nearly (a function word changed, a
+    content word added: 4 of 5 alike)."""
+    return [q.upper().rstrip("?"), "  " + q.replace(" my ", "  my "), q.replace("How do I", "How can I"),
+            q.replace("?", " today?")][i % 4]  # fmt: skip
+
+
+# Run 2: 30 repeats of run 1's questions, and 30 controls with the object swapped for a word run 1 never used.
+REPEATS = [{"id": f"r2-rep-{i:02d}", "topic": p["topic"], "question": _repeat(i, p["question"])}
+           for i, p in enumerate(FIRST[::3][:30])]  # fmt: skip
+CONTROLS = [
+    {"id": f"r2-ctl-{i:02d}", "topic": "new", "question": p["question"].replace(p["topic"], new)}
+    for i, (p, new) in enumerate(zip(FIRST[1::3][:30], ["motorbike", "van", "boat"] * 10, strict=True))
+]
+VOCABULARY = sorted({f"{c}{v}{d}" for c in "bcdfghklmnprstvz" for v in "aeiou" for d in "lmnrst"})
+
+
+def _evaluation_set() -> list[dict]:
+    """200 items of 18 words each drawn from 480: any two share few words, and no 13 in a row."""
+    rng = random.Random(7)
+    return [{"item": f"ev-{i:03d}", "prompt": " ".join(rng.sample(VOCABULARY, 18)) + "?"} for i in range(200)]
+
+
+def _paraphrase(i: int, text: str) -> str:
+    """An item copied (with another case), or lightly edited: its end changed (13 words in a row stay), or one word
+    in the middle swapped (no 13-gram left; 17 of 19 content words alike)."""
+    words = text.rstrip("?").split()
+    if i % 3 == 0:
+        return text.capitalize()
+    if i % 3 == 1:
+        return " ".join(words[:-2]) + " please explain?"
+    return " ".join(words[:9] + ["quickly"] + words[10:]) + "?"
+
+
+def _cfg(warehouse, server, pairs: str, schema: str, *overrides: str):
+    return registry.load_config(
+        ROOT / "conf" / "lakesynth.yml",
+        [f"warehouse={warehouse}", f"schema={schema}", f"seed.pairs={pairs}", "mlflow.enabled=false",
+         f"endpoints.teacher.base_url={server.base_url}", "endpoints.teacher.model=standin", *overrides],
+    )  # fmt: skip
+
+
+def _pairs(tmp_path, name: str, rows: list[dict]) -> str:
+    return write(
+        tmp_path / f"{name}.jsonl", "".join(json.dumps(r | {"answer": f"Answer {r['id']}."}) + "\n" for r in rows)
+    )
+
+
+def _by_source(spark, rt: Runtime, table: str, key: str) -> dict:
+    """Rows of a verdict table by the user's pair id."""
+    seeds = spark.table(rt.fqn("seed_questions")).select(
+        "seed_id", F.get_json_object("metadata", "$.source_id").alias("source")
+    )
+    asked = spark.table(rt.fqn("synthetic_responses")).select(F.col("question_id").alias(key), "seed_id")
+    rows = spark.table(rt.fqn(table)).drop("seed_id").join(asked, key).join(seeds, "seed_id")
+    return {r.source: r for r in rows.collect()}
+
+
+def test_repeats_of_an_earlier_run_and_contaminated_examples_are_dropped(spark, warehouse, teacher_server, tmp_path):
+    teacher_server.reset()
+    first_schema, second_schema = (f"t_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    shared = f"main.{first_schema}.signatures"
+    first = _cfg(warehouse, teacher_server, _pairs(tmp_path, "first", FIRST), first_schema, "run_id=run-1",
+                 "quality.dedup.across_runs=true")  # fmt: skip
+    summary = pipeline.run(first, STAGES, root=ROOT)
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    rt1 = Runtime.resolve(first)
+    assert spark.table(rt1.fqn("training_chat")).count() == 100
+    signed = spark.table(shared)
+    assert signed.count() == 100 and signed.where("split IS NULL OR text_hash IS NULL").count() == 0
+    ids = {r.source: r.question_id for r in _by_source(spark, rt1, "pair_verdicts", "question_id").values()}
+    splits = {r.example_id: r.split for r in signed.collect()}
+
+    # A rerun of the same schema (another run id) drops none of its own examples and adds no signature.
+    again = pipeline.run(first.model_copy(update={"run_id": "run-1-again"}), ["screen", "format"], root=ROOT)
+    assert again["stages"]["screen"]["dropped"] == {}
+    assert spark.table(rt1.fqn("training_chat")).count() == 100 and spark.table(shared).count() == 100
+
+    items = _evaluation_set()
+    planted = {f"r2-ev-{i:02d}": (items[i * 10]["item"], _paraphrase(i, items[i * 10]["prompt"])) for i in range(20)}
+    contaminated = [{"id": k, "topic": "maths", "question": q} for k, (_, q) in planted.items()]
+    evaluation = write(tmp_path / "bench_qa.jsonl", "".join(json.dumps(i) + "\n" for i in items))
+    second = _cfg(
+        warehouse, teacher_server, _pairs(tmp_path, "second", REPEATS + CONTROLS + contaminated), second_schema,
+        "run_id=run-2", "quality.dedup.across_runs=true", f"quality.dedup.signatures_table={shared}",
+        f"decontamination.sets=[{{path: '{evaluation}', text: prompt, id: item}}]",
+    )  # fmt: skip
+    summary = pipeline.run(second, STAGES, root=ROOT)
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    rt2 = Runtime.resolve(second)
+    got = _by_source(spark, rt2, "screen_verdicts", "question_id")
+    for repeat, original in zip(REPEATS, FIRST[::3], strict=False):
+        row = got[repeat["id"]]
+        assert (row.drop_reason, row.earlier_id, row.earlier_run) == ("dedup:earlier_run", ids[original["id"]], "run-1")
+    assert all(got[c["id"]].keep for c in CONTROLS), [got[c["id"]].reasoning for c in CONTROLS if not got[c["id"]].keep]
+    for key, (item, _) in planted.items():
+        assert (got[key].drop_reason, got[key].contaminated_item) == ("contaminated:bench_qa", item), got[key]
+    report = spark.table(rt2.fqn("contamination_report")).collect()
+    assert {r.item_id for r in report} == {item for item, _ in planted.values()}  # none of the 180 others
+    assert summary["stages"]["screen"]["contamination"] == {"bench_qa": {"items": 200, "items_hit": 20}}
+    chat = {r.question_id for r in spark.table(rt2.fqn("training_chat")).collect()}
+    assert chat == {r.question_id for k, r in got.items() if k.startswith("r2-ctl")}
+    # Run 2's examples joined the shared table; run 1's kept their splits.
+    after = {r.example_id: r.split for r in spark.table(shared).where("run_id = 'run-1'").collect()}
+    assert after == splits and spark.table(shared).count() == 130
