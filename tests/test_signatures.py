@@ -8,12 +8,16 @@ import json
 import random
 import uuid
 
-from conftest import ROOT, write
+from conftest import ROOT, context, where, with_endpoint, write
 from pyspark.sql import functions as F
 
 from lakesynth import pipeline
-from lakesynth.core import registry
+from lakesynth.core import registry, tables
 from lakesynth.core.runtime import Runtime
+from lakesynth.qa import format as chat_format
+from lakesynth.qa import responses
+from lakesynth.quality import diversity, signatures
+from lakesynth.quality.diversity import DiversityConfig
 
 STAGES = ["seed", "questions", "responses", "dedup", "screen", "format"]
 ACTIONS = ["open", "close", "block", "renew", "upgrade"]
@@ -133,3 +137,63 @@ def test_repeats_of_an_earlier_run_and_contaminated_examples_are_dropped(spark, 
     # Run 2's examples joined the shared table; run 1's kept their splits.
     after = {r.example_id: r.split for r in spark.table(shared).where("run_id = 'run-1'").collect()}
     assert after == splits and spark.table(shared).count() == 130
+
+
+def _answered(spark, cfg, rows: list[tuple[str, str, str]]) -> None:
+    """Planted answered questions (id, topic, question), as the responses stage writes them."""
+    frame = spark.createDataFrame(
+        [
+            {"question_id": q, "seed_id": f"s-{q}", "topic": t, "question": text, "answer": f"A: {text}"}
+            for q, t, text in rows
+        ]
+    )
+    frame = frame.select(
+        *frame.columns, *[F.lit(None).alias(n) for n in responses.TABLE.row_names if n not in frame.columns]
+    )
+    tables.upsert(spark, where(cfg), responses.TABLE, frame, run_id="planted")
+
+
+def test_near_duplicates_never_straddle_splits_and_no_example_moves(spark, cfg):
+    """Format run twice on the same schema: the second run's paraphrases of the first run's examples take their
+    splits, which never move, and paraphrase groups inside the run share one split."""
+    first = [(p["id"], p["topic"], p["question"]) for p in FIRST[:60]]
+    _answered(spark, cfg, first)
+    result = chat_format.run(context(cfg.model_copy(update={"run_id": "f1"})))
+    assert result.metrics["signatures_added"] == 60
+    before = {r.example_id: r.split for r in tables.read(spark, where(cfg), chat_format.TABLE).collect()}
+    assert set(before.values()) == {"train", "val"}
+    echoes = [(f"echo-{q}", t, text.replace("?", " today?")) for q, t, text in first[:20]]  # 4 of 5 words alike
+    groups = [
+        [(f"g{i}-{j}", "fees", v) for j, v in enumerate((
+            f"What is the fee to {a} a {p} account?", f"What's the fee to {a} a {p} account?",
+            f"What is the fee to {a} a {p} account today?"))]
+        for i, (a, p) in enumerate((a, p) for a in ("open", "close", "move", "merge") for p in ("joint", "student", "junior"))
+    ]  # fmt: skip
+    _answered(spark, cfg, echoes + [row for group in groups for row in group])
+    result = chat_format.run(context(cfg.model_copy(update={"run_id": "f2"})))
+    after = {r.example_id: r.split for r in tables.read(spark, where(cfg), chat_format.TABLE).collect()}
+    assert {q: after[q] for q in before} == before  # no earlier example changed split
+    assert all(after[f"echo-{q}"] == before[q] for q, _, _ in first[:20])
+    assert all(len({after[q] for q, _, _ in group}) == 1 for group in groups)
+    assert len({after[group[0][0]] for group in groups}) == 2  # the groups themselves are still spread
+    assert result.metrics["leakage_before"] > 0 and result.metrics["leakage_after"] == 0
+    signed = {r.example_id: r.split for r in signatures.read(context(cfg), cfg.quality.dedup).collect()}
+    assert signed == after and result.metrics["signatures_added"] == len(after) - 60
+
+
+def test_diversity_figures_take_their_bounds(spark, cfg, teacher_server):
+    """Copies of one question give the least diversity (distinct shares 1/k, similarity 1); questions with no word
+    in common give the most (shares 1, similarity 0, on the stand-in's bag-of-words embeddings)."""
+    cfg = with_endpoint(cfg, "embeddings", base_url=teacher_server.base_url, model="standin")
+    cfg = cfg.model_copy(
+        update={"quality": cfg.quality.model_copy(update={"diversity": DiversityConfig(embeddings=True)})}
+    )
+    same = [(f"s{i}", "same", "How do I block my card?") for i in range(4)]
+    words = ["mortgage rates", "pension transfer", "overdraft limit", "isa allowance"]
+    apart = [(f"d{i}", "apart", w) for i, w in enumerate(words)]  # 8 words, 8 buckets of the stand-in
+    frame = spark.createDataFrame([(t, q) for _, t, q in same + apart], "topic string, text string")
+    asked = spark.createDataFrame([("same",), ("apart",), ("absent",)], "topic string")
+    got = diversity.figures(context(cfg), frame, by="topic", text="text", asked=asked, name="t")
+    assert got["per_topic"]["same"] == {"texts": 4, "distinct_texts": 0.25, "distinct_2": 0.25, "mean_similarity": 1.0}
+    assert got["per_topic"]["apart"] == {"texts": 4, "distinct_texts": 1.0, "distinct_2": 1.0, "mean_similarity": 0.0}
+    assert got["texts"] == 8 and got["topic_coverage"] == "2/3"

@@ -23,7 +23,7 @@ from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
 from lakesynth.qa import insights
-from lakesynth.quality import signatures
+from lakesynth.quality import diversity, signatures
 from lakesynth.training import examples
 from lakesynth.training.checks import check_examples
 from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
@@ -130,6 +130,10 @@ def run(ctx: RunContext) -> StageResult:
     tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)
     written = tables.read(spark, rt, TABLE)
     added = signatures.record(ctx, signed, examples=TABLE.name, job="lakesynth", kept=written)
+    asked = ctx.read("seed_questions", kept=False).select("topic")
+    if cfg.taxonomy.enabled:
+        asked = asked.unionByName(ctx.read("taxonomy_leaves").select(F.col("leaf").alias("topic")))
+    alike = diversity.figures(ctx, valid, by="topic", text=SPLIT_TEXT, asked=asked, name=TABLE.name)
     violations = {
         r.violation: r["count"]
         for r in checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()
@@ -157,6 +161,7 @@ def run(ctx: RunContext) -> StageResult:
             "violations": violations,
             **leakage,
             "signatures_added": added,
+            "diversity": alike,
             **({"examples_per_leaf": per_leaf} if per_leaf else {}),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },

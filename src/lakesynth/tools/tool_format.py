@@ -30,7 +30,7 @@ from lakesynth.config import Section
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
-from lakesynth.quality import signatures
+from lakesynth.quality import diversity, signatures
 from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
@@ -149,6 +149,8 @@ def run(ctx: RunContext) -> StageResult:
         files[f"tools_{split}_jsonl"] = str(target)
     counts = {r.split: r["count"] for r in table.groupBy("split").count().collect()}
     strata = {f"{r.function}/{r.category}": r["count"] for r in table.groupBy("function", "category").count().collect()}
+    asked = ctx.read("tools").select(F.col("name").alias("function"))
+    alike = diversity.figures(ctx, valid, by="function", text=splits.SPLIT_TEXT, asked=asked, name=TABLE.name)
     violations = {
         r.violation: r["count"] for r in checked.where("violation IS NOT NULL").groupBy("violation").count().collect()
     }
@@ -163,6 +165,7 @@ def run(ctx: RunContext) -> StageResult:
             "violations": violations,
             **leakage,
             "signatures_added": added,
+            "diversity": alike,
             "examples_per_function_and_category": dict(sorted(strata.items())),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },
