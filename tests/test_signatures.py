@@ -193,7 +193,7 @@ def test_diversity_figures_take_their_bounds(spark, cfg, teacher_server):
     apart = [(f"d{i}", "apart", w) for i, w in enumerate(words)]  # 8 words, 8 buckets of the stand-in
     frame = spark.createDataFrame([(t, q) for _, t, q in same + apart], "topic string, text string")
     asked = spark.createDataFrame([("same",), ("apart",), ("absent",)], "topic string")
-    got = diversity.figures(context(cfg), frame, by="topic", text="text", asked=asked, name="t")
+    got = diversity.figures(diversity.measured(context(cfg), frame, by="topic", text="text", asked=asked, name="t"))
     assert got["per_topic"]["same"] == {"texts": 4, "distinct_texts": 0.25, "distinct_2": 0.25, "mean_similarity": 1.0}
     assert got["per_topic"]["apart"] == {"texts": 4, "distinct_texts": 1.0, "distinct_2": 1.0, "mean_similarity": 0.0}
     assert got["texts"] == 8 and got["topic_coverage"] == "2/3"

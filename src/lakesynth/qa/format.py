@@ -55,6 +55,7 @@ TABLE = tables.contract(
     parent="question_id",
     parent_table="synthetic_responses",
 )
+DIVERSITY = diversity.table("example_diversity")
 # How the JSONL files are written: Databricks fine-tuning's chat shape, which any chat trainer reads.
 EXPORT_FORMAT = "databricks"
 
@@ -133,7 +134,9 @@ def run(ctx: RunContext) -> StageResult:
     asked = ctx.read("seed_questions", kept=False).select("topic")
     if cfg.taxonomy.enabled:
         asked = asked.unionByName(ctx.read("taxonomy_leaves").select(F.col("leaf").alias("topic")))
-    alike = diversity.figures(ctx, valid, by="topic", text=SPLIT_TEXT, asked=asked, name=TABLE.name)
+    alike = diversity.measured(ctx, valid, by="topic", text=SPLIT_TEXT, asked=asked, name=TABLE.name)
+    tables.overwrite(spark, rt, DIVERSITY, alike, run_id=cfg.run_id)
+    alike = diversity.figures(tables.read(spark, rt, DIVERSITY))
     violations = {
         r.violation: r["count"]
         for r in checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()
@@ -174,7 +177,7 @@ STAGE = Stage(
     run=run,
     reads=("synthetic_responses", "leaf_pairs"),
     after=("leaf_topup",),
-    writes=(TABLE,),
+    writes=(TABLE, DIVERSITY),
     config=FormatConfig,
     figures=lambda ctx, entry: {
         f"report/{name}.png": figure for name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items()

@@ -19,10 +19,18 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from lakesynth.config import Section
-from lakesynth.core import llm_stage
+from lakesynth.core import llm_stage, tables
+from lakesynth.core.tables import INT, D, L, S
 from lakesynth.quality.normalize import normalized_text
 
 ALL = "(all)"  # the group of every example
+COLUMNS = [("by", S), ("group", S), ("texts", L), ("distinct_texts", D), ("n", INT), ("distinct_n", D),
+           ("mean_similarity", D), ("coverage", S)]  # fmt: skip
+
+
+def table(name: str) -> tables.Table:
+    """A diversity table's contract: one row per group of a format stage's examples, and one for all (ALL)."""
+    return tables.contract(name, COLUMNS, key="group", parent="by")
 
 
 class DiversityConfig(Section):
@@ -74,25 +82,38 @@ def similarity(ctx, rows: DataFrame, cfg: DiversityConfig, name: str) -> DataFra
     )
 
 
-def figures(ctx, examples: DataFrame, *, by: str, text: str, asked: DataFrame, name: str) -> dict:
-    """The diversity figures of `examples` (a `by` column and a `text` column): for all of them (ALL) and per value
-    of `by`, and the coverage of `asked` (one column: the values of `by` the run was asked for)."""
+def measured(ctx, examples: DataFrame, *, by: str, text: str, asked: DataFrame, name: str) -> DataFrame:
+    """The diversity figures of `examples` (a `by` column and a `text` column) as rows of a diversity table: one for
+    all of them (ALL, with the coverage of `asked`: one column, the values of `by` the run was asked for) and one per
+    value of `by`."""
     cfg = ctx.cfg.quality.diversity
     rows = examples.select(
         F.coalesce(F.col(by).cast("string"), F.lit("none")).alias("group"), F.col(text).alias("text")
     )
     rows = rows.unionByName(rows.withColumn("group", F.lit(ALL)))
-    found = distinct(rows, cfg.n)
+    found = distinct(rows, cfg.n).withColumn("n", F.lit(cfg.n))
     if cfg.embeddings:
         found = found.join(similarity(ctx, rows, cfg, name), "group", "left")
-    per = {}
-    for r in found.collect():  # one row per group
-        figure = {"texts": r.texts, "distinct_texts": round(r.distinct_texts, 4)}
-        figure[f"distinct_{cfg.n}"] = None if r.distinct_n is None else round(r.distinct_n, 4)
-        if cfg.embeddings:
-            figure["mean_similarity"] = None if r.mean_similarity is None else round(r.mean_similarity, 4)
-        per[r.group] = figure
+    else:
+        found = found.withColumn("mean_similarity", F.lit(None).cast("double"))
     wanted = asked.select(F.col(asked.columns[0]).cast("string").alias("group")).distinct()
-    covered = wanted.join(rows.select("group").distinct(), "group", "left_semi").count()
+    covered = wanted.join(rows.select("group").distinct(), "group", "left_semi").agg(F.count(F.lit(1)).alias("c"))
+    coverage = covered.crossJoin(wanted.agg(F.count(F.lit(1)).alias("w")))
+    coverage = coverage.select(F.lit(ALL).alias("group"), F.concat_ws("/", "c", "w").alias("coverage"))
+    return found.join(coverage, "group", "left").select(F.lit(by).alias("by"), *[c for c, _ in COLUMNS[1:]])
+
+
+def figures(table: DataFrame) -> dict:
+    """A diversity table's figures for the summary: those of ALL, then `per_<by>` (one row per group)."""
+    per, by = {}, "group"
+    for r in table.collect():
+        by = r.by
+        figure = {"texts": r.texts, "distinct_texts": round(r.distinct_texts, 4)}
+        figure[f"distinct_{r.n}"] = None if r.distinct_n is None else round(r.distinct_n, 4)
+        if r.mean_similarity is not None:
+            figure["mean_similarity"] = round(r.mean_similarity, 4)
+        if r.coverage is not None:
+            figure[f"{by}_coverage"] = r.coverage
+        per[r.group] = figure
     overall = per.pop(ALL, {"texts": 0})
-    return {**overall, f"{by}_coverage": f"{covered}/{wanted.count()}", f"per_{by}": dict(sorted(per.items()))}
+    return {**overall, f"per_{by}": dict(sorted(per.items()))}

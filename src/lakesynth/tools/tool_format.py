@@ -59,6 +59,7 @@ TABLE = tables.contract(
     parent="example_id",
     parent_table="tool_calls",
 )
+DIVERSITY = diversity.table("tool_diversity")
 
 
 def category(calls: list[dict], given: str | None, n_tools: int) -> str:
@@ -150,7 +151,9 @@ def run(ctx: RunContext) -> StageResult:
     counts = {r.split: r["count"] for r in table.groupBy("split").count().collect()}
     strata = {f"{r.function}/{r.category}": r["count"] for r in table.groupBy("function", "category").count().collect()}
     asked = ctx.read("tools").select(F.col("name").alias("function"))
-    alike = diversity.figures(ctx, valid, by="function", text=splits.SPLIT_TEXT, asked=asked, name=TABLE.name)
+    alike = diversity.measured(ctx, valid, by="function", text=splits.SPLIT_TEXT, asked=asked, name=TABLE.name)
+    tables.overwrite(spark, rt, DIVERSITY, alike, run_id=cfg.run_id)
+    alike = diversity.figures(tables.read(spark, rt, DIVERSITY))
     violations = {
         r.violation: r["count"] for r in checked.where("violation IS NOT NULL").groupBy("violation").count().collect()
     }
@@ -177,7 +180,7 @@ STAGE = Stage(
     help="turn the kept calls into tool-calling training examples (json_content, openai or hf) and JSONL per split",
     run=run,
     reads=("tools", "call_verdicts", "tool_calls"),
-    writes=(TABLE,),
+    writes=(TABLE, DIVERSITY),
     config=ToolOutputConfig,
     section="tools.output",
 )
