@@ -20,8 +20,11 @@ from lakesynth.quality import diversity, signatures
 from lakesynth.quality.diversity import DiversityConfig
 
 STAGES = ["seed", "questions", "responses", "dedup", "screen", "format"]
-ACTIONS = ["open", "close", "block", "renew", "upgrade"]
-PRODUCTS = ["card", "account", "mortgage", "pension", "loan"]
+# Every word of these questions has a bucket of its own in the stand-in's 64-dimensional bag-of-words embeddings,
+# so a question with one word of 8 swapped has a cosine of 7/8 with it, below semantic dedup's 0.9.
+ACTIONS = ["open", "close", "upgrade", "cancel", "freeze"]
+PRODUCTS = ["card", "mortgage", "loan", "isa", "cheque"]
+OTHERS = dict(zip(PRODUCTS, ["motorbike", "yacht", "truck", "kayak", "minibus"], strict=True))
 PLACES = ["online", "abroad", "by phone", "in branch"]
 # Run 1: 100 questions, any two at most 3 of 5 content words alike (Jaccard 0.6, below near dedup's 0.8).
 FIRST = [
@@ -43,8 +46,8 @@ def _repeat(i: int, q: str) -> str:
 REPEATS = [{"id": f"r2-rep-{i:02d}", "topic": p["topic"], "question": _repeat(i, p["question"])}
            for i, p in enumerate(FIRST[::3][:30])]  # fmt: skip
 CONTROLS = [
-    {"id": f"r2-ctl-{i:02d}", "topic": "new", "question": p["question"].replace(p["topic"], new)}
-    for i, (p, new) in enumerate(zip(FIRST[1::3][:30], ["motorbike", "van", "boat"] * 10, strict=True))
+    {"id": f"r2-ctl-{i:02d}", "topic": "new", "question": p["question"].replace(p["topic"], OTHERS[p["topic"]])}
+    for i, p in enumerate(FIRST[1::3][:30])
 ]
 VOCABULARY = sorted({f"{c}{v}{d}" for c in "bcdfghklmnprstvz" for v in "aeiou" for d in "lmnrst"})
 
@@ -66,11 +69,17 @@ def _paraphrase(i: int, text: str) -> str:
     return " ".join(words[:9] + ["quickly"] + words[10:]) + "?"
 
 
+# Semantic dedup on (within each topic, as by default), on the stand-in's embeddings: the signatures keep each
+# example's embedding, which the next run compares.
+SEMANTIC = ("quality.dedup.across_runs=true", "quality.dedup.semantic.enabled=true")
+
+
 def _cfg(warehouse, server, pairs: str, schema: str, *overrides: str):
     return registry.load_config(
         ROOT / "conf" / "lakesynth.yml",
         [f"warehouse={warehouse}", f"schema={schema}", f"seed.pairs={pairs}", "mlflow.enabled=false",
-         f"endpoints.teacher.base_url={server.base_url}", "endpoints.teacher.model=standin", *overrides],
+         f"endpoints.teacher.base_url={server.base_url}", "endpoints.teacher.model=standin",
+         f"endpoints.embeddings.base_url={server.base_url}", "endpoints.embeddings.model=standin", *overrides],
     )  # fmt: skip
 
 
@@ -95,13 +104,15 @@ def test_repeats_of_an_earlier_run_and_contaminated_examples_are_dropped(spark, 
     first_schema, second_schema = (f"t_{uuid.uuid4().hex[:10]}" for _ in range(2))
     shared = f"main.{first_schema}.signatures"
     first = _cfg(warehouse, teacher_server, _pairs(tmp_path, "first", FIRST), first_schema, "run_id=run-1",
-                 "quality.dedup.across_runs=true")  # fmt: skip
+                 *SEMANTIC)  # fmt: skip
     summary = pipeline.run(first, STAGES, root=ROOT)
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
     rt1 = Runtime.resolve(first)
     assert spark.table(rt1.fqn("training_chat")).count() == 100
     signed = spark.table(shared)
-    assert signed.count() == 100 and signed.where("split IS NULL OR text_hash IS NULL").count() == 0
+    assert (
+        signed.count() == 100 and signed.where("split IS NULL OR text_hash IS NULL OR embedding IS NULL").count() == 0
+    )
     ids = {r.source: r.question_id for r in _by_source(spark, rt1, "pair_verdicts", "question_id").values()}
     splits = {r.example_id: r.split for r in signed.collect()}
 
@@ -116,7 +127,7 @@ def test_repeats_of_an_earlier_run_and_contaminated_examples_are_dropped(spark, 
     evaluation = write(tmp_path / "bench_qa.jsonl", "".join(json.dumps(i) + "\n" for i in items))
     second = _cfg(
         warehouse, teacher_server, _pairs(tmp_path, "second", REPEATS + CONTROLS + contaminated), second_schema,
-        "run_id=run-2", "quality.dedup.across_runs=true", f"quality.dedup.signatures_table={shared}",
+        "run_id=run-2", *SEMANTIC, f"quality.dedup.signatures_table={shared}",
         f"decontamination.sets=[{{path: '{evaluation}', text: prompt, id: item}}]",
     )  # fmt: skip
     summary = pipeline.run(second, STAGES, root=ROOT)

@@ -24,7 +24,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from lakesynth.core import tables
+from lakesynth.core import llm_stage, tables
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import StageResult
 from lakesynth.core.tables import S
@@ -157,6 +157,37 @@ def exact_matches(new: DataFrame, old: DataFrame) -> DataFrame:
     return n.join(o, "text_hash").select("new_id", "old_id", F.lit(1.0).alias("similarity"))
 
 
+def embedded(ctx, rows: DataFrame, name: str) -> DataFrame:
+    """`rows` (`id`, `block`, `text`) as `id` and `embedding`, the unit vector of the text from the semantic check's
+    endpoint (`quality.dedup.semantic.endpoint`), staged."""
+    endpoint = ctx.cfg.endpoint(ctx.cfg.quality.dedup.semantic.endpoint)
+    vectors = llm_stage.embed(ctx, rows, teacher=endpoint, batch=endpoint.batch_size, name=name)
+    # Staged again: the engine cannot resolve the reply's nested fields once this plan is joined to another.
+    return tables.materialize(
+        ctx.spark, ctx.rt, f"{name}_unit", vectors.select("id", F.col("vector").alias("embedding"))
+    )
+
+
+def semantic_matches(new: DataFrame, old: DataFrame, semantic) -> DataFrame:
+    """One row per pair (new `id`, old `id`) whose embeddings' cosine is at least `semantic.threshold` (a
+    SemanticDedup), compared within each `block` (or across all, with `block_by` "none"): `new_id`, `old_id`,
+    `similarity`. A join in the engine, as large as the pairs of each block."""
+    n = new.where(F.col("embedding").isNotNull()).select(
+        F.col("id").alias("new_id"), "block", F.col("embedding").alias("a")
+    )
+    o = old.where(F.col("embedding").isNotNull()).select(
+        F.col("id").alias("old_id"), "block", F.col("embedding").alias("b")
+    )
+    pairs = n.join(o, "block") if semantic.block_by != "none" else n.drop("block").crossJoin(o.drop("block"))
+    cosine = F.aggregate(
+        F.sequence(F.lit(1), F.size("a")),
+        F.lit(0.0).cast("double"),
+        lambda acc, i: acc + F.element_at("a", i) * F.element_at("b", i),
+    )
+    found = pairs.select("new_id", "old_id", cosine.alias("similarity"))
+    return found.where(F.col("similarity") >= semantic.threshold)
+
+
 def best(matches: DataFrame, *order: Column) -> DataFrame:
     """Of each new id's matches, the first by `order`, then the lowest old id."""
     rank = F.row_number().over(Window.partitionBy("new_id").orderBy(*order, "old_id"))
@@ -233,7 +264,8 @@ def evaluation_items(ctx, sets) -> DataFrame:
 def screened(ctx, rows: DataFrame, *, examples: str, name: str) -> tuple[DataFrame, DataFrame | None]:
     """`rows` (`key`, `text`, `block`) checked against the earlier runs' signatures (with
     `quality.dedup.across_runs`) and the evaluation sets (`decontamination.sets`): one verdict row per row
-    (`key`, VERDICT_COLUMNS, keep, drop_reason), and the evaluation items hit (`set`, `item_id`, `item_text`, `key`),
+    (`key`, VERDICT_COLUMNS, keep, drop_reason); earlier examples match exactly, nearly, or (with semantic dedup on)
+    by their embeddings within a block, and the evaluation items hit (`set`, `item_id`, `item_text`, `key`),
     or None without sets. A row's own signature (the same example signed by an earlier invocation) never matches it."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     dedup, dec = cfg.quality.dedup, cfg.decontamination
@@ -244,8 +276,13 @@ def screened(ctx, rows: DataFrame, *, examples: str, name: str) -> tuple[DataFra
     reasons = []
     if dedup.across_runs:
         earlier = read(ctx, dedup).where(F.col("run_id") != F.lit(cfg.run_id))
-        old = earlier.select(F.col("signature_id").alias("id"), "text_hash", "words", "negations", "bands")
+        old = earlier.select(
+            F.col("signature_id").alias("id"), "text_hash", "words", "negations", "bands", "block", "embedding"
+        )
         matches = exact_matches(new, old).unionByName(near_matches(new, old, dedup.near.threshold))
+        if dedup.semantic.enabled and new.limit(1).collect():  # nothing to embed: no call, no empty staging
+            vectors = new.join(embedded(ctx, new.select("id", "block", "text"), f"{name}_embeddings"), "id")
+            matches = matches.unionByName(semantic_matches(vectors, old, dedup.semantic))
         matches = best(matches.where(F.col("new_id") != F.col("old_id")), F.col("similarity").desc())
         about = earlier.select(
             F.col("signature_id").alias("old_id"),
@@ -380,8 +417,8 @@ def _differ(pairs: DataFrame, left: DataFrame, right: DataFrame) -> int:
 
 def split_apart(ctx, valid: DataFrame, *, examples: str, block: str, text: str) -> tuple[DataFrame, DataFrame, dict]:
     """`valid` (`example_id`, `text`, `block` and its drawn `split`) with the split of each group of near duplicates
-    made one: an example signed before keeps its split; a group that holds one, or matches an earlier run's signed
-    example (`quality.dedup.split_threshold`), takes the first such split; any other group takes the split drawn for
+    made one (near: `quality.dedup.split_threshold`; semantic, when on: its threshold): an example signed before keeps
+    its split; a group that holds one, or matches an earlier run's signed example, takes the first such split; any other group takes the split drawn for
     its lowest id. Returns `valid` with the final split, its signed rows (for `record`), both staged, and the
     leakage before and after: matched pairs whose sides are in different splits."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
@@ -390,12 +427,19 @@ def split_apart(ctx, valid: DataFrame, *, examples: str, block: str, text: str) 
         F.col("example_id").alias("key"), F.col(text).alias("text"), "split", F.col(block).alias("block")
     )
     new = sign(rows.withColumn("id", signature_id(rt.fqn(examples), "key")), dedup.near, cfg.decontamination.ngram)
+    if dedup.semantic.enabled and rows.limit(1).collect():  # and the embeddings, which later runs compare
+        new = new.join(embedded(ctx, new.select("id", "block", "text"), f"{examples}_embeddings"), "id", "left")
+    else:
+        new = new.withColumn("embedding", F.lit(None).cast(VECTOR))
     new = tables.materialize(spark, rt, f"{examples}_signed", new)
     signed = read(ctx, dedup)
-    old = signed.select(F.col("signature_id").alias("id"), "text_hash", "words", "negations", "bands", "split")
+    columns = ("text_hash", "words", "negations", "bands", "split", "block", "embedding")
+    old = signed.select(F.col("signature_id").alias("id"), *columns)
 
     def matched(a: DataFrame, b: DataFrame) -> DataFrame:
         found = exact_matches(a, b).unionByName(near_matches(a, b, dedup.split_threshold))
+        if dedup.semantic.enabled:
+            found = found.unionByName(semantic_matches(a, b, dedup.semantic))
         return found.select("new_id", "old_id").distinct()
 
     earlier = matched(new, old).where(F.col("new_id") != F.col("old_id"))
@@ -452,7 +496,7 @@ def record(ctx, final: DataFrame, *, examples: str, job: str, kept: DataFrame) -
         "bands",
         "ngram",
         "ngrams",
-        F.lit(None).cast(VECTOR).alias("embedding"),
+        "embedding",
     )
     rows = tables.materialize(spark, rt, f"{examples}_new_signatures", rows)
     added = rows.count()
