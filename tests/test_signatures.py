@@ -8,10 +8,12 @@ import json
 import random
 import uuid
 
-from conftest import ROOT, context, where, with_endpoint, write
+import pytest
+from conftest import ROOT, context, copy_schema, sample_config, where, with_endpoint, write
 from pyspark.sql import functions as F
 
 from lakesynth import pipeline
+from lakesynth.config import with_overrides
 from lakesynth.core import registry, tables
 from lakesynth.core.runtime import Runtime
 from lakesynth.qa import format as chat_format
@@ -208,3 +210,53 @@ def test_diversity_figures_take_their_bounds(spark, cfg, teacher_server):
     assert got["per_topic"]["same"] == {"texts": 4, "distinct_texts": 0.25, "distinct_2": 0.25, "mean_similarity": 1.0}
     assert got["per_topic"]["apart"] == {"texts": 4, "distinct_texts": 1.0, "distinct_2": 1.0, "mean_similarity": 0.0}
     assert got["texts"] == 8 and got["topic_coverage"] == "2/3"
+
+
+@pytest.fixture(scope="module")
+def checked_calls(spark, warehouse):
+    """The sample's tool calls through the checks (the semantic judge off), once for the module."""
+    cfg = sample_config(warehouse)
+    cfg = cfg.model_copy(
+        update={
+            "tools": cfg.tools.model_copy(update={"semantic": cfg.tools.semantic.model_copy(update={"enabled": False})})
+        }
+    )
+    stages = ["tools", "calls", "call_format", "call_execution", "call_semantic", "call_verdicts"]
+    pipeline.run(cfg, stages, job="lakesynth_tools", root=ROOT)
+    return cfg
+
+
+def test_tool_queries_are_screened_and_signed(spark, warehouse, checked_calls, cfg, tmp_path):
+    """The tools job: a query that repeats an evaluation item is dropped before tool format, the kept ones are
+    signed, and another schema sharing the signatures drops them all as repeats of that earlier run."""
+    first = copy_schema(
+        spark, checked_calls, cfg.model_copy(update={"tools": checked_calls.tools, "run_id": "tools-1"})
+    )
+    kept = spark.table(where(first).fqn("call_verdicts")).where("keep").orderBy("call_id").collect()
+    assert len(kept) >= 3
+    evaluation = write(tmp_path / "calls_eval.jsonl", json.dumps({"text": kept[0].query}) + "\n")
+    with_set = f"decontamination.sets=[{{path: '{evaluation}', text: text}}]"
+    summary = pipeline.run(
+        with_overrides(first, [with_set]), ["call_screen", "tool_format"], job="lakesynth_tools", root=ROOT
+    )
+    assert summary["stages"]["call_screen"]["dropped"] == {"contaminated:calls_eval": 1}
+    verdict = spark.table(where(first).fqn("call_screen_verdicts")).where(f"call_id = '{kept[0].call_id}'").first()
+    assert verdict.contaminated_item == "1" and not verdict.keep
+    examples = {r.example_id for r in spark.table(where(first).fqn("training_tools")).collect()}
+    assert kept[0].call_id not in examples and examples <= {r.call_id for r in kept}
+    signed = spark.table(where(first).fqn("signatures")).collect()
+    assert {r.example_id for r in signed} == examples and {r.job for r in signed} == {"lakesynth_tools"}
+
+    second = sample_config(warehouse).model_copy(update={"tools": checked_calls.tools, "run_id": "tools-2"})
+    second = copy_schema(spark, checked_calls, second)
+    shared = f"quality.dedup.signatures_table=main.{first.schema_}.signatures"
+    summary = pipeline.run(
+        with_overrides(second, ["quality.dedup.across_runs=true", shared]),
+        ["call_screen"],
+        job="lakesynth_tools",
+        root=ROOT,
+    )
+    repeats = (
+        spark.table(where(second).fqn("call_screen_verdicts")).where("drop_reason = 'dedup:earlier_run'").collect()
+    )
+    assert {(r.call_id, r.earlier_id, r.earlier_run) for r in repeats} == {(e, e, "tools-1") for e in examples}
