@@ -16,9 +16,10 @@ from lakesynth import pipeline
 from lakesynth.config import with_overrides
 from lakesynth.core import registry, tables
 from lakesynth.core.runtime import Runtime
+from lakesynth.errors import ConfigError
 from lakesynth.qa import format as chat_format
 from lakesynth.qa import responses
-from lakesynth.quality import diversity, signatures
+from lakesynth.quality import diversity, screen, signatures
 from lakesynth.quality.diversity import DiversityConfig
 
 STAGES = ["seed", "questions", "responses", "dedup", "screen", "format"]
@@ -260,3 +261,23 @@ def test_tool_queries_are_screened_and_signed(spark, warehouse, checked_calls, c
         spark.table(where(second).fqn("call_screen_verdicts")).where("drop_reason = 'dedup:earlier_run'").collect()
     )
     assert {(r.call_id, r.earlier_id, r.earlier_run) for r in repeats} == {(e, e, "tools-1") for e in examples}
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (None, "absent.jsonl", r"decontamination.sets\[0\] \(.*absent.jsonl\): cannot read it"),
+        ('{"prompt": "What is 2 + 2?"}\n', "no_text.jsonl", r"no column 'question' \(columns: prompt\)"),
+        ('{"question": "What is 2 + 2?"}\n{"question": " "}\n', "blank.jsonl", r"item 2: column 'question' is empty"),
+        ("a,b\n", "items.csv", r"expected a .jsonl, .json or .parquet file"),
+    ],
+)
+def test_a_bad_evaluation_set_is_named_and_nothing_is_written(spark, cfg, tmp_path, content, name, message):
+    path = tmp_path / name
+    if content is not None:
+        write(path, content)
+    _answered(spark, cfg, [("q1", "cards", "How do I block my card?")])
+    bad = with_overrides(cfg, [f"decontamination.sets=[{{path: '{path}'}}]"])
+    with pytest.raises(ConfigError, match=message):
+        screen.run(context(bad))
+    assert not spark.catalog.tableExists(where(cfg).fqn("screen_verdicts"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -234,6 +235,8 @@ def evaluation_items(ctx, sets) -> DataFrame:
     spark, frames = ctx.spark, []
     for i, entry in enumerate(sets):
         where = f"decontamination.sets[{i}] ({entry.path})"
+        if not entry.path.startswith("table:") and "://" not in entry.path and not Path(entry.path).exists():
+            raise ConfigError(f"{where}: cannot read it: no such file")  # the engine reads a missing file as empty
         try:
             if entry.path.startswith("table:"):
                 frame = spark.table(entry.path.removeprefix("table:"))
