@@ -264,12 +264,24 @@ def evaluation_items(ctx, sets) -> DataFrame:
     return functools.reduce(DataFrame.unionByName, frames)
 
 
-def screened(ctx, rows: DataFrame, *, examples: str, name: str) -> tuple[DataFrame, DataFrame | None]:
+def signed_items(ctx, name: str) -> DataFrame | None:
+    """The evaluation items of `decontamination.sets`, signed and staged once per stage (None without sets)."""
+    dedup, dec = ctx.cfg.quality.dedup, ctx.cfg.decontamination
+    if not dec.sets:
+        return None
+    items = evaluation_items(ctx, dec.sets)
+    items = items.withColumn("id", F.sha2(F.concat_ws("|", "set", "item_id"), 256).substr(1, 32))
+    return tables.materialize(ctx.spark, ctx.rt, f"{name}_evaluation_items", sign(items, dedup.near, dec.ngram))
+
+
+def screened(
+    ctx, rows: DataFrame, items: DataFrame | None, *, examples: str, name: str
+) -> tuple[DataFrame, DataFrame | None]:
     """`rows` (`key`, `text`, `block`) checked against the earlier runs' signatures (with
     `quality.dedup.across_runs`) and the evaluation sets (`decontamination.sets`): one verdict row per row
     (`key`, VERDICT_COLUMNS, keep, drop_reason); earlier examples match exactly, nearly, or (with semantic dedup on)
-    by their embeddings within a block, and the evaluation items hit (`set`, `item_id`, `item_text`, `key`),
-    or None without sets. A row's own signature (the same example signed by an earlier invocation) never matches it."""
+    by their embeddings within a block, and the evaluation items (`signed_items`) hit (`set`, `item_id`,
+    `item_text`, `key`), or None without sets. A row's own signature (the same example signed by an earlier invocation) never matches it."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     dedup, dec = cfg.quality.dedup, cfg.decontamination
     example_fqn = rt.fqn(examples)
@@ -306,10 +318,7 @@ def screened(ctx, rows: DataFrame, *, examples: str, name: str) -> tuple[DataFra
         verdicts = verdicts.select("*", *[F.lit(None).alias(c) for c in ("earlier_id", "earlier_run", "earlier_table")])
         verdicts = verdicts.withColumn("earlier_similarity", F.lit(None).cast("double"))
     hits = None
-    if dec.sets:
-        items = evaluation_items(ctx, dec.sets)
-        items = items.withColumn("id", F.sha2(F.concat_ws("|", "set", "item_id"), 256).substr(1, 32))
-        items = tables.materialize(spark, rt, f"{name}_evaluation_items", sign(items, dedup.near, dec.ngram))
+    if items is not None:
         by_ngram = ngram_matches(new, items).withColumn("similarity", F.lit(None).cast("double"))
         by_near = near_matches(new, items, dec.threshold).withColumn("shared", F.lit(None).cast("long"))
         found = by_ngram.unionByName(by_near)
@@ -376,6 +385,7 @@ def screen(ctx, sources: tuple[Source, ...], report_table: tables.Table):
     items hit into `report_table`. With nothing to check, the verdict tables are emptied (no row drops nothing)."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     checking = cfg.quality.dedup.across_runs or bool(cfg.decontamination.sets)
+    items = signed_items(ctx, report_table.name)  # a bad set stops the stage here, before anything is written
     result, all_hits = StageResult(tables=[*(s.verdicts for s in sources), report_table]), None
     for source in sources:
         rows = ctx.read(source.table, kept=False)
@@ -388,7 +398,7 @@ def screen(ctx, sources: tuple[Source, ...], report_table: tables.Table):
         )
         if not checking:
             rows = rows.limit(0)
-        out, hits = screened(ctx, rows, examples=source.examples, name=source.verdicts.name)
+        out, hits = screened(ctx, rows, items, examples=source.examples, name=source.verdicts.name)
         out = out.withColumnRenamed("key", source.key)
         tables.overwrite(spark, rt, source.verdicts, out.select(source.verdicts.row_names), run_id=cfg.run_id)
         written = tables.read(spark, rt, source.verdicts)
@@ -403,10 +413,9 @@ def screen(ctx, sources: tuple[Source, ...], report_table: tables.Table):
     if all_hits is None:
         all_hits = spark.createDataFrame([], "set string, item_id string, item_text string, key string")
     tables.overwrite(spark, rt, report_table, report(all_hits), run_id=cfg.run_id)
-    if cfg.decontamination.sets:
-        items = evaluation_items(ctx, cfg.decontamination.sets).groupBy("set").count()
+    if items is not None:
         hit = tables.read(spark, rt, report_table).groupBy("set").agg(F.count(F.lit(1)).alias("hit"))
-        per_set = items.join(hit, "set", "left").collect()  # one row per evaluation set
+        per_set = items.groupBy("set").count().join(hit, "set", "left").collect()  # one row per evaluation set
         result.metrics["contamination"] = {r.set: {"items": r["count"], "items_hit": r.hit or 0} for r in per_set}
     return result
 
