@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -83,6 +83,13 @@ class DedupConfig(Section):
         "run, and against earlier runs' signed examples); groups are joined transitively, so a low value chains "
         "alike questions into one split.",
     )
+
+    @field_validator("signatures_table")
+    @classmethod
+    def _three_parts(cls, name: str) -> str:
+        if name and (len(name.split(".")) != 3 or not all(name.split("."))):
+            raise ValueError(f"expected catalog.schema.table, got '{name}'")
+        return name
 
 
 TABLE = tables.verdict(

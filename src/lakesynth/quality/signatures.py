@@ -9,8 +9,9 @@ table serves several schemas and jobs. A run appends only the examples the table
 keeps the split it was first given.
 
 Matching: shared MinHash bands give candidates, verified by the exact Jaccard of content words (negated alike), and
-shared n-gram hashes are counted, both as joins in the engine: nothing is collected to the driver, so the driver's
-memory stays flat as the table grows.
+shared n-gram hashes are counted, both as joins in the engine: nothing of the table is collected to the driver, so
+the driver's memory stays flat as the table grows (grouping a run's own near duplicates into one split collects their
+matched pairs only, as dedup does).
 """
 
 from __future__ import annotations
@@ -61,14 +62,12 @@ SIGNED = "id string, words array<string>, negations string, bands array<bigint>"
 
 
 def place(rt: Runtime, signatures_table: str) -> Runtime:
-    """The runtime whose schema holds the signatures table: the run's own, or `catalog.schema.table` from
-    `quality.dedup.signatures_table` (the table's name must then be `signatures`' contract name or any other)."""
+    """The runtime whose schema holds the signatures table: the run's own, or that of `quality.dedup.signatures_table`
+    (catalog.schema.table, checked when the config is read)."""
     if not signatures_table:
         return rt
-    parts = signatures_table.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise ConfigError(f"quality.dedup.signatures_table: expected catalog.schema.table, got '{signatures_table}'")
-    return dataclasses.replace(rt, catalog=parts[0], schema=parts[1])
+    catalog, schema, _ = signatures_table.split(".")
+    return dataclasses.replace(rt, catalog=catalog, schema=schema)
 
 
 def contract(signatures_table: str) -> tables.Table:
