@@ -137,9 +137,10 @@ def test_repeats_of_an_earlier_run_and_contaminated_examples_are_dropped(spark, 
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
     rt2 = Runtime.resolve(second)
     got = _by_source(spark, rt2, "screen_verdicts", "question_id")
-    for repeat, original in zip(REPEATS, FIRST[::3], strict=False):
+    for i, (repeat, original) in enumerate(zip(REPEATS, FIRST[::3], strict=False)):
         row = got[repeat["id"]]
         assert (row.drop_reason, row.earlier_id, row.earlier_run) == ("dedup:earlier_run", ids[original["id"]], "run-1")
+        assert row.earlier_match == ("exact" if i % 4 < 2 else "near")  # as _repeat made it
     assert all(got[c["id"]].keep for c in CONTROLS), [got[c["id"]].reasoning for c in CONTROLS if not got[c["id"]].keep]
     for key, (item, _) in planted.items():
         assert (got[key].drop_reason, got[key].contaminated_item) == ("contaminated:bench_qa", item), got[key]

@@ -201,6 +201,7 @@ VERDICT_COLUMNS = [
     ("earlier_run", S),
     ("earlier_table", S),
     ("earlier_similarity", tables.D),
+    ("earlier_match", S),  # exact, near or semantic
     ("contaminated_set", S),
     ("contaminated_item", S),
     ("contamination_ngrams", tables.L),
@@ -293,11 +294,14 @@ def screened(
         old = earlier.select(
             F.col("signature_id").alias("id"), "text_hash", "words", "negations", "bands", "block", "embedding"
         )
-        matches = exact_matches(new, old).unionByName(near_matches(new, old, dedup.near.threshold))
+        matches = exact_matches(new, old).withColumn("match", F.lit("exact"))
+        matches = matches.unionByName(near_matches(new, old, dedup.near.threshold).withColumn("match", F.lit("near")))
         if dedup.semantic.enabled and new.limit(1).collect():  # nothing to embed: no call, no empty staging
             vectors = new.join(embedded(ctx, new.select("id", "block", "text"), f"{name}_embeddings"), "id")
-            matches = matches.unionByName(semantic_matches(vectors, old, dedup.semantic))
-        matches = best(matches.where(F.col("new_id") != F.col("old_id")), F.col("similarity").desc())
+            semantic = semantic_matches(vectors, old, dedup.semantic).withColumn("match", F.lit("semantic"))
+            matches = matches.unionByName(semantic)
+        kind = F.when(F.col("match") == "exact", 0).when(F.col("match") == "near", 1).otherwise(2)  # the surest first
+        matches = best(matches.where(F.col("new_id") != F.col("old_id")), kind, F.col("similarity").desc())
         about = earlier.select(
             F.col("signature_id").alias("old_id"),
             F.col("example_id").alias("earlier_id"),
@@ -310,12 +314,14 @@ def screened(
             "earlier_run",
             "earlier_table",
             F.col("similarity").alias("earlier_similarity"),
+            F.col("match").alias("earlier_match"),
         )
         verdicts = verdicts.join(found, "id", "left")
         reasons.append(F.when(F.col("earlier_id").isNotNull(), F.lit("dedup:earlier_run")))
     else:
         verdicts = verdicts.select("*", *[F.lit(None).alias(c) for c in ("earlier_id", "earlier_run", "earlier_table")])
         verdicts = verdicts.withColumn("earlier_similarity", F.lit(None).cast("double"))
+        verdicts = verdicts.withColumn("earlier_match", F.lit(None).cast(S))
     hits = None
     if items is not None:
         by_ngram = ngram_matches(new, items).withColumn("similarity", F.lit(None).cast("double"))
@@ -360,7 +366,7 @@ def screened(
         F.when(
             F.col("earlier_id").isNotNull(),
             F.concat(F.lit("repeats example "), "earlier_id", F.lit(" of run "), "earlier_run",
-                     F.lit(" (similarity "), F.format_number("earlier_similarity", 2), F.lit(")")),
+                     F.lit(" ("), "earlier_match", F.lit(", similarity "), F.format_number("earlier_similarity", 2), F.lit(")")),
         ),
     )  # fmt: skip
     out = verdicts.select(
