@@ -112,6 +112,13 @@ def test_repeats_of_an_earlier_run_and_contaminated_examples_are_dropped(spark, 
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
     rt1 = Runtime.resolve(first)
     assert spark.table(rt1.fqn("training_chat")).count() == 100
+    alike = summary["stages"]["format"]["diversity"]
+    assert (alike["texts"], alike["distinct_texts"], alike["topic_coverage"], len(alike["per_topic"])) == (
+        100,
+        1.0,
+        "5/5",
+        5,
+    )
     signed = spark.table(shared)
     assert (
         signed.count() == 100 and signed.where("split IS NULL OR text_hash IS NULL OR embedding IS NULL").count() == 0
