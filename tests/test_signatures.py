@@ -4,6 +4,7 @@ from an evaluation set go with the item's id, near duplicates share a split, and
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import uuid
@@ -185,11 +186,12 @@ def test_near_duplicates_never_straddle_splits_and_no_example_moves(spark, cfg):
     before = {r.example_id: r.split for r in tables.read(spark, where(cfg), chat_format.TABLE).collect()}
     assert set(before.values()) == {"train", "val"}
     echoes = [(f"echo-{q}", t, text.replace("?", " today?")) for q, t, text in first[:20]]  # 4 of 5 words alike
+    kinds = itertools.product(("open", "close", "move", "merge"), ("joint", "student", "junior"))
     groups = [
         [(f"g{i}-{j}", "fees", v) for j, v in enumerate((
             f"What is the fee to {a} a {p} account?", f"What's the fee to {a} a {p} account?",
             f"What is the fee to {a} a {p} account today?"))]
-        for i, (a, p) in enumerate((a, p) for a in ("open", "close", "move", "merge") for p in ("joint", "student", "junior"))
+        for i, (a, p) in enumerate(kinds)
     ]  # fmt: skip
     _answered(spark, cfg, echoes + [row for group in groups for row in group])
     result = chat_format.run(context(cfg.model_copy(update={"run_id": "f2"})))

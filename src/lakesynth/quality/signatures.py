@@ -281,7 +281,8 @@ def screened(
     `quality.dedup.across_runs`) and the evaluation sets (`decontamination.sets`): one verdict row per row
     (`key`, VERDICT_COLUMNS, keep, drop_reason); earlier examples match exactly, nearly, or (with semantic dedup on)
     by their embeddings within a block, and the evaluation items (`signed_items`) hit (`set`, `item_id`,
-    `item_text`, `key`), or None without sets. A row's own signature (the same example signed by an earlier invocation) never matches it."""
+    `item_text`, `key`), or None without sets. A row's own signature (the same example signed by an earlier
+    invocation) never matches it."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     dedup, dec = cfg.quality.dedup, cfg.decontamination
     example_fqn = rt.fqn(examples)
@@ -352,23 +353,31 @@ def screened(
                              ("contamination_similarity", tables.D)):  # fmt: skip
             verdicts = verdicts.withColumn(column, F.lit(None).cast(kind))
     drop_reason = F.coalesce(*reasons, F.lit(None).cast(S))
+    shared = F.concat(F.lit(f" ({dec.ngram}-grams shared: "), F.col("contamination_ngrams").cast(S), F.lit(")"))
+    alike = F.concat(F.lit(" (Jaccard "), F.format_number("contamination_similarity", 2), F.lit(")"))
+    item = F.concat(
+        F.lit("matches item "),
+        "contaminated_item",
+        F.lit(" of evaluation set "),
+        "contaminated_set",
+        F.when(F.col("contamination_ngrams").isNotNull(), shared).otherwise(alike),
+    )
+    repeat = F.concat(
+        F.lit("repeats example "),
+        "earlier_id",
+        F.lit(" of run "),
+        "earlier_run",
+        F.lit(" ("),
+        "earlier_match",
+        F.lit(", similarity "),
+        F.format_number("earlier_similarity", 2),
+        F.lit(")"),
+    )
     reasoning = F.concat_ws(
         "; ",
-        F.when(
-            F.col("contaminated_set").isNotNull(),
-            F.concat(
-                F.lit("matches item "), "contaminated_item", F.lit(" of evaluation set "), "contaminated_set",
-                F.when(F.col("contamination_ngrams").isNotNull(),
-                       F.concat(F.lit(f" ({dec.ngram}-grams shared: "), F.col("contamination_ngrams").cast(S), F.lit(")")))
-                .otherwise(F.concat(F.lit(" (Jaccard "), F.format_number("contamination_similarity", 2), F.lit(")"))),
-            ),
-        ),
-        F.when(
-            F.col("earlier_id").isNotNull(),
-            F.concat(F.lit("repeats example "), "earlier_id", F.lit(" of run "), "earlier_run",
-                     F.lit(" ("), "earlier_match", F.lit(", similarity "), F.format_number("earlier_similarity", 2), F.lit(")")),
-        ),
-    )  # fmt: skip
+        F.when(F.col("contaminated_set").isNotNull(), item),
+        F.when(F.col("earlier_id").isNotNull(), repeat),
+    )
     out = verdicts.select(
         "key",
         *[c for c, _ in VERDICT_COLUMNS if c != "reasoning"],
@@ -433,11 +442,11 @@ def _differ(pairs: DataFrame, left: DataFrame, right: DataFrame) -> int:
 
 
 def split_apart(ctx, valid: DataFrame, *, examples: str, block: str, text: str) -> tuple[DataFrame, DataFrame, dict]:
-    """`valid` (`example_id`, `text`, `block` and its drawn `split`) with the split of each group of near duplicates
-    made one (near: `quality.dedup.split_threshold`; semantic, when on: its threshold): an example signed before keeps
-    its split; a group that holds one, or matches an earlier run's signed example, takes the first such split; any other group takes the split drawn for
-    its lowest id. Returns `valid` with the final split, its signed rows (for `record`), both staged, and the
-    leakage before and after: matched pairs whose sides are in different splits."""
+    """`valid` (`example_id`, `text`, `block` and its drawn `split`) with the split of each group of duplicates made
+    one (near: `quality.dedup.split_threshold`; semantic, when on: its threshold). An example signed before keeps its
+    split; a group that holds one, or matches an earlier run's signed example, takes the first such split; any other
+    group takes the split drawn for its lowest id. Returns `valid` with the final split, its signed rows (for
+    `record`), staged, and the leakage before and after: matched pairs whose sides are in different splits."""
     spark, rt, cfg = ctx.spark, ctx.rt, ctx.cfg
     dedup = cfg.quality.dedup
     rows = valid.select(
