@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 from lakesynth.config import Section
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
-from lakesynth.quality import signatures
+from lakesynth.quality import screening
 
 
 class EvaluationSet(Section):
@@ -59,25 +59,25 @@ class DecontaminationConfig(Section):
 
 
 def _verdicts(name: str, judges: str, key: str) -> tables.Table:
-    return tables.verdict(name, [(key, tables.S), *signatures.VERDICT_COLUMNS], judges=judges, key=key)
+    return tables.verdict(name, [(key, tables.S), *screening.VERDICT_COLUMNS], judges=judges, key=key)
 
 
 # A conversation's first user turn joins here: its table, key, that turn's text column, block and example table.
 SOURCES = (
-    signatures.Source(
+    screening.Source(
         "synthetic_responses", "question_id", "question", "topic", "training_chat",
         _verdicts("screen_verdicts", "synthetic_responses", "question_id"),
     ),
-    signatures.Source(
+    screening.Source(
         "leaf_pairs", "pair_id", "question", "leaf", "training_chat",
         _verdicts("leaf_screen_verdicts", "leaf_pairs", "pair_id"),
     ),
 )  # fmt: skip
-REPORT = signatures.REPORT
+REPORT = screening.REPORT
 
 
 def run(ctx: RunContext) -> StageResult:
-    return signatures.screen(ctx, SOURCES, REPORT)
+    return screening.screen(ctx, SOURCES, REPORT)
 
 
 STAGE = Stage(

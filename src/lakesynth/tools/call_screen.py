@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
-from lakesynth.quality import signatures
+from lakesynth.quality import screening
 
 VERDICTS = tables.verdict(
-    "call_screen_verdicts", [("call_id", tables.S), *signatures.VERDICT_COLUMNS], judges="tool_calls", key="call_id"
+    "call_screen_verdicts", [("call_id", tables.S), *screening.VERDICT_COLUMNS], judges="tool_calls", key="call_id"
 )
-SOURCES = (signatures.Source("call_verdicts", "call_id", "query", "function", "training_tools", VERDICTS),)
-REPORT = tables.contract("call_contamination_report", list(signatures.REPORT.columns[:-2]), key="item_id", parent="set")
+SOURCES = (screening.Source("call_verdicts", "call_id", "query", "function", "training_tools", VERDICTS),)
+REPORT = tables.contract("call_contamination_report", list(screening.REPORT.columns[:-2]), key="item_id", parent="set")
 
 
 def run(ctx: RunContext) -> StageResult:
-    return signatures.screen(ctx, SOURCES, REPORT)
+    return screening.screen(ctx, SOURCES, REPORT)
 
 
 STAGE = Stage(
