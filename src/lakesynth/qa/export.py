@@ -16,7 +16,8 @@ from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.errors import StageError
 from lakesynth.training import datasets as exporting
 
-CHECKS = ("question_verdicts", "pair_verdicts")  # every check's drops: the critic's, then each pair's first
+# every check's drops: the critic's, then each pair's first, then the screen's (earlier runs, evaluation sets)
+CHECKS = ("question_verdicts", "pair_verdicts", "screen_verdicts", "leaf_screen_verdicts")
 # The LLM stages whose models the card names (the chat data's, not the function-calling job's).
 MADE_BY = ("questions", "critic", "responses", "judge", "relevance", "leaf_generation", "grounding", "preference")
 
@@ -55,6 +56,32 @@ def provenance(ctx: RunContext) -> dict:
         for r in ctx.read(table, kept=False).where("NOT keep").groupBy("drop_reason").count().collect():
             dropped[r.drop_reason] = dropped.get(r.drop_reason, 0) + r["count"]
     return {**exporting.made_by(ctx, MADE_BY), "dropped": dict(sorted(dropped.items()))}
+
+
+def diversity_section(ctx: RunContext) -> str:
+    """The card's diversity figures (format's `example_diversity`) and the evaluation items its examples were found
+    to repeat (`contamination_report`), as Markdown."""
+    rows = ctx.read("example_diversity").orderBy("group").collect()
+    if not rows:
+        return ""
+    lines = [
+        "## Diversity",
+        "",
+        "| group | texts | distinct texts | distinct-n | mean pairwise similarity |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        similar = "" if r.mean_similarity is None else f"{r.mean_similarity:.3f}"
+        distinct_n = "" if r.distinct_n is None else f"{r.distinct_n:.3f} (n={r.n})"
+        lines.append(f"| {r.group} | {r.texts} | {r.distinct_texts:.3f} | {distinct_n} | {similar} |")
+    coverage = [r.coverage for r in rows if r.coverage]
+    if coverage:
+        lines += ["", f"Topics (and leaves) with an example: {coverage[0]}."]
+    hits = ctx.read("contamination_report").groupBy("set").count().collect()
+    if hits:
+        sets = ", ".join(f"{r.set}: {r['count']} item(s)" for r in sorted(hits, key=lambda r: r.set))
+        lines += ["", f"Evaluation items that generated examples repeated (those examples were dropped): {sets}."]
+    return "\n".join(lines) + "\n"
 
 
 def card(ctx: RunContext, splits: dict, made: dict, pairs: dict) -> str:
@@ -100,6 +127,7 @@ questions and the use case's rules, then checked and deduplicated.
 |---|{"---|" * len(splits)}
 {topic_rows}
 
+{diversity_section(ctx)}
 {exporting.provenance_sections(made)}
 """
 
@@ -128,6 +156,6 @@ STAGE = Stage(
     name="export",
     help="write the final dataset as a Hugging Face datasets folder and Parquet with its dataset card",
     run=run,
-    reads=("training_chat", "training_preference", *CHECKS),
+    reads=("training_chat", "training_preference", *CHECKS, "example_diversity", "contamination_report"),
     config=exporting.ExportConfig,
 )

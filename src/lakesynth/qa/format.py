@@ -26,6 +26,7 @@ from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
 from lakesynth.qa import dialogs, insights
+from lakesynth.quality import diversity, signatures
 from lakesynth.training import examples
 from lakesynth.training.checks import check_examples
 from lakesynth.training.splits import SPLIT_TEXT, assign_split, fill_empty_splits, stratified_split
@@ -57,6 +58,7 @@ TABLE = tables.contract(
     parent="question_id",
     parent_table="synthetic_responses",
 )
+DIVERSITY = diversity.table("example_diversity")
 # How the JSONL files are written: Databricks fine-tuning's chat shape, which any chat trainer reads.
 EXPORT_FORMAT = "databricks"
 
@@ -153,9 +155,18 @@ def run(ctx: RunContext) -> StageResult:
     else:
         valid = assign_split(candidates, by=SPLIT_TEXT, **fractions)
     valid = fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
+    # Near duplicates, in the run and against earlier runs' signed examples, share one split.
+    valid, signed, leakage = signatures.split_apart(ctx, valid, examples=TABLE.name, block="topic", text=SPLIT_TEXT)
     # The table is derived whole from the responses: an atomic overwrite keeps it exact.
     tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)
     written = tables.read(spark, rt, TABLE)
+    added = signatures.record(ctx, signed, examples=TABLE.name, job="lakesynth", kept=written)
+    asked = ctx.read("seed_questions", kept=False).select("topic")
+    if cfg.taxonomy.enabled:
+        asked = asked.unionByName(ctx.read("taxonomy_leaves").select(F.col("leaf").alias("topic")))
+    alike = diversity.measured(ctx, valid, by="topic", text=SPLIT_TEXT, asked=asked, name=TABLE.name)
+    tables.overwrite(spark, rt, DIVERSITY, alike, run_id=cfg.run_id)
+    alike = diversity.figures(tables.read(spark, rt, DIVERSITY))
     violations = {
         r.violation: r["count"]
         for r in checked.where(F.col("violation").isNotNull()).groupBy("violation").count().collect()
@@ -181,6 +192,9 @@ def run(ctx: RunContext) -> StageResult:
         metrics={
             "excluded_unanswered": excluded,
             "violations": violations,
+            **leakage,
+            "signatures_added": added,
+            "diversity": alike,
             **({"examples_per_leaf": per_leaf} if per_leaf else {}),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },
@@ -193,7 +207,7 @@ STAGE = Stage(
     run=run,
     reads=("synthetic_responses", "leaf_pairs", "conversation_turns", "conversation_verdicts"),
     after=("leaf_topup",),
-    writes=(TABLE,),
+    writes=(TABLE, DIVERSITY),
     config=FormatConfig,
     figures=lambda ctx, entry: {
         f"report/{name}.png": figure for name, figure in insights.dataset_figures(ctx.spark, ctx.rt).items()

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from lakesynth.config import Section
 from lakesynth.core import rounds
 from lakesynth.core.stage import RunContext, Stage, StageResult
+from lakesynth.quality.diversity import DiversityConfig
 
 ROUND = ("questions", "critic", "responses", "judge", "relevance", "dedup")  # the stages a new question goes through
 
@@ -22,6 +23,9 @@ ROUND = ("questions", "critic", "responses", "judge", "relevance", "dedup")  # t
 class TopupConfig(Section):
     target_per_seed: int = Field(0, ge=0, le=50, description="Kept pairs each seed must reach; 0: no top-up.")
     max_rounds: int = Field(2, ge=1, le=10, description="Extra rounds of generation and checks, at most.")
+    diversity: DiversityConfig = Field(
+        default_factory=DiversityConfig, description="The diversity figures of each run's examples (format stages)."
+    )
 
 
 def shortfall(ctx: RunContext, target: int) -> dict[str, int]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -65,6 +65,31 @@ class DedupConfig(Section):
     exact: ExactDedup = Field(default_factory=ExactDedup, description="The same question once normalised.")
     near: NearDedup = Field(default_factory=NearDedup, description="Nearly the same content words (MinHash + LSH).")
     semantic: SemanticDedup = Field(default_factory=SemanticDedup, description="Close embeddings within a topic.")
+    across_runs: bool = Field(
+        False,
+        description="Drop an example that exactly or nearly repeats one an earlier run kept (the signatures table), "
+        "with dedup:earlier_run and that example's id (the screen stage).",
+    )
+    signatures_table: str = Field(
+        "",
+        description="The signatures table, as catalog.schema.table (empty: `signatures` in the run's schema); one "
+        "table can serve several schemas and jobs.",
+    )
+    split_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of content words at which two examples go to one split together (in the "
+        "run, and against earlier runs' signed examples); groups are joined transitively, so a low value chains "
+        "alike questions into one split.",
+    )
+
+    @field_validator("signatures_table")
+    @classmethod
+    def _three_parts(cls, name: str) -> str:
+        if name and (len(name.split(".")) != 3 or not all(name.split("."))):
+            raise ValueError(f"expected catalog.schema.table, got '{name}'")
+        return name
 
 
 TABLE = tables.verdict(

@@ -30,6 +30,7 @@ from lakesynth.config import Section
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
+from lakesynth.quality import diversity, signatures
 from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
@@ -58,6 +59,7 @@ TABLE = tables.contract(
     parent="example_id",
     parent_table="tool_calls",
 )
+DIVERSITY = diversity.table("tool_diversity")
 
 
 def category(calls: list[dict], given: str | None, n_tools: int) -> str:
@@ -114,6 +116,7 @@ def run(ctx: RunContext) -> StageResult:
     kept = (
         ctx.read("call_verdicts", kept=False).where("keep").select("call_id", "source_id", "query", "calls", "category")
     )
+    kept = kept.join(ctx.read("tool_calls").select("call_id"), "call_id", "left_semi")  # and every other verdict
     rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
     schema = T.StructType(
         [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
@@ -130,8 +133,13 @@ def run(ctx: RunContext) -> StageResult:
         seed=fmt.seed,
     )
     valid = splits.fill_empty_splits(valid, val_fraction=fmt.val_fraction, test_fraction=fmt.test_fraction)
+    # Near duplicates, in the run and against earlier runs' signed examples, share one split.
+    valid, signed, leakage = signatures.split_apart(
+        ctx, valid, examples=TABLE.name, block="function", text=splits.SPLIT_TEXT
+    )
     tables.overwrite(spark, rt, TABLE, valid.select(TABLE.row_names), run_id=cfg.run_id)  # derived from the verdicts
     table = tables.read(spark, rt, TABLE)
+    added = signatures.record(ctx, signed, examples=TABLE.name, job="lakesynth_tools", kept=table)
     folder = Path(rt.files_dir(TABLE.name))
     files = {}
     for split in ("train", "val", "test"):
@@ -142,6 +150,10 @@ def run(ctx: RunContext) -> StageResult:
         files[f"tools_{split}_jsonl"] = str(target)
     counts = {r.split: r["count"] for r in table.groupBy("split").count().collect()}
     strata = {f"{r.function}/{r.category}": r["count"] for r in table.groupBy("function", "category").count().collect()}
+    asked = ctx.read("tools").select(F.col("name").alias("function"))
+    alike = diversity.measured(ctx, valid, by="function", text=splits.SPLIT_TEXT, asked=asked, name=TABLE.name)
+    tables.overwrite(spark, rt, DIVERSITY, alike, run_id=cfg.run_id)
+    alike = diversity.figures(tables.read(spark, rt, DIVERSITY))
     violations = {
         r.violation: r["count"] for r in checked.where("violation IS NOT NULL").groupBy("violation").count().collect()
     }
@@ -154,6 +166,9 @@ def run(ctx: RunContext) -> StageResult:
         metrics={
             "style": out.style,
             "violations": violations,
+            **leakage,
+            "signatures_added": added,
+            "diversity": alike,
             "examples_per_function_and_category": dict(sorted(strata.items())),
             **{f"{k}_examples": v for k, v in sorted(counts.items())},
         },
@@ -164,8 +179,8 @@ STAGE = Stage(
     name="tool_format",
     help="turn the kept calls into tool-calling training examples (json_content, openai or hf) and JSONL per split",
     run=run,
-    reads=("tools", "call_verdicts"),
-    writes=(TABLE,),
+    reads=("tools", "call_verdicts", "tool_calls"),
+    writes=(TABLE, DIVERSITY),
     config=ToolOutputConfig,
     section="tools.output",
 )
