@@ -62,7 +62,7 @@ def _verdicts(name: str, judges: str, key: str) -> tables.Table:
     return tables.verdict(name, [(key, tables.S), *screening.VERDICT_COLUMNS], judges=judges, key=key)
 
 
-# A conversation's first user turn joins here: its table, key, that turn's text column, block and example table.
+# A conversation's first user turn is its pair's question (screened here, before conversations are paid for).
 SOURCES = (
     screening.Source(
         "synthetic_responses", "question_id", "question", "topic", "training_chat",
