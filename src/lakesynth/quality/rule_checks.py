@@ -191,6 +191,9 @@ def run(ctx: RunContext) -> StageResult:
     }
     # A changed setting, rule or prompt is a new version of the check: recorded on every row it decided.
     version = hashlib.sha256(json.dumps([settings.model_dump(), texts], sort_keys=True).encode()).hexdigest()[:12]
+    if not settings.enabled():  # no verdicts, so none left from an earlier run drops an answer
+        tables.overwrite(ctx.spark, ctx.rt, TABLE, ctx.spark.createDataFrame([], SCHEMA), run_id=cfg.run_id)
+        return StageResult(tables=[TABLE], metrics={"disabled": "quality.rules.*.enabled are all false"})
     answered = ctx.read("synthetic_responses", kept=False).where(F.col("error").isNull() & F.col("answer").isNotNull())
     checked = answered.select("question_id", "seed_id", "topic", "question", "answer").mapInPandas(
         functools.partial(_check, settings=settings, texts=texts, version=version), SCHEMA
@@ -211,5 +214,5 @@ STAGE = Stage(
     reads=("synthetic_responses",),
     writes=(TABLE,),
     config=RuleChecksConfig,
-    section="quality.rules",  # always runs: with every check off it keeps every answer, so no stale verdict drops one
+    section="quality.rules",  # its checks have their own switches; with all off, run clears its verdicts
 )

@@ -146,18 +146,23 @@ def incomplete(answer: str, dangling: Iterable[str]) -> str | None:
     return None
 
 
-def argument_values(arguments, schema: dict, path: str = "") -> Iterable[tuple[str, object, dict]]:
+def argument_values(
+    arguments, schema: dict, path: str = "", defs: dict | None = None
+) -> Iterable[tuple[str, object, dict]]:
     """(name, value, its schema) for every scalar argument of a call, nested objects and arrays walked (a nested
-    name is dotted: `recipient.phone`)."""
+    name is dotted: `recipient.phone`); a local `$ref` is followed into `defs`."""
+    schema = schema or {}
+    if "$ref" in schema:
+        schema = (defs or {}).get(schema["$ref"].rsplit("/", 1)[-1], {})
     if isinstance(arguments, dict):
-        props = (schema or {}).get("properties", {})
+        props = schema.get("properties", {})
         for key, value in arguments.items():
-            yield from argument_values(value, props.get(key, {}), f"{path}.{key}" if path else key)
+            yield from argument_values(value, props.get(key, {}), f"{path}.{key}" if path else key, defs)
     elif isinstance(arguments, list):
         for value in arguments:
-            yield from argument_values(value, (schema or {}).get("items", {}), path)
+            yield from argument_values(value, schema.get("items", {}), path, defs)
     else:
-        yield path, arguments, schema or {}
+        yield path, arguments, schema
 
 
 def invented_argument(value, schema: dict, given: Given) -> bool:
