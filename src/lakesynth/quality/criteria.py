@@ -45,9 +45,21 @@ class Score(BaseModel):
     score: Literal[3, 2, 1]
 
 
-def output_model(criteria: tuple[Criterion, ...]) -> type[BaseModel]:
-    """The reply: one Score per criterion, in order."""
+class ScopeLabel(BaseModel):
+    """The judge's own label of a question's scope, when no critic gave one: its reasoning first."""
+
+    model_config = ConfigDict(extra="forbid")
+    reasoning: str
+    in_scope: bool
+
+
+def output_model(criteria: tuple[Criterion, ...], label_scope: bool = False) -> type[BaseModel]:
+    """The reply: one Score per criterion, in order; with `label_scope`, first the question's own scope
+    (`question_scope`), which the answer is then judged against."""
     fields = {c.name: (Score, Field(description=c.description)) for c in criteria}
+    if label_scope:
+        about = "Whether, under the rules, the chatbot must answer this question (in_scope) or redirect it"
+        fields = {"question_scope": (ScopeLabel, Field(description=about)), **fields}
     return create_model("Judgement", __config__=ConfigDict(extra="forbid"), **fields)
 
 
