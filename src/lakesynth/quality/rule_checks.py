@@ -124,7 +124,7 @@ SCHEMA = ", ".join(f"`{n}` {t.simpleString()}" for n, t in TABLE.columns if n no
 
 def instructions(template: str) -> str:
     """The answer prompt's own text, without the rules and the question: what an answer must never repeat."""
-    return "\n".join(render(template, rules="", question="", in_scope=s) for s in (True, False))
+    return "\n".join(render(template, rules="", question="", topic="", in_scope=s) for s in (True, False))
 
 
 def check(answer: str, question: str, *, settings: RuleChecksConfig, sources: dict) -> dict:
