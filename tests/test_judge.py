@@ -42,10 +42,11 @@ def test_low_scores_are_dropped_with_their_reason_and_nothing_is_lost(spark, ans
     assert len(verdicts) == result.rows_out == pairs  # one verdict per input pair
     dropped = []
     for v in verdicts:
-        scores = json.loads(v.scores)
-        assert set(scores) == {"quality", "scope"} and all(s["reasoning"] for s in scores.values())
+        scores = json.loads(v.scores)  # no critic: the judge labels the question's scope first
+        assert set(scores) == {"question_scope", "quality", "scope"} and all(s["reasoning"] for s in scores.values())
+        assert v.in_scope == scores["question_scope"]["in_scope"]
         low = [name for name in ("quality", "scope") if scores[name]["score"] < 2]  # the default min_score
-        assert v.min_score == min(s["score"] for s in scores.values())
+        assert v.min_score == min(scores[name]["score"] for name in ("quality", "scope"))
         assert v.keep == (not low) and v.drop_reason == (f"judge:{low[0]}" if low else None)
         if low:
             dropped.append(v.question_id)
@@ -87,7 +88,10 @@ def test_a_judgement_that_does_not_parse_is_the_rows_error_and_is_asked_again(sp
 
 def test_the_prompt_carries_scope_rules_and_every_criterion(llm_cfg):
     batch = pd.DataFrame({"question": ["Should I buy gold?"], "answer": ["Yes."], "in_scope": [False]})
-    (messages,) = judge.step(_on(llm_cfg)).prompts(batch)
+    critic = llm_cfg.quality.critic.model_copy(update={"enabled": True})  # the critic's label, told to the judge
+    (messages,) = judge.step(
+        _on(llm_cfg.model_copy(update={"quality": llm_cfg.quality.model_copy(update={"critic": critic})}))
+    ).prompts(batch)
     text = messages[0]["content"]
     assert "OUT of scope" in text and "never give investment advice" in text.lower()
     assert "quality:" in text and "scope:" in text and "Should I buy gold?" in text

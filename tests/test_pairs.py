@@ -60,7 +60,9 @@ def test_own_pairs_run_through_the_gate_with_nothing_generated(spark, warehouse,
     by_id = {source_ids[r.seed_id]: r for r in verdicts.itertuples()}
     assert set(by_id) == set(source_ids.values())  # every pair has its verdict, joined back by the user's id
     assert all(r.source_id == source_ids[r.seed_id] for r in verdicts.itertuples())  # and carries that id itself
-    assert by_id["faq-002"].drop_reason in ("exact_duplicate", "judge:quality", "judge:scope")
+    pair = (by_id["faq-001"], by_id["faq-002"])  # one question twice: one kept at most, a dropped one says why
+    assert pair[0].exact_group == pair[1].exact_group is not None and not (pair[0].keep and pair[1].keep)
+    assert all(p.keep or p.drop_reason in ("exact_duplicate", "judge:quality", "judge:scope") for p in pair)
     chat = spark.table(rt.fqn("training_chat")).toPandas()
     kept = {source_ids[q] for q in verdicts[verdicts.keep].question_id}
     assert {source_ids[q] for q in chat.question_id} == kept

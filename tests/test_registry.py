@@ -125,6 +125,7 @@ def test_a_task_with_an_unknown_stage_or_an_unwritten_input_is_named():
     orphan = {**good, "responses": ("responses", ["seed"])}
     assert registry.graph_problems(orphan, stages) == [
         "the job: task 'responses' (responses) reads 'synthetic_questions', which no task before it writes",
+        "the job: task 'responses' (responses) reads 'question_verdicts', which no task before it writes",
         "the job: task 'dedup' (dedup) reads 'question_verdicts', which no task before it writes",
         "the job: task 'export' (export) reads 'question_verdicts', which no task before it writes",
     ]

@@ -321,12 +321,12 @@ def test_a_call_past_its_timeout_fails_its_row_and_the_rest_run(spark, cfg, tmp_
     lines = [
         {
             "id": "fast",
-            "query": "Wait a moment.",
+            "query": "Wait 0 seconds.",
             "function_calls": [{"function_name": "wait", "arguments": {"seconds": 0}}],
         },
         {
             "id": "slow",
-            "query": "Wait long.",
+            "query": "Wait 30 seconds.",
             "function_calls": [{"function_name": "wait", "arguments": {"seconds": 30}}],
         },
     ]

@@ -69,6 +69,9 @@ class StandInOptions:
     run_result: str = "SUCCESS"  # Jobs API: how a submitted run ends
     # Scripted replies: a chat request whose messages contain the text (the first that matches) gets the reply.
     replies: tuple[tuple[str, str], ...] = ()
+    # A scripted reply: for each (text, fields) whose text the request's messages contain, those of `fields` that
+    # the reply's object has are set (a critic's `in_scope` for one question; the answer to it is left alone).
+    script: tuple[tuple[str, dict], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -128,6 +131,17 @@ def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None =
         return hashlib.sha256(seed.encode()).digest()[0] % 2 == 0
     digest = hashlib.sha256(seed.encode()).hexdigest()[:10]
     return f"Stand-in {name} {digest}: what would a customer ask about item {digest[:4]}?"
+
+
+def scripted(value, request: dict, script: tuple[tuple[str, dict], ...]):
+    """`value` with the fields of every script entry whose text the request's messages contain (only those it has)."""
+    if not script or not isinstance(value, dict):
+        return value
+    text = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
+    for needle, fields in script:
+        if needle in text:
+            value.update({k: v for k, v in fields.items() if k in value})
+    return value
 
 
 class StandIn:
@@ -270,7 +284,8 @@ class StandIn:
         sampled = [request.get("messages"), request.get("temperature")]
         seed = hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
-        answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
+        value = scripted(fake_value(schema, seed, items=opts.items), request, opts.script) if schema else None
+        answer = json.dumps(value) if schema else f"Stand-in answer {seed[:12]}."
         text = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
         answer = next((reply for marker, reply in opts.replies if marker in text), answer)
         finish = "stop"

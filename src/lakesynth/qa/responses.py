@@ -3,7 +3,8 @@
 One SQL statement per chunk, as every LLM stage's (llm_stage.py): Databricks runs its built-in `ai_query`
 (batch inference); locally lakesynth registers its own under that name (llm.ai_query_udf).
 The request carries the domain rules and the reasoning instructions; the response format keeps
-the reasoning apart from the answer, and only the answer becomes training data.
+the reasoning apart from the answer, and only the answer becomes training data. A question is answered as in or out
+of scope by its own label when the critic gave one (`in_scope` here is that label), else by its seed's.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def step(cfg) -> LLMStep:
 
 def run(ctx: RunContext) -> StageResult:
     questions = ctx.read("synthetic_questions")
+    if ctx.cfg.quality.critic.enabled:  # the question's own scope, as the critic labelled it, over its seed's
+        labels = ctx.read("question_verdicts", kept=False).where(F.col("in_scope").isNotNull())
+        labels = labels.select("question_id", F.col("in_scope").alias("_label"))
+        questions = questions.join(labels, "question_id", "left")
+        questions = questions.withColumn("in_scope", F.coalesce("_label", "in_scope")).drop("_label")
     answerable = questions.where(F.col("error").isNull() & F.col("question").isNotNull())
     if ctx.cfg.seed.pairs:  # the user's own pairs: the answer came in with the question (seed metadata)
         answers = ctx.read("seed_questions").select(
@@ -76,7 +82,7 @@ STAGE = Stage(
     name="responses",
     help="answer the questions with ai_query into synthetic_responses",
     run=run,
-    reads=("synthetic_questions",),
+    reads=("synthetic_questions", "question_verdicts"),
     writes=(TABLE,),
     config=ResponsesConfig,
 )

@@ -47,23 +47,39 @@ class Score(BaseModel):
     score: Literal[3, 2, 1]
 
 
-def output_model(criteria: tuple[Criterion, ...]) -> type[BaseModel]:
-    """The reply: one Score per criterion, in order."""
+class ScopeLabel(BaseModel):
+    """The judge's own label of a question's scope, when no critic gave one: its reasoning first."""
+
+    model_config = ConfigDict(extra="forbid")
+    reasoning: str
+    in_scope: bool
+
+
+def output_model(criteria: tuple[Criterion, ...], label_scope: bool = False) -> type[BaseModel]:
+    """The reply: one Score per criterion, in order; with `label_scope`, first the question's own scope
+    (`question_scope`), which the answer is then judged against."""
     fields = {c.name: (Score, Field(description=c.description)) for c in criteria}
+    if label_scope:
+        about = "Whether, under the rules, the chatbot must answer this question (in_scope) or redirect it"
+        fields = {"question_scope": (ScopeLabel, Field(description=about)), **fields}
     return create_model("Judgement", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def verdict_rows(replies: DataFrame, *, criteria: tuple[Criterion, ...], dropped: tuple[str, ...]) -> DataFrame:
+def verdict_rows(
+    replies: DataFrame, *, criteria: tuple[Criterion, ...], dropped: tuple[str, ...], label_scope: bool = False
+) -> DataFrame:
     """Replies -> verdict rows (the request columns but `dropped`): the scores as JSON (`{criterion: {reasoning,
-    score}}`), `keep` when every criterion reaches its min_score, else `judge:<the first that did not>`."""
-    reply = llm_stage.parsed(replies, output_model(criteria))
+    score}}`, with the judge's `question_scope` when it labelled the scope: `in_scope` is then that label), `keep`
+    when every criterion reaches its min_score, else `judge:<the first that did not>`."""
+    reply = llm_stage.parsed(replies, output_model(criteria, label_scope))
+    label = reply.getField("question_scope").getField("in_scope").alias("in_scope")
     scores = [reply.getField(c.name).getField("score").cast("int") for c in criteria]
     failed = F.coalesce(
         *[F.when(s < c.min_score, F.lit(f"judge:{c.name}")) for s, c in zip(scores, criteria)], F.lit(None)
     )
     ok = F.col("error").isNull()
     return replies.select(
-        *[c for c in replies.columns if c not in ("output", *dropped)],
+        *[label if c == "in_scope" and label_scope else c for c in replies.columns if c not in ("output", *dropped)],
         F.when(ok, F.col("output")).alias("scores"),
         F.least(*scores).alias("min_score") if len(scores) > 1 else scores[0].alias("min_score"),
         (ok & failed.isNull()).alias("keep"),

@@ -1,6 +1,9 @@
 """Critic stage: `synthetic_questions` -> `question_verdicts`, a 0/1 verdict on each generated question.
 
 InstructLab's question critic, before any answer is paid for: a question the critic drops costs no answer.
+It also labels the question's own scope (`in_scope`): a generated question can drift from its seed's scope (a seed
+about suing the company gives "How can I get my internet back up?"), and the answer is written and judged for the
+question's label, not the seed's.
 Its verdict is data: score, reasoning, model and prompt version, `keep` and `drop_reason` on every question,
 and downstream stages read only the questions it keeps (`RunContext.read` applies every verdict table).
 A reply that fails to parse is the row's error, kept out for now (`drop_reason` `critic_error`) and asked
@@ -22,7 +25,7 @@ from lakesynth.config import LLMStageConfig
 from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult
-from lakesynth.core.tables import INT, S
+from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
 
 CRITERIA = (
@@ -46,8 +49,10 @@ Criteria; the question passes only if it meets every one:
 {% for criterion in criteria %}- {{ criterion }}
 {% endfor %}
 First, in "reasoning", check the question against each criterion in one short sentence each.
+Then say in "in_scope" whether, under the rules, the chatbot must answer this question (true) or redirect it
+(false), judged on what the question itself asks.
 Only then give "score": 1 if it meets every criterion, 0 if it fails any.
-Answer with a JSON object with the keys "reasoning" (string) and "score" (1 or 0)."""
+Answer with a JSON object with the keys "reasoning" (string), "in_scope" (true or false) and "score" (1 or 0)."""
 
 
 class CriticConfig(LLMStageConfig):
@@ -64,12 +69,14 @@ class CriticVerdict(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     reasoning: str = Field(description="One short sentence per criterion")
+    in_scope: bool = Field(description="Under the rules, the chatbot must answer this question (else redirect it)")
     score: Literal[1, 0] = Field(description="1: meets every criterion; 0: fails one")
 
 
 TABLE = tables.verdict(
     "question_verdicts",
     [("question_id", S), ("seed_id", S), ("topic", S), ("question", S), ("score", INT), ("reasoning", S)]
+    + [("in_scope", B)]
     + tables.LLM_ACCOUNTING,
     judges="synthetic_questions",
     key="question_id",
@@ -85,13 +92,14 @@ def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria: tuple[s
 
 
 def to_verdict_rows(replies: DataFrame) -> DataFrame:
-    """Replies -> rows: the score and reasoning, `keep` when it passed, else why not."""
+    """Replies -> rows: the score, reasoning and the question's own scope, `keep` when it passed, else why not."""
     reply = llm_stage.parsed(replies, CriticVerdict)
     score = reply.getField("score").cast("int")
     return replies.select(
         *[c for c in replies.columns if c != "output"],
         score.alias("score"),
         reply.getField("reasoning").alias("reasoning"),
+        reply.getField("in_scope").alias("in_scope"),
         (F.col("error").isNull() & (score == 1)).alias("keep"),
         F.when(F.col("error").isNotNull(), F.lit("critic_error"))
         .when(score != 1, F.lit("critic"))

@@ -1,8 +1,9 @@
 """Dedup stage: duplicates across the whole dataset, and every check's verdict in one row per answered pair.
 
 `pair_verdicts` has a row for every answered pair, with the user's `source_id` (the `--pairs` id, else the seed's
-id): the critic's, the judge's and the relevance check's score, reasoning, model and prompt version, its duplicate
-groups, `keep` and `drop_reason` (the first check that failed: the critic's, the judge's, `relevance`,
+id): the critic's, the rule checks', the judge's and the relevance check's score, reasoning, model and prompt version,
+its duplicate groups, `keep` and `drop_reason` (the first check that failed: the critic's, the rule checks' (`leak:rules`,
+`invented:<value>`, `incomplete`), the judge's, `relevance`,
 `exact_duplicate`, `near_duplicate`, `semantic_duplicate`). Format reads only the pairs it keeps.
 
 - Exact: the same question once normalised (normalize.normalized_text).
@@ -104,6 +105,8 @@ TABLE = tables.verdict(
         ("critic_reasoning", S),
         ("critic_model", S),
         ("critic_prompt_version", S),
+        ("rules_reasoning", S),
+        ("rules_model", S),
         ("judge_scores", S),
         ("judge_min_score", INT),
         ("judge_model", S),
@@ -126,6 +129,7 @@ TABLE = tables.verdict(
 # Each check before dedup: its prefix here, its verdict table, and its own columns (name here -> name there).
 CHECKS = (
     ("critic", "question_verdicts", {"score": "score", "reasoning": "reasoning"}),
+    ("rules", "rule_verdicts", {"reasoning": "reasoning"}),
     ("judge", "answer_verdicts", {"scores": "scores", "min_score": "min_score"}),
     ("relevance", "relevance_verdicts", {"score": "score", "questions": "questions"}),
 )
@@ -192,7 +196,14 @@ STAGE = Stage(
     help="drop duplicate questions across the dataset (exact, near) and write every check's verdict per "
     "answered pair into pair_verdicts",
     run=run,
-    reads=("synthetic_responses", "seed_questions", "question_verdicts", "answer_verdicts", "relevance_verdicts"),
+    reads=(
+        "synthetic_responses",
+        "seed_questions",
+        "question_verdicts",
+        "rule_verdicts",
+        "answer_verdicts",
+        "relevance_verdicts",
+    ),
     writes=(TABLE,),
     config=DedupConfig,
     section="quality.dedup",

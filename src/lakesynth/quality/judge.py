@@ -3,7 +3,9 @@
 One structured call per pair gives every criterion a justification written before its score (NeMo Data
 Designer's `{criterion: {reasoning, score}}`), on InstructLab's 1–3 scale by default. A pair is kept when every
 criterion reaches its `min_score`; otherwise `drop_reason` names the first that did not (`judge:<criterion>`).
-The default criteria include scope compliance against the use case's rules. Downstream stages read only kept
+The default criteria include scope compliance against the use case's rules, judged against the question's own scope:
+the critic's label (carried by the answer), or, with the critic off, the judge's own (`question_scope` in the reply,
+then `in_scope` here), never the seed's alone. Downstream stages read only kept
 pairs (`RunContext.read`); a reply that fails to parse is the row's error (`judge_error`), asked again next run.
 """
 
@@ -29,17 +31,24 @@ TEMPLATE = """You judge answers written to train a customer-service chatbot.
 Domain rules of the chatbot:
 {{ rules }}
 
-Question ({{ "IN scope: the chatbot must answer it" if in_scope else "OUT of scope: the chatbot must redirect it" }}):
+{% if in_scope is none %}Question:
 {{ question }}
-
+{% else %}Question ({{ "IN scope: the chatbot must answer it" if in_scope else "OUT of scope: the chatbot must redirect it" }}):
+{{ question }}
+{% endif %}
 Answer:
 {{ answer }}
-
+{% if in_scope is none %}
+First decide, under the rules, whether this question itself is in scope (the chatbot must answer it) or out of
+scope (it must redirect it), from what it asks: in "question_scope", write "reasoning" (one sentence), then
+"in_scope" (true or false). Judge the answer against that decision.
+{% endif %}
 Score the answer on each criterion from 1 to 3. For each, first write "reasoning" (one or two sentences),
 then the "score".
 {% for c in criteria %}- {{ c.name }}: {{ c.description }}
 {% endfor %}
-Answer with a JSON object with one key per criterion ({{ criteria | map(attribute="name") | join(", ") }}),
+Answer with a JSON object with {% if in_scope is none %}the key "question_scope" (an object with the keys "reasoning"
+and "in_scope"), then {% endif %}one key per criterion ({{ criteria | map(attribute="name") | join(", ") }}),
 each an object with the keys "reasoning" (string) and "score" (1, 2 or 3)."""
 
 
@@ -61,13 +70,23 @@ TABLE = tables.verdict(
 )
 
 
-def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria: tuple[Criterion, ...]) -> list[list[dict]]:
-    """Rows -> requests: one judgement per answered pair."""
+def prompts(
+    batch: pd.DataFrame, *, template: str, rules: str, criteria: tuple[Criterion, ...], label_scope: bool = False
+) -> list[list[dict]]:
+    """Rows -> requests: one judgement per answered pair; with `label_scope`, no scope is given: the judge labels
+    the question's scope itself."""
     return [
         [
             {
                 "role": "user",
-                "content": render(template, rules=rules, question=q, answer=a, in_scope=bool(s), criteria=criteria),
+                "content": render(
+                    template,
+                    rules=rules,
+                    question=q,
+                    answer=a,
+                    in_scope=None if label_scope else bool(s),
+                    criteria=criteria,
+                ),
             }
         ]
         for q, a, s in zip(batch["question"], batch["answer"], batch["in_scope"])
@@ -76,16 +95,20 @@ def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria: tuple[C
 
 def step(cfg) -> LLMStep:
     j = cfg.quality.judge
+    label = not cfg.quality.critic.enabled  # no critic labelled each question's scope: the judge does
     return LLMStep(
         name="judge",
         table=TABLE,
         key="question_id",
         columns=("question_id", "seed_id", "topic", "in_scope", "question", "answer"),
-        output=output_model(j.criteria),
+        output=output_model(j.criteria, label),
         settings=j,
-        template=j.template + json.dumps([c.model_dump() for c in j.criteria]),  # a new criterion, a new version
-        prompts=functools.partial(prompts, template=j.template, rules=cfg.use_case.rules, criteria=j.criteria),
-        rows=functools.partial(verdict_rows, criteria=j.criteria, dropped=("question", "answer")),
+        # a new criterion, or who labels the scope, a new version
+        template=j.template + json.dumps([c.model_dump() for c in j.criteria]) + ("label_scope" if label else ""),
+        prompts=functools.partial(
+            prompts, template=j.template, rules=cfg.use_case.rules, criteria=j.criteria, label_scope=label
+        ),
+        rows=functools.partial(verdict_rows, criteria=j.criteria, dropped=("question", "answer"), label_scope=label),
     )
 
 

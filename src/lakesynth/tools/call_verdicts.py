@@ -1,14 +1,14 @@
 """Call verdicts: every row of `tool_calls` with every check's verdict beside it, then dedup -> `call_verdicts`.
 
-One row per input line and generated pair, with the user's `source_id`, its format issues, execution results and
-`execution` (`passed`, `failed` or `not run: <why>`: no implementations, the check off, the format check failed),
-the semantic checker's reasoning, the relevance check's score, the duplicate groups, `keep`, and the first check that
-failed as `drop_reason` (format, execution, semantic, relevance, then exact_duplicate, near_duplicate,
-semantic_duplicate). A check that is off, or did not run on a row (execution runs only well-formed calls, and only
-with implementations), keeps it. Dedup compares the queries as the Q&A job's dedup compares questions, with its
-settings (`quality.dedup.*`; semantic matches within each function), and keeps one pair per group: one that passed
-the other checks, then the lowest id. This is the table a user of `--calls` reads: nothing in the input is left
-without a verdict.
+One row per input line and generated pair, with the user's `source_id`, its format issues, invented arguments,
+execution results and `execution` (`passed`, `failed` or `not run: <why>`: no implementations, the check off, the
+format check failed), the semantic checker's reasoning, the relevance check's score, the duplicate groups, `keep`,
+and the first check that failed as `drop_reason` (format, invented_argument, execution, semantic, relevance, then
+exact_duplicate, near_duplicate, semantic_duplicate). A check that is off, or did not run on a row (execution runs
+only well-formed calls, and only with implementations), keeps it. Dedup compares the queries as the Q&A job's dedup
+compares questions, with its settings (`quality.dedup.*`; semantic matches within each function), and keeps one pair
+per group: one that passed the other checks, then the lowest id. This is the table a user of `--calls` reads:
+nothing in the input is left without a verdict.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ TABLE = tables.verdict(
         ("category", S),
         ("function", S),
         ("format_issues", S),
+        ("invented_arguments", S),
         ("execution_results", S),
         ("execution", S),
         ("semantic_reasoning", S),
@@ -86,6 +87,12 @@ def checked(ctx: RunContext):
     sha = [
         r.module_sha for r in ctx.read("tools").select("module_sha").where("module_sha IS NOT NULL").limit(1).collect()
     ]
+    arguments = ctx.read("call_argument_verdicts", kept=False).select(
+        "call_id",
+        F.col("invented").alias("invented_arguments"),
+        F.col("keep").alias("a_keep"),
+        F.col("drop_reason").alias("a_why"),
+    )
     ran = ctx.read("call_execution_verdicts", kept=False).where(F.col("module_sha").isin(sha))
     ran = ran.select(
         "call_id",
@@ -109,10 +116,12 @@ def checked(ctx: RunContext):
         F.col("drop_reason").alias("r_why"),
     )
     joined = calls
-    for verdicts in (form, ran, judged, relevant):
+    for verdicts in (form, arguments, ran, judged, relevant):
         joined = joined.join(verdicts, "call_id", "left")
     joined = joined.withColumn("execution", execution(bool(sha), ctx.cfg.tools.execution.enabled))
-    earlier = F.coalesce(*[F.when(F.col(f"{c}_keep") == F.lit(False), F.col(f"{c}_why")) for c in ("f", "e", "s", "r")])
+    earlier = F.coalesce(
+        *[F.when(F.col(f"{c}_keep") == F.lit(False), F.col(f"{c}_why")) for c in ("f", "a", "e", "s", "r")]
+    )
     first_call = F.get_json_object("calls", "$[0].name")
     return joined.withColumn("_earlier", earlier).withColumn("function", F.coalesce(first_call, F.lit("none")))
 
@@ -158,6 +167,7 @@ STAGE = Stage(
         "tool_calls",
         "tools",
         "call_format_verdicts",
+        "call_argument_verdicts",
         "call_execution_verdicts",
         "call_semantic_verdicts",
         "call_relevance_verdicts",
