@@ -67,6 +67,7 @@ class StandInOptions:
     items: int = 3
     run_polls: int = 1  # Jobs API: a submitted run terminates on this poll (0: never, until cancelled)
     run_result: str = "SUCCESS"  # Jobs API: how a submitted run ends
+    no_digits: bool = False  # strings spell their digest in letters: text that states no number or identifier
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -123,6 +124,18 @@ def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None =
         return hashlib.sha256(seed.encode()).digest()[0] % 2 == 0
     digest = hashlib.sha256(seed.encode()).hexdigest()[:10]
     return f"Stand-in {name} {digest}: what would a customer ask about item {digest[:4]}?"
+
+
+SPELLED = str.maketrans("0123456789", "ghijklmnop")
+
+
+def spelled(value):
+    """`value` with every digit of its strings spelled as a letter (numbers stay numbers)."""
+    if isinstance(value, str):
+        return value.translate(SPELLED)
+    if isinstance(value, dict):
+        return {k: spelled(v) for k, v in value.items()}
+    return [spelled(v) for v in value] if isinstance(value, list) else value
 
 
 class StandIn:
@@ -264,6 +277,8 @@ class StandIn:
         seed = hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
         answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
+        if opts.no_digits:
+            answer = json.dumps(spelled(json.loads(answer))) if schema else answer.translate(SPELLED)
         finish = "stop"
         if fault == "malformed":
             answer = answer[: len(answer) // 2] + "}}oops"

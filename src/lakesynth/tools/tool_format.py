@@ -9,7 +9,11 @@ Each kept line becomes one `tool_chat` example: the user's query, then the assis
   `tools` list on each line.
 - `hf`: assistant `tool_calls` with `arguments` as a dict and a `tools` column, as TRL's SFTTrainer and
   `apply_chat_template(tools=...)` take them.
-A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. Each example's
+A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. With `tools.trajectories`
+on, a pair with its final answer is a trajectory: in `openai` and `hf` the assistant's calls (ids `call_1`...), one
+`tool` message per call with its `tool_call_id` and what the sandbox returned, then the answer; in `json_content` the
+same steps flattened, as its format has no tool role: the calls, then a user message `Tool results:` with the JSON list
+of each call's name and result, in order, then the answer (the system prompt states this protocol). Each example's
 category is the line's own, or read from its calls as the Berkeley Function Calling Leaderboard names them. The
 split is stratified by function and category, exactly (splits.stratified_split): each pair of them gets its
 share of every split, within one example, the examples taken in the order of a seeded hash of the normalised
@@ -30,6 +34,7 @@ from lakesynth.config import Section
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
+from lakesynth.tools import answer_check
 from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
@@ -37,6 +42,15 @@ SYSTEM = """You are an assistant that answers by calling functions. The function
 {tools}
 Reply with only a JSON list of the calls that answer the request, each {{"name": ..., "arguments": {{...}}}};
 reply [] when no function fits the request."""
+# json_content with trajectories: the results come back as a user message, as the Databricks chat format has no tool
+# role; the system prompt states this protocol, so a student learns it and is served the same way.
+RESULTS = "Tool results:\n"
+SYSTEM_STEPS = (
+    SYSTEM
+    + f"""
+After your calls, their results come back in a message that starts with "{RESULTS.strip()}", a JSON list with one
+{{{{"name": ..., "result": ...}}}} per call, in the order of your calls; then answer the request in words, from them."""
+)
 
 
 class ToolOutputConfig(Section):
@@ -72,18 +86,32 @@ def category(calls: list[dict], given: str | None, n_tools: int) -> str:
     return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
 
 
-def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str) -> dict:
-    """One kept line as a `tool_chat` example in `style`."""
+def tool_content(result) -> str:
+    """A `tool` message's content: what the sandbox returned for the call, as JSON."""
+    return json.dumps(result, ensure_ascii=False)
+
+
+def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, steps: bool = False) -> dict:
+    """One kept line as a `tool_chat` example in `style`; with its final `answer`, a trajectory: the calls, their
+    results (`execution_results`) and the answer. `steps`: the json_content system prompt says how results come."""
     calls = json.loads(row["calls"])
+    answer = row.get("answer") if calls else None
+    returned = answer_check.returned(row.get("execution_results")) if answer else []
     user = examples.message("user", row["query"])
     if style == "json_content":
         listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
         content = json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
         messages = [
-            examples.message("system", SYSTEM.format(tools=listed)),
+            examples.message("system", (SYSTEM_STEPS if steps else SYSTEM).format(tools=listed)),
             user,
             examples.message("assistant", content),
         ]
+        if answer:  # flattened: the results as the next user message, then the answer
+            results = [{"name": c["name"], "result": r} for c, r in zip(calls, returned)]
+            messages += [
+                examples.message("user", RESULTS + json.dumps(results, ensure_ascii=False)),
+                examples.message("assistant", answer),
+            ]
         tools = None
     else:
         calls_out = [{"id": f"call_{i}", "function": c} for i, c in enumerate(calls, start=1)]
@@ -93,6 +121,11 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str) -> 
             else examples.message("assistant", no_call_reply)
         )
         messages, tools = [user, reply], json.dumps(specs, ensure_ascii=False, sort_keys=True)
+        if answer:
+            messages += [
+                examples.message("tool", tool_content(r), tool_call_id=c["id"]) for c, r in zip(calls_out, returned)
+            ]
+            messages.append(examples.message("assistant", answer))
     return {
         "example_id": row["call_id"],
         "source_id": row["source_id"],
@@ -112,9 +145,15 @@ def run(ctx: RunContext) -> StageResult:
     out, fmt = cfg.tools.output, cfg.format
     specs = [json.loads(r.spec) for r in ctx.read("tools").orderBy("name").select("spec").collect()]
     kept = (
-        ctx.read("call_verdicts", kept=False).where("keep").select("call_id", "source_id", "query", "calls", "category")
+        ctx.read("call_verdicts", kept=False)
+        .where("keep")
+        .select("call_id", "source_id", "query", "calls", "category", "execution_results", "answer")
     )
-    rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
+    steps = cfg.tools.trajectories.enabled
+    rows = [
+        example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply, steps=steps)
+        for r in kept.collect()
+    ]
     schema = T.StructType(
         [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
         + [T.StructField(splits.SPLIT_TEXT, S)]
