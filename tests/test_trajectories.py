@@ -18,6 +18,7 @@ from lakesynth.tools import (
     call_semantic,
     call_verdicts,
     calls,
+    steps,
     tool_format,
     trajectories,
 )
@@ -172,7 +173,7 @@ def test_openai_and_hf_files_pass_trls_format_checks(spark, finished, llm_cfg):
     for line in flat:
         roles = [m["role"] for m in line["messages"]]
         assert roles == ["system", "user", "assistant", "user", "assistant"]
-        assert line["messages"][3]["content"].startswith(tool_format.RESULTS)
+        assert line["messages"][3]["content"].startswith(steps.RESULTS)
         assert "Tool results:" in line["messages"][0]["content"]
         text = apply_chat_template(line, smol)["text"]
         assert text.count("<|im_start|>assistant") == 2

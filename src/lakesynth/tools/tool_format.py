@@ -34,7 +34,7 @@ from lakesynth.config import Section
 from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
-from lakesynth.tools import answer_check
+from lakesynth.tools import answer_check, steps
 from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
@@ -42,15 +42,7 @@ SYSTEM = """You are an assistant that answers by calling functions. The function
 {tools}
 Reply with only a JSON list of the calls that answer the request, each {{"name": ..., "arguments": {{...}}}};
 reply [] when no function fits the request."""
-# json_content with trajectories: the results come back as a user message, as the Databricks chat format has no tool
-# role; the system prompt states this protocol, so a student learns it and is served the same way.
-RESULTS = "Tool results:\n"
-SYSTEM_STEPS = (
-    SYSTEM
-    + f"""
-After your calls, their results come back in a message that starts with "{RESULTS.strip()}", a JSON list with one
-{{{{"name": ..., "result": ...}}}} per call, in the order of your calls; then answer the request in words, from them."""
-)
+SYSTEM_STEPS = SYSTEM + steps.PROTOCOL
 
 
 class ToolOutputConfig(Section):
@@ -86,14 +78,9 @@ def category(calls: list[dict], given: str | None, n_tools: int) -> str:
     return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
 
 
-def tool_content(result) -> str:
-    """A `tool` message's content: what the sandbox returned for the call, as JSON."""
-    return json.dumps(result, ensure_ascii=False)
-
-
-def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, steps: bool = False) -> dict:
+def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, protocol: bool = False) -> dict:
     """One kept line as a `tool_chat` example in `style`; with its final `answer`, a trajectory: the calls, their
-    results (`execution_results`) and the answer. `steps`: the json_content system prompt says how results come."""
+    results (`execution_results`) and the answer. `protocol`: the json_content system prompt says how results come."""
     calls = json.loads(row["calls"])
     answer = row.get("answer") if calls else None
     returned = answer_check.returned(row.get("execution_results")) if answer else []
@@ -102,14 +89,13 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, ste
         listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
         content = json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
         messages = [
-            examples.message("system", (SYSTEM_STEPS if steps else SYSTEM).format(tools=listed)),
+            examples.message("system", (SYSTEM_STEPS if protocol else SYSTEM).format(tools=listed)),
             user,
             examples.message("assistant", content),
         ]
         if answer:  # flattened: the results as the next user message, then the answer
-            results = [{"name": c["name"], "result": r} for c, r in zip(calls, returned)]
             messages += [
-                examples.message("user", RESULTS + json.dumps(results, ensure_ascii=False)),
+                examples.message("user", steps.results_message(calls, returned)),
                 examples.message("assistant", answer),
             ]
         tools = None
@@ -123,7 +109,8 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, ste
         messages, tools = [user, reply], json.dumps(specs, ensure_ascii=False, sort_keys=True)
         if answer:
             messages += [
-                examples.message("tool", tool_content(r), tool_call_id=c["id"]) for c, r in zip(calls_out, returned)
+                examples.message("tool", steps.tool_content(r), tool_call_id=c["id"])
+                for c, r in zip(calls_out, returned)
             ]
             messages.append(examples.message("assistant", answer))
     return {
@@ -149,9 +136,9 @@ def run(ctx: RunContext) -> StageResult:
         .where("keep")
         .select("call_id", "source_id", "query", "calls", "category", "execution_results", "answer")
     )
-    steps = cfg.tools.trajectories.enabled
+    protocol = cfg.tools.trajectories.enabled
     rows = [
-        example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply, steps=steps)
+        example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply, protocol=protocol)
         for r in kept.collect()
     ]
     schema = T.StructType(
