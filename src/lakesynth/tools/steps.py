@@ -42,15 +42,38 @@ def is_results(message: dict) -> bool:
 
 
 def split(messages: list[dict]) -> tuple[list[tuple[int, list]], int | None]:
-    """A json_content example's steps: (index, expected calls) of each assistant message of calls, and the index of
-    its final answer (the assistant's text after results), or None."""
+    """A json_content example's steps: (index, expected calls) of each assistant message of calls (`[]`: no call
+    fits), and the index of its final answer (the last assistant text after results), or None. A text reply to the
+    user (a question back, in a dialog) is neither."""
     calls, final = [], None
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         parsed = ast_match.parse_reply(m["content"])
-        if is_results(messages[i - 1]) and not parsed:  # text after results: the answer (calls again: a step)
-            final = i
-        else:
+        if parsed is not None and not (parsed == [] and is_results(messages[i - 1])):
             calls.append((i, parsed))
+        elif is_results(messages[i - 1]):  # text after results: an answer from them (the last one is scored)
+            final = i
     return calls, final
+
+
+def flattened(messages: list[dict]) -> list[dict]:
+    """OpenAI-style messages (assistant `tool_calls`, `tool` results) in json_content's form: the calls as the
+    assistant's JSON content, each step's results as one user message, in the order of the calls."""
+    out: list[dict] = []
+    calls: list[dict] = []
+    returned: list = []
+    for m in messages:
+        if m["role"] == "tool":
+            returned.append(json.loads(m["content"]))
+            if len(returned) == len(calls):
+                out.append({"role": "user", "content": results_message(calls, returned)})
+            continue
+        if m.get("tool_calls"):
+            calls = [c["function"] for c in m["tool_calls"]]
+            returned = []
+            listed = [{"name": c["name"], "arguments": c["arguments"]} for c in calls]
+            out.append({"role": "assistant", "content": json.dumps(listed, ensure_ascii=False)})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    return out

@@ -13,7 +13,8 @@ A query no tool fits is answered with `tools.output.no_call_reply` in the last t
 on, a pair with its final answer is a trajectory: in `openai` and `hf` the assistant's calls (ids `call_1`...), one
 `tool` message per call with its `tool_call_id` and what the sandbox returned, then the answer; in `json_content` the
 same steps flattened, as its format has no tool role: the calls, then a user message `Tool results:` with the JSON list
-of each call's name and result, in order, then the answer (the system prompt states this protocol). Each example's
+of each call's name and result, in order, then the answer (the system prompt states this protocol). With
+`tools.dialogs` on, each kept multi-turn dialog is one more example (category `dialog`), written the same way. Each example's
 category is the line's own, or read from its calls as the Berkeley Function Calling Leaderboard names them. The
 split is stratified by function and category, exactly (splits.stratified_split): each pair of them gets its
 share of every split, within one example, the examples taken in the order of a seeded hash of the normalised
@@ -42,7 +43,7 @@ SYSTEM = """You are an assistant that answers by calling functions. The function
 {tools}
 Reply with only a JSON list of the calls that answer the request, each {{"name": ..., "arguments": {{...}}}};
 reply [] when no function fits the request."""
-SYSTEM_STEPS = SYSTEM + steps.PROTOCOL
+SYSTEM_STEPS = SYSTEM + steps.PROTOCOL  # json_content, with trajectories or dialogs
 
 
 class ToolOutputConfig(Section):
@@ -127,6 +128,34 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, pro
     }
 
 
+def dialog_example(row: dict, *, specs: list[dict], style: str) -> dict:
+    """One kept multi-turn dialog (tools/dialogs.py) as a `tool_chat` example in `style`."""
+    said = json.loads(row["messages"])
+    if style == "json_content":
+        listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
+        system = examples.message("system", SYSTEM_STEPS.format(tools=listed))
+        messages = [system] + [examples.message(m["role"], m["content"]) for m in steps.flattened(said)]
+        tools = None
+    else:
+        messages = [
+            examples.message(m["role"], m.get("content"), m.get("tool_calls"), m.get("tool_call_id")) for m in said
+        ]
+        tools = json.dumps(specs, ensure_ascii=False, sort_keys=True)
+    calls = json.loads(row["calls"])
+    return {
+        "example_id": row["blueprint_id"],
+        "source_id": row["blueprint_id"],
+        "function": calls[0]["name"] if calls else "none",
+        "category": "dialog",
+        "shape": "tool_chat",
+        "messages": messages,
+        "tools": tools,
+        "chosen": None,
+        "rejected": None,
+        "split_text": next(m["content"] for m in said if m["role"] == "user"),
+    }
+
+
 def run(ctx: RunContext) -> StageResult:
     cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
     out, fmt = cfg.tools.output, cfg.format
@@ -136,11 +165,14 @@ def run(ctx: RunContext) -> StageResult:
         .where("keep")
         .select("call_id", "source_id", "query", "calls", "category", "execution_results", "answer")
     )
-    protocol = cfg.tools.trajectories.enabled
+    protocol = cfg.tools.trajectories.enabled or cfg.tools.dialogs.enabled
     rows = [
         example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply, protocol=protocol)
         for r in kept.collect()
     ]
+    if cfg.tools.dialogs.enabled:
+        dialogs = ctx.read("tool_dialogs", kept=False).where("keep").select("blueprint_id", "calls", "messages")
+        rows += [dialog_example(r.asDict(), specs=specs, style=out.style) for r in dialogs.collect()]
     schema = T.StructType(
         [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
         + [T.StructField(splits.SPLIT_TEXT, S)]
@@ -190,7 +222,7 @@ STAGE = Stage(
     name="tool_format",
     help="turn the kept calls into tool-calling training examples (json_content, openai or hf) and JSONL per split",
     run=run,
-    reads=("tools", "call_verdicts"),
+    reads=("tools", "call_verdicts", "tool_dialogs"),
     writes=(TABLE,),
     config=ToolOutputConfig,
     section="tools.output",
