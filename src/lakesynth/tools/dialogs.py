@@ -409,8 +409,9 @@ def run(ctx: RunContext) -> StageResult:
             AssistantTurn, d.template, _turn_rows, d, tools=tools, json_schema=assistant_schema,
         ),
     }  # fmt: skip
+    run_with = cfg.tools.execution  # the execution check's limits
     with sandbox.Sandbox(
-        module, workers=cfg.tools.execution.processes, timeout_s=cfg.tools.execution.timeout_s, memory_mb=512
+        module, workers=run_with.processes, timeout_s=run_with.timeout_s, memory_mb=run_with.memory_mb
     ) as box:
         metrics["blueprints_validated"] = validate_blueprints(ctx, box, toolspec.validators(params))
         goals = {
@@ -464,6 +465,24 @@ def run(ctx: RunContext) -> StageResult:
     return result
 
 
+def figure(entry: dict):
+    """Kept dialogs beside each drop reason (a divergence counted as one), with the success rate and turns."""
+    import matplotlib.pyplot as plt
+
+    reasons: dict[str, int] = {}
+    for reason, n in entry.get("dropped", {}).items():
+        name = "diverged" if reason.startswith("diverged:") else reason
+        reasons[name] = reasons.get(name, 0) + n
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(reasons) + 2), 3))
+    ax.bar(
+        ["kept", *reasons], [entry.get("kept", 0), *reasons.values()], color=["tab:green"] + ["tab:red"] * len(reasons)
+    )
+    ax.set_ylabel("dialogs")
+    ax.set_title(f"{entry.get('success_rate') or 0:.0%} kept, {entry.get('turns_per_dialog') or 0} turns per dialog")
+    fig.tight_layout()
+    return fig
+
+
 STAGE = Stage(
     name="dialogs",
     help="multi-turn tool dialogs in APIGen-MT's order: blueprints run in the sandbox, then a simulated user and the "
@@ -473,4 +492,5 @@ STAGE = Stage(
     writes=(BLUEPRINTS, TURNS, TABLE),
     config=DialogsConfig,
     section="tools.dialogs",
+    figures=lambda ctx, entry: {"dialogs/kept.png": figure(entry)} if entry.get("success_rate") is not None else {},
 )
