@@ -34,7 +34,7 @@ from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, L, S
 from lakesynth.core.templates import render
 from lakesynth.errors import StageSkipped
-from lakesynth.tools import decoding
+from lakesynth.tools import decoding, steps
 from lakesynth.tools import spec as toolspec
 
 BLUEPRINT = """You plan a task to test an assistant that serves a user by calling functions (tools).
@@ -309,7 +309,7 @@ def messages(turns: list[dict]) -> list[dict]:
             )
             for i, r in zip(ids, json.loads(t["results"])):
                 result = r["result"] if r["ok"] else {"error": r["error"]}
-                out.append({"role": "tool", "tool_call_id": i, "content": json.dumps(result, ensure_ascii=False)})
+                out.append({"role": "tool", "tool_call_id": i, "content": steps.tool_content(result)})
         else:
             out.append({"role": "assistant", "content": t["content"]})
     while out and not (out[-1]["role"] == "assistant" and out[-1].get("content")):
@@ -399,7 +399,7 @@ def run(ctx: RunContext) -> StageResult:
         "required": ["function_calls", "reply"],
         "additionalProperties": False,
     }
-    steps = {
+    askers = {
         "user": _step(
             "dialog_user", TURNS, "turn_id", ("turn_id", "blueprint_id", "turn", "role", "goal", "dialog"),
             UserTurn, d.user_template, _turn_rows, d, tools=tools,
@@ -432,7 +432,7 @@ def run(ctx: RunContext) -> StageResult:
             if not due:
                 break
             rounds += 1
-            for role, step in steps.items():
+            for role, step in askers.items():
                 rows = [
                     (f"{b}:{n}", b, n, role, goals[b], dialog_text(turns.get(b, [])))
                     for b, (n, r) in sorted(due.items())

@@ -79,26 +79,46 @@ def category(calls: list[dict], given: str | None, n_tools: int) -> str:
     return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
 
 
+def listed(specs: list[dict]) -> str:
+    return "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
+
+
+def styled(said: list[dict], *, specs: list[dict], style: str) -> tuple[list[dict], str | None]:
+    """A trajectory or dialog (OpenAI-style messages: assistant `tool_calls`, `tool` results) in `style`: as it is in
+    openai and hf, with the tools; flattened in json_content, under the system prompt that states the protocol."""
+    if style == "json_content":
+        system = examples.message("system", SYSTEM_STEPS.format(tools=listed(specs)))
+        return [system] + [examples.message(m["role"], m["content"]) for m in steps.flattened(said)], None
+    messages = [examples.message(m["role"], m.get("content"), m.get("tool_calls"), m.get("tool_call_id")) for m in said]
+    return messages, json.dumps(specs, ensure_ascii=False, sort_keys=True)
+
+
 def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, protocol: bool = False) -> dict:
-    """One kept line as a `tool_chat` example in `style`; with its final `answer`, a trajectory: the calls, their
-    results (`execution_results`) and the answer. `protocol`: the json_content system prompt says how results come."""
+    """One kept line as a `tool_chat` example in `style`; with its final `answer`, a trajectory: the calls (ids
+    call_1...), one `tool` message per call with what the sandbox returned (`execution_results`), then the answer.
+    `protocol`: the json_content system prompt says how results come back (trajectories or dialogs are on)."""
     calls = json.loads(row["calls"])
     answer = row.get("answer") if calls else None
-    returned = answer_check.returned(row.get("execution_results")) if answer else []
-    user = examples.message("user", row["query"])
-    if style == "json_content":
-        listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
+    if answer:
+        calls_out = [{"id": f"call_{i}", "function": c} for i, c in enumerate(calls, start=1)]
+        returned = answer_check.returned(row["execution_results"])
+        said = [
+            {"role": "user", "content": row["query"]},
+            {"role": "assistant", "tool_calls": calls_out},
+            *[
+                {"role": "tool", "content": steps.tool_content(r), "tool_call_id": c["id"]}
+                for c, r in zip(calls_out, returned)
+            ],
+            {"role": "assistant", "content": answer},
+        ]
+        messages, tools = styled(said, specs=specs, style=style)
+    elif style == "json_content":
         content = json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
         messages = [
-            examples.message("system", (SYSTEM_STEPS if protocol else SYSTEM).format(tools=listed)),
-            user,
+            examples.message("system", (SYSTEM_STEPS if protocol else SYSTEM).format(tools=listed(specs))),
+            examples.message("user", row["query"]),
             examples.message("assistant", content),
         ]
-        if answer:  # flattened: the results as the next user message, then the answer
-            messages += [
-                examples.message("user", steps.results_message(calls, returned)),
-                examples.message("assistant", answer),
-            ]
         tools = None
     else:
         calls_out = [{"id": f"call_{i}", "function": c} for i, c in enumerate(calls, start=1)]
@@ -107,13 +127,10 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, pro
             if calls
             else examples.message("assistant", no_call_reply)
         )
-        messages, tools = [user, reply], json.dumps(specs, ensure_ascii=False, sort_keys=True)
-        if answer:
-            messages += [
-                examples.message("tool", steps.tool_content(r), tool_call_id=c["id"])
-                for c, r in zip(calls_out, returned)
-            ]
-            messages.append(examples.message("assistant", answer))
+        messages, tools = (
+            [examples.message("user", row["query"]), reply],
+            json.dumps(specs, ensure_ascii=False, sort_keys=True),
+        )
     return {
         "example_id": row["call_id"],
         "source_id": row["source_id"],
@@ -131,16 +148,7 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, pro
 def dialog_example(row: dict, *, specs: list[dict], style: str) -> dict:
     """One kept multi-turn dialog (tools/dialogs.py) as a `tool_chat` example in `style`."""
     said = json.loads(row["messages"])
-    if style == "json_content":
-        listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
-        system = examples.message("system", SYSTEM_STEPS.format(tools=listed))
-        messages = [system] + [examples.message(m["role"], m["content"]) for m in steps.flattened(said)]
-        tools = None
-    else:
-        messages = [
-            examples.message(m["role"], m.get("content"), m.get("tool_calls"), m.get("tool_call_id")) for m in said
-        ]
-        tools = json.dumps(specs, ensure_ascii=False, sort_keys=True)
+    messages, tools = styled(said, specs=specs, style=style)
     calls = json.loads(row["calls"])
     return {
         "example_id": row["blueprint_id"],
