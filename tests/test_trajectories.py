@@ -114,6 +114,8 @@ def test_an_answer_with_an_invented_amount_is_dropped_naming_it(spark, finished,
     assert not dropped.keep and dropped.drop_reason == "invented:1,999.00"
     assert json.loads(dropped.invented) == ["1,999.00", "2026-12-24"]
     assert result.metrics["success_rate"] == round(2 / 3, 3)
+    (figure,) = trajectories.STAGE.figures(context(cfg), result.metrics).values()  # MLflow's figure of the stage
+    assert [p.get_height() for p in figure.axes[0].patches] == [2, 1] and "67% kept" in figure.axes[0].get_title()
     call_verdicts.STAGE.run(context(cfg))
     verdict = spark.table(rt.fqn("call_verdicts")).where("source_id = 'ok-balance'").first()
     assert not verdict.keep and verdict.drop_reason == "invented:1,999.00" and verdict.answer == planted
