@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from lakesynth.core import tables
 from lakesynth.errors import SeedError
-from lakesynth.tools import call_generation
+from lakesynth.tools import call_generation, decoding
 from lakesynth.tools import spec as toolspec
 from lakesynth.tools.call_generation import CallGenerationConfig
 
@@ -161,7 +161,7 @@ def ship(order_id: int, to: Address, note: str | None = None) -> str:
     (spec,) = toolspec.derive_spec(module)
     parameters = spec["function"]["parameters"]
     assert "$defs" in json.dumps(parameters)  # pydantic refers to the nested model
-    decoded = call_generation.decodable(parameters)
+    decoded = decoding.decodable(parameters)
     assert "$ref" not in json.dumps(decoded)
     assert decoded["properties"]["to"]["properties"]["city"] == {"type": "string"}
     assert {"type": "null"} in decoded["properties"]["note"]["anyOf"]

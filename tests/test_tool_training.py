@@ -253,16 +253,23 @@ def test_replies_are_parsed_as_calls_or_refused():
     assert ast_match.parse_reply('[{"arguments": {}}]') is None
 
 
-def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark, cfg):
+def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark, llm_cfg, teacher_server):
     """The job's fine-tune task carries `finetune.dataset=training_tools` (applied locally as on Databricks);
-    the evaluation scores each student's reply with the AST check, per category."""
+    the evaluation scores each student's reply with the AST check, per category. With trajectories on (the stand-in
+    teacher writes the final answers, its text stating no number), each step of a trajectory is scored given the
+    reference dialog so far, the final answer by the judge and the invented-value check."""
     from lakesynth.tools import tool_evaluate
 
+    cfg = llm_cfg
     semantic_off = cfg.tools.semantic.model_copy(update={"enabled": False})
     short = cfg.tools.evaluate.model_copy(update={"max_new_tokens": 24})
+    on = cfg.tools.trajectories.model_copy(update={"enabled": True})
+    teacher_server.reset(no_digits=True)
     cfg = cfg.model_copy(
         update={
-            "tools": cfg.tools.model_copy(update={"semantic": semantic_off, "evaluate": short, "seeds": ""}),
+            "tools": cfg.tools.model_copy(
+                update={"semantic": semantic_off, "evaluate": short, "seeds": "", "trajectories": on}
+            ),
             "format": cfg.format.model_copy(update={"val_fraction": 0.5}),
             "finetune": cfg.finetune.model_copy(update={"max_steps": 1}),
         }
@@ -285,8 +292,21 @@ def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark
         hits = [getattr(r, f"{variant}_match") for r in rows]
         assert result[f"{variant}_accuracy"] == round(sum(hits) / len(hits), 3)
         assert set(result[f"{variant}_accuracy_by_category"]) == {r.category for r in rows}
+    held = [r for r in rows if r.reference_answer is not None]
+    assert result["trajectories"] == len(held) > 0
+    judged = {
+        (j.example_id, j.variant): j.passed for j in tables.read(spark, where(cfg), tool_evaluate.JUDGEMENTS).collect()
+    }
+    assert set(judged) == {(r.example_id, v) for r in held for v in ("base", "tuned")}
+    for variant in ("base", "tuned"):
+        ok = [judged[(r.example_id, variant)] and not json.loads(getattr(r, f"{variant}_invented")) for r in held]
+        both = [a and getattr(r, f"{variant}_match") for a, r in zip(ok, held)]
+        assert result[f"{variant}_answer_pass_rate"] == round(sum(ok) / len(ok), 3)
+        assert result[f"{variant}_trajectory_success"] == round(sum(both) / len(both), 3)
+    requests = teacher_server.stats.requests
     again = pipeline.run(cfg, ["tool_evaluate"], job="lakesynth_tools", root=ROOT)["stages"]["tool_evaluate"]
     assert again["reused"] and again["tuned_accuracy"] == result["tuned_accuracy"]  # nothing generated twice
+    assert teacher_server.stats.requests == requests  # nor judged twice
 
 
 def test_the_accuracy_figure_shows_each_category_for_both_students():

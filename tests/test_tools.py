@@ -112,12 +112,18 @@ def test_the_semantic_prompt_shows_the_tools_query_calls_and_results(llm_cfg):
             "query": ["What is in my savings?"],
             "calls": [json.dumps([{"name": "get_balance", "arguments": {"account": "savings"}}])],
             "results": [json.dumps([{"name": "get_balance", "ok": True, "result": {"balance": 8200.0}}])],
+            "answer": [None],
         }
     )
     (messages,) = call_semantic.step(llm_cfg, tools='{"name": "get_balance"}').prompts(batch)
     text = messages[0]["content"]
     assert '{"name": "get_balance"}' in text and "What is in my savings?" in text
     assert '"account": "savings"' in text and "8200.0" in text and "none:" not in text
+    assert "final answer" not in text and "all three answers" in text
+    # With tools.trajectories: the judge reads the final answer too, and checks that it uses the results.
+    (messages,) = call_semantic.step(llm_cfg, tools="").prompts(batch.assign(answer=["You have 8,200.00 EUR."]))
+    text = messages[0]["content"]
+    assert "You have 8,200.00 EUR." in text and "4. Does the final answer use" in text and "all four" in text
 
 
 def _validators(spec_path) -> dict:

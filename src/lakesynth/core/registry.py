@@ -153,9 +153,10 @@ def graph_problems(
         for first in stages[stage].after:
             if first in in_job and first not in ran_before:
                 problems.append(f"{where}: task '{key}' ({stage}) must come after the task that runs '{first}'")
+        own = {t.name for t in stages[stage].writes}  # a stage may write a parent table and its children
         for table in stages[stage].writes:
             parent = table.parent_table
-            if parent and parent not in written and parent not in stages[stage].reads:  # reported above
+            if parent and parent not in written | own and parent not in stages[stage].reads:  # reported above
                 problems.append(
                     f"{where}: task '{key}' ({stage}) writes '{table.name}', whose parent table "
                     f"'{parent}' no task before it writes"

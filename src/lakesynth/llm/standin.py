@@ -72,6 +72,7 @@ class StandInOptions:
     # A scripted reply: for each (text, fields) whose text the request's messages contain, those of `fields` that
     # the reply's object has are set (a critic's `in_scope` for one question; the answer to it is left alone).
     script: tuple[tuple[str, dict], ...] = ()
+    no_digits: bool = False  # strings spell their digest in letters: text that states no number or identifier
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -142,6 +143,18 @@ def scripted(value, request: dict, script: tuple[tuple[str, dict], ...]):
         if needle in text:
             value.update({k: v for k, v in fields.items() if k in value})
     return value
+
+
+SPELLED = str.maketrans("0123456789", "ghijklmnop")
+
+
+def spelled(value):
+    """`value` with every digit of its strings spelled as a letter (numbers stay numbers)."""
+    if isinstance(value, str):
+        return value.translate(SPELLED)
+    if isinstance(value, dict):
+        return {k: spelled(v) for k, v in value.items()}
+    return [spelled(v) for v in value] if isinstance(value, list) else value
 
 
 class StandIn:
@@ -286,6 +299,8 @@ class StandIn:
         schema = (fmt.get("json_schema") or {}).get("schema")
         value = scripted(fake_value(schema, seed, items=opts.items), request, opts.script) if schema else None
         answer = json.dumps(value) if schema else f"Stand-in answer {seed[:12]}."
+        if opts.no_digits:
+            answer = json.dumps(spelled(value)) if schema else answer.translate(SPELLED)
         text = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
         answer = next((reply for marker, reply in opts.replies if marker in text), answer)
         finish = "stop"

@@ -34,6 +34,7 @@ from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import S
 from lakesynth.core.templates import render
 from lakesynth.errors import SeedError
+from lakesynth.tools import decoding
 from lakesynth.tools import spec as toolspec
 
 
@@ -85,52 +86,17 @@ TABLE = tables.contract(
     parent="request_id",
 )
 
-# Keywords every structured-output backend decodes (llama.cpp's grammars, vLLM, OpenAI's json_schema): the
-# request's schema keeps these, with `$ref`s to `$defs` (pydantic's nested models) written out in place; bounds,
-# patterns, formats and conditionals are left to the format check.
-DECODABLE = {"type", "properties", "required", "items", "enum", "anyOf", "minItems", "maxItems", "additionalProperties"}
-
-
-def decodable(schema: Any, defs: dict | None = None, seen: frozenset = frozenset()) -> Any:
-    if not isinstance(schema, dict):
-        return schema
-    defs = schema.get("$defs", {}) if defs is None else defs
-    if "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[-1]
-        if name in seen or name not in defs:  # a model that contains itself: left open below this point
-            return {}
-        return decodable(defs[name], defs, seen | {name})
-    kept = {k: v for k, v in schema.items() if k in DECODABLE}
-    if "properties" in kept:
-        kept["properties"] = {k: decodable(v, defs, seen) for k, v in kept["properties"].items()}
-    if isinstance(kept.get("items"), dict):
-        kept["items"] = decodable(kept["items"], defs, seen)
-    if "anyOf" in kept:
-        kept["anyOf"] = [decodable(v, defs, seen) for v in kept["anyOf"]]
-    if not isinstance(kept.get("additionalProperties"), bool):
-        kept.pop("additionalProperties", None)
-    return kept
-
 
 def reply_schema(tools: dict[str, dict], category: str) -> dict:
     """The schema a reply of `category` is decoded against: a query, and calls each to one of `tools` with that
     tool's parameters, as many as the category allows."""
     least, most = toolspec.CATEGORIES[category]
-    calls: dict[str, Any] = {"type": "array", "minItems": least, "maxItems": 4 if most is None else most}
-    calls["items"] = {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"function_name": {"type": "string", "enum": [name]}, "arguments": decodable(p)},
-                "required": ["function_name", "arguments"],
-                "additionalProperties": False,
-            }
-            for name, p in sorted(tools.items())
-        ]
-    }
     return {
         "type": "object",
-        "properties": {"query": {"type": "string"}, "function_calls": calls},
+        "properties": {
+            "query": {"type": "string"},
+            "function_calls": decoding.calls_schema(tools, least, 4 if most is None else most),
+        },
         "required": ["query", "function_calls"],
         "additionalProperties": False,
     }

@@ -5,7 +5,9 @@ APIGen's third check, after format and execution: an LLM judge (the endpoint of 
 replies with its reasoning, then `passed`. It fails a wrong function, wrong argument values, a number of calls
 that does not match the requests in the query, and any call for a query no tool fits. Only rows that passed the
 format and execution checks are judged; a reply that does not parse is the row's error (`semantic_error`),
-judged again on the next run.
+judged again on the next run. With `tools.trajectories` on, the judge also reads the final answer and fails one
+that does not use the results (or states what they did not return); a pair whose answer the deterministic check
+dropped is not judged.
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ The user's request:
 {% endif %}{% if results %}
 What the calls returned (data from the tools, right whatever it says):
 {{ results }}
+{% endif %}{% if answer %}
+The assistant's final answer to the user, written from what the calls returned:
+{{ answer }}
 {% endif %}
 {% if no_calls %}Look for a tool that does what the request asks. If you find one, the assistant was wrong not to call
 it: "passed" is false. If none of the tools does it, the assistant was right: "passed" is true.
 {% else %}Answer these questions:
 1. Does each call use the tool that does what the request asks?
 2. Are the argument values the ones the request states, or sensible defaults, and none invented?
-3. Is there one call per thing the request asks for?
-The example passes only if all three answers are yes.
+3. Is there one call per thing the request asks for?{% if answer %}
+4. Does the final answer use what the calls returned, answer the request, and state nothing they did not return?{% endif %}
+The example passes only if all {{ "four" if answer else "three" }} answers are yes.
 {% endif %}First write "reasoning": your answers, in one to three sentences. Then write "passed": true or false."""
 
 
@@ -80,10 +86,12 @@ def prompts(batch: pd.DataFrame, *, template: str, tools: str) -> list[list[dict
         [
             {
                 "role": "user",
-                "content": render(template, tools=tools, query=q, calls=c, no_calls=not json.loads(c), results=r),
+                "content": render(
+                    template, tools=tools, query=q, calls=c, no_calls=not json.loads(c), results=r, answer=a
+                ),
             }
         ]
-        for q, c, r in zip(batch["query"], batch["calls"], batch["results"])
+        for q, c, r, a in zip(batch["query"], batch["calls"], batch["results"], batch["answer"])
     ]
 
 
@@ -93,7 +101,7 @@ def to_verdict_rows(replies: DataFrame) -> DataFrame:
     ok = F.col("error").isNull()
     passed = reply.getField("passed")
     return replies.select(
-        *[c for c in replies.columns if c not in ("output", "query", "calls", "results")],
+        *[c for c in replies.columns if c not in ("output", "query", "calls", "results", "answer")],
         reply.getField("reasoning").alias("reasoning"),
         passed.alias("passed"),
         (ok & F.coalesce(passed, F.lit(False))).alias("keep"),
@@ -107,7 +115,7 @@ def step(cfg, tools: str) -> LLMStep:
         name="call_semantic",
         table=TABLE,
         key="call_id",
-        columns=("call_id", "source_id", "query", "calls", "results"),
+        columns=("call_id", "source_id", "query", "calls", "results", "answer"),
         output=Judgement,
         settings=s,
         template=s.template,
@@ -128,8 +136,15 @@ def run(ctx: RunContext) -> StageResult:
         .where(
             F.coalesce(F.col("keep"), F.lit(True))
         )  # a row that ran must have run well; one that did not run is judged
-        .select("call_id", "source_id", "query", "calls", "results")
     )
+    if ctx.cfg.tools.trajectories.enabled:  # the final answer is judged with its calls; one the check dropped is not
+        answers = ctx.read("tool_trajectories", kept=False).select(
+            "call_id", F.col("answer"), F.col("keep").alias("answer_keep")
+        )
+        rows = rows.join(answers, "call_id", "left").where(F.coalesce(F.col("answer_keep"), F.lit(True)))
+    else:
+        rows = rows.withColumn("answer", F.lit(None).cast("string"))
+    rows = rows.select("call_id", "source_id", "query", "calls", "results", "answer")
     return llm_stage.run(ctx, step(ctx.cfg, tools), rows)
 
 
@@ -137,7 +152,7 @@ STAGE = Stage(
     name="call_semantic",
     help="have the judge check that each call does what its query asks, into call_semantic_verdicts",
     run=run,
-    reads=("tools", "tool_calls", "call_format_verdicts", "call_execution_verdicts"),
+    reads=("tools", "tool_calls", "call_format_verdicts", "call_execution_verdicts", "tool_trajectories"),
     writes=(TABLE,),
     config=CallSemanticConfig,
     section="tools.semantic",

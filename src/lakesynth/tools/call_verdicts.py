@@ -2,13 +2,14 @@
 
 One row per input line and generated pair, with the user's `source_id`, its format issues, invented arguments,
 execution results and `execution` (`passed`, `failed` or `not run: <why>`: no implementations, the check off, the
-format check failed), the semantic checker's reasoning, the relevance check's score, the duplicate groups, `keep`,
-and the first check that failed as `drop_reason` (format, invented_argument, execution, semantic, relevance, then
-exact_duplicate, near_duplicate, semantic_duplicate). A check that is off, or did not run on a row (execution runs
-only well-formed calls, and only with implementations), keeps it. Dedup compares the queries as the Q&A job's dedup
-compares questions, with its settings (`quality.dedup.*`; semantic matches within each function), and keeps one pair
-per group: one that passed the other checks, then the lowest id. This is the table a user of `--calls` reads:
-nothing in the input is left without a verdict.
+format check failed), the final `answer` (with `tools.trajectories` on), the semantic checker's reasoning, the
+relevance check's score, the duplicate groups, `keep`, and the first check that failed as `drop_reason` (format,
+invented_argument, execution, the answer's check, semantic, relevance, then exact_duplicate, near_duplicate,
+semantic_duplicate). A check that is off, or did not run on a row (execution runs only well-formed calls, and only
+with implementations), keeps it. Dedup compares the queries as the Q&A job's dedup compares questions, with its
+settings (`quality.dedup.*`; semantic matches within each function), and keeps one pair per group: one that passed
+the other checks, then the lowest id. This is the table a user of `--calls` reads: nothing in the input is left
+without a verdict.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ TABLE = tables.verdict(
         ("invented_arguments", S),
         ("execution_results", S),
         ("execution", S),
+        ("answer", S),
         ("semantic_reasoning", S),
         ("semantic_model", S),
         ("relevance_score", D),
@@ -100,6 +102,11 @@ def checked(ctx: RunContext):
         F.col("keep").alias("e_keep"),
         F.col("drop_reason").alias("e_why"),
     )
+    answered = ctx.read("tool_trajectories", kept=False).select(
+        "call_id", "answer", F.col("keep").alias("t_keep"), F.col("drop_reason").alias("t_why")
+    )
+    if not ctx.cfg.tools.trajectories.enabled:  # answers an earlier run wrote are not this run's examples
+        answered = answered.where(F.lit(False))
     judged = ctx.read("call_semantic_verdicts", kept=False).select(
         "call_id",
         F.col("reasoning").alias("semantic_reasoning"),
@@ -116,12 +123,11 @@ def checked(ctx: RunContext):
         F.col("drop_reason").alias("r_why"),
     )
     joined = calls
-    for verdicts in (form, arguments, ran, judged, relevant):
+    for verdicts in (form, arguments, ran, answered, judged, relevant):
         joined = joined.join(verdicts, "call_id", "left")
     joined = joined.withColumn("execution", execution(bool(sha), ctx.cfg.tools.execution.enabled))
-    earlier = F.coalesce(
-        *[F.when(F.col(f"{c}_keep") == F.lit(False), F.col(f"{c}_why")) for c in ("f", "a", "e", "s", "r")]
-    )
+    checks = ("f", "a", "e", "t", "s", "r")
+    earlier = F.coalesce(*[F.when(F.col(f"{c}_keep") == F.lit(False), F.col(f"{c}_why")) for c in checks])
     first_call = F.get_json_object("calls", "$[0].name")
     return joined.withColumn("_earlier", earlier).withColumn("function", F.coalesce(first_call, F.lit("none")))
 
@@ -169,6 +175,7 @@ STAGE = Stage(
         "call_format_verdicts",
         "call_argument_verdicts",
         "call_execution_verdicts",
+        "tool_trajectories",
         "call_semantic_verdicts",
         "call_relevance_verdicts",
     ),

@@ -9,7 +9,12 @@ Each kept line becomes one `tool_chat` example: the user's query, then the assis
   `tools` list on each line.
 - `hf`: assistant `tool_calls` with `arguments` as a dict and a `tools` column, as TRL's SFTTrainer and
   `apply_chat_template(tools=...)` take them.
-A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. Each example's
+A query no tool fits is answered with `tools.output.no_call_reply` in the last two styles. With `tools.trajectories`
+on, a pair with its final answer is a trajectory: in `openai` and `hf` the assistant's calls (ids `call_1`...), one
+`tool` message per call with its `tool_call_id` and what the sandbox returned, then the answer; in `json_content` the
+same steps flattened, as its format has no tool role: the calls, then a user message `Tool results:` with the JSON list
+of each call's name and result, in order, then the answer (the system prompt states this protocol). With
+`tools.dialogs` on, each kept multi-turn dialog is one more example (category `dialog`), written the same way. Each example's
 category is the line's own, or read from its calls as the Berkeley Function Calling Leaderboard names them. The
 split is stratified by function and category, exactly (splits.stratified_split): each pair of them gets its
 share of every split, within one example, the examples taken in the order of a seeded hash of the normalised
@@ -31,6 +36,7 @@ from lakesynth.core import tables
 from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import L, S
 from lakesynth.quality import diversity, signatures
+from lakesynth.tools import answer_check, steps
 from lakesynth.training import checks, examples, splits
 
 STYLES = {"json_content": "databricks", "openai": "openai", "hf": "trl_sft"}  # style -> examples' export format
@@ -38,6 +44,7 @@ SYSTEM = """You are an assistant that answers by calling functions. The function
 {tools}
 Reply with only a JSON list of the calls that answer the request, each {{"name": ..., "arguments": {{...}}}};
 reply [] when no function fits the request."""
+SYSTEM_STEPS = SYSTEM + steps.PROTOCOL  # json_content, with trajectories or dialogs
 
 
 class ToolOutputConfig(Section):
@@ -74,16 +81,44 @@ def category(calls: list[dict], given: str | None, n_tools: int) -> str:
     return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
 
 
-def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str) -> dict:
-    """One kept line as a `tool_chat` example in `style`."""
-    calls = json.loads(row["calls"])
-    user = examples.message("user", row["query"])
+def listed(specs: list[dict]) -> str:
+    return "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
+
+
+def styled(said: list[dict], *, specs: list[dict], style: str) -> tuple[list[dict], str | None]:
+    """A trajectory or dialog (OpenAI-style messages: assistant `tool_calls`, `tool` results) in `style`: as it is in
+    openai and hf, with the tools; flattened in json_content, under the system prompt that states the protocol."""
     if style == "json_content":
-        listed = "\n".join(json.dumps(s["function"], ensure_ascii=False, sort_keys=True) for s in specs)
+        system = examples.message("system", SYSTEM_STEPS.format(tools=listed(specs)))
+        return [system] + [examples.message(m["role"], m["content"]) for m in steps.flattened(said)], None
+    messages = [examples.message(m["role"], m.get("content"), m.get("tool_calls"), m.get("tool_call_id")) for m in said]
+    return messages, json.dumps(specs, ensure_ascii=False, sort_keys=True)
+
+
+def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, protocol: bool = False) -> dict:
+    """One kept line as a `tool_chat` example in `style`; with its final `answer`, a trajectory: the calls (ids
+    call_1...), one `tool` message per call with what the sandbox returned (`execution_results`), then the answer.
+    `protocol`: the json_content system prompt says how results come back (trajectories or dialogs are on)."""
+    calls = json.loads(row["calls"])
+    answer = row.get("answer") if calls else None
+    if answer:
+        calls_out = [{"id": f"call_{i}", "function": c} for i, c in enumerate(calls, start=1)]
+        returned = answer_check.returned(row["execution_results"])
+        said = [
+            {"role": "user", "content": row["query"]},
+            {"role": "assistant", "tool_calls": calls_out},
+            *[
+                {"role": "tool", "content": steps.tool_content(r), "tool_call_id": c["id"]}
+                for c, r in zip(calls_out, returned)
+            ],
+            {"role": "assistant", "content": answer},
+        ]
+        messages, tools = styled(said, specs=specs, style=style)
+    elif style == "json_content":
         content = json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
         messages = [
-            examples.message("system", SYSTEM.format(tools=listed)),
-            user,
+            examples.message("system", (SYSTEM_STEPS if protocol else SYSTEM).format(tools=listed(specs))),
+            examples.message("user", row["query"]),
             examples.message("assistant", content),
         ]
         tools = None
@@ -94,7 +129,10 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str) -> 
             if calls
             else examples.message("assistant", no_call_reply)
         )
-        messages, tools = [user, reply], json.dumps(specs, ensure_ascii=False, sort_keys=True)
+        messages, tools = (
+            [examples.message("user", row["query"]), reply],
+            json.dumps(specs, ensure_ascii=False, sort_keys=True),
+        )
     return {
         "example_id": row["call_id"],
         "source_id": row["source_id"],
@@ -109,15 +147,43 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str) -> 
     }
 
 
+def dialog_example(row: dict, *, specs: list[dict], style: str) -> dict:
+    """One kept multi-turn dialog (tools/dialogs.py) as a `tool_chat` example in `style`."""
+    said = json.loads(row["messages"])
+    messages, tools = styled(said, specs=specs, style=style)
+    calls = json.loads(row["calls"])
+    return {
+        "example_id": row["blueprint_id"],
+        "source_id": row["blueprint_id"],
+        "function": calls[0]["name"] if calls else "none",
+        "category": "dialog",
+        "shape": "tool_chat",
+        "messages": messages,
+        "tools": tools,
+        "chosen": None,
+        "rejected": None,
+        "split_text": next(m["content"] for m in said if m["role"] == "user"),
+    }
+
+
 def run(ctx: RunContext) -> StageResult:
     cfg, spark, rt = ctx.cfg, ctx.spark, ctx.rt
     out, fmt = cfg.tools.output, cfg.format
     specs = [json.loads(r.spec) for r in ctx.read("tools").orderBy("name").select("spec").collect()]
     kept = (
-        ctx.read("call_verdicts", kept=False).where("keep").select("call_id", "source_id", "query", "calls", "category")
+        ctx.read("call_verdicts", kept=False)
+        .where("keep")
+        .select("call_id", "source_id", "query", "calls", "category", "execution_results", "answer")
     )
     kept = kept.join(ctx.read("tool_calls").select("call_id"), "call_id", "left_semi")  # and every other verdict
-    rows = [example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply) for r in kept.collect()]
+    protocol = cfg.tools.trajectories.enabled or cfg.tools.dialogs.enabled
+    rows = [
+        example(r.asDict(), specs=specs, style=out.style, no_call_reply=out.no_call_reply, protocol=protocol)
+        for r in kept.collect()
+    ]
+    if cfg.tools.dialogs.enabled:
+        dialogs = ctx.read("tool_dialogs", kept=False).where("keep").select("blueprint_id", "calls", "messages")
+        rows += [dialog_example(r.asDict(), specs=specs, style=out.style) for r in dialogs.collect()]
     schema = T.StructType(
         [f for f in TABLE.row_schema.fields if f.name not in ("split", "n_tokens")]
         + [T.StructField(splits.SPLIT_TEXT, S)]
@@ -179,7 +245,7 @@ STAGE = Stage(
     name="tool_format",
     help="turn the kept calls into tool-calling training examples (json_content, openai or hf) and JSONL per split",
     run=run,
-    reads=("tools", "call_verdicts", "tool_calls"),
+    reads=("tools", "call_verdicts", "tool_calls", "tool_dialogs"),
     writes=(TABLE, DIVERSITY),
     config=ToolOutputConfig,
     section="tools.output",

@@ -22,11 +22,41 @@ def estimate_tokens(messages: list[dict]) -> int:
     return sum(len(m.get("content") or "") // CHARS_PER_TOKEN + 4 for m in messages)
 
 
+def _turns(messages: list[dict]) -> list[str] | str:
+    """The roles as turns: an assistant's tool calls, the `tool` messages with their results and the assistant's next
+    message are one assistant turn. A violation (a str) where a tool message answers no open call, a call gets no
+    result, or results are not followed by the assistant."""
+    roles: list[str] = []
+    open_ids: set | None = None  # the calls of the last assistant message still without their result
+    answered = False
+    for m in messages:
+        role, calls = m.get("role"), m.get("tool_calls") or []
+        if role == "tool" and open_ids is not None:  # elsewhere a tool message is an unknown role
+            if m.get("tool_call_id") not in open_ids:
+                return f"tool message answers no open call: {m.get('tool_call_id')!r}"
+            open_ids.discard(m.get("tool_call_id"))
+            answered = True
+            continue
+        if answered:
+            if open_ids or role != "assistant":
+                return "tool results not followed by the assistant" if not open_ids else "a tool call has no result"
+            answered, open_ids = False, {c["id"] for c in calls} if calls else None
+            continue  # the same assistant turn, another step or its final answer
+        roles.append(role)
+        open_ids = {c["id"] for c in calls} if role == "assistant" and calls else None
+    if answered:
+        return "does not end with an assistant message"
+    return roles
+
+
 def chat_violation(messages: list[dict], max_tokens: int) -> str | None:
-    """Why an example breaks the chat-completion data rules, or None when it is valid."""
+    """Why an example breaks the chat-completion data rules, or None when it is valid (`tool` messages only as the
+    results of the assistant's calls, inside its turn)."""
     if not messages:
         return "no messages"
-    roles = [m.get("role") for m in messages]
+    roles = _turns(messages)
+    if isinstance(roles, str):
+        return roles
     if any(r not in ROLES for r in roles):
         return f"unknown role in {roles}"
     if "system" in roles[1:]:
