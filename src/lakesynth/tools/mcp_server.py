@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shlex
 import time
 from typing import TYPE_CHECKING, Any
@@ -73,10 +72,11 @@ class McpConfig(Section):
 
     def environment(self) -> dict[str, str]:
         """The variables `env` names, from this process's environment; a ConfigError names one that is not set."""
-        missing = [name for name in self.env if name not in os.environ]
+        values = {name: secret_from_env(name) for name in self.env}
+        missing = [name for name, value in values.items() if value is None]
         if missing:
             raise ConfigError(f"tools.mcp.env: environment variable(s) {', '.join(missing)} not set")
-        return {name: os.environ[name] for name in self.env}
+        return values  # type: ignore[return-value]
 
 
 def is_mcp(spec: str | None) -> bool:
