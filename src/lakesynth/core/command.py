@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run every task of a bundle job, in order")
     run.add_argument("--stages", help="comma-separated subset of the job's tasks to run")
     run.add_argument("--job", default=DEFAULT_JOB, help="the bundle job to run (default: %(default)s)")
+    preview = sub.add_parser(
+        "preview", parents=[common], help="run the job's generation and check stages on a few seeds, changing no table"
+    )
+    preview.add_argument("--job", default=DEFAULT_JOB, help="the bundle job to preview (default: %(default)s)")
+    preview.add_argument("-n", type=int, default=3, help="seeds, leaves or tools to preview (default: %(default)s)")
+    preview.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="preview the same seeds again with this override too and show both side by side (repeatable)",
+    )
+    preview.add_argument("--out", help="the preview file, Markdown (default: preview-<job>.md beside the warehouse)")
+    estimate = sub.add_parser("estimate", parents=[common], help="print the estimate the last preview saved")
+    estimate.add_argument("--job", default=DEFAULT_JOB, help="the bundle job (default: %(default)s)")
     stages = sub.add_parser("stages", help="list each job's stages in order, with the tables they read and write")
     stages.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
     for name, stage in registered.items():
