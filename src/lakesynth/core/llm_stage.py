@@ -273,7 +273,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     result.metrics["calls"] = via
     spend = budget.of(ctx)
     if spend.stopped:  # an earlier stage spent the budget: not even the preflight goes
-        result.metrics.update(stopped=budget.STOPPED, not_requested=attempted)
+        result.metrics.update(budget="stopped", not_requested=attempted)
         spend.usage(step.name, teacher).not_requested += attempted
         return _with_verdict_counts(ctx, step, result)
     if via != BUILTIN or rt.serving:  # the platform's own batch inference is not ours to probe
@@ -316,7 +316,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
             latency_ms=latency_ms,
         )
     if spend.capped and sent < attempted:
-        result.metrics["stopped"] = budget.STOPPED
+        result.metrics["budget"] = "stopped"  # not `stopped`: the runner's word for a stage its dependency stopped
         result.metrics["not_requested"] = attempted - sent
         spend.usage(step.name, teacher).not_requested += attempted - sent
     if call.journal_dir:

@@ -67,6 +67,9 @@ class StandInOptions:
     items: int = 3
     run_polls: int = 1  # Jobs API: a submitted run terminates on this poll (0: never, until cancelled)
     run_result: str = "SUCCESS"  # Jobs API: how a submitted run ends
+    # A scripted reply: (pattern, field, value) sets every `field` of the reply to a request whose text matches the
+    # regex `pattern` to `value`; a value with "{}" keeps the drawn text in it (each item of a list of texts).
+    script: tuple[tuple[str, str, object], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -123,6 +126,30 @@ def fake_value(schema: dict, seed: str, name: str = "value", defs: dict | None =
         return hashlib.sha256(seed.encode()).digest()[0] % 2 == 0
     digest = hashlib.sha256(seed.encode()).hexdigest()[:10]
     return f"Stand-in {name} {digest}: what would a customer ask about item {digest[:4]}?"
+
+
+def scripts(value, rules: list[tuple[str, object]]):
+    """`value` with each (field, new) rule applied wherever `field` occurs (StandInOptions.script)."""
+    if isinstance(value, list):
+        return [scripts(v, rules) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        item = scripts(item, rules)
+        for field_name, new in rules:
+            if key == field_name:
+                item = _scripted(item, new)
+        out[key] = item
+    return out
+
+
+def _scripted(item, new):
+    if isinstance(new, str) and "{}" in new:
+        if isinstance(item, list):
+            return [new.format(i) if isinstance(i, str) else i for i in item]
+        return new.format(item) if isinstance(item, str) else item
+    return new
 
 
 class StandIn:
@@ -263,7 +290,11 @@ class StandIn:
         sampled = [request.get("messages"), request.get("temperature")]
         seed = hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
-        answer = json.dumps(fake_value(schema, seed, items=opts.items)) if schema else f"Stand-in answer {seed[:12]}."
+        answer = f"Stand-in answer {seed[:12]}."
+        if schema:
+            text = json.dumps(request.get("messages"), ensure_ascii=False)
+            scripted = [(f, v) for pattern, f, v in opts.script if re.search(pattern, text)]
+            answer = json.dumps(scripts(fake_value(schema, seed, items=opts.items), scripted))
         finish = "stop"
         if fault == "malformed":
             answer = answer[: len(answer) // 2] + "}}oops"

@@ -205,7 +205,7 @@ def comparison(left: dict[str, Any], right: dict[str, Any], names: tuple[str, st
             u["prompt_tokens"] + u["completion_tokens"] for u in (preview["summary"].get("usage") or {}).values()
         )
         rows.setdefault("tokens per kept example", {})[side] = round(tokens / kept, 1) if kept else None
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(names))
+    return pd.DataFrame(list(rows.values()), index=list(rows), columns=list(names), dtype=object)
 
 
 def side_by_side(left: pd.DataFrame, right: pd.DataFrame, names: tuple[str, str]) -> pd.DataFrame:
