@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, on_standin, sample_config, write
 
+import lakesynth
 from lakesynth import cli, pipeline
 from lakesynth.config import with_overrides
 from lakesynth.core import estimate
@@ -164,7 +165,7 @@ def test_budget_stops_at_the_cap_and_a_rerun_finishes_paying_nothing_twice(wareh
         "endpoints.teacher.price_per_million_completion_tokens=8",
     ]
     seeds = f"seed.path={seeds_csv(tmp_path / 'seeds.csv', 20)}"
-    cfg = config(warehouse, teacher_server, seeds, "llm.chunk_rows=6", *prices)
+    cfg = config(warehouse, teacher_server, seeds, "llm.chunk_rows=15", *prices)
     teacher_server.reset()
     made = pipeline.preview(cfg, n=5, jobs=JOBS)["estimate"]
     cap = made["total"]["estimated_cost_usd"] / 2
@@ -172,7 +173,7 @@ def test_budget_stops_at_the_cap_and_a_rerun_finishes_paying_nothing_twice(wareh
 
     capped = pipeline.run(with_overrides(cfg, [f"budget.max_usd={cap}"]), tasks, jobs=JOBS)
     spent = sum(u["cost_usd"] or 0 for u in capped["usage"].values())
-    chunk = max(s["estimated_cost_usd"] / s["requests"] for s in made["stages"].values()) * 6 * 1.1
+    chunk = max(s["estimated_cost_usd"] / s["requests"] for s in made["stages"].values()) * 15 * 1.1
     assert capped["stopped"] == "budget"
     assert spent <= cap + chunk
     assert any(s.get("budget") == "stopped" for s in capped["stages"].values())
@@ -187,3 +188,19 @@ def test_budget_stops_at_the_cap_and_a_rerun_finishes_paying_nothing_twice(wareh
         assert paid == used["requests"], stage
     rows = {name: entry["rows"] for name, entry in rerun["tables"].items() if name != "run_log"}
     assert rows == {name: entry["rows"] for name, entry in uncapped["tables"].items() if name != "run_log"}
+
+
+def test_preview_in_a_notebook_returns_the_examples_as_a_dataframe(warehouse, teacher_server):
+    cfg = config(warehouse, teacher_server)
+    teacher_server.reset()
+    flags = standin_args(cfg, teacher_server)
+    overrides = [flags[i + 1] for i, f in enumerate(flags) if f == "--set"]
+    frame = lakesynth.preview(
+        str(ROOT / "conf/lakesynth.yml"),
+        n=1,
+        overrides=[f"warehouse={cfg.warehouse}", f"schema={cfg.schema_}", *overrides],
+        display=False,
+    )
+    assert len(frame) == cfg.questions.per_seed and frame["unit"].nunique() == 1
+    assert {"question", "answer", "answer_verdicts.scores", "answer_verdicts.keep", "kept", "config"} <= set(frame)
+    assert frame["kept"].tolist() == [bool(r) for r in frame["answer_verdicts.keep"]]

@@ -134,8 +134,7 @@ def _preview(args, job: str) -> int:
         flush=True,
     )
     console = Console()
-    base = pipeline.preview(cfg, n=args.n, job=job, jobs=jobs)
-    show.print_examples(base["frame"], console)
+    base = pipeline.preview(cfg, n=args.n, job=job, jobs=jobs, show=lambda new: show.print_examples(new, console))
     text = estimate.render(base["estimate"])
     title = f"lakesynth preview: job {job}, {base['estimate']['preview_units']} {base['estimate']['unit']}"
     document = show.markdown(base["frame"], title, text)

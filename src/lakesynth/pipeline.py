@@ -153,11 +153,13 @@ def run(
     jobs: Jobs | None = None,
     on_stage: Callable[[RunContext, Stage, StageResult], None] | None = None,
     remember: bool = True,
+    context: RunContext | None = None,
 ) -> dict[str, Any]:
     """Run the job's tasks (or the named subset) and return the run summary. The jobs are `jobs`, else the
     bundle at `root`, else `locate_jobs()` (the project around the working folder, or the packaged jobs).
     `on_stage` is called after each stage that ran (a preview cuts its units there); without `remember` the
-    notebooks are not pointed at this run's schema (a preview's, dropped after)."""
+    notebooks are not pointed at this run's schema (a preview's, dropped after). A `context` given (a preview's
+    passes: one embedded teacher, one budget) is the caller's to close; the run closes its own."""
     jobs = jobs or (project_jobs(root) if root else locate_jobs())
     graph = jobs.graph(job)
     registered = registry.default_stages()
@@ -167,9 +169,9 @@ def run(
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the job defines: {', '.join(graph)}")
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
-    ctx = RunContext(cfg, contracts)
+    ctx = context or RunContext(cfg, contracts)
     with schema_lock(ctx.rt, cfg.run_id):
-        return _run(ctx, graph, registered, stages, summary, jobs.settings(job), on_stage, remember)
+        return _run(ctx, graph, registered, stages, summary, jobs.settings(job), on_stage, remember, not context)
 
 
 @contextlib.contextmanager
@@ -210,7 +212,7 @@ def schema_lock(rt: Runtime, run_id: str):
 
 
 def _run(
-    ctx: RunContext, graph, registered, stages, summary, settings=None, on_stage=None, remember=True
+    ctx: RunContext, graph, registered, stages, summary, settings=None, on_stage=None, remember=True, close=True
 ) -> dict[str, Any]:
     cfg = ctx.cfg
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
@@ -302,7 +304,8 @@ def _run(
             log.warning("could not record where this run wrote, for the notebooks: %s", exc)
     finally:
         serverless.disarm()
-        ctx.close()
+        if close:
+            ctx.close()
     return summary
 
 
@@ -350,11 +353,19 @@ PREVIEW_UNITS = {"seed_questions": "seeds", "taxonomy_leaves": "leaves", "tools"
 
 
 def preview(
-    cfg: Config, *, n: int = 3, job: str = DEFAULT_JOB, jobs: Jobs | None = None, save: bool = True
+    cfg: Config,
+    *,
+    n: int = 3,
+    job: str = DEFAULT_JOB,
+    jobs: Jobs | None = None,
+    save: bool = True,
+    show: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run the job's generation and check stages on `n` of its units in a scratch schema beside the job's, dropped
     after: the job's own tables are never touched. Returns the examples with their verdicts (`frame`, pandas), the
-    run `summary` and the `estimate` of a full run, which `save` keeps beside the job's tables (estimate.save)."""
+    run `summary` and the `estimate` of a full run, which `save` keeps beside the job's tables (estimate.save).
+    With `show`, the first unit's examples go through every stage first and are shown (`show(frame)`) while the
+    others are made, then the others' (one teacher, and one measure of what both passes sent)."""
     if n < 1:
         raise ConfigError(f"preview: -n must be at least 1 (got {n})")
     jobs = jobs or locate_jobs()
@@ -363,6 +374,8 @@ def preview(
         update={"run_id": f"preview-{cfg.run_id}"}
     )
     units: dict[str, int] = {}
+    passes = [1, n] if show and n > 1 else [n]
+    cut = passes[0]
 
     def keep_n(ctx: RunContext, stage: Stage, result: StageResult) -> None:
         for table in stage.writes:
@@ -370,27 +383,31 @@ def preview(
                 continue
             rows = tables.read(ctx.spark, ctx.rt, table)
             units[table.name] = rows.count()
-            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", rows.orderBy(table.key).limit(n))
+            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", rows.orderBy(table.key).limit(cut))
             tables.overwrite(ctx.spark, ctx.rt, table, first, run_id=ctx.cfg.run_id)
 
     graph = jobs.graph(job)
     tasks = [key for key, (stage, _) in graph.items() if stage not in PREVIEW_SKIPS]
-    if "tools" in [stage for stage, _ in graph.values()]:
-        pcfg = _preview_tools(pcfg, n)
+    tools = "tools" in [stage for stage, _ in graph.values()]
     ctx = RunContext(pcfg, registry.contracts(registry.default_stages()))
+    shown: set[str] = set()
     try:
-        summary = run(pcfg, tasks, job=job, jobs=jobs, on_stage=keep_n, remember=False)
-        frame = report_preview.examples(ctx.spark, ctx.rt, ctx.contracts)
+        for cut in passes:
+            each = ctx.with_settings(_preview_tools(pcfg, cut) if tools else [])  # one teacher, one budget
+            summary = run(each.cfg, tasks, job=job, jobs=jobs, on_stage=keep_n, remember=False, context=each)
+            frame = report_preview.examples(ctx.spark, ctx.rt, ctx.contracts)
+            if show and len(frame):
+                show(frame[~frame["key"].isin(shown)])
+                shown |= set(frame["key"])
     finally:
         _drop_schema(ctx)
     unit_table = next((t for t in PREVIEW_UNITS if t in units), None)
     full = units.get(unit_table, n) if unit_table else n
-    shown = min(n, full)
     made = estimate.build(
         cfg,
         job=job,
         summary=summary,
-        n=shown,
+        n=min(n, full),
         units=full,
         unit=PREVIEW_UNITS.get(unit_table, "units"),
         examples=len(frame),
@@ -400,20 +417,20 @@ def preview(
     return {"frame": frame, "summary": summary, "estimate": made}
 
 
-def _preview_tools(cfg: Config, n: int) -> Config:
-    """The function-calling job's preview config: its seed pairs and calls cut to those of the n tools the preview
-    keeps (the first by name, as `keep_n` keeps them), copied into the scratch schema's folder."""
+def _preview_tools(cfg: Config, n: int) -> list[str]:
+    """The function-calling job's preview overrides: its seed pairs and calls cut to those of the n tools the
+    preview keeps (the first by name, as `keep_n` keeps them), copied into the scratch schema's folder."""
     spec = cfg.tools.spec or cfg.tools.functions
     if not spec:
-        return cfg
+        return []
     names = set(toolspec.tool_names(spec)[:n])
     folder = Path(Runtime.resolve(cfg).files_dir("_preview"))
     cut = [
-        f"tools.{key}={json.dumps(toolspec.pairs_of(path, names, folder / f'{key}.jsonl'))}"
+        f"tools.{key}={json.dumps(toolspec.pairs_of(path, names, folder / f'{key}-{n}.jsonl'))}"
         for key in ("seeds", "calls")
         if (path := getattr(cfg.tools, key))
     ]
-    return with_overrides(cfg, cut) if cut else cfg
+    return cut
 
 
 def _drop_schema(ctx: RunContext) -> None:
