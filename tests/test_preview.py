@@ -10,8 +10,8 @@ from conftest import ROOT, on_standin, sample_config, write
 import lakesynth
 from lakesynth import cli, pipeline
 from lakesynth.config import with_overrides
-from lakesynth.core import estimate
-from lakesynth.core.runtime import Runtime
+from lakesynth.core import budget, estimate
+from lakesynth.core.runtime import EMULATE_ENV, Runtime
 
 JOBS = pipeline.project_jobs(ROOT)
 QUIET = ["mlflow.enabled=false", "quality.judge.enabled=true"]
@@ -204,3 +204,25 @@ def test_preview_in_a_notebook_returns_the_examples_as_a_dataframe(warehouse, te
     assert len(frame) == cfg.questions.per_seed and frame["unit"].nunique() == 1
     assert {"question", "answer", "answer_verdicts.scores", "answer_verdicts.keep", "kept", "config"} <= set(frame)
     assert frame["kept"].tolist() == [bool(r) for r in frame["answer_verdicts.keep"]]
+
+
+def test_budget_on_the_builtin_ai_query_counts_each_chunk_statement_from_the_prediction(
+    warehouse, teacher_server, monkeypatch
+):
+    """Databricks' ai_query reports no tokens per row: the cap holds per chunk statement, on the predicted cost."""
+    monkeypatch.setenv(EMULATE_ENV, teacher_server.base_url)
+    teacher_server.reset()
+    cfg = config(
+        warehouse,
+        teacher_server,
+        "endpoints.teacher.base_url=databricks",
+        "quality.judge.enabled=false",
+        "budget.max_tokens=3000",
+    )
+    summary = pipeline.run(cfg, ["seed", "questions", "responses"], jobs=JOBS)
+    questions = summary["stages"]["questions"]
+    assert summary["stopped"] == "budget" and questions["budget"] == "stopped"
+    assert questions["budget_from"] == budget.FROM_ESTIMATE and questions["not_requested"] > 0
+    used = summary["usage"]["questions"]
+    assert 0 < used["requests"] < 24 and used["prompt_tokens"] + used["completion_tokens"] <= 3000
+    assert summary["stages"]["responses"]["not_requested"] == used["requests"] * cfg.questions.per_seed

@@ -304,7 +304,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         if step.metrics:
             totals.extra.update(step.metrics(staged))
         sent += requests_in_chunk if requests_in_chunk is not None else requests_sent
-        if via == BUILTIN and not rt.serving and predicted is not None:  # no tokens per row: the prediction
+        if via == BUILTIN and predicted is not None:  # the built-in (or its stand-in) reports no tokens per row
             prompt_tokens, completion_tokens = round(predicted.tokens * requests_sent), 0
             result.metrics["budget_from"] = budget.FROM_ESTIMATE
         spend.record(
