@@ -151,7 +151,7 @@ def _preview(args, job: str) -> int:
     show.write(out, document)
     print(text)
     print(f"preview written to {out}; estimate saved to {estimate.path(Runtime.resolve(cfg), job)}")
-    return 0
+    return 1 if any(s["status"] == "failed" for s in base["summary"]["stages"].values()) else 0
 
 
 def _estimate(args, job: str) -> int:

@@ -399,6 +399,8 @@ def preview(
             if show and len(frame):
                 show(frame[~frame["key"].isin(shown)])
                 shown |= set(frame["key"])
+            if any(entry["status"] == "failed" for entry in summary["stages"].values()):
+                break  # the other units would fail alike: the failure is the preview's answer
     finally:
         _drop_schema(ctx)
     unit_table = next((t for t in PREVIEW_UNITS if t in units), None)

@@ -4,8 +4,8 @@ The LLM loop (llm_stage.py) asks `admit` before each chunk how many of its pendi
 `record`s what the chunk cost once it is merged. A request's cost is predicted from what this stage's requests cost
 so far in the run, else from the saved estimate (estimate.py), else from its prompt's length and `max_tokens` (an
 upper bound): so a run stops before its measured spend would pass the cap, give or take one chunk's spread around
-the prediction. What was not sent stays pending: a rerun (with a higher cap, or none) sends it, and pays nothing
-twice. On Databricks' built-in `ai_query`, which reports no tokens per row, a chunk statement's cost is the
+the prediction. A request held back is its row's error (HELD), so a check drops what it did not judge as it drops a
+failed reply, and the row stays pending: a rerun (with a higher cap, or none) sends it, and pays nothing twice. On Databricks' built-in `ai_query`, which reports no tokens per row, a chunk statement's cost is the
 prediction itself, and the stage says so (`budget_from`).
 """
 
@@ -21,6 +21,7 @@ from lakesynth.core import estimate
 from lakesynth.errors import ConfigError
 
 STOPPED = "budget"  # the summary's `stopped` when the cap stopped the run
+HELD = "budget: "  # the error of a row whose request the cap held back (pending again on the next run)
 FROM_ESTIMATE = "the estimate, per chunk statement (Databricks' ai_query reports no tokens per row)"
 
 

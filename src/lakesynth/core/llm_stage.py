@@ -275,6 +275,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     if spend.stopped:  # an earlier stage spent the budget: not even the preflight goes
         result.metrics.update(budget="stopped", not_requested=attempted)
         spend.usage(step.name, teacher).not_requested += attempted
+        _hold_back(ctx, step, teacher, pending(source), spend)
         return _with_verdict_counts(ctx, step, result)
     if via != BUILTIN or rt.serving:  # the platform's own batch inference is not ours to probe
         first = pending(source, step.key, "request", "fingerprint").limit(1).collect()
@@ -292,6 +293,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         if spend.capped:
             todo, requests_in_chunk, predicted = _within_budget(spend, step, teacher, todo, result)
             if not requests_in_chunk:
+                _hold_back(ctx, step, teacher, pending(part), spend)
                 continue
         if via == DRIVER:
             replies = _from_driver(ctx, step, todo, chunk_call)
@@ -315,6 +317,8 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
             completion_tokens=completion_tokens,
             latency_ms=latency_ms,
         )
+        if spend.stopped:  # what the cap cut from this chunk
+            _hold_back(ctx, step, teacher, pending(part), spend)
     if spend.capped and sent < attempted:
         result.metrics["budget"] = "stopped"  # not `stopped`: the runner's word for a stage its dependency stopped
         result.metrics["not_requested"] = attempted - sent
@@ -352,6 +356,17 @@ def _within_budget(
     if allowed < stats.n:
         todo = todo.orderBy(step.key).limit(allowed)
     return todo, allowed, cost
+
+
+def _hold_back(ctx: RunContext, step: LLMStep, teacher: EndpointSettings, held: DataFrame, spend) -> None:
+    """A row for each request the budget held back, with its error (`budget: ...`), through the stage's own `rows`:
+    a check that did not judge a row drops it as it drops a failed reply (`judge_error` ...), so nothing unchecked
+    goes on to the training data, and a rerun sends it (an error row is still pending)."""
+    error = f"{budget.HELD}not requested: {spend.describe()}; a rerun with a higher cap sends it"
+    values = {"model": F.lit(teacher.model), "error": F.lit(error)}
+    replies = held.drop("request").select("*", *[values.get(n, F.lit(None)).cast(t).alias(n) for n, t in REPLY_FIELDS])
+    staged = tables.materialize(ctx.spark, ctx.rt, f"{step.name}_held", step.rows(replies))
+    tables.upsert(ctx.spark, ctx.rt, step.table, staged, run_id=ctx.cfg.run_id, replace_by=step.replace_by)
 
 
 def _endpoint(ctx: RunContext, teacher: EndpointSettings, via: str) -> llm.Endpoint:
