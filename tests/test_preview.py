@@ -226,3 +226,16 @@ def test_budget_on_the_builtin_ai_query_counts_each_chunk_statement_from_the_pre
     used = summary["usage"]["questions"]
     assert 0 < used["requests"] < 24 and used["prompt_tokens"] + used["completion_tokens"] <= 3000
     assert summary["stages"]["responses"]["not_requested"] == used["requests"] * cfg.questions.per_seed
+
+
+def test_a_preview_whose_stage_fails_stops_after_its_first_seed_exits_1_and_saves_no_estimate(
+    warehouse, teacher_server, tmp_path, capsys
+):
+    cfg = config(warehouse, teacher_server)
+    teacher_server.reset(fault_rate=1.0, faults=("500",))
+    flags = [*standin_args(cfg, teacher_server), "--set", "endpoints.teacher.max_retries=0"]
+    code = cli._main(["preview", "--config", str(ROOT / "conf/lakesynth.yml"), "--out", str(tmp_path / "p.md"), *flags])
+    printed = capsys.readouterr().out
+    assert code == 1 and printed.count("questions: failed") == 1  # one pass: the first seed's
+    assert "estimate not saved (questions failed)" in printed
+    assert estimate.load(Runtime.resolve(cfg), "lakesynth") is None

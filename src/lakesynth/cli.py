@@ -150,8 +150,12 @@ def _preview(args, job: str) -> int:
     out = Path(args.out) if args.out else Path(cfg.warehouse).parent / f"preview-{job}.md"
     show.write(out, document)
     print(text)
-    print(f"preview written to {out}; estimate saved to {estimate.path(Runtime.resolve(cfg), job)}")
-    return 1 if any(s["status"] == "failed" for s in base["summary"]["stages"].values()) else 0
+    failed = [k for k, s in base["summary"]["stages"].items() if s["status"] == "failed"]
+    saved = (
+        f"not saved ({', '.join(failed)} failed)" if failed else f"saved to {estimate.path(Runtime.resolve(cfg), job)}"
+    )
+    print(f"preview written to {out}; estimate {saved}")
+    return 1 if failed else 0
 
 
 def _estimate(args, job: str) -> int:

@@ -409,12 +409,13 @@ def preview(
         cfg,
         job=job,
         summary=summary,
-        n=min(n, full),
+        n=min(cut, full),  # the units previewed: all n, or the first one when its pass failed
         units=full,
         unit=PREVIEW_UNITS.get(unit_table, "units"),
         examples=len(frame),
     )
-    if save:
+    failed = any(entry["status"] == "failed" for entry in summary["stages"].values())
+    if save and not failed:  # a failed stage's figures estimate nothing; the last good estimate stays
         estimate.save(Runtime.resolve(cfg), made)
     return {"frame": frame, "summary": summary, "estimate": made}
 
