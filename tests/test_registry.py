@@ -81,7 +81,16 @@ def test_stages_command_agrees_with_the_job_files():
 def test_help_lists_exactly_the_registered_stages():
     parser = command._parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"run", "stages", "show", "report", "init", *registry.default_stages()}
+    assert set(commands) == {
+        "run",
+        "stages",
+        "show",
+        "report",
+        "init",
+        "preview",
+        "estimate",
+        *registry.default_stages(),
+    }
     shown = _lakesynth("--help").stdout
     for name, stage in registry.default_stages().items():
         assert re.search(rf"^\s+{name}\b", shown, re.M), name

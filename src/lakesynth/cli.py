@@ -8,14 +8,16 @@ The entry point raises SystemExit with that code: a Databricks wheel task ignore
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
 from lakesynth import pipeline
-from lakesynth.core import registry, starter
+from lakesynth.core import estimate, registry, starter
 from lakesynth.core.command import build_config, config_file, configure, describe_config, neutral, parse_args
+from lakesynth.core.runtime import Runtime
 from lakesynth.errors import ConfigError, LakesynthError
 from lakesynth.llm import stop
 
@@ -143,6 +145,8 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return init(args)
         job = getattr(args, "job", pipeline.DEFAULT_JOB)
+        if args.command in ("preview", "estimate"):
+            return _preview(args, job) if args.command == "preview" else _estimate(args, job)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
         else:
@@ -156,6 +160,10 @@ def _main(argv: list[str] | None = None) -> int:
         config = describe_config(config_file(args), neutral_default=neutral(args))
         line = f"lakesynth: {config}; {jobs.describe(job)}; {sources}"
         print(line, file=sys.stderr, flush=True)
+        if args.command == "run":
+            saved = estimate.load(Runtime.resolve(cfg), job)
+            if saved:
+                print(estimate.render(saved), file=sys.stderr, flush=True)
         with stop.on_interrupt(INTERRUPTED):
             summary = pipeline.run(cfg, stages, job=job, jobs=jobs)
     except LakesynthError as exc:
@@ -169,6 +177,60 @@ def _main(argv: list[str] | None = None) -> int:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     # A stage skipped on purpose (finetune.backend=none, no training extra) is not a failure.
     return 1 if any(s["status"] == "failed" for s in summary["stages"].values()) else 0
+
+
+def _preview(args, job: str) -> int:
+    """`lakesynth preview`: the examples with their verdicts, the file, the comparison, the estimate."""
+    from rich.console import Console
+
+    from lakesynth.report import preview as show
+
+    jobs = pipeline.locate_jobs(Path.cwd())
+    job_stages = [stage for stage, _ in jobs.graphs().get(job, {}).values()]
+    cfg, sources = configure(args, job_stages)
+    print(
+        f"lakesynth: preview of {args.n}; {describe_config(config_file(args))}; {jobs.describe(job)}; {sources}",
+        file=sys.stderr,
+        flush=True,
+    )
+    console = Console()
+    base = pipeline.preview(cfg, n=args.n, job=job, jobs=jobs, show=lambda new: show.print_examples(new, console))
+    text = estimate.render(base["estimate"])
+    title = f"lakesynth preview: job {job}, {base['estimate']['preview_units']} {base['estimate']['unit']}"
+    document = show.markdown(base["frame"], title, text)
+    if args.compare:
+        other_args = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, *args.compare]})
+        other_cfg, _ = configure(other_args, job_stages)
+        other = pipeline.preview(other_cfg, n=args.n, job=job, jobs=jobs, save=False)
+        names = ("as configured", " ".join(args.compare))
+        figures = show.comparison(base, other, names)
+        pairs = show.side_by_side(base["frame"], other["frame"], names)
+        show.print_comparison(figures, pairs, console)
+        document += "\n## Comparison\n\n" + show.markdown_table(figures) + "\n\n" + show.markdown_table(pairs) + "\n"
+    out = Path(args.out) if args.out else Path(cfg.warehouse).parent / f"preview-{job}.md"
+    show.write(out, document)
+    print(text)
+    failed = [k for k, s in base["summary"]["stages"].items() if s["status"] == "failed"]
+    saved = (
+        f"not saved ({', '.join(failed)} failed)" if failed else f"saved to {estimate.path(Runtime.resolve(cfg), job)}"
+    )
+    print(f"preview written to {out}; estimate {saved}")
+    return 1 if failed else 0
+
+
+def _estimate(args, job: str) -> int:
+    """`lakesynth estimate`: the estimate the last preview saved, without running anything."""
+    cfg = build_config(args)
+    saved = estimate.load(Runtime.resolve(cfg), job)
+    if saved is None:
+        print(
+            f"no estimate saved for job {job} in {estimate.path(Runtime.resolve(cfg), job)}: run "
+            f"`lakesynth preview --job {job}` first",
+            file=sys.stderr,
+        )
+        return 2
+    print(estimate.render(saved))
+    return 0
 
 
 if __name__ == "__main__":

@@ -161,8 +161,15 @@ class EndpointConfig(Section):
     )
     requests_per_minute: int | None = Field(None, ge=1, description="Client-side request rate limit per stage.")
     tokens_per_minute: int | None = Field(None, ge=1, description="Client-side token rate limit per stage.")
-    price_per_million_prompt_tokens: float | None = Field(None, ge=0, description="For the cost estimate.")
-    price_per_million_completion_tokens: float | None = Field(None, ge=0, description="For the cost estimate.")
+    price_per_million_prompt_tokens: float | None = Field(
+        None,
+        ge=0,
+        description="Price per 1M prompt (input) tokens: the estimated cost in the summary and estimate, "
+        "and budget.max_usd.",
+    )
+    price_per_million_completion_tokens: float | None = Field(
+        None, ge=0, description="Price per 1M completion (output) tokens: as price_per_million_prompt_tokens."
+    )
     gguf_path: str = Field("", description="Your own GGUF model for the embedded teacher (default: the packaged one).")
     embedded_slots: int = Field(4, ge=1, description="Parallel slots (continuous batching) of the embedded teacher.")
     embedded_context: int = Field(4096, ge=512, description="Context tokens per slot of the embedded teacher.")
@@ -290,6 +297,25 @@ class MlflowConfig(Section):
     )
 
 
+class BudgetConfig(Section):
+    """A cap on what one run spends on LLM requests, measured as it goes (core/budget.py)."""
+
+    max_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Stop sending requests before the run's estimated cost (at the endpoints' price_per_million_* "
+        "keys) would pass this; the stages finish with what they have and the summary says `stopped: budget`. "
+        "A rerun continues where it stopped.",
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, description="As max_usd, in prompt plus completion tokens of the run's requests."
+    )
+
+    @property
+    def capped(self) -> bool:
+        return self.max_usd is not None or self.max_tokens is not None
+
+
 class Config(Section):
     """The sections every run has; `registry.config_model()` adds one section per registered stage."""
 
@@ -316,6 +342,7 @@ class Config(Section):
     )
     llm: LLMLoopConfig = Field(default_factory=LLMLoopConfig, description="The LLM stages' loop.")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="MLflow tracking of pipeline runs.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="A cap on one run's LLM spend.")
 
     @field_validator("endpoints", mode="before")
     @classmethod

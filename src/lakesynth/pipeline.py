@@ -24,11 +24,15 @@ import contextlib
 import datetime
 import fcntl
 import graphlib
+import json
 import logging
 import os
+import shutil
 import socket
 import time
 import traceback
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,14 +40,16 @@ from typing import Any
 
 import yaml
 
-from lakesynth.config import YAML_LOADER, Config
-from lakesynth.core import bundle, funnel, registry, run_log, tables
+from lakesynth.config import YAML_LOADER, Config, with_overrides
+from lakesynth.core import budget, bundle, estimate, funnel, registry, run_log, tables
 from lakesynth.core.bundle import DEFAULT_JOB, project_root
 from lakesynth.core.runtime import Runtime
-from lakesynth.core.stage import RunContext, Stage
+from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.errors import ConfigError, LakesynthError, SchemaBusy, StageSkipped
 from lakesynth.llm import serverless, stop
 from lakesynth.report import notebook, tracking
+from lakesynth.report import preview as report_preview
+from lakesynth.tools import spec as toolspec
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +151,15 @@ def run(
     root: Path | None = None,
     job: str = DEFAULT_JOB,
     jobs: Jobs | None = None,
+    on_stage: Callable[[RunContext, Stage, StageResult], None] | None = None,
+    remember: bool = True,
+    context: RunContext | None = None,
 ) -> dict[str, Any]:
     """Run the job's tasks (or the named subset) and return the run summary. The jobs are `jobs`, else the
-    bundle at `root`, else `locate_jobs()` (the project around the working folder, or the packaged jobs)."""
+    bundle at `root`, else `locate_jobs()` (the project around the working folder, or the packaged jobs).
+    `on_stage` is called after each stage that ran (a preview cuts its units there); without `remember` the
+    notebooks are not pointed at this run's schema (a preview's, dropped after). A `context` given (a preview's
+    passes: one embedded teacher, one budget) is the caller's to close; the run closes its own."""
     jobs = jobs or (project_jobs(root) if root else locate_jobs())
     graph = jobs.graph(job)
     registered = registry.default_stages()
@@ -157,9 +169,9 @@ def run(
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; the job defines: {', '.join(graph)}")
     summary: dict[str, Any] = {"run_id": cfg.run_id, "tables": {}, "files": {}, "stages": {}}
-    ctx = RunContext(cfg, contracts)
+    ctx = context or RunContext(cfg, contracts)
     with schema_lock(ctx.rt, cfg.run_id):
-        return _run(ctx, graph, registered, stages, summary, jobs.settings(job))
+        return _run(ctx, graph, registered, stages, summary, jobs.settings(job), on_stage, remember, not context)
 
 
 @contextlib.contextmanager
@@ -199,7 +211,9 @@ def schema_lock(rt: Runtime, run_id: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> dict[str, Any]:
+def _run(
+    ctx: RunContext, graph, registered, stages, summary, settings=None, on_stage=None, remember=True, close=True
+) -> dict[str, Any]:
     cfg = ctx.cfg
     _ = ctx.spark  # the engine starts (or is found) before any stage: a missing engine is not a stage's failure
     if ctx.rt.serving:  # standing in for Databricks serverless: its rule for UDFs holds here too, for this run
@@ -276,11 +290,19 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             touched.update({t.name: t for t in result.tables})
             print(result.line(key, seconds), flush=True)
             report(key, stage, result.files)
+            if on_stage:
+                on_stage(task_ctx, registered[stage], result)
         running.clear()
         for why, keys in not_run.items():
             print(f"not run ({why}): {', '.join(keys)}", flush=True)
         ran = [graph[key][0] for key, entry in summary["stages"].items() if entry["status"] == "ok"]
         _funnel(ctx, summary, registered, [stage for stage, _ in graph.values()], ran)
+        spend = budget.of(ctx)
+        if spend.stages:
+            summary["usage"] = spend.summary()
+        if spend.stopped:  # the stages after the cap ran on what there was; a rerun sends what is pending
+            summary["stopped"] = budget.STOPPED
+            print(f"stopped: budget ({spend.describe()}); rerun with a higher cap to continue", flush=True)
         if summary["stages"]:
             touched[run_log.RUN_LOG.name] = run_log.RUN_LOG
         for name, table in touched.items():
@@ -291,7 +313,8 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
             }
         tracker.finish(summary, ctx, {key: registered.get(graph[key][0]) for key in summary["stages"]})
         try:  # where this run wrote, for the notebooks (locally)
-            notebook.remember(ctx.rt, cfg.run_id)
+            if remember:
+                notebook.remember(ctx.rt, cfg.run_id)
         except OSError as exc:  # a notebook convenience, never the run's failure
             log.warning("could not record where this run wrote, for the notebooks: %s", exc)
     except KeyboardInterrupt:
@@ -300,7 +323,8 @@ def _run(ctx: RunContext, graph, registered, stages, summary, settings=None) -> 
     finally:
         stop.remove_record(interrupted)
         serverless.disarm()
-        ctx.close()
+        if close:
+            ctx.close()
     return summary
 
 
@@ -361,3 +385,104 @@ def _with_upstream(reason: str, deps: list[str], done: dict[str, dict]) -> str:
 
 def _failed(started: float, error: str) -> dict[str, Any]:
     return {"status": "failed", "seconds": round(time.monotonic() - started, 3), "error": error}
+
+
+# A preview runs every generation and check stage of a job, never these: they train, evaluate or publish.
+PREVIEW_SKIPS = ("finetune", "evaluate", "export", "tool_export", "tool_evaluate")
+# The tables whose rows are a job's units: a preview keeps n of them, and a full run's estimate scales by them.
+PREVIEW_UNITS = {"seed_questions": "seeds", "taxonomy_leaves": "leaves", "tools": "tools"}
+
+
+def preview(
+    cfg: Config,
+    *,
+    n: int = 3,
+    job: str = DEFAULT_JOB,
+    jobs: Jobs | None = None,
+    save: bool = True,
+    show: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run the job's generation and check stages on `n` of its units in a scratch schema beside the job's, dropped
+    after: the job's own tables are never touched. Returns the examples with their verdicts (`frame`, pandas), the
+    run `summary` and the `estimate` of a full run, which `save` keeps beside the job's tables (estimate.save).
+    With `show`, the first unit's examples go through every stage first and are shown (`show(frame)`) while the
+    others are made, then the others' (one teacher, and one measure of what both passes sent)."""
+    if n < 1:
+        raise ConfigError(f"preview: -n must be at least 1 (got {n})")
+    jobs = jobs or locate_jobs()
+    scratch = f"{cfg.schema_}_preview_{uuid.uuid4().hex[:8]}"
+    pcfg = with_overrides(cfg, [f"schema={scratch}", "mlflow.enabled=false"]).model_copy(
+        update={"run_id": f"preview-{cfg.run_id}"}
+    )
+    units: dict[str, int] = {}
+    passes = [1, n] if show and n > 1 else [n]
+    cut = passes[0]
+
+    def keep_n(ctx: RunContext, stage: Stage, result: StageResult) -> None:
+        for table in stage.writes:
+            if table.name not in PREVIEW_UNITS:
+                continue
+            rows = tables.read(ctx.spark, ctx.rt, table)
+            units[table.name] = rows.count()
+            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", rows.orderBy(table.key).limit(cut))
+            tables.overwrite(ctx.spark, ctx.rt, table, first, run_id=ctx.cfg.run_id)
+
+    graph = jobs.graph(job)
+    tasks = [key for key, (stage, _) in graph.items() if stage not in PREVIEW_SKIPS]
+    tools = "tools" in [stage for stage, _ in graph.values()]
+    ctx = RunContext(pcfg, registry.contracts(registry.default_stages()))
+    shown: set[str] = set()
+    try:
+        for cut in passes:
+            each = ctx.with_settings(_preview_tools(pcfg, cut) if tools else [])  # one teacher, one budget
+            summary = run(each.cfg, tasks, job=job, jobs=jobs, on_stage=keep_n, remember=False, context=each)
+            frame = report_preview.examples(ctx.spark, ctx.rt, ctx.contracts)
+            if show and len(frame):
+                show(frame[~frame["key"].isin(shown)])
+                shown |= set(frame["key"])
+            if any(entry["status"] == "failed" for entry in summary["stages"].values()):
+                break  # the other units would fail alike: the failure is the preview's answer
+    finally:
+        _drop_schema(ctx)
+    unit_table = next((t for t in PREVIEW_UNITS if t in units), None)
+    full = units.get(unit_table, n) if unit_table else n
+    made = estimate.build(
+        cfg,
+        job=job,
+        summary=summary,
+        n=min(cut, full),  # the units previewed: all n, or the first one when its pass failed
+        units=full,
+        unit=PREVIEW_UNITS.get(unit_table, "units"),
+        examples=len(frame),
+    )
+    failed = any(entry["status"] == "failed" for entry in summary["stages"].values())
+    if save and not failed:  # a failed stage's figures estimate nothing; the last good estimate stays
+        estimate.save(Runtime.resolve(cfg), made)
+    return {"frame": frame, "summary": summary, "estimate": made}
+
+
+def _preview_tools(cfg: Config, n: int) -> list[str]:
+    """The function-calling job's preview overrides: its seed pairs and calls cut to those of the n tools the
+    preview keeps (the first by name, as `keep_n` keeps them), copied into the scratch schema's folder."""
+    spec = cfg.tools.spec or cfg.tools.functions
+    if not spec:
+        return []
+    names = set(toolspec.tool_names(spec)[:n])
+    folder = Path(Runtime.resolve(cfg).files_dir("_preview"))
+    cut = [
+        f"tools.{key}={json.dumps(toolspec.pairs_of(path, names, folder / f'{key}-{n}.jsonl'))}"
+        for key in ("seeds", "calls")
+        if (path := getattr(cfg.tools, key))
+    ]
+    return cut
+
+
+def _drop_schema(ctx: RunContext) -> None:
+    """Drop a preview's scratch schema, its tables and (locally) its folder with the journals and files."""
+    rt = ctx.rt
+    try:
+        ctx.spark.sql(f"DROP SCHEMA IF EXISTS `{rt.catalog}`.`{rt.schema}` CASCADE")
+    finally:
+        if not rt.databricks:
+            shutil.rmtree(Path(rt.warehouse) / rt.catalog / rt.schema, ignore_errors=True)
+        ctx.close()

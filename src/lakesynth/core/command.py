@@ -78,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
                       "the function-calling job's adds a functions template and seed pairs")  # fmt: skip
     init.add_argument("--name", help="the use case's name (default: the folder's name)")
     init.add_argument("--title", help="what the assistant is of, in the prompts (default: from the name)")
+    preview = sub.add_parser(
+        "preview", parents=[common], help="run the job's generation and check stages on a few seeds, changing no table"
+    )
+    preview.add_argument("--job", default=DEFAULT_JOB, help="the bundle job to preview (default: %(default)s)")
+    preview.add_argument("-n", type=int, default=3, help="seeds, leaves or tools to preview (default: %(default)s)")
+    preview.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="preview the same seeds again with this override too and show both side by side (repeatable)",
+    )
+    preview.add_argument("--out", help="the preview file, Markdown (default: preview-<job>.md beside the warehouse)")
+    estimate = sub.add_parser("estimate", parents=[common], help="print the estimate the last preview saved")
+    estimate.add_argument("--job", default=DEFAULT_JOB, help="the bundle job (default: %(default)s)")
     stages = sub.add_parser("stages", help="list each job's stages in order, with the tables they read and write")
     stages.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
     for name, stage in registered.items():

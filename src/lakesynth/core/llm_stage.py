@@ -36,7 +36,7 @@ from pyspark.sql import types as T
 
 from lakesynth import llm
 from lakesynth.config import EndpointSettings, LLMStageConfig
-from lakesynth.core import tables
+from lakesynth.core import budget, tables
 from lakesynth.core.runtime import Runtime
 from lakesynth.core.stage import RunContext, StageResult
 from lakesynth.core.tables import S, Table
@@ -197,24 +197,30 @@ class LLMTotals:
     throttled: int = 0  # of `failed`: rows the endpoint still throttled after the throttle budget and patience
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    latency_ms: int = 0
     errors: list[str] = field(default_factory=list)
     extra: collections.Counter = field(default_factory=collections.Counter)
 
-    def add(self, rows: DataFrame, *, group: str) -> None:
+    def add(self, rows: DataFrame, *, group: str) -> tuple[int, int, int, int]:
+        """Fold in a chunk's rows; its requests (one per `group`), prompt and completion tokens and latency."""
         agg = rows.agg(
             F.count(F.lit(1)).alias("rows"),
+            F.countDistinct(group).alias("requests"),
             F.countDistinct(F.when(F.col("error").isNotNull(), F.col(group))).alias("failed"),
             F.countDistinct(F.when(F.col("error").startswith(THROTTLED), F.col(group))).alias("throttled"),
             F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
             F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
+            F.coalesce(F.sum("latency_ms"), F.lit(0)).alias("latency_ms"),
         ).collect()[0]
         self.rows += agg.rows
         self.failed += agg.failed
         self.throttled += agg.throttled
         self.prompt_tokens += int(agg.prompt_tokens)
         self.completion_tokens += int(agg.completion_tokens)
+        self.latency_ms += int(agg.latency_ms)
         if agg.failed and len(self.errors) < 3:
             self.errors += [r.error for r in rows.where("error IS NOT NULL").select("error").limit(3).collect()]
+        return agg.requests, int(agg.prompt_tokens), int(agg.completion_tokens), int(agg.latency_ms)
 
     def metrics(self, teacher: EndpointSettings) -> dict[str, Any]:
         metrics: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
@@ -265,12 +271,19 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     if attempted == 0:
         return _with_verdict_counts(ctx, step, result)
     result.metrics["calls"] = via
+    spend = budget.of(ctx)
+    if spend.stopped:  # an earlier stage spent the budget: not even the preflight goes
+        result.metrics.update(budget="stopped", not_requested=attempted)
+        spend.usage(step.name, teacher).not_requested += attempted
+        _hold_back(ctx, step, teacher, pending(source), spend)
+        return _with_verdict_counts(ctx, step, result)
     if via != BUILTIN or rt.serving:  # the platform's own batch inference is not ours to probe
         first = pending(source, step.key, "request", "fingerprint").limit(1).collect()
         llm.preflight(call, [(str(r[step.key]), [{"role": "user", "content": r.request}]) for r in first])
     totals, started = LLMTotals(), time.time()
     reset_concurrency(call.endpoint)  # the stage's own course of the endpoint's limit, in its summary
     parts = tables.chunks(source, step.key, attempted, max(1, cfg.llm.chunk_rows // step.rows_per_request))
+    sent = 0
     with progress.stage(step.name, attempted, interval=cfg.llm.progress_s) as lines:
         requested = 0
         for number, part in enumerate(parts, start=1):
@@ -278,6 +291,12 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
                 call, label=step.name if len(parts) == 1 else f"{step.name} {number}/{len(parts)}"
             )
             todo = pending(part)
+            requests_in_chunk, predicted = None, None
+            if spend.capped:
+                todo, requests_in_chunk, predicted = _within_budget(spend, step, teacher, todo, result)
+                if not requests_in_chunk:
+                    _hold_back(ctx, step, teacher, pending(part), spend)
+                    continue
             if via == DRIVER:
                 replies = _from_driver(ctx, step, todo, chunk_call)
             else:
@@ -285,12 +304,30 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
             # Staged again: the MERGE reads its source more than once, and the totals too.
             staged = tables.materialize(spark, rt, f"{step.name}_rows", step.rows(replies))
             tables.upsert(spark, rt, step.table, staged, run_id=cfg.run_id, replace_by=step.replace_by)
-            totals.add(staged, group=step.key)
+            requests_sent, prompt_tokens, completion_tokens, latency_ms = totals.add(staged, group=step.key)
             if step.metrics:
                 totals.extra.update(step.metrics(staged))
             if lines and rt.databricks:  # the requests ran on the executors: the line counts merged chunks
                 requested += replies.count()  # staged: one row per request
                 lines.reached(requested)
+            sent += requests_in_chunk if requests_in_chunk is not None else requests_sent
+            if via == BUILTIN and predicted is not None:  # the built-in (or its stand-in) reports no tokens per row
+                prompt_tokens, completion_tokens = round(predicted.tokens * requests_sent), 0
+                result.metrics["budget_from"] = budget.FROM_ESTIMATE
+            spend.record(
+                step.name,
+                teacher,
+                requests=requests_sent,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_ms=latency_ms,
+            )
+            if spend.stopped:  # what the cap cut from this chunk
+                _hold_back(ctx, step, teacher, pending(part), spend)
+    if spend.capped and sent < attempted:
+        result.metrics["budget"] = "stopped"  # not `stopped`: the runner's word for a stage its dependency stopped
+        result.metrics["not_requested"] = attempted - sent
+        spend.usage(step.name, teacher).not_requested += attempted - sent
     if call.journal_dir:
         llm.clear_journal(call.journal_dir)
     result.rows_out, result.errors = totals.rows, totals.failed
@@ -308,6 +345,33 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     result.metrics.update(totals.metrics(teacher))
     check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
     return _with_verdict_counts(ctx, step, result)
+
+
+def _within_budget(
+    spend: budget.Budget, step: LLMStep, teacher: EndpointSettings, todo: DataFrame, result: StageResult
+) -> tuple[DataFrame, int, budget.PerRequest]:
+    """The chunk's pending requests cut to what the budget still admits (in key order), their number, and the
+    predicted cost of one."""
+    stats = todo.agg(F.count(F.lit(1)).alias("n"), F.avg(F.length("request")).alias("chars")).collect()[0]
+    cost, source = spend.per_request(
+        step.name, teacher, prompt_chars=stats.chars or 0.0, max_tokens=step.settings.max_tokens
+    )
+    result.metrics.setdefault("budget_predicted_from", source)
+    allowed = spend.admit(stats.n, cost)
+    if allowed < stats.n:
+        todo = todo.orderBy(step.key).limit(allowed)
+    return todo, allowed, cost
+
+
+def _hold_back(ctx: RunContext, step: LLMStep, teacher: EndpointSettings, held: DataFrame, spend) -> None:
+    """A row for each request the budget held back, with its error (`budget: ...`), through the stage's own `rows`:
+    a check that did not judge a row drops it as it drops a failed reply (`judge_error` ...), so nothing unchecked
+    goes on to the training data, and a rerun sends it (an error row is still pending)."""
+    error = f"{budget.HELD}not requested: {spend.describe()}; a rerun with a higher cap sends it"
+    values = {"model": F.lit(teacher.model), "error": F.lit(error)}
+    replies = held.drop("request").select("*", *[values.get(n, F.lit(None)).cast(t).alias(n) for n, t in REPLY_FIELDS])
+    staged = tables.materialize(ctx.spark, ctx.rt, f"{step.name}_held", step.rows(replies))
+    tables.upsert(ctx.spark, ctx.rt, step.table, staged, run_id=ctx.cfg.run_id, replace_by=step.replace_by)
 
 
 def _endpoint(ctx: RunContext, teacher: EndpointSettings, via: str) -> llm.Endpoint:

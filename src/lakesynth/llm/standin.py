@@ -73,6 +73,9 @@ class StandInOptions:
     # the reply's object has are set (a critic's `in_scope` for one question; the answer to it is left alone).
     script: tuple[tuple[str, dict], ...] = ()
     no_digits: bool = False  # strings spell their digest in letters: text that states no number or identifier
+    # Rewritten replies: (pattern, field, value) sets every `field` of the reply to a request whose text matches the
+    # regex `pattern` to `value`; a value with "{}" keeps the drawn text in it (each item of a list of texts).
+    rewrite: tuple[tuple[str, str, object], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS + OPT_IN_FAULTS)
@@ -155,6 +158,30 @@ def spelled(value):
     if isinstance(value, dict):
         return {k: spelled(v) for k, v in value.items()}
     return [spelled(v) for v in value] if isinstance(value, list) else value
+
+
+def scripts(value, rules: list[tuple[str, object]]):
+    """`value` with each (field, new) rule applied wherever `field` occurs (StandInOptions.rewrite)."""
+    if isinstance(value, list):
+        return [scripts(v, rules) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        item = scripts(item, rules)
+        for field_name, new in rules:
+            if key == field_name:
+                item = _scripted(item, new)
+        out[key] = item
+    return out
+
+
+def _scripted(item, new):
+    if isinstance(new, str) and "{}" in new:
+        if isinstance(item, list):
+            return [new.format(i) if isinstance(i, str) else i for i in item]
+        return new.format(item) if isinstance(item, str) else item
+    return new
 
 
 class StandIn:
@@ -298,6 +325,9 @@ class StandIn:
         seed = hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()
         schema = (fmt.get("json_schema") or {}).get("schema")
         value = scripted(fake_value(schema, seed, items=opts.items), request, opts.script) if schema else None
+        if schema and opts.rewrite:
+            text = json.dumps(request.get("messages"), ensure_ascii=False)
+            value = scripts(value, [(f, v) for pattern, f, v in opts.rewrite if re.search(pattern, text)])
         answer = json.dumps(value) if schema else f"Stand-in answer {seed[:12]}."
         if opts.no_digits:
             answer = json.dumps(spelled(value)) if schema else answer.translate(SPELLED)

@@ -23,7 +23,6 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import lakesynth
 from lakesynth.config import packaged_config
 from lakesynth.core import registry
 from lakesynth.core.bundle import project_root
@@ -184,4 +183,4 @@ def last_run(warehouse: Path) -> dict[str, str]:
 def _project(start: Path | None = None) -> Path | None:
     """The project folder (it holds databricks.yml): at or above `start`, by default above this package's source
     (an editable install, or the bundle's workspace files imported from src/)."""
-    return project_root(start or Path(lakesynth.__file__).resolve().parent)
+    return project_root(start or Path(__file__).resolve().parents[1])  # the lakesynth package's folder

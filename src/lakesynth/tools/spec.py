@@ -307,3 +307,25 @@ def call_issues(calls: list[dict] | None, problem: str | None, checks: dict, cat
             message = f"a {category} example has {wanted} call(s), this one {n}"
             found.append({"call": None, "path": "", "rule": "category_mismatch", "message": message})
     return found
+
+
+def tool_names(spec: str) -> list[str]:
+    """The names of the tools a spec names (an OpenAI tools file, or a module's functions), sorted."""
+    tools = derive_spec(spec) if spec.endswith(".py") else read_spec(spec)
+    return sorted(t["function"]["name"] for t in tools)
+
+
+def pairs_of(path: str, names: set[str], target: Path) -> str:
+    """A copy of a JSONL of pairs at `target` with only the lines that call `names` or nothing (a preview's few
+    tools); a line that cannot be read stays, for its check to name."""
+    kept = []
+    for text in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            called = {c["name"] for c in normalize_calls(json.loads(text))} if text.strip() else set()
+        except (ValueError, AttributeError):
+            called = set()
+        if called <= names:
+            kept.append(text)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return str(target)
