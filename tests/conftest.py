@@ -16,7 +16,7 @@ from pathlib import Path
 # fine-tune and evaluation took 6.7 times the CPU (181 s against 27 s) and 3.5 times as long.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 from lakesynth.config import Config, EndpointConfig
 from lakesynth.core import registry
@@ -149,6 +149,22 @@ def run_once(warehouse: Path, teacher_server: StandIn, *stages, change=lambda cf
     for stage in stages:
         stage.run(context(cfg))
     return cfg
+
+
+def pairs_config(warehouse, server: StandIn, pairs: str, *overrides: str) -> Config:
+    """The sample config on a schema of its own, fed your own pairs (`--pairs`), asking the stand-in."""
+    return registry.load_config(
+        ROOT / "conf" / "lakesynth.yml",
+        [
+            f"warehouse={warehouse}",
+            f"schema=t_{uuid.uuid4().hex[:10]}",
+            f"seed.pairs={pairs}",
+            f"endpoints.teacher.base_url={server.base_url}",
+            "endpoints.teacher.model=standin",
+            "mlflow.enabled=false",
+            *overrides,
+        ],
+    )
 
 
 def copy_schema(spark, source: Config, target: Config) -> Config:

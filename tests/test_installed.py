@@ -261,4 +261,5 @@ def test_a_call_from_python_c_starts_the_embedded_engine_in_the_fresh_environmen
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "seed: ok, 2 in, 2 out, 0 errors" in proc.stdout
     assert "SPARK_HOME" not in proc.stderr
-    assert (folder / ".lakesynth" / "warehouse" / "main" / "lakesynth_dev" / "seed_questions" / "_delta_log").is_dir()
+    # No config of its own: the domain-neutral default, in its own schema.
+    assert (folder / ".lakesynth" / "warehouse" / "main" / "lakesynth_default" / "seed_questions" / "_delta_log").is_dir()

@@ -218,7 +218,12 @@ def test_one_mlflow_run_per_pipeline_run_with_stage_metrics(small_run):
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert report == {"report/topics.png", "report/lengths.png", "report/errors.png", "report/splits.png"}
     quality = {a.path.removeprefix("quality/") for a in client.list_artifacts(run.info.run_id, "quality")}
-    checks = {"critic": "question_verdicts", "judge": "answer_verdicts", "relevance": "relevance_verdicts"}
+    checks = {
+        "critic": "question_verdicts",
+        "judge": "answer_verdicts",
+        "relevance": "relevance_verdicts",
+        "rule_checks": "rule_verdicts",
+    }
     drop_reasons = {f"{check}_drop_reasons.json" for check in (*checks, "dedup", "screen")}
     assert quality == drop_reasons | {f"{table}_scores.png" for table in checks.values()}
     # The yield funnel: its plot and figures, and its counts as metrics.

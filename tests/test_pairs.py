@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 
 import pytest
-from conftest import ROOT, write
+from conftest import ROOT, pairs_config, write
 
 from lakesynth import pipeline
 from lakesynth.core import registry
@@ -26,18 +25,7 @@ PAIRS = [
 
 
 def _cfg(warehouse, server, pairs: str, *overrides: str):
-    return registry.load_config(
-        ROOT / "conf" / "lakesynth.yml",
-        [
-            f"warehouse={warehouse}",
-            f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"seed.pairs={pairs}",
-            f"endpoints.teacher.base_url={server.base_url}",
-            "endpoints.teacher.model=standin",
-            "mlflow.enabled=false",
-            *overrides,
-        ],
-    )
+    return pairs_config(warehouse, server, pairs, *overrides)
 
 
 def test_own_pairs_run_through_the_gate_with_nothing_generated(spark, warehouse, teacher_server, tmp_path):

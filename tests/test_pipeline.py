@@ -233,9 +233,9 @@ def test_only_a_failure_stops_the_stages_after_it():
     failed = {"call_format": {"status": "failed", "error": "boom"}}
     assert stopped("call_execution", failed) == "call_format failed"
     chained = {"call_execution": {"status": "skipped", "reason": "call_format failed", "stopped": True}}
-    assert stopped("call_semantic", chained) == "call_format failed"
+    assert stopped("trajectories", chained) == "call_format failed"  # the stage after call_execution
     no_code = {"call_execution": {"status": "skipped", "reason": "not run: no implementations"}}
-    assert stopped("call_semantic", no_code) == ""
+    assert stopped("trajectories", no_code) == ""
     assert stopped("tool_evaluate", {"finetune": {"status": "skipped", "reason": "finetune.backend is none"}}) == ""
     no_spec = {"tools": {"status": "skipped", "reason": "no tools spec"}}
     assert stopped("call_generation", no_spec) == "nothing to work on: tools skipped: no tools spec"

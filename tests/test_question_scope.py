@@ -4,13 +4,11 @@ and judged for that label, not for the seed's it came from."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pandas as pd
-from conftest import ROOT, write
+from conftest import ROOT, pairs_config, write
 
 from lakesynth import pipeline
-from lakesynth.core import registry
 from lakesynth.core.runtime import Runtime
 from lakesynth.quality import judge
 
@@ -26,19 +24,7 @@ STAGES = ["seed", "questions", "critic", "responses", "judge", "dedup"]
 def _run(spark, warehouse, server, tmp_path, script, *overrides) -> dict[str, pd.DataFrame]:
     rows = [{"id": str(i), "question": q, "answer": "We can help.", "in_scope": s} for i, (q, s, _) in enumerate(PAIRS)]
     pairs = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    cfg = registry.load_config(
-        ROOT / "conf" / "lakesynth.yml",
-        [
-            f"warehouse={warehouse}",
-            f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"seed.pairs={pairs}",
-            f"endpoints.teacher.base_url={server.base_url}",
-            "endpoints.teacher.model=standin",
-            "mlflow.enabled=false",
-            "quality.judge.enabled=true",
-            *overrides,
-        ],
-    )
+    cfg = pairs_config(warehouse, server, pairs, "quality.judge.enabled=true", *overrides)
     server.reset(script=script)
     summary = pipeline.run(cfg, STAGES, root=ROOT)
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]

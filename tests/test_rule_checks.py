@@ -4,13 +4,11 @@ their reason, and the controls (a figure quoted from the question, a rule follow
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
-from conftest import ROOT, write
+from conftest import ROOT, pairs_config, write
 
 from lakesynth import pipeline
-from lakesynth.core import registry
 from lakesynth.core.runtime import Runtime
 from lakesynth.quality import rules
 
@@ -45,18 +43,7 @@ PLANTED = [
 
 
 def _cfg(warehouse, server, pairs: str, *overrides: str):
-    return registry.load_config(
-        ROOT / "conf" / "lakesynth.yml",
-        [
-            f"warehouse={warehouse}",
-            f"schema=t_{uuid.uuid4().hex[:10]}",
-            f"seed.pairs={pairs}",
-            f"endpoints.teacher.base_url={server.base_url}",
-            "endpoints.teacher.model=standin",
-            "mlflow.enabled=false",
-            *overrides,
-        ],
-    )
+    return pairs_config(warehouse, server, pairs, *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,7 @@ class Source:
     block: str
     examples: str
     verdicts: tables.Table
+    answered: bool = True  # only a row with an answer becomes an example (a tool pair's `answer` is optional)
 
 
 def evaluation_items(ctx, sets) -> DataFrame:
@@ -237,7 +238,7 @@ def screen(ctx, sources: tuple[Source, ...], report_table: tables.Table):
     result, all_hits = StageResult(tables=[*(s.verdicts for s in sources), report_table]), None
     for source in sources:
         rows = ctx.read(source.table, kept=False)
-        if "answer" in rows.columns:  # only an answered pair becomes an example
+        if source.answered:  # only an answered pair becomes an example
             rows = rows.where(F.col("answer").isNotNull())
         if "error" in rows.columns:
             rows = rows.where(F.col("error").isNull())

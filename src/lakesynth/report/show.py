@@ -100,7 +100,7 @@ def show(ctx: NotebookContext, stages: dict[str, Stage], table: str, *, n: int =
             console.print(block, soft_wrap=False)
     off = checks_off(ctx.cfg, ctx.contracts, stages, table) if dropped else []
     if off:  # a check that did not run dropped nothing: an empty list is not "all kept"
-        console.print(f"checks off, which drop nothing: {'; '.join(off)}", soft_wrap=True)
+        console.print(f"checks off, which drop nothing: {'; '.join(off)}")
     return shown
 
 

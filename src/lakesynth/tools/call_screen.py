@@ -12,7 +12,9 @@ from lakesynth.quality import screening
 VERDICTS = tables.verdict(
     "call_screen_verdicts", [("call_id", tables.S), *screening.VERDICT_COLUMNS], judges="tool_calls", key="call_id"
 )
-SOURCES = (screening.Source("call_verdicts", "call_id", "query", "function", "training_tools", VERDICTS),)
+SOURCES = (
+    screening.Source("call_verdicts", "call_id", "query", "function", "training_tools", VERDICTS, answered=False),
+)
 REPORT = tables.contract("call_contamination_report", list(screening.REPORT.columns[:-2]), key="item_id", parent="set")
 
 
