@@ -10,6 +10,7 @@ from conftest import ROOT, write
 from lakesynth import pipeline
 from lakesynth.core import registry
 from lakesynth.core.runtime import Runtime
+from lakesynth.qa import questions
 
 STAGES = ["seed", "questions", "critic", "responses", "judge", "relevance", "dedup", "topup", "format"]
 
@@ -59,3 +60,55 @@ def test_topup_is_off_by_default(spark, warehouse, teacher_server, tmp_path):
     cfg = _cfg(warehouse, teacher_server, seeds)
     summary = pipeline.run(cfg, ["seed", "questions", "responses", "dedup", "topup"], root=ROOT)
     assert summary["stages"]["topup"]["disabled"] == "quality.target_per_seed is 0"
+
+
+ALIKE = r"^(?![\s\S]*different angles)[\s\S]*Bill question {}"  # not once the gate asks
+
+
+def _planted(tmp_path):
+    """Two topics of three seeds: billing's questions are planted near-identical (one word apart, the near-dedup
+    off so they stay), until a request asks for different angles; cards' are the stand-in's own."""
+    seeds = write(tmp_path / "s.csv", "topic,question,in_scope\n" + "".join(
+        f"billing,Bill question {i}?,yes\ncards,Card question {i}?,yes\n" for i in "abc"))  # fmt: skip
+    rewrite = tuple(
+        (ALIKE.format(i), "questions", [f"How do I pay my monthly phone bill online with my card case {i}{k}?"
+                                        for k in range(3)])
+        for i in "abc"
+    )  # fmt: skip
+    return seeds, rewrite
+
+
+def _asked_angles(server) -> list[str]:
+    return [m[0]["content"] for m in server.stats.prompts if questions.ANGLES in m[0]["content"]]
+
+
+def test_diversity_gate_sends_an_alike_topic_back_for_different_angles(spark, warehouse, teacher_server, tmp_path):
+    seeds, rewrite = _planted(tmp_path)
+    teacher_server.reset(rewrite=rewrite)
+    gate = [
+        "quality.judge.enabled=false",
+        "quality.dedup.near.enabled=false",
+        "quality.diversity.gate.enabled=true",
+        "quality.max_rounds=1",
+    ]
+    cfg = _cfg(warehouse, teacher_server, seeds, *gate, "quality.diversity.gate.min_distinct_n=0.3")
+    topup = pipeline.run(cfg, STAGES, root=ROOT)["stages"]["topup"]
+    assert topup["status"] == "ok" and topup["rounds"] == 1, topup
+    sent = topup["sent_back"]
+    assert list(sent) == ["billing"], sent  # cards is diverse enough: not sent back
+    assert sent["billing"]["distinct_2_before"] < 0.3 < sent["billing"]["distinct_2_after"], sent
+    angled = set(_asked_angles(teacher_server))  # a request and its one-token probe are one
+    assert len(angled) == 3 and all('topic "billing"' in text for text in angled)  # one per billing seed
+    assert all("case " in text for text in angled)  # the questions it has are listed beside the instruction
+    rt = Runtime.resolve(cfg)
+    kept = spark.table(rt.fqn("pair_verdicts")).where("keep").groupBy("topic").count().toPandas()
+    assert dict(zip(kept.topic, kept["count"])) == {"billing": 12, "cards": 6}  # per_seed (2) more per billing seed
+
+
+def test_diversity_gate_off_changes_nothing(spark, warehouse, teacher_server, tmp_path):
+    seeds, rewrite = _planted(tmp_path)
+    teacher_server.reset(rewrite=rewrite)
+    off = ["quality.judge.enabled=false", "quality.dedup.near.enabled=false", "quality.target_per_seed=2"]
+    cfg = _cfg(warehouse, teacher_server, seeds, *off)
+    topup = pipeline.run(cfg, STAGES, root=ROOT)["stages"]["topup"]
+    assert topup["rounds"] == 0 and "sent_back" not in topup and not _asked_angles(teacher_server), topup

@@ -16,6 +16,15 @@ from lakesynth.core import registry
 from lakesynth.core.stage import RunContext
 
 
+class Missing(dict):
+    """item -> rows missing, and `angles`: the items whose new rows must take other angles than their old ones (the
+    diversity gate sent them back), so their requests say so; other items' requests stay as they were."""
+
+    def __init__(self, counts: dict[str, int] | None = None, angles=()) -> None:
+        super().__init__(counts or {})
+        self.angles = frozenset(angles)
+
+
 @dataclass
 class Rounds:
     rounds: int  # rounds run

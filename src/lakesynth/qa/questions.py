@@ -182,9 +182,17 @@ def step(cfg) -> LLMStep:
     )
 
 
+ANGLES = (
+    "These questions are too alike: write questions that take different angles from them (another situation, goal, "
+    "product or kind of customer), not rephrasings of them."
+)
+
+
 def topup_prompts(batch: pd.DataFrame, *, template: str, rules: str, missing: dict[str, int]) -> list[list[dict]]:
     """Rows -> requests for a top-up round: the seed's usual request for its missing questions (one spare), with
-    the questions it already has, so the new ones differ from them."""
+    the questions it already has, so the new ones differ from them; a seed the diversity gate sent back
+    (`missing.angles`) also asks for different angles (only its request changes, so no other is paid again)."""
+    angles = getattr(missing, "angles", frozenset())
     requests = []
     for seed_id, t, q, s, have in zip(
         batch["seed_id"], batch["topic"], batch["seed_question"], batch["in_scope"], batch["have"]
@@ -192,7 +200,8 @@ def topup_prompts(batch: pd.DataFrame, *, template: str, rules: str, missing: di
         n = asked(missing[seed_id])
         text = render(template, rules=rules, topic=t, question=q, in_scope=bool(s), n=n)
         listed = "\n".join(f"- {h}" for h in sorted(have if have is not None else []))
-        requests.append([{"role": "user", "content": f"{text}\n\nQuestions it already has (write others):\n{listed}"}])
+        content = f"{text}\n\nQuestions it already has (write others):\n{listed}"
+        requests.append([{"role": "user", "content": content + (f"\n{ANGLES}" if seed_id in angles else "")}])
     return requests
 
 

@@ -33,6 +33,21 @@ def table(name: str) -> tables.Table:
     return tables.contract(name, COLUMNS, key="group", parent="by")
 
 
+class DiversityGate(Section):
+    enabled: bool = Field(
+        False,
+        description="Send a topic whose kept questions are too alike back to top-up (qa topup): each of its seeds "
+        "asks for questions.per_seed more, with a request for different angles, in each of quality.max_rounds rounds "
+        "while the topic stays below min_distinct_n.",
+    )
+    min_distinct_n: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="A topic whose kept questions' distinct-n (per n above) is below this is too alike.",
+    )
+
+
 class DiversityConfig(Section):
     n: int = Field(2, ge=1, le=5, description="Words per n-gram of distinct-n.")
     embeddings: bool = Field(
@@ -40,6 +55,9 @@ class DiversityConfig(Section):
     )
     sample: int = Field(200, ge=2, le=2000, description="Texts per group whose every pair is compared.")
     endpoint: str = Field("embeddings", description="The endpoint (a name under endpoints:) that embeds the texts.")
+    gate: DiversityGate = Field(
+        default_factory=DiversityGate, description="Send the topics whose questions are too alike back to top-up."
+    )
 
 
 def _grams(n: int) -> F.Column:
@@ -59,6 +77,12 @@ def distinct(rows: DataFrame, n: int) -> DataFrame:
         .agg(F.count(F.lit(1)).alias("texts"), (F.countDistinct("_norm") / F.count(F.lit(1))).alias("distinct_texts"))
     )
     return texts.join(by_gram, "group", "left")
+
+
+def per_group(rows: DataFrame, n: int) -> dict[str, float]:
+    """group -> distinct-n of `rows` (`group`, `text`), for the groups that have an n-gram: the few rows a gate
+    decides on."""
+    return {r.group: r.distinct_n for r in distinct(rows, n).where("distinct_n IS NOT NULL").collect()}
 
 
 def _mean_cosine(rows):  # no type hints: pyspark would try to infer a UDF type from them
