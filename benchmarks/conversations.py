@@ -24,39 +24,20 @@ import argparse
 import asyncio
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.request import urlopen
 
+from run import seeds_file, start_standin  # the suite's own helpers, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def start_standin(latency_ms: float, cap: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lakesynth.llm.standin", "--latency-ms", str(latency_ms), "--max-concurrency", str(cap)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return proc, proc.stdout.readline().strip()
 
 
 def stats(url: str) -> dict:
     with urlopen(f"{url}/stats") as reply:
         return json.loads(reply.read())
-
-
-def seeds_file(folder: Path, n: int) -> Path:
-    path = folder / f"seeds_{n}.csv"
-    topics = ["cards", "transfers", "accounts", "fraud", "investment advice", "tax advice"]
-    with path.open("w", encoding="utf-8") as out:
-        out.write("topic,question,in_scope\n")
-        for i in range(n):
-            topic = topics[i % len(topics)]
-            out.write(f"{topic},Customer question number {i} about {topic}?,{'no' if 'advice' in topic else 'yes'}\n")
-    return path
 
 
 def bare_loop(url: str, pairs: list[dict], cfg, cap: int) -> tuple[int, float]:
