@@ -27,7 +27,6 @@ import graphlib
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 import traceback
@@ -479,10 +478,7 @@ def _preview_tools(cfg: Config, n: int) -> list[str]:
 
 def _drop_schema(ctx: RunContext) -> None:
     """Drop a preview's scratch schema, its tables and (locally) its folder with the journals and files."""
-    rt = ctx.rt
     try:
-        ctx.spark.sql(f"DROP SCHEMA IF EXISTS `{rt.catalog}`.`{rt.schema}` CASCADE")
+        tables.drop_schema(ctx.spark, ctx.rt)
     finally:
-        if not rt.databricks:
-            shutil.rmtree(Path(rt.warehouse) / rt.catalog / rt.schema, ignore_errors=True)
         ctx.close()

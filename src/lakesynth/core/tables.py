@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -117,9 +118,16 @@ def location(rt: Runtime, table: Table, spark: SparkSession | None = None) -> st
     return rt.table_location(table.name)
 
 
+# The tables this process has created or checked, by session: a stage reads and writes the same tables many times,
+# and each check is three statements (a third of a small stage's statements). Dropping through this module forgets.
+_ensured: set[tuple[int, str]] = set()
+
+
 def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
-    """Create the table from its contract if missing, check it if present; returns its full name."""
+    """Create the table from its contract if missing, check it if present (once a process); returns its full name."""
     fqn = rt.fqn(table.name)
+    if (id(spark), fqn) in _ensured:
+        return fqn
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{rt.catalog}`.`{rt.schema}`")
     where = "" if rt.databricks else f" LOCATION '{location(rt, table)}'"
     spark.sql(f"CREATE TABLE IF NOT EXISTS {fqn} ({table.ddl}) USING DELTA{where}")
@@ -131,7 +139,19 @@ def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
                 f"{fqn}: column '{name}' expected {dtype.simpleString()}, got {got}. "
                 f"The table predates this version of lakesynth: drop it or use another schema."
             )
+    _ensured.add((id(spark), fqn))
     return fqn
+
+
+def drop_schema(spark: SparkSession, rt: Runtime) -> None:
+    """Drop the schema with its tables and (locally) its folder: a preview's scratch schema."""
+    prefix = rt.fqn("")
+    _ensured.difference_update({entry for entry in _ensured if entry[1].startswith(prefix)})
+    try:
+        spark.sql(f"DROP SCHEMA IF EXISTS `{rt.catalog}`.`{rt.schema}` CASCADE")
+    finally:
+        if not rt.databricks:
+            shutil.rmtree(Path(rt.warehouse) / rt.catalog / rt.schema, ignore_errors=True)
 
 
 def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame, *, run_id: str) -> None:
@@ -139,11 +159,11 @@ def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame, *
     `rows`, stamped by run `run_id`, in one atomic overwrite. One left with an older version's columns is made
     again from its contract: the run derives every row of it, so nothing is lost, where `ensure` would stop on it."""
     fqn = rt.fqn(table.name)
-    if spark.catalog.tableExists(fqn):
-        if _columns(spark, fqn) != {n: t.simpleString() for n, t in table.columns}:
-            spark.sql(f"DROP TABLE IF EXISTS {fqn}")
-            if not rt.databricks:  # an external table's files stay behind a DROP: its new log starts clean
-                shutil.rmtree(location(rt, table), ignore_errors=True)
+    contract = {n: t.simpleString() for n, t in table.columns}
+    if (id(spark), fqn) not in _ensured and spark.catalog.tableExists(fqn) and _columns(spark, fqn) != contract:
+        spark.sql(f"DROP TABLE IF EXISTS {fqn}")
+        if not rt.databricks:  # an external table's files stay behind a DROP: its new log starts clean
+            shutil.rmtree(location(rt, table), ignore_errors=True)
     conform(stamped(rows, run_id), table).write.mode("overwrite").insertInto(ensure(spark, rt, table))
 
 

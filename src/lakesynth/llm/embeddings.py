@@ -15,7 +15,7 @@ import numpy as np
 
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
-from lakesynth.llm.auth import Auth, Endpoint
+from lakesynth.llm.auth import Auth, Endpoint, tls
 from lakesynth.llm.retry import RETRYABLE_STATUS, backoff, retry_after
 from lakesynth.llm.throttle import is_throttle
 
@@ -30,7 +30,7 @@ def embed(endpoint: Endpoint, teacher: EndpointSettings, texts: list[str], *, ba
     auth = Auth(endpoint, teacher.timeout_s)
     url = f"{endpoint.base_url}/embeddings"
     vectors: list[list[float]] = []
-    with httpx.Client(timeout=teacher.timeout_s) as client:
+    with httpx.Client(timeout=teacher.timeout_s, verify=tls()) as client:
         for start in range(0, len(texts), batch):
             vectors.extend(_one(client, url, auth, endpoint.model, texts[start : start + batch], teacher))
     found = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)

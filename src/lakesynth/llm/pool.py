@@ -16,7 +16,7 @@ from tqdm import tqdm
 from lakesynth.config import EndpointSettings
 from lakesynth.errors import EndpointError
 from lakesynth.llm import progress, stop
-from lakesynth.llm.auth import Auth, Endpoint
+from lakesynth.llm.auth import Auth, Endpoint, tls
 from lakesynth.llm.journal import Journal, Result
 from lakesynth.llm.retry import (
     FATAL_STATUS,
@@ -83,6 +83,7 @@ class Pool:
         self.url = httpx.URL(f"{endpoint.base_url}/chat/completions")
         self.auth = Auth(endpoint, teacher.timeout_s)
         self.client = httpx.AsyncClient(
+            verify=tls(),
             headers={"Content-Type": "application/json"},
             timeout=teacher.timeout_s,
             # The semaphore caps the requests in flight; the client only keeps their connections alive.
