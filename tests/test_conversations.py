@@ -25,9 +25,10 @@ from lakesynth.training.checks import chat_violation
 ON = ["questions.per_seed=1", "conversations.enabled=true", "conversations.turns=[1, 3]"]
 
 
-def _score(value: int) -> str:
-    """A scripted judgement: every default criterion at `value`."""
-    return json.dumps({c: {"reasoning": f"scripted {value}", "score": value} for c in ("quality", "scope")})
+def _score(value: int, in_role: bool = True) -> str:
+    """A scripted judgement: the user message in role (or not), every default criterion at `value`."""
+    scores = {c: {"reasoning": f"scripted {value}", "score": value} for c in ("quality", "scope")}
+    return json.dumps({"user_in_role": {"reasoning": "scripted", "in_role": in_role}, **scores})
 
 
 def _judged(**low: int) -> tuple[tuple[str, str], ...]:
@@ -159,6 +160,63 @@ def test_a_bad_third_turn_drops_or_truncates_exactly_those_conversations(
             assert len(messages) == 3 and not examples.loc[cid].example_id.endswith(":conversation")
         else:
             assert len(messages) == 1 + 2 * 2
+
+
+OUT_OF_ROLE = "How can I help you today?"  # what a small teacher playing the customer often writes
+
+
+@pytest.mark.parametrize("on_bad_turn", ["drop", "truncate"])
+def test_a_simulated_user_out_of_role_drops_or_truncates_exactly_its_conversations(
+    spark, answered, llm_cfg, teacher_server, on_bad_turn
+):
+    from pyspark.sql import functions as F
+
+    more = [f"conversations.on_bad_turn={on_bad_turn}", "conversations.turns=[2, 2]"]
+    cfg, pairs = _conversations(spark, answered, llm_cfg, *more)
+    ids = sorted(pairs.question_id)
+    at2, at3 = set(ids[: len(ids) // 3]), set(ids[len(ids) // 3 : 2 * len(ids) // 3])
+    assert at2 and at3
+    # The stand-in, playing the customer, speaks as the assistant in turn 2 of the conversations `at2`: the request
+    # for that message is the only one whose dialog ends on the pair's answer.
+    answers = pairs.set_index("question_id").answer
+    plant = tuple(
+        (f"Assistant: {answers[c]}\n\nWrite the customer's next message", {"message": OUT_OF_ROLE}) for c in at2
+    )
+    teacher_server.reset(script=plant)
+    conversations.run(context(cfg))
+    rt = where(cfg)
+    turns = tables.read(spark, rt, conversations.TABLE)
+    said = {(r.conversation_id, r.turn) for r in turns.where(F.col("content") == OUT_OF_ROLE).collect()}
+    assert said == {(c, 2) for c in at2}
+    # And in turn 3 of the conversations `at3`, planted in the table.
+    users = turns.where((F.col("role") == "user") & (F.col("turn") == 3) & F.col("conversation_id").isin(list(at3)))
+    tables.upsert(spark, rt, conversations.TABLE, users.withColumn("content", F.lit(OUT_OF_ROLE)), run_id="planted")
+    # The judge finds out of role exactly the user messages that are (its request's dialog ends on one).
+    marker = f"Customer: {OUT_OF_ROLE}\n\nThe customer's last message"
+    teacher_server.reset(replies=((marker, _score(3, in_role=False)), ("(turn ", _score(3))))
+    result = conversation_judge.run(context(cfg))
+    verdicts = tables.read(spark, rt, conversation_judge.TABLE).toPandas()
+    out = verdicts[~verdicts.keep]
+    planted = {(c, 2) for c in at2} | {(c, 3) for c in at3}
+    assert set(zip(out.conversation_id, out.turn)) == planted and (~out.user_in_role).all()
+    assert (out.drop_reason == "judge:user_out_of_role").all() and out.model.notna().all()
+    assert all(json.loads(s)["user_in_role"]["reasoning"] == "scripted" for s in out.scores)  # the verdict is data
+    assert verdicts[verdicts.keep].user_in_role.all() and result.metrics["users_out_of_role"] == len(planted)
+    kinds = tables.read(spark, rt, conversations.TABLE).where("role = 'user' AND turn = 2").toPandas()
+    asked = ["\n".join(m["content"] for m in p) for p in teacher_server.stats.prompts]
+    for row in kinds[kinds.conversation_id.isin(at2)].itertuples():  # the judge is told the kind that was drawn
+        assert any(marker in a and dialogs.KINDS[row.kind] in a for a in asked)
+    decided = tables.read(spark, rt, conversation_judge.CONVERSATIONS).toPandas().set_index("conversation_id")
+    for cid in ids:
+        row = decided.loc[cid]
+        if cid in at2:  # nothing before turn 2 to keep: dropped either way
+            assert not row.keep and row.drop_reason == "judge:user_out_of_role@turn2" and row.bad_turn == 2
+        elif cid in at3 and on_bad_turn == "drop":
+            assert not row.keep and row.drop_reason == "judge:user_out_of_role@turn3" and row.bad_turn == 3
+        elif cid in at3:
+            assert row.keep and row.kept_turns == 2 and row.truncated_by == "judge:user_out_of_role@turn3"
+        else:
+            assert row.keep and row.kept_turns == 3 and pd.isna(row.bad_turn) and row.truncated_by is None
 
 
 def test_share_mixes_single_turn_examples_and_conversations(spark, answered, llm_cfg, teacher_server):

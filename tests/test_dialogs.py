@@ -32,14 +32,18 @@ def _on(cfg, **dialog):
     )
 
 
+def _plant_blueprint(spark, cfg, blueprint_id: str, blueprint: list, goal: str = "Know my savings balance.") -> None:
+    """A blueprint, validated by the stage."""
+    row = dict.fromkeys(dialogs.BLUEPRINTS.row_names)
+    row.update(blueprint_id=blueprint_id, goal=goal, calls=json.dumps(blueprint), model="planted")
+    frame = spark.createDataFrame([row], dialogs.BLUEPRINTS.row_schema)
+    tables.upsert(spark, where(cfg), dialogs.BLUEPRINTS, frame, run_id="p")
+
+
 def _plant(spark, cfg, blueprint_id: str, blueprint: list, made: list) -> None:
     """A blueprint (validated by the stage) and a finished dialog whose assistant calls `made` (run by the stage)."""
     rt = where(cfg)
-    row = dict.fromkeys(dialogs.BLUEPRINTS.row_names)
-    row.update(blueprint_id=blueprint_id, goal="Know my savings balance.", calls=json.dumps(blueprint), model="planted")
-    tables.upsert(
-        spark, rt, dialogs.BLUEPRINTS, spark.createDataFrame([row], dialogs.BLUEPRINTS.row_schema), run_id="p"
-    )
+    _plant_blueprint(spark, cfg, blueprint_id, blueprint)
     said = [
         ("user", "What is in my savings?", None, False),
         ("assistant", None, json.dumps(made), False),
@@ -151,3 +155,34 @@ def test_a_kept_dialog_is_a_training_example_with_its_tool_messages(spark, llm_c
             assert roles == ["system", "user", "assistant", "user", "assistant"]
             assert json.loads(line["messages"][2]["content"]) == [SAVINGS]
             assert line["messages"][3]["content"].startswith("Tool results:")
+
+
+def test_the_simulated_user_writes_as_the_persona_drawn_for_its_dialog(spark, llm_cfg, teacher_server):
+    roles, tones = ["a retired teacher", "a small-business owner"], ["terse", "worried"]
+    cfg = _on(llm_cfg, count=1, max_turns=2)
+    g = cfg.tools.generation
+    personas = g.personas.model_copy(update={"roles": roles, "tones": tones})
+    cfg = cfg.model_copy(
+        update={"tools": cfg.tools.model_copy(update={"generation": g.model_copy(update={"personas": personas})})}
+    )
+    teacher_server.reset(no_digits=True, script=(("You play a user", {"done": False}),))
+    tools_stage.STAGE.run(context(cfg))
+    for n in range(6):
+        _plant_blueprint(spark, cfg, f"planted-{n}", [SAVINGS], goal=f"Know my savings balance, task {n}.")
+    dialogs.STAGE.run(context(cfg))
+    rt = where(cfg)
+    turns = tables.read(spark, rt, dialogs.TURNS).collect()
+    assert {t.role for t in turns} == {"user", "assistant"} and len({t.blueprint_id for t in turns}) >= 6
+    goals = {b.blueprint_id: b.goal for b in tables.read(spark, rt, dialogs.BLUEPRINTS).collect()}
+    asked = {p[0]["content"] for p in teacher_server.stats.prompts if p[0]["content"].startswith("You play a user")}
+    for t in turns:  # the dialog's own draw, on every turn of it, and in the request of each of its user turns
+        who = json.loads(t.persona)
+        assert t.persona == dialogs.persona(t.blueprint_id, cfg.tools.dialogs.seed, personas.all())
+        assert who["role"] in roles and who["tone"] in tones
+        if t.role == "user":
+            (request,) = [p for p in asked if goals[t.blueprint_id] in p]
+            assert f"You are {who['role']}, writing in a {who['tone']} tone." in request
+    verdicts = tables.read(spark, rt, dialogs.TABLE).collect()
+    by_dialog = {t.blueprint_id: t.persona for t in turns}
+    assert verdicts and all(v.persona == by_dialog[v.blueprint_id] for v in verdicts)
+    assert len(set(by_dialog.values())) > 1  # drawn per dialog, not one for all

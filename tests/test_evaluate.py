@@ -94,7 +94,8 @@ def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(
     cfg = with_overrides(_cfg(llm_cfg), settings)
     for stage in (seeds, questions, responses, conversations):
         stage.run(context(cfg))
-    good = json.dumps({c: {"reasoning": "scripted", "score": 3} for c in ("quality", "scope")})
+    good = {c: {"reasoning": "scripted", "score": 3} for c in ("quality", "scope")}
+    good = json.dumps({"user_in_role": {"reasoning": "scripted", "in_role": True}, **good})
     teacher_server.reset(replies=(("(turn ", good),))
     for stage in (conversation_judge, chat_jsonl, finetune):
         stage.run(context(cfg))

@@ -183,3 +183,57 @@ def test_openai_and_hf_files_pass_trls_format_checks(spark, finished, llm_cfg):
 
 def test_trajectories_are_off_by_default(llm_cfg):
     assert trajectories.STAGE.execute(context(llm_cfg)).metrics == {"disabled": "tools.trajectories.enabled is false"}
+
+
+def test_tool_export_carries_the_trajectories_and_dialogs_as_the_openai_training_files_do(
+    spark, finished, llm_cfg, teacher_server
+):
+    import datasets
+    import yaml
+    from test_dialogs import SAVINGS, _plant
+    from trl.data_utils import is_conversational
+
+    from lakesynth.tools import dialogs, tool_export
+
+    base = copy_schema(spark, finished, _traj(llm_cfg))
+    t = base.tools
+    on = t.model_copy(update={"dialogs": t.dialogs.model_copy(update={"enabled": True, "count": 1, "max_turns": 2})})
+    export = base.export.model_copy(update={"enabled": True, "token_env": "LAKESYNTH_TEST_NO_SUCH_TOKEN"})
+    cfg = base.model_copy(update={"tools": on, "export": export})
+    teacher_server.reset(no_digits=True)
+    _plant(spark, cfg, "planted-same", [SAVINGS], [SAVINGS])
+    dialogs.STAGE.run(context(cfg))
+    # What the openai training files carry, per example; then the export, with the training files in json_content.
+    tool_format.STAGE.run(context(_styled(cfg, "openai")))
+    table = tables.read(spark, where(cfg), tool_format.TABLE).collect()
+    trained = {r.example_id: [m.asDict(recursive=True) for m in r.messages] for r in table}
+    tool_format.STAGE.run(context(cfg))
+    result = tool_export.STAGE.run(context(cfg))
+    folder = result.files["export"]
+    multi = datasets.load_from_disk(f"{folder}/multi_step")
+    rows = {r["example_id"]: (split, r) for split, d in multi.items() for r in d}
+    answered = {a.call_id for a in tables.read(spark, where(cfg), trajectories.TABLE).collect() if a.keep}
+    dialog_ids = {r.example_id for r in table if r.category == "dialog"}
+    assert "planted-same" in dialog_ids and len(answered) == 3
+    assert set(rows) == answered | dialog_ids  # every kept trajectory and dialog, once
+    specs = [json.loads(r.spec) for r in spark.table(where(cfg).fqn("tools")).orderBy("name").collect()]
+    split_of = {r.example_id: r.split for r in tables.read(spark, where(cfg), tool_format.TABLE).collect()}
+    for example_id, (split, row) in rows.items():
+        assert split == split_of[example_id]  # the training files' split
+        assert row["kind"] == ("dialog" if example_id in dialog_ids else "trajectory")
+        assert row["messages"] == trained[example_id] and is_conversational(row)  # as the openai files carry it
+        assert any(m["role"] == "tool" and m["tool_call_id"] for m in row["messages"])
+        assert json.loads(row["tools"]) == specs  # the OpenAI tools list
+    planted = rows["planted-same"][1]["messages"]
+    assert [m["role"] for m in planted] == ["user", "assistant", "tool", "assistant"]
+    assert json.loads(planted[2]["content"]) == {"account": "savings", "balance": 8200.0, "currency": "EUR"}
+    xlam = datasets.load_from_disk(f"{folder}/tools")
+    assert "planted-same" not in {r["example_id"] for d in xlam.values() for r in d}  # a dialog has no xlam row
+    card = Path(folder, "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---")[1])
+    assert [c["config_name"] for c in meta["configs"]] == ["tools", "multi_step"]
+    for config in meta["configs"]:
+        for entry in config["data_files"]:
+            assert Path(folder, entry["path"]).is_file()
+    assert "config `multi_step`" in card and "(dialog: 1, trajectory: 3)" in card
+    assert sum(v for k, v in result.metrics.items() if k.endswith("_multi_step")) == len(rows)

@@ -1,10 +1,13 @@
-"""Conversation judge stage: `conversation_turns` -> `turn_verdicts` (each assistant turn judged) and
-`conversation_verdicts` (each conversation kept, truncated or dropped, naming the turn).
+"""Conversation judge stage: `conversation_turns` -> `turn_verdicts` (each turn judged) and `conversation_verdicts`
+(each conversation kept, truncated or dropped, naming the turn).
 
 Every assistant turn after the pair is scored with the pair judge's criteria (`quality.judge.criteria`: by default
-quality and scope compliance), given the whole dialog before it and whether the message it answers is in scope; its
-row in `turn_verdicts` keeps the scores with their reasoning, the model, `keep` and `drop_reason`
-(`judge:<criterion>`, or `judge_error`, judged again on the next run). A conversation's first bad turn (a failed
+quality and scope compliance), given the whole dialog before it and whether the message it answers is in scope. The
+same request first checks the user message it answers (`user_in_role`): the simulated user must write as the
+customer, a message of its drawn kind; a small teacher often writes as the assistant instead ("How can I help
+you?", answering its own question). Its row in `turn_verdicts` keeps the verdicts with their reasoning
+(`scores`), `user_in_role`, the model, `keep` and `drop_reason` (`judge:user_out_of_role` first, else
+`judge:<criterion>`, or `judge_error`, judged again on the next run). A conversation's first bad turn (a failed
 verdict, a verdict or message that failed, a message not yet generated) decides it, as `conversations.on_bad_turn`
 says: `drop` drops it (`drop_reason` `judge:quality@turn3`), `truncate` keeps it up to the turn before when at least
 one follow-up turn remains there (`truncated_by` names the turn), else drops it.
@@ -16,7 +19,7 @@ import functools
 import json
 
 import pandas as pd
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -27,7 +30,7 @@ from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
 from lakesynth.qa import dialogs
-from lakesynth.quality.criteria import output_model, verdict_rows
+from lakesynth.quality.criteria import Score, verdict_rows
 
 TEMPLATE = """You judge conversations written to train a customer-service chatbot, one assistant turn at a time.
 
@@ -38,29 +41,46 @@ The conversation before the reply:
 
 {{ transcript }}
 
+The customer's last message was written by a simulated customer asked for {{ kind }}.
 The customer's last message is {{ "IN scope: the chatbot must answer it" if in_scope else "OUT of scope: the chatbot must redirect it" }}.
 
 The assistant's reply (turn {{ turn }} of the conversation):
 {{ answer }}
 
-Score this reply, in the light of the whole conversation, on each criterion from 1 to 3. For each, first write
+First judge the customer's last message, as "user_in_role": does it read as the customer's own message, of the kind
+asked for? It is out of role when it speaks as the assistant or the business (offers help, answers its own
+question, thanks itself), or is not that kind of message. Write "reasoning" (one sentence), then "in_role" (true or
+false).
+
+Then score the reply, in the light of the whole conversation, on each criterion from 1 to 3. For each, first write
 "reasoning" (one or two sentences), then the "score".
 {% for c in criteria %}- {{ c.name }}: {{ c.description }}
 {% endfor %}
-Answer with a JSON object with one key per criterion ({{ criteria | map(attribute="name") | join(", ") }}),
-each an object with the keys "reasoning" (string) and "score" (1, 2 or 3)."""
+Answer with a JSON object with the key "user_in_role" (an object with the keys "reasoning" and "in_role"), then one
+key per criterion ({{ criteria | map(attribute="name") | join(", ") }}), each an object with the keys "reasoning"
+(string) and "score" (1, 2 or 3)."""
 
 
 class ConversationJudgeConfig(LLMStageConfig):
     endpoint: str = Field("judge", description="The endpoint (a name under endpoints:) that judges the turns.")
-    template: str = Field(TEMPLATE, description="The judge's Jinja prompt (rules, transcript, answer, criteria).")
+    template: str = Field(
+        TEMPLATE, description="The judge's Jinja prompt (rules, transcript, kind, in_scope, turn, answer, criteria)."
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=16, description="Completion token limit.")
 
 
 TABLE = tables.verdict(
     "turn_verdicts",
-    [("turn_id", S), ("conversation_id", S), ("turn", INT), ("in_scope", B), ("scores", S), ("min_score", INT)]
+    [
+        ("turn_id", S),
+        ("conversation_id", S),
+        ("turn", INT),
+        ("in_scope", B),
+        ("user_in_role", B),
+        ("scores", S),
+        ("min_score", INT),
+    ]
     + tables.LLM_ACCOUNTING,
     judges="conversation_turns",
     key="turn_id",
@@ -81,7 +101,25 @@ CONVERSATIONS = tables.contract(
     parent="conversation_id",
     parent_table="synthetic_responses",
 )
-JUDGED = "turn_id string, conversation_id string, turn int, in_scope boolean, dialog string, answer string"
+JUDGED = "turn_id string, conversation_id string, turn int, in_scope boolean, kind string, dialog string, answer string"
+OUT_OF_ROLE = "judge:user_out_of_role"
+
+
+class UserInRole(BaseModel):
+    """The judge's verdict on the user message a turn answers: its reasoning first."""
+
+    model_config = ConfigDict(extra="forbid")
+    reasoning: str
+    in_role: bool
+
+
+def judgement(criteria) -> type[BaseModel]:
+    """The judge's reply: `user_in_role` on the user message, then one Score per criterion (criteria.output_model)."""
+    fields = {"user_in_role": (UserInRole, Field(description="Whether the customer's last message is in role"))}
+    fields |= {c.name: (Score, Field(description=c.description)) for c in criteria}
+    return create_model("TurnJudgement", __config__=ConfigDict(extra="forbid"), **fields)
+
+
 DECIDED = (
     "conversation_id string, seed_id string, topic string, turns int, kept_turns int, bad_turn int, "
     "truncated_by string, keep boolean, drop_reason string"
@@ -102,6 +140,7 @@ def judged_turns(row: dict) -> list[dict]:
                 "conversation_id": row["conversation_id"],
                 "turn": int(message["turn"]),
                 "in_scope": bool(rows[i - 1]["in_scope"]),
+                "kind": rows[i - 1]["kind"],
                 "dialog": dialogs.as_json(dialogs.messages(row["question"], row["answer"], rows[:i])),
                 "answer": message["content"],
             }
@@ -120,6 +159,7 @@ def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria) -> list
                     rules=rules,
                     transcript=dialogs.transcript(json.loads(row["dialog"])),
                     in_scope=bool(row["in_scope"]),
+                    kind=dialogs.KINDS.get(row["kind"], row["kind"]),
                     turn=int(row["turn"]),
                     answer=row["answer"],
                     criteria=criteria,
@@ -130,18 +170,31 @@ def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria) -> list
     ]
 
 
+def turn_verdicts(replies: DataFrame, *, criteria) -> DataFrame:
+    """Replies -> rows: the criteria's verdict (criteria.verdict_rows) and `user_in_role`; a user message out of
+    role fails the turn before any criterion does (OUT_OF_ROLE), as it comes first in the dialog."""
+    in_role = llm_stage.parsed(replies, judgement(criteria)).getField("user_in_role").getField("in_role")
+    rows = verdict_rows(
+        replies.withColumn("user_in_role", in_role), criteria=criteria, dropped=("kind", "dialog", "answer")
+    )
+    out = F.coalesce(~F.col("user_in_role"), F.lit(False))
+    return rows.withColumn("keep", F.col("keep") & ~out).withColumn(
+        "drop_reason", F.when(out, F.lit(OUT_OF_ROLE)).otherwise(F.col("drop_reason"))
+    )
+
+
 def step(cfg) -> LLMStep:
     j, criteria = cfg.conversations.judge, cfg.quality.judge.criteria
     return LLMStep(
         name="conversation_judge",
         table=TABLE,
         key="turn_id",
-        columns=("turn_id", "conversation_id", "turn", "in_scope", "dialog", "answer"),
-        output=output_model(criteria),
+        columns=tuple(dialogs.names(JUDGED)),
+        output=judgement(criteria),
         settings=j,
         template=j.template + json.dumps([c.model_dump() for c in criteria]),  # a new criterion, a new version
         prompts=functools.partial(prompts, template=j.template, rules=cfg.use_case.rules, criteria=criteria),
-        rows=functools.partial(verdict_rows, criteria=criteria, dropped=("dialog", "answer")),
+        rows=functools.partial(turn_verdicts, criteria=criteria),
     )
 
 
@@ -199,7 +252,7 @@ def run(ctx: RunContext) -> StageResult:
     c = cfg.conversations
     pairs = ctx.read("synthetic_responses").where(F.col("error").isNull() & F.col("answer").isNotNull())
     ok = ctx.read("conversation_turns", kept=False).where(F.col("error").isNull() & F.col("content").isNotNull())
-    messages = ok.select("conversation_id", "turn", "role", "in_scope", "content")
+    messages = ok.select("conversation_id", "turn", "role", "kind", "in_scope", "content")
     judged = functools.partial(dialogs.each_row, each=judged_turns, ddl=JUDGED)
     source = dialogs.with_stored(pairs, messages).mapInPandas(judged, JUDGED)
     source = tables.materialize(spark, rt, "conversation_judge_turns", source)
@@ -217,6 +270,7 @@ def run(ctx: RunContext) -> StageResult:
     tables.overwrite(spark, rt, CONVERSATIONS, rows, run_id=cfg.run_id)
     result.tables = [TABLE, CONVERSATIONS]
     result.metrics.update(counts(tables.read(spark, rt, CONVERSATIONS)))
+    result.metrics["users_out_of_role"] = tables.read(spark, rt, TABLE).where("NOT user_in_role").count()
     return result
 
 

@@ -4,12 +4,13 @@ Off by default (`tools.dialogs.enabled`). Two phases, as APIGen-MT (arXiv 2504.0
 1. A task blueprint per request (`count`): the teacher writes a user's goal and the ground-truth sequence of calls
    that does it. The blueprint is validated by running it: each call against its tool's JSON Schema, then in the
    sandbox; one that fails is dropped (`format:<rule>`, `execution:<Error>`), and its results are kept.
-2. A simulated user with that goal talks with the assistant. In rounds, the next turn of every unfinished dialog is
-   asked at once (core/llm_stage.py): the user's next message (or `done`), or the assistant's next step, which is
-   either calls, run in the sandbox at once so the assistant reads their results in its next step, or a reply. Each
-   request carries the whole dialog so far; each turn is a row of `tool_dialog_turns`, so a crash costs the turns in
-   flight and a rerun continues every dialog from its last stored turn. A dialog ends when the user is done or after
-   `max_turns` turns.
+2. A simulated user with that goal talks with the assistant, as a persona (role and tone) drawn per dialog from the
+   tools job's `tools.generation.personas` by a seeded hash (stored on its turns and its verdict). In rounds, the
+   next turn of every unfinished dialog is asked at once (core/llm_stage.py): the user's next message (or `done`),
+   or the assistant's next step, which is either calls, run in the sandbox at once so the assistant reads their
+   results in its next step, or a reply. Each request carries the whole dialog so far; each turn is a row of
+   `tool_dialog_turns`, so a crash costs the turns in flight and a rerun continues every dialog from its last stored
+   turn. A dialog ends when the user is done or after `max_turns` turns.
 A dialog is kept only if its calls reach the blueprint's results: both are run again in the sandbox, and every
 result of the blueprint's calls must be among the dialog's (`diverged:<call>` names the first one that is not).
 `tool_dialogs` holds every dialog's verdict and its messages; tool_format writes the kept ones.
@@ -34,6 +35,7 @@ from lakesynth.core.stage import RunContext, Stage, StageResult
 from lakesynth.core.tables import B, L, S
 from lakesynth.core.templates import render
 from lakesynth.errors import StageSkipped
+from lakesynth.qa.dialogs import persona as drawn
 from lakesynth.tools import decoding, steps
 from lakesynth.tools import spec as toolspec
 
@@ -48,7 +50,9 @@ to {{ most }} of them. This is task {{ index }}: make it differ from the others.
 
 USER = """You play a user who talks with an assistant that can call functions for you. Your goal:
 {{ goal }}
-
+{% if persona %}
+You are {{ persona.role }}, writing in a {{ persona.tone }} tone.
+{% endif %}
 The dialog so far:
 {{ dialog }}
 
@@ -75,10 +79,11 @@ class DialogsConfig(LLMStageConfig):
     max_calls: int = Field(3, ge=1, le=8, description="Most calls in a blueprint, and in one assistant step.")
     max_turns: int = Field(8, ge=2, description="Most turns (user and assistant steps) in a dialog.")
     blueprint_template: str = Field(BLUEPRINT, description="The blueprint's Jinja prompt (tools, least, most, index).")
-    user_template: str = Field(USER, description="The simulated user's Jinja prompt (goal, dialog).")
+    user_template: str = Field(USER, description="The simulated user's Jinja prompt (goal, persona, dialog).")
     template: str = Field(ASSISTANT, description="The assistant's Jinja prompt (tools, dialog).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=16, description="Completion token limit.")
+    seed: int = Field(7, description="Seed of each dialog's persona, drawn from tools.generation.personas.")
 
 
 class Call(BaseModel):
@@ -118,6 +123,7 @@ TURNS = tables.contract(
         ("blueprint_id", S),
         ("turn", L),
         ("role", S),
+        ("persona", S),
         ("content", S),
         ("calls", S),
         ("results", S),
@@ -130,7 +136,7 @@ TURNS = tables.contract(
 )
 TABLE = tables.verdict(
     "tool_dialogs",
-    [("blueprint_id", S), ("turns", L), ("calls", S), ("replayed", S), ("messages", S)],
+    [("blueprint_id", S), ("persona", S), ("turns", L), ("calls", S), ("replayed", S), ("messages", S)],
     judges="tool_blueprints",
     key="blueprint_id",
 )
@@ -159,9 +165,30 @@ def dialog_text(turns: list[dict]) -> str:
 def _prompts(batch: pd.DataFrame, *, template: str, tools: str) -> list[list[dict]]:
     fields = [c for c in batch.columns if c in ("goal", "dialog", "index", "least", "most")]
     return [
-        [{"role": "user", "content": render(template, tools=tools, **{f: row[f] for f in fields})}]
+        [
+            {
+                "role": "user",
+                "content": render(
+                    template,
+                    tools=tools,
+                    persona=json.loads(row["persona"]) if row.get("persona") else None,
+                    **{f: row[f] for f in fields},
+                ),
+            }
+        ]
         for _, row in batch.iterrows()
     ]
+
+
+ASKED_DDL = "turn_id string, blueprint_id string, turn long, role string, persona string, goal string, dialog string"
+ASKED = tuple(c.split()[0] for c in ASKED_DDL.split(", "))  # a turn's request columns
+
+
+def persona(blueprint_id: str, seed: int, personas: list) -> str | None:
+    """The user a dialog is written as, drawn from the tools job's personas by a seeded hash of the dialog (the
+    conversations' draw): JSON of its role and tone, or None when there are none."""
+    who = drawn(blueprint_id, seed, personas)
+    return who.model_dump_json() if who else None
 
 
 def _blueprint_rows(replies: DataFrame) -> DataFrame:
@@ -349,7 +376,13 @@ def judge(ctx: RunContext, box, ended: set[str]) -> DataFrame:
         if not said:  # no reply of the assistant to end on
             reason = "unfinished"
         rows.append(
-            (blueprint_id, len(turns), json.dumps(made, ensure_ascii=False), json.dumps(replayed, ensure_ascii=False))
+            (
+                blueprint_id,
+                turns[0]["persona"],
+                len(turns),
+                json.dumps(made, ensure_ascii=False),
+                json.dumps(replayed, ensure_ascii=False),
+            )
             + (json.dumps(said, ensure_ascii=False), reason is None, reason)
         )
     return ctx.spark.createDataFrame(rows, TABLE.row_schema)
@@ -401,12 +434,11 @@ def run(ctx: RunContext) -> StageResult:
     }
     askers = {
         "user": _step(
-            "dialog_user", TURNS, "turn_id", ("turn_id", "blueprint_id", "turn", "role", "goal", "dialog"),
-            UserTurn, d.user_template, _turn_rows, d, tools=tools,
+            "dialog_user", TURNS, "turn_id", ASKED, UserTurn, d.user_template, _turn_rows, d, tools=tools,
         ),
         "assistant": _step(
-            "dialog_assistant", TURNS, "turn_id", ("turn_id", "blueprint_id", "turn", "role", "goal", "dialog"),
-            AssistantTurn, d.template, _turn_rows, d, tools=tools, json_schema=assistant_schema,
+            "dialog_assistant", TURNS, "turn_id", ASKED, AssistantTurn, d.template, _turn_rows, d, tools=tools,
+            json_schema=assistant_schema,
         ),
     }  # fmt: skip
     run_with = cfg.tools.execution  # the execution check's limits
@@ -418,6 +450,7 @@ def run(ctx: RunContext) -> StageResult:
             r.blueprint_id: r.goal
             for r in tables.read(ctx.spark, ctx.rt, BLUEPRINTS).where("keep").select("blueprint_id", "goal").collect()
         }
+        who = {b: persona(b, d.seed, cfg.tools.generation.personas.all()) for b in goals}
         metrics["executed"] = execute_turns(ctx, box)  # calls a crash left unrun
         rounds, stuck = 0, set()
         while True:
@@ -434,14 +467,12 @@ def run(ctx: RunContext) -> StageResult:
             rounds += 1
             for role, step in askers.items():
                 rows = [
-                    (f"{b}:{n}", b, n, role, goals[b], dialog_text(turns.get(b, [])))
+                    (f"{b}:{n}", b, n, role, who[b], goals[b], dialog_text(turns.get(b, [])))
                     for b, (n, r) in sorted(due.items())
                     if r == role
                 ]
                 if rows:
-                    frame = ctx.spark.createDataFrame(
-                        rows, "turn_id string, blueprint_id string, turn long, role string, goal string, dialog string"
-                    )
+                    frame = ctx.spark.createDataFrame(rows, ASKED_DDL)
                     result.add(llm_stage.run(ctx, step, frame))
             execute_turns(ctx, box)
             after = stored_turns(ctx)

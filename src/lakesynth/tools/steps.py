@@ -24,6 +24,18 @@ def tool_content(result) -> str:
     return json.dumps(result, ensure_ascii=False)
 
 
+def trajectory(query: str, calls: list[dict], returned: list, answer: str) -> list[dict]:
+    """A pair with its final answer as OpenAI-style messages: the query, the assistant's calls (ids call_1...), one
+    `tool` message per call with what the sandbox returned (`returned`, in the order of the calls), the answer."""
+    ids = [f"call_{i}" for i in range(1, len(calls) + 1)]
+    return [
+        {"role": "user", "content": query},
+        {"role": "assistant", "tool_calls": [{"id": i, "function": c} for i, c in zip(ids, calls)]},
+        *[{"role": "tool", "content": tool_content(r), "tool_call_id": i} for i, r in zip(ids, returned)],
+        {"role": "assistant", "content": answer},
+    ]
+
+
 def results_message(calls: list[dict], returned: list) -> str:
     """json_content's user message with the results of `calls`, in their order."""
     results = [{"name": c["name"], "result": r} for c, r in zip(calls, returned)]

@@ -102,17 +102,7 @@ def example(row: dict, *, specs: list[dict], style: str, no_call_reply: str, pro
     calls = json.loads(row["calls"])
     answer = row.get("answer") if calls else None
     if answer:
-        calls_out = [{"id": f"call_{i}", "function": c} for i, c in enumerate(calls, start=1)]
-        returned = answer_check.returned(row["execution_results"])
-        said = [
-            {"role": "user", "content": row["query"]},
-            {"role": "assistant", "tool_calls": calls_out},
-            *[
-                {"role": "tool", "content": steps.tool_content(r), "tool_call_id": c["id"]}
-                for c, r in zip(calls_out, returned)
-            ],
-            {"role": "assistant", "content": answer},
-        ]
+        said = steps.trajectory(row["query"], calls, answer_check.returned(row["execution_results"]), answer)
         messages, tools = styled(said, specs=specs, style=style)
     elif style == "json_content":
         content = json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
