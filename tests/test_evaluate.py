@@ -21,7 +21,9 @@ def _cfg(llm_cfg):
     return llm_cfg.model_copy(
         update={
             "questions": llm_cfg.questions.model_copy(update={"per_seed": 1}),
-            "finetune": llm_cfg.finetune.model_copy(update={"max_steps": 2, "max_length": 64, "learning_rate": 1e-3}),
+            "finetune": llm_cfg.finetune.model_copy(
+                update={"max_steps": 2, "max_length": 64, "learning_rate": 1e-3, "val_examples": 4}
+            ),
             "evaluate": llm_cfg.evaluate.model_copy(update={"max_examples": 3, "max_new_tokens": 12}),
         }
     )
@@ -89,7 +91,12 @@ def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(
     from lakesynth.config import with_overrides
     from lakesynth.qa import conversation_judge, conversations
 
-    settings = ["conversations.enabled=true", "conversations.turns=[1, 1]", "finetune.max_length=192"]
+    settings = [
+        "conversations.enabled=true",
+        "conversations.turns=[1, 1]",
+        "finetune.max_length=192",
+        "finetune.val_examples=2",
+    ]
     settings += ["evaluate.max_examples=2", "format.val_fraction=0.1"]  # the fine-tune's val loss: few examples
     cfg = with_overrides(_cfg(llm_cfg), settings)
     for stage in (seeds, questions, responses, conversations):

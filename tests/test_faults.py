@@ -158,6 +158,8 @@ def test_planted_secret_never_leaks(tmp_path, teacher_server):
             "--set",
             "finetune.max_length=64",
             "--set",
+            "finetune.val_examples=2",
+            "--set",
             "evaluate.max_failure_rate=1",
             "--set",
             "evaluate.max_examples=3",

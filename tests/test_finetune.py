@@ -54,12 +54,15 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
 def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_cfg):
     cfg = jsonl_cfg.model_copy(
         update={
-            "finetune": jsonl_cfg.finetune.model_copy(update={"max_steps": 3, "max_length": 96, "learning_rate": 1e-3})
+            "finetune": jsonl_cfg.finetune.model_copy(
+                update={"max_steps": 3, "max_length": 96, "learning_rate": 1e-3, "val_examples": 2}
+            )
         }
     )
     result = finetune.run(context(cfg))
     m = result.metrics
     assert m["steps"] == 3 and m["device"] == "cpu"
+    assert m["val_examples"] == 2 < len(Path(finetune.split_files(where(cfg))["val"]).read_text().splitlines())
     assert m["val_loss_before"] > 0 and m["val_loss_after"] < m["val_loss_before"]
     assert os.path.isfile(os.path.join(result.files["adapter"], "adapter_config.json"))
     saved = json.loads(Path(result.files["adapter"]).parent.joinpath("metrics.json").read_text())
@@ -167,7 +170,7 @@ def test_ai_runtime_task_is_exact_and_valid_for_the_jobs_api(cfg):
         f"python /Workspace/Users/me/.lakesynth/test-run/train.py --method sft --train {files['train']} "
         f"--val {files['val']} "
         f"--out /Volumes/main/{cfg.schema_}/lakesynth/finetune/test-run --max-steps 20 --learning-rate 0.0002 "
-        "--lora-r 16 --batch-size 2 --max-length 256 --mlflow --model org/student"
+        "--lora-r 16 --batch-size 2 --max-length 256 --val-examples 200 --mlflow --model org/student"
     )
     submission = ai_runtime_backend.ai_runtime_submission(cfg, "/Workspace/Users/me/.lakesynth/test-run/run.sh")
     assert submission == {

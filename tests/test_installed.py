@@ -156,13 +156,14 @@ def test_run_from_an_empty_folder_uses_the_packaged_config_and_job(site, tmp_pat
 
 
 def run_jobs(
-    site: Path, deployed: Deployed, cwd: Path, env: dict, jobs: list[str] | None = None
+    site: Path, deployed: Deployed, cwd: Path, env: dict, jobs: list[str] | None = None, start: str | None = None
 ) -> list[tuple[str, subprocess.CompletedProcess]]:
-    """Every task of every job (or of `jobs`), in order, each as its wheel task; as on Databricks, a failed task's
-    dependents are not run (here: nothing after it)."""
+    """Every task of every job (or of `jobs`; from task `start` on), in order, each as its wheel task; as on
+    Databricks, a failed task's dependents are not run (here: nothing after it)."""
     ran = []
     for job in jobs or deployed.jobs():
-        for key, params in deployed.tasks(job):
+        tasks = deployed.tasks(job)
+        for key, params in tasks[[key for key, _ in tasks].index(start) if start else 0 :]:
             proc = lakesynth(site, cwd, *params, env=env)
             ran.append((f"{job}.{key}", proc))
             if proc.returncode != 0:
@@ -179,12 +180,14 @@ def test_every_task_of_every_job_runs_from_the_installed_wheel(site, workspace, 
     with (workspace / "conf" / "lakesynth.yml").open("a") as config:
         config.write("\nmlflow:\n  enabled: false\n")
     try:
-        # The default volume with every job, then `--var volume=other` with the Q&A job: each task process takes
-        # a couple of seconds, and the function-calling job's files land in the volume by the same code.
-        for volume, jobs in (("lakesynth", None), ("other", ["lakesynth"])):
+        # The default volume with every job, then `--var volume=other` with the Q&A job from its first task that
+        # writes files (the schema's tables are made): each task process takes a couple of seconds, and the
+        # function-calling job's files land in the volume by the same code.
+        for volume, jobs, start in (("lakesynth", None, None), ("other", ["lakesynth"], "format")):
             deployed = Deployed(workspace, volume=volume)
-            ran = run_jobs(site, deployed, cwd, env, jobs)
-            expected = [f"{j}.{k}" for j in jobs or deployed.jobs() for k, _ in deployed.tasks(j)]
+            ran = run_jobs(site, deployed, cwd, env, jobs, start)
+            keys = [f"{j}.{k}" for j in jobs or deployed.jobs() for k, _ in deployed.tasks(j)]
+            expected = keys[keys.index(f"{jobs[0]}.{start}") :] if start else keys
             assert [t for t, _ in ran] == expected, ran[-1][1].stdout + ran[-1][1].stderr
             for task, proc in ran:
                 assert proc.returncode == 0 and "RETURNED" in proc.stderr, f"{task}:\n{proc.stdout}{proc.stderr}"
@@ -262,4 +265,6 @@ def test_a_call_from_python_c_starts_the_embedded_engine_in_the_fresh_environmen
     assert "seed: ok, 2 in, 2 out, 0 errors" in proc.stdout
     assert "SPARK_HOME" not in proc.stderr
     # No config of its own: the domain-neutral default, in its own schema.
-    assert (folder / ".lakesynth" / "warehouse" / "main" / "lakesynth_default" / "seed_questions" / "_delta_log").is_dir()
+    assert (
+        folder / ".lakesynth" / "warehouse" / "main" / "lakesynth_default" / "seed_questions" / "_delta_log"
+    ).is_dir()

@@ -52,6 +52,8 @@ def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_serve
         "--set",
         "finetune.max_length=64",
         "--set",
+        "finetune.val_examples=4",
+        "--set",
         "evaluate.max_examples=3",
         "--set",
         "evaluate.max_new_tokens=16",

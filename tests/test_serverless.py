@@ -41,6 +41,7 @@ def _settings(warehouse, standin: str, *extra: str):
             "endpoints.outside.model=embed",
             "finetune.max_steps=1",
             "finetune.max_length=64",
+            "finetune.val_examples=2",
             "evaluate.max_examples=2",
             "evaluate.max_new_tokens=8",
             *extra,

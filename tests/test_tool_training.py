@@ -271,7 +271,7 @@ def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark
                 update={"semantic": semantic_off, "evaluate": short, "seeds": "", "trajectories": on}
             ),
             "format": cfg.format.model_copy(update={"val_fraction": 0.5}),
-            "finetune": cfg.finetune.model_copy(update={"max_steps": 1}),
+            "finetune": cfg.finetune.model_copy(update={"max_steps": 1, "val_examples": 2, "max_length": 160}),
         }
     )
     summary = pipeline.run(cfg, job="lakesynth_tools", root=ROOT)

@@ -119,14 +119,15 @@ def location(rt: Runtime, table: Table, spark: SparkSession | None = None) -> st
 
 
 # The tables this process has created or checked, by session: a stage reads and writes the same tables many times,
-# and each check is three statements (a third of a small stage's statements). Dropping through this module forgets.
-_ensured: set[tuple[int, str]] = set()
+# and each check is three statements (a third of a small stage's statements), by contract: another contract of the
+# same table is checked again. Dropping through this module forgets.
+_ensured: set[tuple[int, str, str]] = set()
 
 
 def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
     """Create the table from its contract if missing, check it if present (once a process); returns its full name."""
     fqn = rt.fqn(table.name)
-    if (id(spark), fqn) in _ensured:
+    if (id(spark), fqn, table.ddl) in _ensured:
         return fqn
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{rt.catalog}`.`{rt.schema}`")
     where = "" if rt.databricks else f" LOCATION '{location(rt, table)}'"
@@ -139,7 +140,7 @@ def ensure(spark: SparkSession, rt: Runtime, table: Table) -> str:
                 f"{fqn}: column '{name}' expected {dtype.simpleString()}, got {got}. "
                 f"The table predates this version of lakesynth: drop it or use another schema."
             )
-    _ensured.add((id(spark), fqn))
+    _ensured.add((id(spark), fqn, table.ddl))
     return fqn
 
 
@@ -160,7 +161,9 @@ def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame, *
     again from its contract: the run derives every row of it, so nothing is lost, where `ensure` would stop on it."""
     fqn = rt.fqn(table.name)
     contract = {n: t.simpleString() for n, t in table.columns}
-    if (id(spark), fqn) not in _ensured and spark.catalog.tableExists(fqn) and _columns(spark, fqn) != contract:
+    checked = (id(spark), fqn, table.ddl) in _ensured
+    if not checked and spark.catalog.tableExists(fqn) and _columns(spark, fqn) != contract:
+        _ensured.difference_update({entry for entry in _ensured if entry[1] == fqn})
         spark.sql(f"DROP TABLE IF EXISTS {fqn}")
         if not rt.databricks:  # an external table's files stay behind a DROP: its new log starts clean
             shutil.rmtree(location(rt, table), ignore_errors=True)

@@ -53,6 +53,9 @@ class FinetuneConfig(Section):
     beta: float = Field(0.1, gt=0, description="dpo: how far the student may move from the base model.")
     batch_size: int = Field(2, ge=1, description="Examples per step.")
     max_length: int = Field(256, ge=16, description="Tokens per example seen in training.")
+    val_examples: int = Field(
+        200, ge=1, description="Validation examples the loss is measured on, before and after (the split's first)."
+    )
     training_experiment: str = Field(
         "lakesynth", description="ai_runtime (one-time run): MLflow experiment NAME of the training run (not a path)."
     )

@@ -162,6 +162,7 @@ def train(
     lora_r: int = 16,
     batch_size: int = 2,
     max_length: int = 256,
+    val_examples: int = 200,
     beta: float = 0.1,
     seed: int = 42,
     progress_s: float = 30.0,
@@ -193,6 +194,8 @@ def train(
     for name, data in (("train", trainer.train_dataset), ("val", trainer.eval_dataset)):
         if len(data) == 0:  # the trainer drops an example whose answer the length limit cut off entirely
             raise ValueError(f"every {name} example is longer than max_length={max_length} tokens; raise it")
+    # The loss is measured twice, on CPU a forward pass per example each time: the first val_examples say enough.
+    trainer.eval_dataset = trainer.eval_dataset.select(range(min(val_examples, len(trainer.eval_dataset))))
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--val-examples", type=int, default=200, help="validation examples the loss is measured on")
     parser.add_argument("--beta", type=float, default=0.1, help="dpo: how far the student may move from the base")
     parser.add_argument("--mlflow", action="store_true", help="log params and metrics to the active MLflow setup")
     args = parser.parse_args(argv)
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "lora_r": args.lora_r,
         "batch_size": args.batch_size,
         "max_length": args.max_length,
+        "val_examples": args.val_examples,
         "learning_rate": args.learning_rate,
     }
     metrics = train(args.train, args.val, args.out, **settings)

@@ -54,6 +54,8 @@ def ai_runtime_command(cfg: Config, rt: Runtime, files: dict[str, str], script_d
         str(ft.batch_size),
         "--max-length",
         str(ft.max_length),
+        "--val-examples",
+        str(ft.val_examples),
         "--mlflow",
     ]
     if ft.method == "dpo":

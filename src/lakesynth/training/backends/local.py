@@ -49,6 +49,7 @@ def fine_tune(cfg: Config, rt: Runtime, files: dict[str, str]) -> StageResult:
         "lora_r": ft.lora_r,
         "batch_size": ft.batch_size,
         "max_length": ft.max_length,
+        "val_examples": ft.val_examples,
         "seed": cfg.format.seed,
     }
     try:
@@ -69,6 +70,7 @@ _FIGURES = (
     "reward_margin_before",
     "reward_margin_after",
     "steps",
+    "val_examples",
     "device",
 )
 
