@@ -391,6 +391,12 @@ def _failed(started: float, error: str) -> dict[str, Any]:
 PREVIEW_SKIPS = ("finetune", "evaluate", "export", "tool_export", "tool_evaluate")
 # The tables whose rows are a job's units: a preview keeps n of them, and a full run's estimate scales by them.
 PREVIEW_UNITS = {"seed_questions": "seeds", "taxonomy_leaves": "leaves", "tools": "tools"}
+# A shown preview's first pass carries one row of each of these (a unit's generated rows) through the stages after
+# them, so its first example waits for one answer, not the unit's every; the other rows are held aside and put back
+# before the second pass, which pays only for what the first did not ask. The top-up stages would ask again for
+# the rows held aside: the first pass leaves them out.
+PREVIEW_FIRST = ("synthetic_questions", "leaf_pairs", "tool_calls")
+PREVIEW_FIRST_SKIPS = ("topup", "leaf_topup")
 
 
 def preview(
@@ -405,8 +411,9 @@ def preview(
     """Run the job's generation and check stages on `n` of its units in a scratch schema beside the job's, dropped
     after: the job's own tables are never touched. Returns the examples with their verdicts (`frame`, pandas), the
     run `summary` and the `estimate` of a full run, which `save` keeps beside the job's tables (estimate.save).
-    With `show`, the first unit's examples go through every stage first and are shown (`show(frame)`) while the
-    others are made, then the others' (one teacher, and one measure of what both passes sent)."""
+    With `show`, the first unit's first generated row (PREVIEW_FIRST) goes through every stage first and its
+    example is shown (`show(frame)`) while the others are made, then the others' (one teacher, and one measure of
+    what both passes sent: no request is sent twice)."""
     if n < 1:
         raise ConfigError(f"preview: -n must be at least 1 (got {n})")
     jobs = jobs or locate_jobs()
@@ -415,16 +422,25 @@ def preview(
         update={"run_id": f"preview-{cfg.run_id}"}
     )
     units: dict[str, int] = {}
-    passes = [1, n] if show and n > 1 else [n]
+    passes = [1, n] if show else [n]
     cut = passes[0]
+    held: dict[str, tuple[tables.Table, Any]] = {}  # the first pass's rows held aside, by table
+    first_pass = False
 
     def keep_n(ctx: RunContext, stage: Stage, result: StageResult) -> None:
         for table in stage.writes:
-            if table.name not in PREVIEW_UNITS:
+            if table.name in PREVIEW_UNITS:
+                rows = tables.read(ctx.spark, ctx.rt, table)
+                units[table.name] = rows.count()
+                first = rows.orderBy(table.key).limit(cut)
+            elif first_pass and table.name in PREVIEW_FIRST:
+                rows = tables.read(ctx.spark, ctx.rt, table)
+                first = rows.orderBy(table.key).limit(1)
+                rest = rows.join(first.select(table.key), table.key, "left_anti")
+                held[table.name] = (table, tables.materialize(ctx.spark, ctx.rt, f"preview_held_{table.name}", rest))
+            else:
                 continue
-            rows = tables.read(ctx.spark, ctx.rt, table)
-            units[table.name] = rows.count()
-            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", rows.orderBy(table.key).limit(cut))
+            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", first)
             tables.overwrite(ctx.spark, ctx.rt, table, first, run_id=ctx.cfg.run_id)
 
     graph = jobs.graph(job)
@@ -433,9 +449,14 @@ def preview(
     ctx = RunContext(pcfg, registry.contracts(registry.default_stages()))
     shown: set[str] = set()
     try:
-        for cut in passes:
+        for number, cut in enumerate(passes):
+            first_pass = number == 0 and len(passes) > 1
+            for table, rest in held.values():  # the second pass: the rows the first held aside are back
+                tables.upsert(ctx.spark, ctx.rt, table, rest, run_id=pcfg.run_id)
+            held.clear()
             each = ctx.with_settings(_preview_tools(pcfg, cut) if tools else [])  # one teacher, one budget
-            summary = run(each.cfg, tasks, job=job, jobs=jobs, on_stage=keep_n, remember=False, context=each)
+            todo = [key for key in tasks if not (first_pass and graph[key][0] in PREVIEW_FIRST_SKIPS)]
+            summary = run(each.cfg, todo, job=job, jobs=jobs, on_stage=keep_n, remember=False, context=each)
             frame = report_preview.examples(ctx.spark, ctx.rt, ctx.contracts)
             if show and len(frame):
                 show(frame[~frame["key"].isin(shown)])
