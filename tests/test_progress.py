@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import deltalake
 import mlflow
 
 from lakesynth.core import estimate, registry
@@ -78,6 +79,11 @@ def test_ctrl_c_ends_the_run_within_seconds_and_the_rerun_pays_only_what_had_not
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # beside the warehouse
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [(r.info.status, r.data.tags["stage.questions"]) for r in runs] == [("KILLED", "interrupted")]
+    rt = Runtime.resolve(registry.load_config(ROOT / "conf/lakesynth.yml", [f"warehouse={tmp_path / 'wh'}"]))
+    logged = deltalake.DeltaTable(rt.table_location("run_log")).to_pandas().set_index("task")
+    assert logged.loc["seed", "status"] == "ok" and logged.loc["questions", "status"] == "stopped"
+    assert "Ctrl-C" in logged.loc["questions", "reason"] and logged.loc["questions", "seconds"] > 0
+    assert logged.loc["questions", "run_id"] == logged.loc["seed", "run_id"] == runs[0].data.tags["lakesynth.run_id"]
     interrupted = teacher_server.stats.requests
     assert interrupted < 20  # it stopped: 24 questions requests and a preflight make a whole run
 

@@ -228,10 +228,16 @@ def _run(
         run_log.record(ctx, key, registered.get(stage), summary["stages"][key], files or {})
 
     running: list[str] = []  # the task going on
+    since: list[float] = [0.0]  # when it started
 
     def interrupted() -> None:
-        """Ctrl-C (llm/stop.py): the MLflow run KILLED, the task going on tagged `interrupted`. No run_log row: the
-        engine stops on SIGINT, and a write to it then hangs (measured: 20 s, no answer)."""
+        """Ctrl-C (llm/stop.py): the task going on gets its run_log row (`stopped`), written past the engine, which
+        stops on SIGINT (a statement to it then hangs: measured 20 s, no answer); the MLflow run KILLED, the task
+        tagged `interrupted`."""
+        if running:
+            key = running[0]
+            entry = {"status": "stopped", "reason": STOPPED_BY_CTRL_C, "seconds": round(time.monotonic() - since[0], 3)}
+            run_log.record_stopped(ctx, key, registered.get(graph[key][0]), entry)
         tracker.kill(running[0] if running else None)
 
     stop.add_record(interrupted)
@@ -240,7 +246,7 @@ def _run(
             stage, deps = graph[key]
             if stages and key not in stages:
                 continue
-            running[:] = [key]
+            running[:], since[0] = [key], time.monotonic()
             stopped = _stopped(deps, summary["stages"], graph, registered)
             if stopped:
                 summary["stages"][key] = {"status": "skipped", "reason": stopped, "stopped": True}
@@ -326,6 +332,9 @@ def _run(
         if close:
             ctx.close()
     return summary
+
+
+STOPPED_BY_CTRL_C = "interrupted (Ctrl-C): its finished requests are kept, a rerun sends the rest"
 
 
 def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stage], names: list[str], ran) -> None:
