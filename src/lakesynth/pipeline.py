@@ -420,9 +420,9 @@ def preview(
     """Run the job's generation and check stages on `n` of its units in a scratch schema beside the job's, dropped
     after: the job's own tables are never touched. Returns the examples with their verdicts (`frame`, pandas), the
     run `summary` and the `estimate` of a full run, which `save` keeps beside the job's tables (estimate.save).
-    With `show`, the first unit's first generated row (PREVIEW_FIRST) goes through every stage first and its
-    example is shown (`show(frame)`) while the others are made, then the others' (one teacher, and one measure of
-    what both passes sent: no request is sent twice)."""
+    With `show`, the first unit's first generated row (PREVIEW_FIRST; the tools job's first call, its n tools'
+    calls generated) goes through every stage first and its example is shown (`show(frame)`) while the others are
+    made, then the others' (one teacher, and one measure of what both passes sent: no request is sent twice)."""
     if n < 1:
         raise ConfigError(f"preview: -n must be at least 1 (got {n})")
     jobs = jobs or locate_jobs()
@@ -431,7 +431,11 @@ def preview(
         update={"run_id": f"preview-{cfg.run_id}"}
     )
     units: dict[str, int] = {}
-    passes = [1, n] if show else [n]
+    graph = jobs.graph(job)
+    tools = "tools" in [stage for stage, _ in graph.values()]
+    # The units of each pass. A tool's generation requests offer the other tools and decode against all their
+    # parameters, so they change with the tools kept: the tools job's first pass keeps all n, or the second pays again.
+    passes = [n if tools else 1, n] if show else [n]
     cut = passes[0]
     held: dict[str, tuple[tables.Table, Any]] = {}  # the first pass's rows held aside, by table
     first_pass = False
@@ -452,9 +456,7 @@ def preview(
             first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", first)
             tables.overwrite(ctx.spark, ctx.rt, table, first, run_id=ctx.cfg.run_id)
 
-    graph = jobs.graph(job)
     tasks = [key for key, (stage, _) in graph.items() if stage not in PREVIEW_SKIPS]
-    tools = "tools" in [stage for stage, _ in graph.values()]
     ctx = RunContext(pcfg, registry.contracts(registry.default_stages()))
     shown: set[str] = set()
     try:
