@@ -234,11 +234,13 @@ def _run(
         """Ctrl-C (llm/stop.py): the task going on gets its run_log row (`stopped`), written past the engine, which
         stops on SIGINT (a statement to it then hangs: measured 20 s, no answer); the MLflow run KILLED, the task
         tagged `interrupted`."""
-        if running:
-            key = running[0]
-            entry = {"status": "stopped", "reason": STOPPED_BY_CTRL_C, "seconds": round(time.monotonic() - since[0], 3)}
-            run_log.record_stopped(ctx, key, registered.get(graph[key][0]), entry)
-        tracker.kill(running[0] if running else None)
+        try:
+            if running:
+                key, seconds = running[0], round(time.monotonic() - since[0], 3)
+                entry = {"status": "stopped", "reason": STOPPED_BY_CTRL_C, "seconds": seconds}
+                run_log.record_stopped(ctx, key, registered.get(graph[key][0]), entry)
+        finally:
+            tracker.kill(running[0] if running else None)
 
     stop.add_record(interrupted)
     try:

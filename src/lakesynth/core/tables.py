@@ -235,7 +235,10 @@ def upsert_files(rt: Runtime, table: Table, rows: list[dict], *, run_id: str) ->
 
     if rt.databricks or "://" in rt.warehouse:
         raise ValueError(f"{table.name}: a direct write needs a local warehouse, not {rt.warehouse}")
-    target = deltalake.DeltaTable(location(rt, table))
+    where = location(rt, table)
+    if not deltalake.DeltaTable.is_deltatable(where):
+        raise TableSchemaError(f"{rt.fqn(table.name)}: no table at {where} yet, so nothing to merge into")
+    target = deltalake.DeltaTable(where)
     now = datetime.datetime.now(datetime.UTC)
     stamped_rows = [{**row, "run_id": run_id, "created_at": now} for row in rows]
     source = pa.Table.from_pylist(stamped_rows, schema=pa.schema(target.schema().to_arrow()))
