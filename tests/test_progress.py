@@ -96,3 +96,21 @@ def test_ctrl_c_ends_the_run_within_seconds_and_the_rerun_pays_only_what_had_not
     assert subprocess.run(whole, cwd=ROOT, capture_output=True, timeout=300, env=env(), check=False).returncode == 0
     # Every request paid once over both runs, but the rerun's preflight and the two that were in flight.
     assert teacher_server.stats.requests <= paid <= teacher_server.stats.requests + 1 + 2
+
+
+def test_ctrl_c_ends_a_preview_within_seconds_and_removes_its_scratch_schema(tmp_path, teacher_server):
+    teacher_server.reset(latency_ms=500)  # the second pass's 2 questions and 9 answers, two at a time: about 3 s
+    args = run_args(teacher_server, tmp_path, "--set", "endpoints.teacher.max_concurrency=2")
+    args[args.index("run") : args.index("run") + 3] = ["preview", "-n", "3", "--out", str(tmp_path / "p.md")]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 120
+    while teacher_server.stats.completions < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first pass's question and answer are in: the second pass is asking
+    assert proc.poll() is None, "the preview ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10 and proc.returncode == 130, err
+    assert err.count("interrupted: the preview's scratch schema is removed") == 1, err
+    catalog = next((tmp_path / "wh").iterdir())
+    assert not [p.name for p in catalog.iterdir() if "_preview_" in p.name]

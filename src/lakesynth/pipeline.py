@@ -461,6 +461,13 @@ def preview(
     tasks = [key for key, (stage, _) in graph.items() if stage not in PREVIEW_SKIPS]
     ctx = RunContext(pcfg, registry.contracts(registry.default_stages()))
     shown: set[str] = set()
+
+    def dropped() -> None:
+        """Ctrl-C (llm/stop.py): the engine is stopping, so the scratch schema's folder goes without it."""
+        if not ctx.rt.databricks:
+            shutil.rmtree(Path(ctx.rt.warehouse) / ctx.rt.catalog / ctx.rt.schema, ignore_errors=True)
+
+    stop.add_record(dropped)
     try:
         for number, cut in enumerate(passes):
             first_pass = number == 0 and len(passes) > 1
@@ -477,7 +484,9 @@ def preview(
             if any(entry["status"] == "failed" for entry in summary["stages"].values()):
                 break  # the other units would fail alike: the failure is the preview's answer
     finally:
-        _drop_schema(ctx)
+        stop.remove_record(dropped)
+        if not stop.requested():  # stopped, the engine answers no statement: the record removed the folder
+            _drop_schema(ctx)
     unit_table = next((t for t in PREVIEW_UNITS if t in units), None)
     full = units.get(unit_table, n) if unit_table else n
     made = estimate.build(
