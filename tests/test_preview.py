@@ -239,3 +239,33 @@ def test_a_preview_whose_stage_fails_stops_after_its_first_seed_exits_1_and_save
     assert code == 1 and printed.count("questions: failed") == 1  # one pass: the first seed's
     assert "estimate not saved (questions failed)" in printed
     assert estimate.load(Runtime.resolve(cfg), "lakesynth") is None
+
+
+@pytest.mark.parametrize(("job", "made_by"), [("lakesynth", "responses"), ("lakesynth_tools", "call_generation")])
+def test_a_shown_preview_carries_one_generated_row_first_and_pays_for_nothing_twice(
+    warehouse, teacher_server, tmp_path, job, made_by
+):
+    """The first pass shows one example (one question of the first seed, or one call, through every stage); the
+    second makes the rest from what the first held aside, so the preview sends the requests one without `show`
+    sends, no more, and estimates the same."""
+    seeds = f"seed.path={seeds_csv(tmp_path / 'seeds.csv', 6)}"
+    paid, figures, frames = [], [], []
+    for show in (frames.append, None):
+        cfg = config(warehouse, teacher_server, seeds, f"schema=t_show_{bool(show)}_{tmp_path.name[-6:]}")
+        teacher_server.reset()
+        made = pipeline.preview(cfg, n=2, job=job, jobs=JOBS, save=False, show=show)
+        paid.append(teacher_server.stats.requests - teacher_server.stats.probes)  # a pass's preflights: 1 token
+        figures.append(
+            {
+                stage: (s["requests"], s["prompt_tokens"], s["completion_tokens"])
+                for stage, s in made["estimate"]["stages"].items()
+            }
+        )
+        if show:
+            whole = made
+    first, rest = frames
+    assert len(first) == 1 and len(rest) > 1 and "kept" in first  # one example through every stage, then the others
+    assert len(first) + len(rest) == len(whole["frame"]) and set(first["key"]).isdisjoint(rest["key"])
+    assert paid[0] == paid[1] > 0
+    assert figures[0] == figures[1] and made_by in figures[0]  # the estimate measures both passes, as one
+    assert whole["estimate"]["preview_units"] == 2

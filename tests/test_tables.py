@@ -157,3 +157,21 @@ def test_rekeep_is_for_a_verdict_table_with_those_scores(spark, cfg):
         tables.rekeep(spark, where(cfg), ROWS, 1, scores={"text": "t"}, required="text", failed="error")
     with pytest.raises(TableSchemaError, match="scored_verdicts"):
         tables.rekeep(spark, where(cfg), VERDICTS, 1, scores={"c": "low:c"}, required="a", failed="error")
+
+
+def test_upsert_files_merges_by_key_past_the_engine_and_the_engine_reads_it(spark, cfg):
+    """What a Ctrl-C's run_log row is written with (delta-rs on the table's files): a row replaced by key, one
+    added, both stamped; a table not made yet is named, nothing written."""
+    rt = where(cfg)
+    tables.upsert(spark, rt, ROWS, spark.createDataFrame([("1", "a"), ("2", "b")], ROWS.row_schema), run_id="r1")
+    tables.upsert_files(rt, ROWS, [{"id": "2", "text": "b2"}, {"id": "3", "text": "c"}], run_id="r2")
+    expected = spark.createDataFrame(
+        [("1", "a", "r1"), ("2", "b2", "r2"), ("3", "c", "r2")], "id string, text string, run_id string"
+    )
+    assert_df_equality(
+        tables.read(spark, rt, ROWS).drop("created_at"), expected, ignore_row_order=True, ignore_nullable=True
+    )
+    assert tables.read(spark, rt, ROWS).where("created_at IS NULL").count() == 0
+    missing = tables.contract("never_written", [("id", S)], key="id", parent="id")
+    with pytest.raises(TableSchemaError, match="never_written: no table at"):
+        tables.upsert_files(rt, missing, [{"id": "1"}], run_id="r3")

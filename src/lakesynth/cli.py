@@ -22,6 +22,7 @@ from lakesynth.errors import ConfigError, LakesynthError
 from lakesynth.llm import stop
 
 INTERRUPTED = "interrupted: finished requests are kept; rerun the same command to resume where it stopped"
+PREVIEW_INTERRUPTED = "interrupted: the preview's scratch schema is removed; no table of the job changed"
 
 __all__ = ["build_config", "config_file", "configure", "describe_config", "main", "parse_args"]
 
@@ -194,14 +195,22 @@ def _preview(args, job: str) -> int:
         flush=True,
     )
     console = Console()
-    base = pipeline.preview(cfg, n=args.n, job=job, jobs=jobs, show=lambda new: show.print_examples(new, console))
+    try:
+        with stop.on_interrupt(PREVIEW_INTERRUPTED):
+            base = pipeline.preview(
+                cfg, n=args.n, job=job, jobs=jobs, show=lambda new: show.print_examples(new, console)
+            )
+            if args.compare:
+                other_args = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, *args.compare]})
+                other_cfg, _ = configure(other_args, job_stages)
+                other = pipeline.preview(other_cfg, n=args.n, job=job, jobs=jobs, save=False)
+    except KeyboardInterrupt:
+        stop.say(PREVIEW_INTERRUPTED)
+        return stop.EXIT_CODE
     text = estimate.render(base["estimate"])
     title = f"lakesynth preview: job {job}, {base['estimate']['preview_units']} {base['estimate']['unit']}"
     document = show.markdown(base["frame"], title, text)
     if args.compare:
-        other_args = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, *args.compare]})
-        other_cfg, _ = configure(other_args, job_stages)
-        other = pipeline.preview(other_cfg, n=args.n, job=job, jobs=jobs, save=False)
         names = ("as configured", " ".join(args.compare))
         figures = show.comparison(base, other, names)
         pairs = show.side_by_side(base["frame"], other["frame"], names)

@@ -227,11 +227,19 @@ def _run(
         run_log.record(ctx, key, registered.get(stage), summary["stages"][key], files or {})
 
     running: list[str] = []  # the task going on
+    since: list[float] = [0.0]  # when it started
 
     def interrupted() -> None:
-        """Ctrl-C (llm/stop.py): the MLflow run KILLED, the task going on tagged `interrupted`. No run_log row: the
-        engine stops on SIGINT, and a write to it then hangs (measured: 20 s, no answer)."""
-        tracker.kill(running[0] if running else None)
+        """Ctrl-C (llm/stop.py): the task going on gets its run_log row (`stopped`), written past the engine, which
+        stops on SIGINT (a statement to it then hangs: measured 20 s, no answer); the MLflow run KILLED, the task
+        tagged `interrupted`."""
+        try:
+            if running:
+                key, seconds = running[0], round(time.monotonic() - since[0], 3)
+                entry = {"status": "stopped", "reason": STOPPED_BY_CTRL_C, "seconds": seconds}
+                run_log.record_stopped(ctx, key, registered.get(graph[key][0]), entry)
+        finally:
+            tracker.kill(running[0] if running else None)
 
     stop.add_record(interrupted)
     try:
@@ -239,7 +247,7 @@ def _run(
             stage, deps = graph[key]
             if stages and key not in stages:
                 continue
-            running[:] = [key]
+            running[:], since[0] = [key], time.monotonic()
             stopped = _stopped(deps, summary["stages"], graph, registered)
             if stopped:
                 summary["stages"][key] = {"status": "skipped", "reason": stopped, "stopped": True}
@@ -327,6 +335,9 @@ def _run(
     return summary
 
 
+STOPPED_BY_CTRL_C = "interrupted (Ctrl-C): its finished requests are kept, a rerun sends the rest"
+
+
 def _funnel(ctx: RunContext, summary: dict[str, Any], registered: dict[str, Stage], names: list[str], ran) -> None:
     """The yield funnel of the job (the stages `names`; core/funnel.py) into the summary, its line and warnings
     onto stdout, and a `funnel` row into run_log, when a stage that `ran` ends a chain (funnel.ends): a run that
@@ -390,6 +401,12 @@ def _failed(started: float, error: str) -> dict[str, Any]:
 PREVIEW_SKIPS = ("finetune", "evaluate", "export", "tool_export", "tool_evaluate")
 # The tables whose rows are a job's units: a preview keeps n of them, and a full run's estimate scales by them.
 PREVIEW_UNITS = {"seed_questions": "seeds", "taxonomy_leaves": "leaves", "tools": "tools"}
+# A shown preview's first pass carries one row of each of these (a unit's generated rows) through the stages after
+# them, so its first example waits for one answer, not the unit's every; the other rows are held aside and put back
+# before the second pass, which pays only for what the first did not ask. The top-up stages would ask again for
+# the rows held aside: the first pass leaves them out.
+PREVIEW_FIRST = ("synthetic_questions", "leaf_pairs", "tool_calls")
+PREVIEW_FIRST_SKIPS = ("topup", "leaf_topup")
 
 
 def preview(
@@ -404,8 +421,9 @@ def preview(
     """Run the job's generation and check stages on `n` of its units in a scratch schema beside the job's, dropped
     after: the job's own tables are never touched. Returns the examples with their verdicts (`frame`, pandas), the
     run `summary` and the `estimate` of a full run, which `save` keeps beside the job's tables (estimate.save).
-    With `show`, the first unit's examples go through every stage first and are shown (`show(frame)`) while the
-    others are made, then the others' (one teacher, and one measure of what both passes sent)."""
+    With `show`, the first unit's first generated row (PREVIEW_FIRST; the tools job's first call, its n tools'
+    calls generated) goes through every stage first and its example is shown (`show(frame)`) while the others are
+    made, then the others' (one teacher, and one measure of what both passes sent: no request is sent twice)."""
     if n < 1:
         raise ConfigError(f"preview: -n must be at least 1 (got {n})")
     jobs = jobs or locate_jobs()
@@ -414,27 +432,50 @@ def preview(
         update={"run_id": f"preview-{cfg.run_id}"}
     )
     units: dict[str, int] = {}
-    passes = [1, n] if show and n > 1 else [n]
+    graph = jobs.graph(job)
+    tools = "tools" in [stage for stage, _ in graph.values()]
+    # The units of each pass. A tool's generation requests offer the other tools and decode against all their
+    # parameters, so they change with the tools kept: the tools job's first pass keeps all n, or the second pays again.
+    passes = [n if tools else 1, n] if show else [n]
     cut = passes[0]
+    held: dict[str, tuple[tables.Table, Any]] = {}  # the first pass's rows held aside, by table
+    first_pass = False
 
     def keep_n(ctx: RunContext, stage: Stage, result: StageResult) -> None:
         for table in stage.writes:
-            if table.name not in PREVIEW_UNITS:
+            if table.name in PREVIEW_UNITS:
+                rows = tables.read(ctx.spark, ctx.rt, table)
+                units[table.name] = rows.count()
+                first = rows.orderBy(table.key).limit(cut)
+            elif first_pass and table.name in PREVIEW_FIRST:
+                rows = tables.read(ctx.spark, ctx.rt, table)
+                first = rows.orderBy(table.key).limit(1)
+                rest = rows.join(first.select(table.key), table.key, "left_anti")
+                held[table.name] = (table, tables.materialize(ctx.spark, ctx.rt, f"preview_held_{table.name}", rest))
+            else:
                 continue
-            rows = tables.read(ctx.spark, ctx.rt, table)
-            units[table.name] = rows.count()
-            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", rows.orderBy(table.key).limit(cut))
+            first = tables.materialize(ctx.spark, ctx.rt, f"preview_{table.name}", first)
             tables.overwrite(ctx.spark, ctx.rt, table, first, run_id=ctx.cfg.run_id)
 
-    graph = jobs.graph(job)
     tasks = [key for key, (stage, _) in graph.items() if stage not in PREVIEW_SKIPS]
-    tools = "tools" in [stage for stage, _ in graph.values()]
     ctx = RunContext(pcfg, registry.contracts(registry.default_stages()))
     shown: set[str] = set()
+
+    def dropped() -> None:
+        """Ctrl-C (llm/stop.py): the engine is stopping, so the scratch schema's folder goes without it."""
+        if not ctx.rt.databricks:
+            shutil.rmtree(Path(ctx.rt.warehouse) / ctx.rt.catalog / ctx.rt.schema, ignore_errors=True)
+
+    stop.add_record(dropped)
     try:
-        for cut in passes:
+        for number, cut in enumerate(passes):
+            first_pass = number == 0 and len(passes) > 1
+            for table, rest in held.values():  # the second pass: the rows the first held aside are back
+                tables.upsert(ctx.spark, ctx.rt, table, rest, run_id=pcfg.run_id)
+            held.clear()
             each = ctx.with_settings(_preview_tools(pcfg, cut) if tools else [])  # one teacher, one budget
-            summary = run(each.cfg, tasks, job=job, jobs=jobs, on_stage=keep_n, remember=False, context=each)
+            todo = [key for key in tasks if not (first_pass and graph[key][0] in PREVIEW_FIRST_SKIPS)]
+            summary = run(each.cfg, todo, job=job, jobs=jobs, on_stage=keep_n, remember=False, context=each)
             frame = report_preview.examples(ctx.spark, ctx.rt, ctx.contracts)
             if show and len(frame):
                 show(frame[~frame["key"].isin(shown)])
@@ -442,7 +483,9 @@ def preview(
             if any(entry["status"] == "failed" for entry in summary["stages"].values()):
                 break  # the other units would fail alike: the failure is the preview's answer
     finally:
-        _drop_schema(ctx)
+        stop.remove_record(dropped)
+        if not stop.requested():  # stopped, the engine answers no statement: the record removed the folder
+            _drop_schema(ctx)
     unit_table = next((t for t in PREVIEW_UNITS if t in units), None)
     full = units.get(unit_table, n) if unit_table else n
     made = estimate.build(

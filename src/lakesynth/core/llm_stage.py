@@ -284,7 +284,9 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     reset_concurrency(call.endpoint)  # the stage's own course of the endpoint's limit, in its summary
     parts = tables.chunks(source, step.key, attempted, max(1, cfg.llm.chunk_rows // step.rows_per_request))
     sent = 0
-    with progress.stage(step.name, attempted, interval=cfg.llm.progress_s) as lines:
+    guess = spend.estimates.get(step.name) or {}  # the saved estimate's figures for this stage, if any
+    per_request_s = guess["wall_s"] / guess["requests"] if guess.get("requests") else None
+    with progress.stage(step.name, attempted, interval=cfg.llm.progress_s, estimate_s=per_request_s) as lines:
         requested = 0
         for number, part in enumerate(parts, start=1):
             chunk_call = dataclasses.replace(

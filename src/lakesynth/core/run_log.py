@@ -50,6 +50,25 @@ def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) 
     made what, how many rows, tokens, cost and seconds, and the files it wrote. A rerun of the task in the same
     run replaces its row. The parameters are the stage's config section with long texts hashed; no secret is in
     the config. A failure to write it is a warning, never the stage's failure."""
+    try:
+        frame = ctx.spark.createDataFrame([_row(ctx, task, stage, entry, files)], schema=RUN_LOG.row_schema)
+        tables.upsert(ctx.spark, ctx.rt, RUN_LOG, frame, run_id=ctx.cfg.run_id)
+    except Exception as exc:  # noqa: BLE001 - the run log must never fail the stage it describes
+        log.warning("run_log: could not record %s: %s", task, exc)
+        print(f"{task}: warning: run_log not written ({type(exc).__name__}: {exc})", flush=True)
+
+
+def record_stopped(ctx, task: str, stage, entry: dict[str, Any]) -> None:
+    """The `run_log` row of the stage a Ctrl-C stopped (status `stopped`), written past the engine, which is
+    stopping then (tables.upsert_files; on Databricks, where the engine goes on, through it). Raises what fails:
+    the stop's recorder says it."""
+    if ctx.rt.databricks:
+        record(ctx, task, stage, entry, {})
+        return
+    tables.upsert_files(ctx.rt, RUN_LOG, [_row(ctx, task, stage, entry, {})], run_id=ctx.cfg.run_id)
+
+
+def _row(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
     section = _section(ctx.cfg, stage.config_key) if stage is not None and stage.config is not None else {}
     row = {
         "entry_id": f"{ctx.cfg.run_id}|{task}",
@@ -68,12 +87,7 @@ def record(ctx, task: str, stage, entry: dict[str, Any], files: dict[str, str]) 
     # The stage's own figures (a check's kept and dropped, the evaluation's scores ...), as in the summary.
     own = {k: v for k, v in entry.items() if k not in row and k not in ("error", "cost_usd")}
     row["metrics"] = json.dumps(own, sort_keys=True, default=str) if own else None
-    try:
-        frame = ctx.spark.createDataFrame([row], schema=RUN_LOG.row_schema)
-        tables.upsert(ctx.spark, ctx.rt, RUN_LOG, frame, run_id=ctx.cfg.run_id)
-    except Exception as exc:  # noqa: BLE001 - the run log must never fail the stage it describes
-        log.warning("run_log: could not record %s: %s", task, exc)
-        print(f"{task}: warning: run_log not written ({type(exc).__name__}: {exc})", flush=True)
+    return row
 
 
 def _section(cfg: Config, dotted: str) -> dict:

@@ -246,6 +246,30 @@ def upsert(
         spark.catalog.dropTempView(view)
 
 
+def upsert_files(rt: Runtime, table: Table, rows: list[dict], *, run_id: str) -> None:
+    """MERGE `rows` (dicts of the contract's columns but the lineage) by key straight into an existing local table's
+    Delta files with delta-rs, not through the engine: for what a run records while its engine is stopping under a
+    Ctrl-C (llm/stop.py), when a statement to the engine never returns. A local warehouse only (the `local` extra
+    brings delta-rs, as the engine)."""
+    import datetime
+
+    import deltalake
+    import pyarrow as pa
+
+    if rt.databricks or "://" in rt.warehouse:
+        raise ValueError(f"{table.name}: a direct write needs a local warehouse, not {rt.warehouse}")
+    where = location(rt, table)
+    if not deltalake.DeltaTable.is_deltatable(where):
+        raise TableSchemaError(f"{rt.fqn(table.name)}: no table at {where} yet, so nothing to merge into")
+    target = deltalake.DeltaTable(where)
+    now = datetime.datetime.now(datetime.UTC)
+    stamped_rows = [{**row, "run_id": run_id, "created_at": now} for row in rows]
+    source = pa.Table.from_pylist(stamped_rows, schema=pa.schema(target.schema().to_arrow()))
+    key = f"`{table.key}`"
+    merge = target.merge(source, predicate=f"t.{key} = s.{key}", source_alias="s", target_alias="t")
+    merge.when_matched_update_all().when_not_matched_insert_all().execute()
+
+
 def rekeep(
     spark: SparkSession,
     rt: Runtime,

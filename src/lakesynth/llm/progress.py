@@ -2,7 +2,10 @@
 off without one). Without one (a Databricks task log, a CI log, `make run > log 2>&1`), a plain line at least every
 `interval` seconds, from a thread of its own so that it comes even while no request finishes:
 
-    questions: 40/120 done, 2 errors, 3.1 req/s, ETA 26 s
+    questions: 40/120 done, 2 errors, 3.1 req/s, ETA 26 s (estimate 31 s), 12 s elapsed
+
+The ETA in brackets is the saved estimate's (core/estimate.py: its seconds per request for the stage, from a
+preview), where one exists: before the first request finishes it is the only one, `ETA (estimate 40 s)`.
 
 A stage opens one `Lines` for all its chunks and pools (`stage`); a pool of that stage (its label is the stage's
 name, or the name and a chunk number) counts into it (`current`). The pools run in this process (the driver, or the
@@ -38,10 +41,11 @@ class Lines:
     more when it closes."""
 
     def __init__(self, label: str, total: int = 0, *, interval: float = DEFAULT_INTERVAL_S, unit: str = "req",
-                 last: bool = True, file: TextIO | None = None) -> None:  # fmt: skip
+                 last: bool = True, file: TextIO | None = None, estimate_s: float | None = None) -> None:  # fmt: skip
         """`last`: a line when it closes, however short it ran (else only after a line was due: a pool's own
-        lines say nothing of a one-request preflight)."""
+        lines say nothing of a one-request preflight). `estimate_s`: seconds per request by the saved estimate."""
         self.label, self.total, self.unit, self.interval, self.last = label, total, unit, interval, last
+        self.estimate_s = estimate_s
         self.printed: tuple[int, int, int] | None = None  # the counts of the last line printed
         self.file = file or sys.stderr
         self.done = self.errors = 0
@@ -71,8 +75,11 @@ class Lines:
         elapsed = time.monotonic() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
         text = f"{self.label}: {done}/{total} done, {errors} errors, {rate:.1f} {self.unit}/s"
-        if 0 < done < total and rate > 0:
-            text += f", ETA {_duration((total - done) / rate)}"
+        measured = f"ETA {_duration((total - done) / rate)}" if 0 < done < total and rate > 0 else ""
+        if done < total and self.estimate_s:
+            text += f", {measured or 'ETA'} (estimate {_duration((total - done) * self.estimate_s)})"
+        elif measured:
+            text += f", {measured}"
         return text + f", {_duration(elapsed)} elapsed"
 
     def _tick(self) -> None:
@@ -113,12 +120,15 @@ def _duration(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def stage(name: str, total: int, *, interval: float = DEFAULT_INTERVAL_S) -> Iterator[Lines | None]:
-    """The stage's progress lines while it runs, where no terminal shows the pools' bars (else None)."""
+def stage(
+    name: str, total: int, *, interval: float = DEFAULT_INTERVAL_S, estimate_s: float | None = None
+) -> Iterator[Lines | None]:
+    """The stage's progress lines while it runs, where no terminal shows the pools' bars (else None); `estimate_s`:
+    seconds per request by the saved estimate, for its ETA beside the measured one."""
     if terminal():
         yield None
         return
-    lines = Lines(name, total, interval=interval)
+    lines = Lines(name, total, interval=interval, estimate_s=estimate_s)
     with _lock:
         _open[name] = lines
     try:

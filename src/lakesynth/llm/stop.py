@@ -69,7 +69,7 @@ def remove_record(record: Callable[[], None]) -> None:
 
 
 def _write_records() -> None:
-    for record in list(_records):  # noqa: PERF101 - a copy: the list may change under it
+    for record in reversed(_records):  # the innermost first: a run's row before its preview drops the schema
         try:
             record()
         except Exception as exc:  # noqa: BLE001 - the record of a stop never changes how it ends
