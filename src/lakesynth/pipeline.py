@@ -27,6 +27,7 @@ import graphlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -464,7 +465,9 @@ def preview(
     def dropped() -> None:
         """Ctrl-C (llm/stop.py): the engine is stopping, so the scratch schema's folder goes without it."""
         if not ctx.rt.databricks:
-            shutil.rmtree(Path(ctx.rt.warehouse) / ctx.rt.catalog / ctx.rt.schema, ignore_errors=True)
+            folder = Path(ctx.rt.warehouse) / ctx.rt.catalog / ctx.rt.schema
+            stop.drop_journals(str(folder))  # a request finishing after would write its journal there again
+            shutil.rmtree(folder, ignore_errors=True)
 
     stop.add_record(dropped)
     try:

@@ -81,10 +81,11 @@ class Journal:
         a reader, or a crash, that meets the file half written finds a torn last line, which `load` skips."""
         with self._lock:
             lines, self._lines = self._lines, []
-        if not lines:
+            folder = self.folder
+        if not lines or folder is None:  # no folder: the journal was dropped (`drop`)
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{uuid.uuid4().hex}.jsonl").write_text("".join(lines), encoding="utf-8")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{uuid.uuid4().hex}.jsonl").write_text("".join(lines), encoding="utf-8")
 
     def flush_now(self) -> None:
         """Write what is buffered, and from now on every result as it comes (the run is being stopped)."""
@@ -93,6 +94,12 @@ class Journal:
 
     def close(self) -> None:
         self.flush()
+
+    def drop(self) -> None:
+        """Keep nothing more: the folder is being removed (a stopped preview's scratch schema), and a request that
+        finishes after would make it again."""
+        with self._lock:
+            self.folder, self._lines = None, []
 
 
 def clear_journal(folder: str) -> None:

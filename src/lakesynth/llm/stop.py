@@ -44,6 +44,13 @@ def unregister(journal: Journal) -> None:
     _journals.discard(journal)
 
 
+def drop_journals(under: str) -> None:
+    """The open journals in folder `under` keep nothing more: it is being removed."""
+    for journal in list(_journals):
+        if journal.folder is not None and journal.folder.is_relative_to(under):
+            journal.drop()
+
+
 def requested() -> bool:
     """Whether the run is stopping: a pool starts no more requests."""
     return _requested.is_set()
