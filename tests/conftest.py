@@ -15,6 +15,9 @@ from pathlib import Path
 # Two workers share two cores: torch's own two threads each spun waiting for the other, descheduled, and a local
 # fine-tune and evaluation took 6.7 times the CPU (181 s against 27 s) and 3.5 times as long.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Likewise one partition per operator in each worker's embedded engine (Sail's default is one per core): the tests'
+# tables are tiny, and two workers' engines each running two threads per query spent 6% more CPU on 2 cores.
+os.environ.setdefault("SAIL_EXECUTION__DEFAULT_PARALLELISM", "1")
 
 import pytest
 
@@ -38,17 +41,21 @@ if _main.__spec__ is None and not hasattr(_main, "__file__"):
 # The files that take longest, handed out first. `--dist loadfile` gives a worker a whole file, and xdist's own order
 # (most tests first, turned off in pyproject.toml) left the one-test whole-job files for last, run by one worker
 # while the other sat idle. Longest first keeps both busy to the end; a file missing here only starts later.
-LONGEST_FIRST = (  # from single-file runs with --durations on 2 cores, 2026-12-06
+LONGEST_FIRST = (  # from a run with each test's CPU time recorded, 2 workers on 2 cores, 2026-12-06
+    "test_preview.py",
+    "test_notebooks_and_tracking.py",
+    "test_conversations.py",
+    "test_parity.py",
+    "test_faults.py",
+    "test_sources.py",
+    "test_init.py",
+    "test_topup.py",
+    "test_tools.py",
+    "test_tool_training.py",
     "test_pipeline.py",
     "test_installed.py",
-    "test_tool_training.py",
-    "test_notebooks_and_tracking.py",
-    "test_parity.py",
-    "test_taxonomy_training.py",
-    "test_cli.py",
     "test_evaluate.py",
-    "test_faults.py",
-    "test_tools.py",
+    "test_llm.py",
 )
 
 

@@ -29,6 +29,7 @@ def _cfg(llm_cfg):
     )
 
 
+@pytest.mark.slow
 def test_base_and_tuned_students_are_judged_side_by_side(spark, llm_cfg, teacher_server, capsys):
     cfg = _cfg(llm_cfg)
     for stage in (seeds, questions, responses, chat_jsonl):
@@ -87,6 +88,7 @@ def test_no_fine_tune_on_purpose_is_said_so(cfg):
             stage.run(context(off))
 
 
+@pytest.mark.slow
 def test_held_out_conversations_are_judged_turn_by_turn_on_the_reference_dialog(spark, llm_cfg, teacher_server):
     from lakesynth.config import with_overrides
     from lakesynth.qa import conversation_judge, conversations

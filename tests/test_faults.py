@@ -136,6 +136,7 @@ def test_unreachable_endpoint_is_named(tmp_path):
     assert len(_table(tmp_path, "synthetic_questions")) == 0  # created empty before the preflight; no row
 
 
+@pytest.mark.slow
 def test_planted_secret_never_leaks(tmp_path, teacher_server):
     teacher_server.reset(api_key=SECRET, fault_rate=0.3, faults=("500", "schema", "429"), seed=9)
     os.environ["LAKESYNTH_TEST_KEY"] = SECRET

@@ -51,6 +51,7 @@ def test_jsonl_loads_with_datasets_and_renders_with_a_real_chat_template(jsonl_c
     assert "<|im_start|>assistant" in text and data["train"][0]["messages"][-1]["content"] in text
 
 
+@pytest.mark.slow
 def test_local_backend_trains_a_lora_adapter_and_records_val_loss(spark, jsonl_cfg):
     cfg = jsonl_cfg.model_copy(
         update={
@@ -98,6 +99,7 @@ def _dpo(cfg, **settings):
     return cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"method": "dpo", **settings})})
 
 
+@pytest.mark.slow
 def test_local_dpo_trains_a_lora_adapter_and_records_the_rewards(cfg, capsys):
     files = finetune.split_files(where(cfg), "dpo")
     assert files["train"].endswith("/training_preference/dpo/train.jsonl")

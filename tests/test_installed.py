@@ -171,6 +171,7 @@ def run_jobs(
     return ran
 
 
+@pytest.mark.slow
 def test_every_task_of_every_job_runs_from_the_installed_wheel(site, workspace, tmp_path):
     server = StandIn().start()  # the workspace: Model Serving and the Jobs API the fine-tune task calls
     env = {"DATABRICKS_HOST": server.base_url.removesuffix("/v1"), "DATABRICKS_TOKEN": "dapi-standin"}

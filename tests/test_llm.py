@@ -266,6 +266,7 @@ def test_cost_estimate_only_where_prices_are_configured():
     assert EndpointSettings().cost(1000, 500) is None
 
 
+@pytest.mark.slow
 def test_embedded_teacher_answers_a_structured_request(tmp_path):
     """The real packaged model, no endpoint configured: a valid object comes back."""
     teacher = EndpointSettings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import deltalake
+import pytest
 import yaml
 from conftest import ROOT, write
 from test_cli import lakesynth
@@ -37,6 +38,7 @@ def test_job_graph_is_read_from_the_bundle():
     assert set(graph) <= set(registry.default_stages())
 
 
+@pytest.mark.slow
 def test_run_against_an_endpoint_then_rerun_pays_nothing(tmp_path, teacher_server):
     teacher_server.reset(fault_rate=0.0, latency_ms=5)
     args = [
@@ -158,6 +160,7 @@ def test_failed_stage_skips_its_dependents(tmp_path):
     assert all(stages[s]["status"] == "ok" and "disabled" in stages[s] for s in INPUTS)
 
 
+@pytest.mark.slow
 def test_end_to_end_with_the_real_embedded_teacher(tmp_path):
     """No endpoint configured: the packaged model writes questions and answers (a tiny sample)."""
     seeds_file = write(

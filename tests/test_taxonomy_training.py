@@ -8,6 +8,7 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from test_notebooks_and_tracking import _execute, _images, _text
 
@@ -18,6 +19,7 @@ from lakesynth.qa import format as chat_jsonl
 from lakesynth.qa import insights
 
 
+@pytest.mark.slow
 def test_the_taxonomy_sample_trains_on_every_leaf(spark, warehouse, teacher_server):
     teacher_server.reset()
     cfg = registry.load_config(

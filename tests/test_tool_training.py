@@ -253,6 +253,7 @@ def test_replies_are_parsed_as_calls_or_refused():
     assert ast_match.parse_reply('[{"arguments": {}}]') is None
 
 
+@pytest.mark.slow
 def test_the_tools_job_fine_tunes_on_its_examples_and_scores_both_students(spark, llm_cfg, teacher_server):
     """The job's fine-tune task carries `finetune.dataset=training_tools` (applied locally as on Databricks);
     the evaluation scores each student's reply with the AST check, per category. With trajectories on (the stand-in
