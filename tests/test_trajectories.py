@@ -124,6 +124,31 @@ def test_an_answer_with_an_invented_amount_is_dropped_naming_it(spark, finished,
 
 
 @pytest.mark.parametrize(
+    "planted, reason",
+    [
+        (None, "echo"),  # the request itself, as the 0.5B teacher wrote for "I lost my card ending 4821 ..."
+        ("To see it, call the `get_balance` tool with account savings.", "tool_text:get_balance"),
+        ("get_balance({", "tool_text:get_balance"),
+        ("Your savings account holds 8,200.00 EUR.", None),  # a control: an answer from the result
+    ],
+)
+def test_an_answer_that_repeats_the_request_or_writes_out_a_call_is_dropped(
+    spark, finished, llm_cfg, teacher_server, planted, reason
+):
+    cfg = copy_schema(spark, finished, _traj(llm_cfg))
+    rt = where(cfg)
+    row = tables.read(spark, rt, trajectories.TABLE).where("source_id = 'ok-balance'").first().asDict()
+    row.update(answer=planted or f" {row['query'].upper()} ", keep=True, drop_reason=None)
+    frame = spark.createDataFrame([{k: row[k] for k in trajectories.TABLE.row_names}], trajectories.TABLE.row_schema)
+    tables.upsert(spark, rt, trajectories.TABLE, frame, run_id="planted")
+    teacher_server.reset(no_digits=True)
+    trajectories.STAGE.run(context(cfg))
+    checked = tables.read(spark, rt, trajectories.TABLE).where("source_id = 'ok-balance'").first()
+    assert checked.keep is (reason is None) and checked.drop_reason == reason
+    assert teacher_server.stats.requests == 0  # checked again, no call paid
+
+
+@pytest.mark.parametrize(
     "answer, invented",
     [
         ("Checking holds $1,520.40 and savings €8,200.", []),

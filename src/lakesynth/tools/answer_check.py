@@ -119,6 +119,21 @@ def invented(answer: str, query: str, results: list) -> list[str]:
     return seen
 
 
+def not_an_answer(answer: str, query: str, tools: list[str]) -> str | None:
+    """Why `answer` is no final answer, or None: it repeats the request (`echo`), or it writes out a call of a tool
+    instead of saying what the call did (`tool_text:<name>`). The 0.5B teacher wrote both, and its judge kept them."""
+    if _plain(answer) and _plain(answer) == _plain(query):
+        return "echo"
+    for name in tools:
+        if re.search(rf"`{re.escape(name)}`|\b{re.escape(name)}\s*\(", answer or ""):
+            return f"tool_text:{name}"
+    return None
+
+
+def _plain(text: str | None) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", (text or "").lower()).split())
+
+
 def returned(results_json: str | None) -> list:
     """The values the calls returned, from an execution verdict's `results` (per call: name, ok, result ...)."""
     return [r.get("result") for r in json.loads(results_json or "[]")]

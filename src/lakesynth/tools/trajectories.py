@@ -88,7 +88,8 @@ def prompts(batch: pd.DataFrame, *, template: str) -> list[list[dict]]:
 
 def checked(frame: DataFrame) -> DataFrame:
     """`frame` (with answer, error, query and results) with `invented` (JSON list of the values the answer made
-    up), `keep` and `drop_reason`: `trajectory_error` for a failed request, `invented:<first value>`."""
+    up), `keep` and `drop_reason`: `trajectory_error` for a failed request, `invented:<first value>`, `echo` (the
+    request repeated), `tool_text:<name>` (a call written out, not answered)."""
     base = frame.drop("invented", "keep", "drop_reason")
     schema = T.StructType(
         base.schema.fields + [T.StructField("invented", S), T.StructField("keep", B), T.StructField("drop_reason", S)]
@@ -99,14 +100,17 @@ def checked(frame: DataFrame) -> DataFrame:
 def _check_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     for batch in batches:
         invented, keep, why = [], [], []
-        for answer, error, query, results in zip(batch["answer"], batch["error"], batch["query"], batch["results"]):
+        rows = zip(batch["answer"], batch["error"], batch["query"], batch["calls"], batch["results"])
+        for answer, error, query, calls, results in rows:
             if error is not None or answer is None:
                 invented.append(None), keep.append(False), why.append("trajectory_error")
                 continue
             found = answer_check.invented(answer, query, answer_check.returned(results))
             invented.append(json.dumps(found, ensure_ascii=False))
-            keep.append(not found)
-            why.append(f"invented:{found[0]}" if found else None)
+            reason = answer_check.not_an_answer(answer, query, [c["name"] for c in json.loads(calls or "[]")])
+            reason = f"invented:{found[0]}" if found else reason
+            keep.append(reason is None)
+            why.append(reason)
         yield batch.assign(invented=invented, keep=keep, drop_reason=why)
 
 
