@@ -13,8 +13,8 @@ run: setup
 	$(BIN)/lakesynth run --summary .lakesynth/summary.json $(ARGS)
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a green run.
-# `make test` leaves out the eleven slowest tests (marked slow: each a whole job, a real model on CPU or every task
-# as an installed wheel's process, a third of the suite's CPU): `make test-slow` runs them, and CI runs both.
+# `make test` leaves out the nineteen slowest tests (marked slow: each a whole job, a real model on CPU or every task
+# as an installed wheel's process, half of the suite's CPU): `make test-slow` runs them, and CI runs both.
 test: setup classic
 	@$(BIN)/python -m pytest -m "not slow" $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

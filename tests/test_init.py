@@ -49,6 +49,7 @@ def prompts(server) -> str:
     return json.dumps(list(server.stats.prompts))
 
 
+@pytest.mark.slow
 def test_init_writes_a_project_of_your_own_that_runs_both_jobs(tmp_path, teacher_server):
     project = tmp_path / "acme"
     made = lakesynth("init", str(project), "--job", "lakesynth_tools", "--name", "acme shop", cwd=tmp_path)

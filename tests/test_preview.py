@@ -100,6 +100,7 @@ def test_preview_prints_examples_with_verdicts_writes_the_file_and_changes_no_ta
     assert "kept examples expected" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_shows_the_planted_template_yielding_less_side_by_side(
     warehouse, teacher_server, tmp_path, capsys, monkeypatch
 ):
@@ -159,6 +160,7 @@ def test_estimate_from_five_seeds_is_within_bounds_of_a_hundred_seed_run(warehou
     assert made["kept"]["low"] <= kept <= made["kept"]["high"]
 
 
+@pytest.mark.slow
 def test_budget_stops_at_the_cap_and_a_rerun_finishes_paying_nothing_twice(warehouse, teacher_server, tmp_path):
     prices = [
         "endpoints.teacher.price_per_million_prompt_tokens=2",
@@ -241,6 +243,7 @@ def test_a_preview_whose_stage_fails_stops_after_its_first_seed_exits_1_and_save
     assert estimate.load(Runtime.resolve(cfg), "lakesynth") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("job", "made_by"), [("lakesynth", "responses"), ("lakesynth_tools", "call_generation")])
 def test_a_shown_preview_carries_one_generated_row_first_and_pays_for_nothing_twice(
     warehouse, teacher_server, tmp_path, job, made_by

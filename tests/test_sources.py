@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, write
 
 from lakesynth import pipeline
@@ -94,6 +95,7 @@ def _check_follows_sources(spark, rt: Runtime) -> None:
     assert len(verdicts) and (verdicts.source_id == verdicts.seed_id).all()
 
 
+@pytest.mark.slow
 def test_derived_rows_follow_their_sources(spark, warehouse, teacher_server, tmp_path):
     teacher_server.reset()
     schema = f"t_{uuid.uuid4().hex[:10]}"

@@ -42,6 +42,7 @@ def _tools_cfg(cfg, **tools_changes):
     return cfg.model_copy(update={"tools": cfg.tools.model_copy(update=tools_changes)})
 
 
+@pytest.mark.slow
 def test_every_input_line_gets_its_verdict_through_the_tools_job(spark, llm_cfg, teacher_server):
     """The sample: the --calls lines and the pairs generated from the seeds, each with its verdict."""
     cfg = llm_cfg.model_copy(update={"finetune": llm_cfg.finetune.model_copy(update={"backend": "none"})})

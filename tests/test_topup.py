@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from conftest import ROOT, write
 
 from lakesynth import pipeline
@@ -32,6 +33,7 @@ def _cfg(warehouse, server, seeds, *overrides):
     )
 
 
+@pytest.mark.slow
 def test_short_seeds_are_topped_up_in_bounded_rounds(spark, warehouse, teacher_server, tmp_path):
     teacher_server.reset()
     seeds = write(tmp_path / "s.csv", "topic,question,in_scope\n" + "".join(
