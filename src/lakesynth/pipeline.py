@@ -465,9 +465,8 @@ def preview(
     def dropped() -> None:
         """Ctrl-C (llm/stop.py): the engine is stopping, so the scratch schema's folder goes without it."""
         if not ctx.rt.databricks:
-            folder = Path(ctx.rt.warehouse) / ctx.rt.catalog / ctx.rt.schema
-            stop.drop_journals(str(folder))  # a request finishing after would write its journal there again
-            shutil.rmtree(folder, ignore_errors=True)
+            stop.drop_journals(str(ctx.rt.schema_dir))  # a request finishing after would write its journal there
+            shutil.rmtree(ctx.rt.schema_dir, ignore_errors=True)
 
     stop.add_record(dropped)
     try:
@@ -487,8 +486,11 @@ def preview(
                 break  # the other units would fail alike: the failure is the preview's answer
     finally:
         stop.remove_record(dropped)
-        if not stop.requested():  # stopped, the engine answers no statement: the record removed the folder
-            _drop_schema(ctx)
+        try:
+            if not stop.requested():  # stopped, the engine answers no statement: the record removed the folder
+                tables.drop_schema(ctx.spark, ctx.rt)
+        finally:
+            ctx.close()  # the teacher and sandboxes, stopped or not, as a run closes its own
     unit_table = next((t for t in PREVIEW_UNITS if t in units), None)
     full = units.get(unit_table, n) if unit_table else n
     made = estimate.build(
@@ -520,11 +522,3 @@ def _preview_tools(cfg: Config, n: int) -> list[str]:
         if (path := getattr(cfg.tools, key))
     ]
     return cut
-
-
-def _drop_schema(ctx: RunContext) -> None:
-    """Drop a preview's scratch schema, its tables and (locally) its folder with the journals and files."""
-    try:
-        tables.drop_schema(ctx.spark, ctx.rt)
-    finally:
-        ctx.close()

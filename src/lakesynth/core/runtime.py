@@ -62,15 +62,20 @@ class Runtime:
         return f"{self.catalog}.{self.schema}.{table}"
 
     @property
+    def schema_dir(self) -> Path:
+        """The schema's folder locally: its tables, its volume's folder and the journals."""
+        return Path(self.warehouse) / self.catalog / self.schema
+
+    @property
     def volume_root(self) -> str:
         """The Unity Catalog Volume on Databricks; locally a folder named for the volume beside the tables."""
         if self.databricks:
             return f"/Volumes/{self.catalog}/{self.schema}/{self.volume}"
-        return str(Path(self.warehouse) / self.catalog / self.schema / self.volume)
+        return str(self.schema_dir / self.volume)
 
     def table_location(self, table: str) -> str:
         """Where a table's files live locally (on Databricks, Unity Catalog decides)."""
-        return str(Path(self.warehouse) / self.catalog / self.schema / table)
+        return str(self.schema_dir / table)
 
     def files_dir(self, name: str) -> str:
         """A folder of output files (JSONL, adapters, exports) named for what it holds."""
@@ -80,4 +85,4 @@ class Runtime:
         """Where a stage's LLM journal lives: in the Volume on Databricks, beside the tables locally."""
         if self.databricks:
             return f"{self.volume_root}/_journal/{stage}"
-        return str(Path(self.warehouse) / self.catalog / self.schema / "_journal" / stage)
+        return str(self.schema_dir / "_journal" / stage)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -152,7 +151,7 @@ def drop_schema(spark: SparkSession, rt: Runtime) -> None:
         spark.sql(f"DROP SCHEMA IF EXISTS `{rt.catalog}`.`{rt.schema}` CASCADE")
     finally:
         if not rt.databricks:
-            shutil.rmtree(Path(rt.warehouse) / rt.catalog / rt.schema, ignore_errors=True)
+            shutil.rmtree(rt.schema_dir, ignore_errors=True)
 
 
 def overwrite(spark: SparkSession, rt: Runtime, table: Table, rows: DataFrame, *, run_id: str) -> None:

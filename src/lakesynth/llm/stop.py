@@ -76,7 +76,7 @@ def remove_record(record: Callable[[], None]) -> None:
 
 
 def _write_records() -> None:
-    for record in reversed(_records):  # the innermost first: a run's row before its preview drops the schema
+    for record in reversed(list(_records)):  # a copy, innermost first: a run's row before its preview's drop
         try:
             record()
         except Exception as exc:  # noqa: BLE001 - the record of a stop never changes how it ends

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from lakesynth.core.tables import Table
+from lakesynth.core.tables import LINEAGE_NAMES, LLM_ACCOUNTING, Table
 
 # Example table -> its unit (a seed, tool or leaf) and the columns that show the example itself.
 EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -24,19 +24,8 @@ EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tool_calls": ("source_id", ("category", "query", "calls")),
     "leaf_pairs": ("leaf", ("leaf", "question", "answer", "error")),
 }
-# A verdict's own columns, without the lineage and accounting every LLM table carries.
-NOT_SHOWN = {
-    "model",
-    "prompt_version",
-    "fingerprint",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "attempts",
-    "raw_output",
-    "run_id",
-    "created_at",
-}
+# A verdict's own columns, without the lineage and accounting every LLM table carries (its error is shown).
+NOT_SHOWN = {name for name, _ in LLM_ACCOUNTING if name != "error"} | set(LINEAGE_NAMES)
 
 
 def examples(spark, rt, contracts: Mapping[str, Table]) -> pd.DataFrame:

@@ -122,7 +122,8 @@ def invented(answer: str, query: str, results: list) -> list[str]:
 def not_an_answer(answer: str, query: str, tools: list[str]) -> str | None:
     """Why `answer` is no final answer, or None: it repeats the request (`echo`), or it writes out a call of a tool
     instead of saying what the call did (`tool_text:<name>`). The 0.5B teacher wrote both, and its judge kept them."""
-    if _plain(answer) and _plain(answer) == _plain(query):
+    said = _plain(answer)
+    if said and said == _plain(query):
         return "echo"
     for name in tools:
         if re.search(rf"`{re.escape(name)}`|\b{re.escape(name)}\s*\(", answer or ""):
