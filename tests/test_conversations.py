@@ -219,6 +219,54 @@ def test_a_simulated_user_out_of_role_drops_or_truncates_exactly_its_conversatio
             assert row.keep and row.kept_turns == 3 and pd.isna(row.bad_turn) and row.truncated_by is None
 
 
+def test_a_turn_that_copies_an_earlier_message_fails_by_rule_before_any_judge_is_paid(
+    spark, answered, llm_cfg, teacher_server
+):
+    from pyspark.sql import functions as F
+
+    cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.turns=[2, 2]")
+    ids = sorted(pairs.question_id)
+    users_copy, replies_copy = set(ids[: len(ids) // 3]), set(ids[len(ids) // 3 : 2 * len(ids) // 3])
+    teacher_server.reset(script=())
+    conversations.run(context(cfg))
+    rt = where(cfg)
+    turns = tables.read(spark, rt, conversations.TABLE)
+    # Planted as the 0.5B teacher writes them: the customer pastes the pair's answer back (turn 2), and the assistant
+    # answers turn 3 with the customer's own message of turn 3, a few words changed.
+    answers = pairs.set_index("question_id").answer
+    asked = {r.conversation_id: r.content for r in turns.where("role = 'user' AND turn = 3").collect()}
+    planted = [
+        (c, 2, "user", answers[c]) for c in users_copy
+    ] + [(c, 3, "assistant", f"Well, {asked[c]} Thanks.") for c in replies_copy]
+    for cid, turn, role, content in planted:
+        row = turns.where((F.col("conversation_id") == cid) & (F.col("turn") == turn) & (F.col("role") == role))
+        tables.upsert(spark, rt, conversations.TABLE, row.withColumn("content", F.lit(content)), run_id="planted")
+    teacher_server.reset(replies=(("(turn ", _score(3)),))
+    result = conversation_judge.run(context(cfg))
+    verdicts = tables.read(spark, rt, conversation_judge.TABLE).toPandas()
+    out = verdicts[~verdicts.keep].set_index("conversation_id")
+    assert {(c, t) for c, t in zip(out.index, out.turn)} == {(c, 2) for c in users_copy} | {(c, 3) for c in replies_copy}
+    assert result.metrics["copied_turns"] == len(out) and (out.model == "rule:copy").all()
+    for cid in users_copy:  # the verdict is data: its reasoning names what was copied
+        assert out.drop_reason[cid] == "copy:user"
+        assert json.loads(out.scores[cid])["copy"]["reasoning"].startswith("the customer's message (turn 2) copies")
+    for cid in replies_copy:
+        assert out.drop_reason[cid] == "copy:assistant" and "of the customer's turn 3" in out.scores[cid]
+    # No judge request for a copied turn: the stand-in was asked only about the others.
+    judged = ["\n".join(m["content"] for m in p) for p in teacher_server.stats.prompts]
+    assert teacher_server.stats.completions - teacher_server.stats.probes == len(verdicts) - len(out)
+    assert not any(f"Customer: {answers[c]}\n\nThe customer's last message" in a for c in users_copy for a in judged)
+    decided = tables.read(spark, rt, conversation_judge.CONVERSATIONS).toPandas().set_index("conversation_id")
+    for cid in ids:
+        row = decided.loc[cid]
+        if cid in users_copy:
+            assert not row.keep and row.drop_reason == "copy:user@turn2"
+        elif cid in replies_copy:
+            assert not row.keep and row.drop_reason == "copy:assistant@turn3"
+        else:  # the stand-in's own messages (alike in their template) are no copies
+            assert row.keep and row.kept_turns == 3
+
+
 def test_share_mixes_single_turn_examples_and_conversations(spark, answered, llm_cfg, teacher_server):
     cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.share=0.5", "conversations.turns=[1, 1]")
     teacher_server.reset(replies=_judged())

@@ -11,6 +11,11 @@ you?", answering its own question). Its row in `turn_verdicts` keeps the verdict
 verdict, a verdict or message that failed, a message not yet generated) decides it, as `conversations.on_bad_turn`
 says: `drop` drops it (`drop_reason` `judge:quality@turn3`), `truncate` keeps it up to the turn before when at least
 one follow-up turn remains there (`truncated_by` names the turn), else drops it.
+
+Before any judge is paid, a turn fails as `copy:user` when the user message it answers copies an earlier message of
+the dialog, or `copy:assistant` when the reply does (`conversations.judge.copy_share` of its words or more in runs of
+COPY_NGRAM words that one earlier message has): the 0.5B teacher's users often paste the assistant's last answer back,
+and its assistant its own earlier answer, which its judge passes. Such a turn's row says so in `scores`, by rule.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
 from lakesynth.qa import dialogs
+from lakesynth.quality import rules
 from lakesynth.quality.criteria import Score, verdict_rows
 
 TEMPLATE = """You judge conversations written to train a customer-service chatbot, one assistant turn at a time.
@@ -68,6 +74,13 @@ class ConversationJudgeConfig(LLMStageConfig):
     )
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(512, ge=16, description="Completion token limit.")
+    copy_share: float | None = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="A message with this share of its words or more in runs of 6 copied from one earlier message of "
+        "the dialog fails its turn as copy:user or copy:assistant, unjudged (null: no such check).",
+    )
 
 
 TABLE = tables.verdict(
@@ -101,8 +114,13 @@ CONVERSATIONS = tables.contract(
     parent="conversation_id",
     parent_table="synthetic_responses",
 )
-JUDGED = "turn_id string, conversation_id string, turn int, in_scope boolean, kind string, dialog string, answer string"
+JUDGED = (
+    "turn_id string, conversation_id string, turn int, in_scope boolean, kind string, dialog string, answer string, "
+    "copied string, copy_reasoning string"
+)
 OUT_OF_ROLE = "judge:user_out_of_role"
+COPY_NGRAM = 6  # words per n-gram of the copy check, as the rule checks' leak check
+WHO = {"user": "customer", "assistant": "assistant"}
 
 
 class UserInRole(BaseModel):
@@ -126,14 +144,27 @@ DECIDED = (
 )
 
 
-def judged_turns(row: dict) -> list[dict]:
+def judged_turns(row: dict, *, copy_share: float | None) -> list[dict]:
     """One row per stored assistant turn of the conversation (dialogs.with_stored), with the dialog before it (the
-    pair, then the stored messages up to the user message it answers). A turn whose earlier messages are not all
-    stored is left out."""
+    pair, then the stored messages up to the user message it answers), and `copied` (`copy:user`, `copy:assistant`)
+    with its reasoning when the user message or the reply copies an earlier message. A turn whose earlier messages
+    are not all stored is left out."""
     rows, out = dialogs.history(row["stored"]), []
     for i, message in enumerate(rows):
         if message["role"] != "assistant" or not dialogs.contiguous(rows, i + 1):
             continue
+        earlier = [
+            {"role": "user", "turn": 1, "content": row["question"]},
+            {"role": "assistant", "turn": 1, "content": row["answer"]},
+            *({"role": r["role"], "turn": int(r["turn"]), "content": r["content"]} for r in rows[:i]),
+        ]
+        why, copied = None, None
+        if copy_share is not None:
+            for kind, said, before in (("user", rows[i - 1], earlier[:-1]), ("assistant", message, earlier)):
+                why = copy_of(said["content"], before, copy_share)
+                if why:
+                    copied, why = f"copy:{kind}", f"the {WHO[kind]}'s message (turn {int(message['turn'])}) {why}"
+                    break
         out.append(
             {
                 "turn_id": f"{row['conversation_id']}:{int(message['turn'])}:assistant",
@@ -143,9 +174,41 @@ def judged_turns(row: dict) -> list[dict]:
                 "kind": rows[i - 1]["kind"],
                 "dialog": dialogs.as_json(dialogs.messages(row["question"], row["answer"], rows[:i])),
                 "answer": message["content"],
+                "copied": copied,
+                "copy_reasoning": why,
             }
         )
     return out
+
+
+def copy_of(text: str, earlier: list[dict], share: float) -> str | None:
+    """How `text` copies an earlier message (`earlier`: role, turn, content), the latest first, or None: `share` or
+    more of its words lie in runs of COPY_NGRAM words that message also has."""
+    words = len(rules.words(text))
+    for m in reversed(earlier):
+        _, copied = rules.copied_span(text, rules.ngrams(m["content"], COPY_NGRAM), COPY_NGRAM)
+        if words and copied / words >= share:
+            return f"copies {copied / words:.0%} of the {WHO[m['role']]}'s turn {m['turn']}"
+    return None
+
+
+def copy_verdicts(copies: DataFrame, *, version: str) -> DataFrame:
+    """The verdict rows of turns the copy check failed: by rule, no judge paid (`scores` holds its reasoning)."""
+    reason = F.struct(F.col("copy_reasoning").alias("reasoning"), F.lit(0).alias("score"))
+    return copies.select(
+        "turn_id",
+        "conversation_id",
+        "turn",
+        "in_scope",
+        F.lit(None).alias("user_in_role"),
+        F.to_json(F.create_map(F.lit("copy"), reason)).alias("scores"),
+        F.lit(0).alias("min_score"),
+        *[F.lit(None).alias(name) for name, _ in tables.LLM_ACCOUNTING if name not in ("model", "prompt_version")],
+        F.lit("rule:copy").alias("model"),
+        F.lit(version).alias("prompt_version"),
+        F.lit(False).alias("keep"),
+        F.col("copied").alias("drop_reason"),
+    )
 
 
 def prompts(batch: pd.DataFrame, *, template: str, rules: str, criteria) -> list[list[dict]]:
@@ -175,7 +238,9 @@ def turn_verdicts(replies: DataFrame, *, criteria) -> DataFrame:
     role fails the turn before any criterion does (OUT_OF_ROLE), as it comes first in the dialog."""
     in_role = llm_stage.parsed(replies, judgement(criteria)).getField("user_in_role").getField("in_role")
     rows = verdict_rows(
-        replies.withColumn("user_in_role", in_role), criteria=criteria, dropped=("kind", "dialog", "answer")
+        replies.withColumn("user_in_role", in_role),
+        criteria=criteria,
+        dropped=("kind", "dialog", "answer", "copied", "copy_reasoning"),
     )
     out = F.coalesce(~F.col("user_in_role"), F.lit(False))
     return rows.withColumn("keep", F.col("keep") & ~out).withColumn(
@@ -253,10 +318,15 @@ def run(ctx: RunContext) -> StageResult:
     pairs = ctx.read("synthetic_responses").where(F.col("error").isNull() & F.col("answer").isNotNull())
     ok = ctx.read("conversation_turns", kept=False).where(F.col("error").isNull() & F.col("content").isNotNull())
     messages = ok.select("conversation_id", "turn", "role", "kind", "in_scope", "content")
-    judged = functools.partial(dialogs.each_row, each=judged_turns, ddl=JUDGED)
+    each_turn = functools.partial(judged_turns, copy_share=c.judge.copy_share)
+    judged = functools.partial(dialogs.each_row, each=each_turn, ddl=JUDGED)
     source = dialogs.with_stored(pairs, messages).mapInPandas(judged, JUDGED)
     source = tables.materialize(spark, rt, "conversation_judge_turns", source)
-    result = llm_stage.run(ctx, step(cfg), source)
+    result = llm_stage.run(ctx, step(cfg), source.where("copied IS NULL"))
+    copies = source.where("copied IS NOT NULL")
+    if copies.limit(1).collect():
+        version = f"copy:{COPY_NGRAM}:{c.judge.copy_share}"
+        tables.upsert(spark, rt, TABLE, copy_verdicts(copies, version=version), run_id=cfg.run_id)
     verdicts = tables.read(spark, rt, TABLE).select(
         "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
     )
@@ -271,6 +341,7 @@ def run(ctx: RunContext) -> StageResult:
     result.tables = [TABLE, CONVERSATIONS]
     result.metrics.update(counts(tables.read(spark, rt, CONVERSATIONS)))
     result.metrics["users_out_of_role"] = tables.read(spark, rt, TABLE).where("NOT user_in_role").count()
+    result.metrics["copied_turns"] = tables.read(spark, rt, TABLE).where("model = 'rule:copy'").count()
     return result
 
 
