@@ -235,9 +235,9 @@ def test_a_turn_that_copies_an_earlier_message_fails_by_rule_before_any_judge_is
     # answers turn 3 with the customer's own message of turn 3, a few words changed.
     answers = pairs.set_index("question_id").answer
     asked = {r.conversation_id: r.content for r in turns.where("role = 'user' AND turn = 3").collect()}
-    planted = [
-        (c, 2, "user", answers[c]) for c in users_copy
-    ] + [(c, 3, "assistant", f"Well, {asked[c]} Thanks.") for c in replies_copy]
+    planted = [(c, 2, "user", answers[c]) for c in users_copy] + [
+        (c, 3, "assistant", f"Well, {asked[c]} Thanks.") for c in replies_copy
+    ]
     for cid, turn, role, content in planted:
         row = turns.where((F.col("conversation_id") == cid) & (F.col("turn") == turn) & (F.col("role") == role))
         tables.upsert(spark, rt, conversations.TABLE, row.withColumn("content", F.lit(content)), run_id="planted")
@@ -245,7 +245,9 @@ def test_a_turn_that_copies_an_earlier_message_fails_by_rule_before_any_judge_is
     result = conversation_judge.run(context(cfg))
     verdicts = tables.read(spark, rt, conversation_judge.TABLE).toPandas()
     out = verdicts[~verdicts.keep].set_index("conversation_id")
-    assert {(c, t) for c, t in zip(out.index, out.turn)} == {(c, 2) for c in users_copy} | {(c, 3) for c in replies_copy}
+    assert {(c, t) for c, t in zip(out.index, out.turn)} == {(c, 2) for c in users_copy} | {
+        (c, 3) for c in replies_copy
+    }
     assert result.metrics["copied_turns"] == len(out) and (out.model == "rule:copy").all()
     for cid in users_copy:  # the verdict is data: its reasoning names what was copied
         assert out.drop_reason[cid] == "copy:user"

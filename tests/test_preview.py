@@ -272,3 +272,37 @@ def test_a_shown_preview_carries_one_generated_row_first_and_pays_for_nothing_tw
     assert paid[0] == paid[1] > 0
     assert figures[0] == figures[1] and made_by in figures[0]  # the estimate measures both passes, as one
     assert whole["estimate"]["preview_units"] == 2
+
+
+@pytest.mark.slow
+def test_a_first_answer_longer_than_the_first_look_is_asked_in_full_later_and_the_next_question_shown_first(
+    warehouse, teacher_server, tmp_path
+):
+    """The first pass asks its answer with at most FIRST_LOOK tokens: the first question's long answer is cut there
+    (not retried), the second question's example is shown first, and the long one is asked in full in the second
+    pass. The cut request is the one more the shown preview sends, and it is no part of the estimate's measure."""
+    import json
+
+    seeds = f"seed.path={seeds_csv(tmp_path / 'seeds.csv', 3)}"
+    frames: list = []
+    cfg = config(warehouse, teacher_server, seeds, f"schema=t_look_a_{tmp_path.name[-6:]}")
+    teacher_server.reset()
+    pipeline.preview(cfg, n=1, save=False, show=frames.append)
+    first_question = frames[0]["question"].iloc[0]  # the stand-in is deterministic: the same first question again
+    words = pipeline.FIRST_LOOK["synthetic_responses"] * 4 // 5  # about 300 tokens: past the look, within 640
+    long = json.dumps({"reasoning": "scripted", "answer": " ".join(["word"] * words) + "."})
+    paid, figures, frames = [], [], []
+    for show in (frames.append, None):
+        cfg = config(warehouse, teacher_server, seeds, f"schema=t_look_{bool(show)}_{tmp_path.name[-6:]}")
+        teacher_server.reset(replies=((first_question, long),))
+        made = pipeline.preview(cfg, n=1, save=False, show=show)
+        paid.append(teacher_server.stats.requests - teacher_server.stats.probes)
+        figures.append({k: (s["requests"], s["prompt_tokens"]) for k, s in made["estimate"]["stages"].items()})
+        if show:
+            whole = made["frame"].set_index("question")
+    first, rest = frames
+    assert list(first["question"]) != [first_question] and len(first) == 1 and first["error"].isna().all()
+    assert first_question in set(rest["question"]) and whole.loc[first_question, "answer"].startswith("word word")
+    assert whole["error"].isna().all()
+    assert paid[0] == paid[1] + 1  # the cut first look, and nothing else, asked twice
+    assert figures[0] == figures[1]

@@ -43,7 +43,7 @@ from lakesynth.core.tables import S, Table
 from lakesynth.core.templates import prompt_version
 from lakesynth.errors import EndpointError, StageError
 from lakesynth.llm import ai_query, progress
-from lakesynth.llm.retry import THROTTLED
+from lakesynth.llm.retry import THROTTLED, UNFINISHED
 from lakesynth.llm.throttle import concurrency_trace, reset_concurrency
 
 # What the loop adds to a request's columns once it is answered; a stage's `rows` hook reads `output`
@@ -257,6 +257,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         label=step.name,
         json_schema=step.json_schema,
         fingerprint_extra=step.fingerprint_extra,
+        reply_cap=ctx.reply_caps.get(step.table.name),
     )
 
     def pending(part: DataFrame, *columns: str) -> DataFrame:
@@ -307,6 +308,12 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
             staged = tables.materialize(spark, rt, f"{step.name}_rows", step.rows(replies))
             tables.upsert(spark, rt, step.table, staged, run_id=cfg.run_id, replace_by=step.replace_by)
             requests_sent, prompt_tokens, completion_tokens, latency_ms = totals.add(staged, group=step.key)
+            if call.reply_cap:  # a first look's cut replies: the preview's own cost, no measure of the run's
+                cut = LLMTotals().add(staged.where(F.col("error").startswith(UNFINISHED)), group=step.key)
+                requests_sent, prompt_tokens, completion_tokens, latency_ms = (
+                    a - b for a, b in zip((requests_sent, prompt_tokens, completion_tokens, latency_ms), cut)
+                )
+                result.metrics["first_look_cut"] = result.metrics.get("first_look_cut", 0) + cut[0]
             if step.metrics:
                 totals.extra.update(step.metrics(staged))
             if lines and rt.databricks:  # the requests ran on the executors: the line counts merged chunks
@@ -345,7 +352,8 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
     else:
         result.metrics["tokens_from"] = TOKENS_FROM.get(via, "not reported: the built-in ai_query's stand-in")
     result.metrics.update(totals.metrics(teacher))
-    check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
+    if not call.reply_cap:  # a first look's cut replies are asked in full later, and checked then
+        check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
     return _with_verdict_counts(ctx, step, result)
 
 

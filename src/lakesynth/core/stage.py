@@ -128,6 +128,9 @@ class RunContext:
         self.contracts = dict(contracts or {})
         self._stack = contextlib.ExitStack()
         self._shared: dict = {}
+        # Table -> a completion cap for the LLM stage writing it, below its max_tokens (a preview's first look at
+        # one example: llm.Call.reply_cap); empty in a run.
+        self.reply_caps: dict[str, int] = {}
 
     def with_settings(self, overrides: list[str]) -> RunContext:
         """This context (same engine, shared resources and contracts) with a task's fixed `--set` overrides applied."""

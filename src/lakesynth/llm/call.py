@@ -26,7 +26,7 @@ from lakesynth.llm import serverless
 from lakesynth.llm.auth import Endpoint
 from lakesynth.llm.journal import Result
 from lakesynth.llm.pool import Pool
-from lakesynth.llm.retry import FATAL_STATUS, SHAPE_HINT, InvalidOutput
+from lakesynth.llm.retry import FATAL_STATUS, SHAPE_HINT, InvalidOutput, Unfinished
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,10 @@ class Call:
     # What else decides a row's result though the endpoint never sees it (the embeddings model that scores the
     # reply): part of the fingerprint, so changing it asks again.
     fingerprint_extra: dict | None = None
+    # A lower completion limit sent than `max_tokens` (a preview's first look at one example): the fingerprint keeps
+    # `max_tokens`, as a reply that ends within the cap is a reply to the full request too (the cap only cuts). One
+    # cut at the cap is its row's error at once (Unfinished, not retried), and the full request is asked later.
+    reply_cap: int | None = None
 
     @functools.cached_property
     def schema(self) -> dict:
@@ -75,7 +79,8 @@ class Call:
     @functools.cached_property
     def body_prefix(self) -> bytes:
         """The request body up to its messages (model, response format, parameters), serialised once."""
-        fixed = {"model": self.endpoint.model, "response_format": self.response_format, **self.params}
+        sent = {**self.params, "max_tokens": min(self.max_tokens, self.reply_cap or self.max_tokens)}
+        fixed = {"model": self.endpoint.model, "response_format": self.response_format, **sent}
         return json.dumps(fixed, separators=(",", ":")).encode()[:-1] + b',"messages":'
 
     def fingerprint(self, messages: list[dict]) -> str:
@@ -154,6 +159,10 @@ class Call:
         except (ValueError, LookupError, TypeError, AttributeError) as exc:
             raw = content[:2000].decode("utf-8", "replace")
             raise InvalidOutput(f"the reply is not a chat completion ({type(exc).__name__}: {exc})", raw) from None
+        if finish == "length" and self.reply_cap and self.reply_cap < self.max_tokens:
+            raise Unfinished(
+                f"reply longer than a first look's {self.reply_cap} tokens (max_tokens={self.max_tokens})", raw
+            )
         if finish == "length":
             raise InvalidOutput(f"reply cut at max_tokens={self.max_tokens}", raw)
         if finish == "content_filter":

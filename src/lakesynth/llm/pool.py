@@ -29,6 +29,7 @@ from lakesynth.llm.retry import (
     RejectedStatus,
     RetryableStatus,
     Throttled,
+    Unfinished,
     backoff,
     error_detail,
     retry_after,
@@ -150,7 +151,7 @@ class Pool:
             try:
                 result.output = await self.attempt(body, result)
                 break
-            except RejectedStatus as exc:
+            except (RejectedStatus, Unfinished) as exc:
                 self.record(result, exc)
                 break
             except Throttled as exc:

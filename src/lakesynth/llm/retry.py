@@ -23,6 +23,11 @@ class InvalidOutput(Exception):
         self.raw = raw
 
 
+class Unfinished(InvalidOutput):
+    """A reply cut by its Call's `reply_cap`, below its max_tokens: the row's error at once, as the full request is
+    asked later (a preview's first look)."""
+
+
 class StatusError(Exception):
     """An error reply: its status, the server's message and the API's error codes (code, type)."""
 
@@ -53,6 +58,7 @@ RETRYABLE = (RetryableStatus, httpx.RequestError, InvalidOutput)  # RequestError
 #    budget of its own, teacher.max_throttle_retries, so a burst of them never spends max_retries. Should that
 #    run out too, the row's error starts with THROTTLED, so a stage can leave it out of its failure rate.
 THROTTLED = "throttled: "
+UNFINISHED = "Unfinished: "  # how the error of a reply cut at a first look's cap (Unfinished) starts
 # 2. The stage stops (EndpointError): no row could succeed. A Databricks token refused (401) is renewed and
 #    the request sent once more first (see Auth).
 FATAL_STATUS = {
@@ -63,7 +69,7 @@ FATAL_STATUS = {
 UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)  # before any reply came back
 SHAPE_HINT = "the endpoint rejected the request; does it support response_format json_schema?"  # a preflight's 400
 # 3. The row's error at once: every other status (400, 413, 422, the rest of 4xx), as a retry would send the
-#    same request again. Only the preflight, whose job is the request's shape, stops the stage on a 400,
+#    same request again; and a reply cut at a first look's cap (Unfinished), whose full request comes later. Only the preflight, whose job is the request's shape, stops the stage on a 400,
 #    unless the API's error code (or type) says the fault lies in that row's content:
 ROW_ERROR_CODES = frozenset(
     {

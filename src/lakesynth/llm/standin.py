@@ -334,6 +334,9 @@ class StandIn:
         text = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
         answer = next((reply for marker, reply in opts.replies if marker in text), answer)
         finish = "stop"
+        limit = request.get("max_tokens") or 0
+        if limit > 1 and len(answer) // 4 + 1 > limit:  # a model stops at max_tokens (tokens: characters / 4)
+            answer, finish = answer[: limit * 4], "length"
         if fault == "malformed":
             answer = answer[: len(answer) // 2] + "}}oops"
         elif fault == "schema":
