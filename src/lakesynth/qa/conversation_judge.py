@@ -13,8 +13,8 @@ says: `drop` drops it (`drop_reason` `judge:quality@turn3`), `truncate` keeps it
 one follow-up turn remains there (`truncated_by` names the turn), else drops it.
 
 Before any judge is paid, a turn fails as `copy:user` when the user message it answers copies an earlier message of
-the dialog, or `copy:assistant` when the reply does (`conversations.judge.copy_share` of its words or more in runs of
-COPY_NGRAM words that one earlier message has): the 0.5B teacher's users often paste the assistant's last answer back,
+the dialog, or `copy:assistant` when the reply does (`conversations.judge.copy_share` of its words or more, and 12 or
+more, in runs of COPY_NGRAM words that one earlier message has): the 0.5B teacher's users often paste the assistant's last answer back,
 and its assistant its own earlier answer, which its judge passes. Such a turn's row says so in `scores`, by rule.
 """
 
@@ -78,8 +78,8 @@ class ConversationJudgeConfig(LLMStageConfig):
         0.8,
         gt=0,
         le=1,
-        description="A message with this share of its words or more in runs of 6 copied from one earlier message of "
-        "the dialog fails its turn as copy:user or copy:assistant, unjudged (null: no such check).",
+        description="A message with this share of its words or more (and 12 or more) in runs of 6 copied from one "
+        "earlier message of the dialog fails its turn as copy:user or copy:assistant, unjudged (null: no such check).",
     )
 
 
@@ -183,11 +183,11 @@ def judged_turns(row: dict, *, copy_share: float | None) -> list[dict]:
 
 def copy_of(text: str, earlier: list[dict], share: float) -> str | None:
     """How `text` copies an earlier message (`earlier`: role, turn, content), the latest first, or None: `share` or
-    more of its words lie in runs of COPY_NGRAM words that message also has."""
+    more of its words, and twice COPY_NGRAM or more, lie in runs of COPY_NGRAM words that message also has."""
     words = len(rules.words(text))
     for m in reversed(earlier):
         _, copied = rules.copied_span(text, rules.ngrams(m["content"], COPY_NGRAM), COPY_NGRAM)
-        if words and copied / words >= share:
+        if copied >= 2 * COPY_NGRAM and copied / words >= share:  # a short follow-up may reuse a phrase
             return f"copies {copied / words:.0%} of the {WHO[m['role']]}'s turn {m['turn']}"
     return None
 
