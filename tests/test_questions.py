@@ -174,3 +174,27 @@ def test_at_most_per_seed_questions_are_kept(spark):
     )
     got = [r.question for r in questions.to_question_rows(generated, keep=2).orderBy("question").collect()]
     assert got == ["A?", "B?"]
+
+
+def test_a_rerun_that_asks_one_failed_row_again_fails_the_stage_only_by_its_share_of_all_rows(
+    spark, llm_cfg, teacher_server
+):
+    """The failure rate is over the stage's rows, not over the rows a rerun asked again: one seed's request failing
+    twice is 1 of n, under max_failure_rate, though it is all the rerun asked."""
+    from pyspark.sql import functions as F
+
+    cfg = with_endpoint(llm_cfg, max_retries=0)
+    seeds.run(context(cfg))
+    teacher_server.reset()
+    questions.run(context(cfg))
+    rt = where(cfg)
+    rows = tables.read(spark, rt, questions.TABLE)
+    one = rows.select("seed_id").distinct().orderBy("seed_id").limit(1)
+    failed = (
+        rows.join(one, "seed_id", "left_semi").withColumn("error", F.lit("planted")).withColumn("question", F.lit(None))
+    )
+    tables.upsert(spark, rt, questions.TABLE, failed, run_id="planted")
+    teacher_server.reset(fault_rate=1.0, faults=("schema",))  # the one row asked again fails again
+    result = questions.run(context(cfg))
+    n_seeds = rows.select("seed_id").distinct().count()
+    assert result.errors == 1 and result.metrics["skipped"] == n_seeds - 1 and n_seeds > 2

@@ -62,7 +62,7 @@ def test_a_text_that_cannot_be_embedded_is_its_rows_error_and_the_replies_are_ke
     answered = tables.read(spark, where(llm_cfg), responses.TABLE).where("error IS NULL").count()
     cfg = _cfg(with_endpoint(llm_cfg, max_retries=0), teacher_server, embeddings={
         "base_url": "http://127.0.0.1:9/v1", "model": "nowhere"})  # fmt: skip
-    with pytest.raises(StageError, match="requests failed"):
+    with pytest.raises(StageError, match="rows failed"):
         relevance.run(context(cfg))
     rows = tables.read(spark, where(cfg), relevance.TABLE).toPandas()
     assert len(rows) == answered and rows.error.str.startswith("embeddings: ").all()

@@ -230,13 +230,15 @@ class LLMTotals:
         return {**metrics, **self.extra}
 
 
-def check_failure_rate(stage: str, totals: LLMTotals, attempted: int, limit: float) -> None:
-    """Fail the stage (its rows are already written, errors included) when too many rows failed. Rows the endpoint
-    throttled do not count: an endpoint's limits say nothing of the stage's requests, and a rerun asks them again."""
+def check_failure_rate(stage: str, totals: LLMTotals, rows: int, limit: float) -> None:
+    """Fail the stage (its rows are already written, errors included) when too many of its `rows` failed: those not
+    asked this time had succeeded before, so a rerun that asks one row again fails only if its share is too high.
+    Rows the endpoint throttled do not count: an endpoint's limits say nothing of the stage's requests, and a rerun
+    asks them again."""
     failed = totals.failed - totals.throttled
-    if attempted and failed / attempted > limit:
+    if rows and failed / rows > limit:
         raise StageError(
-            f"{stage}: {failed} of {attempted} requests failed (max_failure_rate {limit:.0%}); "
+            f"{stage}: {failed} of {rows} rows failed (max_failure_rate {limit:.0%}); "
             f"rows and errors are written, a rerun retries only the failed ones. First errors:\n  "
             + "\n  ".join(totals.errors[:3])
         )
@@ -353,7 +355,7 @@ def run(ctx: RunContext, step: LLMStep, source: DataFrame) -> StageResult:
         result.metrics["tokens_from"] = TOKENS_FROM.get(via, "not reported: the built-in ai_query's stand-in")
     result.metrics.update(totals.metrics(teacher))
     if not call.reply_cap:  # a first look's cut replies are asked in full later, and checked then
-        check_failure_rate(step.name, totals, attempted, step.settings.max_failure_rate)
+        check_failure_rate(step.name, totals, rows_in, step.settings.max_failure_rate)
     return _with_verdict_counts(ctx, step, result)
 
 
