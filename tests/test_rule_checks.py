@@ -105,6 +105,7 @@ def test_each_check_has_its_own_switch(spark, warehouse, teacher_server, planted
         ("You can close it in the app (Settings", None),  # unclosed, but a whole sentence: left to the judge
         ("Yes, at no fee.", None),
         ('Tap "Block card"', None),
+        ("answer", "no sentence: 'answer'"),  # the telecom run's kept answer: its JSON field's name
     ],
 )
 def test_incomplete_answers(answer, why):

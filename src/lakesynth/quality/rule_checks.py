@@ -7,7 +7,8 @@ has its own switch (`quality.rules.<check>.enabled`) and drop reason:
   the rules or system prompt at length (a span of `rules_words`, or `rules_share` of its words), by word n-grams.
 - `invented:<value>`: a specific figure (an amount, a data allowance, a date, a reference number) that neither
   the question nor the rules state; one the question gave, in any format, is fine.
-- `incomplete`: empty, only a preamble ("Sure, here's how I can help:"), or cut mid-sentence ("... go to the").
+- `incomplete`: empty, only a preamble ("Sure, here's how I can help:"), a word or two and no sentence ("answer"),
+  or cut mid-sentence ("... go to the").
 Row by row on the executors (mapInPandas); derived whole each run, so a changed setting applies to every row.
 The pair gate (dedup) and every reader of kept answers honour the verdicts.
 """
@@ -86,7 +87,7 @@ class InventedCheck(Section):
 
 
 class IncompleteCheck(Section):
-    enabled: bool = Field(True, description="Drop an empty answer, one only a preamble, or one cut mid-sentence.")
+    enabled: bool = Field(True, description="Drop an empty answer, a preamble, a word or two, or one cut mid-sentence.")
     dangling_words: tuple[str, ...] = Field(
         tuple(rules.DANGLING_WORDS), description="Words no sentence ends on (English by default)."
     )

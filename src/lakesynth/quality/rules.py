@@ -131,7 +131,8 @@ def invented(answer: str, given: Given, patterns: dict[str, str]) -> list[str]:
 
 
 def incomplete(answer: str, dangling: Iterable[str]) -> str | None:
-    """Why `answer` is not a whole answer (empty, only a preamble, cut mid-sentence), or None."""
+    """Why `answer` is not a whole answer (empty, only a preamble, a word or two and no sentence, cut mid-sentence),
+    or None."""
     text = (answer or "").strip()
     if not text:
         return "empty"
@@ -140,6 +141,8 @@ def incomplete(answer: str, dangling: Iterable[str]) -> str | None:
     end = text.rstrip("\"'”’)*_` ")
     if not end or end[-1] in DANGLING_MARKS:
         return f"ends on {end[-1:]!r}" if end else "empty"
+    if len(words(text)) < 3 and end[-1] not in ".!?":  # the 0.5B teacher's "answer": its field's name, no reply
+        return f"no sentence: {text[:40]!r}"
     last = words(end[-40:])
     if end[-1].isalnum() and last and last[-1] in set(dangling):
         return f"ends mid-sentence on {last[-1]!r}"
