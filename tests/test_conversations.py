@@ -249,6 +249,7 @@ def test_a_turn_that_copies_an_earlier_message_fails_by_rule_before_any_judge_is
         (c, 3) for c in replies_copy
     }
     assert result.metrics["copied_turns"] == len(out) and (out.model == "rule:copy").all()
+    assert result.metrics["kept"] == len(verdicts) - len(out)
     for cid in users_copy:  # the verdict is data: its reasoning names what was copied
         assert out.drop_reason[cid] == "copy:user"
         assert json.loads(out.scores[cid])["copy"]["reasoning"].startswith("the customer's message (turn 2) copies")

@@ -327,6 +327,7 @@ def run(ctx: RunContext) -> StageResult:
     if copies.limit(1).collect():
         version = f"copy:{COPY_NGRAM}:{c.judge.copy_share}"
         tables.upsert(spark, rt, TABLE, copy_verdicts(copies, version=version), run_id=cfg.run_id)
+        result.metrics.update(tables.verdict_counts(tables.read(spark, rt, TABLE)))  # the copies' rows counted
     verdicts = tables.read(spark, rt, TABLE).select(
         "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
     )
