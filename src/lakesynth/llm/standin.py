@@ -269,11 +269,13 @@ class StandIn:
             writer.close()
 
     async def _handle(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int | None, dict, dict]:
-        opts = self.options
+        # Counted where the request began: one still in flight when a test resets the stand-in (a timeout fault's
+        # sleep outlives its client) never counts in the next test's figures.
+        opts, stats = self.options, self.stats
         if path.startswith("/api/"):
             return self._workspace_api(method, path, body)
         if method == "GET" and path.endswith("/stats"):
-            return 200, {}, self.stats.as_dict()
+            return 200, {}, stats.as_dict()
         if method == "GET" and path.endswith("/models"):
             return (
                 200,
@@ -284,32 +286,32 @@ class StandIn:
             return self._embeddings(headers, body)
         if not path.endswith("/chat/completions"):
             return 404, {}, {"error": {"message": f"no route {path}"}}
-        self.stats.requests += 1
+        stats.requests += 1
         wrong_key = opts.api_key is not None and headers.get("authorization") != f"Bearer {opts.api_key}"
-        if wrong_key or self.stats.requests <= opts.expire_first:
+        if wrong_key or stats.requests <= opts.expire_first:
             return 401, {}, {"error": {"message": "Invalid or expired access token", "type": "authentication_error"}}
         request = json.loads(body)
-        self.stats.prompts.append(request.get("messages"))
-        self.stats.probes += request.get("max_tokens") == 1
+        stats.prompts.append(request.get("messages"))
+        stats.probes += request.get("max_tokens") == 1
         if opts.models and request.get("model") not in opts.models:
             return 404, {}, {"error": {"message": f"The model `{request.get('model')}` does not exist"}}
         fmt = request.get("response_format") or {}
         if opts.reject_schema and fmt:
             return 400, {}, {"error": {"message": "response_format json_schema is not supported by this endpoint"}}
         fault = self._rng.choice(opts.faults) if opts.fault_rate and self._rng.random() < opts.fault_rate else None
-        if opts.throttle_above and self.stats.in_flight >= opts.throttle_above:
+        if opts.throttle_above and stats.in_flight >= opts.throttle_above:
             fault = "429"  # an endpoint at its capacity, as a tokens-per-minute limit makes one
-            self.stats.faults[fault] += 1
+            stats.faults[fault] += 1
             return 429, self._retry_after(), {"error": {"message": "rate limited: too many requests in flight"}}
         async with self._slots:
-            self.stats.in_flight += 1
-            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             try:
                 await asyncio.sleep(opts.timeout_sleep_s if fault == "timeout" else opts.latency_ms / 1000)
             finally:
-                self.stats.in_flight -= 1
+                stats.in_flight -= 1
         if fault:
-            self.stats.faults[fault] += 1
+            stats.faults[fault] += 1
         if fault == "429":
             return 429, self._retry_after(), {"error": {"message": "rate limited"}}
         if fault == "503_retry_after":
@@ -343,7 +345,7 @@ class StandIn:
             answer = json.dumps({"unexpected": seed[:8]})
         elif fault == "truncated":
             answer, finish = answer[: len(answer) // 2], "length"
-        self.stats.completions += 1
+        stats.completions += 1
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4 + 1
         return (
             200,
