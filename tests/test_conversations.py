@@ -270,6 +270,38 @@ def test_a_turn_that_copies_an_earlier_message_fails_by_rule_before_any_judge_is
             assert row.keep and row.kept_turns == 3
 
 
+def test_a_conversation_ends_at_a_user_message_that_copies_and_is_dropped_there(
+    spark, answered, llm_cfg, teacher_server
+):
+    """The simulated user pastes the pair's answer back in turn 2: no reply and no later turn is asked for (the dialog
+    is lost there), and conversation_judge drops it as copy:user@turn2 without a judge request for it."""
+    cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.turns=[2, 2]")
+    ids = sorted(pairs.question_id)
+    pasted = set(ids[: len(ids) // 2])
+    answers = pairs.set_index("question_id").answer
+    plant = tuple(
+        (f"Assistant: {answers[c]}\n\nWrite the customer's next message", {"message": answers[c]}) for c in pasted
+    )
+    teacher_server.reset(script=plant)
+    conversations.run(context(cfg))
+    assert teacher_server.stats.completions - teacher_server.stats.probes == 4 * len(ids) - 3 * len(pasted)
+    rt = where(cfg)
+    turns = tables.read(spark, rt, conversations.TABLE).toPandas()
+    stored = turns.groupby("conversation_id").turn_id.count()
+    assert all(stored[c] == (1 if c in pasted else 4) for c in ids)
+    teacher_server.reset(replies=(("(turn ", _score(3)),))
+    conversation_judge.run(context(cfg))
+    decided = tables.read(spark, rt, conversation_judge.CONVERSATIONS).toPandas().set_index("conversation_id")
+    for cid in ids:
+        row = decided.loc[cid]
+        if cid in pasted:
+            assert not row.keep and row.drop_reason == "copy:user@turn2" and row.bad_turn == 2
+        else:
+            assert row.keep and row.kept_turns == 3
+    judged = tables.read(spark, rt, conversation_judge.TABLE).toPandas()
+    assert set(judged.conversation_id).isdisjoint(pasted)  # nothing of theirs judged, by rule or by the judge
+
+
 def test_share_mixes_single_turn_examples_and_conversations(spark, answered, llm_cfg, teacher_server):
     cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.share=0.5", "conversations.turns=[1, 1]")
     teacher_server.reset(replies=_judged())

@@ -14,7 +14,7 @@ one follow-up turn remains there (`truncated_by` names the turn), else drops it.
 
 Before any judge is paid, a turn fails as `copy:user` when the user message it answers copies an earlier message of
 the dialog, or `copy:assistant` when the reply does (`conversations.judge.copy_share` of its words or more, and 12 or
-more, in runs of COPY_NGRAM words that one earlier message has): the 0.5B teacher's users often paste the assistant's last answer back,
+more, in runs of dialogs.COPY_NGRAM words that one earlier message has): the 0.5B teacher's users often paste the assistant's last answer back,
 and its assistant its own earlier answer, which its judge passes. Such a turn's row says so in `scores`, by rule.
 """
 
@@ -35,7 +35,6 @@ from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
 from lakesynth.qa import dialogs
-from lakesynth.quality import rules
 from lakesynth.quality.criteria import Score, verdict_rows
 
 TEMPLATE = """You judge conversations written to train a customer-service chatbot, one assistant turn at a time.
@@ -119,8 +118,6 @@ JUDGED = (
     "copied string, copy_reasoning string"
 )
 OUT_OF_ROLE = "judge:user_out_of_role"
-COPY_NGRAM = 6  # words per n-gram of the copy check, as the rule checks' leak check
-WHO = {"user": "customer", "assistant": "assistant"}
 
 
 class UserInRole(BaseModel):
@@ -153,18 +150,12 @@ def judged_turns(row: dict, *, copy_share: float | None) -> list[dict]:
     for i, message in enumerate(rows):
         if message["role"] != "assistant" or not dialogs.contiguous(rows, i + 1):
             continue
-        earlier = [
-            {"role": "user", "turn": 1, "content": row["question"]},
-            {"role": "assistant", "turn": 1, "content": row["answer"]},
-            *({"role": r["role"], "turn": int(r["turn"]), "content": r["content"]} for r in rows[:i]),
-        ]
-        why, copied = None, None
-        if copy_share is not None:
-            for kind, said, before in (("user", rows[i - 1], earlier[:-1]), ("assistant", message, earlier)):
-                why = copy_of(said["content"], before, copy_share)
-                if why:
-                    copied, why = f"copy:{kind}", f"the {WHO[kind]}'s message (turn {int(message['turn'])}) {why}"
-                    break
+        copied, why = None, None
+        for at in (i - 1, i):  # the user message this turn answers, then the reply
+            why = dialogs.copied(row["question"], row["answer"], rows, at, copy_share)
+            if why:
+                copied = f"copy:{rows[at]['role']}"
+                break
         out.append(
             {
                 "turn_id": f"{row['conversation_id']}:{int(message['turn'])}:assistant",
@@ -179,17 +170,6 @@ def judged_turns(row: dict, *, copy_share: float | None) -> list[dict]:
             }
         )
     return out
-
-
-def copy_of(text: str, earlier: list[dict], share: float) -> str | None:
-    """How `text` copies an earlier message (`earlier`: role, turn, content), the latest first, or None: `share` or
-    more of its words, and twice COPY_NGRAM or more, lie in runs of COPY_NGRAM words that message also has."""
-    words = len(rules.words(text))
-    for m in reversed(earlier):
-        _, copied = rules.copied_span(text, rules.ngrams(m["content"], COPY_NGRAM), COPY_NGRAM)
-        if copied >= 2 * COPY_NGRAM and copied / words >= share:  # a short follow-up may reuse a phrase
-            return f"copies {copied / words:.0%} of the {WHO[m['role']]}'s turn {m['turn']}"
-    return None
 
 
 def copy_verdicts(copies: DataFrame, *, version: str) -> DataFrame:
@@ -263,16 +243,22 @@ def step(cfg) -> LLMStep:
     )
 
 
-def decide(row: dict, *, seed: int, turns: tuple[int, int], on_bad_turn: str) -> dict:
+def decide(row: dict, *, seed: int, turns: tuple[int, int], on_bad_turn: str, copy_share: float | None = None) -> dict:
     """The conversation's verdict from its stored messages and their verdicts (dialogs.with_stored): its first bad
-    turn, if any, drops it or truncates it before that turn."""
+    turn, if any, drops it or truncates it before that turn. A user message that copies an earlier one was given no
+    reply (conversations stops there): its turn is bad as `copy:user`, not as not generated."""
     cid = str(row["conversation_id"])
     last = dialogs.last_turn(cid, seed, turns)
-    by_message = {(int(r["turn"]), r["role"]): r for r in dialogs.history(row["stored"])}
+    history = dialogs.history(row["stored"])
+    by_message = {(int(r["turn"]), r["role"]): r for r in history}
     bad, reason = None, None
     for turn in range(2, last + 1):
         user, reply = by_message.get((turn, "user")), by_message.get((turn, "assistant"))
-        if user is None or reply is None:
+        if user is not None and reply is None and dialogs.contiguous(history, 2 * turn - 3):
+            at = 2 * turn - 4  # the user message's place in the history
+            copied = dialogs.copied(row["question"], row["answer"], history, at, copy_share)
+            bad, reason = turn, "copy:user" if copied else "not_generated"
+        elif user is None or reply is None:
             bad, reason = turn, "not_generated"
         elif reply["verdict_keep"] is None:
             bad, reason = turn, "not_judged"
@@ -325,16 +311,18 @@ def run(ctx: RunContext) -> StageResult:
     result = llm_stage.run(ctx, step(cfg), source.where("copied IS NULL"))
     copies = source.where("copied IS NOT NULL")
     if copies.limit(1).collect():
-        version = f"copy:{COPY_NGRAM}:{c.judge.copy_share}"
+        version = f"copy:{dialogs.COPY_NGRAM}:{c.judge.copy_share}"
         tables.upsert(spark, rt, TABLE, copy_verdicts(copies, version=version), run_id=cfg.run_id)
         result.metrics.update(tables.verdict_counts(tables.read(spark, rt, TABLE)))  # the copies' rows counted
     verdicts = tables.read(spark, rt, TABLE).select(
         "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
     )
     with_verdicts = ok.join(verdicts, "turn_id", "left").select(
-        "conversation_id", "turn", "role", "verdict_keep", "verdict_reason"
+        "conversation_id", "turn", "role", "content", "verdict_keep", "verdict_reason"
     )
-    each = functools.partial(decide, seed=c.seed, turns=c.turns, on_bad_turn=c.on_bad_turn)
+    each = functools.partial(
+        decide, seed=c.seed, turns=c.turns, on_bad_turn=c.on_bad_turn, copy_share=c.judge.copy_share
+    )
     rows = dialogs.with_stored(pairs, with_verdicts).mapInPandas(
         functools.partial(dialogs.each_row, each=each, ddl=DECIDED), DECIDED
     )

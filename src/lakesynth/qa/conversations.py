@@ -138,8 +138,8 @@ def stored(pairs: DataFrame, turns: DataFrame) -> DataFrame:
 
 
 def plan_round(row: dict, *, turn: int, role: str, c: ConversationsConfig) -> dict | None:
-    """The conversation's message `role` of `turn`, if it is due: its turns reach that far and every message
-    before it is stored. The user's kind is drawn (pushback only after a refused message); the assistant's
+    """The conversation's message `role` of `turn`, if it is due: its turns reach that far, every message before it
+    is stored, and none of them copies an earlier one (conversations.judge.copy_share). The user's kind is drawn (pushback only after a refused message); the assistant's
     row takes its turn's user message's kind and scope."""
     cid = str(row["conversation_id"])
     upto = 2 * (turn - 2) + ROLE_INDEX[role]
@@ -147,6 +147,8 @@ def plan_round(row: dict, *, turn: int, role: str, c: ConversationsConfig) -> di
     if turn > dialogs.last_turn(cid, c.seed, c.turns) or not dialogs.contiguous(rows, upto):
         return None
     rows = rows[:upto]
+    if dialogs.first_copy(row["question"], row["answer"], rows, c.judge.copy_share):
+        return None  # a message copies an earlier one: conversation_judge fails the dialog there, so it ends
     user_scopes = [bool(row["in_scope"])] + [bool(r["in_scope"]) for r in rows if r["role"] == "user"]
     if role == "user":
         kind = dialogs.next_kind(cid, turn, c.seed, c.mix, refused=not user_scopes[-1])

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakesynth.config import Persona
+from lakesynth.quality import rules
 from lakesynth.training import examples
 
 # The kinds of next user message, as the simulated user is asked for them.
@@ -32,6 +33,8 @@ KINDS = {
 }
 OUT_OF_SCOPE = ("off_topic", "pushback")  # kinds whose message asks for what the rules refuse
 ROLES = ("user", "assistant")  # the two rows of a turn, in order
+COPY_NGRAM = 6  # words per n-gram of the copy rule, as the rule checks' leak check
+WHO = {"user": "customer", "assistant": "assistant"}
 
 
 def draw(*parts) -> float:
@@ -148,3 +151,40 @@ def later_messages(turns: DataFrame, verdicts: DataFrame) -> DataFrame:
         ),
     )
     return stored.select("conversation_id", later.cast(examples.MESSAGES).alias("later"))
+
+
+def copy_of(text: str, earlier: list[dict], share: float) -> str | None:
+    """How `text` copies an earlier message (`earlier`: role, turn, content), the latest first, or None: `share` or
+    more of its words, and twice COPY_NGRAM or more, lie in runs of COPY_NGRAM words that message also has."""
+    words = len(rules.words(text))
+    for m in reversed(earlier):
+        _, copied = rules.copied_span(text, rules.ngrams(m["content"], COPY_NGRAM), COPY_NGRAM)
+        if copied >= 2 * COPY_NGRAM and copied / words >= share:  # a short follow-up may reuse a phrase
+            return f"copies {copied / words:.0%} of the {WHO[m['role']]}'s turn {m['turn']}"
+    return None
+
+
+def said(question: str, answer: str, rows: list[dict]) -> list[dict]:
+    """Every message of the dialog as role, turn and content: the pair (turn 1), then the stored `rows`."""
+    pair = [{"role": "user", "turn": 1, "content": question}, {"role": "assistant", "turn": 1, "content": answer}]
+    return pair + [{"role": r["role"], "turn": int(r["turn"]), "content": r["content"]} for r in rows]
+
+
+def copied(question: str, answer: str, rows: list[dict], i: int, share: float | None) -> str | None:
+    """How stored message `rows[i]` copies an earlier message of the dialog (copy_of: `the customer's message (turn 2)
+    copies 97% of the assistant's turn 1`), or None (also with no copy rule: `share` None)."""
+    if share is None:
+        return None
+    *before, message = said(question, answer, rows[: i + 1])
+    how = copy_of(message["content"], before, share)
+    return f"the {WHO[message['role']]}'s message (turn {message['turn']}) {how}" if how else None
+
+
+def first_copy(question: str, answer: str, rows: list[dict], share: float | None) -> tuple[int, str] | None:
+    """The first stored message of `rows` (in order, from turn 2) that copies an earlier one: its index and how;
+    None when none does."""
+    for i in range(len(rows)):
+        how = copied(question, answer, rows, i, share)
+        if how:
+            return i, how
+    return None
