@@ -302,6 +302,36 @@ def test_a_conversation_ends_at_a_user_message_that_copies_and_is_dropped_there(
     assert set(judged.conversation_id).isdisjoint(pasted)  # nothing of theirs judged, by rule or by the judge
 
 
+def test_an_assistant_turn_that_is_only_a_preamble_fails_by_rule_as_incomplete(
+    spark, answered, llm_cfg, teacher_server
+):
+    """The pair's incomplete check holds for every assistant turn: a reply that is only a preamble (the telecom run's
+    kept "Certainly. Here are the steps and facts to help you with this question.") fails its turn unjudged."""
+    from pyspark.sql import functions as F
+
+    cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.turns=[1, 1]")
+    teacher_server.reset(script=())
+    conversations.run(context(cfg))
+    rt = where(cfg)
+    ids = sorted(pairs.question_id)
+    cut = set(ids[: len(ids) // 2])
+    preamble = "Certainly. Here are the steps and facts to help you with this question."
+    replies = tables.read(spark, rt, conversations.TABLE).where(
+        (F.col("role") == "assistant") & F.col("conversation_id").isin(sorted(cut))
+    )
+    tables.upsert(spark, rt, conversations.TABLE, replies.withColumn("content", F.lit(preamble)), run_id="planted")
+    teacher_server.reset(replies=(("(turn ", _score(3)),))
+    conversation_judge.run(context(cfg))
+    verdicts = tables.read(spark, rt, conversation_judge.TABLE).toPandas().set_index("conversation_id")
+    out = verdicts[~verdicts.keep]
+    assert set(out.index) == cut and (out.drop_reason == "incomplete").all() and (out.model == "rule:incomplete").all()
+    assert all("only a preamble" in json.loads(s)["incomplete"]["reasoning"] for s in out.scores)
+    assert teacher_server.stats.completions - teacher_server.stats.probes == len(ids) - len(cut)
+    decided = tables.read(spark, rt, conversation_judge.CONVERSATIONS).toPandas().set_index("conversation_id")
+    assert {c for c in ids if not decided.keep[c]} == cut
+    assert set(decided.drop_reason.dropna()) == {"incomplete@turn2"}
+
+
 def test_share_mixes_single_turn_examples_and_conversations(spark, answered, llm_cfg, teacher_server):
     cfg, pairs = _conversations(spark, answered, llm_cfg, "conversations.share=0.5", "conversations.turns=[1, 1]")
     teacher_server.reset(replies=_judged())

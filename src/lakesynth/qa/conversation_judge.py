@@ -12,10 +12,12 @@ verdict, a verdict or message that failed, a message not yet generated) decides 
 says: `drop` drops it (`drop_reason` `judge:quality@turn3`), `truncate` keeps it up to the turn before when at least
 one follow-up turn remains there (`truncated_by` names the turn), else drops it.
 
-Before any judge is paid, a turn fails as `copy:user` when the user message it answers copies an earlier message of
-the dialog, or `copy:assistant` when the reply does (`conversations.judge.copy_share` of its words or more, and 12 or
-more, in runs of dialogs.COPY_NGRAM words that one earlier message has): the 0.5B teacher's users often paste the assistant's last answer back,
-and its assistant its own earlier answer, which its judge passes. Such a turn's row says so in `scores`, by rule.
+Before any judge is paid, a turn fails by rule as `copy:user` when the user message it answers copies an earlier
+message of the dialog, `copy:assistant` when the reply does (`conversations.judge.copy_share` of its words or more,
+and 12 or more, in runs of dialogs.COPY_NGRAM words that one earlier message has), or `incomplete` when the reply is
+no whole answer (the pair's rule check, `quality.rules.incomplete`: empty, only a preamble, cut mid-sentence). The
+0.5B teacher's users often paste the assistant's last answer back, its assistant repeats an earlier answer or says
+"Here are the steps:" and stops, and its judge passes all three. Such a turn's row says why in `scores`, by rule.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, B, S
 from lakesynth.core.templates import render
 from lakesynth.qa import dialogs
+from lakesynth.quality import rules
 from lakesynth.quality.criteria import Score, verdict_rows
 
 TEMPLATE = """You judge conversations written to train a customer-service chatbot, one assistant turn at a time.
@@ -115,7 +118,7 @@ CONVERSATIONS = tables.contract(
 )
 JUDGED = (
     "turn_id string, conversation_id string, turn int, in_scope boolean, kind string, dialog string, answer string, "
-    "copied string, copy_reasoning string"
+    "ruled string, ruled_reasoning string"
 )
 OUT_OF_ROLE = "judge:user_out_of_role"
 
@@ -141,21 +144,25 @@ DECIDED = (
 )
 
 
-def judged_turns(row: dict, *, copy_share: float | None) -> list[dict]:
+def judged_turns(row: dict, *, copy_share: float | None, dangling: tuple[str, ...] | None) -> list[dict]:
     """One row per stored assistant turn of the conversation (dialogs.with_stored), with the dialog before it (the
-    pair, then the stored messages up to the user message it answers), and `copied` (`copy:user`, `copy:assistant`)
-    with its reasoning when the user message or the reply copies an earlier message. A turn whose earlier messages
-    are not all stored is left out."""
+    pair, then the stored messages up to the user message it answers), and `ruled` with its reasoning when a rule
+    fails it: `copy:user` or `copy:assistant` (the user message or the reply copies an earlier message), or
+    `incomplete` (the reply, as rules.incomplete with the `dangling` words; None: not checked). A turn whose earlier
+    messages are not all stored is left out."""
     rows, out = dialogs.history(row["stored"]), []
     for i, message in enumerate(rows):
         if message["role"] != "assistant" or not dialogs.contiguous(rows, i + 1):
             continue
-        copied, why = None, None
+        ruled, why = None, None
         for at in (i - 1, i):  # the user message this turn answers, then the reply
             why = dialogs.copied(row["question"], row["answer"], rows, at, copy_share)
             if why:
-                copied = f"copy:{rows[at]['role']}"
+                ruled = f"copy:{rows[at]['role']}"
                 break
+        short = rules.incomplete(message["content"], dangling) if dangling is not None and not ruled else None
+        if short:
+            ruled, why = "incomplete", f"the assistant's message (turn {int(message['turn'])}) is incomplete: {short}"
         out.append(
             {
                 "turn_id": f"{row['conversation_id']}:{int(message['turn'])}:assistant",
@@ -165,29 +172,31 @@ def judged_turns(row: dict, *, copy_share: float | None) -> list[dict]:
                 "kind": rows[i - 1]["kind"],
                 "dialog": dialogs.as_json(dialogs.messages(row["question"], row["answer"], rows[:i])),
                 "answer": message["content"],
-                "copied": copied,
-                "copy_reasoning": why,
+                "ruled": ruled,
+                "ruled_reasoning": why,
             }
         )
     return out
 
 
-def copy_verdicts(copies: DataFrame, *, version: str) -> DataFrame:
-    """The verdict rows of turns the copy check failed: by rule, no judge paid (`scores` holds its reasoning)."""
-    reason = F.struct(F.col("copy_reasoning").alias("reasoning"), F.lit(0).alias("score"))
-    return copies.select(
+def ruled_verdicts(ruled: DataFrame, *, version: str) -> DataFrame:
+    """The verdict rows of turns a rule failed (`rule:copy`, `rule:incomplete`): no judge paid, `scores` holds the
+    rule's reasoning."""
+    rule = F.regexp_replace("ruled", ":.*$", "")
+    reason = F.create_map(rule, F.struct(F.col("ruled_reasoning").alias("reasoning"), F.lit(0).alias("score")))
+    return ruled.select(
         "turn_id",
         "conversation_id",
         "turn",
         "in_scope",
         F.lit(None).alias("user_in_role"),
-        F.to_json(F.create_map(F.lit("copy"), reason)).alias("scores"),
+        F.to_json(reason).alias("scores"),
         F.lit(0).alias("min_score"),
         *[F.lit(None).alias(name) for name, _ in tables.LLM_ACCOUNTING if name not in ("model", "prompt_version")],
-        F.lit("rule:copy").alias("model"),
+        F.concat(F.lit("rule:"), rule).alias("model"),
         F.lit(version).alias("prompt_version"),
         F.lit(False).alias("keep"),
-        F.col("copied").alias("drop_reason"),
+        F.col("ruled").alias("drop_reason"),
     )
 
 
@@ -220,7 +229,7 @@ def turn_verdicts(replies: DataFrame, *, criteria) -> DataFrame:
     rows = verdict_rows(
         replies.withColumn("user_in_role", in_role),
         criteria=criteria,
-        dropped=("kind", "dialog", "answer", "copied", "copy_reasoning"),
+        dropped=("kind", "dialog", "answer", "ruled", "ruled_reasoning"),
     )
     out = F.coalesce(~F.col("user_in_role"), F.lit(False))
     return rows.withColumn("keep", F.col("keep") & ~out).withColumn(
@@ -304,16 +313,18 @@ def run(ctx: RunContext) -> StageResult:
     pairs = ctx.read("synthetic_responses").where(F.col("error").isNull() & F.col("answer").isNotNull())
     ok = ctx.read("conversation_turns", kept=False).where(F.col("error").isNull() & F.col("content").isNotNull())
     messages = ok.select("conversation_id", "turn", "role", "kind", "in_scope", "content")
-    each_turn = functools.partial(judged_turns, copy_share=c.judge.copy_share)
+    incomplete = cfg.quality.rules.incomplete
+    dangling = tuple(incomplete.dangling_words) if incomplete.enabled else None
+    each_turn = functools.partial(judged_turns, copy_share=c.judge.copy_share, dangling=dangling)
     judged = functools.partial(dialogs.each_row, each=each_turn, ddl=JUDGED)
     source = dialogs.with_stored(pairs, messages).mapInPandas(judged, JUDGED)
     source = tables.materialize(spark, rt, "conversation_judge_turns", source)
-    result = llm_stage.run(ctx, step(cfg), source.where("copied IS NULL"))
-    copies = source.where("copied IS NOT NULL")
-    if copies.limit(1).collect():
-        version = f"copy:{dialogs.COPY_NGRAM}:{c.judge.copy_share}"
-        tables.upsert(spark, rt, TABLE, copy_verdicts(copies, version=version), run_id=cfg.run_id)
-        result.metrics.update(tables.verdict_counts(tables.read(spark, rt, TABLE)))  # the copies' rows counted
+    result = llm_stage.run(ctx, step(cfg), source.where("ruled IS NULL"))
+    ruled = source.where("ruled IS NOT NULL")
+    if ruled.limit(1).collect():
+        version = f"copy:{dialogs.COPY_NGRAM}:{c.judge.copy_share}|incomplete:{dangling}"
+        tables.upsert(spark, rt, TABLE, ruled_verdicts(ruled, version=version), run_id=cfg.run_id)
+        result.metrics.update(tables.verdict_counts(tables.read(spark, rt, TABLE)))  # the ruled rows counted
     verdicts = tables.read(spark, rt, TABLE).select(
         "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
     )
