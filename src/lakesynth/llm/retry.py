@@ -69,8 +69,9 @@ FATAL_STATUS = {
 UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)  # before any reply came back
 SHAPE_HINT = "the endpoint rejected the request; does it support response_format json_schema?"  # a preflight's 400
 # 3. The row's error at once: every other status (400, 413, 422, the rest of 4xx), as a retry would send the
-#    same request again; and a reply cut at a first look's cap (Unfinished), whose full request comes later. Only the preflight, whose job is the request's shape, stops the stage on a 400,
-#    unless the API's error code (or type) says the fault lies in that row's content:
+#    same request again; and a reply cut at a first look's cap (Unfinished), whose full request comes later.
+#    Only the preflight, whose job is the request's shape, stops the stage on a 400, unless the API's error code
+#    (or type) says the fault lies in that row's content:
 ROW_ERROR_CODES = frozenset(
     {
         "context_length_exceeded",  # OpenAI

@@ -35,7 +35,7 @@ from lakesynth.core import llm_stage, tables
 from lakesynth.core.llm_stage import LLMStep
 from lakesynth.core.stage import RunContext, Stage, StageResult, disabled
 from lakesynth.core.tables import INT, B, S
-from lakesynth.core.templates import render
+from lakesynth.core.templates import prompt_version, render
 from lakesynth.qa import dialogs
 from lakesynth.quality import rules
 from lakesynth.quality.criteria import Score, verdict_rows
@@ -252,7 +252,7 @@ def step(cfg) -> LLMStep:
     )
 
 
-def decide(row: dict, *, seed: int, turns: tuple[int, int], on_bad_turn: str, copy_share: float | None = None) -> dict:
+def decide(row: dict, *, seed: int, turns: tuple[int, int], on_bad_turn: str, copy_share: float | None) -> dict:
     """The conversation's verdict from its stored messages and their verdicts (dialogs.with_stored): its first bad
     turn, if any, drops it or truncates it before that turn. A user message that copies an earlier one was given no
     reply (conversations stops there): its turn is bad as `copy:user`, not as not generated."""
@@ -319,12 +319,11 @@ def run(ctx: RunContext) -> StageResult:
     judged = functools.partial(dialogs.each_row, each=each_turn, ddl=JUDGED)
     source = dialogs.with_stored(pairs, messages).mapInPandas(judged, JUDGED)
     source = tables.materialize(spark, rt, "conversation_judge_turns", source)
-    result = llm_stage.run(ctx, step(cfg), source.where("ruled IS NULL"))
     ruled = source.where("ruled IS NOT NULL")
-    if ruled.limit(1).collect():
-        version = f"copy:{dialogs.COPY_NGRAM}:{c.judge.copy_share}|incomplete:{dangling}"
+    if ruled.limit(1).collect():  # written first, so the LLM loop's verdict counts include them
+        version = prompt_version(json.dumps([dialogs.COPY_NGRAM, c.judge.copy_share, dangling]))
         tables.upsert(spark, rt, TABLE, ruled_verdicts(ruled, version=version), run_id=cfg.run_id)
-        result.metrics.update(tables.verdict_counts(tables.read(spark, rt, TABLE)))  # the ruled rows counted
+    result = llm_stage.run(ctx, step(cfg), source.where("ruled IS NULL"))
     verdicts = tables.read(spark, rt, TABLE).select(
         "turn_id", F.col("keep").alias("verdict_keep"), F.col("drop_reason").alias("verdict_reason")
     )

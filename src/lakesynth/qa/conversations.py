@@ -139,8 +139,8 @@ def stored(pairs: DataFrame, turns: DataFrame) -> DataFrame:
 
 def plan_round(row: dict, *, turn: int, role: str, c: ConversationsConfig) -> dict | None:
     """The conversation's message `role` of `turn`, if it is due: its turns reach that far, every message before it
-    is stored, and none of them copies an earlier one (conversations.judge.copy_share). The user's kind is drawn (pushback only after a refused message); the assistant's
-    row takes its turn's user message's kind and scope."""
+    is stored, and none of them copies an earlier one (conversations.judge.copy_share). The user's kind is drawn
+    (pushback only after a refused message); the assistant's row takes its turn's user message's kind and scope."""
     cid = str(row["conversation_id"])
     upto = 2 * (turn - 2) + ROLE_INDEX[role]
     rows = dialogs.history(row["stored"])

@@ -154,30 +154,27 @@ def later_messages(turns: DataFrame, verdicts: DataFrame) -> DataFrame:
 
 
 def copy_of(text: str, earlier: list[dict], share: float) -> str | None:
-    """How `text` copies an earlier message (`earlier`: role, turn, content), the latest first, or None: `share` or
-    more of its words, and twice COPY_NGRAM or more, lie in runs of COPY_NGRAM words that message also has."""
+    """How `text` copies an earlier message (`earlier`: the dialog's messages from the pair on, as `messages` gives
+    them, so message j is of turn 1 + j // 2), the latest first, or None: `share` or more of its words, and twice
+    COPY_NGRAM or more, lie in runs of COPY_NGRAM words that message also has."""
     words = len(rules.words(text))
-    for m in reversed(earlier):
+    for j in reversed(range(len(earlier))):
+        m = earlier[j]
         _, copied = rules.copied_span(text, rules.ngrams(m["content"], COPY_NGRAM), COPY_NGRAM)
         if copied >= 2 * COPY_NGRAM and copied / words >= share:  # a short follow-up may reuse a phrase
-            return f"copies {copied / words:.0%} of the {WHO[m['role']]}'s turn {m['turn']}"
+            return f"copies {copied / words:.0%} of the {WHO[m['role']]}'s turn {1 + j // 2}"
     return None
 
 
-def said(question: str, answer: str, rows: list[dict]) -> list[dict]:
-    """Every message of the dialog as role, turn and content: the pair (turn 1), then the stored `rows`."""
-    pair = [{"role": "user", "turn": 1, "content": question}, {"role": "assistant", "turn": 1, "content": answer}]
-    return pair + [{"role": r["role"], "turn": int(r["turn"]), "content": r["content"]} for r in rows]
-
-
 def copied(question: str, answer: str, rows: list[dict], i: int, share: float | None) -> str | None:
-    """How stored message `rows[i]` copies an earlier message of the dialog (copy_of: `the customer's message (turn 2)
-    copies 97% of the assistant's turn 1`), or None (also with no copy rule: `share` None)."""
+    """How stored message `rows[i]` (of contiguous `rows`, from turn 2) copies an earlier message of the dialog
+    (copy_of: `the customer's message (turn 2) copies 97% of the assistant's turn 1`), or None (also with no copy
+    rule: `share` None)."""
     if share is None:
         return None
-    *before, message = said(question, answer, rows[: i + 1])
+    *before, message = messages(question, answer, rows[: i + 1])
     how = copy_of(message["content"], before, share)
-    return f"the {WHO[message['role']]}'s message (turn {message['turn']}) {how}" if how else None
+    return f"the {WHO[message['role']]}'s message (turn {int(rows[i]['turn'])}) {how}" if how else None
 
 
 def first_copy(question: str, answer: str, rows: list[dict], share: float | None) -> tuple[int, str] | None:
